@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*pingvas/billing/v1/billing_resources.proto\x12\x12pingvas.billing.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\rCreditBalance\x12\x15\n\x07\x62\x61lance\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04held\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\tavailable\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\xbe\x01\n\x0b\x43reditEntry\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x04kind\x18\x02 \x01(\x0e\x32#.pingvas.billing.v1.CreditEntryKindB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61mount\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\treference\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xa5\x02\n\x0cSubscription\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x03\x12<\n\x06status\x18\x02 \x01(\x0e\x32&.pingvas.billing.v1.SubscriptionStatusB\x04\xe2\x41\x01\x03\x12\x34\n\nrenew_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12?\n\x15grace_period_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"q\n\tPlanOffer\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x03\x12\x17\n\tprice_usd\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fmonthly_credits\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03*q\n\x04Plan\x12\x14\n\x10PLAN_UNSPECIFIED\x10\x00\x12\r\n\tPLAN_FREE\x10\x01\x12\x10\n\x0cPLAN_STARTER\x10\x02\x12\x0c\n\x08PLAN_PRO\x10\x03\x12\x0f\n\x0bPLAN_STUDIO\x10\x04\x12\x13\n\x0fPLAN_ENTERPRISE\x10\x05*\xa6\x02\n\x0f\x43reditEntryKind\x12!\n\x1d\x43REDIT_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43REDIT_ENTRY_KIND_GRANT\x10\x01\x12\x1b\n\x17\x43REDIT_ENTRY_KIND_RESET\x10\x02\x12\x1a\n\x16\x43REDIT_ENTRY_KIND_HOLD\x10\x03\x12\x1d\n\x19\x43REDIT_ENTRY_KIND_CAPTURE\x10\x04\x12\x1d\n\x19\x43REDIT_ENTRY_KIND_RELEASE\x10\x05\x12\x1c\n\x18\x43REDIT_ENTRY_KIND_REVOKE\x10\x06\x12\x1c\n\x18\x43REDIT_ENTRY_KIND_REFUND\x10\x07\x12 \n\x1c\x43REDIT_ENTRY_KIND_ADJUSTMENT\x10\x08*\xc5\x01\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x01\x12&\n\"SUBSCRIPTION_STATUS_PAYMENT_FAILED\x10\x02\x12!\n\x1dSUBSCRIPTION_STATUS_CANCELLED\x10\x03\x12\x1f\n\x1bSUBSCRIPTION_STATUS_EXPIRED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*pingvas/billing/v1/billing_resources.proto\x12\x12pingvas.billing.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\rCreditBalance\x12\x15\n\x07\x62\x61lance\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04held\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\tavailable\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\xd9\x01\n\x0b\x43reditEntry\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x37\n\x04kind\x18\x02 \x01(\x0e\x32#.pingvas.billing.v1.CreditEntryKindB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61mount\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bheld_change\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x17\n\treference\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xa5\x02\n\x0cSubscription\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x03\x12<\n\x06status\x18\x02 \x01(\x0e\x32&.pingvas.billing.v1.SubscriptionStatusB\x04\xe2\x41\x01\x03\x12\x34\n\nrenew_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12?\n\x15grace_period_end_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"q\n\tPlanOffer\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x03\x12\x17\n\tprice_usd\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fmonthly_credits\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03*q\n\x04Plan\x12\x14\n\x10PLAN_UNSPECIFIED\x10\x00\x12\r\n\tPLAN_FREE\x10\x01\x12\x10\n\x0cPLAN_STARTER\x10\x02\x12\x0c\n\x08PLAN_PRO\x10\x03\x12\x0f\n\x0bPLAN_STUDIO\x10\x04\x12\x13\n\x0fPLAN_ENTERPRISE\x10\x05*\xa6\x02\n\x0f\x43reditEntryKind\x12!\n\x1d\x43REDIT_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43REDIT_ENTRY_KIND_GRANT\x10\x01\x12\x1b\n\x17\x43REDIT_ENTRY_KIND_RESET\x10\x02\x12\x1a\n\x16\x43REDIT_ENTRY_KIND_HOLD\x10\x03\x12\x1d\n\x19\x43REDIT_ENTRY_KIND_CAPTURE\x10\x04\x12\x1d\n\x19\x43REDIT_ENTRY_KIND_RELEASE\x10\x05\x12\x1c\n\x18\x43REDIT_ENTRY_KIND_REVOKE\x10\x06\x12\x1c\n\x18\x43REDIT_ENTRY_KIND_REFUND\x10\x07\x12 \n\x1c\x43REDIT_ENTRY_KIND_ADJUSTMENT\x10\x08*\xc5\x01\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x01\x12&\n\"SUBSCRIPTION_STATUS_PAYMENT_FAILED\x10\x02\x12!\n\x1dSUBSCRIPTION_STATUS_CANCELLED\x10\x03\x12\x1f\n\x1bSUBSCRIPTION_STATUS_EXPIRED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDITENTRY'].fields_by_name['kind']._serialized_options = b'\342A\001\003'
   _globals['_CREDITENTRY'].fields_by_name['amount']._loaded_options = None
   _globals['_CREDITENTRY'].fields_by_name['amount']._serialized_options = b'\342A\001\003'
+  _globals['_CREDITENTRY'].fields_by_name['held_change']._loaded_options = None
+  _globals['_CREDITENTRY'].fields_by_name['held_change']._serialized_options = b'\342A\001\003'
   _globals['_CREDITENTRY'].fields_by_name['reference']._loaded_options = None
   _globals['_CREDITENTRY'].fields_by_name['reference']._serialized_options = b'\342A\001\003'
   _globals['_CREDITENTRY'].fields_by_name['create_time']._loaded_options = None
@@ -65,18 +67,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANOFFER'].fields_by_name['price_usd']._serialized_options = b'\342A\001\003'
   _globals['_PLANOFFER'].fields_by_name['monthly_credits']._loaded_options = None
   _globals['_PLANOFFER'].fields_by_name['monthly_credits']._serialized_options = b'\342A\001\003'
-  _globals['_PLAN']._serialized_start=821
-  _globals['_PLAN']._serialized_end=934
-  _globals['_CREDITENTRYKIND']._serialized_start=937
-  _globals['_CREDITENTRYKIND']._serialized_end=1231
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=1234
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=1431
+  _globals['_PLAN']._serialized_start=848
+  _globals['_PLAN']._serialized_end=961
+  _globals['_CREDITENTRYKIND']._serialized_start=964
+  _globals['_CREDITENTRYKIND']._serialized_end=1258
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=1261
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=1458
   _globals['_CREDITBALANCE']._serialized_start=132
   _globals['_CREDITBALANCE']._serialized_end=215
   _globals['_CREDITENTRY']._serialized_start=218
-  _globals['_CREDITENTRY']._serialized_end=408
-  _globals['_SUBSCRIPTION']._serialized_start=411
-  _globals['_SUBSCRIPTION']._serialized_end=704
-  _globals['_PLANOFFER']._serialized_start=706
-  _globals['_PLANOFFER']._serialized_end=819
+  _globals['_CREDITENTRY']._serialized_end=435
+  _globals['_SUBSCRIPTION']._serialized_start=438
+  _globals['_SUBSCRIPTION']._serialized_end=731
+  _globals['_PLANOFFER']._serialized_start=733
+  _globals['_PLANOFFER']._serialized_end=846
 # @@protoc_insertion_point(module_scope)

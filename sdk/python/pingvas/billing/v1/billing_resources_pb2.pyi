@@ -70,18 +70,20 @@ class CreditBalance(_message.Message):
     def __init__(self, balance: _Optional[int] = ..., held: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
 
 class CreditEntry(_message.Message):
-    __slots__ = ("id", "kind", "amount", "reference", "create_time")
+    __slots__ = ("id", "kind", "amount", "held_change", "reference", "create_time")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    HELD_CHANGE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: CreditEntryKind
     amount: int
+    held_change: int
     reference: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[CreditEntryKind, str]] = ..., amount: _Optional[int] = ..., reference: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[CreditEntryKind, str]] = ..., amount: _Optional[int] = ..., held_change: _Optional[int] = ..., reference: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
     __slots__ = ("plan", "status", "renew_time", "end_time", "grace_period_end_time")

@@ -1,0 +1,77 @@
+"""Composition root of a GPU worker: settings -> clients -> model registry -> job loop, with a
+gRPC health server that turns SERVING once the preloaded pipelines are resident."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from redis.asyncio import Redis
+
+from gpu_inference.catalog import ModelCatalog
+from gpu_inference.registry import ModelRegistry
+from gpu_inference.worker import Worker
+from services.billing.ledger import CreditLedger
+from services.billing.pricing import Pricing
+from services.common.database import Database
+from services.common.server import GrpcServer, configure_logging, serve_until_terminated
+from services.common.settings import WorkerSettings
+from services.common.storage import LocalImageStore
+from services.generation.events import EventLog
+from services.generation.jobs import GenerationJobs
+from services.generation.queue import TierQueue
+from services.generation.repository import GenerationRepository
+
+
+async def main() -> None:
+    settings = WorkerSettings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level, "worker")
+    worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    database = Database(settings.database_url, schema=settings.db_schema, pool_size=4)
+    redis = Redis.from_url(settings.redis_url)
+    catalog = ModelCatalog(settings.resolved_models_dir)
+    registry = ModelRegistry(
+        catalog,
+        device=settings.device,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        pinned=settings.preload_models,
+    )
+    queue = TierQueue(redis)
+    jobs = GenerationJobs(
+        database=database,
+        repository=GenerationRepository(),
+        ledger=CreditLedger(),
+        queue=queue,
+        events=EventLog(redis),
+        catalog=catalog,
+        pricing=Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step),
+        default_model="",
+    )
+    worker = Worker(
+        worker_id=worker_id,
+        jobs=jobs,
+        queue=queue,
+        registry=registry,
+        store=LocalImageStore(settings.images_dir),
+        lease_seconds=settings.lease_seconds,
+    )
+    server = GrpcServer(host=settings.health_host, port=settings.health_port)
+
+    async def ready() -> None:
+        await database.ping()
+        await redis.ping()
+        await registry.preload(settings.preload_models)
+
+    await serve_until_terminated(
+        server,
+        ready=ready,
+        grace=1.0,
+        background=[worker.run],
+        drain_seconds=settings.shutdown_grace_seconds,
+        cleanup=[database.close, redis.aclose],
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,330 @@
+"""The one owner of model weights in a worker: loading, single-flight, pinning, LRU eviction and
+memory accounting.
+
+The job loop asks `ModelRegistry.acquire(name)` for a ready pipeline and never loads weights itself,
+so two jobs for the same cold model cause one load, and a new model pushes out the least recently
+used ones instead of running the GPU out of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import json
+import logging
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoPipelineForText2Image
+
+from gpu_inference.catalog import ModelCatalog, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModelError(LookupError):
+    """The catalog has no model by this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown model {name!r}")
+        self.name = name
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline resident on the worker's device, ready to run."""
+
+    info: ModelInfo
+    pipeline: Any  # A diffusers DiffusionPipeline; diffusers ships no type information.
+    device: torch.device
+    dtype: torch.dtype
+    memory_bytes: int
+    last_used: float  # time.monotonic() of the last acquire; orders eviction.
+    # A pipeline's scheduler keeps per-run state, so runs on one pipeline must not overlap.
+    run_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+@dataclass
+class RegistryMetrics:
+    """Counters since the registry was created.
+
+    An acquire is a hit when the model was resident and a miss otherwise; misses that join a load
+    already in flight do not add a load, so `loads <= misses`.
+    """
+
+    loads: int = 0
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    load_seconds: float = 0.0
+
+
+class ModelRegistry:
+    """Loads pipelines from a `ModelCatalog` onto one device and keeps them within a memory budget.
+
+    Device, dtype and attention backend are chosen once here, at construction and load time: CUDA
+    gets float16, channels-last UNet and PyTorch SDPA attention (diffusers' default processor);
+    CPU gets float32. The rest of the worker runs the same code on either.
+
+    All methods must be called from one event loop; loads run in worker threads.
+    """
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        *,
+        device: str | None = None,
+        memory_budget_bytes: int | None = None,
+        pinned: Sequence[str] = (),
+        on_load: Callable[[str, float], None] | None = None,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._dtype = torch.float16 if self._device.type == "cuda" else torch.float32
+        self._memory_budget_bytes = memory_budget_bytes
+        self._pinned = frozenset(pinned)
+        self._on_load = on_load
+        self._on_evict = on_evict
+        # Least recently used first.
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        # Single-flight: one task per model being loaded, shared by every acquire that wants it.
+        self._loads: dict[str, asyncio.Task[LoadedModel]] = {}
+        # Loads run one at a time, so eviction decisions see settled memory and CUDA's
+        # before/after measurement is not polluted by a second load.
+        self._load_lock = asyncio.Lock()
+        self._metrics = RegistryMetrics()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def metrics(self) -> RegistryMetrics:
+        """A snapshot of the counters."""
+        return dataclasses.replace(self._metrics)
+
+    def loaded(self) -> list[str]:
+        """Resident models, least recently used first."""
+        return list(self._models)
+
+    def loading(self) -> list[str]:
+        """Models whose load is in flight."""
+        return sorted(self._loads)
+
+    def resident_bytes(self) -> int:
+        return sum(model.memory_bytes for model in self._models.values())
+
+    async def acquire(self, name: str) -> LoadedModel:
+        """The model `name`, loading it first if it is not resident.
+
+        Raises `UnknownModelError` when the catalog has no such model. Cancelling the caller does not
+        cancel a load other callers may be waiting for; the model still becomes resident.
+        """
+        model = self._models.get(name)
+        if model is not None:
+            self._metrics.hits += 1
+            self._touch(model)
+            logger.info("model %s already loaded", name)
+            return model
+        self._metrics.misses += 1
+        task = self._loads.get(name)
+        if task is None:
+            task = asyncio.create_task(self._load(name), name=f"load model {name}")
+            self._loads[name] = task
+            task.add_done_callback(self._load_done)
+        return await asyncio.shield(task)
+
+    async def preload(self, names: Iterable[str]) -> None:
+        """Load `names` (typically the pinned models) before the worker reports ready."""
+        for name in names:
+            await self.acquire(name)
+
+    def _load_done(self, task: asyncio.Task[LoadedModel]) -> None:
+        # `_load` unlists itself as it finishes; this covers a task cancelled before it started.
+        name = next((n for n, t in self._loads.items() if t is task), None)
+        if name is not None:
+            del self._loads[name]
+        # The outcome belongs to the waiters; if all were cancelled nobody reads a failure, and
+        # asyncio would log "exception was never retrieved".
+        if not task.cancelled():
+            task.exception()
+
+    def _touch(self, model: LoadedModel) -> None:
+        model.last_used = time.monotonic()
+        self._models.move_to_end(model.info.name)
+
+    async def _load(self, name: str) -> LoadedModel:
+        try:
+            # A miss may rescan the models folder; keep that file I/O off the event loop.
+            info = await asyncio.to_thread(self._catalog.get, name)
+            if info is None:
+                raise UnknownModelError(name)
+            async with self._load_lock:
+                expected_bytes = await asyncio.to_thread(estimate_weight_bytes, info.path, self._dtype)
+                self._evict_to_fit(expected_bytes)
+                started = time.perf_counter()
+                try:
+                    pipeline, memory_bytes = await asyncio.to_thread(self._load_pipeline, info)
+                except Exception:
+                    logger.exception("failed to load model %s from %s", name, info.path)
+                    raise
+                seconds = time.perf_counter() - started
+                model = LoadedModel(
+                    info=info,
+                    pipeline=pipeline,
+                    device=self._device,
+                    dtype=self._dtype,
+                    memory_bytes=memory_bytes,
+                    last_used=time.monotonic(),
+                )
+                self._models[name] = model
+                self._metrics.loads += 1
+                self._metrics.load_seconds += seconds
+                logger.info("loaded model %s in %.2fs", name, seconds)
+                # The estimate can be off (buffers, allocator rounding); settle against the truth.
+                self._evict_to_fit(0, keep=name)
+            if self._on_load is not None:
+                _notify(self._on_load, name, seconds)
+            return model
+        finally:
+            # Unlist before the waiters resume, so none of them finds a finished load in flight.
+            if self._loads.get(name) is asyncio.current_task():
+                del self._loads[name]
+
+    def _load_pipeline(self, info: ModelInfo) -> tuple[Any, int]:
+        """Runs in a worker thread: read weights, move them to the device, measure them."""
+        on_cuda = self._device.type == "cuda"
+        allocated_before = torch.cuda.memory_allocated(self._device) if on_cuda else 0
+        # The auto pipeline picks the text-to-image class from model_index.json, so SD1.5, SDXL and
+        # the tiny test models share this path.
+        pipeline: Any = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+            info.path, dtype=self._dtype
+        )
+        # Device only: casting here would override the modules a model keeps in float32.
+        pipeline.to(self._device)
+        pipeline.set_progress_bar_config(disable=True)
+        unet = getattr(pipeline, "unet", None)
+        if on_cuda and unet is not None:
+            # Channels-last convolutions are markedly faster on tensor cores.
+            unet.to(memory_format=torch.channels_last)
+        tensor_bytes = _pipeline_tensor_bytes(pipeline)
+        if on_cuda:
+            torch.cuda.synchronize(self._device)
+            measured = torch.cuda.memory_allocated(self._device) - allocated_before
+            # A job running meanwhile can free activations and make the delta too small; the
+            # weights themselves are a floor.
+            return pipeline, max(measured, tensor_bytes)
+        return pipeline, tensor_bytes
+
+    def _evict_to_fit(self, incoming_bytes: int, *, keep: str | None = None) -> None:
+        """Evict least recently used unpinned models until `incoming_bytes` more fits the budget.
+
+        If only pinned models (and `keep`) remain, stop: a model larger than the budget still loads.
+        """
+        budget = self._memory_budget_bytes
+        if budget is None:
+            return
+        evicted = False
+        while self.resident_bytes() + incoming_bytes > budget:
+            victim = next(
+                (n for n in self._models if n not in self._pinned and n != keep),
+                None,
+            )
+            if victim is None:
+                break
+            self._evict(victim)
+            evicted = True
+        if evicted and self._device.type == "cuda":
+            # Hand the freed blocks back so the coming load (and other processes) can use them.
+            # A job still running on an evicted pipeline keeps its memory until it finishes.
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    def _evict(self, name: str) -> None:
+        model = self._models.pop(name)
+        self._metrics.evictions += 1
+        logger.info("evicted model %s (%.1f MiB)", name, model.memory_bytes / 2**20)
+        if self._on_evict is not None:
+            _notify(self._on_evict, name)
+
+
+def _notify(callback: Callable[..., None], *args: object) -> None:
+    # Hooks feed metrics and heartbeats; a broken hook must not fail a load or a job.
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("model registry hook %r failed", callback)
+
+
+def _pipeline_tensor_bytes(pipeline: Any) -> int:
+    total = 0
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in (*component.parameters(), *component.buffers()):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+# safetensors dtype tags that `from_pretrained(dtype=...)` casts; other tensors keep their size.
+_FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16"})
+_TAG_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2}
+
+
+def estimate_weight_bytes(model_path: Path, dtype: torch.dtype) -> int:
+    """How many bytes the model's weights will take once loaded in `dtype`, before loading them.
+
+    Reads only the safetensors headers (tensor shapes and types), so it costs a few small reads.
+    Variant files (`*.fp16.safetensors`) are ignored, as `from_pretrained` without a variant does;
+    pickled weights fall back to their file size.
+    """
+    target_bytes = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for component_dir in sorted(path for path in model_path.iterdir() if path.is_dir()):
+        weights = [path for path in component_dir.iterdir() if "." not in path.stem]
+        safetensors = [path for path in weights if path.suffix == ".safetensors"]
+        if safetensors:
+            for path in safetensors:
+                total += _safetensors_bytes(path, target_bytes)
+        else:
+            total += sum(path.stat().st_size for path in weights if path.suffix in {".bin", ".pt", ".pth"})
+    return total
+
+
+_MAX_SAFETENSORS_HEADER = 100 * 2**20  # The format's own limit.
+
+
+def _safetensors_bytes(path: Path, float_bytes: int) -> int:
+    # Format: an 8-byte little-endian header length, then a JSON header mapping each tensor name to
+    # its dtype, shape and byte offsets.
+    try:
+        with path.open("rb") as file:
+            (header_length,) = struct.unpack("<Q", file.read(8))
+            if header_length > _MAX_SAFETENSORS_HEADER:
+                raise ValueError("header too large")
+            header: dict[str, Any] = json.loads(file.read(header_length))
+        total = 0
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            tag: str = entry["dtype"]
+            numel = 1
+            for dim in entry["shape"]:
+                numel *= int(dim)
+            total += numel * (float_bytes if tag in _FLOAT_TAGS else _TAG_BYTES.get(tag, 1))
+        return total
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error):
+        # A damaged file: estimate by size and let the load itself report what is wrong.
+        return path.stat().st_size

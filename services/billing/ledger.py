@@ -1,0 +1,191 @@
+"""The credit ledger: append-only entries, and a balance projection that can never go negative.
+
+Money moves only as `credit_entries` rows. Each entry is idempotent on its natural key
+(user, kind, reference), and a generation's credits move in two phases, as TigerBeetle's
+pending transfers do: a hold reserves them, then exactly one capture (spend at most the hold,
+return the rest) or release (return all) resolves it. `credit_accounts` is the same information
+summed up, updated in the entry's transaction under CHECK constraints, so that no interleaving
+of requests can overdraw an account.
+
+Every method takes the caller's open transaction: a hold commits or rolls back together with the
+generation it pays for.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.errors import FailedPrecondition, InsufficientCredits
+from services.common.schema import credit_accounts, credit_entries
+
+
+@dataclass(frozen=True)
+class Balance:
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return max(0, self.balance - self.held)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    kind: str
+    amount: int
+    held_change: int
+    reference: str
+    created_at: datetime
+
+
+class _Overdraft(Exception):
+    """The projection refused an entry; rolls its savepoint back."""
+
+
+def generation_reference(generation_id: uuid.UUID) -> str:
+    return f"generation:{generation_id}"
+
+
+class CreditLedger:
+    async def open_account(self, conn: AsyncConnection, user_id: uuid.UUID) -> None:
+        await conn.execute(
+            insert(credit_accounts)
+            .values(user_id=user_id, balance=0, held=0)
+            .on_conflict_do_nothing(index_elements=["user_id"])
+        )
+
+    async def balance(self, conn: AsyncConnection, user_id: uuid.UUID) -> Balance:
+        row = (
+            await conn.execute(
+                sa.select(credit_accounts.c.balance, credit_accounts.c.held).where(
+                    credit_accounts.c.user_id == user_id
+                )
+            )
+        ).one_or_none()
+        return Balance(0, 0) if row is None else Balance(row.balance, row.held)
+
+    async def _append(
+        self,
+        conn: AsyncConnection,
+        user_id: uuid.UUID,
+        kind: str,
+        reference: str,
+        *,
+        amount: int,
+        held_change: int,
+    ) -> bool:
+        """Write one entry and apply it to the projection. False if the entry already existed.
+
+        The projection update is conditional: it matches no row when the entry would make the
+        balance negative or the holds exceed it, and then nothing is written.
+        """
+        try:
+            # A savepoint, so that an entry the projection refuses leaves no trace while the
+            # caller's transaction goes on (ledger rows are never deleted).
+            async with conn.begin_nested():
+                inserted = (
+                    await conn.execute(
+                        insert(credit_entries)
+                        .values(
+                            user_id=user_id,
+                            kind=kind,
+                            amount=amount,
+                            held_change=held_change,
+                            reference=reference,
+                            created_at=sa.func.now(),
+                        )
+                        .on_conflict_do_nothing()
+                        .returning(credit_entries.c.id)
+                    )
+                ).one_or_none()
+                if inserted is None:
+                    return False
+                new_balance = credit_accounts.c.balance + amount
+                new_held = credit_accounts.c.held + held_change
+                applied = (
+                    await conn.execute(
+                        sa.update(credit_accounts)
+                        .where(
+                            credit_accounts.c.user_id == user_id,
+                            new_balance >= 0,
+                            new_held >= 0,
+                            new_held <= new_balance,
+                        )
+                        .values(balance=new_balance, held=new_held)
+                        .returning(credit_accounts.c.balance)
+                    )
+                ).one_or_none()
+                if applied is None:
+                    raise _Overdraft
+        except _Overdraft:
+            current = await self.balance(conn, user_id)
+            if held_change > 0:
+                raise InsufficientCredits(needed=held_change, available=current.available) from None
+            raise FailedPrecondition(
+                f"credit {kind} of {amount} would overdraw the account (balance {current.balance}, "
+                f"held {current.held})"
+            ) from None
+        return True
+
+    async def grant(self, conn: AsyncConnection, user_id: uuid.UUID, amount: int, reference: str) -> bool:
+        if amount <= 0:
+            raise ValueError("a grant adds credits")
+        return await self._append(conn, user_id, "grant", reference, amount=amount, held_change=0)
+
+    async def adjust(self, conn: AsyncConnection, user_id: uuid.UUID, amount: int, reference: str) -> bool:
+        """An administrator's correction, positive or negative; never below zero."""
+        return await self._append(conn, user_id, "adjustment", reference, amount=amount, held_change=0)
+
+    async def hold(self, conn: AsyncConnection, user_id: uuid.UUID, reference: str, amount: int) -> None:
+        if amount <= 0:
+            raise ValueError("a hold reserves at least one credit")
+        await self._append(conn, user_id, "hold", reference, amount=0, held_change=amount)
+
+    async def _held_amount(self, conn: AsyncConnection, user_id: uuid.UUID, reference: str) -> int | None:
+        return (
+            await conn.execute(
+                sa.select(credit_entries.c.held_change).where(
+                    credit_entries.c.user_id == user_id,
+                    credit_entries.c.kind == "hold",
+                    credit_entries.c.reference == reference,
+                )
+            )
+        ).scalar_one_or_none()
+
+    async def capture(self, conn: AsyncConnection, user_id: uuid.UUID, reference: str, amount: int) -> int:
+        """Spend up to the hold and return the rest in one entry. Returns the credits spent."""
+        held = await self._held_amount(conn, user_id, reference)
+        if held is None:
+            raise FailedPrecondition(f"no hold {reference}")
+        spent = max(0, min(amount, held))
+        if not await self._append(conn, user_id, "capture", reference, amount=-spent, held_change=-held):
+            raise FailedPrecondition(f"hold {reference} was already resolved")
+        return spent
+
+    async def release(self, conn: AsyncConnection, user_id: uuid.UUID, reference: str) -> None:
+        """Return a hold's credits; a no-op if it was already resolved."""
+        held = await self._held_amount(conn, user_id, reference)
+        if held is None:
+            return
+        await self._append(conn, user_id, "release", reference, amount=0, held_change=-held)
+
+    async def entries(
+        self, conn: AsyncConnection, user_id: uuid.UUID, *, limit: int, before_id: int | None = None
+    ) -> list[LedgerEntry]:
+        query = (
+            sa.select(credit_entries)
+            .where(credit_entries.c.user_id == user_id)
+            .order_by(credit_entries.c.id.desc())
+            .limit(limit)
+        )
+        if before_id is not None:
+            query = query.where(credit_entries.c.id < before_id)
+        rows = (await conn.execute(query)).all()
+        return [LedgerEntry(r.id, r.kind, r.amount, r.held_change, r.reference, r.created_at) for r in rows]

@@ -1,0 +1,162 @@
+"""The `pingvas` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from pathlib import Path
+
+
+def _home() -> Path:
+    return Path(os.environ.get("PINGVAS_HOME", ".pingvas"))
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from services.supervisor import MeshOptions, run_mesh
+
+    return run_mesh(
+        MeshOptions(
+            home=_home(),
+            http_host=os.environ.get("PINGVAS_HTTP_HOST", "127.0.0.1"),
+            http_port=int(os.environ.get("PINGVAS_HTTP_PORT", "8080")),
+            workers=args.workers,
+            env=os.environ.get("PINGVAS_ENV", "dev"),
+            database_url=os.environ.get("DATABASE_URL"),
+            redis_url=os.environ.get("REDIS_URL"),
+            db_schema=os.environ.get("PINGVAS_DB_SCHEMA", "dev_pingvas"),
+        )
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from services.cli import generate
+
+    return generate.run(args)
+
+
+def _database_location() -> tuple[str, str]:
+    """DATABASE_URL if set, else the running embedded mesh's database."""
+    from services.supervisor import runtime_file
+
+    schema = os.environ.get("PINGVAS_DB_SCHEMA", "dev_pingvas")
+    if url := os.environ.get("DATABASE_URL"):
+        return url, schema
+    mesh_file = runtime_file(_home().resolve())
+    if not mesh_file.exists():
+        raise SystemExit(
+            f"pingvas: no database: set DATABASE_URL or start the mesh with `pingvas up` "
+            f"(looked for {mesh_file})"
+        )
+    import json
+
+    mesh = json.loads(mesh_file.read_text())
+    return mesh["database_url"], mesh["db_schema"]
+
+
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from services.billing.ledger import CreditLedger
+    from services.common.database import Database
+    from services.common.errors import DomainError
+    from services.user.accounts import UserAccounts
+
+    url, schema = _database_location()
+
+    async def run() -> int:
+        database = Database(url, schema=schema, pool_size=1)
+        accounts = UserAccounts(database, CreditLedger(), free_grant_credits=0)
+        try:
+            if args.admin_command == "set-plan":
+                account = await accounts.set_plan(args.email, args.plan)
+            else:
+                account = await accounts.adjust_credits(args.email, args.credits, f"admin:{uuid.uuid4()}")
+        except DomainError as error:
+            print(f"pingvas: {error.message}", file=sys.stderr)
+            return 2
+        finally:
+            await database.close()
+        print(
+            f"{account.email}: plan {account.plan}, {account.credits.balance} credits "
+            f"({account.credits.held} held, {account.credits.available} available)"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
+def _cmd_models_create_tiny(args: argparse.Namespace) -> int:
+    from gpu_inference.tiny import create_tiny_models
+
+    models_dir = Path(args.dir or os.environ.get("PINGVAS_MODELS_DIR") or _home() / "models")
+    for path in create_tiny_models(models_dir):
+        print(f"tiny model ready: {path}")
+    return 0
+
+
+def _cmd_proto_generate(_args: argparse.Namespace) -> int:
+    from services.cli import codegen
+
+    codegen.main()
+    return 0
+
+
+def _cmd_db_upgrade(_args: argparse.Namespace) -> int:
+    from services.migrations import upgrade
+
+    url, schema = _database_location()
+    asyncio.run(upgrade(url, schema))
+    print(f"schema {schema} is at the newest revision")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pingvas", description="Diffusion image generation as a service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole mesh on this machine")
+    up.add_argument("--workers", type=int, default=int(os.environ.get("PINGVAS_WORKERS", "1")))
+    up.set_defaults(handler=_cmd_up)
+
+    from services.cli import generate
+
+    generate_parser = commands.add_parser("generate", help="generate an image through the running mesh")
+    generate.add_arguments(generate_parser)
+    generate_parser.set_defaults(handler=_cmd_generate)
+
+    admin = commands.add_parser("admin", help="administer users")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    set_plan = admin_commands.add_parser("set-plan", help="set a user's plan")
+    set_plan.add_argument("email")
+    set_plan.add_argument("plan", choices=["free", "starter", "pro", "studio", "enterprise"])
+    grant = admin_commands.add_parser("grant-credits", help="grant (or, negative, take back) credits")
+    grant.add_argument("email")
+    grant.add_argument("credits", type=int)
+    admin.set_defaults(handler=_cmd_admin)
+
+    models = commands.add_parser("models", help="manage local models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    tiny = model_commands.add_parser("create-tiny", help="build the tiny random-weight SD pipelines")
+    tiny.add_argument("--dir", help="models directory (default PINGVAS_HOME/models)")
+    tiny.set_defaults(handler=_cmd_models_create_tiny)
+
+    proto = commands.add_parser("proto", help="contract tooling")
+    proto_commands = proto.add_subparsers(dest="proto_command", required=True)
+    proto_commands.add_parser(
+        "generate", help="regenerate the Python SDK and Envoy descriptors"
+    ).set_defaults(handler=_cmd_proto_generate)
+
+    db = commands.add_parser("db", help="database tooling")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply migrations").set_defaults(handler=_cmd_db_upgrade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.handler(args))
+
+
+if __name__ == "__main__":
+    main()

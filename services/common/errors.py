@@ -1,0 +1,84 @@
+"""Domain errors: plain exceptions that know nothing of gRPC.
+
+`services.common.rpc` turns each into a gRPC status with one `google.rpc.ErrorInfo` (and a
+`google.rpc.BadRequest` for invalid input), in that one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+class DomainError(Exception):
+    """Base of every error a caller is meant to see. `reason` is UPPER_SNAKE and stable."""
+
+    reason = "DOMAIN_ERROR"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = dict(metadata or {})
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidInput(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        self.violations = list(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {summary}")
+
+
+class NotFound(DomainError):
+    reason = "NOT_FOUND"
+
+
+class Unauthenticated(DomainError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    reason = "PERMISSION_DENIED"
+
+
+class InsufficientCredits(DomainError):
+    """The caller's available credits do not cover a generation's hold (HTTP 402 at the edge)."""
+
+    reason = "INSUFFICIENT_CREDITS"
+
+    def __init__(self, *, needed: int, available: int) -> None:
+        super().__init__(
+            f"insufficient credits: this generation needs {needed}, {available} available",
+            metadata={"needed": str(needed), "available": str(available)},
+        )
+        self.needed = needed
+        self.available = available
+
+
+class QueueFull(DomainError):
+    reason = "QUEUE_FULL"
+
+
+class FailedPrecondition(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+@dataclass
+class Violations:
+    """Collects field violations and raises them together, so a caller fixes everything at once."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_path: str, description: str) -> None:
+        self.items.append(FieldViolation(field_path, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidInput(self.items)

@@ -1,0 +1,180 @@
+"""The one place where gRPC meets the domain.
+
+Servicer methods are decorated with `unary` or `server_stream`. The decorator authenticates the
+caller (unless the method is public), enforces the contract's field rules, runs the method, and
+turns domain errors into a `google.rpc.Status` with one `ErrorInfo` (plus `BadRequest` for
+invalid input). Unexpected exceptions are logged and answered INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.common import errors
+from services.common.auth import Principal, TokenAuthority
+from services.common.validation import validate
+
+log = logging.getLogger(__name__)
+
+# The REST edge (Envoy's Lua filter) turns this response header into the HTTP status, for the
+# one mapping gRPC's table lacks: FAILED_PRECONDITION/INSUFFICIENT_CREDITS -> 402.
+HTTP_STATUS_HEADER = "pingvas-http-status"
+
+_CODES: dict[type[errors.DomainError], tuple[grpc.StatusCode, int | None]] = {
+    errors.InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, None),
+    errors.NotFound: (grpc.StatusCode.NOT_FOUND, None),
+    errors.Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, None),
+    errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, None),
+    errors.InsufficientCredits: (grpc.StatusCode.FAILED_PRECONDITION, 402),
+    errors.QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+    errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, None),
+}
+
+
+class Endpoint:
+    """Base of every servicer: what the decorators need to authenticate and report errors."""
+
+    def __init__(self, *, tokens: TokenAuthority, error_domain: str) -> None:
+        self.tokens = tokens
+        self.error_domain = error_domain
+
+
+def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _status_for(error: errors.DomainError, domain: str) -> tuple[grpc.Status, int | None]:
+    code, http_status = _CODES.get(type(error), (grpc.StatusCode.FAILED_PRECONDITION, None))
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
+    details.append(info)
+    if isinstance(error, errors.InvalidInput):
+        bad_request = any_pb2.Any()
+        bad_request.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
+        details.append(bad_request)
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status), http_status
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.DomainError, domain: str) -> None:
+    status, http_status = _status_for(error, domain)
+    trailing = tuple(status.trailing_metadata)
+    if http_status is not None:
+        trailing += ((HTTP_STATUS_HEADER, str(http_status)),)
+    await context.abort(status.code, status.details, trailing)
+
+
+async def _abort_internal(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unexpected error in %s (incident %s)", method, incident)
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (incident {incident})")
+    await context.abort(grpc.StatusCode.INTERNAL, status.message)
+
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+E = TypeVar("E", bound=Endpoint)
+
+
+def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    return endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
+
+
+def unary(
+    method: Callable[[E, Req, Principal, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[E, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """An authenticated unary RPC: the method receives the verified caller."""
+
+    @functools.wraps(method)
+    async def handler(self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            caller = _caller(self, context)
+            validate(request)
+            return await method(self, request, caller, context)
+        except errors.DomainError as error:
+            await _abort(context, error, self.error_domain)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            await _abort_internal(context, method.__name__)
+        raise AssertionError("unreachable: context.abort raises")
+
+    return handler
+
+
+def public_unary(
+    method: Callable[[E, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[E, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """A unary RPC that needs no access token (sign-in, signed URLs, signed webhooks)."""
+
+    @functools.wraps(method)
+    async def handler(self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            validate(request)
+            return await method(self, request, context)
+        except errors.DomainError as error:
+            await _abort(context, error, self.error_domain)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            await _abort_internal(context, method.__name__)
+        raise AssertionError("unreachable: context.abort raises")
+
+    return handler
+
+
+def server_stream(
+    method: Callable[[E, Req, Principal, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[E, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    """An authenticated server-streaming RPC."""
+
+    @functools.wraps(method)
+    async def handler(
+        self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Resp]:
+        try:
+            caller = _caller(self, context)
+            validate(request)
+            async for item in method(self, request, caller, context):
+                yield item
+        except errors.DomainError as error:
+            await _abort(context, error, self.error_domain)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception:
+            await _abort_internal(context, method.__name__)
+
+    return handler
+
+
+async def unimplemented(context: grpc.aio.ServicerContext[Any, Any], domain: str, what: str) -> None:
+    """Answer UNIMPLEMENTED with an ErrorInfo, for contract RPCs whose issue has not landed yet."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=domain))
+    message = f"{what} is part of the v1 contract but not implemented yet"
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message, details=[info])
+    )
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -1,0 +1,79 @@
+"""The PostgreSQL tables, as SQLAlchemy Core. Alembic migrations (services/migrations) create them.
+
+Every tenant-owned table carries `user_id`, and repositories reach them only through
+`Database.tenant(user_id)`, so row-level security can be switched on without a redesign.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
+
+metadata = sa.MetaData()
+
+PLANS = ("free", "starter", "pro", "studio", "enterprise")
+GENERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+LIVE_STATES = ("QUEUED", "RUNNING")
+CREDIT_ENTRY_KINDS = ("grant", "reset", "hold", "capture", "release", "revoke", "refund", "adjustment")
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("email", sa.Text, nullable=False, unique=True),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The spendable balance, a projection of credit_entries kept in the same transaction as each
+# entry. CHECK constraints make a negative balance or over-hold impossible under any concurrency.
+credit_accounts = sa.Table(
+    "credit_accounts",
+    metadata,
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("held", sa.BigInteger, nullable=False),
+)
+
+# Append-only. (user_id, kind, reference) is the natural key that makes every entry idempotent,
+# and a partial unique index lets each hold resolve (capture or release) at most once.
+credit_entries = sa.Table(
+    "credit_entries",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("held_change", sa.BigInteger, nullable=False),
+    sa.Column("reference", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("tier", sa.Text, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("negative_prompt", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("guidance", sa.Float, nullable=False),
+    sa.Column("request_id", sa.Text),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.Text),
+    sa.Column("credits_held", sa.BigInteger, nullable=False),
+    sa.Column("credits_charged", sa.BigInteger, nullable=False),
+    sa.Column("gpu_seconds", sa.Float, nullable=False),
+    sa.Column("image_key", sa.Text),
+    sa.Column("failure_reason", sa.Text),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)

@@ -1,0 +1,128 @@
+"""The gRPC server every Pingvas process runs: grpc.aio with health, reflection, message limits
+and a graceful SIGTERM (NOT_SERVING first, then `stop(grace)`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str, component: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s",
+    )
+
+
+class GrpcServer:
+    """Owns one grpc.aio server and its health state.
+
+    `health` is NOT_SERVING until `mark_serving()`: a process calls it once its dependencies
+    (and, for the worker, its pipelines) are ready.
+    """
+
+    def __init__(self, *, host: str, port: int, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        self.address = f"{host}:{port}"
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second process on the same port must fail loudly
+            ]
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
+
+    def add_services(self, names: Sequence[str]) -> None:
+        self.service_names.extend(names)
+
+    async def start(self) -> None:
+        reflection.enable_server_reflection(
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        if self.server.add_insecure_port(self.address) == 0:
+            raise RuntimeError(f"cannot bind {self.address}")
+        await self.server.start()
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("gRPC server listening on %s (NOT_SERVING until ready)", self.address)
+
+    async def mark_serving(self) -> None:
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING %s", ", ".join(self.service_names))
+
+    async def _set_all(self, status: int) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+async def wait_until_ready(
+    check: Callable[[], Awaitable[None]], what: str, *, within_seconds: float = 60.0
+) -> None:
+    """Retry `check` until it passes: dependencies may come up after this process."""
+    deadline = asyncio.get_running_loop().time() + within_seconds
+    while True:
+        try:
+            await check()
+            return
+        except Exception as error:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{what} not ready after {within_seconds:.0f}s: {error}") from error
+            await asyncio.sleep(0.2)
+
+
+def termination_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: what Kubernetes, Karpenter and Ctrl-C send."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_until_terminated(
+    server: GrpcServer,
+    *,
+    ready: Callable[[], Awaitable[None]],
+    grace: float,
+    background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
+    drain_seconds: float | None = None,
+    cleanup: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Start, turn SERVING once `ready` passes, and run the background loops until SIGTERM.
+
+    On SIGTERM: NOT_SERVING first (so load balancers and probes stop sending work), then the
+    background loops get `drain_seconds` to finish what they hold (they watch the event), then
+    in-flight RPCs get `grace`, then cleanup.
+    """
+    stop = termination_event()
+    await server.start()
+    await wait_until_ready(ready, "dependencies")
+    await server.mark_serving()
+    tasks = [asyncio.create_task(loop(stop)) for loop in background]
+    await stop.wait()
+    log.info("terminating: NOT_SERVING")
+    await server.health.enter_graceful_shutdown()
+    if tasks:
+        _done, pending = await asyncio.wait(tasks, timeout=grace if drain_seconds is None else drain_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await server.server.stop(grace)
+    for close in cleanup:
+        await close()
+    log.info("stopped")

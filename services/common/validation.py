@@ -1,0 +1,112 @@
+"""Enforces the input rules the contract declares with `(pingvas.rules.v1.field)` options.
+
+The rules live next to the fields in proto/; this module reads them from the message descriptors
+once per message type and checks every request before a servicer sees it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from pingvas.rules.v1 import rules_pb2
+
+from services.common.errors import Violations
+
+_Check = Callable[[Message, str, Violations], None]
+
+
+def _has_presence(field: FieldDescriptor) -> bool:
+    return field.has_presence and not field.is_repeated
+
+
+def _field_checks(field: FieldDescriptor) -> list[_Check]:
+    options = field.GetOptions()
+    checks: list[_Check] = []
+    rules = options.Extensions[rules_pb2.field] if options.HasExtension(rules_pb2.field) else None
+    name = field.name
+
+    def is_set(message: Message) -> bool:
+        if _has_presence(field):
+            return message.HasField(name)
+        value = getattr(message, name)
+        return bool(value)
+
+    if rules is not None:
+
+        def check_value(message: Message, path: str, violations: Violations) -> None:
+            if not is_set(message):
+                if rules.required:
+                    violations.add(path, "is required")
+                    return
+                # An absent optional field takes its documented default; only values the caller
+                # sent are checked.
+                if _has_presence(field):
+                    return
+            value = getattr(message, name)
+            if field.type == FieldDescriptor.TYPE_STRING:
+                if rules.HasField("min_len") and len(value) < rules.min_len:
+                    violations.add(path, f"must be at least {rules.min_len} characters")
+                if rules.HasField("max_len") and len(value) > rules.max_len:
+                    violations.add(path, f"must be at most {rules.max_len} characters")
+                allowed = list(getattr(rules, "in"))  # `in` is a Python keyword
+                if allowed and value and value not in allowed:
+                    violations.add(path, "must be one of " + ", ".join(allowed))
+            elif field.cpp_type in (
+                FieldDescriptor.CPPTYPE_INT32,
+                FieldDescriptor.CPPTYPE_INT64,
+                FieldDescriptor.CPPTYPE_UINT32,
+                FieldDescriptor.CPPTYPE_UINT64,
+            ):
+                if rules.HasField("int_gte") and value < rules.int_gte:
+                    violations.add(path, f"must be at least {rules.int_gte}")
+                if rules.HasField("int_lte") and value > rules.int_lte:
+                    violations.add(path, f"must be at most {rules.int_lte}")
+                if rules.HasField("multiple_of") and value % rules.multiple_of:
+                    violations.add(path, f"must be a multiple of {rules.multiple_of}")
+            elif field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
+                if value != value:  # NaN compares unequal to itself
+                    violations.add(path, "must be a number")
+                    return
+                if rules.HasField("double_gte") and value < rules.double_gte:
+                    violations.add(path, f"must be at least {rules.double_gte:g}")
+                if rules.HasField("double_lte") and value > rules.double_lte:
+                    violations.add(path, f"must be at most {rules.double_lte:g}")
+
+        checks.append(check_value)
+
+    if field.message_type is not None and not field.is_repeated:
+        nested = _message_checks(field.message_type)
+        if nested:
+
+            def check_nested(message: Message, path: str, violations: Violations) -> None:
+                if message.HasField(name):
+                    sub = getattr(message, name)
+                    for nested_check in nested:
+                        nested_check(sub, path, violations)
+
+            checks.append(check_nested)
+    return checks
+
+
+@functools.cache
+def _message_checks(descriptor: Descriptor) -> tuple[_Check, ...]:
+    checks: list[_Check] = []
+    for field in descriptor.fields:
+        for check in _field_checks(field):
+
+            def at_field(message: Message, path: str, violations: Violations, *, _c=check, _f=field) -> None:
+                _c(message, f"{path}.{_f.name}" if path else _f.name, violations)
+
+            checks.append(at_field)
+    return tuple(checks)
+
+
+def validate(message: Message) -> None:
+    """Raise InvalidInput listing every broken rule of `message` (and its nested messages)."""
+    violations = Violations()
+    for check in _message_checks(message.DESCRIPTOR):
+        check(message, "", violations)
+    violations.raise_if_any()

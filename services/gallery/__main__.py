@@ -1,0 +1,41 @@
+"""Composition root of the gallery service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pingvas.gallery.v1 import gallery_service_pb2 as pb
+from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
+
+from services.common.auth import TokenAuthority
+from services.common.database import Database
+from services.common.server import GrpcServer, configure_logging, serve_until_terminated
+from services.common.settings import GallerySettings
+from services.common.signing import ImageUrlSigner
+from services.common.storage import LocalImageStore
+from services.gallery.images import ImageLibrary
+from services.gallery.servicer import GalleryServicer
+
+
+async def main() -> None:
+    settings = GallerySettings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level, "gallery")
+    database = Database(settings.database_url, schema=settings.db_schema)
+    signer = ImageUrlSigner(
+        settings.url_signing_secret,
+        public_url=settings.public_url,
+        ttl_seconds=settings.image_url_ttl_seconds,
+    )
+    library = ImageLibrary(database, LocalImageStore(settings.images_dir), signer)
+    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    pb_grpc.add_GalleryServiceServicer_to_server(
+        GalleryServicer(library, TokenAuthority(settings.jwt_secret)), server.server
+    )
+    server.add_services([pb.DESCRIPTOR.services_by_name["GalleryService"].full_name])
+    await serve_until_terminated(
+        server, ready=database.ping, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,50 @@
+"""GalleryService over gRPC. Listing and deleting land with the gallery issue; until then they
+answer UNIMPLEMENTED, never a pretend result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+from google.api import httpbody_pb2
+from pingvas.gallery.v1 import gallery_service_pb2 as pb
+from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
+
+from services.common.auth import TokenAuthority
+from services.common.errors import FieldViolation, InvalidInput
+from services.common.rpc import Endpoint, public_unary, unimplemented
+from services.gallery.images import ImageLibrary
+
+ERROR_DOMAIN = "gallery.pingvas.studio"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
+    def __init__(self, library: ImageLibrary, tokens: TokenAuthority) -> None:
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+        self.library = library
+
+    async def ListImages(self, request: pb.ListImagesRequest, context: Context) -> pb.ListImagesResponse:
+        await unimplemented(context, ERROR_DOMAIN, "ListImages")
+        raise AssertionError("unreachable")
+
+    async def GetImage(self, request: pb.GetImageRequest, context: Context) -> pb.GetImageResponse:
+        await unimplemented(context, ERROR_DOMAIN, "GetImage")
+        raise AssertionError("unreachable")
+
+    async def DeleteImage(self, request: pb.DeleteImageRequest, context: Context) -> pb.DeleteImageResponse:
+        await unimplemented(context, ERROR_DOMAIN, "DeleteImage")
+        raise AssertionError("unreachable")
+
+    @public_unary
+    async def GetImageContent(
+        self, request: pb.GetImageContentRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        try:
+            image_id = uuid.UUID(request.image_id)
+        except ValueError:
+            raise InvalidInput([FieldViolation("image_id", "must be an image id (a UUID)")]) from None
+        png = await self.library.signed_content(image_id, request.expires, request.signature)
+        return httpbody_pb2.HttpBody(content_type="image/png", data=png)

@@ -1,0 +1,80 @@
+"""Composition root of the generation service: settings -> clients -> domain -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pingvas.generation.v1 import generation_service_pb2 as pb
+from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from redis.asyncio import Redis
+
+from gpu_inference.catalog import ModelCatalog
+from services.billing.ledger import CreditLedger
+from services.billing.pricing import Pricing
+from services.common.auth import TokenAuthority
+from services.common.database import Database
+from services.common.server import GrpcServer, configure_logging, serve_until_terminated
+from services.common.settings import GenerationSettings
+from services.common.signing import ImageUrlSigner
+from services.generation.events import EventLog
+from services.generation.jobs import GenerationJobs
+from services.generation.queue import TierQueue
+from services.generation.repository import GenerationRepository
+from services.generation.servicer import GenerationServicer
+
+log = logging.getLogger("services.generation")
+
+
+async def main() -> None:
+    settings = GenerationSettings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level, "generation")
+    database = Database(settings.database_url, schema=settings.db_schema)
+    redis = Redis.from_url(settings.redis_url, max_connections=512)
+    jobs = GenerationJobs(
+        database=database,
+        repository=GenerationRepository(),
+        ledger=CreditLedger(),
+        queue=TierQueue(redis),
+        events=EventLog(redis),
+        catalog=ModelCatalog(settings.resolved_models_dir),
+        pricing=Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step),
+        default_model=settings.default_model,
+        image_urls=ImageUrlSigner(
+            settings.url_signing_secret,
+            public_url=settings.public_url,
+            ttl_seconds=settings.image_url_ttl_seconds,
+        ),
+    )
+    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    pb_grpc.add_GenerationServiceServicer_to_server(
+        GenerationServicer(jobs, TokenAuthority(settings.jwt_secret)), server.server
+    )
+    server.add_services([pb.DESCRIPTOR.services_by_name["GenerationService"].full_name])
+
+    async def ready() -> None:
+        await database.ping()
+        await redis.ping()
+
+    async def reconcile_forever(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await jobs.reconcile()
+            except Exception:
+                log.exception("reconcile failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), settings.reconcile_interval_seconds)
+            except TimeoutError:
+                pass
+
+    await serve_until_terminated(
+        server,
+        ready=ready,
+        grace=settings.shutdown_grace_seconds,
+        background=[reconcile_forever],
+        cleanup=[database.close, redis.aclose],
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

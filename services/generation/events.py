@@ -1,0 +1,84 @@
+"""Each generation's event log: a capped Redis Stream that late and reconnecting watchers replay.
+
+    events:{generation_id}        STREAM of events, field `e` = a serialized WatchGenerationResponse
+    events:{generation_id}:seq    the last sequence number handed out
+
+Plain pub/sub cannot replay, and a disconnected subscriber would lose messages. Appending is one
+script, so sequence numbers are gap-free and ordered like the stream. After the terminal event
+both keys expire; terminal states also live in PostgreSQL, from which a watcher rebuilds the
+terminal event when the log is gone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from pingvas.generation.v1 import generation_service_pb2 as pb
+from redis.asyncio import Redis
+
+TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+
+_APPEND = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return seq
+"""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    stream_id: str
+    event: pb.WatchGenerationResponse
+
+
+def is_terminal(event: pb.WatchGenerationResponse) -> bool:
+    return event.WhichOneof("event") in TERMINAL_EVENTS
+
+
+class EventLog:
+    def __init__(
+        self, redis: Redis, *, max_events: int = 2000, ttl_after_terminal_seconds: int = 24 * 3600
+    ) -> None:
+        self.redis = redis
+        self.max_events = max_events
+        self.ttl_after_terminal_seconds = ttl_after_terminal_seconds
+        self._append = redis.register_script(_APPEND)
+
+    @staticmethod
+    def _key(generation_id: uuid.UUID) -> str:
+        return f"events:{generation_id}"
+
+    async def append(self, generation_id: uuid.UUID, event: pb.WatchGenerationResponse) -> int:
+        """Store an event and return its sequence number."""
+        key = self._key(generation_id)
+        ttl = self.ttl_after_terminal_seconds if is_terminal(event) else 0
+        payload = event.SerializeToString()
+        return int(await self._append(keys=[key, f"{key}:seq"], args=[payload, self.max_events, ttl]))
+
+    async def read(
+        self, generation_id: uuid.UUID, after_stream_id: str, *, block_ms: int
+    ) -> list[StoredEvent]:
+        """Events after `after_stream_id` ("0" for all), waiting up to `block_ms` for the next."""
+        key = self._key(generation_id)
+        response = await self.redis.xread({key: after_stream_id}, block=block_ms, count=500)
+        stored: list[StoredEvent] = []
+        for _stream, entries in response or ():
+            for stream_id, fields in entries:
+                event = pb.WatchGenerationResponse.FromString(fields[b"e"])
+                event.sequence = int(fields[b"s"])
+                stored.append(StoredEvent(stream_id.decode(), event))
+        return stored
+
+    async def last(self, generation_id: uuid.UUID) -> pb.WatchGenerationResponse | None:
+        entries = await self.redis.xrevrange(self._key(generation_id), count=1)
+        if not entries:
+            return None
+        _stream_id, fields = entries[0]
+        event = pb.WatchGenerationResponse.FromString(fields[b"e"])
+        event.sequence = int(fields[b"s"])
+        return event

@@ -1,0 +1,123 @@
+"""GenerationService over gRPC: proto in, domain call, proto out. Nothing else lives here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from pingvas.generation.v1 import generation_resources_pb2 as resources
+from pingvas.generation.v1 import generation_service_pb2 as pb
+from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+
+from services.common.auth import Principal, TokenAuthority
+from services.common.rpc import Endpoint, server_stream, unary
+from services.generation.jobs import GenerationJobs, GenerationSpec, parse_generation_id
+from services.generation.repository import GenerationRecord
+
+ERROR_DOMAIN = "generation.pingvas.studio"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _timestamp(value: Any) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def generation_to_proto(record: GenerationRecord, image_url: str) -> resources.Generation:
+    return resources.Generation(
+        name=f"users/{record.user_id}/generations/{record.id}",
+        id=str(record.id),
+        state=resources.GenerationState.Value(f"GENERATION_STATE_{record.state}"),
+        prompt=record.prompt,
+        negative_prompt=record.negative_prompt,
+        model=record.model,
+        width=record.width,
+        height=record.height,
+        steps=record.steps,
+        seed=record.seed,
+        guidance=record.guidance,
+        create_time=_timestamp(record.created_at),
+        start_time=_timestamp(record.started_at),
+        end_time=_timestamp(record.finished_at),
+        image_url=image_url,
+        gpu_seconds=record.gpu_seconds,
+        credits_held=record.credits_held,
+        credits_charged=record.credits_charged,
+        failure_reason=record.failure_reason or "",
+        attempt=record.attempt,
+    )
+
+
+def spec_from_proto(generation: resources.Generation) -> GenerationSpec:
+    def optional(name: str) -> Any:
+        return getattr(generation, name) if generation.HasField(name) else None
+
+    return GenerationSpec(
+        prompt=generation.prompt,
+        negative_prompt=generation.negative_prompt,
+        model=generation.model,
+        width=optional("width"),
+        height=optional("height"),
+        steps=optional("steps"),
+        seed=optional("seed"),
+        guidance=optional("guidance"),
+    )
+
+
+class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
+    def __init__(self, jobs: GenerationJobs, tokens: TokenAuthority) -> None:
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+        self.jobs = jobs
+
+    def _proto(self, record: GenerationRecord) -> resources.Generation:
+        return generation_to_proto(record, self.jobs.image_url(record))
+
+    @unary
+    async def CreateGeneration(
+        self, request: pb.CreateGenerationRequest, caller: Principal, context: Context
+    ) -> pb.CreateGenerationResponse:
+        record = await self.jobs.create(
+            caller.user_id, spec_from_proto(request.generation), request.request_id
+        )
+        return pb.CreateGenerationResponse(generation=self._proto(record))
+
+    @unary
+    async def GetGeneration(
+        self, request: pb.GetGenerationRequest, caller: Principal, context: Context
+    ) -> pb.GetGenerationResponse:
+        record = await self.jobs.get(caller.user_id, parse_generation_id(request.generation_id))
+        return pb.GetGenerationResponse(generation=self._proto(record))
+
+    @unary
+    async def ListGenerations(
+        self, request: pb.ListGenerationsRequest, caller: Principal, context: Context
+    ) -> pb.ListGenerationsResponse:
+        records, next_token = await self.jobs.page(
+            caller.user_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListGenerationsResponse(
+            generations=[self._proto(record) for record in records], next_page_token=next_token
+        )
+
+    @unary
+    async def CancelGeneration(
+        self, request: pb.CancelGenerationRequest, caller: Principal, context: Context
+    ) -> pb.CancelGenerationResponse:
+        record = await self.jobs.cancel(caller.user_id, parse_generation_id(request.generation_id))
+        return pb.CancelGenerationResponse(generation=self._proto(record))
+
+    @server_stream
+    async def WatchGeneration(
+        self, request: pb.WatchGenerationRequest, caller: Principal, context: Context
+    ) -> AsyncIterator[pb.WatchGenerationResponse]:
+        generation_id = parse_generation_id(request.generation_id)
+        async for event in self.jobs.watch(
+            caller.user_id, generation_id, after_sequence=request.after_sequence
+        ):
+            yield event

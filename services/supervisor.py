@@ -1,0 +1,279 @@
+"""`pingvas up`: the whole mesh on one machine, supervised.
+
+Starts PostgreSQL and Redis (embedded unless DATABASE_URL / REDIS_URL point elsewhere), applies
+migrations, starts each service and the GPU workers as their own processes, then Envoy. It logs
+each component's state, stops everything in reverse order on SIGTERM or Ctrl-C, and stops
+everything if any component dies. Children get SIGTERM from the kernel if the supervisor itself
+is killed, so no process outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.embedded.process import ManagedProcess, free_port, wait_for_port
+
+log = logging.getLogger("pingvas.up")
+
+SERVICES = ("user", "billing", "generation", "gallery")
+
+
+@dataclass
+class MeshOptions:
+    home: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    workers: int = 1
+    env: str = "dev"
+    database_url: str | None = None
+    redis_url: str | None = None
+    db_schema: str = "dev_pingvas"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def runtime_file(home: Path) -> Path:
+    """Where a running mesh says how to reach it (used by `pingvas admin` and the tests)."""
+    return home / "run" / "mesh.json"
+
+
+def load_or_create_secrets(home: Path) -> dict[str, str]:
+    """Signing keys for embedded mode, made once and kept under PINGVAS_HOME with mode 0600.
+    Production passes PINGVAS_JWT_SECRET and PINGVAS_URL_SIGNING_SECRET from a Secret."""
+    path = home / "secrets.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+    else:
+        stored = {
+            "PINGVAS_JWT_SECRET": secrets.token_urlsafe(48),
+            "PINGVAS_URL_SIGNING_SECRET": secrets.token_urlsafe(48),
+        }
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(stored))
+    return {key: os.environ.get(key) or value for key, value in stored.items()}
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Fail before starting anything if the gateway's port is taken (Envoy would otherwise share
+    it through SO_REUSEPORT with whatever holds it)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise RuntimeError(
+                f"{host}:{port} is already in use; stop what holds it or set PINGVAS_HTTP_PORT"
+            ) from None
+
+
+def wait_serving(name: str, port: int, process: ManagedProcess, timeout: float) -> None:
+    """Block until the process's gRPC health service reports SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.exit_code() is not None:
+                raise RuntimeError(f"{name} exited with {process.exit_code()}:\n{process.log_tail()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s:\n{process.log_tail()}")
+            time.sleep(0.1)
+
+
+class StopRequested(Exception):
+    """A signal arrived while the mesh was still starting."""
+
+
+class Mesh:
+    def __init__(self, options: MeshOptions) -> None:
+        self.options = options
+        self.home = options.home.resolve()
+        self.logs = self.home / "logs"
+        self.processes: list[ManagedProcess] = []
+        self._stopping = False
+        self._started = False
+
+    def _child_env(self, base: dict[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(base)
+        env.update(self.options.extra_env)
+        return env
+
+    def _start(self, process: ManagedProcess) -> ManagedProcess:
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def start(self) -> None:
+        from gateway.envoy import (
+            DESCRIPTOR_SET,
+            Upstream,
+            envoy_executable,
+            validate_envoy_config,
+            write_envoy_config,
+        )
+        from services.embedded.postgres import EmbeddedPostgres
+        from services.embedded.redis import EmbeddedRedis
+        from services.migrations import upgrade
+
+        options = self.options
+        self.home.mkdir(parents=True, exist_ok=True)
+        ensure_port_free(options.http_host, options.http_port)
+        database_url = options.database_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(self.home / "postgres", free_port(), self.logs)
+            self._start_infrastructure(postgres)
+            database_url = postgres.url
+        redis_url = options.redis_url
+        if redis_url is None:
+            redis = EmbeddedRedis(self.home / "redis", free_port(), self.logs)
+            self._start_infrastructure(redis)
+            redis_url = redis.url
+
+        log.info("migrating schema %s", options.db_schema)
+        asyncio.run(upgrade(database_url, options.db_schema))
+
+        public_url = f"http://{options.http_host}:{options.http_port}"
+        common = {
+            "PINGVAS_ENV": options.env,
+            "PINGVAS_HOME": str(self.home),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "PINGVAS_DB_SCHEMA": options.db_schema,
+            "PINGVAS_PUBLIC_URL": public_url,
+            "PYTHONUNBUFFERED": "1",
+            **load_or_create_secrets(self.home),
+        }
+        ports: dict[str, int] = {}
+        pending: list[tuple[str, int, ManagedProcess]] = []
+        for name in SERVICES:
+            ports[name] = free_port()
+            process = ManagedProcess(
+                name,
+                [sys.executable, "-m", f"services.{name}"],
+                log_path=self.logs / f"{name}.log",
+                env=self._child_env({**common, "PINGVAS_PORT": str(ports[name])}),
+            )
+            pending.append((name, ports[name], self._start(process)))
+        for index in range(options.workers):
+            name = f"worker-{index + 1}"
+            port = free_port()
+            process = ManagedProcess(
+                name,
+                [sys.executable, "-m", "gpu_inference"],
+                log_path=self.logs / f"{name}.log",
+                env=self._child_env({**common, "PINGVAS_HEALTH_PORT": str(port), "PINGVAS_WORKER_ID": name}),
+                # A worker finishes its job on SIGTERM (a spot interruption's grace budget).
+                stop_timeout=100,
+            )
+            pending.append((name, port, self._start(process)))
+        for name, port, process in pending:
+            wait_serving(name, port, process, timeout=180)
+            log.info("%s SERVING on 127.0.0.1:%d", name, port)
+
+        config = write_envoy_config(
+            self.home / "run" / "envoy.yaml",
+            listen_host=options.http_host,
+            listen_port=options.http_port,
+            admin_port=free_port(),
+            upstreams={name: Upstream("127.0.0.1", ports[name]) for name in SERVICES},
+            descriptor_set=DESCRIPTOR_SET,
+        )
+        validate_envoy_config(config)
+        envoy = self._start(
+            ManagedProcess(
+                "envoy",
+                [
+                    str(envoy_executable()),
+                    "-c",
+                    str(config),
+                    "--disable-hot-restart",  # several meshes (tests, a dev's own) share a machine
+                    "--log-level",
+                    "warn",
+                ],
+                log_path=self.logs / "envoy.log",
+            )
+        )
+        assert envoy.popen is not None
+        wait_for_port(options.http_host, options.http_port, 30, envoy.popen)
+        runtime_file(self.home).write_text(
+            json.dumps(
+                {
+                    "gateway_url": public_url,
+                    "database_url": database_url,
+                    "redis_url": redis_url,
+                    "db_schema": options.db_schema,
+                    "pid": os.getpid(),
+                    "ports": ports,
+                }
+            )
+        )
+        self._started = True
+        log.info("gateway listening on %s (gRPC, gRPC-Web and REST)", public_url)
+        print(f"Pingvas is up: {public_url}  (logs in {self.logs})", flush=True)
+
+    def _start_infrastructure(self, server: object) -> None:
+        process = server.start()  # type: ignore[attr-defined]
+        self.processes.append(process)
+        server.wait_ready()  # type: ignore[attr-defined]
+        log.info("%s ready at %s", process.name, server.url)  # type: ignore[attr-defined]
+
+    def watch(self) -> int:
+        """Block until a signal asks to stop (exit 0) or a component dies (exit 1)."""
+        while not self._stopping:
+            for process in self.processes:
+                code = process.exit_code()
+                if code is not None and not self._stopping:
+                    log.error("%s exited unexpectedly with %s:\n%s", process.name, code, process.log_tail())
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self._stopping = True
+        if not self._started:
+            raise StopRequested
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        runtime_file(self.home).unlink(missing_ok=True)
+
+
+def run_mesh(options: MeshOptions) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    (options.home / "run").mkdir(parents=True, exist_ok=True)
+    mesh = Mesh(options)
+    signal.signal(signal.SIGTERM, mesh.request_stop)
+    signal.signal(signal.SIGINT, mesh.request_stop)
+    # Started with setsid in the background, a closed terminal must not stop the mesh.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        mesh.start()
+        return mesh.watch()
+    except StopRequested:
+        return 0
+    except Exception as error:
+        log.error("startup failed: %s", error)
+        return 1
+    finally:
+        mesh.stop()
+        log.info("all components stopped")

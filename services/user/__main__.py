@@ -1,0 +1,36 @@
+"""Composition root of the user service: settings -> database -> domain -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pingvas.user.v1 import user_service_pb2 as pb
+from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
+
+from services.billing.ledger import CreditLedger
+from services.common.auth import TokenAuthority
+from services.common.database import Database
+from services.common.server import GrpcServer, configure_logging, serve_until_terminated
+from services.common.settings import UserSettings
+from services.user.accounts import UserAccounts
+from services.user.servicer import UserServicer
+
+
+async def main() -> None:
+    settings = UserSettings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level, "user")
+    database = Database(settings.database_url, schema=settings.db_schema)
+    accounts = UserAccounts(database, CreditLedger(), free_grant_credits=settings.free_grant_credits)
+    tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
+    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    pb_grpc.add_UserServiceServicer_to_server(
+        UserServicer(accounts, tokens, dev_login_enabled=settings.env == "dev"), server.server
+    )
+    server.add_services([pb.DESCRIPTOR.services_by_name["UserService"].full_name])
+    await serve_until_terminated(
+        server, ready=database.ping, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

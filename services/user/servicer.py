@@ -1,0 +1,75 @@
+"""UserService over gRPC: proto in, domain call, proto out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from pingvas.billing.v1 import billing_resources_pb2 as billing
+from pingvas.user.v1 import user_resources_pb2 as resources
+from pingvas.user.v1 import user_service_pb2 as pb
+from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
+
+from services.common.auth import Principal, TokenAuthority
+from services.common.errors import NotFound, PermissionDenied
+from services.common.rpc import Endpoint, public_unary, unary, unimplemented
+from services.user.accounts import Account, UserAccounts
+
+ERROR_DOMAIN = "user.pingvas.studio"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def account_to_proto(account: Account) -> resources.User:
+    created = Timestamp()
+    created.FromDatetime(account.created_at)
+    return resources.User(
+        name=f"users/{account.id}",
+        id=str(account.id),
+        email=account.email,
+        plan=billing.Plan.Value(f"PLAN_{account.plan.upper()}"),
+        credits=billing.CreditBalance(
+            balance=account.credits.balance, held=account.credits.held, available=account.credits.available
+        ),
+        create_time=created,
+    )
+
+
+class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
+    def __init__(self, accounts: UserAccounts, tokens: TokenAuthority, *, dev_login_enabled: bool) -> None:
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+        self.accounts = accounts
+        self.dev_login_enabled = dev_login_enabled
+
+    @public_unary
+    async def DevLogin(self, request: pb.DevLoginRequest, context: Context) -> pb.DevLoginResponse:
+        if not self.dev_login_enabled:
+            raise PermissionDenied("dev login is only served when PINGVAS_ENV=dev")
+        account = await self.accounts.sign_in(request.email)
+        return pb.DevLoginResponse(
+            access_token=self.tokens.issue(account.id, account.email),
+            expires_in=self.tokens.ttl_seconds,
+            user=account_to_proto(account),
+        )
+
+    async def BeginOAuthLogin(
+        self, request: pb.BeginOAuthLoginRequest, context: Context
+    ) -> pb.BeginOAuthLoginResponse:
+        await unimplemented(context, ERROR_DOMAIN, "Google/Discord OAuth sign-in")
+        raise AssertionError("unreachable")
+
+    async def CompleteOAuthLogin(
+        self, request: pb.CompleteOAuthLoginRequest, context: Context
+    ) -> pb.CompleteOAuthLoginResponse:
+        await unimplemented(context, ERROR_DOMAIN, "Google/Discord OAuth sign-in")
+        raise AssertionError("unreachable")
+
+    @unary
+    async def GetUser(
+        self, request: pb.GetUserRequest, caller: Principal, context: Context
+    ) -> pb.GetUserResponse:
+        if request.name not in ("users/me", f"users/{caller.user_id}"):
+            # Other users' existence is not revealed.
+            raise NotFound(f"{request.name} not found")
+        return pb.GetUserResponse(user=account_to_proto(await self.accounts.get(caller.user_id)))

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gpu_inference.catalog import ModelCatalog, size_range
+
+
+def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
+    catalog: ModelCatalog, models_dir: Path
+) -> None:
+    info = catalog.get("tiny-sd")
+
+    assert info is not None
+    assert info.family == "sd15"
+    assert info.path == models_dir / "tiny-sd"
+    # unet sample_size 8 x VAE scale factor 8 (four VAE blocks).
+    assert (info.native_size, info.min_size, info.max_size) == (64, 32, 128)
+    assert info.latent_channels == 4
+    assert catalog.names() == ["tiny-sd", "tiny-sd-b"]
+
+
+def test_size_range_matches_real_checkpoints() -> None:
+    assert size_range(512) == (256, 1024)  # SD1.5
+    assert size_range(1024) == (512, 2048)  # SDXL
+    assert size_range(100) == (56, 200)  # half rounded up to the 8-pixel grid
+    assert size_range(8) == (8, 16)
+
+
+def test_finds_a_model_added_after_start_and_skips_garbage(tmp_path: Path, models_dir: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad-json").mkdir()
+    (tmp_path / "bad-json" / "model_index.json").write_text("{not json")
+    (tmp_path / "no-unet").mkdir()
+    (tmp_path / "no-unet" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (tmp_path / "stray-file.txt").write_text("hello")
+    catalog = ModelCatalog(tmp_path)
+    assert catalog.names() == []
+    assert catalog.get("late") is None
+
+    shutil.copytree(models_dir / "tiny-sd", tmp_path / "late")
+
+    info = catalog.get("late")
+    assert info is not None
+    assert info.path == tmp_path / "late"
+    assert catalog.names() == ["late"]
+
+
+def test_detects_sdxl_from_the_pipeline_class(tmp_path: Path, models_dir: Path) -> None:
+    shutil.copytree(models_dir / "tiny-sd", tmp_path / "xl")
+    index = tmp_path / "xl" / "model_index.json"
+    index.write_text(index.read_text().replace("StableDiffusionPipeline", "StableDiffusionXLPipeline"))
+
+    info = ModelCatalog(tmp_path).get("xl")
+
+    assert info is not None
+    assert info.family == "sdxl"
+
+
+def test_a_missing_models_folder_is_an_empty_catalog(tmp_path: Path) -> None:
+    assert ModelCatalog(tmp_path / "does-not-exist").names() == []
+
+
+def test_catalog_does_not_import_torch() -> None:
+    # The generation service validates requests with the catalog and must stay light.
+    probe = "import sys, gpu_inference.catalog; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    assert result.stdout.split() == ["False", "False"]

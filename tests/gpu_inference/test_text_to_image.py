@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from gpu_inference.inference import StepUpdate, TextToImageRequest, run_text_to_image
+from gpu_inference.registry import LoadedModel
+
+
+def _request(*, seed: int = 7, steps: int = 4, width: int = 64, height: int = 64) -> TextToImageRequest:
+    return TextToImageRequest(
+        prompt="a lighthouse at dusk, oil painting",
+        negative_prompt="blurry",
+        width=width,
+        height=height,
+        steps=steps,
+        seed=seed,
+        guidance=7.5,
+    )
+
+
+def test_run_produces_a_png_and_one_preview_per_step(tiny_model: LoadedModel) -> None:
+    updates: list[StepUpdate] = []
+
+    result = run_text_to_image(tiny_model, _request(steps=6), updates.append)
+
+    image = Image.open(io.BytesIO(result.png))
+    assert image.format == "PNG"
+    assert image.size == (64, 64)
+    assert result.seed == 7
+    assert result.gpu_seconds > 0
+    assert [update.step for update in updates] == [1, 2, 3, 4, 5, 6]
+    assert {update.total_steps for update in updates} == {6}
+    for update in updates:
+        preview = Image.open(io.BytesIO(update.preview_jpeg))
+        assert preview.format == "JPEG"
+        assert preview.size == (64, 64)  # 8x8 latents, upscaled x8 to the 64-pixel minimum side
+
+
+def test_non_square_sizes_keep_their_aspect(tiny_model: LoadedModel) -> None:
+    updates: list[StepUpdate] = []
+
+    result = run_text_to_image(tiny_model, _request(width=96, height=64, steps=2), updates.append)
+
+    assert Image.open(io.BytesIO(result.png)).size == (96, 64)
+    assert Image.open(io.BytesIO(updates[-1].preview_jpeg)).size == (96, 64)
+
+
+def test_same_seed_gives_identical_png_and_another_seed_does_not(tiny_model: LoadedModel) -> None:
+    first = run_text_to_image(tiny_model, _request(seed=1234), lambda _: None)
+    again = run_text_to_image(tiny_model, _request(seed=1234), lambda _: None)
+    other = run_text_to_image(tiny_model, _request(seed=1235), lambda _: None)
+
+    assert first.png == again.png
+    assert first.png != other.png
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def test_an_exception_from_on_step_stops_the_run_and_propagates(tiny_model: LoadedModel) -> None:
+    seen: list[int] = []
+
+    def cancel_at_step_three(update: StepUpdate) -> None:
+        seen.append(update.step)
+        if update.step == 3:
+            raise _Cancelled
+
+    with pytest.raises(_Cancelled):
+        run_text_to_image(tiny_model, _request(steps=20), cancel_at_step_three)
+
+    assert seen == [1, 2, 3]
+    # The pipeline is left usable for the next job.
+    assert not tiny_model.run_lock.locked()
+    assert run_text_to_image(tiny_model, _request(steps=2), lambda _: None).png

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from gpu_inference.registry import LoadedModel
+from gpu_inference.tiny import create_tiny_sd
+
+
+def test_tokenizer_is_written_locally_as_byte_level_clip_files(models_dir: Path) -> None:
+    tokenizer_dir = models_dir / "tiny-sd" / "tokenizer"
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+
+    assert (tokenizer_dir / "merges.txt").read_text(encoding="utf-8").startswith("#version:")
+    assert len(vocab) == 2 * 256 + 2
+    assert {"a", "a</w>", "<|startoftext|>", "<|endoftext|>"} <= vocab.keys()
+    assert sum(token.endswith("</w>") for token in vocab) == 256
+
+
+def test_loaded_pipeline_has_sd15_shapes(tiny_model: LoadedModel) -> None:
+    pipeline = tiny_model.pipeline
+
+    assert type(pipeline).__name__ == "StableDiffusionPipeline"
+    assert pipeline.vae_scale_factor == 8
+    assert pipeline.unet.config.cross_attention_dim == pipeline.text_encoder.config.hidden_size
+    tokens = pipeline.tokenizer("a photo", padding="max_length", max_length=77).input_ids
+    assert len(tokens) == 77
+    assert tokens[0] == pipeline.tokenizer.bos_token_id
+    assert pipeline.tokenizer.decode(tokens, skip_special_tokens=True) == "a photo"
+
+
+def test_same_seed_builds_identical_weights_and_rebuilding_is_a_no_op(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    rebuilt = create_tiny_sd(tmp_path / "again", seed=0)
+    index_mtime = (rebuilt / "model_index.json").stat().st_mtime_ns
+
+    assert _unet_weights(rebuilt) == _unet_weights(models_dir / "tiny-sd")
+    assert _unet_weights(rebuilt) != _unet_weights(models_dir / "tiny-sd-b")
+    assert create_tiny_sd(rebuilt, seed=0) == rebuilt
+    assert (rebuilt / "model_index.json").stat().st_mtime_ns == index_mtime
+
+
+def _unet_weights(model_dir: Path) -> dict[str, bytes]:
+    path = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(path), framework="pt") as weights:
+        return {key: weights.get_tensor(key).numpy().tobytes() for key in weights.keys()}  # noqa: SIM118
