@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -102,10 +103,8 @@ class ManagedProcess:
         if self.popen is None:
             return
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.popen.pid, self.stop_signal)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:

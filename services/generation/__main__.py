@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from pingvas.generation.v1 import generation_service_pb2 as pb
@@ -62,10 +63,8 @@ async def main() -> None:
                 await jobs.reconcile()
             except Exception:
                 log.exception("reconcile failed; retrying")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), settings.reconcile_interval_seconds)
-            except TimeoutError:
-                pass
 
     await serve_until_terminated(
         server,
