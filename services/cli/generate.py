@@ -357,12 +357,8 @@ def parse_watch_event(data: str) -> WatchEvent:
 
 
 def generation_from_response(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The Generation in a create response: the body itself, or its `generation` field.
-
-    The contract binds `response_body: "generation"`, which Envoy cannot apply (envoy#11136), so
-    the gateway currently returns the wrapping CreateGenerationResponse; accept both shapes.
-    """
-    generation = body.get("generation", body)
+    """The Generation a create response carries (CreateGeneration returns the resource itself)."""
+    generation = body
     if not isinstance(generation, dict) or not generation.get("id"):
         raise CommandError(
             "the gateway's create response carries no generation id", ExitCode.GENERATION_FAILED

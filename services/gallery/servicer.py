@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
+from pingvas.gallery.v1 import gallery_resources_pb2 as resources
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
@@ -30,7 +31,7 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
         await unimplemented(context, ERROR_DOMAIN, "ListImages")
         raise AssertionError("unreachable")
 
-    async def GetImage(self, request: pb.GetImageRequest, context: Context) -> pb.GetImageResponse:
+    async def GetImage(self, request: pb.GetImageRequest, context: Context) -> resources.Image:
         await unimplemented(context, ERROR_DOMAIN, "GetImage")
         raise AssertionError("unreachable")
 

@@ -108,9 +108,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
     @unary
     async def CancelGeneration(
         self, request: pb.CancelGenerationRequest, caller: Principal, context: Context
-    ) -> pb.CancelGenerationResponse:
-        record = await self.jobs.cancel(caller.user_id, parse_generation_id(request.generation_id))
-        return pb.CancelGenerationResponse(generation=self._proto(record))
+    ) -> resources.Generation:
+        return self._proto(await self.jobs.cancel(caller.user_id, parse_generation_id(request.generation_id)))
 
     @server_stream
     async def WatchGeneration(

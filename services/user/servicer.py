@@ -72,4 +72,4 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
         if request.name not in ("users/me", f"users/{caller.user_id}"):
             # Other users' existence is not revealed.
             raise NotFound(f"{request.name} not found")
-        return pb.GetUserResponse(user=account_to_proto(await self.accounts.get(caller.user_id)))
+        return account_to_proto(await self.accounts.get(caller.user_id))

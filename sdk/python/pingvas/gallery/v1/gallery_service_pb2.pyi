@@ -33,12 +33,6 @@ class GetImageRequest(_message.Message):
     image_id: str
     def __init__(self, image_id: _Optional[str] = ...) -> None: ...
 
-class GetImageResponse(_message.Message):
-    __slots__ = ("image",)
-    IMAGE_FIELD_NUMBER: _ClassVar[int]
-    image: _gallery_resources_pb2.Image
-    def __init__(self, image: _Optional[_Union[_gallery_resources_pb2.Image, _Mapping]] = ...) -> None: ...
-
 class DeleteImageRequest(_message.Message):
     __slots__ = ("image_id",)
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]

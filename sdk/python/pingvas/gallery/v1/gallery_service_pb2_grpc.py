@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from pingvas.gallery.v1 import gallery_resources_pb2 as pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2
 from pingvas.gallery.v1 import gallery_service_pb2 as pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -47,7 +48,7 @@ class GalleryServiceStub:
         self.GetImage = channel.unary_unary(
                 '/pingvas.gallery.v1.GalleryService/GetImage',
                 request_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageRequest.SerializeToString,
-                response_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageResponse.FromString,
+                response_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.FromString,
                 _registered_method=True)
         self.DeleteImage = channel.unary_unary(
                 '/pingvas.gallery.v1.GalleryService/DeleteImage',
@@ -76,7 +77,9 @@ class GalleryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetImage(self, request, context):
-        """Returns one of the caller's images.
+        """Returns one of the caller's images, itself (AIP-131).
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +114,7 @@ def add_GalleryServiceServicer_to_server(servicer, server):
             'GetImage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImage,
                     request_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageRequest.FromString,
-                    response_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageResponse.SerializeToString,
+                    response_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.SerializeToString,
             ),
             'DeleteImage': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteImage,
@@ -181,7 +184,7 @@ class GalleryService:
             target,
             '/pingvas.gallery.v1.GalleryService/GetImage',
             pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageRequest.SerializeToString,
-            pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageResponse.FromString,
+            pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,7 @@ from pingvas.generation.v1 import generation_resources_pb2 as pingvas_dot_genera
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.pingvas/generation/v1/generation_service.proto\x12\x15pingvas.generation.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x30pingvas/generation/v1/generation_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"}\n\x17\x43reateGenerationRequest\x12\x41\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\"W\n\x18\x43reateGenerationResponse\x12;\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\"9\n\x14GetGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"T\n\x15GetGenerationResponse\x12;\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\"S\n\x16ListGenerationsRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x17ListGenerationsResponse\x12<\n\x0bgenerations\x18\x01 \x03(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"<\n\x17\x43\x61ncelGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"W\n\x18\x43\x61ncelGenerationResponse\x12;\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\"_\n\x16WatchGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\"\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\n\xe2\x41\x01\x01\xa2\xb8\x19\x02 \x00\"\xfb\x03\n\x17WatchGenerationResponse\x12\x16\n\x08sequence\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rgeneration_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x06queued\x18\n \x01(\x0b\x32\'.pingvas.generation.v1.GenerationQueuedH\x00\x12;\n\x07started\x18\x0b \x01(\x0b\x32(.pingvas.generation.v1.GenerationStartedH\x00\x12=\n\x08progress\x18\x0c \x01(\x0b\x32).pingvas.generation.v1.GenerationProgressH\x00\x12?\n\tsucceeded\x18\r \x01(\x0b\x32*.pingvas.generation.v1.GenerationSucceededH\x00\x12\x39\n\x06\x66\x61iled\x18\x0e \x01(\x0b\x32\'.pingvas.generation.v1.GenerationFailedH\x00\x12?\n\tcancelled\x18\x0f \x01(\x0b\x32*.pingvas.generation.v1.GenerationCancelledH\x00\x42\x07\n\x05\x65vent2\xd8\x06\n\x11GenerationService\x12\xae\x01\n\x10\x43reateGeneration\x12..pingvas.generation.v1.CreateGenerationRequest\x1a/.pingvas.generation.v1.CreateGenerationResponse\"9\x82\xd3\xe4\x93\x02\x33\"\x19/api/v1/generation/create:\ngenerationb\ngeneration\x12\xa2\x01\n\rGetGeneration\x12+.pingvas.generation.v1.GetGenerationRequest\x1a,.pingvas.generation.v1.GetGenerationResponse\"6\x82\xd3\xe4\x93\x02\x30\x12\"/api/v1/generation/{generation_id}b\ngeneration\x12\x8c\x01\n\x0fListGenerations\x12-.pingvas.generation.v1.ListGenerationsRequest\x1a..pingvas.generation.v1.ListGenerationsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/generation\x12\xb5\x01\n\x10\x43\x61ncelGeneration\x12..pingvas.generation.v1.CancelGenerationRequest\x1a/.pingvas.generation.v1.CancelGenerationResponse\"@\x82\xd3\xe4\x93\x02:\")/api/v1/generation/{generation_id}/cancel:\x01*b\ngeneration\x12\xa5\x01\n\x0fWatchGeneration\x12-.pingvas.generation.v1.WatchGenerationRequest\x1a..pingvas.generation.v1.WatchGenerationResponse\"1\x82\xd3\xe4\x93\x02+\x12)/api/v1/generation/{generation_id}/events0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.pingvas/generation/v1/generation_service.proto\x12\x15pingvas.generation.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x30pingvas/generation/v1/generation_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"}\n\x17\x43reateGenerationRequest\x12\x41\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\"9\n\x14GetGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"S\n\x16ListGenerationsRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x17ListGenerationsResponse\x12<\n\x0bgenerations\x18\x01 \x03(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"<\n\x17\x43\x61ncelGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"_\n\x16WatchGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\"\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\n\xe2\x41\x01\x01\xa2\xb8\x19\x02 \x00\"\xfb\x03\n\x17WatchGenerationResponse\x12\x16\n\x08sequence\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rgeneration_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x06queued\x18\n \x01(\x0b\x32\'.pingvas.generation.v1.GenerationQueuedH\x00\x12;\n\x07started\x18\x0b \x01(\x0b\x32(.pingvas.generation.v1.GenerationStartedH\x00\x12=\n\x08progress\x18\x0c \x01(\x0b\x32).pingvas.generation.v1.GenerationProgressH\x00\x12?\n\tsucceeded\x18\r \x01(\x0b\x32*.pingvas.generation.v1.GenerationSucceededH\x00\x12\x39\n\x06\x66\x61iled\x18\x0e \x01(\x0b\x32\'.pingvas.generation.v1.GenerationFailedH\x00\x12?\n\tcancelled\x18\x0f \x01(\x0b\x32*.pingvas.generation.v1.GenerationCancelledH\x00\x42\x07\n\x05\x65vent2\x8d\x06\n\x11GenerationService\x12\x94\x01\n\x10\x43reateGeneration\x12..pingvas.generation.v1.CreateGenerationRequest\x1a!.pingvas.generation.v1.Generation\"-\x82\xd3\xe4\x93\x02\'\"\x19/api/v1/generation/create:\ngeneration\x12\x8b\x01\n\rGetGeneration\x12+.pingvas.generation.v1.GetGenerationRequest\x1a!.pingvas.generation.v1.Generation\"*\x82\xd3\xe4\x93\x02$\x12\"/api/v1/generation/{generation_id}\x12\x8c\x01\n\x0fListGenerations\x12-.pingvas.generation.v1.ListGenerationsRequest\x1a..pingvas.generation.v1.ListGenerationsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/generation\x12\x9b\x01\n\x10\x43\x61ncelGeneration\x12..pingvas.generation.v1.CancelGenerationRequest\x1a!.pingvas.generation.v1.Generation\"4\x82\xd3\xe4\x93\x02.\")/api/v1/generation/{generation_id}/cancel:\x01*\x12\xa5\x01\n\x0fWatchGeneration\x12-.pingvas.generation.v1.WatchGenerationRequest\x1a..pingvas.generation.v1.WatchGenerationResponse\"1\x82\xd3\xe4\x93\x02+\x12)/api/v1/generation/{generation_id}/events0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,12 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEGENERATIONREQUEST'].fields_by_name['generation']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
   _globals['_CREATEGENERATIONREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CREATEGENERATIONREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\001'
-  _globals['_CREATEGENERATIONRESPONSE'].fields_by_name['generation']._loaded_options = None
-  _globals['_CREATEGENERATIONRESPONSE'].fields_by_name['generation']._serialized_options = b'\342A\001\003'
   _globals['_GETGENERATIONREQUEST'].fields_by_name['generation_id']._loaded_options = None
   _globals['_GETGENERATIONREQUEST'].fields_by_name['generation_id']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
-  _globals['_GETGENERATIONRESPONSE'].fields_by_name['generation']._loaded_options = None
-  _globals['_GETGENERATIONRESPONSE'].fields_by_name['generation']._serialized_options = b'\342A\001\003'
   _globals['_LISTGENERATIONSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTGENERATIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001\242\270\031\004 \000(d'
   _globals['_LISTGENERATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -56,8 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTGENERATIONSRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
   _globals['_CANCELGENERATIONREQUEST'].fields_by_name['generation_id']._loaded_options = None
   _globals['_CANCELGENERATIONREQUEST'].fields_by_name['generation_id']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
-  _globals['_CANCELGENERATIONRESPONSE'].fields_by_name['generation']._loaded_options = None
-  _globals['_CANCELGENERATIONRESPONSE'].fields_by_name['generation']._serialized_options = b'\342A\001\003'
   _globals['_WATCHGENERATIONREQUEST'].fields_by_name['generation_id']._loaded_options = None
   _globals['_WATCHGENERATIONREQUEST'].fields_by_name['generation_id']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
   _globals['_WATCHGENERATIONREQUEST'].fields_by_name['after_sequence']._loaded_options = None
@@ -69,35 +63,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHGENERATIONRESPONSE'].fields_by_name['time']._loaded_options = None
   _globals['_WATCHGENERATIONRESPONSE'].fields_by_name['time']._serialized_options = b'\342A\001\003'
   _globals['_GENERATIONSERVICE'].methods_by_name['CreateGeneration']._loaded_options = None
-  _globals['_GENERATIONSERVICE'].methods_by_name['CreateGeneration']._serialized_options = b'\202\323\344\223\0023\"\031/api/v1/generation/create:\ngenerationb\ngeneration'
+  _globals['_GENERATIONSERVICE'].methods_by_name['CreateGeneration']._serialized_options = b'\202\323\344\223\002\'\"\031/api/v1/generation/create:\ngeneration'
   _globals['_GENERATIONSERVICE'].methods_by_name['GetGeneration']._loaded_options = None
-  _globals['_GENERATIONSERVICE'].methods_by_name['GetGeneration']._serialized_options = b'\202\323\344\223\0020\022\"/api/v1/generation/{generation_id}b\ngeneration'
+  _globals['_GENERATIONSERVICE'].methods_by_name['GetGeneration']._serialized_options = b'\202\323\344\223\002$\022\"/api/v1/generation/{generation_id}'
   _globals['_GENERATIONSERVICE'].methods_by_name['ListGenerations']._loaded_options = None
   _globals['_GENERATIONSERVICE'].methods_by_name['ListGenerations']._serialized_options = b'\202\323\344\223\002\024\022\022/api/v1/generation'
   _globals['_GENERATIONSERVICE'].methods_by_name['CancelGeneration']._loaded_options = None
-  _globals['_GENERATIONSERVICE'].methods_by_name['CancelGeneration']._serialized_options = b'\202\323\344\223\002:\")/api/v1/generation/{generation_id}/cancel:\001*b\ngeneration'
+  _globals['_GENERATIONSERVICE'].methods_by_name['CancelGeneration']._serialized_options = b'\202\323\344\223\002.\")/api/v1/generation/{generation_id}/cancel:\001*'
   _globals['_GENERATIONSERVICE'].methods_by_name['WatchGeneration']._loaded_options = None
   _globals['_GENERATIONSERVICE'].methods_by_name['WatchGeneration']._serialized_options = b'\202\323\344\223\002+\022)/api/v1/generation/{generation_id}/events'
   _globals['_CREATEGENERATIONREQUEST']._serialized_start=249
   _globals['_CREATEGENERATIONREQUEST']._serialized_end=374
-  _globals['_CREATEGENERATIONRESPONSE']._serialized_start=376
-  _globals['_CREATEGENERATIONRESPONSE']._serialized_end=463
-  _globals['_GETGENERATIONREQUEST']._serialized_start=465
-  _globals['_GETGENERATIONREQUEST']._serialized_end=522
-  _globals['_GETGENERATIONRESPONSE']._serialized_start=524
-  _globals['_GETGENERATIONRESPONSE']._serialized_end=608
-  _globals['_LISTGENERATIONSREQUEST']._serialized_start=610
-  _globals['_LISTGENERATIONSREQUEST']._serialized_end=693
-  _globals['_LISTGENERATIONSRESPONSE']._serialized_start=695
-  _globals['_LISTGENERATIONSRESPONSE']._serialized_end=813
-  _globals['_CANCELGENERATIONREQUEST']._serialized_start=815
-  _globals['_CANCELGENERATIONREQUEST']._serialized_end=875
-  _globals['_CANCELGENERATIONRESPONSE']._serialized_start=877
-  _globals['_CANCELGENERATIONRESPONSE']._serialized_end=964
-  _globals['_WATCHGENERATIONREQUEST']._serialized_start=966
-  _globals['_WATCHGENERATIONREQUEST']._serialized_end=1061
-  _globals['_WATCHGENERATIONRESPONSE']._serialized_start=1064
-  _globals['_WATCHGENERATIONRESPONSE']._serialized_end=1571
-  _globals['_GENERATIONSERVICE']._serialized_start=1574
-  _globals['_GENERATIONSERVICE']._serialized_end=2430
+  _globals['_GETGENERATIONREQUEST']._serialized_start=376
+  _globals['_GETGENERATIONREQUEST']._serialized_end=433
+  _globals['_LISTGENERATIONSREQUEST']._serialized_start=435
+  _globals['_LISTGENERATIONSREQUEST']._serialized_end=518
+  _globals['_LISTGENERATIONSRESPONSE']._serialized_start=520
+  _globals['_LISTGENERATIONSRESPONSE']._serialized_end=638
+  _globals['_CANCELGENERATIONREQUEST']._serialized_start=640
+  _globals['_CANCELGENERATIONREQUEST']._serialized_end=700
+  _globals['_WATCHGENERATIONREQUEST']._serialized_start=702
+  _globals['_WATCHGENERATIONREQUEST']._serialized_end=797
+  _globals['_WATCHGENERATIONRESPONSE']._serialized_start=800
+  _globals['_WATCHGENERATIONRESPONSE']._serialized_end=1307
+  _globals['_GENERATIONSERVICE']._serialized_start=1310
+  _globals['_GENERATIONSERVICE']._serialized_end=2091
 # @@protoc_insertion_point(module_scope)

@@ -21,23 +21,11 @@ class CreateGenerationRequest(_message.Message):
     request_id: str
     def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
-class CreateGenerationResponse(_message.Message):
-    __slots__ = ("generation",)
-    GENERATION_FIELD_NUMBER: _ClassVar[int]
-    generation: _generation_resources_pb2.Generation
-    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ...) -> None: ...
-
 class GetGenerationRequest(_message.Message):
     __slots__ = ("generation_id",)
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
     generation_id: str
     def __init__(self, generation_id: _Optional[str] = ...) -> None: ...
-
-class GetGenerationResponse(_message.Message):
-    __slots__ = ("generation",)
-    GENERATION_FIELD_NUMBER: _ClassVar[int]
-    generation: _generation_resources_pb2.Generation
-    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ...) -> None: ...
 
 class ListGenerationsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -60,12 +48,6 @@ class CancelGenerationRequest(_message.Message):
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
     generation_id: str
     def __init__(self, generation_id: _Optional[str] = ...) -> None: ...
-
-class CancelGenerationResponse(_message.Message):
-    __slots__ = ("generation",)
-    GENERATION_FIELD_NUMBER: _ClassVar[int]
-    generation: _generation_resources_pb2.Generation
-    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ...) -> None: ...
 
 class WatchGenerationRequest(_message.Message):
     __slots__ = ("generation_id", "after_sequence")

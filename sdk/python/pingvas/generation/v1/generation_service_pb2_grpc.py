@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from pingvas.generation.v1 import generation_resources_pb2 as pingvas_dot_generation_dot_v1_dot_generation__resources__pb2
 from pingvas.generation.v1 import generation_service_pb2 as pingvas_dot_generation_dot_v1_dot_generation__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -43,12 +44,12 @@ class GenerationServiceStub:
         self.CreateGeneration = channel.unary_unary(
                 '/pingvas.generation.v1.GenerationService/CreateGeneration',
                 request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationRequest.SerializeToString,
-                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationResponse.FromString,
+                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
                 _registered_method=True)
         self.GetGeneration = channel.unary_unary(
                 '/pingvas.generation.v1.GenerationService/GetGeneration',
                 request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.SerializeToString,
-                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationResponse.FromString,
+                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
                 _registered_method=True)
         self.ListGenerations = channel.unary_unary(
                 '/pingvas.generation.v1.GenerationService/ListGenerations',
@@ -58,7 +59,7 @@ class GenerationServiceStub:
         self.CancelGeneration = channel.unary_unary(
                 '/pingvas.generation.v1.GenerationService/CancelGeneration',
                 request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CancelGenerationRequest.SerializeToString,
-                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CancelGenerationResponse.FromString,
+                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
                 _registered_method=True)
         self.WatchGeneration = channel.unary_stream(
                 '/pingvas.generation.v1.GenerationService/WatchGeneration',
@@ -78,13 +79,21 @@ class GenerationServiceServicer:
 
     def CreateGeneration(self, request, context):
         """Accepts a generation: validates it, holds its estimated credits and queues it.
+
+        Returns the resource itself (AIP-133), so REST clients get the bare resource.
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetGeneration(self, request, context):
-        """Returns one of the caller's generations.
+        """Returns one of the caller's generations, itself (AIP-131).
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,7 +109,11 @@ class GenerationServiceServicer:
     def CancelGeneration(self, request, context):
         """Cancels a generation. A queued one is cancelled at once; a running one stops within one
         denoising step. Either way the hold is released and a `cancelled` event ends the stream.
-        Cancelling a finished generation changes nothing and returns it as it is.
+        Cancelling a finished generation changes nothing and returns it as it is. Returns the
+        generation itself: CANCELLED, or RUNNING until the worker stops, or its earlier terminal state.
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,12 +146,12 @@ def add_GenerationServiceServicer_to_server(servicer, server):
             'CreateGeneration': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateGeneration,
                     request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationRequest.FromString,
-                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationResponse.SerializeToString,
+                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.SerializeToString,
             ),
             'GetGeneration': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGeneration,
                     request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.FromString,
-                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationResponse.SerializeToString,
+                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.SerializeToString,
             ),
             'ListGenerations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGenerations,
@@ -148,7 +161,7 @@ def add_GenerationServiceServicer_to_server(servicer, server):
             'CancelGeneration': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelGeneration,
                     request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CancelGenerationRequest.FromString,
-                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CancelGenerationResponse.SerializeToString,
+                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.SerializeToString,
             ),
             'WatchGeneration': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchGeneration,
@@ -188,7 +201,7 @@ class GenerationService:
             target,
             '/pingvas.generation.v1.GenerationService/CreateGeneration',
             pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationRequest.SerializeToString,
-            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationResponse.FromString,
+            pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
             options,
             channel_credentials,
             insecure,
@@ -215,7 +228,7 @@ class GenerationService:
             target,
             '/pingvas.generation.v1.GenerationService/GetGeneration',
             pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.SerializeToString,
-            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationResponse.FromString,
+            pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
             options,
             channel_credentials,
             insecure,
@@ -269,7 +282,7 @@ class GenerationService:
             target,
             '/pingvas.generation.v1.GenerationService/CancelGeneration',
             pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CancelGenerationRequest.SerializeToString,
-            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CancelGenerationResponse.FromString,
+            pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
             options,
             channel_credentials,
             insecure,

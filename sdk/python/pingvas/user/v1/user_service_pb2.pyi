@@ -66,9 +66,3 @@ class GetUserRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
-
-class GetUserResponse(_message.Message):
-    __slots__ = ("user",)
-    USER_FIELD_NUMBER: _ClassVar[int]
-    user: _user_resources_pb2.User
-    def __init__(self, user: _Optional[_Union[_user_resources_pb2.User, _Mapping]] = ...) -> None: ...

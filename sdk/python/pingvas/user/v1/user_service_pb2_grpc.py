@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from pingvas.user.v1 import user_resources_pb2 as pingvas_dot_user_dot_v1_dot_user__resources__pb2
 from pingvas.user.v1 import user_service_pb2 as pingvas_dot_user_dot_v1_dot_user__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -56,7 +57,7 @@ class UserServiceStub:
         self.GetUser = channel.unary_unary(
                 '/pingvas.user.v1.UserService/GetUser',
                 request_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserRequest.SerializeToString,
-                response_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserResponse.FromString,
+                response_deserializer=pingvas_dot_user_dot_v1_dot_user__resources__pb2.User.FromString,
                 _registered_method=True)
 
 
@@ -90,7 +91,10 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Returns a user. Callers may only read themselves, as `users/me` or by their own name.
+        """Returns a user, itself (AIP-131). Callers may only read themselves, as `users/me` or by
+        their own name.
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,7 +121,7 @@ def add_UserServiceServicer_to_server(servicer, server):
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
                     request_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserRequest.FromString,
-                    response_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserResponse.SerializeToString,
+                    response_serializer=pingvas_dot_user_dot_v1_dot_user__resources__pb2.User.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,7 +235,7 @@ class UserService:
             target,
             '/pingvas.user.v1.UserService/GetUser',
             pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserRequest.SerializeToString,
-            pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserResponse.FromString,
+            pingvas_dot_user_dot_v1_dot_user__resources__pb2.User.FromString,
             options,
             channel_credentials,
             insecure,

