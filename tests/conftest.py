@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import httpx
@@ -48,6 +48,7 @@ class RunningMesh:
     redis_url: str
     env: dict[str, str]
     process: subprocess.Popen[bytes]
+    output: IO[bytes]
 
     def log(self, component: str) -> str:
         return (self.home / "logs" / f"{component}.log").read_text(errors="replace")
@@ -107,6 +108,7 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
     while not runtime.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            output.close()
             raise RuntimeError(f"pingvas up failed:\n{(home / 'up.out').read_text(errors='replace')[-5000:]}")
         time.sleep(0.2)
     mesh = json.loads(runtime.read_text())
@@ -119,12 +121,16 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         redis_url=mesh["redis_url"],
         env=env,
         process=process,
+        output=output,
     )
 
 
 def stop_mesh(mesh: RunningMesh) -> int:
     mesh.process.send_signal(signal.SIGTERM)
-    return mesh.process.wait(timeout=120)
+    try:
+        return mesh.process.wait(timeout=120)
+    finally:
+        mesh.output.close()
 
 
 @pytest.fixture(scope="session")

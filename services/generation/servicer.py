@@ -81,18 +81,18 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
     @unary
     async def CreateGeneration(
         self, request: pb.CreateGenerationRequest, caller: Principal, context: Context
-    ) -> pb.CreateGenerationResponse:
+    ) -> resources.Generation:
         record = await self.jobs.create(
             caller.user_id, spec_from_proto(request.generation), request.request_id
         )
-        return pb.CreateGenerationResponse(generation=self._proto(record))
+        return self._proto(record)
 
     @unary
     async def GetGeneration(
         self, request: pb.GetGenerationRequest, caller: Principal, context: Context
-    ) -> pb.GetGenerationResponse:
+    ) -> resources.Generation:
         record = await self.jobs.get(caller.user_id, parse_generation_id(request.generation_id))
-        return pb.GetGenerationResponse(generation=self._proto(record))
+        return self._proto(record)
 
     @unary
     async def ListGenerations(

@@ -68,7 +68,7 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
     @unary
     async def GetUser(
         self, request: pb.GetUserRequest, caller: Principal, context: Context
-    ) -> pb.GetUserResponse:
+    ) -> resources.User:
         if request.name not in ("users/me", f"users/{caller.user_id}"):
             # Other users' existence is not revealed.
             raise NotFound(f"{request.name} not found")

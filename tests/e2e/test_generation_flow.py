@@ -1,0 +1,185 @@
+"""The seed's image-generation sequence, end to end through Envoy, three ways: REST (with SSE),
+native gRPC, and gRPC-Web (driven by `buf curl`, an independent client)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import json_format
+from PIL import Image
+from pingvas.generation.v1 import generation_resources_pb2 as resources
+from pingvas.generation.v1 import generation_service_pb2 as pb
+from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from pingvas.user.v1 import user_service_pb2 as user_pb
+from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUF = REPO_ROOT / "node_modules" / ".bin" / "buf"
+STEPS = 6
+REQUEST = {"prompt": "a red fox in snow", "model": "tiny-sd", "width": 64, "height": 64, "steps": STEPS, "seed": 1234}
+
+
+def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line[len("data: ") :]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def create_and_watch_rest(mesh: Any, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=mesh.gateway_url, timeout=60) as client:
+        created = client.post("/api/v1/generation/create", json=REQUEST, headers=headers)
+        assert created.status_code == 200, created.text
+        generation = created.json()
+        with client.stream("GET", f"/api/v1/generation/{generation['id']}/events", headers=headers) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(stream)
+    return generation, events
+
+
+def create_and_watch_grpc(mesh: Any, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    metadata = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(mesh.gateway_target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        generation = stub.CreateGeneration(
+            pb.CreateGenerationRequest(generation=json_format.ParseDict(REQUEST, resources.Generation())),
+            metadata=metadata,
+            timeout=30,
+        )
+        events = [
+            json_format.MessageToDict(event)
+            for event in stub.WatchGeneration(
+                pb.WatchGenerationRequest(generation_id=generation.id), metadata=metadata, timeout=120
+            )
+        ]
+    return json_format.MessageToDict(generation), events
+
+
+def buf_curl(mesh: Any, method: str, body: dict[str, Any], token: str) -> list[dict[str, Any]]:
+    """gRPC-Web through Envoy's grpc_web filter, spoken by buf's own client."""
+    completed = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            "grpcweb",
+            "--schema",
+            "proto",
+            "-H",
+            f"authorization: Bearer {token}",
+            "--data",
+            json.dumps(body),
+            f"{mesh.gateway_url}/{method}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    decoder = json.JSONDecoder()
+    messages, text = [], completed.stdout.strip()
+    while text:
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
+        text = text[end:].lstrip()
+    return messages
+
+
+def create_and_watch_grpc_web(mesh: Any, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    (generation,) = buf_curl(
+        mesh, "pingvas.generation.v1.GenerationService/CreateGeneration", {"generation": REQUEST}, token
+    )
+    events = buf_curl(
+        mesh, "pingvas.generation.v1.GenerationService/WatchGeneration", {"generationId": generation["id"]}, token
+    )
+    return generation, events
+
+
+def dev_login_grpc(mesh: Any, email: str) -> str:
+    with grpc.insecure_channel(mesh.gateway_target) as channel:
+        reply = user_grpc.UserServiceStub(channel).DevLogin(user_pb.DevLoginRequest(email=email), timeout=30)
+    return reply.access_token
+
+
+PROTOCOLS: dict[str, Callable[[Any, str], tuple[dict[str, Any], list[dict[str, Any]]]]] = {
+    "rest": create_and_watch_rest,
+    "grpc": create_and_watch_grpc,
+    "grpc-web": create_and_watch_grpc_web,
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_generation_sequence_through_the_gateway(mesh: Any, protocol: str) -> None:
+    email = f"seed-flow-{protocol}@example.com"
+    token = dev_login_grpc(mesh, email)
+    (user,) = mesh.sql("SELECT id FROM users WHERE email = %s", email)
+    (before,) = mesh.sql("SELECT balance, held FROM credit_accounts WHERE user_id = %s", user["id"])
+
+    generation, events = PROTOCOLS[protocol](mesh, token)
+
+    assert generation["state"] == "GENERATION_STATE_QUEUED"
+    # Events arrive in the contract's order: queued, started, one progress per step, one terminal.
+    kinds = [next(key for key in ("queued", "started", "progress", "succeeded", "failed", "cancelled") if key in e) for e in events]
+    assert kinds == ["queued", "started", *["progress"] * STEPS, "succeeded"], kinds
+    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
+    assert int(events[0]["queued"]["position"]) >= 1
+    assert events[1]["started"]["attempt"] == 1
+    for step, event in enumerate(events[2:-1], start=1):
+        progress = event["progress"]
+        assert (progress["step"], progress["totalSteps"]) == (step, STEPS)
+        preview = Image.open(io.BytesIO(json_format.ParseDict(event, pb.WatchGenerationResponse()).progress.preview))
+        assert preview.format == "JPEG"
+    succeeded = events[-1]["succeeded"]
+    assert int(succeeded["seed"]) == 1234
+    assert succeeded["gpuSeconds"] > 0
+    charged = int(succeeded["creditsCharged"])
+    assert charged >= 1
+
+    # The signed URL serves the PNG through the gateway.
+    image = httpx.get(succeeded["imageUrl"], timeout=30)
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (64, 64)
+
+    # PostgreSQL holds the truth: the job row, the stored file, the ledger.
+    (row,) = mesh.sql("SELECT * FROM generations WHERE id = %s", generation["id"])
+    assert row["state"] == "SUCCEEDED"
+    assert row["attempt"] == 1
+    assert row["credits_charged"] == charged <= row["credits_held"]
+    created = row["created_at"].astimezone(UTC)
+    expected_key = f"{user['id']}/{created:%Y}/{created:%m}/{generation['id']}.png"
+    assert row["image_key"] == expected_key
+    assert (mesh.home / "images" / expected_key).read_bytes() == image.content
+    (after,) = mesh.sql("SELECT balance, held FROM credit_accounts WHERE user_id = %s", user["id"])
+    assert after["balance"] == before["balance"] - charged
+    assert after["held"] == before["held"] == 0
+    entries = mesh.sql(
+        "SELECT kind, amount, held_change FROM credit_entries WHERE reference = %s ORDER BY id",
+        f"generation:{generation['id']}",
+    )
+    assert entries == [
+        {"kind": "hold", "amount": 0, "held_change": row["credits_held"]},
+        {"kind": "capture", "amount": -charged, "held_change": -row["credits_held"]},
+    ]
+
+
+@pytest.mark.integration
+def test_second_generation_on_the_same_model_loads_nothing(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
+    account = new_account("warm")
+    for _ in range(2):
+        created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers).json()
+        with rest.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=account.headers) as stream:
+            assert "succeeded" in sse_events(stream)[-1]
+    worker_log = mesh.log("worker-1")
+    assert worker_log.count("loaded model tiny-sd in") == 1
+    assert "model tiny-sd already loaded" in worker_log
