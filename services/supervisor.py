@@ -160,6 +160,12 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             **load_or_create_secrets(self.home),
         }
+        if "PINGVAS_PRELOAD_MODELS" not in os.environ:
+            # Warm the default model before the worker reports SERVING, so the first job is fast.
+            default_model = os.environ.get("PINGVAS_DEFAULT_MODEL", "tiny-sd")
+            models_dir = Path(os.environ.get("PINGVAS_MODELS_DIR") or self.home / "models")
+            if (models_dir / default_model / "model_index.json").exists():
+                common["PINGVAS_PRELOAD_MODELS"] = json.dumps([default_model])
         ports: dict[str, int] = {}
         pending: list[tuple[str, int, ManagedProcess]] = []
         for name in SERVICES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -19,11 +20,11 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM when the supervisor dies, even by
-    SIGKILL, so `pingvas up` never leaves orphans behind."""
+def _die_with_parent(stop_signal: int) -> None:
+    """Runs in the child before exec: the kernel sends the stop signal when the supervisor dies,
+    even by SIGKILL, so `pingvas up` never leaves orphans behind."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, stop_signal)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,7 +85,7 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             user=self.user,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, self.stop_signal),
             # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which then
             # stops the components in order.
             process_group=0,

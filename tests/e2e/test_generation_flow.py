@@ -25,7 +25,14 @@ from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUF = REPO_ROOT / "node_modules" / ".bin" / "buf"
 STEPS = 6
-REQUEST = {"prompt": "a red fox in snow", "model": "tiny-sd", "width": 64, "height": 64, "steps": STEPS, "seed": 1234}
+REQUEST = {
+    "prompt": "a red fox in snow",
+    "model": "tiny-sd",
+    "width": 64,
+    "height": 64,
+    "steps": STEPS,
+    "seed": 1234,
+}
 
 
 def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
@@ -99,7 +106,10 @@ def create_and_watch_grpc_web(mesh: Any, token: str) -> tuple[dict[str, Any], li
         mesh, "pingvas.generation.v1.GenerationService/CreateGeneration", {"generation": REQUEST}, token
     )
     events = buf_curl(
-        mesh, "pingvas.generation.v1.GenerationService/WatchGeneration", {"generationId": generation["id"]}, token
+        mesh,
+        "pingvas.generation.v1.GenerationService/WatchGeneration",
+        {"generationId": generation["id"]},
+        token,
     )
     return generation, events
 
@@ -129,7 +139,10 @@ def test_generation_sequence_through_the_gateway(mesh: Any, protocol: str) -> No
 
     assert generation["state"] == "GENERATION_STATE_QUEUED"
     # Events arrive in the contract's order: queued, started, one progress per step, one terminal.
-    kinds = [next(key for key in ("queued", "started", "progress", "succeeded", "failed", "cancelled") if key in e) for e in events]
+    kinds = [
+        next(key for key in ("queued", "started", "progress", "succeeded", "failed", "cancelled") if key in e)
+        for e in events
+    ]
     assert kinds == ["queued", "started", *["progress"] * STEPS, "succeeded"], kinds
     assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
     assert int(events[0]["queued"]["position"]) >= 1
@@ -137,7 +150,9 @@ def test_generation_sequence_through_the_gateway(mesh: Any, protocol: str) -> No
     for step, event in enumerate(events[2:-1], start=1):
         progress = event["progress"]
         assert (progress["step"], progress["totalSteps"]) == (step, STEPS)
-        preview = Image.open(io.BytesIO(json_format.ParseDict(event, pb.WatchGenerationResponse()).progress.preview))
+        preview = Image.open(
+            io.BytesIO(json_format.ParseDict(event, pb.WatchGenerationResponse()).progress.preview)
+        )
         assert preview.format == "JPEG"
     succeeded = events[-1]["succeeded"]
     assert int(succeeded["seed"]) == 1234
@@ -174,11 +189,17 @@ def test_generation_sequence_through_the_gateway(mesh: Any, protocol: str) -> No
 
 
 @pytest.mark.integration
-def test_second_generation_on_the_same_model_loads_nothing(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
+def test_second_generation_on_the_same_model_loads_nothing(
+    mesh: Any, new_account: Any, rest: httpx.Client
+) -> None:
     account = new_account("warm")
     for _ in range(2):
-        created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers).json()
-        with rest.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=account.headers) as stream:
+        created = rest.post(
+            "/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers
+        ).json()
+        with rest.stream(
+            "GET", f"/api/v1/generation/{created['id']}/events", headers=account.headers
+        ) as stream:
             assert "succeeded" in sse_events(stream)[-1]
     worker_log = mesh.log("worker-1")
     assert worker_log.count("loaded model tiny-sd in") == 1

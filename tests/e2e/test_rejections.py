@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 VALID = {"prompt": "a red fox in snow", "width": 64, "height": 64, "steps": 4, "seed": 1}
 
 
-def rich_status(error: grpc.RpcError) -> tuple[list[error_details_pb2.ErrorInfo], list[error_details_pb2.BadRequest]]:
+def rich_status(
+    error: grpc.RpcError,
+) -> tuple[list[error_details_pb2.ErrorInfo], list[error_details_pb2.BadRequest]]:
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None, "no google.rpc.Status in grpc-status-details-bin"
     infos, bad_requests = [], []
@@ -41,7 +43,12 @@ def rich_status(error: grpc.RpcError) -> tuple[list[error_details_pb2.ErrorInfo]
 
 def nothing_queued_or_charged(mesh: Any, user_id: str, balance_before: int) -> None:
     assert mesh.sql("SELECT id FROM generations WHERE user_id = %s", user_id) == []
-    assert mesh.sql("SELECT kind FROM credit_entries WHERE user_id = %s AND kind IN ('hold', 'capture')", user_id) == []
+    assert (
+        mesh.sql(
+            "SELECT kind FROM credit_entries WHERE user_id = %s AND kind IN ('hold', 'capture')", user_id
+        )
+        == []
+    )
     (account,) = mesh.sql("SELECT balance, held FROM credit_accounts WHERE user_id = %s", user_id)
     assert (account["balance"], account["held"]) == (balance_before, 0)
     assert mesh.redis().keys(f"queue:*:{user_id}") == []
@@ -63,7 +70,9 @@ def test_out_of_credits_is_402_over_rest_and_failed_precondition_over_grpc(
 
     with pytest.raises(grpc.RpcError) as caught:
         pb_grpc.GenerationServiceStub(gateway_channel).CreateGeneration(
-            pb.CreateGenerationRequest(generation=resources.Generation(prompt="fox", width=64, height=64, steps=4)),
+            pb.CreateGenerationRequest(
+                generation=resources.Generation(prompt="fox", width=64, height=64, steps=4)
+            ),
             metadata=account.metadata,
             timeout=30,
         )
@@ -108,7 +117,9 @@ def test_every_violation_is_reported_at_once_over_grpc(
     account = new_account("invalid-grpc")
     with pytest.raises(grpc.RpcError) as caught:
         pb_grpc.GenerationServiceStub(gateway_channel).CreateGeneration(
-            pb.CreateGenerationRequest(generation=resources.Generation(prompt="", width=63, steps=200, seed=-5)),
+            pb.CreateGenerationRequest(
+                generation=resources.Generation(prompt="", width=63, steps=200, seed=-5)
+            ),
             metadata=account.metadata,
             timeout=30,
         )
@@ -132,14 +143,22 @@ def test_missing_generation_body_is_invalid(new_account: Any, gateway_channel: g
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_unknown_and_foreign_generations_are_not_found(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
+def test_unknown_and_foreign_generations_are_not_found(
+    mesh: Any, new_account: Any, rest: httpx.Client
+) -> None:
     owner, stranger = new_account("owner"), new_account("stranger")
     created = rest.post("/api/v1/generation/create", json={**VALID, "steps": 1}, headers=owner.headers).json()
 
     for path in (f"/api/v1/generation/{created['id']}", f"/api/v1/generation/{created['id']}/events"):
         assert rest.get(path, headers=stranger.headers).status_code == 404
-    assert rest.post(f"/api/v1/generation/{created['id']}/cancel", json={}, headers=stranger.headers).status_code == 404
-    assert rest.get("/api/v1/generation/7b0c33a4-7a0a-4f5e-9d7e-1f6d8c1a2b3c", headers=owner.headers).status_code == 404
+    assert (
+        rest.post(f"/api/v1/generation/{created['id']}/cancel", json={}, headers=stranger.headers).status_code
+        == 404
+    )
+    assert (
+        rest.get("/api/v1/generation/7b0c33a4-7a0a-4f5e-9d7e-1f6d8c1a2b3c", headers=owner.headers).status_code
+        == 404
+    )
     malformed = rest.get("/api/v1/generation/not-a-uuid", headers=owner.headers)
     assert malformed.status_code == 400
     assert "generation_id" in malformed.text
@@ -147,12 +166,16 @@ def test_unknown_and_foreign_generations_are_not_found(mesh: Any, new_account: A
     assert rest.get(f"/api/v1/generation/{created['id']}", headers=owner.headers).status_code == 200
 
 
-def test_requests_without_a_valid_token_are_unauthenticated(rest: httpx.Client, gateway_channel: grpc.Channel) -> None:
+def test_requests_without_a_valid_token_are_unauthenticated(
+    rest: httpx.Client, gateway_channel: grpc.Channel
+) -> None:
     assert rest.get("/api/v1/users/me").status_code == 401
     assert rest.get("/api/v1/users/me", headers={"authorization": "Bearer not-a-jwt"}).status_code == 401
     assert rest.post("/api/v1/generation/create", json=VALID).status_code == 401
     with pytest.raises(grpc.RpcError) as caught:
-        pb_grpc.GenerationServiceStub(gateway_channel).ListGenerations(pb.ListGenerationsRequest(), timeout=30)
+        pb_grpc.GenerationServiceStub(gateway_channel).ListGenerations(
+            pb.ListGenerationsRequest(), timeout=30
+        )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -170,7 +193,9 @@ def test_users_me_reports_plan_and_credits(new_account: Any, rest: httpx.Client)
     assert rest.get("/api/v1/users/someone-else", headers=account.headers).status_code == 404
 
 
-def test_later_issues_rpcs_answer_unimplemented(new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel) -> None:
+def test_later_issues_rpcs_answer_unimplemented(
+    new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel
+) -> None:
     account = new_account("later")
     with pytest.raises(grpc.RpcError) as caught:
         billing_grpc.BillingServiceStub(gateway_channel).CreateCheckout(

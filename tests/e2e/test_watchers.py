@@ -23,7 +23,9 @@ REQUEST = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "seed": 
 
 
 def kind(event: dict[str, Any]) -> str:
-    return next(k for k in ("queued", "started", "progress", "succeeded", "failed", "cancelled") if k in event)
+    return next(
+        k for k in ("queued", "started", "progress", "succeeded", "failed", "cancelled") if k in event
+    )
 
 
 def watch(rest: httpx.Client, account: Any, generation_id: str, **params: Any) -> list[dict[str, Any]]:
@@ -34,7 +36,9 @@ def watch(rest: httpx.Client, account: Any, generation_id: str, **params: Any) -
         return [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
 
 
-def wait_for_state(rest: httpx.Client, account: Any, generation_id: str, state: str, within: float = 60) -> dict[str, Any]:
+def wait_for_state(
+    rest: httpx.Client, account: Any, generation_id: str, state: str, within: float = 60
+) -> dict[str, Any]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         generation = rest.get(f"/api/v1/generation/{generation_id}", headers=account.headers).json()
@@ -46,7 +50,9 @@ def wait_for_state(rest: httpx.Client, account: Any, generation_id: str, state: 
 
 def test_a_finished_generation_streams_only_its_terminal_event(new_account: Any, rest: httpx.Client) -> None:
     account = new_account("late")
-    created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 3}, headers=account.headers).json()
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 3}, headers=account.headers
+    ).json()
     wait_for_state(rest, account, created["id"], "SUCCEEDED")
 
     events = watch(rest, account, created["id"])
@@ -56,7 +62,9 @@ def test_a_finished_generation_streams_only_its_terminal_event(new_account: Any,
 
 def test_a_late_watcher_replays_from_the_start(new_account: Any, rest: httpx.Client) -> None:
     account = new_account("mid")
-    created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 60}, headers=account.headers).json()
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 60}, headers=account.headers
+    ).json()
     wait_for_state(rest, account, created["id"], "RUNNING")
     time.sleep(0.3)  # some progress has been stored before this watcher connects
 
@@ -68,7 +76,9 @@ def test_a_late_watcher_replays_from_the_start(new_account: Any, rest: httpx.Cli
 
 def test_a_reconnecting_watcher_resumes_after_its_last_sequence(new_account: Any, rest: httpx.Client) -> None:
     account = new_account("resume")
-    created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 40}, headers=account.headers).json()
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 40}, headers=account.headers
+    ).json()
     seen: list[dict[str, Any]] = []
     # The first connection drops after the fifth event, as a flaky network would.
     with rest.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=account.headers) as stream:
@@ -85,9 +95,13 @@ def test_a_reconnecting_watcher_resumes_after_its_last_sequence(new_account: Any
     assert sum(kind(e) == "progress" for e in seen + resumed) == 40
 
 
-def test_the_terminal_event_survives_a_lost_event_log(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
+def test_the_terminal_event_survives_a_lost_event_log(
+    mesh: Any, new_account: Any, rest: httpx.Client
+) -> None:
     account = new_account("lost-log")
-    created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers).json()
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers
+    ).json()
     finished = wait_for_state(rest, account, created["id"], "SUCCEEDED")
     # Redis forgets the log (eviction, restart without persistence); PostgreSQL still knows.
     mesh.redis().delete(f"events:{created['id']}", f"events:{created['id']}:seq")
@@ -99,9 +113,13 @@ def test_the_terminal_event_survives_a_lost_event_log(mesh: Any, new_account: An
 
 def test_cancel_while_queued_releases_the_hold(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
     account = new_account("cancel-queued")
-    blocker = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 80}, headers=account.headers).json()
+    blocker = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 80}, headers=account.headers
+    ).json()
     wait_for_state(rest, account, blocker["id"], "RUNNING")
-    queued = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers).json()
+    queued = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers
+    ).json()
 
     cancelled = rest.post(f"/api/v1/generation/{queued['id']}/cancel", json={}, headers=account.headers)
     assert cancelled.status_code == 200
@@ -115,9 +133,13 @@ def test_cancel_while_queued_releases_the_hold(mesh: Any, new_account: Any, rest
     assert (row["state"], row["attempt"]) == ("CANCELLED", 0), "a cancelled job never reaches a worker"
 
 
-def test_cancel_while_running_stops_within_a_step(mesh: Any, new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel) -> None:
+def test_cancel_while_running_stops_within_a_step(
+    mesh: Any, new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel
+) -> None:
     account = new_account("cancel-running")
-    created = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 150}, headers=account.headers).json()
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 150}, headers=account.headers
+    ).json()
     events: list[Any] = []
 
     def follow() -> None:
@@ -147,10 +169,16 @@ def test_cancel_while_running_stops_within_a_step(mesh: Any, new_account: Any, r
     ) == [{"kind": "hold"}, {"kind": "release"}]
 
 
-def test_signed_image_urls_open_one_image_until_they_expire(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
+def test_signed_image_urls_open_one_image_until_they_expire(
+    mesh: Any, new_account: Any, rest: httpx.Client
+) -> None:
     account, other = new_account("url-owner"), new_account("url-other")
-    mine = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 1}, headers=account.headers).json()
-    theirs = rest.post("/api/v1/generation/create", json={**REQUEST, "steps": 1}, headers=other.headers).json()
+    mine = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 1}, headers=account.headers
+    ).json()
+    theirs = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 1}, headers=other.headers
+    ).json()
     url = wait_for_state(rest, account, mine["id"], "SUCCEEDED")["imageUrl"]
     wait_for_state(rest, other, theirs["id"], "SUCCEEDED")
     assert httpx.get(url).status_code == 200

@@ -1,0 +1,89 @@
+"""The `pingvas` command as a user runs it: generate through the gateway, and administer users."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+
+def test_generate_writes_the_png_with_live_progress(mesh: Any, tmp_path: Path) -> None:
+    out = tmp_path / "fox.png"
+    result = mesh.pingvas(
+        "generate",
+        "a red fox in snow",
+        "--size",
+        "64x64",
+        "--steps",
+        "5",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        env={"PINGVAS_EMAIL": "cli-user@example.com"},
+    )
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    assert "5/5 steps" in result.stderr  # the progress bar, driven by the server stream
+    assert "started" in result.stderr
+    summary = result.stdout.strip()
+    assert str(out) in summary and "seed 3" in summary and "credits charged" in summary
+    generation_id = summary.split(":", 1)[0]
+    (row,) = mesh.sql("SELECT state, seed FROM generations WHERE id = %s", generation_id)
+    assert (row["state"], row["seed"]) == ("SUCCEEDED", 3)
+
+
+def test_generate_reports_invalid_input_in_one_line(mesh: Any, tmp_path: Path) -> None:
+    result = mesh.pingvas(
+        "generate", "fox", "--size", "64x64", "--steps", "151", "--out", str(tmp_path / "x.png")
+    )
+    assert result.returncode == 2
+    assert "steps" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_reports_insufficient_credits(mesh: Any, tmp_path: Path) -> None:
+    email = "cli-broke@example.com"
+    httpx.post(f"{mesh.gateway_url}/api/v1/auth/dev-login", json={"email": email}).raise_for_status()
+    assert mesh.pingvas("admin", "grant-credits", email, "-100").returncode == 0
+    result = mesh.pingvas(
+        "generate", "fox", "--size", "64x64", "--out", str(tmp_path / "x.png"), env={"PINGVAS_EMAIL": email}
+    )
+    assert result.returncode == 4
+    assert "insufficient credits" in result.stderr
+
+
+def test_generate_says_when_the_mesh_is_not_running(mesh: Any, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        idle_port = probe.getsockname()[1]
+    result = mesh.pingvas(
+        "generate", "fox", "--out", str(tmp_path / "x.png"), env={"PINGVAS_HTTP_PORT": str(idle_port)}
+    )
+    assert result.returncode == 3
+    assert "pingvas up" in result.stderr
+
+
+def test_admin_sets_plans_and_grants_credits(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
+    account = new_account("admin-target")
+    assert mesh.pingvas("admin", "set-plan", account.email, "pro").returncode == 0
+    granted = mesh.pingvas("admin", "grant-credits", account.email, "250")
+    assert granted.returncode == 0, granted.stderr
+    me = rest.get("/api/v1/users/me", headers=account.headers).json()
+    assert me["plan"] == "PLAN_PRO"
+    assert me["credits"]["balance"] == "350"
+
+    overdraw = mesh.pingvas("admin", "grant-credits", account.email, "-1000")
+    assert overdraw.returncode == 2
+    assert "overdraw" in overdraw.stderr
+    unknown = mesh.pingvas("admin", "set-plan", "nobody@example.com", "pro")
+    assert unknown.returncode == 2
+    assert "no user" in unknown.stderr

@@ -1,0 +1,137 @@
+"""`pingvas up` as an operator runs it: in the background with setsid, output to a file. It must
+serve, and whatever way it ends (SIGTERM, or a SIGKILL that gives it no chance to clean up),
+no process of the mesh may be left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def session_members(session_id: int) -> list[psutil.Process]:
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session_id:
+                members.append(process)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def start_in_background(home: Path, models_dir: Path, port: int) -> int:
+    """`setsid pingvas up > up.log 2>&1 &`, returning the supervisor's pid."""
+    home.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PINGVAS_HOME": str(home),
+        "PINGVAS_HTTP_PORT": str(port),
+        "PINGVAS_MODELS_DIR": str(models_dir),
+    }
+    launched = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"setsid {sys.executable} -m services.cli.main up > {home}/up.log 2>&1 < /dev/null & echo $!",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    supervisor = int(launched.stdout.strip())
+    deadline = time.monotonic() + 300
+    while not (home / "run" / "mesh.json").exists():
+        assert psutil.pid_exists(supervisor), (home / "up.log").read_text()
+        assert time.monotonic() < deadline, "pingvas up did not come up"
+        time.sleep(0.2)
+    return supervisor
+
+
+def wait_until_gone(session_id: int, within: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + within
+    while (left := session_members(session_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def generate_once(gateway_url: str) -> dict[str, Any]:
+    with httpx.Client(base_url=gateway_url, timeout=60) as client:
+        token = client.post("/api/v1/auth/dev-login", json={"email": "ops@example.com"}).json()["accessToken"]
+        headers = {"authorization": f"Bearer {token}"}
+        created = client.post(
+            "/api/v1/generation/create",
+            json={"prompt": "fox", "width": 64, "height": 64, "steps": 2},
+            headers=headers,
+        ).json()
+        with client.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=headers) as stream:
+            last = [line for line in stream.iter_lines() if line.startswith("data: ")][-1]
+    return dict(json.loads(last[6:]))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_background_mesh_serves_and_sigterm_leaves_no_process(tmp_path: Path, models_dir: Path) -> None:
+    port = free_port()
+    supervisor = start_in_background(tmp_path / "home", models_dir, port)
+    members = session_members(supervisor)
+    names = " ".join(" ".join(p.cmdline()) for p in members)
+    for component in (
+        "postgres",
+        "redis-server",
+        "services.user",
+        "services.billing",
+        "services.generation",
+        "services.gallery",
+        "gpu_inference",
+        "envoy",
+    ):
+        assert component in names, f"{component} is not running under pingvas up"
+    assert "succeeded" in generate_once(f"http://127.0.0.1:{port}")
+
+    os.kill(supervisor, signal.SIGTERM)
+    left = wait_until_gone(supervisor, within=120)
+    assert left == [], [" ".join(p.cmdline()) for p in left]
+    log = (tmp_path / "home" / "up.log").read_text()
+    assert "all components stopped" in log
+    ps = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True, text=True, check=True).stdout
+    assert not [line for line in ps.splitlines()[1:] if line.split()[1] == str(supervisor)]
+
+
+def test_a_killed_supervisor_takes_the_mesh_with_it(tmp_path: Path, models_dir: Path) -> None:
+    supervisor = start_in_background(tmp_path / "home", models_dir, free_port())
+    assert len(session_members(supervisor)) >= 9
+    os.kill(supervisor, signal.SIGKILL)  # no handler runs: the kernel's parent-death signal must act
+    left = wait_until_gone(supervisor, within=120)
+    assert left == [], [" ".join(p.cmdline()) for p in left]
+
+
+def test_a_dying_component_stops_the_whole_mesh(tmp_path: Path, models_dir: Path) -> None:
+    home = tmp_path / "home"
+    supervisor = start_in_background(home, models_dir, free_port())
+    (generation,) = [p for p in session_members(supervisor) if "services.generation" in " ".join(p.cmdline())]
+    generation.kill()
+    left = wait_until_gone(supervisor, within=120)
+    assert left == [], [" ".join(p.cmdline()) for p in left]
+    assert "generation exited unexpectedly" in (home / "up.log").read_text()
