@@ -4,7 +4,7 @@ UNIMPLEMENTED until then."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,7 +20,7 @@ from services.common.rpc import Endpoint, unary, unimplemented
 
 ERROR_DOMAIN = "billing.pingvas.studio"
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def entry_to_proto(entry: LedgerEntry) -> resources.CreditEntry:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -99,7 +100,7 @@ async def serve_until_terminated(
     *,
     ready: Callable[[], Awaitable[None]],
     grace: float,
-    background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = (),
+    background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     drain_seconds: float | None = None,
     cleanup: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:

@@ -30,7 +30,7 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
 
     def is_set(message: Message) -> bool:
         if _has_presence(field):
-            return message.HasField(name)
+            return bool(message.HasField(name))
         value = getattr(message, name)
         return bool(value)
 
@@ -97,7 +97,14 @@ def _message_checks(descriptor: Descriptor) -> tuple[_Check, ...]:
     for field in descriptor.fields:
         for check in _field_checks(field):
 
-            def at_field(message: Message, path: str, violations: Violations, *, _c=check, _f=field) -> None:
+            def at_field(
+                message: Message,
+                path: str,
+                violations: Violations,
+                *,
+                _c: _Check = check,
+                _f: FieldDescriptor = field,
+            ) -> None:
                 _c(message, f"{path}.{_f.name}" if path else _f.name, violations)
 
             checks.append(at_field)

@@ -4,7 +4,7 @@ answer UNIMPLEMENTED, never a pretend result."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.api import httpbody_pb2
@@ -19,7 +19,7 @@ from services.gallery.images import ImageLibrary
 
 ERROR_DOMAIN = "gallery.pingvas.studio"
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):

@@ -12,7 +12,9 @@ terminal event when the log is gone.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from redis.asyncio import Redis
@@ -61,24 +63,27 @@ class EventLog:
         return int(await self._append(keys=[key, f"{key}:seq"], args=[payload, self.max_events, ttl]))
 
     async def read(
-        self, generation_id: uuid.UUID, after_stream_id: str, *, block_ms: int
+        self, generation_id: uuid.UUID, after_stream_id: str, *, block_ms: int | None
     ) -> list[StoredEvent]:
-        """Events after `after_stream_id` ("0" for all), waiting up to `block_ms` for the next."""
+        """Events after `after_stream_id` ("0" for all), waiting up to `block_ms` for the next
+        (None returns at once; note that Redis reads BLOCK 0 as "forever")."""
         key = self._key(generation_id)
-        response = await self.redis.xread({key: after_stream_id}, block=block_ms, count=500)
-        stored: list[StoredEvent] = []
-        for _stream, entries in response or ():
-            for stream_id, fields in entries:
-                event = pb.WatchGenerationResponse.FromString(fields[b"e"])
-                event.sequence = int(fields[b"s"])
-                stored.append(StoredEvent(stream_id.decode(), event))
-        return stored
+        response: Any = await self.redis.xread({key: after_stream_id}, block=block_ms, count=500)
+        return [
+            StoredEvent(stream_id.decode(), _decode(fields))
+            for _stream, entries in response or ()
+            for stream_id, fields in entries
+        ]
 
     async def last(self, generation_id: uuid.UUID) -> pb.WatchGenerationResponse | None:
-        entries = await self.redis.xrevrange(self._key(generation_id), count=1)
+        entries: Any = await self.redis.xrevrange(self._key(generation_id), count=1)
         if not entries:
             return None
         _stream_id, fields = entries[0]
-        event = pb.WatchGenerationResponse.FromString(fields[b"e"])
-        event.sequence = int(fields[b"s"])
-        return event
+        return _decode(fields)
+
+
+def _decode(fields: Mapping[bytes, bytes]) -> pb.WatchGenerationResponse:
+    event = pb.WatchGenerationResponse.FromString(fields[b"e"])
+    event.sequence = int(fields[b"s"])
+    return event

@@ -85,7 +85,7 @@ def _timestamp(value: datetime | None = None) -> Timestamp:
 
 
 def new_event(generation_id: uuid.UUID, **event: object) -> pb.WatchGenerationResponse:
-    return pb.WatchGenerationResponse(generation_id=str(generation_id), time=_timestamp(), **event)  # type: ignore[arg-type]
+    return pb.WatchGenerationResponse(generation_id=str(generation_id), time=_timestamp(), **event)
 
 
 def parse_generation_id(value: str, field: str = "generation_id") -> uuid.UUID:
@@ -365,7 +365,7 @@ class GenerationJobs:
                 next_truth_check = loop.time() + truth_check_seconds
                 record = await self.get(user_id, generation_id)
                 if record.is_terminal:
-                    tail = await self.events.read(generation_id, stream_cursor, block_ms=0)
+                    tail = await self.events.read(generation_id, stream_cursor, block_ms=None)
                     for stored in tail:
                         if stored.event.sequence > last_sequence and not is_terminal(stored.event):
                             last_sequence = stored.event.sequence

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +18,7 @@ from services.generation.repository import GenerationRecord
 
 ERROR_DOMAIN = "generation.pingvas.studio"
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def _timestamp(value: Any) -> Timestamp | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +18,7 @@ from services.user.accounts import Account, UserAccounts
 
 ERROR_DOMAIN = "user.pingvas.studio"
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def account_to_proto(account: Account) -> resources.User:

@@ -1,0 +1,191 @@
+"""How much the mesh adds to a generation, measured side by side in one run.
+
+    python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start]
+
+For N generations of the tiny model (64x64, 20 steps by default) it reports:
+
+- end-to-end wall time through the running mesh (REST create -> SSE stream -> terminal event ->
+  PNG downloaded through the gateway) divided by a bare diffusers pipeline call with the same
+  model and settings, timed in this process in the same run (target <= 1.10);
+- latency from submitting the create request to the first stream event, p50 and p99
+  (target p99 <= 50 ms).
+
+Generations run one at a time so that the mesh, not a queue, is measured. With `--start` the
+benchmark brings up its own mesh (`pingvas up` in a temporary PINGVAS_HOME) and stops it after.
+It is not a test: it prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextmanager
+def own_mesh(models_dir: Path) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="pingvas-bench-") as home:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {
+            **os.environ,
+            "PINGVAS_HOME": home,
+            "PINGVAS_HTTP_PORT": str(port),
+            "PINGVAS_MODELS_DIR": str(models_dir),
+        }
+        with open(Path(home) / "up.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "up"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=log,
+            )
+            try:
+                while not (Path(home) / "run" / "mesh.json").exists():
+                    if process.poll() is not None:
+                        raise SystemExit(f"pingvas up failed; see {home}/up.log")
+                    time.sleep(0.2)
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(120)
+
+
+def through_mesh(gateway: str, runs: int, steps: int, size: int) -> tuple[list[float], list[float]]:
+    """(end-to-end seconds, submit-to-first-event seconds) per generation."""
+    walls, first_events = [], []
+    with httpx.Client(base_url=gateway, timeout=120) as client:
+        login = client.post("/api/v1/auth/dev-login", json={"email": "bench@pingvas.local"})
+        login.raise_for_status()
+        token = login.json()["accessToken"]
+        headers = {"authorization": f"Bearer {token}"}
+        body = {
+            "prompt": "a red fox in snow",
+            "model": "tiny-sd",
+            "width": size,
+            "height": size,
+            "steps": steps,
+        }
+        for index in range(runs + 1):  # the first run warms connections and is not counted
+            started = time.perf_counter()
+            created = client.post("/api/v1/generation/create", json={**body, "seed": index}, headers=headers)
+            if created.status_code == 402:
+                raise SystemExit("out of credits: pingvas admin grant-credits bench@pingvas.local 10000")
+            created.raise_for_status()
+            first_event = None
+            terminal = None
+            with client.stream(
+                "GET", f"/api/v1/generation/{created.json()['id']}/events", headers=headers
+            ) as stream:
+                for line in stream.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if first_event is None:
+                        first_event = time.perf_counter() - started
+                    event = json.loads(line[6:])
+                    if {"succeeded", "failed", "cancelled"} & event.keys():
+                        terminal = event
+                        break
+            if terminal is None or "succeeded" not in terminal:
+                raise SystemExit(f"generation did not succeed: {terminal}")
+            client.get(terminal["succeeded"]["imageUrl"]).raise_for_status()
+            wall = time.perf_counter() - started
+            if index:
+                walls.append(wall)
+                first_events.append(first_event or wall)
+    return walls, first_events
+
+
+def bare_pipeline(models_dir: Path, runs: int, steps: int, size: int) -> list[float]:
+    """The same model and settings, called directly: the floor the mesh is compared with."""
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipeline = AutoPipelineForText2Image.from_pretrained(models_dir / "tiny-sd", dtype=dtype).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    seconds = []
+    with torch.inference_mode():
+        for index in range(runs + 1):
+            started = time.perf_counter()
+            pipeline(
+                prompt="a red fox in snow",
+                width=size,
+                height=size,
+                num_inference_steps=steps,
+                guidance_scale=7.5,
+                generator=torch.Generator(device=device).manual_seed(index),
+            )
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if index:
+                seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--runs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--gateway", default=os.environ.get("PINGVAS_GATEWAY_URL"))
+    parser.add_argument("--start", action="store_true", help="start a mesh of its own")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path(
+            os.environ.get("PINGVAS_MODELS_DIR")
+            or Path(os.environ.get("PINGVAS_HOME", ".pingvas")) / "models"
+        ),
+    )
+    args = parser.parse_args()
+    models_dir = args.models_dir.resolve()
+
+    if args.start:
+        with own_mesh(models_dir) as gateway:
+            walls, first_events = through_mesh(gateway, args.runs, args.steps, args.size)
+    else:
+        gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('PINGVAS_HTTP_PORT', '8080')}"
+        walls, first_events = through_mesh(gateway, args.runs, args.steps, args.size)
+    bare = bare_pipeline(models_dir, args.runs, args.steps, args.size)
+
+    mesh_mean, bare_mean = statistics.mean(walls), statistics.mean(bare)
+    print(f"mesh overhead: {args.runs} generations, tiny-sd {args.size}x{args.size}, {args.steps} steps")
+    print(
+        f"  end-to-end through the mesh  mean {mesh_mean * 1000:8.1f} ms   median {statistics.median(walls) * 1000:8.1f} ms"
+    )
+    print(
+        f"  bare diffusers call          mean {bare_mean * 1000:8.1f} ms   median {statistics.median(bare) * 1000:8.1f} ms"
+    )
+    print(f"  ratio mesh / bare            {mesh_mean / bare_mean:.3f}   (target <= 1.10)")
+    print(
+        f"  submit -> first stream event p50 {percentile(first_events, 0.5) * 1000:6.1f} ms   "
+        f"p99 {percentile(first_events, 0.99) * 1000:6.1f} ms   (target p99 <= 50 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

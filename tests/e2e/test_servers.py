@@ -1,0 +1,85 @@
+"""Every server speaks the standard health and reflection protocols, and dev login exists only
+in dev deployments."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pingvas.user.v1 import user_service_pb2 as user_pb
+from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
+
+pytestmark = pytest.mark.integration
+
+SERVICES = {
+    "user": "pingvas.user.v1.UserService",
+    "billing": "pingvas.billing.v1.BillingService",
+    "generation": "pingvas.generation.v1.GenerationService",
+    "gallery": "pingvas.gallery.v1.GalleryService",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_each_service_reports_health_and_reflects_its_contract(mesh: Any, name: str) -> None:
+    port = json.loads((mesh.home / "run" / "mesh.json").read_text())["ports"][name]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICES[name]):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (answer,) = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        listed = {service.name for service in answer.list_services_response.service}
+        assert {SERVICES[name], "grpc.health.v1.Health"} <= listed
+
+
+def test_dev_login_is_refused_outside_dev(mesh: Any) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **mesh.env,
+        **json.loads((mesh.home / "secrets.json").read_text()),
+        "PINGVAS_ENV": "prod",
+        "PINGVAS_PORT": str(port),
+        "DATABASE_URL": mesh.database_url,
+        "REDIS_URL": mesh.redis_url,
+        "PINGVAS_DB_SCHEMA": mesh.schema,
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.user"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            with pytest.raises(grpc.RpcError) as caught:
+                user_grpc.UserServiceStub(channel).DevLogin(
+                    user_pb.DevLoginRequest(email="prod@example.com"), timeout=10
+                )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert mesh.sql("SELECT id FROM users WHERE email = 'prod@example.com'") == []
+    finally:
+        server.terminate()
+        assert server.wait(30) == 0, "SIGTERM is a clean exit"
