@@ -16,7 +16,7 @@ from services.billing.ledger import CreditLedger, LedgerEntry
 from services.common.auth import Principal, TokenAuthority
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput
-from services.common.rpc import Endpoint, unary, unimplemented
+from services.common.rpc import Endpoint, not_implemented_yet, unary
 
 ERROR_DOMAIN = "billing.pingvas.studio"
 
@@ -42,33 +42,15 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         self.database = database
         self.ledger = ledger
 
-    async def ListPlans(self, request: pb.ListPlansRequest, context: Context) -> pb.ListPlansResponse:
-        await unimplemented(context, ERROR_DOMAIN, "ListPlans")
-        raise AssertionError("unreachable")
+    ListPlans = not_implemented_yet("ListPlans")
 
-    async def CreateCheckout(
-        self, request: pb.CreateCheckoutRequest, context: Context
-    ) -> pb.CreateCheckoutResponse:
-        await unimplemented(context, ERROR_DOMAIN, "Lemon Squeezy checkout")
-        raise AssertionError("unreachable")
+    CreateCheckout = not_implemented_yet("Lemon Squeezy checkout")
 
-    async def GetSubscription(
-        self, request: pb.GetSubscriptionRequest, context: Context
-    ) -> pb.GetSubscriptionResponse:
-        await unimplemented(context, ERROR_DOMAIN, "GetSubscription")
-        raise AssertionError("unreachable")
+    GetSubscription = not_implemented_yet("GetSubscription")
 
-    async def UpgradeSubscription(
-        self, request: pb.UpgradeSubscriptionRequest, context: Context
-    ) -> pb.UpgradeSubscriptionResponse:
-        await unimplemented(context, ERROR_DOMAIN, "UpgradeSubscription")
-        raise AssertionError("unreachable")
+    UpgradeSubscription = not_implemented_yet("UpgradeSubscription")
 
-    async def HandleLemonSqueezyWebhook(
-        self, request: pb.HandleLemonSqueezyWebhookRequest, context: Context
-    ) -> pb.HandleLemonSqueezyWebhookResponse:
-        await unimplemented(context, ERROR_DOMAIN, "Lemon Squeezy webhooks")
-        raise AssertionError("unreachable")
+    HandleLemonSqueezyWebhook = not_implemented_yet("Lemon Squeezy webhooks")
 
     @unary
     async def GetCreditBalance(

@@ -169,12 +169,19 @@ def server_stream(
     return handler
 
 
-async def unimplemented(context: grpc.aio.ServicerContext[Any, Any], domain: str, what: str) -> None:
-    """Answer UNIMPLEMENTED with an ErrorInfo, for contract RPCs whose issue has not landed yet."""
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=domain))
-    message = f"{what} is part of the v1 contract but not implemented yet"
-    status = rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message, details=[info])
-    )
-    await context.abort(status.code, status.details, status.trailing_metadata)
+def not_implemented_yet(
+    what: str,
+) -> Callable[[Endpoint, Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    """A servicer method for a contract RPC whose issue has not landed: it answers UNIMPLEMENTED
+    with an ErrorInfo, and never pretends."""
+
+    async def handler(self: Endpoint, request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=self.error_domain))
+        message = f"{what} is part of the v1 contract but not implemented yet"
+        status = rpc_status.to_status(
+            status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message, details=[info])
+        )
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    return handler

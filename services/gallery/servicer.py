@@ -8,13 +8,12 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.api import httpbody_pb2
-from pingvas.gallery.v1 import gallery_resources_pb2 as resources
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
 from services.common.auth import TokenAuthority
 from services.common.errors import FieldViolation, InvalidInput
-from services.common.rpc import Endpoint, public_unary, unimplemented
+from services.common.rpc import Endpoint, not_implemented_yet, public_unary
 from services.gallery.images import ImageLibrary
 
 ERROR_DOMAIN = "gallery.pingvas.studio"
@@ -27,17 +26,11 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
         self.library = library
 
-    async def ListImages(self, request: pb.ListImagesRequest, context: Context) -> pb.ListImagesResponse:
-        await unimplemented(context, ERROR_DOMAIN, "ListImages")
-        raise AssertionError("unreachable")
+    ListImages = not_implemented_yet("ListImages")
 
-    async def GetImage(self, request: pb.GetImageRequest, context: Context) -> resources.Image:
-        await unimplemented(context, ERROR_DOMAIN, "GetImage")
-        raise AssertionError("unreachable")
+    GetImage = not_implemented_yet("GetImage")
 
-    async def DeleteImage(self, request: pb.DeleteImageRequest, context: Context) -> pb.DeleteImageResponse:
-        await unimplemented(context, ERROR_DOMAIN, "DeleteImage")
-        raise AssertionError("unreachable")
+    DeleteImage = not_implemented_yet("DeleteImage")
 
     @public_unary
     async def GetImageContent(

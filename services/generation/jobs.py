@@ -387,17 +387,23 @@ class GenerationJobs:
     @staticmethod
     def terminal_event_from_record(record: GenerationRecord) -> pb.WatchGenerationResponse:
         if record.state == "SUCCEEDED":
-            return new_event(
+            event = new_event(
                 record.id,
                 succeeded=resources.GenerationSucceeded(
                     seed=record.seed, gpu_seconds=record.gpu_seconds, credits_charged=record.credits_charged
                 ),
             )
-        if record.state == "FAILED":
-            return new_event(record.id, failed=resources.GenerationFailed(reason=record.failure_reason or ""))
-        return new_event(
-            record.id, cancelled=resources.GenerationCancelled(was_running=record.started_at is not None)
-        )
+        elif record.state == "FAILED":
+            event = new_event(
+                record.id, failed=resources.GenerationFailed(reason=record.failure_reason or "")
+            )
+        else:
+            event = new_event(
+                record.id, cancelled=resources.GenerationCancelled(was_running=record.started_at is not None)
+            )
+        if record.finished_at is not None:
+            event.time.FromDatetime(record.finished_at)
+        return event
 
     def image_url(self, record: GenerationRecord) -> str:
         """A fresh signed URL, made when read, so replayed events never carry a stale one."""

@@ -165,7 +165,13 @@ class TierQueue:
         return await self.redis.lpos(f"queue:{tier}:{user_id}", str(generation_id)) is not None
 
     async def is_leased(self, generation_id: uuid.UUID) -> bool:
-        return bool(await self.redis.exists(f"lease:{generation_id}"))
+        """Whether a worker holds the job under a lease that has not expired. A worker that died
+        between claiming and starting a job leaves an expired lease, and the job is repaired."""
+        expiry = await self.redis.zscore("leases", str(generation_id))
+        if expiry is None:
+            return False
+        seconds, microseconds = await self.redis.time()
+        return float(expiry) > seconds * 1000 + microseconds / 1000
 
     async def renew_lease(self, generation_id: uuid.UUID, worker_id: str, lease_seconds: float) -> bool:
         return bool(await self._renew(args=[str(generation_id), worker_id, int(lease_seconds * 1000)]))

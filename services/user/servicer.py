@@ -13,7 +13,7 @@ from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Principal, TokenAuthority
 from services.common.errors import NotFound, PermissionDenied
-from services.common.rpc import Endpoint, public_unary, unary, unimplemented
+from services.common.rpc import Endpoint, not_implemented_yet, public_unary, unary
 from services.user.accounts import Account, UserAccounts
 
 ERROR_DOMAIN = "user.pingvas.studio"
@@ -53,17 +53,9 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
             user=account_to_proto(account),
         )
 
-    async def BeginOAuthLogin(
-        self, request: pb.BeginOAuthLoginRequest, context: Context
-    ) -> pb.BeginOAuthLoginResponse:
-        await unimplemented(context, ERROR_DOMAIN, "Google/Discord OAuth sign-in")
-        raise AssertionError("unreachable")
+    BeginOAuthLogin = not_implemented_yet("Google/Discord OAuth sign-in")
 
-    async def CompleteOAuthLogin(
-        self, request: pb.CompleteOAuthLoginRequest, context: Context
-    ) -> pb.CompleteOAuthLoginResponse:
-        await unimplemented(context, ERROR_DOMAIN, "Google/Discord OAuth sign-in")
-        raise AssertionError("unreachable")
+    CompleteOAuthLogin = not_implemented_yet("Google/Discord OAuth sign-in")
 
     @unary
     async def GetUser(
