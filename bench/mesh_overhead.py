@@ -171,6 +171,9 @@ def main() -> None:
         gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('PINGVAS_HTTP_PORT', '8080')}"
         walls, first_events = through_mesh(gateway, args.runs, args.steps, args.size)
     bare = bare_pipeline(models_dir, args.runs, args.steps, args.size)
+    import torch
+
+    bare_threads = torch.get_num_threads()
 
     mesh_mean, bare_mean = statistics.mean(walls), statistics.mean(bare)
     print(f"mesh overhead: {args.runs} generations, tiny-sd {args.size}x{args.size}, {args.steps} steps")
@@ -179,6 +182,7 @@ def main() -> None:
     )
     print(
         f"  bare diffusers call          mean {bare_mean * 1000:8.1f} ms   median {statistics.median(bare) * 1000:8.1f} ms"
+        f"   ({bare_threads} torch threads, the machine to itself)"
     )
     print(f"  ratio mesh / bare            {mesh_mean / bare_mean:.3f}   (target <= 1.10)")
     print(

@@ -4,12 +4,14 @@ gRPC health server that turns SERVING once the preloaded pipelines are resident.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 
 from redis.asyncio import Redis
 
 from gpu_inference.catalog import ModelCatalog
+from gpu_inference.inference import configure_cpu_threads
 from gpu_inference.registry import ModelRegistry
 from gpu_inference.worker import Worker
 from services.billing.ledger import CreditLedger
@@ -22,6 +24,8 @@ from services.generation.events import EventLog
 from services.generation.jobs import GenerationJobs
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
+
+log = logging.getLogger("gpu_inference")
 
 
 async def main() -> None:
@@ -37,6 +41,8 @@ async def main() -> None:
         memory_budget_bytes=settings.memory_budget_bytes,
         pinned=settings.preload_models,
     )
+    threads = configure_cpu_threads(registry.device, settings.torch_threads)
+    log.info("worker %s on %s with %d CPU threads", worker_id, registry.device, threads)
     queue = TierQueue(redis)
     jobs = GenerationJobs(
         database=database,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,21 @@ import torch
 
 from gpu_inference.preview import latents_to_preview_jpeg
 from gpu_inference.registry import LoadedModel
+
+
+def configure_cpu_threads(device: torch.device, threads: int | None) -> int:
+    """Set torch's CPU thread count once per worker process and return it.
+
+    On a CPU worker the default (one thread per core) leaves nothing for the worker's own event
+    loop and the mesh beside it; OpenMP threads that lose their core then stall each step. So the
+    default leaves one core free. On CUDA the CPU threads only feed the GPU and keep the default.
+    """
+    if threads is None:
+        if device.type != "cpu":
+            return torch.get_num_threads()
+        threads = max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 @dataclass(frozen=True)

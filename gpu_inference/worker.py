@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 
 from gpu_inference.inference import StepUpdate, TextToImageRequest, run_text_to_image
 from gpu_inference.registry import ModelRegistry, UnknownModelError
@@ -23,6 +24,49 @@ log = logging.getLogger(__name__)
 
 class GenerationCancelled(Exception):
     """Raised from the step callback to stop a run whose cancel was requested."""
+
+
+class ProgressRelay:
+    """Carries one run's step updates from the inference thread to Redis, without making the
+    denoising loop wait on the network.
+
+    The step callback only hands the update over; a task on the event loop appends the progress
+    events in order and checks for a cancel request after each one. A requested cancel raises in
+    the callback at the next step boundary, so a run stops within one step.
+    """
+
+    _DONE = None
+
+    def __init__(
+        self,
+        jobs: GenerationJobs,
+        queue: TierQueue,
+        record: GenerationRecord,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.jobs = jobs
+        self.queue = queue
+        self.record = record
+        self.loop = loop
+        self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
+        self.cancel_requested = threading.Event()
+
+    def on_step(self, update: StepUpdate) -> None:
+        """Runs on the inference thread."""
+        if self.cancel_requested.is_set():
+            raise GenerationCancelled
+        self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
+
+    async def run(self) -> None:
+        while (update := await self.updates.get()) is not self._DONE:
+            await self.jobs.report_progress(self.record, update.step, update.total_steps, update.preview_jpeg)
+            if await self.queue.cancel_requested(self.record.id):
+                self.cancel_requested.set()
+
+    async def drain(self, relay: asyncio.Task[None]) -> None:
+        """Wait until every progress event is stored: the terminal event must come after them."""
+        self.updates.put_nowait(self._DONE)
+        await relay
 
 
 class Worker:
@@ -104,13 +148,12 @@ class Worker:
                 record, f"model {record.model!r} is not installed on the GPU workers"
             )
             return
-        loop = asyncio.get_running_loop()
-
-        def on_step(update: StepUpdate) -> None:
-            # Runs on the inference thread. Waiting for the event loop keeps events in step order
-            # and lets a pending cancel stop the run at this very step.
-            asyncio.run_coroutine_threadsafe(self._on_step(record, update), loop).result()
-
+        except Exception as error:
+            # A damaged model directory fails every attempt the same way: fail the job, not the worker.
+            log.exception("loading model %s failed", record.model)
+            await self.jobs.finish_failed(record, f"model {record.model!r} could not be loaded: {error}")
+            return
+        progress = ProgressRelay(self.jobs, self.queue, record, asyncio.get_running_loop())
         request = TextToImageRequest(
             prompt=record.prompt,
             negative_prompt=record.negative_prompt,
@@ -120,8 +163,12 @@ class Worker:
             seed=record.seed,
             guidance=record.guidance,
         )
+        relay = asyncio.create_task(progress.run())
         try:
-            result = await asyncio.to_thread(run_text_to_image, model, request, on_step)
+            try:
+                result = await asyncio.to_thread(run_text_to_image, model, request, progress.on_step)
+            finally:
+                await progress.drain(relay)
         except GenerationCancelled:
             await self.jobs.finish_cancelled(record)
             log.info("cancelled %s", record.id)
@@ -140,8 +187,3 @@ class Worker:
             log.warning(
                 "result of %s attempt %d discarded: another attempt owns the job", record.id, record.attempt
             )
-
-    async def _on_step(self, record: GenerationRecord, update: StepUpdate) -> None:
-        if await self.queue.cancel_requested(record.id):
-            raise GenerationCancelled
-        await self.jobs.report_progress(record, update.step, update.total_steps, update.preview_jpeg)

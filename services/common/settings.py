@@ -92,6 +92,9 @@ class WorkerSettings(CommonSettings):
     health_port: int = Field(description="Port of the worker's gRPC health server.")
     models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
     device: str | None = Field(None, description="torch device; cuda when available, else cpu.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; on a CPU worker all cores but one when unset."
+    )
     preload_models: list[str] = Field(default_factory=list, description="Models loaded and pinned at start.")
     memory_budget_bytes: int | None = Field(None, description="Model memory budget; unlimited when unset.")
     lease_seconds: float = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -127,9 +128,28 @@ PROTOCOLS: dict[str, Callable[[Any, str], tuple[dict[str, Any], list[dict[str, A
 }
 
 
+def occupy_the_worker(mesh: Any, new_account: Any) -> None:
+    """Start a long job first, so the generation under test is still QUEUED when its watcher
+    connects, however long the client takes to start (buf curl is a separate process)."""
+    blocker = new_account("blocker")
+    with httpx.Client(base_url=mesh.gateway_url, timeout=60) as client:
+        created = client.post(
+            "/api/v1/generation/create",
+            json={"prompt": "a long job", "width": 64, "height": 64, "steps": 150},
+            headers=blocker.headers,
+        ).json()
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/v1/generation/{created['id']}", headers=blocker.headers).json()["state"] != (
+            "GENERATION_STATE_RUNNING"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
-def test_generation_sequence_through_the_gateway(mesh: Any, protocol: str) -> None:
+def test_generation_sequence_through_the_gateway(mesh: Any, new_account: Any, protocol: str) -> None:
+    occupy_the_worker(mesh, new_account)
     email = f"seed-flow-{protocol}@example.com"
     token = dev_login_grpc(mesh, email)
     (user,) = mesh.sql("SELECT id FROM users WHERE email = %s", email)

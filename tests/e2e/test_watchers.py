@@ -77,7 +77,7 @@ def test_a_late_watcher_replays_from_the_start(new_account: Any, rest: httpx.Cli
 def test_a_reconnecting_watcher_resumes_after_its_last_sequence(new_account: Any, rest: httpx.Client) -> None:
     account = new_account("resume")
     created = rest.post(
-        "/api/v1/generation/create", json={**REQUEST, "steps": 40}, headers=account.headers
+        "/api/v1/generation/create", json={**REQUEST, "steps": 100}, headers=account.headers
     ).json()
     seen: list[dict[str, Any]] = []
     # The first connection drops after the fifth event, as a flaky network would.
@@ -92,7 +92,7 @@ def test_a_reconnecting_watcher_resumes_after_its_last_sequence(new_account: Any
     sequences = [int(e["sequence"]) for e in seen + resumed]
     assert sequences == list(range(1, len(sequences) + 1)), "no event lost or repeated across the reconnect"
     assert kind(resumed[-1]) == "succeeded"
-    assert sum(kind(e) == "progress" for e in seen + resumed) == 40
+    assert sum(kind(e) == "progress" for e in seen + resumed) == 100
 
 
 def test_the_terminal_event_survives_a_lost_event_log(
