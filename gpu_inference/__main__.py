@@ -29,7 +29,7 @@ log = logging.getLogger("gpu_inference")
 
 
 async def main() -> None:
-    settings = WorkerSettings()  # type: ignore[call-arg]
+    settings = WorkerSettings()
     configure_logging(settings.log_level, "worker")
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     database = Database(settings.database_url, schema=settings.db_schema, pool_size=4)

@@ -26,6 +26,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 import redis
+from support.lemonsqueezy import LemonSqueezyServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,6 +82,10 @@ class RunningMesh:
         )
 
 
+LEMONSQUEEZY_API_KEY = "test-lemonsqueezy-key"
+LEMONSQUEEZY_WEBHOOK_SECRET = "test-lemonsqueezy-signing-secret"
+
+
 def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None = None) -> RunningMesh:
     port = free_port()
     env = {
@@ -89,6 +94,8 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         "PINGVAS_HTTP_PORT": str(port),
         "PINGVAS_MODELS_DIR": str(models_dir),
         "PINGVAS_PRELOAD_MODELS": '["tiny-sd"]',
+        "PINGVAS_LEMONSQUEEZY_API_KEY": LEMONSQUEEZY_API_KEY,
+        "PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET": LEMONSQUEEZY_WEBHOOK_SECRET,
         **(extra_env or {}),
     }
     env.pop("DATABASE_URL", None)
@@ -144,8 +151,24 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningMesh]:
-    running = start_mesh(tmp_path_factory.mktemp("pingvas-home"), models_dir)
+def lemonsqueezy() -> Iterator[LemonSqueezyServer]:
+    """Lemon Squeezy's API on a local port: the billing service's client talks to it as to the
+    real one, and it signs webhooks with the secret the mesh verifies."""
+    with LemonSqueezyServer(
+        api_key=LEMONSQUEEZY_API_KEY, webhook_secret=LEMONSQUEEZY_WEBHOOK_SECRET
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: LemonSqueezyServer
+) -> Iterator[RunningMesh]:
+    running = start_mesh(
+        tmp_path_factory.mktemp("pingvas-home"),
+        models_dir,
+        extra_env={"PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url},
+    )
     yield running
     stop_mesh(running)
 
@@ -190,3 +213,19 @@ def new_account(rest: httpx.Client) -> Any:
         return Account(email=email, token=body["accessToken"], user_id=body["user"]["id"])
 
     return sign_up
+
+
+@pytest.fixture
+def ledger_sums_to_every_balance(mesh: RunningMesh) -> Iterator[None]:
+    """After the test: every balance and every hold total is exactly the sum of the append-only
+    ledger entries, and none is negative."""
+    yield
+    mismatches = mesh.sql(
+        """
+        SELECT a.user_id FROM credit_accounts a LEFT JOIN credit_entries e ON e.user_id = a.user_id
+        GROUP BY a.user_id, a.balance, a.held
+        HAVING a.balance <> coalesce(sum(e.amount), 0) OR a.held <> coalesce(sum(e.held_change), 0)
+            OR a.balance < 0 OR a.held < 0 OR a.held > a.balance
+        """
+    )
+    assert mismatches == []

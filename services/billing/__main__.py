@@ -1,4 +1,6 @@
-"""Composition root of the billing service."""
+"""Composition root of the billing service: settings -> clients -> domain -> gRPC server, plus
+two background loops: the expiry job (daily as a CronJob in production, more often here) and
+the email outbox sender."""
 
 from __future__ import annotations
 
@@ -7,25 +9,43 @@ import asyncio
 from pingvas.billing.v1 import billing_service_pb2 as pb
 from pingvas.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
-from services.billing.ledger import CreditLedger
+from services.billing.app import build_billing
+from services.billing.email import mailer_from_settings, run_email_sender
 from services.billing.servicer import BillingServicer
 from services.common.auth import TokenAuthority
-from services.common.database import Database
-from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import BillingSettings
+from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
+from services.common.settings import BillingSettings, EmailSettings
 
 
 async def main() -> None:
-    settings = BillingSettings()  # type: ignore[call-arg]
+    settings = BillingSettings()
     configure_logging(settings.log_level, "billing")
-    database = Database(settings.database_url, schema=settings.db_schema)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
-    pb_grpc.add_BillingServiceServicer_to_server(
-        BillingServicer(database, CreditLedger(), TokenAuthority(settings.jwt_secret)), server.server
+    parts = build_billing(
+        env=settings.env,
+        database_url=settings.database_url,
+        db_schema=settings.db_schema,
+        grace_period_days=settings.grace_period_days,
     )
+    mailer = mailer_from_settings(EmailSettings(), settings.home)
+    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    servicer = BillingServicer(
+        parts.database, parts.ledger, parts.plans, parts.billing, TokenAuthority(settings.jwt_secret)
+    )
+    pb_grpc.add_BillingServiceServicer_to_server(servicer, server.server)
     server.add_services([pb.DESCRIPTOR.services_by_name["BillingService"].full_name])
+
+    async def send_emails(stop: asyncio.Event) -> None:
+        await run_email_sender(parts.database, parts.outbox, mailer, stop, settings.email_interval_seconds)
+
     await serve_until_terminated(
-        server, ready=database.ping, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
+        server,
+        ready=parts.database.ping,
+        grace=settings.shutdown_grace_seconds,
+        background=[
+            periodically(settings.expire_interval_seconds, parts.billing.expire_lapsed, "expiry"),
+            send_emails,
+        ],
+        cleanup=[parts.close],
     )
 
 

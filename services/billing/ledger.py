@@ -143,6 +143,40 @@ class CreditLedger:
         """An administrator's correction, positive or negative; never below zero."""
         return await self._append(conn, user_id, "adjustment", reference, amount=amount, held_change=0)
 
+    async def reset(self, conn: AsyncConnection, user_id: uuid.UUID, target: int, reference: str) -> bool:
+        """Set the balance to a plan's grant (renewal, upgrade). Credits held by running
+        generations stay reserved: the balance never drops below them."""
+        current = await self._locked_balance(conn, user_id)
+        amount = max(target, current.held) - current.balance
+        return await self._append(conn, user_id, "reset", reference, amount=amount, held_change=0)
+
+    async def revoke(self, conn: AsyncConnection, user_id: uuid.UUID, reference: str) -> bool:
+        """Take back every credit not held by a running generation (an expired subscription)."""
+        current = await self._locked_balance(conn, user_id)
+        return await self._append(
+            conn, user_id, "revoke", reference, amount=-current.available, held_change=0
+        )
+
+    async def refund(self, conn: AsyncConnection, user_id: uuid.UUID, amount: int, reference: str) -> bool:
+        """Take back up to `amount` unspent credits after a refunded order."""
+        current = await self._locked_balance(conn, user_id)
+        return await self._append(
+            conn, user_id, "refund", reference, amount=-min(amount, current.available), held_change=0
+        )
+
+    async def _locked_balance(self, conn: AsyncConnection, user_id: uuid.UUID) -> Balance:
+        """The balance, with the account row locked until the transaction ends, so that an amount
+        computed from it is still right when its entry is applied."""
+        await self.open_account(conn, user_id)
+        row = (
+            await conn.execute(
+                sa.select(credit_accounts.c.balance, credit_accounts.c.held)
+                .where(credit_accounts.c.user_id == user_id)
+                .with_for_update()
+            )
+        ).one()
+        return Balance(row.balance, row.held)
+
     async def hold(self, conn: AsyncConnection, user_id: uuid.UUID, reference: str, amount: int) -> None:
         if amount <= 0:
             raise ValueError("a hold reserves at least one credit")

@@ -1,9 +1,8 @@
-"""BillingService over gRPC. The credit balance and ledger listing are served now; checkout,
-subscriptions, upgrades and Lemon Squeezy webhooks land with the billing issue and answer
-UNIMPLEMENTED until then."""
+"""BillingService over gRPC: proto in, domain call, proto out."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import grpc
@@ -13,44 +12,126 @@ from pingvas.billing.v1 import billing_service_pb2 as pb
 from pingvas.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from services.billing.ledger import CreditLedger, LedgerEntry
+from services.billing.plans import PlanCatalog
+from services.billing.subscriptions import SubscriptionBilling, SubscriptionRecord
 from services.common.auth import Principal, TokenAuthority
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput
-from services.common.rpc import Endpoint, not_implemented_yet, unary
+from services.common.rpc import Endpoint, public_unary, unary
 
 ERROR_DOMAIN = "billing.pingvas.studio"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def plan_to_proto(plan: str) -> int:
+    return int(resources.Plan.Value(f"PLAN_{plan.upper()}"))
+
+
+def plan_from_proto(plan: int) -> str:
+    if plan == resources.PLAN_UNSPECIFIED:
+        raise InvalidInput([FieldViolation("plan", "is required")])
+    return str(resources.Plan.Name(plan)).removeprefix("PLAN_").lower()
+
+
 def entry_to_proto(entry: LedgerEntry) -> resources.CreditEntry:
-    created = Timestamp()
-    created.FromDatetime(entry.created_at)
     return resources.CreditEntry(
         id=str(entry.id),
         kind=resources.CreditEntryKind.Value(f"CREDIT_ENTRY_KIND_{entry.kind.upper()}"),
         amount=entry.amount,
         held_change=entry.held_change,
         reference=entry.reference,
-        create_time=created,
+        create_time=_timestamp(entry.created_at),
+    )
+
+
+def subscription_to_proto(record: SubscriptionRecord) -> resources.Subscription:
+    return resources.Subscription(
+        plan=plan_to_proto(record.plan),
+        status=resources.SubscriptionStatus.Value(f"SUBSCRIPTION_STATUS_{record.status.upper()}"),
+        renew_time=_timestamp(record.renews_at),
+        end_time=_timestamp(record.ends_at),
+        grace_period_end_time=_timestamp(record.grace_period_end),
     )
 
 
 class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
-    def __init__(self, database: Database, ledger: CreditLedger, tokens: TokenAuthority) -> None:
+    def __init__(
+        self,
+        database: Database,
+        ledger: CreditLedger,
+        plans: PlanCatalog,
+        billing: SubscriptionBilling,
+        tokens: TokenAuthority,
+    ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
         self.database = database
         self.ledger = ledger
+        self.plans = plans
+        self.billing = billing
 
-    ListPlans = not_implemented_yet("ListPlans")
+    @public_unary
+    async def ListPlans(self, request: pb.ListPlansRequest, context: Context) -> pb.ListPlansResponse:
+        return pb.ListPlansResponse(
+            plans=[
+                resources.PlanOffer(
+                    plan=plan_to_proto(offer.plan),
+                    price_usd=offer.price_usd,
+                    monthly_credits=offer.monthly_credits,
+                )
+                for offer in self.plans.offers()
+            ]
+        )
 
-    CreateCheckout = not_implemented_yet("Lemon Squeezy checkout")
+    @unary
+    async def CreateCheckout(
+        self, request: pb.CreateCheckoutRequest, caller: Principal, context: Context
+    ) -> pb.CreateCheckoutResponse:
+        url = await self.billing.checkout(caller.user_id, plan_from_proto(request.plan))
+        return pb.CreateCheckoutResponse(checkout_url=url)
 
-    GetSubscription = not_implemented_yet("GetSubscription")
+    @unary
+    async def GetSubscription(
+        self, request: pb.GetSubscriptionRequest, caller: Principal, context: Context
+    ) -> pb.GetSubscriptionResponse:
+        record = await self.billing.subscription_of(caller.user_id)
+        if record is None:
+            return pb.GetSubscriptionResponse()
+        return pb.GetSubscriptionResponse(subscription=subscription_to_proto(record))
 
-    UpgradeSubscription = not_implemented_yet("UpgradeSubscription")
+    @unary
+    async def UpgradeSubscription(
+        self, request: pb.UpgradeSubscriptionRequest, caller: Principal, context: Context
+    ) -> pb.UpgradeSubscriptionResponse:
+        change = await self.billing.change_plan(
+            caller.user_id, plan_from_proto(request.plan), validate_only=request.validate_only
+        )
+        return pb.UpgradeSubscriptionResponse(
+            days_left_in_period=change.days_left_in_period,
+            new_plan_credits=change.new_plan_credits,
+            credits_reset_now=change.credits_reset_now,
+            subscription=subscription_to_proto(change.subscription) if change.subscription else None,
+        )
 
-    HandleLemonSqueezyWebhook = not_implemented_yet("Lemon Squeezy webhooks")
+    @public_unary
+    async def HandleLemonSqueezyWebhook(
+        self, request: pb.HandleLemonSqueezyWebhookRequest, context: Context
+    ) -> pb.HandleLemonSqueezyWebhookResponse:
+        # The signature is the authentication; Envoy passes the header through as metadata.
+        signature = next(
+            (str(item.value) for item in context.invocation_metadata() or () if item.key == "x-signature"),
+            None,
+        )
+        await self.billing.handle_webhook(request.body.data, signature)
+        return pb.HandleLemonSqueezyWebhookResponse()
 
     @unary
     async def GetCreditBalance(

@@ -86,6 +86,57 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _cmd_billing(args: argparse.Namespace) -> int:
+    if args.billing_command == "plans":
+        from services.billing.plans import PlanCatalog
+        from services.common.settings import LemonSqueezySettings, PlanSettings
+
+        offers = PlanCatalog(PlanSettings(), LemonSqueezySettings()).offers()
+        if args.json:
+            import json
+
+            print(
+                json.dumps(
+                    [
+                        {
+                            "plan": o.plan,
+                            "variant_id": o.variant_id,
+                            "monthly_credits": o.monthly_credits,
+                            "price_usd": o.price_usd,
+                        }
+                        for o in offers
+                    ]
+                )
+            )
+        else:
+            for o in offers:
+                print(
+                    f"{o.plan:11s} ${o.price_usd:<4d} {o.monthly_credits:>7,d} credits/month  variant {o.variant_id or '-'}"
+                )
+        return 0
+
+    from services.billing.app import build_billing
+
+    url, schema = _database_location()
+
+    async def run() -> int:
+        parts = build_billing(env=os.environ.get("PINGVAS_ENV", "dev"), database_url=url, db_schema=schema)
+        try:
+            if args.billing_command == "reconcile":
+                counts = await parts.billing.reconcile()
+                print(
+                    f"reconciled: {counts['subscriptions']} subscriptions updated, {counts['renewals']} renewals applied"
+                )
+            else:
+                expired = await parts.billing.expire_lapsed()
+                print(f"expired {expired} subscriptions")
+        finally:
+            await parts.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def _cmd_models_create_tiny(args: argparse.Namespace) -> int:
     from gpu_inference.tiny import create_tiny_models
 
@@ -134,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("email")
     grant.add_argument("credits", type=int)
     admin.set_defaults(handler=_cmd_admin)
+
+    billing = commands.add_parser("billing", help="plans, and the billing jobs")
+    billing_commands = billing.add_subparsers(dest="billing_command", required=True)
+    plans = billing_commands.add_parser("plans", help="list the plans")
+    plans.add_argument("--json", action="store_true", help="as a JSON list")
+    billing_commands.add_parser("reconcile", help="apply what Lemon Squeezy webhooks missed")
+    billing_commands.add_parser("expire", help="expire subscriptions past their grace period (daily job)")
+    billing.set_defaults(handler=_cmd_billing)
 
     models = commands.add_parser("models", help="manage local models")
     model_commands = models.add_subparsers(dest="models_command", required=True)

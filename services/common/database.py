@@ -26,19 +26,28 @@ def asyncpg_url(url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
-def create_engine(url: str, *, schema: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, schema: str, role: str = "", pool_size: int = 10) -> AsyncEngine:
+    """An engine whose connections use `schema` and, if given, run as `role` (a startup
+    parameter, so it holds for every statement on the connection)."""
+    server_settings = {"search_path": schema, "application_name": "pingvas"}
+    if role:
+        server_settings["role"] = role
     return create_async_engine(
         asyncpg_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"search_path": schema, "application_name": "pingvas"}},
+        connect_args={"server_settings": server_settings},
     )
 
 
+# The role services run as: it may append to the ledger but never update or delete it.
+APP_ROLE = "pingvas_app"
+
+
 class Database:
-    def __init__(self, url: str, *, schema: str, pool_size: int = 10) -> None:
-        self.engine = create_engine(url, schema=schema, pool_size=pool_size)
+    def __init__(self, url: str, *, schema: str, role: str = APP_ROLE, pool_size: int = 10) -> None:
+        self.engine = create_engine(url, schema=schema, role=role, pool_size=pool_size)
 
     @asynccontextmanager
     async def tenant(self, user_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:

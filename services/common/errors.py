@@ -70,6 +70,18 @@ class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
 
 
+class IdempotencyKeyReused(FailedPrecondition):
+    """A request id sent again with different parameters (Stripe's idempotency_error)."""
+
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class Unavailable(DomainError):
+    """A dependency outside Pingvas (Lemon Squeezy, SES) failed; the caller may retry."""
+
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
 @dataclass
 class Violations:
     """Collects field violations and raises them together, so a caller fixes everything at once."""

@@ -38,6 +38,7 @@ _CODES: dict[type[errors.DomainError], tuple[grpc.StatusCode, int | None]] = {
     errors.InsufficientCredits: (grpc.StatusCode.FAILED_PRECONDITION, 402),
     errors.QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, None),
+    errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, None),
 }
 
 
@@ -58,7 +59,10 @@ def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> st
 
 
 def _status_for(error: errors.DomainError, domain: str) -> tuple[grpc.Status, int | None]:
-    code, http_status = _CODES.get(type(error), (grpc.StatusCode.FAILED_PRECONDITION, None))
+    code, http_status = next(
+        (_CODES[kind] for kind in type(error).__mro__ if kind in _CODES),
+        (grpc.StatusCode.FAILED_PRECONDITION, None),
+    )
     details = []
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))

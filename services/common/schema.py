@@ -7,7 +7,7 @@ Every tenant-owned table carries `user_id`, and repositories reach them only thr
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = sa.MetaData()
 
@@ -76,4 +76,59 @@ generations = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("provider_subscription_id", sa.Text, nullable=False, unique=True),
+    sa.Column("provider_customer_id", sa.Text),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("variant_id", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("renews_at", sa.DateTime(timezone=True)),
+    sa.Column("ends_at", sa.DateTime(timezone=True)),
+    sa.Column("grace_period_end", sa.DateTime(timezone=True)),
+    sa.Column("pending_plan", sa.Text),
+    sa.Column("provider_updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# One row per distinct webhook delivery (event, resource, resource version): the dedupe key makes
+# repeated and concurrent deliveries of one change act once; parked rows wait for their
+# subscription to be known.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.Text, nullable=False, unique=True),
+    sa.Column("event_name", sa.Text, nullable=False),
+    sa.Column("resource_id", sa.Text, nullable=False),
+    sa.Column("subscription_id", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+)
+
+# Emails waiting to be sent. Callers enqueue in their own transaction, so an email exists exactly
+# when the change it reports committed; a background sender delivers it later, with retries. The
+# dedupe key (what the email is about) makes a redelivered event enqueue nothing new.
+email_outbox = sa.Table(
+    "email_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("dedupe_key", sa.Text, nullable=False, unique=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("to_address", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.Text),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )

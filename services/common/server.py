@@ -4,6 +4,7 @@ and a graceful SIGTERM (NOT_SERVING first, then `stop(grace)`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -84,6 +85,24 @@ async def wait_until_ready(
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(f"{what} not ready after {within_seconds:.0f}s: {error}") from error
             await asyncio.sleep(0.2)
+
+
+def periodically(
+    seconds: float, job: Callable[[], Awaitable[object]], what: str
+) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """A background loop that runs `job` every `seconds` until stopped; a failure is logged and
+    retried on the next round, never fatal."""
+
+    async def loop(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed; retrying", what)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+    return loop
 
 
 def termination_event() -> asyncio.Event:

@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_LEMONSQUEEZY_API_KEY = "dev-lemonsqueezy-api-key"
+DEV_LEMONSQUEEZY_WEBHOOK_SECRET = "dev-lemonsqueezy-webhook-secret"
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PINGVAS_", extra="ignore")
@@ -64,7 +67,6 @@ class ServerSettings(CommonSettings):
 
 
 class UserSettings(ServerSettings):
-    free_grant_credits: int = Field(100, ge=0, description="Credits a new user receives once.")
     token_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="Access token lifetime.")
 
 
@@ -82,8 +84,54 @@ class GallerySettings(ServerSettings):
     pass
 
 
+class LemonSqueezySettings(BaseSettings):
+    """Lemon Squeezy, the merchant of record. The dev defaults let a dev mesh start; production
+    sets every value from a Secret (the billing service refuses the dev key in prod)."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_LEMONSQUEEZY_", extra="ignore")
+
+    api_url: str = Field("https://api.lemonsqueezy.com", description="API base URL.")
+    api_key: str = Field(DEV_LEMONSQUEEZY_API_KEY, description="API key (Bearer).")
+    store_id: str = Field("1", description="The store that sells the plans.")
+    webhook_secret: str = Field(DEV_LEMONSQUEEZY_WEBHOOK_SECRET, description="Webhook signing secret.")
+    test_mode: bool = Field(False, description="Act on webhooks whose meta.test_mode is true.")
+    variant_starter: str = Field("101", description="Variant id of the Starter plan.")
+    variant_pro: str = Field("102", description="Variant id of the Pro plan.")
+    variant_studio: str = Field("103", description="Variant id of the Studio plan.")
+    variant_enterprise: str = Field("104", description="Variant id of the Enterprise plan.")
+
+
+class PlanSettings(BaseSettings):
+    """Monthly credit grants, in one place; prices are Lemon Squeezy's and shown for reference."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_", extra="ignore")
+
+    free_grant_credits: int = Field(100, ge=0, description="Credits a new (free) user receives once.")
+    starter_monthly_credits: int = Field(5_000, ge=0, description="Starter's monthly grant.")
+    pro_monthly_credits: int = Field(15_000, ge=0, description="Pro's monthly grant.")
+    studio_monthly_credits: int = Field(30_000, ge=0, description="Studio's monthly grant.")
+    enterprise_monthly_credits: int = Field(
+        0, ge=0, description="Enterprise's monthly grant; usually 0 and set per customer by an admin."
+    )
+
+
+class EmailSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_EMAIL_", extra="ignore")
+
+    backend: Literal["outbox", "ses"] = Field(
+        "outbox", description="outbox writes .eml files under PINGVAS_HOME/outbox; ses sends with SESv2."
+    )
+    sender: str = Field("Pingvas <no-reply@pingvas.studio>", description="The From address.")
+    ses_region: str = Field("ap-northeast-2", description="SES region (the seed's Seoul).")
+    ses_endpoint_url: str | None = Field(None, description="SES endpoint override (tests, VPC endpoints).")
+
+
 class BillingSettings(ServerSettings):
-    pass
+    grace_period_days: int = Field(3, ge=0, description="How long a failed payment keeps the plan.")
+    expire_interval_seconds: float = Field(
+        3600.0, gt=0, description="How often the service runs the expiry job itself (the CronJob runs daily)."
+    )
+    email_interval_seconds: float = Field(2.0, gt=0, description="How often the email outbox is sent.")
 
 
 class WorkerSettings(CommonSettings):

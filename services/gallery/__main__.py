@@ -18,7 +18,7 @@ from services.gallery.servicer import GalleryServicer
 
 
 async def main() -> None:
-    settings = GallerySettings()  # type: ignore[call-arg]
+    settings = GallerySettings()
     configure_logging(settings.log_level, "gallery")
     database = Database(settings.database_url, schema=settings.db_schema)
     signer = ImageUrlSigner(

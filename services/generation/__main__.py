@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from pingvas.generation.v1 import generation_service_pb2 as pb
@@ -15,7 +14,7 @@ from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
 from services.common.database import Database
-from services.common.server import GrpcServer, configure_logging, serve_until_terminated
+from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import GenerationSettings
 from services.common.signing import ImageUrlSigner
 from services.generation.events import EventLog
@@ -28,7 +27,7 @@ log = logging.getLogger("services.generation")
 
 
 async def main() -> None:
-    settings = GenerationSettings()  # type: ignore[call-arg]
+    settings = GenerationSettings()
     configure_logging(settings.log_level, "generation")
     database = Database(settings.database_url, schema=settings.db_schema)
     redis = Redis.from_url(settings.redis_url, max_connections=512)
@@ -57,20 +56,11 @@ async def main() -> None:
         await database.ping()
         await redis.ping()
 
-    async def reconcile_forever(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await jobs.reconcile()
-            except Exception:
-                log.exception("reconcile failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.reconcile_interval_seconds)
-
     await serve_until_terminated(
         server,
         ready=ready,
         grace=settings.shutdown_grace_seconds,
-        background=[reconcile_forever],
+        background=[periodically(settings.reconcile_interval_seconds, jobs.reconcile, "reconcile")],
         cleanup=[database.close, redis.aclose],
     )
 

@@ -28,7 +28,13 @@ from gpu_inference.catalog import ModelCatalog, ModelInfo
 from services.billing.ledger import CreditLedger, generation_reference
 from services.billing.pricing import Pricing
 from services.common.database import Database
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidInput, NotFound, Violations
+from services.common.errors import (
+    FieldViolation,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+    Violations,
+)
 from services.common.schema import generations
 from services.common.signing import ImageUrlSigner
 from services.generation.events import EventLog, is_terminal
@@ -243,7 +249,9 @@ class GenerationJobs:
             and abs(existing.guidance - resolved.guidance) < 1e-6
         )
         if not same:
-            raise FailedPrecondition(f"request_id {request_id!r} was already used with different parameters")
+            raise IdempotencyKeyReused(
+                f"request_id {request_id!r} was already used with different parameters"
+            )
         return existing
 
     async def _enqueue(self, record: GenerationRecord) -> None:

@@ -11,16 +11,16 @@ from services.billing.ledger import CreditLedger
 from services.common.auth import TokenAuthority
 from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import UserSettings
+from services.common.settings import PlanSettings, UserSettings
 from services.user.accounts import UserAccounts
 from services.user.servicer import UserServicer
 
 
 async def main() -> None:
-    settings = UserSettings()  # type: ignore[call-arg]
+    settings = UserSettings()
     configure_logging(settings.log_level, "user")
     database = Database(settings.database_url, schema=settings.db_schema)
-    accounts = UserAccounts(database, CreditLedger(), free_grant_credits=settings.free_grant_credits)
+    accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
     tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
     server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
     pb_grpc.add_UserServiceServicer_to_server(

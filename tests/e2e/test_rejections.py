@@ -12,8 +12,8 @@ import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pingvas.billing.v1 import billing_service_pb2 as billing_pb
-from pingvas.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from pingvas.gallery.v1 import gallery_service_pb2 as gallery_pb
+from pingvas.gallery.v1 import gallery_service_pb2_grpc as gallery_grpc
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
@@ -198,8 +198,8 @@ def test_later_issues_rpcs_answer_unimplemented(
 ) -> None:
     account = new_account("later")
     with pytest.raises(grpc.RpcError) as caught:
-        billing_grpc.BillingServiceStub(gateway_channel).CreateCheckout(
-            billing_pb.CreateCheckoutRequest(), metadata=account.metadata, timeout=30
+        gallery_grpc.GalleryServiceStub(gateway_channel).ListImages(
+            gallery_pb.ListImagesRequest(), metadata=account.metadata, timeout=30
         )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert rest.get("/api/v1/gallery/images", headers=account.headers).status_code == 501
