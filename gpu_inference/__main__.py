@@ -18,11 +18,11 @@ from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import WorkerSettings
+from services.common.settings import SchedulerSettings, WorkerSettings
 from services.common.storage import LocalImageStore
 from services.generation.events import EventLog
 from services.generation.jobs import GenerationJobs
-from services.generation.queue import TierQueue
+from services.generation.queue import SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRepository
 
 log = logging.getLogger("gpu_inference")
@@ -30,6 +30,7 @@ log = logging.getLogger("gpu_inference")
 
 async def main() -> None:
     settings = WorkerSettings()
+    scheduler = SchedulerSettings()
     configure_logging(settings.log_level, "worker")
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     database = Database(settings.database_url, schema=settings.db_schema, pool_size=4)
@@ -53,6 +54,8 @@ async def main() -> None:
         catalog=catalog,
         pricing=Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step),
         default_model="",
+        max_attempts=scheduler.max_attempts,
+        lease_seconds=scheduler.lease_seconds,
     )
     worker = Worker(
         worker_id=worker_id,
@@ -60,7 +63,14 @@ async def main() -> None:
         queue=queue,
         registry=registry,
         store=LocalImageStore(settings.images_dir),
-        lease_seconds=settings.lease_seconds,
+        policy=SchedulingPolicy(
+            aging_seconds=scheduler.aging_seconds,
+            concurrency_caps=scheduler.concurrency_caps,
+            affinity_lookahead=scheduler.affinity_lookahead,
+            affinity_max_skips=scheduler.affinity_max_skips,
+        ),
+        lease_seconds=scheduler.lease_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
     )
     server = GrpcServer(host=settings.health_host, port=settings.health_port)
 

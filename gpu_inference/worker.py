@@ -3,6 +3,11 @@
 The loop never loads weights (the ModelRegistry does) and never imports a servicer: it drives
 the same generation domain the service uses, so state changes, fencing and ledger entries have
 one implementation.
+
+A run stops early, at a step boundary, for one of three reasons: the user cancelled it, the
+worker lost its lease (another worker now owns the job, so this one walks away without a
+word), or the worker is shutting down and the job would not finish within the grace budget
+(it is handed back to the queue at once).
 """
 
 from __future__ import annotations
@@ -11,19 +16,32 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 
 from gpu_inference.inference import StepUpdate, TextToImageRequest, run_text_to_image
 from gpu_inference.registry import ModelRegistry, UnknownModelError
 from services.common.storage import ImageStore, image_key
 from services.generation.jobs import GenerationJobs, WorkResult
-from services.generation.queue import Claim, TierQueue
+from services.generation.queue import Claim, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
 
 log = logging.getLogger(__name__)
 
 
-class GenerationCancelled(Exception):
-    """Raised from the step callback to stop a run whose cancel was requested."""
+class RunInterrupted(Exception):
+    """Raised from the step callback to stop a run at a step boundary."""
+
+
+class GenerationCancelled(RunInterrupted):
+    """The user cancelled the generation."""
+
+
+class LeaseLost(RunInterrupted):
+    """The lease lapsed: another worker owns the job now."""
+
+
+class HandedBack(RunInterrupted):
+    """The worker is shutting down and gives the job back to the queue."""
 
 
 class ProgressRelay:
@@ -31,8 +49,9 @@ class ProgressRelay:
     denoising loop wait on the network.
 
     The step callback only hands the update over; a task on the event loop appends the progress
-    events in order and checks for a cancel request after each one. A requested cancel raises in
-    the callback at the next step boundary, so a run stops within one step.
+    events in order and checks for a cancel request after each one. Any interruption requested
+    (cancel, lost lease, hand-back) raises in the callback at the next step boundary, so a run
+    stops within one step.
     """
 
     _DONE = None
@@ -49,19 +68,36 @@ class ProgressRelay:
         self.record = record
         self.loop = loop
         self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
-        self.cancel_requested = threading.Event()
+        self._interruption: type[RunInterrupted] | None = None
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._steps_done = 0
+
+    def interrupt(self, reason: type[RunInterrupted]) -> None:
+        with self._lock:
+            self._interruption = self._interruption or reason
+
+    def expected_remaining_seconds(self) -> float:
+        """From the pace so far; unknown (infinite) before the first step."""
+        if self._steps_done == 0:
+            return float("inf")
+        elapsed = time.monotonic() - self._started
+        return elapsed / self._steps_done * max(0, self.record.steps - self._steps_done)
 
     def on_step(self, update: StepUpdate) -> None:
         """Runs on the inference thread."""
-        if self.cancel_requested.is_set():
-            raise GenerationCancelled
+        with self._lock:
+            interruption = self._interruption
+        if interruption is not None:
+            raise interruption
+        self._steps_done = update.step
         self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
 
     async def run(self) -> None:
         while (update := await self.updates.get()) is not self._DONE:
             await self.jobs.report_progress(self.record, update.step, update.total_steps, update.preview_jpeg)
             if await self.queue.cancel_requested(self.record.id):
-                self.cancel_requested.set()
+                self.interrupt(GenerationCancelled)
 
     async def drain(self, relay: asyncio.Task[None]) -> None:
         """Wait until every progress event is stored: the terminal event must come after them."""
@@ -78,7 +114,9 @@ class Worker:
         queue: TierQueue,
         registry: ModelRegistry,
         store: ImageStore,
+        policy: SchedulingPolicy,
         lease_seconds: float,
+        shutdown_grace_seconds: float,
         idle_wait_seconds: float = 1.0,
     ) -> None:
         self.worker_id = worker_id
@@ -86,52 +124,83 @@ class Worker:
         self.queue = queue
         self.registry = registry
         self.store = store
+        self.policy = policy
         self.lease_seconds = lease_seconds
+        self.shutdown_grace_seconds = shutdown_grace_seconds
         self.idle_wait_seconds = idle_wait_seconds
-        self.busy = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Pull jobs until `stop` is set; the job in hand is finished first."""
+        """Pull jobs until `stop` is set (SIGTERM): then no new job is claimed, and the job in
+        hand is finished if it fits the grace budget, or handed back."""
         log.info("worker %s pulling jobs", self.worker_id)
         while not stop.is_set():
-            claim = await self.queue.claim(self.worker_id, self.lease_seconds)
-            if claim is None:
-                await self.queue.wait_for_work(self.idle_wait_seconds)
-                continue
-            self.busy = True
             try:
-                await self.run_claim(claim)
+                await self.advertise()
+                claim = await self.queue.claim(
+                    self.worker_id, self.lease_seconds, self.policy, warm_models=self.registry.loaded()
+                )
+                if claim is None:
+                    await self.queue.wait_for_work(self.idle_wait_seconds)
+                    continue
+            except Exception:
+                # Redis restarting, a dropped connection, a process resumed after a pause: the
+                # loop survives it and tries again.
+                log.exception("claiming failed; retrying")
+                await asyncio.sleep(self.idle_wait_seconds)
+                continue
+            try:
+                await self.run_claim(claim, stop)
             except Exception:
                 # PostgreSQL or Redis trouble mid-job: the lease lapses and the job is redelivered.
                 log.exception("job %s abandoned", claim.generation_id)
-            finally:
-                self.busy = False
         log.info("worker %s stopped pulling jobs", self.worker_id)
 
-    async def run_claim(self, claim: Claim) -> None:
+    async def advertise(self) -> None:
+        """Say which models this worker has warm and which it is loading, with its counters."""
+        metrics = self.registry.metrics
+        await self.queue.advertise_worker(
+            self.worker_id,
+            loaded=self.registry.loaded(),
+            loading=self.registry.loading(),
+            metrics={
+                "loads": metrics.loads,
+                "hits": metrics.hits,
+                "misses": metrics.misses,
+                "evictions": metrics.evictions,
+                "load_seconds": round(metrics.load_seconds, 3),
+            },
+            ttl_seconds=max(10.0, self.idle_wait_seconds * 5),
+        )
+
+    async def run_claim(self, claim: Claim, stop: asyncio.Event | None = None) -> None:
         try:
             record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
             if record is None:
                 log.info("job %s is no longer queued; skipped", claim.generation_id)
                 return
-            heartbeat = asyncio.create_task(self._renew_lease(claim))
-            try:
-                await self._execute(record)
-            finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+            log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
+            await self._execute(record, claim, stop or asyncio.Event())
         finally:
             await self.queue.release_lease(claim.generation_id, self.worker_id)
 
-    async def _renew_lease(self, claim: Claim) -> None:
+    async def _renew_lease(self, claim: Claim, relay: ProgressRelay) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             if not await self.queue.renew_lease(claim.generation_id, self.worker_id, self.lease_seconds):
-                log.warning("lost the lease on %s; its result will be fenced out", claim.generation_id)
+                log.warning("lost the lease on %s; stopping the run", claim.generation_id)
+                relay.interrupt(LeaseLost)
                 return
 
-    async def _execute(self, record: GenerationRecord) -> None:
+    async def _hand_back_on_shutdown(self, stop: asyncio.Event, relay: ProgressRelay) -> None:
+        await stop.wait()
+        remaining = relay.expected_remaining_seconds()
+        if remaining > self.shutdown_grace_seconds:
+            log.info("shutting down: %s needs ~%.0fs more; handing it back", relay.record.id, remaining)
+            relay.interrupt(HandedBack)
+        else:
+            log.info("shutting down: finishing %s (~%.1fs left)", relay.record.id, remaining)
+
+    async def _execute(self, record: GenerationRecord, claim: Claim, stop: asyncio.Event) -> None:
         log.info(
             "running %s attempt %d: model %s %dx%d %d steps",
             record.id,
@@ -149,11 +218,12 @@ class Worker:
             )
             return
         except Exception as error:
-            # A damaged model directory fails every attempt the same way: fail the job, not the worker.
             log.exception("loading model %s failed", record.model)
-            await self.jobs.finish_failed(record, f"model {record.model!r} could not be loaded: {error}")
+            await self.jobs.requeue(
+                record, f"model {record.model!r} could not be loaded: {error}", failed=True
+            )
             return
-        progress = ProgressRelay(self.jobs, self.queue, record, asyncio.get_running_loop())
+        relay = ProgressRelay(self.jobs, self.queue, record, asyncio.get_running_loop())
         request = TextToImageRequest(
             prompt=record.prompt,
             negative_prompt=record.negative_prompt,
@@ -163,19 +233,35 @@ class Worker:
             seed=record.seed,
             guidance=record.guidance,
         )
-        relay = asyncio.create_task(progress.run())
+        publisher = asyncio.create_task(relay.run())
+        watchers = [
+            asyncio.create_task(self._renew_lease(claim, relay)),
+            asyncio.create_task(self._hand_back_on_shutdown(stop, relay)),
+        ]
         try:
             try:
-                result = await asyncio.to_thread(run_text_to_image, model, request, progress.on_step)
+                result = await asyncio.to_thread(run_text_to_image, model, request, relay.on_step)
             finally:
-                await progress.drain(relay)
+                for watcher in watchers:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
+                await relay.drain(publisher)
         except GenerationCancelled:
             await self.jobs.finish_cancelled(record)
             log.info("cancelled %s", record.id)
             return
+        except LeaseLost:
+            log.warning(
+                "abandoned %s attempt %d: its lease went to another worker", record.id, record.attempt
+            )
+            return
+        except HandedBack:
+            await self.jobs.requeue(record, "its worker shut down", failed=False)
+            return
         except Exception as error:
             log.exception("inference of %s failed", record.id)
-            await self.jobs.finish_failed(record, f"inference failed: {type(error).__name__}: {error}")
+            await self.jobs.requeue(record, f"inference failed: {type(error).__name__}: {error}", failed=True)
             return
         key = image_key(record.user_id, record.id, record.created_at)
         await self.store.put(key, result.png)

@@ -7,137 +7,26 @@ through the gateway) and check the truth in PostgreSQL and Redis directly.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 import httpx
-import psycopg2
-import psycopg2.extras
 import pytest
-import redis
 from support.lemonsqueezy import LemonSqueezyServer
+from support.mesh import (
+    LEMONSQUEEZY_API_KEY,
+    LEMONSQUEEZY_WEBHOOK_SECRET,
+    RunningMesh,
+    start_mesh,
+    stop_mesh,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class RunningMesh:
-    home: Path
-    gateway_url: str
-    gateway_target: str
-    database_url: str
-    schema: str
-    redis_url: str
-    env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    output: IO[bytes]
-
-    def log(self, component: str) -> str:
-        return (self.home / "logs" / f"{component}.log").read_text(errors="replace")
-
-    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
-        with (
-            psycopg2.connect(self.database_url) as conn,
-            conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor,
-        ):
-            cursor.execute(f"SET search_path TO {self.schema}")
-            cursor.execute(query, params)
-            rows = cursor.fetchall() if cursor.description else []
-        conn.close()
-        return [dict(row) for row in rows]
-
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
-
-    def pingvas(
-        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the `pingvas` command the way a user would, against this mesh."""
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli.main", *args],
-            env={**self.env, **(env or {})},
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-
-LEMONSQUEEZY_API_KEY = "test-lemonsqueezy-key"
-LEMONSQUEEZY_WEBHOOK_SECRET = "test-lemonsqueezy-signing-secret"
-
-
-def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None = None) -> RunningMesh:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PINGVAS_HOME": str(home),
-        "PINGVAS_HTTP_PORT": str(port),
-        "PINGVAS_MODELS_DIR": str(models_dir),
-        "PINGVAS_PRELOAD_MODELS": '["tiny-sd"]',
-        "PINGVAS_LEMONSQUEEZY_API_KEY": LEMONSQUEEZY_API_KEY,
-        "PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET": LEMONSQUEEZY_WEBHOOK_SECRET,
-        **(extra_env or {}),
-    }
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
-    home.mkdir(parents=True, exist_ok=True)
-    output = open(home / "up.out", "wb")  # noqa: SIM115 - lives as long as the mesh
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "up"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    runtime = home / "run" / "mesh.json"
-    deadline = time.monotonic() + 300
-    while not runtime.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            output.close()
-            raise RuntimeError(f"pingvas up failed:\n{(home / 'up.out').read_text(errors='replace')[-5000:]}")
-        time.sleep(0.2)
-    mesh = json.loads(runtime.read_text())
-    return RunningMesh(
-        home=home,
-        gateway_url=mesh["gateway_url"],
-        gateway_target=f"127.0.0.1:{port}",
-        database_url=mesh["database_url"],
-        schema=mesh["db_schema"],
-        redis_url=mesh["redis_url"],
-        env=env,
-        process=process,
-        output=output,
-    )
-
-
-def stop_mesh(mesh: RunningMesh) -> int:
-    mesh.process.send_signal(signal.SIGTERM)
-    try:
-        return mesh.process.wait(timeout=120)
-    finally:
-        mesh.output.close()
 
 
 @pytest.fixture(scope="session")

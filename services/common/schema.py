@@ -66,6 +66,7 @@ generations = sa.Table(
     sa.Column("guidance", sa.Float, nullable=False),
     sa.Column("request_id", sa.Text),
     sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("worker_id", sa.Text),
     sa.Column("credits_held", sa.BigInteger, nullable=False),
     sa.Column("credits_charged", sa.BigInteger, nullable=False),

@@ -105,6 +105,14 @@ def periodically(
     return loop
 
 
+def _end_on_failure(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """A background loop must not die silently: log it and stop the process, so that the
+    supervisor (or Kubernetes) restarts it instead of leaving a process that does nothing."""
+    if not task.cancelled() and task.exception() is not None and not stop.is_set():
+        log.error("background loop failed; stopping", exc_info=task.exception())
+        stop.set()
+
+
 def termination_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT: what Kubernetes, Karpenter and Ctrl-C send."""
     stop = asyncio.Event()
@@ -134,6 +142,8 @@ async def serve_until_terminated(
     await wait_until_ready(ready, "dependencies")
     await server.mark_serving()
     tasks = [asyncio.create_task(loop(stop)) for loop in background]
+    for task in tasks:
+        task.add_done_callback(lambda done: _end_on_failure(done, stop))
     await stop.wait()
     log.info("terminating: NOT_SERVING")
     await server.health.enter_graceful_shutdown()

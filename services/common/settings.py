@@ -57,6 +57,44 @@ class CommonSettings(BaseSettings):
         return self.home / "models"
 
 
+class SchedulerSettings(BaseSettings):
+    """The tier scheduler, shared by the generation service (admission, repair) and the workers
+    (claiming). Maps are JSON in the environment, e.g. PINGVAS_SCHEDULER_AGING_SECONDS='{"free": 5}'."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_SCHEDULER_", extra="ignore")
+
+    aging_seconds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "enterprise": 30.0,
+            "studio": 60.0,
+            "pro": 120.0,
+            "starter": 300.0,
+            "free": 600.0,
+        },
+        description="A job waiting longer than its band's bound is served before every band.",
+    )
+    concurrency_caps: dict[str, int] = Field(
+        default_factory=lambda: {"free": 1, "starter": 1, "pro": 2, "studio": 4, "enterprise": 8},
+        description="Jobs of one user running at once, by plan.",
+    )
+    max_queue_depth: dict[str, int] = Field(
+        default_factory=lambda: {
+            "free": 1000,
+            "starter": 1000,
+            "pro": 1000,
+            "studio": 1000,
+            "enterprise": 1000,
+        },
+        description="Waiting jobs a band accepts before CreateGeneration answers RESOURCE_EXHAUSTED.",
+    )
+    affinity_lookahead: int = Field(32, ge=1, description="Users scanned for a job whose model is warm.")
+    affinity_max_skips: int = Field(4, ge=0, description="Times a cold-model job may be passed over.")
+    max_attempts: int = Field(3, ge=1, description="Attempts before a job is dead-lettered as FAILED.")
+    lease_seconds: float = Field(
+        30.0, gt=0.5, description="How long a claimed job stays leased without renewal."
+    )
+
+
 class ServerSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(description="Port the gRPC server binds.")
@@ -145,10 +183,11 @@ class WorkerSettings(CommonSettings):
     )
     preload_models: list[str] = Field(default_factory=list, description="Models loaded and pinned at start.")
     memory_budget_bytes: int | None = Field(None, description="Model memory budget; unlimited when unset.")
-    lease_seconds: float = Field(
-        30.0, gt=1, description="How long a claimed job stays leased without renewal."
+    shutdown_grace_seconds: float = Field(
+        90.0,
+        description="On SIGTERM (a spot interruption), the current job is finished if its expected "
+        "remaining time fits this budget, and handed back at once otherwise.",
     )
-    shutdown_grace_seconds: float = Field(90.0, description="Budget to finish the current job on SIGTERM.")
 
     @property
     def resolved_models_dir(self) -> Path:

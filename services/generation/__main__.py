@@ -15,7 +15,7 @@ from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
 from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
-from services.common.settings import GenerationSettings
+from services.common.settings import GenerationSettings, SchedulerSettings
 from services.common.signing import ImageUrlSigner
 from services.generation.events import EventLog
 from services.generation.jobs import GenerationJobs
@@ -28,6 +28,7 @@ log = logging.getLogger("services.generation")
 
 async def main() -> None:
     settings = GenerationSettings()
+    scheduler = SchedulerSettings()
     configure_logging(settings.log_level, "generation")
     database = Database(settings.database_url, schema=settings.db_schema)
     redis = Redis.from_url(settings.redis_url, max_connections=512)
@@ -40,6 +41,9 @@ async def main() -> None:
         catalog=ModelCatalog(settings.resolved_models_dir),
         pricing=Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step),
         default_model=settings.default_model,
+        max_queue_depth=scheduler.max_queue_depth,
+        max_attempts=scheduler.max_attempts,
+        lease_seconds=scheduler.lease_seconds,
         image_urls=ImageUrlSigner(
             settings.url_signing_secret,
             public_url=settings.public_url,

@@ -14,9 +14,9 @@ import base64
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -33,6 +33,7 @@ from services.common.errors import (
     IdempotencyKeyReused,
     InvalidInput,
     NotFound,
+    QueueFull,
     Violations,
 )
 from services.common.schema import generations
@@ -127,6 +128,9 @@ class GenerationJobs:
         pricing: Pricing,
         default_model: str,
         image_urls: ImageUrlSigner | None = None,
+        max_queue_depth: Mapping[str, int] | None = None,
+        max_attempts: int = 3,
+        lease_seconds: float = 30.0,
     ) -> None:
         self.database = database
         self.repository = repository
@@ -138,6 +142,9 @@ class GenerationJobs:
         self.default_model = default_model
         # Only the generation service signs URLs; workers leave it unset.
         self.image_urls = image_urls
+        self.max_queue_depth = dict(max_queue_depth or {})
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
 
     # --- acceptance -------------------------------------------------------------------------
 
@@ -200,6 +207,7 @@ class GenerationJobs:
                 plan = await self.repository.user_plan(conn, user_id)
                 if plan is None:
                     raise NotFound("the signed-in user no longer exists")
+                await self._admit(plan)
                 record = await self.repository.insert(
                     conn,
                     id=generation_id,
@@ -232,6 +240,15 @@ class GenerationJobs:
         await self._enqueue(record)
         return record
 
+    async def _admit(self, tier: str) -> None:
+        """Backpressure: a full band refuses new work before anything is held or queued."""
+        limit = self.max_queue_depth.get(tier)
+        if limit is not None and await self.queue.depth(tier) >= limit:
+            raise QueueFull(
+                f"the {tier} queue is full ({limit} waiting); try again shortly",
+                metadata={"tier": tier, "max_queue_depth": str(limit)},
+            )
+
     async def _same_request(
         self, user_id: uuid.UUID, request_id: str, resolved: ResolvedSpec
     ) -> GenerationRecord | None:
@@ -256,7 +273,7 @@ class GenerationJobs:
 
     async def _enqueue(self, record: GenerationRecord) -> None:
         try:
-            await self.queue.enqueue(record.tier, record.user_id, record.id)
+            await self.queue.enqueue(record.tier, record.user_id, record.id, record.model)
             position = await self.queue.position(record.tier, record.user_id, record.id)
             await self.events.append(
                 record.id, new_event(record.id, queued=resources.GenerationQueued(position=position or 1))
@@ -343,14 +360,13 @@ class GenerationJobs:
                 stream_cursor = stored.stream_id
                 event = stored.event
                 kind = event.WhichOneof("event")
+                still_queued = kind == "queued"
                 if kind == "queued":
                     queued_sequence = event.sequence
                     position = await self.queue.position(record.tier, user_id, generation_id)
                     if position is not None:
                         event.queued.position = position
                     last_position = event.queued.position
-                elif kind is not None:
-                    still_queued = False
                 if event.sequence <= last_sequence:
                     continue
                 last_sequence = event.sequence
@@ -528,29 +544,65 @@ class GenerationJobs:
         await self.events.append(record.id, event)
         return True
 
-    # --- repair -----------------------------------------------------------------------------
+    # --- retries and repair ------------------------------------------------------------------
+
+    async def requeue(self, record: GenerationRecord, reason: str, *, failed: bool) -> str:
+        """Give a RUNNING job back to the queue, fenced on its attempt: after a lost worker or a
+        failure (`failed`, which counts toward dead-lettering), or a spot interruption's hand-back
+        (which does not). A job whose cancel was requested is cancelled instead, and a job that
+        failed `max_attempts` times is dead-lettered as FAILED with its hold released.
+        Returns what happened: requeued, cancelled, dead-lettered, or fenced."""
+        if record.cancel_requested:
+            return "cancelled" if await self.finish_cancelled(record) else "fenced"
+        failures = record.failures + (1 if failed else 0)
+        if failures >= self.max_attempts:
+            dead = await self.finish_failed(record, f"gave up after {failures} failed attempts: {reason}")
+            return "dead-lettered" if dead else "fenced"
+        async with self.database.tenant(record.user_id) as conn:
+            back = await self.repository.transition(
+                conn,
+                record.user_id,
+                record.id,
+                from_states=("RUNNING",),
+                fence_attempt=record.attempt,
+                state="QUEUED",
+                failures=failures,
+                worker_id=None,
+                started_at=None,
+            )
+        if back is None:
+            return "fenced"
+        await self._enqueue(back)
+        log.warning("requeued %s after attempt %d: %s", record.id, record.attempt, reason)
+        return "requeued"
 
     async def reconcile(self, *, min_age_seconds: float = 5.0, batch: int = 500) -> int:
-        """Re-enqueue every QUEUED job that Redis lost (it is neither waiting nor leased).
+        """Repair delivery from PostgreSQL, the truth: re-enqueue every QUEUED job that Redis
+        lost (neither waiting nor leased), and requeue every RUNNING job whose lease lapsed.
 
-        Returns how many were re-enqueued. Safe to run anywhere, any number of times: a job
-        delivered twice is started once, because `start` is a conditional update.
+        Returns how many jobs were repaired. Safe to run anywhere, any number of times: a job
+        delivered twice is started once, because `start` is a conditional update, and a stale
+        worker's result is fenced out by the attempt number.
         """
         async with self.database.system("reconcile queue") as conn:
             live = await self.repository.live_older_than(conn, min_age_seconds, batch)
         repaired = 0
         for record in live:
-            if record.state != "QUEUED":
+            if await self.queue.is_leased(record.id):
+                continue
+            if record.state == "RUNNING":
+                # Its worker died or stalled past the lease (kill -9, a lost spot node, a
+                # SIGSTOP): another worker takes over, and a late result is fenced out.
+                started = record.started_at
+                if started is not None and (datetime.now(UTC) - started).total_seconds() < self.lease_seconds:
+                    continue  # claimed before Redis was lost; give the worker one lease to renew
+                await self.queue.drop_expired_lease(record.id)
+                outcome = await self.requeue(record, "its worker stopped renewing the lease", failed=True)
+                repaired += outcome != "fenced"
                 continue
             if await self.queue.is_waiting(record.tier, record.user_id, record.id):
                 continue
-            if await self.queue.is_leased(record.id):
-                continue
             log.warning("re-enqueueing %s, which Redis lost", record.id)
-            await self.queue.enqueue(record.tier, record.user_id, record.id)
-            if await self.events.last(record.id) is None:
-                await self.events.append(
-                    record.id, new_event(record.id, queued=resources.GenerationQueued(position=1))
-                )
+            await self._enqueue(record)
             repaired += 1
         return repaired

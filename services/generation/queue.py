@@ -6,6 +6,9 @@ Cluster would need hash tags):
     queue:{tier}:{user_id}      LIST of generation ids, oldest first (the seed's key)
     queue:{tier}:ring           ZSET of users with queued jobs, scored by when they were last
                                 served, so the least recently served user goes next
+    queue:{tier}:waiting        ZSET of waiting jobs by enqueue time (aging, depth)
+    job:{generation_id}         HASH user, tier, model, skips of a waiting or leased job
+    running:{user_id}           how many of the user's jobs are leased (concurrency caps)
     queue:{tier}:last_served    HASH user -> serve clock
     queue:clock                 the serve clock (INCR)
     queue:signal                LIST used to wake idle workers (capped)
@@ -19,17 +22,24 @@ whatever Redis lost.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from services.billing.plans import PLANS_BY_PRIORITY
 
+# ARGV: tier, user, job, model.
 _ENQUEUE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
 local ring = 'queue:' .. ARGV[1] .. ':ring'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('RPUSH', list, ARGV[3])
+redis.call('ZADD', 'queue:' .. ARGV[1] .. ':waiting', 'NX', now, ARGV[3])
+redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'skips', 0)
 if not redis.call('ZSCORE', ring, ARGV[2]) then
   local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
   redis.call('ZADD', ring, served, ARGV[2])
@@ -39,33 +49,78 @@ redis.call('LTRIM', 'queue:signal', 0, 63)
 return 1
 """
 
-# ARGV: worker, lease_ms, then the tiers in priority order.
 _CLAIM = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-for i = 3, #ARGV do
-  local tier = ARGV[i]
+-- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] JSON: {"tiers": [...], "aging_ms": {...},
+-- "caps": {...}, "warm": [...], "lookahead": n, "max_skips": n}
+local worker, lease_ms = ARGV[1], tonumber(ARGV[2])
+local cfg = cjson.decode(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local warm = {}
+for _, model in ipairs(cfg.warm) do warm[model] = true end
+
+local function eligible(tier, user)
+  local running = tonumber(redis.call('GET', 'running:' .. user) or 0)
+  return running < tonumber(cfg.caps[tier] or 1000000)
+end
+
+local function take(tier, user, job, reason)
+  local list = 'queue:' .. tier .. ':' .. user
   local ring = 'queue:' .. tier .. ':ring'
-  while true do
-    local head = redis.call('ZRANGE', ring, 0, 0)
-    if #head == 0 then break end
-    local user = head[1]
-    local list = 'queue:' .. tier .. ':' .. user
-    local job = redis.call('LPOP', list)
-    if job then
-      local clock = redis.call('INCR', 'queue:clock')
-      redis.call('HSET', 'queue:' .. tier .. ':last_served', user, clock)
-      if redis.call('LLEN', list) > 0 then
-        redis.call('ZADD', ring, clock, user)
-      else
-        redis.call('ZREM', ring, user)
+  redis.call('LREM', list, 1, job)
+  local clock = redis.call('INCR', 'queue:clock')
+  redis.call('HSET', 'queue:' .. tier .. ':last_served', user, clock)
+  if redis.call('LLEN', list) > 0 then redis.call('ZADD', ring, clock, user) else redis.call('ZREM', ring, user) end
+  redis.call('ZREM', 'queue:' .. tier .. ':waiting', job)
+  redis.call('INCR', 'running:' .. user)
+  redis.call('HSET', 'lease:' .. job, 'worker', worker, 'user', user, 'tier', tier)
+  redis.call('ZADD', 'leases', now + lease_ms, job)
+  return {job, user, tier, reason}
+end
+
+-- 1. Aging: the most overdue job of any band, if one has waited past its band's bound.
+local best, best_overdue = nil, -1
+for _, tier in ipairs(cfg.tiers) do
+  local bound = tonumber(cfg.aging_ms[tier] or -1)
+  if bound >= 0 then
+    local oldest = redis.call('ZRANGE', 'queue:' .. tier .. ':waiting', 0, 15, 'WITHSCORES')
+    for i = 1, #oldest, 2 do
+      local job, since = oldest[i], tonumber(oldest[i + 1])
+      local overdue = now - since - bound
+      if overdue < 0 then break end
+      local user = redis.call('HGET', 'job:' .. job, 'user')
+      if user and eligible(tier, user) then
+        if overdue > best_overdue then best, best_overdue = {tier, user, job}, overdue end
+        break
       end
-      redis.call('HSET', 'lease:' .. job, 'worker', ARGV[1], 'user', user, 'tier', tier)
-      redis.call('ZADD', 'leases', now_ms + tonumber(ARGV[2]), job)
-      return {job, user, tier}
     end
-    redis.call('ZREM', ring, user)
   end
+end
+if best then return take(best[1], best[2], best[3], 'aged') end
+
+-- 2. Strict bands; round robin over users; a warm model preferred within a bounded lookahead.
+for _, tier in ipairs(cfg.tiers) do
+  local ring = 'queue:' .. tier .. ':ring'
+  local users = redis.call('ZRANGE', ring, 0, tonumber(cfg.lookahead) - 1)
+  local first, passed = nil, {}
+  for _, user in ipairs(users) do
+    local head = redis.call('LINDEX', 'queue:' .. tier .. ':' .. user, 0)
+    if not head then
+      redis.call('ZREM', ring, user)
+    elseif eligible(tier, user) then
+      local skips = tonumber(redis.call('HGET', 'job:' .. head, 'skips') or 0)
+      if not first then first = {user, head} end
+      -- A job passed over often enough is taken now: a cold model waits a bounded number of swaps.
+      if skips >= tonumber(cfg.max_skips) then return take(tier, user, head, 'starved') end
+      local model = redis.call('HGET', 'job:' .. head, 'model')
+      if next(cfg.warm) == nil or (model and warm[model]) then
+        for _, job in ipairs(passed) do redis.call('HINCRBY', 'job:' .. job, 'skips', 1) end
+        return take(tier, user, head, (next(cfg.warm) == nil) and 'next' or 'warm')
+      end
+      table.insert(passed, head)
+    end
+  end
+  if first then return take(tier, first[1], first[2], 'cold') end
 end
 return false
 """
@@ -102,6 +157,8 @@ return ahead + 1
 _REMOVE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
 local removed = redis.call('LREM', list, 0, ARGV[3])
+redis.call('ZREM', 'queue:' .. ARGV[1] .. ':waiting', ARGV[3])
+redis.call('DEL', 'job:' .. ARGV[3])
 if redis.call('LLEN', list) == 0 then redis.call('ZREM', 'queue:' .. ARGV[1] .. ':ring', ARGV[2]) end
 return removed
 """
@@ -116,6 +173,22 @@ return 1
 
 _RELEASE = """
 if redis.call('HGET', 'lease:' .. ARGV[1], 'worker') ~= ARGV[2] then return 0 end
+local user = redis.call('HGET', 'lease:' .. ARGV[1], 'user')
+if user and tonumber(redis.call('GET', 'running:' .. user) or 0) > 0 then redis.call('DECR', 'running:' .. user) end
+redis.call('DEL', 'lease:' .. ARGV[1], 'job:' .. ARGV[1])
+redis.call('ZREM', 'leases', ARGV[1])
+return 1
+"""
+
+# A lease that lapsed (its worker died or stalled): forget it so the job can be delivered again.
+# ARGV: job. Returns 1 if an expired lease was dropped.
+_DROP_EXPIRED = """
+local expiry = redis.call('ZSCORE', 'leases', ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if expiry and tonumber(expiry) > now then return 0 end
+local user = redis.call('HGET', 'lease:' .. ARGV[1], 'user')
+if user and tonumber(redis.call('GET', 'running:' .. user) or 0) > 0 then redis.call('DECR', 'running:' .. user) end
 redis.call('DEL', 'lease:' .. ARGV[1])
 redis.call('ZREM', 'leases', ARGV[1])
 return 1
@@ -127,6 +200,34 @@ class Claim:
     generation_id: uuid.UUID
     user_id: uuid.UUID
     tier: str
+    # Why this job: aged (waited past its band's bound), warm (its model is loaded here), cold
+    # (no warm job within the lookahead), starved (passed over max_skips times), next (no
+    # preference given).
+    reason: str = "next"
+
+
+@dataclass(frozen=True)
+class SchedulingPolicy:
+    """How the claim script chooses. Bands are strict, except that a job waiting longer than its
+    band's aging bound goes first; users in a band take turns; a user at their plan's
+    concurrency cap waits without blocking others."""
+
+    aging_seconds: Mapping[str, float]
+    concurrency_caps: Mapping[str, int]
+    affinity_lookahead: int = 32
+    affinity_max_skips: int = 4
+
+    def script_config(self, warm_models: Sequence[str]) -> str:
+        return json.dumps(
+            {
+                "tiers": list(PLANS_BY_PRIORITY),
+                "aging_ms": {tier: int(seconds * 1000) for tier, seconds in self.aging_seconds.items()},
+                "caps": dict(self.concurrency_caps),
+                "warm": list(warm_models),
+                "lookahead": self.affinity_lookahead,
+                "max_skips": self.affinity_max_skips,
+            }
+        )
 
 
 class TierQueue:
@@ -138,17 +239,53 @@ class TierQueue:
         self._remove = redis.register_script(_REMOVE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._drop_expired = redis.register_script(_DROP_EXPIRED)
 
-    async def enqueue(self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID) -> None:
-        await self._enqueue(args=[tier, str(user_id), str(generation_id)])
+    async def enqueue(self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID, model: str) -> None:
+        await self._enqueue(args=[tier, str(user_id), str(generation_id), model])
 
-    async def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
-        """Atomically take the next job (highest band, least recently served user) and lease it."""
-        claimed = await self._claim(args=[worker_id, int(lease_seconds * 1000), *PLANS_BY_PRIORITY])
+    async def claim(
+        self, worker_id: str, lease_seconds: float, policy: SchedulingPolicy, warm_models: Sequence[str] = ()
+    ) -> Claim | None:
+        """Atomically choose the next job under `policy` and lease it to `worker_id`. One script,
+        so no job is ever handed to two workers."""
+        claimed = await self._claim(
+            args=[worker_id, int(lease_seconds * 1000), policy.script_config(warm_models)]
+        )
         if not claimed:
             return None
-        job, user, tier = (part.decode() if isinstance(part, bytes) else part for part in claimed)
-        return Claim(uuid.UUID(job), uuid.UUID(user), tier)
+        job, user, tier, reason = (part.decode() if isinstance(part, bytes) else part for part in claimed)
+        return Claim(uuid.UUID(job), uuid.UUID(user), tier, reason)
+
+    async def depth(self, tier: str) -> int:
+        """Jobs waiting in a band (not yet claimed)."""
+        return int(await self.redis.zcard(f"queue:{tier}:waiting"))
+
+    async def drop_expired_lease(self, generation_id: uuid.UUID) -> bool:
+        """Forget a lease that lapsed; True if there was no live lease left."""
+        return bool(await self._drop_expired(args=[str(generation_id)]))
+
+    async def advertise_worker(
+        self,
+        worker_id: str,
+        *,
+        loaded: Sequence[str],
+        loading: Sequence[str],
+        metrics: Mapping[str, float],
+        ttl_seconds: float,
+    ) -> None:
+        """`worker:{id}`: the models a worker has warm and is loading, and its registry counters,
+        expiring with the worker."""
+        key = f"worker:{worker_id}"
+        await self.redis.hset(
+            key,
+            mapping={
+                "loaded": json.dumps(list(loaded)),
+                "loading": json.dumps(list(loading)),
+                "metrics": json.dumps(dict(metrics)),
+            },
+        )
+        await self.redis.expire(key, int(ttl_seconds))
 
     async def wait_for_work(self, timeout_seconds: float) -> None:
         await self.redis.blpop(["queue:signal"], timeout=timeout_seconds)

@@ -32,6 +32,7 @@ class GenerationRecord:
     guidance: float
     request_id: str | None
     attempt: int
+    failures: int
     worker_id: str | None
     credits_held: int
     credits_charged: int

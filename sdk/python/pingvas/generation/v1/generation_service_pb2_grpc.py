@@ -124,7 +124,9 @@ class GenerationServiceServicer:
 
         Order: `queued` (sent again whenever the queue position changes), `started`, one `progress`
         per denoising step, then exactly one terminal event (`succeeded`, `failed` or `cancelled`),
-        after which the stream ends.
+        after which the stream ends. If a worker is lost or hands the job back (a spot interruption),
+        the job is queued again: the stream then shows `queued` and a `started` whose `attempt` is
+        one higher before the steps begin anew.
 
         Replay and resume: every stored event carries a `sequence` that grows by one. A new stream
         replays the stored events from the start, so a late watcher first catches up to the current

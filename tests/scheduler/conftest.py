@@ -1,0 +1,198 @@
+"""A mesh with no GPU worker of its own: each scheduler test starts the real worker processes it
+needs (`python -m gpu_inference`), so that it can pause, kill or stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.mesh import free_port, start_mesh, stop_mesh
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+SCHEDULER_ENV = {
+    "PINGVAS_WORKERS": "0",
+    "PINGVAS_SCHEDULER_LEASE_SECONDS": "3",
+    "PINGVAS_RECONCILE_INTERVAL_SECONDS": "0.5",
+    "PINGVAS_SCHEDULER_AGING_SECONDS": '{"enterprise": 600, "studio": 600, "pro": 600, "starter": 600, "free": 4}',
+    "PINGVAS_SCHEDULER_MAX_QUEUE_DEPTH": '{"enterprise": 50, "studio": 50, "pro": 50, "starter": 50, "free": 8}',
+    "PINGVAS_SCHEDULER_MAX_ATTEMPTS": "2",
+    "PINGVAS_SCHEDULER_AFFINITY_MAX_SKIPS": "8",
+}
+
+
+@pytest.fixture(scope="session")
+def scheduler_mesh(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: Any
+) -> Iterator[Any]:
+    running = start_mesh(
+        tmp_path_factory.mktemp("scheduler-home"),
+        models_dir,
+        extra_env={**SCHEDULER_ENV, "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url},
+    )
+    yield running
+    stop_mesh(running)
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    output: IO[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.process.pid, sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.close()
+
+
+@pytest.fixture
+def workers(scheduler_mesh: Any) -> Iterator[Any]:
+    """Starts GPU workers against the scheduler mesh; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str, *, preload: str = "tiny-sd", wait: bool = True, **env: str) -> WorkerProcess:
+        port = free_port()
+        log_path = scheduler_mesh.home / "logs" / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        output = open(log_path, "wb")  # noqa: SIM115 - closed by WorkerProcess.stop
+        child_env = {
+            **scheduler_mesh.env,
+            **json_secrets(scheduler_mesh.home),
+            "DATABASE_URL": scheduler_mesh.database_url,
+            "REDIS_URL": scheduler_mesh.redis_url,
+            "PINGVAS_DB_SCHEMA": scheduler_mesh.schema,
+            "PINGVAS_PUBLIC_URL": scheduler_mesh.gateway_url,
+            "PINGVAS_HEALTH_PORT": str(port),
+            "PINGVAS_WORKER_ID": name,
+            "PINGVAS_PRELOAD_MODELS": f'["{preload}"]',
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gpu_inference"],
+            env=child_env,
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        worker = WorkerProcess(name, process, log_path, output)
+        started.append(worker)
+        if wait:
+            wait_serving(port, worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def json_secrets(home: Path) -> dict[str, str]:
+    import json
+
+    return dict(json.loads((home / "secrets.json").read_text()))
+
+
+def wait_serving(port: int, worker: WorkerProcess) -> None:
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            assert worker.process.poll() is None, worker.log()
+            try:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
+
+
+@dataclass
+class Customer:
+    email: str
+    token: str
+    user_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def customer(scheduler_mesh: Any) -> Any:
+    """Signs up a user on the scheduler mesh with a plan and plenty of credits."""
+
+    def sign_up(plan: str = "free", credits: int = 10_000) -> Customer:
+        email = f"{plan}-{uuid.uuid4().hex[:10]}@example.com"
+        reply = httpx.post(
+            f"{scheduler_mesh.gateway_url}/api/v1/auth/dev-login", json={"email": email}, timeout=30
+        )
+        body = reply.json()
+        assert scheduler_mesh.pingvas("admin", "set-plan", email, plan).returncode == 0
+        assert scheduler_mesh.pingvas("admin", "grant-credits", email, str(credits)).returncode == 0
+        return Customer(email, body["accessToken"], body["user"]["id"])
+
+    return sign_up
+
+
+@pytest.fixture
+def submit(scheduler_mesh: Any) -> Any:
+    def create(who: Customer, *, steps: int = 2, model: str = "tiny-sd", expect: int = 200) -> dict[str, Any]:
+        reply = httpx.post(
+            f"{scheduler_mesh.gateway_url}/api/v1/generation/create",
+            json={"prompt": "fox", "width": 64, "height": 64, "steps": steps, "model": model},
+            headers=who.headers,
+            timeout=30,
+        )
+        assert reply.status_code == expect, reply.text
+        return dict(reply.json())
+
+    return create
+
+
+@pytest.fixture
+def wait_done(scheduler_mesh: Any) -> Any:
+    """Waits until every given generation is terminal; returns their rows."""
+
+    def wait(ids: list[str], within: float = 180) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + within
+        while True:
+            rows = scheduler_mesh.sql(
+                "SELECT * FROM generations WHERE id = ANY(%s::uuid[])", [str(i) for i in ids]
+            )
+            if len(rows) == len(ids) and all(
+                r["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for r in rows
+            ):
+                return rows
+            assert time.monotonic() < deadline, [(r["id"], r["state"]) for r in rows]
+            time.sleep(0.1)
+
+    return wait

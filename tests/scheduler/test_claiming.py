@@ -1,0 +1,150 @@
+"""The claim script alone, on a real Redis of its own: bands, turns, aging, caps, affinity."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from services.embedded.process import free_port
+from services.embedded.redis import EmbeddedRedis
+from services.generation.queue import SchedulingPolicy, TierQueue
+
+POLICY = SchedulingPolicy(
+    aging_seconds={"enterprise": 600, "studio": 600, "pro": 600, "starter": 600, "free": 600},
+    concurrency_caps={"free": 1, "starter": 1, "pro": 2, "studio": 4, "enterprise": 8},
+    affinity_lookahead=32,
+    affinity_max_skips=2,
+)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    home: Path = tmp_path_factory.mktemp("claim-redis")
+    server = EmbeddedRedis(home / "data", free_port(), home / "logs")
+    server.start()
+    server.wait_ready()
+    yield server
+    assert server.process is not None
+    server.process.stop()
+
+
+@pytest.fixture
+async def queue(redis_server: EmbeddedRedis) -> AsyncIterator[TierQueue]:
+    client = Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield TierQueue(client)
+    await client.aclose()
+
+
+def ids(n: int) -> list[uuid.UUID]:
+    return [uuid.uuid4() for _ in range(n)]
+
+
+async def drain(
+    queue: TierQueue, policy: SchedulingPolicy = POLICY, warm: tuple[str, ...] = ()
+) -> list[uuid.UUID]:
+    order = []
+    while claim := await queue.claim("w", 30, policy, warm):
+        order.append(claim.generation_id)
+        await queue.release_lease(claim.generation_id, "w")
+    return order
+
+
+async def test_bands_are_strict(queue: TierQueue) -> None:
+    starter, pro, studio = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    jobs = {"starter": ids(3), "pro": ids(2), "studio": ids(1)}
+    for tier, user in (("starter", starter), ("pro", pro), ("studio", studio)):
+        for job in jobs[tier]:
+            await queue.enqueue(tier, user, job, "tiny-sd")
+    assert await drain(queue) == jobs["studio"] + jobs["pro"] + jobs["starter"]
+
+
+async def test_users_take_turns_within_a_band(queue: TierQueue) -> None:
+    heavy, light = uuid.uuid4(), uuid.uuid4()
+    heavy_jobs, light_jobs = ids(4), ids(2)
+    for job in heavy_jobs:
+        await queue.enqueue("pro", heavy, job, "m")
+    for job in light_jobs:
+        await queue.enqueue("pro", light, job, "m")
+    order = await drain(queue)
+    # Whoever goes first, the light user never waits behind more than one heavy job.
+    assert order.index(light_jobs[0]) <= 1
+    assert order.index(light_jobs[1]) <= 3
+    assert order[-2:] == heavy_jobs[2:]
+
+
+async def test_a_capped_user_waits_without_blocking_others(queue: TierQueue) -> None:
+    capped, other = uuid.UUID(int=1), uuid.UUID(int=2)  # the capped user's turn comes first
+    capped_jobs, other_jobs = ids(2), ids(1)
+    for job in capped_jobs:
+        await queue.enqueue("free", capped, job, "m")
+    await queue.enqueue("free", other, other_jobs[0], "m")
+    first = await queue.claim("w1", 30, POLICY)
+    assert first is not None and first.user_id == capped
+    second = await queue.claim("w2", 30, POLICY)  # the first's owner is at its cap of 1
+    assert second is not None and second.user_id != first.user_id
+    assert await queue.claim("w3", 30, POLICY) is None  # both users are at their cap
+    await queue.release_lease(first.generation_id, "w1")
+    third = await queue.claim("w3", 30, POLICY)
+    assert third is not None and third.user_id == first.user_id
+
+
+async def test_an_aged_job_goes_before_every_band(queue: TierQueue) -> None:
+    policy = SchedulingPolicy(
+        aging_seconds={**POLICY.aging_seconds, "free": 0.2},
+        concurrency_caps=POLICY.concurrency_caps,
+    )
+    free_job = uuid.uuid4()
+    await queue.enqueue("free", uuid.uuid4(), free_job, "m")
+    studio_jobs = ids(3)
+    for job in studio_jobs:
+        await queue.enqueue("studio", uuid.uuid4(), job, "m")
+    first = await queue.claim("w", 30, policy)
+    assert first is not None and first.generation_id in studio_jobs  # not aged yet
+    await asyncio.sleep(0.25)
+    aged = await queue.claim("w", 30, policy)
+    assert aged is not None and (aged.generation_id, aged.reason) == (free_job, "aged")
+
+
+async def test_a_warm_model_is_preferred_for_a_bounded_number_of_swaps(queue: TierQueue) -> None:
+    cold = uuid.uuid4()
+    # Its user sorts first among never-served users, so it is ahead in the turn order.
+    await queue.enqueue("pro", uuid.UUID(int=1), cold, "tiny-sd-b")
+    warm_jobs = ids(4)
+    for job in warm_jobs:
+        await queue.enqueue("pro", uuid.uuid4(), job, "tiny-sd")
+    reasons = []
+    for _ in range(3):
+        claim = await queue.claim("w", 30, POLICY, warm_models=("tiny-sd",))
+        assert claim is not None
+        reasons.append((claim.generation_id, claim.reason))
+    # The cold job was passed over twice (max_skips=2), then taken although warm jobs remain.
+    assert [reason for _, reason in reasons] == ["warm", "warm", "starved"]
+    assert {job for job, _ in reasons[:2]} <= set(warm_jobs)
+    assert reasons[2][0] == cold
+    other_worker = await queue.claim("w2", 30, POLICY, warm_models=("tiny-sd-b",))
+    assert other_worker is not None and other_worker.reason == "cold"  # no tiny-sd-b job left
+
+
+async def test_a_job_is_never_handed_to_two_workers(queue: TierQueue) -> None:
+    jobs = ids(40)
+    for index, job in enumerate(jobs):
+        await queue.enqueue(["free", "pro", "studio"][index % 3], uuid.uuid4(), job, "m")
+    claims = await asyncio.gather(*(queue.claim(f"w{i}", 30, POLICY) for i in range(60)))
+    claimed = [c.generation_id for c in claims if c is not None]
+    assert sorted(claimed) == sorted(jobs)
+
+
+async def test_depth_counts_waiting_jobs(queue: TierQueue) -> None:
+    user = uuid.uuid4()
+    for job in ids(3):
+        await queue.enqueue("free", user, job, "m")
+    assert await queue.depth("free") == 3
+    claim = await queue.claim("w", 30, POLICY)
+    assert claim is not None
+    assert await queue.depth("free") == 2

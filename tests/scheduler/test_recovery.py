@@ -1,0 +1,197 @@
+"""At-least-once delivery, effectively once: lost workers, stalled workers, a Redis that forgot
+everything, spot interruptions, cancel races and poison jobs. Each job ends with one terminal
+state, one stored image at most, and one resolution of its credit hold."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
+
+
+@pytest.fixture
+def mesh(scheduler_mesh: Any) -> Any:
+    return scheduler_mesh
+
+
+def wait_for(condition: Any, within: float = 60, message: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def row(mesh: Any, generation_id: str) -> dict[str, Any]:
+    return dict(mesh.sql("SELECT * FROM generations WHERE id = %s", generation_id)[0])
+
+
+def progressed(mesh: Any, generation_id: str, steps: int = 5) -> bool:
+    return mesh.redis().xlen(f"events:{generation_id}") >= 2 + steps
+
+
+def resolutions(mesh: Any, generation_id: str) -> list[str]:
+    rows = mesh.sql(
+        "SELECT kind FROM credit_entries WHERE reference = %s ORDER BY id", f"generation:{generation_id}"
+    )
+    return [r["kind"] for r in rows]
+
+
+def terminal_events(mesh: Any, generation_id: str) -> int:
+    entries = mesh.redis().xrange(f"events:{generation_id}")
+    from pingvas.generation.v1 import generation_service_pb2 as pb
+
+    kinds = [pb.WatchGenerationResponse.FromString(fields[b"e"]).WhichOneof("event") for _, fields in entries]
+    return sum(kind in ("succeeded", "failed", "cancelled") for kind in kinds)
+
+
+def images_of(mesh: Any, generation_id: str) -> list[Any]:
+    return list((mesh.home / "images").rglob(f"{generation_id}.png"))
+
+
+def test_kill_9_mid_denoise_completes_on_another_worker(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    who = customer("pro")
+    first, second = workers("w-kill-a"), workers("w-kill-b")
+    job = submit(who, steps=150)["id"]
+    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    victim = first if row(scheduler_mesh, job)["worker_id"] == "w-kill-a" else second
+    victim.signal(signal.SIGKILL)
+
+    (done,) = wait_done([job], within=120)
+    assert done["state"] == "SUCCEEDED"
+    assert done["attempt"] == 2 and done["worker_id"] != victim.name
+    assert resolutions(scheduler_mesh, job) == ["hold", "capture"]
+    assert terminal_events(scheduler_mesh, job) == 1
+    assert len(images_of(scheduler_mesh, job)) == 1
+    assert "requeued " + job in scheduler_mesh.log("generation")
+
+
+def test_a_stalled_worker_past_its_lease_has_its_late_result_rejected(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    who = customer("pro")
+    first, second = workers("w-stall-a"), workers("w-stall-b")
+    job = submit(who, steps=120)["id"]
+    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    stalled = first if row(scheduler_mesh, job)["worker_id"] == "w-stall-a" else second
+    stalled.signal(signal.SIGSTOP)  # a long GC pause, a frozen VM, a stuck driver
+
+    wait_for(lambda: row(scheduler_mesh, job)["attempt"] == 2, within=60, message="never redelivered")
+    (done,) = wait_done([job], within=120)
+    stalled.signal(signal.SIGCONT)
+    wait_for(
+        lambda: (
+            "abandoned " + job in stalled.log() or f"result of {job} attempt 1 discarded" in stalled.log()
+        ),
+        within=60,
+        message="the stalled worker's late result was not rejected",
+    )
+    time.sleep(1)  # let the resumed worker do whatever it would do
+    assert row(scheduler_mesh, job)["state"] == "SUCCEEDED" and row(scheduler_mesh, job)["attempt"] == 2
+    assert done["worker_id"] != stalled.name
+    assert resolutions(scheduler_mesh, job) == ["hold", "capture"]
+    assert terminal_events(scheduler_mesh, job) == 1
+
+
+def test_redis_losing_its_data_delays_but_loses_nothing(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    who = [customer("starter") for _ in range(3)]
+    workers("w-flush")
+    jobs = [submit(user, steps=40)["id"] for user in who for _ in range(2)]
+    wait_for(lambda: any(row(scheduler_mesh, j)["state"] == "RUNNING" for j in jobs), message="nothing ran")
+    scheduler_mesh.redis().flushall()  # a restart without persistence: queues, leases, logs gone
+
+    rows = wait_done(jobs, within=180)
+    assert {r["state"] for r in rows} == {"SUCCEEDED"}
+    for job in jobs:
+        assert resolutions(scheduler_mesh, job) == ["hold", "capture"]
+
+
+def test_sigterm_hands_a_long_job_back_within_the_budget(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    who = customer("pro")
+    replacement = workers("w-replacement")
+    replacement.signal(signal.SIGSTOP)  # ready, but not claiming until the spot worker leaves
+    leaving = workers("w-spot", PINGVAS_SHUTDOWN_GRACE_SECONDS="0.5")
+    job = submit(who, steps=150)["id"]
+    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    replacement.signal(signal.SIGCONT)
+    started = time.monotonic()
+    leaving.signal(signal.SIGTERM)  # a spot interruption notice, or a Karpenter drain
+    assert leaving.process.wait(30) == 0
+    assert time.monotonic() - started < 10, "the worker handed back at once, not after the job"
+    assert "handing it back" in leaving.log()
+
+    (done,) = wait_done([job], within=120)
+    assert (done["state"], done["worker_id"], done["attempt"], done["failures"]) == (
+        "SUCCEEDED",
+        "w-replacement",
+        2,
+        0,
+    )
+    assert resolutions(scheduler_mesh, job) == ["hold", "capture"]
+
+
+def test_sigterm_finishes_a_job_that_fits_the_budget(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    who = customer("pro")
+    leaving = workers("w-spot-finish", PINGVAS_SHUTDOWN_GRACE_SECONDS="60")
+    job = submit(who, steps=60)["id"]
+    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    leaving.signal(signal.SIGTERM)
+    assert leaving.process.wait(60) == 0
+    (done,) = wait_done([job], within=30)
+    assert (done["state"], done["worker_id"], done["attempt"]) == ("SUCCEEDED", "w-spot-finish", 1)
+
+
+def test_cancel_racing_completion_ends_in_exactly_one_state(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    who = customer("studio")
+    workers("w-race")
+    rng = random.Random(7)
+    jobs = []
+    for _ in range(12):
+        job = submit(who, steps=rng.choice([1, 2, 4]))["id"]
+        time.sleep(rng.uniform(0, 0.3))
+        httpx.post(
+            f"{scheduler_mesh.gateway_url}/api/v1/generation/{job}/cancel", json={}, headers=who.headers
+        )
+        jobs.append(job)
+    rows = {str(r["id"]): r for r in wait_done(jobs)}
+    for job in jobs:
+        state = rows[job]["state"]
+        assert state in ("SUCCEEDED", "CANCELLED")
+        assert resolutions(scheduler_mesh, job) == ["hold", "capture" if state == "SUCCEEDED" else "release"]
+        assert terminal_events(scheduler_mesh, job) == 1
+        assert len(images_of(scheduler_mesh, job)) == (1 if state == "SUCCEEDED" else 0)
+
+
+def test_a_poison_job_is_dead_lettered_and_its_hold_released(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any, models_dir: Any
+) -> None:
+    import shutil
+
+    poisoned = models_dir / "poison-sd"
+    if not poisoned.exists():
+        shutil.copytree(models_dir / "tiny-sd", poisoned)
+        (poisoned / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
+    who = customer("pro")
+    workers("w-poison")
+    job = submit(who, model="poison-sd")["id"]
+    (done,) = wait_done([job], within=120)
+    assert done["state"] == "FAILED"
+    assert done["failure_reason"].startswith("gave up after 2 failed attempts")
+    assert done["attempt"] == 2
+    assert resolutions(scheduler_mesh, job) == ["hold", "release"]
+    assert terminal_events(scheduler_mesh, job) == 1

@@ -1,0 +1,171 @@
+"""The scheduler with real worker processes on the real mesh: bands, aging, caps, affinity and
+backpressure, observed through PostgreSQL's record of which worker started what, when."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
+
+
+@pytest.fixture
+def mesh(scheduler_mesh: Any) -> Any:
+    """The ledger check and other shared fixtures look at this test's mesh."""
+    return scheduler_mesh
+
+
+def occupy(worker: Any, submit: Any, who: Any, scheduler_mesh: Any, steps: int = 150) -> dict[str, Any]:
+    """A long job that holds `worker` while the test queues the jobs it wants ordered."""
+    blocker = submit(who, steps=steps)
+    deadline = time.monotonic() + 60
+    while (
+        scheduler_mesh.sql("SELECT state FROM generations WHERE id = %s", blocker["id"])[0]["state"]
+        != "RUNNING"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return blocker
+
+
+def start_order(rows: list[dict[str, Any]]) -> list[str]:
+    return [str(r["id"]) for r in sorted(rows, key=lambda r: r["started_at"])]
+
+
+def test_priority_bands_under_load(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    worker = workers("w-priority")
+    # Sign-ups first (each runs the admin CLI): the queue must fill while the blocker runs.
+    starter, pro, studio, enterprise = (
+        customer("starter"),
+        customer("pro"),
+        customer("studio"),
+        customer("enterprise"),
+    )
+    blocker = occupy(worker, submit, enterprise, scheduler_mesh)
+    starter_jobs = [submit(starter)["id"] for _ in range(5)]
+    pro_jobs = [submit(pro)["id"] for _ in range(2)]
+    studio_jobs = [submit(studio)["id"]]
+    rows = wait_done([*starter_jobs, *pro_jobs, *studio_jobs, blocker["id"]])
+    order = start_order([r for r in rows if str(r["id"]) != blocker["id"]])
+    assert order == studio_jobs + pro_jobs + starter_jobs
+    assert all(r["state"] == "SUCCEEDED" for r in rows)
+
+
+def test_users_take_turns_within_a_band(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    worker = workers("w-fair")
+    heavy, light_a, light_b, enterprise = (
+        customer("pro"),
+        customer("pro"),
+        customer("pro"),
+        customer("enterprise"),
+    )
+    blocker = occupy(worker, submit, enterprise, scheduler_mesh)
+    heavy_jobs = [submit(heavy)["id"] for _ in range(6)]
+    light_jobs = [submit(light_a)["id"], submit(light_b)["id"]]
+    rows = wait_done([*heavy_jobs, *light_jobs, blocker["id"]])
+    order = start_order([r for r in rows if str(r["id"]) != blocker["id"]])
+    # 100 jobs from one user never block another user's single job: each light job starts
+    # before the heavy user's third.
+    for job in light_jobs:
+        assert order.index(job) < order.index(heavy_jobs[2])
+
+
+def test_a_free_job_completes_under_a_flood_of_studio_work(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    studio = [customer("studio") for _ in range(3)]
+    free_user = customer("free")
+    workers("w-aging")
+    studio_jobs = [submit(who, steps=10)["id"] for who in studio for _ in range(3)]
+    free_job = submit(free_user, steps=2)["id"]
+    deadline = time.monotonic() + 90
+    # Studio work keeps arriving faster than one worker drains it.
+    while (
+        scheduler_mesh.sql("SELECT state FROM generations WHERE id = %s", free_job)[0]["state"] != "SUCCEEDED"
+    ):
+        assert time.monotonic() < deadline, "the free job starved"
+        for who in studio:
+            studio_jobs.append(submit(who, steps=10)["id"])
+        time.sleep(0.3)
+    still_waiting = scheduler_mesh.sql(
+        "SELECT count(*) AS n FROM generations WHERE id = ANY(%s::uuid[]) AND state = 'QUEUED'", studio_jobs
+    )[0]["n"]
+    assert still_waiting > 0, "the free job went first only because the studio queue was empty"
+    assert "(free band, aged)" in "".join(
+        p.read_text() for p in (scheduler_mesh.home / "logs").glob("w-aging-*.log")
+    )
+    wait_done(studio_jobs, within=240)
+
+
+def test_per_user_concurrency_caps(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    capped, other = customer("free"), customer("free")
+    workers("w-cap-1")
+    workers("w-cap-2")
+    capped_jobs = [submit(capped, steps=20)["id"] for _ in range(3)]
+    other_job = submit(other, steps=20)["id"]
+    rows = {str(r["id"]): r for r in wait_done([*capped_jobs, other_job])}
+    spans = sorted((rows[j]["started_at"], rows[j]["finished_at"]) for j in capped_jobs)
+    for (_, earlier_end), (later_start, _) in itertools.pairwise(spans):
+        assert later_start >= earlier_end, "a free user never runs two jobs at once"
+    # The capped user's waiting jobs did not hold the other user back.
+    assert rows[other_job]["started_at"] < spans[-1][0]
+
+
+def test_each_worker_gets_jobs_for_its_warm_model(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    users = [customer("pro") for _ in range(4)]
+    sd = workers("w-sd", preload="tiny-sd")
+    sd_b = workers("w-sd-b", preload="tiny-sd-b")
+    for worker in (sd, sd_b):
+        worker.signal(signal.SIGSTOP)  # both see the whole queue when they resume
+    jobs = {
+        "tiny-sd": [submit(users[i], model="tiny-sd", steps=4)["id"] for i in (0, 1)],
+        "tiny-sd-b": [submit(users[i], model="tiny-sd-b", steps=4)["id"] for i in (2, 3)],
+    }
+    for worker in (sd, sd_b):
+        worker.signal(signal.SIGCONT)
+    rows = {str(r["id"]): r for r in wait_done([*jobs["tiny-sd"], *jobs["tiny-sd-b"]])}
+    assert {rows[j]["worker_id"] for j in jobs["tiny-sd"]} == {"w-sd"}
+    assert {rows[j]["worker_id"] for j in jobs["tiny-sd-b"]} == {"w-sd-b"}
+    assert "loaded model tiny-sd-b" not in sd.log() and "loaded model tiny-sd in" not in sd_b.log()
+    advertised = scheduler_mesh.redis().hgetall("worker:w-sd")
+    assert b"tiny-sd" in advertised[b"loaded"]
+
+
+def test_a_full_band_is_429_and_charges_nothing(scheduler_mesh: Any, customer: Any, submit: Any) -> None:
+    import httpx
+
+    who = customer("free")
+    # No worker runs: the free band (depth 8 here) fills up.
+    queued_before = scheduler_mesh.redis().zcard("queue:free:waiting")
+    for _ in range(8 - queued_before):
+        submit(who)
+    reply = httpx.post(
+        f"{scheduler_mesh.gateway_url}/api/v1/generation/create",
+        json={"prompt": "fox", "width": 64, "height": 64, "steps": 2},
+        headers=who.headers,
+        timeout=30,
+    )
+    assert reply.status_code == 429, reply.text
+    assert reply.json()["details"][0]["reason"] == "QUEUE_FULL"
+    holds = scheduler_mesh.sql(
+        "SELECT count(*) AS n FROM credit_entries WHERE user_id = %s AND kind = 'hold'", who.user_id
+    )[0]["n"]
+    jobs = scheduler_mesh.sql("SELECT count(*) AS n FROM generations WHERE user_id = %s", who.user_id)[0]["n"]
+    assert holds == jobs == 8 - queued_before
+    # Leave the band empty for the next test: cancel what is waiting.
+    for row in scheduler_mesh.sql("SELECT id FROM generations WHERE user_id = %s", who.user_id):
+        httpx.post(
+            f"{scheduler_mesh.gateway_url}/api/v1/generation/{row['id']}/cancel", json={}, headers=who.headers
+        )
