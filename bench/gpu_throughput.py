@@ -88,6 +88,7 @@ from gpu_inference.inference import (  # noqa: E402
     run_text_to_image,
 )
 from gpu_inference.registry import LoadedModel, ModelRegistry  # noqa: E402
+from gpu_inference.tiny import byte_to_unicode  # noqa: E402
 
 # --- Stable Diffusion 1.5, as published (runwayml/stable-diffusion-v1-5, diffusers format) ---------
 
@@ -225,22 +226,6 @@ def log(message: str) -> None:
 # --- The model on disk ------------------------------------------------------------------------------
 
 
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {byte: chr(byte) for byte in printable}
-    shifted = 0
-    for byte in range(256):
-        if byte not in mapping:
-            mapping[byte] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
 def write_clip_tokenizer(tokenizer_dir: Path, vocab_size: int, max_length: int) -> CLIPTokenizer:
     """A byte-level CLIP tokenizer padded to `vocab_size`, with CLIP's special-token ids.
 
@@ -248,7 +233,7 @@ def write_clip_tokenizer(tokenizer_dir: Path, vocab_size: int, max_length: int) 
     `<|startoftext|>` and `<|endoftext|>` as the last two ids (49406 and 49407 in CLIP). With no
     merges every word tokenizes to its bytes: enough for random weights.
     """
-    symbols = list(_byte_to_unicode().values())
+    symbols = list(byte_to_unicode().values())
     tokens = [*symbols, *(f"{symbol}</w>" for symbol in symbols)]
     tokens += [f"<|unused{index}|>" for index in range(vocab_size - 2 - len(tokens))]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

@@ -29,7 +29,7 @@ _MAX_PROMPT_TOKENS = 77  # CLIP's context length; the SD pipeline pads and trunc
 _TEXT_HIDDEN_SIZE = 32
 
 
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters.
 
     Byte-level BPE needs every byte to be a visible vocabulary symbol; printable ASCII and Latin-1
@@ -56,7 +56,7 @@ def _write_clip_vocabulary(tokenizer_dir: Path) -> None:
     `</w>`, then the two special tokens. Without merges every word tokenizes to its bytes, which is
     enough for random weights and needs no download.
     """
-    symbols = list(_byte_to_unicode().values())
+    symbols = list(byte_to_unicode().values())
     tokens = [*symbols, *(f"{symbol}</w>" for symbol in symbols), _START_TOKEN, _END_TOKEN]
     vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from typing import Any
 
 import grpc
@@ -16,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pingvas.user.v1 import user_service_pb2 as user_pb
 from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
+from support.mesh import wait_grpc_serving
 
 pytestmark = pytest.mark.integration
 
@@ -60,24 +60,11 @@ def test_dev_login_is_refused_outside_dev(mesh: Any) -> None:
         [sys.executable, "-m", "services.user"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if (
-                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            with pytest.raises(grpc.RpcError) as caught:
-                user_grpc.UserServiceStub(channel).DevLogin(
-                    user_pb.DevLoginRequest(email="prod@example.com"), timeout=10
-                )
+        wait_grpc_serving(port, server, within=60)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as caught:
+            user_grpc.UserServiceStub(channel).DevLogin(
+                user_pb.DevLoginRequest(email="prod@example.com"), timeout=10
+            )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert mesh.sql("SELECT id FROM users WHERE email = 'prod@example.com'") == []
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from support.mesh import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,14 +83,6 @@ def generate_once(gateway_url: str) -> dict[str, Any]:
         with client.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=headers) as stream:
             last = [line for line in stream.iter_lines() if line.startswith("data: ")][-1]
     return dict(json.loads(last[6:]))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_background_mesh_serves_and_sigterm_leaves_no_process(tmp_path: Path, models_dir: Path) -> None:

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.mesh import free_port, start_mesh, stop_mesh
+from support.mesh import free_port, start_mesh, stop_mesh, wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,7 +101,7 @@ def workers(scheduler_mesh: Any) -> Iterator[Any]:
         worker = WorkerProcess(name, process, log_path, output)
         started.append(worker)
         if wait:
-            wait_serving(port, worker)
+            wait_grpc_serving(port, worker.process, log=worker.log)
         return worker
 
     yield start
@@ -115,24 +113,6 @@ def json_secrets(home: Path) -> dict[str, str]:
     import json
 
     return dict(json.loads((home / "secrets.json").read_text()))
-
-
-def wait_serving(port: int, worker: WorkerProcess) -> None:
-    deadline = time.monotonic() + 120
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert worker.process.poll() is None, worker.log()
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, worker.log()
-            time.sleep(0.1)
 
 
 @dataclass
