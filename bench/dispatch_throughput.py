@@ -1,7 +1,7 @@
 """How fast Pingvas's Redis job queue dispatches, next to Celery and to a bare Redis list, in one run.
 
     cd /work/main && .venv/bin/python bench/dispatch_throughput.py [--workers 4] [--jobs 5000]
-        [--producers 4] [--users 20] [--celery-pool threads|prefork|solo] [--redis-url URL]
+        [--layout both|one-process|per-worker] [--producers 4] [--users 20] [--redis-url URL]
 
 Celery is an optional dependency: `pip install -e '.[bench]'` (or `pip install 'celery[redis]>=5.4,<6'`).
 
@@ -16,18 +16,25 @@ FLUSHed first):
 2. celery: the same jobs as `apply_async(priority=...)` (tier -> priority 0/2/4/6/8) on the Redis
    broker with ten priority steps, `task_acks_late` (a job is only gone once it ran, like a lease)
    and `worker_prefetch_multiplier=1` (strict priorities; a worker holds one job per slot, like a
-   claim). The worker is `celery worker --pool=threads -c N`: one process hosting N consumers,
-   the same shape as the Pingvas and raw consumers (one process, N asyncio workers).
+   claim). Results are ignored, as Pingvas keeps none in Redis.
 3. raw: producers LPUSH the job id, N consumers BRPOP it: no scheduling at all, the reference.
 
-In all three the "job" is the same no-op that reports its completion: one INCR of a counter. The
-consumers run in a child process (Celery's in its worker process), the producers (`--producers`
-concurrent ones) in this process. Each system first dispatches `--warmup` jobs untimed (connections,
-scripts, worker start-up), then the clock runs from the first enqueue of the measured jobs to the
-completion of the last one (the last `release_lease` for Pingvas). Redis's own CPU time and command
-count over that window are reported per job, and for Pingvas the latency of successful claims as its
-workers saw it. A last section times Pingvas's three scripts one call at a time (client round trip
-and the Lua time Redis reports) against a PING.
+In all three the job is the same no-op that reports its completion: one INCR of a counter. The
+producers (`--producers` concurrent ones) run in this process; the N consumers are laid out two ways,
+so that each system gets the same number of processes (and so the same share of the CPUs):
+
+- one-process: Pingvas and raw run N asyncio workers in one child process; Celery runs one
+  `celery worker --pool=threads -c N` (one process, N consumer threads).
+- per-worker: N child processes with one worker each (a Pingvas GPU worker is its own process);
+  Celery runs N `celery worker --pool=solo` processes.
+
+Each run first dispatches `--warmup` jobs untimed (connections, scripts, worker start-up); then the
+clock runs from the first enqueue of the timed jobs to the completion of the last one (its
+`release_lease` for Pingvas). Over that window the script reports, per job, the CPU time of Redis,
+of the consumers and of the producers, and the commands Redis executed (those run inside Lua
+scripts included), plus the latency of Pingvas's successful claims as its workers saw them. A last
+section times Pingvas's three scripts one call at a time (client round trip and the Lua time Redis
+reports) next to a PING.
 
 It is not a test: it prints figures and asserts nothing.
 """
@@ -46,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +76,7 @@ FINISHED_KEY = "bench:finished"
 RAW_KEY = "bench:raw"
 IDLE_WAIT_SECONDS = 0.05
 LEASE_SECONDS = 300.0
+LAYOUTS = ("one-process", "per-worker")
 # Celery's Redis transport serves priority 0 first.
 CELERY_PRIORITY = {tier: 2 * index for index, tier in enumerate(PLANS_BY_PRIORITY)}
 CELERY_TRANSPORT = {"priority_steps": list(range(10)), "sep": ":", "queue_order_strategy": "priority"}
@@ -81,6 +89,79 @@ class Job:
     tier: str
     user_id: uuid.UUID
     generation_id: uuid.UUID
+
+
+def make_jobs(count: int, users: int) -> list[Job]:
+    """Users spread evenly over the tiers; jobs dealt to the users in turn."""
+    people = [(PLANS_BY_PRIORITY[i % len(PLANS_BY_PRIORITY)], uuid.uuid4()) for i in range(users)]
+    return [Job(*people[i % users], uuid.uuid4()) for i in range(count)]
+
+
+def slices(items: Sequence[Job], count: int) -> list[Sequence[Job]]:
+    return [items[i::count] for i in range(count)]
+
+
+def bench_policy() -> SchedulingPolicy:
+    return SchedulingPolicy(
+        aging_seconds=dict.fromkeys(PLANS_BY_PRIORITY, 3600.0),
+        concurrency_caps=dict.fromkeys(PLANS_BY_PRIORITY, 1000),
+    )
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+# --- What it cost ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisStats:
+    cpu: float
+    commands: int
+    evalsha_calls: int
+    evalsha_usec: int
+
+    @classmethod
+    def take(cls, client: redis.Redis) -> RedisStats:
+        cpu = client.info("cpu")
+        commands = int(client.info("stats")["total_commands_processed"])
+        evalsha = client.info("commandstats").get("cmdstat_evalsha", {})
+        return cls(
+            cpu=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+            commands=commands,
+            evalsha_calls=int(evalsha.get("calls", 0)),
+            evalsha_usec=int(evalsha.get("usec", 0)),
+        )
+
+
+def cpu_seconds(processes: Sequence[subprocess.Popen[Any]]) -> float:
+    """User + system CPU of the processes and their children (Celery's prefork pool)."""
+    total = 0.0
+    for popen in processes:
+        process = psutil.Process(popen.pid)
+        for each in (process, *process.children(recursive=True)):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@dataclass(frozen=True)
+class Window:
+    """The timed part of a run, up to the end of the enqueue."""
+
+    start: float
+    enqueued: float
+    redis: RedisStats
+    consumer_cpu: float  # the consumers' CPU seconds when the clock started
+    producer_cpu: float  # this process's CPU seconds spent enqueuing the timed jobs
 
 
 @dataclass
@@ -106,113 +187,67 @@ class Result:
         return self.jobs / self.enqueue_seconds
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def bench_policy() -> SchedulingPolicy:
-    return SchedulingPolicy(
-        aging_seconds=dict.fromkeys(PLANS_BY_PRIORITY, 3600.0),
-        concurrency_caps=dict.fromkeys(PLANS_BY_PRIORITY, 1000),
+def finish_result(
+    system: str, url: str, jobs: Sequence[Job], window: Window, outcome: dict[str, Any], note: str
+) -> Result:
+    """`outcome`: finish (monotonic time of the last completion), cpu (the consumers' CPU seconds
+    then), latencies ([started, seconds] of each successful claim), empties (starts of empty claims)."""
+    with redis.Redis.from_url(url) as client:
+        after = RedisStats.take(client)
+    start = window.start
+    return Result(
+        system=system,
+        jobs=len(jobs),
+        seconds=float(outcome["finish"]) - start,
+        enqueue_seconds=window.enqueued - start,
+        redis_cpu_seconds=after.cpu - window.redis.cpu,
+        redis_commands=after.commands - window.redis.commands,
+        consumer_cpu_seconds=float(outcome["cpu"]) - window.consumer_cpu,
+        producer_cpu_seconds=window.producer_cpu,
+        claim_latencies=[seconds for started, seconds in outcome.get("latencies", []) if started >= start],
+        empty_claims=sum(1 for started in outcome.get("empties", []) if started >= start),
+        note=note,
     )
 
 
-def make_jobs(count: int, users: int) -> list[Job]:
-    """Users spread evenly over the tiers; jobs dealt to the users in turn."""
-    people = [(PLANS_BY_PRIORITY[i % len(PLANS_BY_PRIORITY)], uuid.uuid4()) for i in range(users)]
-    return [Job(*people[i % users], uuid.uuid4()) for i in range(count)]
-
-
-def with_db(url: str, db: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
-
-
-def slices(items: Sequence[Job], count: int) -> list[Sequence[Job]]:
-    return [items[i::count] for i in range(count)]
-
-
-# --- Redis's view ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RedisStats:
-    cpu: float
-    commands: int
-    evalsha_calls: int
-    evalsha_usec: int
-
-    @classmethod
-    def take(cls, client: redis.Redis) -> RedisStats:
-        cpu = client.info("cpu")
-        stats = client.info("stats")
-        evalsha = client.info("commandstats").get("cmdstat_evalsha", {})
-        return cls(
-            cpu=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-            commands=int(stats["total_commands_processed"]),
-            evalsha_calls=int(evalsha.get("calls", 0)),
-            evalsha_usec=int(evalsha.get("usec", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class Window:
-    """The timed part of a run, up to the end of the enqueue."""
-
-    start: float
-    enqueued: float
-    redis: RedisStats
-    consumer_cpu: float  # the consumers' CPU seconds when the clock started
-    producer_cpu: float  # this process's CPU seconds spent enqueuing the timed jobs
-
-
-def cpu_seconds(processes: Sequence[subprocess.Popen[Any]]) -> float:
-    total = 0.0
-    for popen in processes:
-        process = psutil.Process(popen.pid)
-        for each in (process, *process.children(recursive=True)):
-            times = each.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def wait_for_count(client: redis.Redis, target: int, processes: Sequence[subprocess.Popen[Any]]) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while int(client.get(DONE_KEY) or 0) < target:
         for process in processes:
             if process.poll() is not None:
                 raise RuntimeError(f"consumer {process.args!r} exited with {process.returncode}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {client.get(DONE_KEY)} of {target} jobs done after 120 s")
+            raise TimeoutError(f"only {client.get(DONE_KEY)} of {target} jobs done after 180 s")
         time.sleep(0.005)
 
 
-# --- Consumers (run in a child process: `--role`) ------------------------------------------------
+# --- Consumers, in child processes (`--role`) ------------------------------------------------------
+# All consumers of a run share the DONE_KEY counter: a worker with nothing to do stops once it
+# reaches `expect` (warm-up plus timed jobs). Each process reports when its last job completed.
 
 
 async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
     policy, warm = bench_policy(), [MODEL]
-    done, finish, cpu, empties = 0, 0.0, 0.0, []
+    finish, cpu, empties = 0.0, 0.0, []
     latencies: list[tuple[float, float]] = []
 
     async def work(index: int) -> None:
-        nonlocal done, finish, cpu
+        nonlocal finish, cpu
         client = AsyncRedis.from_url(url)
-        queue, worker_id = TierQueue(client), f"bench-worker-{index}"
+        queue, worker_id = TierQueue(client), f"bench-{os.getpid()}-{index}"
         try:
-            while done < expect:
+            while True:
                 started = time.monotonic()
                 claim = await queue.claim(worker_id, LEASE_SECONDS, policy, warm)
                 if claim is None:
                     empties.append(started)
+                    if int(await client.get(DONE_KEY) or 0) >= expect:
+                        return
                     await queue.wait_for_work(IDLE_WAIT_SECONDS)
                     continue
                 latencies.append((started, time.monotonic() - started))
                 await client.incr(DONE_KEY)  # the no-op job
                 await queue.release_lease(claim.generation_id, worker_id)
-                done += 1
                 finish, cpu = time.monotonic(), time.process_time()
         finally:
             await client.aclose()
@@ -222,17 +257,18 @@ async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any
 
 
 async def raw_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
-    done, finish, cpu = 0, 0.0, 0.0
+    finish, cpu = 0.0, 0.0
 
     async def work() -> None:
-        nonlocal done, finish, cpu
+        nonlocal finish, cpu
         client = AsyncRedis.from_url(url)
         try:
-            while done < expect:
+            while True:
                 if await client.brpop([RAW_KEY], timeout=IDLE_WAIT_SECONDS) is None:
+                    if int(await client.get(DONE_KEY) or 0) >= expect:
+                        return
                     continue
                 await client.incr(DONE_KEY)  # the no-op job
-                done += 1
                 finish, cpu = time.monotonic(), time.process_time()
         finally:
             await client.aclose()
@@ -241,7 +277,7 @@ async def raw_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
     return {"finish": finish, "cpu": cpu}
 
 
-def make_celery_app(broker_url: str, expect: int) -> tuple[Any, Any]:
+def make_celery_app(broker_url: str, expect: int) -> Any:
     from celery import Celery
 
     app = Celery("pingvas_bench", broker=broker_url)
@@ -261,34 +297,62 @@ def make_celery_app(broker_url: str, expect: int) -> tuple[Any, Any]:
         if counter.incr(DONE_KEY) == expect:  # the no-op job; the last one stops the clock
             counter.set(FINISHED_KEY, repr(time.monotonic()))
 
-    return app, noop
+    return noop
 
 
 def celery_worker(url: str, workers: int, expect: int, pool: str) -> None:
-    app, _ = make_celery_app(url, expect)
-    argv = ["worker", f"--pool={pool}", f"--concurrency={workers}", "--loglevel=WARNING"]
+    app = make_celery_app(url, expect).app
+    argv = ["worker", f"--pool={pool}", f"--concurrency={workers}", f"--hostname=bench-{os.getpid()}@%h"]
+    argv += ["--loglevel=WARNING"]
     app.worker_main([*argv, "--without-gossip", "--without-mingle", "--without-heartbeat"])
 
 
+@dataclass(frozen=True)
+class Consumers:
+    processes: list[subprocess.Popen[str]]
+    note: str
+
+
 def start_consumers(
-    role: str, url: str, workers: int, expect: int, log_path: Path, pool: str = ""
-) -> list[subprocess.Popen[str]]:
-    processes = 1
-    if role == "celery" and pool == "solo":
-        processes, workers = workers, 1  # N single-slot worker processes
-    argv = [sys.executable, str(SCRIPT), "--role", role, "--url", url]
-    argv += ["--workers", str(workers), "--expect", str(expect), "--celery-pool", pool or "threads"]
+    role: str, url: str, layout: str, workers: int, expect: int, log_path: Path, celery_pool: str | None
+) -> Consumers:
+    if layout == "per-worker":
+        count, per_process, pool = workers, 1, celery_pool or "solo"
+    else:
+        count, per_process, pool = 1, workers, celery_pool or "threads"
+    if role == "celery":
+        note = f"{count} x celery worker --pool={pool} -c {per_process}"
+    else:
+        note = f"{count} process(es) x {per_process} asyncio worker(s)"
+    argv = [sys.executable, str(SCRIPT), "--role", role, "--url", url, "--celery-pool", pool]
+    argv += ["--workers", str(per_process), "--expect", str(expect)]
     log = open(log_path, "a")  # noqa: SIM115 - the children's output, kept for a post-mortem
-    # Pingvas's and raw's consumers report on stdout; Celery's worker only logs.
+    # Pingvas's and raw's consumers report on stdout; Celery's workers only log.
     stdout = log if role == "celery" else subprocess.PIPE
-    return [subprocess.Popen(argv, stdout=stdout, stderr=log, text=True) for _ in range(processes)]
+    processes = [subprocess.Popen(argv, stdout=stdout, stderr=log, text=True) for _ in range(count)]
+    return Consumers(processes, note)
 
 
-def stop(processes: Sequence[subprocess.Popen[str]]) -> None:
-    for process in processes:
+def collect(consumers: Consumers, log_path: Path) -> dict[str, Any]:
+    """Wait for the consumer processes to finish and merge what they report."""
+    merged: dict[str, Any] = {"finish": 0.0, "cpu": 0.0, "latencies": [], "empties": []}
+    for process in consumers.processes:
+        out, _ = process.communicate(timeout=300)
+        if process.returncode != 0:
+            raise RuntimeError(f"consumer exited with {process.returncode}; see {log_path}")
+        outcome = json.loads(out.strip().splitlines()[-1])
+        merged["finish"] = max(merged["finish"], outcome["finish"])
+        merged["cpu"] += outcome["cpu"]
+        merged["latencies"] += outcome.get("latencies", [])
+        merged["empties"] += outcome.get("empties", [])
+    return merged
+
+
+def stop(consumers: Consumers) -> None:
+    for process in consumers.processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    for process in processes:
+    for process in consumers.processes:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -296,31 +360,43 @@ def stop(processes: Sequence[subprocess.Popen[str]]) -> None:
             process.wait()
 
 
-# --- Producers and the runs ----------------------------------------------------------------------
+# --- Producers and the runs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    system: str
+    url: str
+    layout: str
+    workers: int
+    producers: int
+    celery_pool: str | None
+    warmup: list[Job]
+    jobs: list[Job]
+    logs: Path
+
+    @property
+    def expect(self) -> int:
+        return len(self.warmup) + len(self.jobs)
 
 
 async def produce_async(
-    url: str,
-    warmup: Sequence[Job],
-    jobs: Sequence[Job],
-    producers: int,
-    send: Callable[[AsyncRedis, Job], Any],
-    processes: Sequence[subprocess.Popen[str]],
+    run: Run, consumers: Consumers, send: Callable[[AsyncRedis, Job], Awaitable[Any]]
 ) -> Window:
-    """Enqueue the warm-up jobs, wait for them, then time the enqueue of `jobs`."""
-    client = AsyncRedis.from_url(url, max_connections=producers + 4)
-    sync = redis.Redis.from_url(url)
+    """Enqueue the warm-up jobs, wait for them, then time the enqueue of the timed jobs."""
+    client = AsyncRedis.from_url(run.url, max_connections=run.producers + 4)
+    sync = redis.Redis.from_url(run.url)
 
     async def feed(part: Sequence[Job]) -> None:
         for job in part:
             await send(client, job)
 
     try:
-        await asyncio.gather(*(feed(part) for part in slices(warmup, producers)))
-        await asyncio.to_thread(wait_for_count, sync, len(warmup), processes)
-        before, consumer_cpu = RedisStats.take(sync), cpu_seconds(processes)
+        await asyncio.gather(*(feed(part) for part in slices(run.warmup, run.producers)))
+        await asyncio.to_thread(wait_for_count, sync, len(run.warmup), consumers.processes)
+        before, consumer_cpu = RedisStats.take(sync), cpu_seconds(consumers.processes)
         cpu, start = time.process_time(), time.monotonic()
-        await asyncio.gather(*(feed(part) for part in slices(jobs, producers)))
+        await asyncio.gather(*(feed(part) for part in slices(run.jobs, run.producers)))
         enqueued = time.monotonic()
         return Window(start, enqueued, before, consumer_cpu, time.process_time() - cpu)
     finally:
@@ -328,78 +404,41 @@ async def produce_async(
         sync.close()
 
 
-def consumer_result(processes: Sequence[subprocess.Popen[str]], log_path: Path) -> dict[str, Any]:
-    (process,) = processes
-    out, _ = process.communicate(timeout=300)
-    if process.returncode != 0:
-        raise RuntimeError(f"consumer exited with {process.returncode}; see {log_path}")
-    return dict(json.loads(out.strip().splitlines()[-1]))
+def run_async_system(run: Run, send: Callable[[AsyncRedis, Job], Awaitable[Any]]) -> Result:
+    log_path = run.logs / f"{run.system}-{run.layout}.log"
+    consumers = start_consumers(run.system, run.url, run.layout, run.workers, run.expect, log_path, None)
+    try:
+        window = asyncio.run(produce_async(run, consumers, send))
+        outcome = collect(consumers, log_path)
+    finally:
+        stop(consumers)
+    return finish_result(run.system, run.url, run.jobs, window, outcome, consumers.note)
 
 
-def run_pingvas(url: str, args: argparse.Namespace, warmup: list[Job], jobs: list[Job], logs: Path) -> Result:
-    log_path = logs / "pingvas-consumer.log"
-    processes = start_consumers("pingvas", url, args.workers, len(warmup) + len(jobs), log_path)
+def run_pingvas(run: Run) -> Result:
     queues: dict[int, TierQueue] = {}
 
     async def send(client: AsyncRedis, job: Job) -> None:
         queue = queues.get(id(client)) or queues.setdefault(id(client), TierQueue(client))
         await queue.enqueue(job.tier, job.user_id, job.generation_id, MODEL)
 
-    try:
-        window = asyncio.run(produce_async(url, warmup, jobs, args.producers, send, processes))
-        outcome = consumer_result(processes, log_path)
-    finally:
-        stop(processes)
-    return finish_result("pingvas", url, jobs, window, outcome)
+    return run_async_system(run, send)
 
 
-def run_raw(url: str, args: argparse.Namespace, warmup: list[Job], jobs: list[Job], logs: Path) -> Result:
-    log_path = logs / "raw-consumer.log"
-    processes = start_consumers("raw", url, args.workers, len(warmup) + len(jobs), log_path)
-
+def run_raw(run: Run) -> Result:
     async def send(client: AsyncRedis, job: Job) -> None:
         await client.lpush(RAW_KEY, f"{job.tier}:{job.user_id}:{job.generation_id}")
 
-    try:
-        window = asyncio.run(produce_async(url, warmup, jobs, args.producers, send, processes))
-        outcome = consumer_result(processes, log_path)
-    finally:
-        stop(processes)
-    return finish_result("raw", url, jobs, window, outcome)
+    return run_async_system(run, send)
 
 
-def finish_result(
-    system: str,
-    url: str,
-    jobs: list[Job],
-    window: Window,
-    outcome: dict[str, Any],
-) -> Result:
-    """`outcome`: finish (monotonic time of the last completion), cpu (the consumers' CPU seconds
-    then), latencies ([started, seconds] of each successful claim), empties (starts of empty claims)."""
-    with redis.Redis.from_url(url) as client:
-        after = RedisStats.take(client)
-    start = window.start
-    return Result(
-        system=system,
-        jobs=len(jobs),
-        seconds=float(outcome["finish"]) - start,
-        enqueue_seconds=window.enqueued - start,
-        redis_cpu_seconds=after.cpu - window.redis.cpu,
-        redis_commands=after.commands - window.redis.commands,
-        consumer_cpu_seconds=float(outcome["cpu"]) - window.consumer_cpu,
-        producer_cpu_seconds=window.producer_cpu,
-        claim_latencies=[seconds for started, seconds in outcome.get("latencies", []) if started >= start],
-        empty_claims=sum(1 for started in outcome.get("empties", []) if started >= start),
+def run_celery(run: Run) -> Result:
+    task = make_celery_app(run.url, run.expect)
+    log_path = run.logs / f"celery-{run.layout}.log"
+    consumers = start_consumers(
+        "celery", run.url, run.layout, run.workers, run.expect, log_path, run.celery_pool
     )
-
-
-def run_celery(url: str, args: argparse.Namespace, warmup: list[Job], jobs: list[Job], logs: Path) -> Result:
-    expect = len(warmup) + len(jobs)
-    _, task = make_celery_app(url, expect)
-    log_path = logs / "celery-worker.log"
-    processes = start_consumers("celery", url, args.workers, expect, log_path, args.celery_pool)
-    sync = redis.Redis.from_url(url)
+    sync = redis.Redis.from_url(run.url)
 
     def feed(part: Sequence[Job]) -> None:
         for job in part:
@@ -408,40 +447,37 @@ def run_celery(url: str, args: argparse.Namespace, warmup: list[Job], jobs: list
             )
 
     try:
-        with ThreadPoolExecutor(args.producers) as pool:
-            list(pool.map(feed, slices(warmup, args.producers)))
-            wait_for_count(sync, len(warmup), processes)
-            before, consumer_cpu = RedisStats.take(sync), cpu_seconds(processes)
+        with ThreadPoolExecutor(run.producers) as pool:
+            list(pool.map(feed, slices(run.warmup, run.producers)))
+            wait_for_count(sync, len(run.warmup), consumers.processes)
+            before, consumer_cpu = RedisStats.take(sync), cpu_seconds(consumers.processes)
             cpu, start = time.process_time(), time.monotonic()
-            list(pool.map(feed, slices(jobs, args.producers)))
+            list(pool.map(feed, slices(run.jobs, run.producers)))
             enqueued = time.monotonic()
             window = Window(start, enqueued, before, consumer_cpu, time.process_time() - cpu)
-        wait_for_count(sync, expect, processes)
+        wait_for_count(sync, run.expect, consumers.processes)
         while (finished := sync.get(FINISHED_KEY)) is None:  # the last task sets it right after its INCR
             time.sleep(0.001)
-        outcome = {"finish": float(finished), "cpu": cpu_seconds(processes)}
+        outcome = {"finish": float(finished), "cpu": cpu_seconds(consumers.processes)}
     finally:
-        stop(processes)
+        stop(consumers)
         sync.close()
-    result = finish_result("celery", url, jobs, window, outcome)
-    result.note = f"--pool={args.celery_pool}" + (
-        f" x{args.workers} processes" if args.celery_pool == "solo" else f" -c {args.workers}"
-    )
-    return result
+    return finish_result("celery", run.url, run.jobs, window, outcome, consumers.note)
 
 
-# --- Pingvas, one call at a time --------------------------------------------------------------------
+# --- Pingvas, one call at a time -------------------------------------------------------------------
 
 
-async def serial_profile(url: str, count: int, users: int) -> list[tuple[str, float, float, float]]:
-    """(name, client round trip p50 us, mean us, Lua us per call reported by Redis)."""
+async def serial_profile(
+    url: str, count: int, users: int
+) -> list[tuple[str, float, float | None, float | None]]:
+    """(what, client round trip p50 us, mean us, Lua time per call that Redis reports in us)."""
     client = AsyncRedis.from_url(url)
     sync = redis.Redis.from_url(url)
     queue, policy, warm = TierQueue(client), bench_policy(), [MODEL]
-    jobs = make_jobs(count, users)
-    rows = []
+    rows: list[tuple[str, float, float | None, float | None]] = []
 
-    async def timed(name: str, calls: Sequence[Callable[[], Any]], lua: bool) -> list[Any]:
+    async def timed(what: str, calls: Sequence[Callable[[], Awaitable[Any]]], lua: bool = False) -> list[Any]:
         before, times, results = RedisStats.take(sync), [], []
         for call in calls:
             started = time.perf_counter()
@@ -452,14 +488,15 @@ async def serial_profile(url: str, count: int, users: int) -> list[tuple[str, fl
             1, after.evalsha_calls - before.evalsha_calls
         )
         rows.append(
-            (name, percentile(times, 0.5) * 1e6, statistics.fmean(times) * 1e6, script if lua else 0.0)
+            (what, percentile(times, 0.5) * 1e6, statistics.fmean(times) * 1e6, script if lua else None)
         )
         return results
 
     try:
         await client.flushdb()
         await client.ping()
-        await timed("PING (network + client floor)", [client.ping] * count, lua=False)
+        await timed("PING (network + client floor)", [client.ping] * count)
+        jobs = make_jobs(count, users)
         await timed(
             "enqueue",
             [lambda job=job: queue.enqueue(job.tier, job.user_id, job.generation_id, MODEL) for job in jobs],
@@ -472,18 +509,17 @@ async def serial_profile(url: str, count: int, users: int) -> list[tuple[str, fl
         )
         await timed(
             "release_lease",
-            [lambda c=c: queue.release_lease(c.generation_id, "profile") for c in claims],
+            [lambda claim=claim: queue.release_lease(claim.generation_id, "profile") for claim in claims],
             lua=True,
         )
-        payload = policy.script_config(warm)
         started = time.perf_counter()
         for _ in range(count):
             policy.script_config(warm)
         rows.append(
-            ("  of which policy JSON built per claim", (time.perf_counter() - started) / count * 1e6, 0, 0)
+            ("  policy JSON built by each claim", (time.perf_counter() - started) / count * 1e6, None, None)
         )
-        await timed("LPUSH (raw)", [lambda: client.lpush(RAW_KEY, payload[:80])] * count, lua=False)
-        await timed("RPOP (raw)", [lambda: client.rpop(RAW_KEY)] * count, lua=False)
+        await timed("LPUSH (raw)", [lambda: client.lpush(RAW_KEY, "x" * 80)] * count)
+        await timed("RPOP (raw)", [lambda: client.rpop(RAW_KEY)] * count)
         await client.flushdb()
     finally:
         await client.aclose()
@@ -494,8 +530,9 @@ async def serial_profile(url: str, count: int, users: int) -> list[tuple[str, fl
 # --- Main ------------------------------------------------------------------------------------------
 
 
-def report(results: list[Result], args: argparse.Namespace) -> None:
+def report(layout: str, results: list[Result]) -> None:
     print()
+    print(f"== layout {layout}")
     print(
         f"{'system':<8} {'enqueued/s':>11} {'dispatched/s':>13} {'wall s':>7} {'claim p50 ms':>13} {'claim p99 ms':>13}"
     )
@@ -506,11 +543,16 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             line += f" {p50 * 1e3:>13.3f} {p99 * 1e3:>13.3f}"
         else:
             line += f" {'-':>13} {'-':>13}"
-        print(line + (f"   {r.note}" if r.note else ""))
-    print()
-    print(f"CPU per job over the timed window, us ({os.cpu_count()} CPUs shared by all three columns):")
+        print(f"{line}   {r.note}")
+    by_name = {r.system: r for r in results}
+    pingvas = by_name.get("pingvas")
+    if pingvas and pingvas.claim_latencies:
+        print(
+            f"pingvas: {pingvas.empty_claims} empty claims (nothing to take; the worker waited on queue:signal)"
+        )
+    print(f"CPU per job over the timed window, us ({os.cpu_count()} CPUs shared by everything here):")
     print(
-        f"{'system':<8} {'redis':>9} {'consumers':>10} {'producers':>10} {'total':>9} {'redis cmds/job (incl. in Lua)':>31}"
+        f"  {'system':<8} {'redis':>8} {'consumers':>10} {'producers':>10} {'total':>8} {'redis cmds/job':>15}"
     )
     for r in results:
         redis_us, consumer_us, producer_us = (
@@ -519,28 +561,21 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         )
         total_us = redis_us + consumer_us + producer_us
         print(
-            f"{r.system:<8} {redis_us:>9.1f} {consumer_us:>10.1f} {producer_us:>10.1f} {total_us:>9.1f}"
-            f" {r.redis_commands / r.jobs:>31.1f}"
+            f"  {r.system:<8} {redis_us:>8.1f} {consumer_us:>10.1f} {producer_us:>10.1f} {total_us:>8.1f}"
+            f" {r.redis_commands / r.jobs:>15.1f}"
         )
-    by_name = {r.system: r for r in results}
-    pingvas = by_name.get("pingvas")
-    if pingvas and pingvas.claim_latencies:
-        print(
-            f"pingvas: {len(pingvas.claim_latencies)} claims, {pingvas.empty_claims} empty claims "
-            "(a worker found nothing and waited on queue:signal)"
-        )
-    print()
     for other, target in (("celery", TARGET_VS_CELERY), ("raw", TARGET_VS_RAW)):
         if pingvas and other in by_name:
             ratio = pingvas.per_second / by_name[other].per_second
             verdict = "met" if ratio >= target else "NOT met"
             print(f"pingvas/{other:<7} = {ratio:5.2f}x   (target >= {target}x)   {verdict}")
         else:
-            print(f"pingvas/{other:<7} = n/a   (target >= {target}x)   not measured")
+            print(f"pingvas/{other:<7} =   n/a   (target >= {target}x)   not measured")
 
 
 def main_run(args: argparse.Namespace) -> None:
-    total = time.monotonic()
+    began = time.monotonic()
+    layouts = LAYOUTS if args.layout == "both" else (args.layout,)
     with tempfile.TemporaryDirectory(prefix="pingvas-dispatch-") as tmp:
         logs = Path(tmp) / "logs"
         logs.mkdir()
@@ -555,65 +590,86 @@ def main_run(args: argparse.Namespace) -> None:
         try:
             urls = {name: with_db(base, args.db + i) for i, name in enumerate(("pingvas", "celery", "raw"))}
             with redis.Redis.from_url(urls["pingvas"]) as probe:
-                server = probe.info("server")
+                version = probe.info("server")["redis_version"]
                 persistence = probe.config_get("appendonly").get("appendonly", "?")
             try:
                 from celery import __version__ as celery_version
             except ImportError:
                 celery_version = ""
             print(
-                f"dispatch throughput: {args.jobs} jobs (+{args.warmup} warm-up), {args.workers} workers, "
+                f"dispatch throughput: {args.jobs} jobs (+{args.warmup} warm-up) per run, {args.workers} workers, "
                 f"{args.producers} producers, {args.users} users over {len(PLANS_BY_PRIORITY)} tiers"
             )
             print(
-                f"Redis {server['redis_version']} at {urlsplit(base).netloc} "
-                f"({'embedded' if embedded else 'given'}, appendonly {persistence}), dbs "
-                f"{args.db}/{args.db + 1}/{args.db + 2}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
-                f"celery {celery_version or 'not installed'}"
+                f"Redis {version} at {urlsplit(base).netloc} ({'embedded' if embedded else 'given'}, "
+                f"appendonly {persistence}), dbs {args.db}/{args.db + 1}/{args.db + 2}; {os.cpu_count()} CPUs; "
+                f"Python {platform.python_version()}; celery {celery_version or 'not installed'}"
             )
-            runs: list[tuple[str, Callable[..., Result]]] = [("pingvas", run_pingvas)]
-            runs += [("celery", run_celery)] if celery_version else []
-            runs += [("raw", run_raw)]
-            results = []
-            for name, run in runs:
-                with redis.Redis.from_url(urls[name]) as client:
-                    client.flushdb()
-                warmup, jobs = make_jobs(args.warmup, args.users), make_jobs(args.jobs, args.users)
-                started = time.monotonic()
-                results.append(run(urls[name], args, warmup, jobs, logs))
-                print(f"  {name}: done in {time.monotonic() - started:.1f}s (including start-up and warm-up)")
             if not celery_version:
                 print("celery is not installed: pip install -e '.[bench]'")
-            report(results, args)
+            systems: list[tuple[str, Callable[[Run], Result]]] = [("pingvas", run_pingvas)]
+            systems += [("celery", run_celery)] if celery_version else []
+            systems += [("raw", run_raw)]
+            reports = []
+            for layout in layouts:
+                results = []
+                for name, runner in systems:
+                    with redis.Redis.from_url(urls[name]) as client:
+                        client.flushdb()
+                    run = Run(
+                        system=name,
+                        url=urls[name],
+                        layout=layout,
+                        workers=args.workers,
+                        producers=args.producers,
+                        celery_pool=args.celery_pool,
+                        warmup=make_jobs(args.warmup, args.users),
+                        jobs=make_jobs(args.jobs, args.users),
+                        logs=logs,
+                    )
+                    started = time.monotonic()
+                    results.append(runner(run))
+                    print(f"  {layout} {name}: {time.monotonic() - started:.1f}s with start-up and warm-up")
+                reports.append((layout, results))
+            for layout, results in reports:
+                report(layout, results)
             print()
             print(
                 f"Pingvas one call at a time ({args.profile_calls} calls each, one connection, db {args.db}):"
             )
-            print(f"  {'call':<38} {'round trip p50 us':>18} {'mean us':>9} {'Lua in Redis us':>16}")
-            for name, p50, mean, lua in asyncio.run(
+            print(f"  {'call':<36} {'round trip p50 us':>18} {'mean us':>9} {'Lua in Redis us':>16}")
+            for what, p50, mean, lua in asyncio.run(
                 serial_profile(urls["pingvas"], args.profile_calls, args.users)
             ):
-                mean_text, lua_text = (f"{mean:.1f}" if mean else "-"), (f"{lua:.1f}" if lua else "-")
-                print(f"  {name:<38} {p50:>18.1f} {mean_text:>9} {lua_text:>16}")
-            print(f"\ntotal {time.monotonic() - total:.1f}s")
+                mean_text = "-" if mean is None else f"{mean:.1f}"
+                lua_text = "-" if lua is None else f"{lua:.1f}"
+                print(f"  {what:<36} {p50:>18.1f} {mean_text:>9} {lua_text:>16}")
+            print(f"\ntotal {time.monotonic() - began:.1f}s")
         finally:
             if embedded and embedded.process:
                 embedded.process.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--workers", type=int, default=4, help="simulated no-op workers per system")
-    parser.add_argument("--jobs", type=int, default=5000, help="timed jobs per system")
+    parser.add_argument("--jobs", type=int, default=5000, help="timed jobs per run")
     parser.add_argument("--warmup", type=int, default=200, help="untimed jobs dispatched first")
-    parser.add_argument("--producers", type=int, default=4, help="concurrent producers")
+    parser.add_argument("--producers", type=int, default=4, help="concurrent producers in this process")
     parser.add_argument("--users", type=int, default=20, help="users, spread over the five tiers")
     parser.add_argument(
-        "--celery-pool", choices=("threads", "prefork", "solo"), default="threads", help="solo: N processes"
+        "--layout", choices=("both", *LAYOUTS), default="both", help="how consumers map to processes"
     )
-    parser.add_argument("--redis-url", help="use this Redis instead of an embedded one (dbs get FLUSHed)")
+    parser.add_argument(
+        "--celery-pool",
+        choices=("threads", "solo", "prefork"),
+        help="override Celery's pool (default: threads for one-process, solo for per-worker)",
+    )
+    parser.add_argument("--redis-url", help="use this Redis instead of an embedded one (its dbs get FLUSHed)")
     parser.add_argument("--db", type=int, default=0, help="Pingvas's db; Celery uses db+1, raw db+2")
-    parser.add_argument("--profile-calls", type=int, default=1000)
+    parser.add_argument(
+        "--profile-calls", type=int, default=1000, help="calls per row of the one-at-a-time profile"
+    )
     parser.add_argument("--role", choices=("pingvas", "raw", "celery"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, help=argparse.SUPPRESS)
@@ -622,8 +678,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         celery_worker(args.url, args.workers, args.expect, args.celery_pool)
     elif args.role:
         consumer = pingvas_consumer if args.role == "pingvas" else raw_consumer
-        outcome = asyncio.run(consumer(args.url, args.workers, args.expect))
-        print(json.dumps(outcome), flush=True)
+        print(json.dumps(asyncio.run(consumer(args.url, args.workers, args.expect))), flush=True)
     else:
         main_run(args)
 

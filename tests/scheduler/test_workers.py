@@ -4,6 +4,7 @@ backpressure, observed through PostgreSQL's record of which worker started what,
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import time
 from typing import Any
@@ -140,7 +141,9 @@ def test_each_worker_gets_jobs_for_its_warm_model(
     assert {rows[j]["worker_id"] for j in jobs["tiny-sd-b"]} == {"w-sd-b"}
     assert "loaded model tiny-sd-b" not in sd.log() and "loaded model tiny-sd in" not in sd_b.log()
     advertised = scheduler_mesh.redis().hgetall("worker:w-sd")
-    assert b"tiny-sd" in advertised[b"loaded"]
+    assert json.loads(advertised[b"loaded"]) == ["tiny-sd"]
+    metrics = json.loads(advertised[b"metrics"])
+    assert metrics["loads"] == 1 and metrics["hits"] >= 2 and metrics["load_seconds"] > 0
 
 
 def test_a_full_band_is_429_and_charges_nothing(scheduler_mesh: Any, customer: Any, submit: Any) -> None:
