@@ -56,6 +56,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -191,7 +192,7 @@ def finish_result(
     system: str, url: str, jobs: Sequence[Job], window: Window, outcome: dict[str, Any], note: str
 ) -> Result:
     """`outcome`: finish (monotonic time of the last completion), cpu (the consumers' CPU seconds
-    then), latencies ([started, seconds] of each successful claim), empties (starts of empty claims)."""
+    when they stopped: a worker with nothing left stops within one idle wait), latencies ([started, seconds] of each successful claim), empties (starts of empty claims)."""
     with redis.Redis.from_url(url) as client:
         after = RedisStats.take(client)
     start = window.start
@@ -212,12 +213,12 @@ def finish_result(
 
 def wait_for_count(client: redis.Redis, target: int, processes: Sequence[subprocess.Popen[Any]]) -> None:
     deadline = time.monotonic() + 180
-    while int(client.get(DONE_KEY) or 0) < target:
+    while (done := int(client.get(DONE_KEY) or 0)) < target:
         for process in processes:
             if process.poll() is not None:
                 raise RuntimeError(f"consumer {process.args!r} exited with {process.returncode}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {client.get(DONE_KEY)} of {target} jobs done after 180 s")
+            raise TimeoutError(f"only {done} of {target} jobs done after 180 s")
         time.sleep(0.005)
 
 
@@ -228,11 +229,11 @@ def wait_for_count(client: redis.Redis, target: int, processes: Sequence[subproc
 
 async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
     policy, warm = bench_policy(), [MODEL]
-    finish, cpu, empties = 0.0, 0.0, []
+    finish, empties = 0.0, []
     latencies: list[tuple[float, float]] = []
 
     async def work(index: int) -> None:
-        nonlocal finish, cpu
+        nonlocal finish
         client = AsyncRedis.from_url(url)
         queue, worker_id = TierQueue(client), f"bench-{os.getpid()}-{index}"
         try:
@@ -248,19 +249,19 @@ async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any
                 latencies.append((started, time.monotonic() - started))
                 await client.incr(DONE_KEY)  # the no-op job
                 await queue.release_lease(claim.generation_id, worker_id)
-                finish, cpu = time.monotonic(), time.process_time()
+                finish = time.monotonic()
         finally:
             await client.aclose()
 
     await asyncio.gather(*(work(i) for i in range(workers)))
-    return {"finish": finish, "cpu": cpu, "latencies": latencies, "empties": empties}
+    return {"finish": finish, "cpu": time.process_time(), "latencies": latencies, "empties": empties}
 
 
 async def raw_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
-    finish, cpu = 0.0, 0.0
+    finish = 0.0
 
     async def work() -> None:
-        nonlocal finish, cpu
+        nonlocal finish
         client = AsyncRedis.from_url(url)
         try:
             while True:
@@ -269,12 +270,12 @@ async def raw_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
                         return
                     continue
                 await client.incr(DONE_KEY)  # the no-op job
-                finish, cpu = time.monotonic(), time.process_time()
+                finish = time.monotonic()
         finally:
             await client.aclose()
 
     await asyncio.gather(*(work() for _ in range(workers)))
-    return {"finish": finish, "cpu": cpu}
+    return {"finish": finish, "cpu": time.process_time()}
 
 
 def make_celery_app(broker_url: str, expect: int) -> Any:
@@ -292,12 +293,11 @@ def make_celery_app(broker_url: str, expect: int) -> Any:
     )
     counter = redis.Redis.from_url(broker_url)
 
-    @app.task(name="bench.noop")
     def noop(generation_id: str, user_id: str, tier: str) -> None:
         if counter.incr(DONE_KEY) == expect:  # the no-op job; the last one stops the clock
             counter.set(FINISHED_KEY, repr(time.monotonic()))
 
-    return noop
+    return app.task(name="bench.noop")(noop)
 
 
 def celery_worker(url: str, workers: int, expect: int, pool: str) -> None:
@@ -499,7 +499,7 @@ async def serial_profile(
         jobs = make_jobs(count, users)
         await timed(
             "enqueue",
-            [lambda job=job: queue.enqueue(job.tier, job.user_id, job.generation_id, MODEL) for job in jobs],
+            [partial(queue.enqueue, job.tier, job.user_id, job.generation_id, MODEL) for job in jobs],
             lua=True,
         )
         claims = await timed(
@@ -509,7 +509,7 @@ async def serial_profile(
         )
         await timed(
             "release_lease",
-            [lambda claim=claim: queue.release_lease(claim.generation_id, "profile") for claim in claims],
+            [partial(queue.release_lease, claim.generation_id, "profile") for claim in claims],
             lua=True,
         )
         started = time.perf_counter()

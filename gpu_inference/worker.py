@@ -128,6 +128,8 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.idle_wait_seconds = idle_wait_seconds
+        self._advertised_state: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._advertised_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pull jobs until `stop` is set (SIGTERM): then no new job is claimed, and the job in
@@ -156,7 +158,14 @@ class Worker:
         log.info("worker %s stopped pulling jobs", self.worker_id)
 
     async def advertise(self) -> None:
-        """Say which models this worker has warm and which it is loading, with its counters."""
+        """Say which models this worker has warm and which it is loading, with its counters:
+        at most once a second, or at once when the warm set changed (two round trips per job
+        would cost a busy worker more than its claim)."""
+        state = (tuple(self.registry.loaded()), tuple(self.registry.loading()))
+        now = time.monotonic()
+        if state == self._advertised_state and now - self._advertised_at < 1.0:
+            return
+        self._advertised_state, self._advertised_at = state, now
         metrics = self.registry.metrics
         await self.queue.advertise_worker(
             self.worker_id,

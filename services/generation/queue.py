@@ -83,7 +83,12 @@ local best, best_overdue = nil, -1
 for _, tier in ipairs(cfg.tiers) do
   local bound = tonumber(cfg.aging_ms[tier] or -1)
   if bound >= 0 then
-    local oldest = redis.call('ZRANGE', 'queue:' .. tier .. ':waiting', 0, 15, 'WITHSCORES')
+    local waiting = 'queue:' .. tier .. ':waiting'
+    -- Usually the head is not overdue: look at it alone, and deeper only when it is.
+    local oldest = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+    if #oldest > 0 and now - tonumber(oldest[2]) - bound >= 0 then
+      oldest = redis.call('ZRANGE', waiting, 0, 15, 'WITHSCORES')
+    end
     for i = 1, #oldest, 2 do
       local job, since = oldest[i], tonumber(oldest[i + 1])
       local overdue = now - since - bound
@@ -217,17 +222,26 @@ class SchedulingPolicy:
     affinity_lookahead: int = 32
     affinity_max_skips: int = 4
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_configs", {})
+
     def script_config(self, warm_models: Sequence[str]) -> str:
-        return json.dumps(
-            {
-                "tiers": list(PLANS_BY_PRIORITY),
-                "aging_ms": {tier: int(seconds * 1000) for tier, seconds in self.aging_seconds.items()},
-                "caps": dict(self.concurrency_caps),
-                "warm": list(warm_models),
-                "lookahead": self.affinity_lookahead,
-                "max_skips": self.affinity_max_skips,
-            }
-        )
+        """The claim script's configuration, encoded once per warm-model set: a worker claims
+        thousands of times with the same answer."""
+        configs: dict[tuple[str, ...], str] = self._configs  # type: ignore[attr-defined]
+        key = tuple(warm_models)
+        if key not in configs:
+            configs[key] = json.dumps(
+                {
+                    "tiers": list(PLANS_BY_PRIORITY),
+                    "aging_ms": {tier: int(seconds * 1000) for tier, seconds in self.aging_seconds.items()},
+                    "caps": dict(self.concurrency_caps),
+                    "warm": list(key),
+                    "lookahead": self.affinity_lookahead,
+                    "max_skips": self.affinity_max_skips,
+                }
+            )
+        return configs[key]
 
 
 class TierQueue:

@@ -140,9 +140,15 @@ def test_each_worker_gets_jobs_for_its_warm_model(
     assert {rows[j]["worker_id"] for j in jobs["tiny-sd"]} == {"w-sd"}
     assert {rows[j]["worker_id"] for j in jobs["tiny-sd-b"]} == {"w-sd-b"}
     assert "loaded model tiny-sd-b" not in sd.log() and "loaded model tiny-sd in" not in sd_b.log()
-    advertised = scheduler_mesh.redis().hgetall("worker:w-sd")
+    # Workers refresh their advertisement about once a second.
+    deadline = time.monotonic() + 10
+    while True:
+        advertised = scheduler_mesh.redis().hgetall("worker:w-sd")
+        metrics = json.loads(advertised[b"metrics"])
+        if metrics["hits"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert json.loads(advertised[b"loaded"]) == ["tiny-sd"]
-    metrics = json.loads(advertised[b"metrics"])
     assert metrics["loads"] == 1 and metrics["hits"] >= 2 and metrics["load_seconds"] > 0
 
 
