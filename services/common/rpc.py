@@ -8,6 +8,7 @@ invalid input). Unexpected exceptions are logged and answered INTERNAL without d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -106,6 +107,21 @@ def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any]) -> 
     return endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
 
 
+@contextlib.asynccontextmanager
+async def _answering_errors(
+    endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> AsyncIterator[None]:
+    """Domain errors become their status; anything unexpected becomes INTERNAL, logged."""
+    try:
+        yield
+    except errors.DomainError as error:
+        await _abort(context, error, endpoint.error_domain)
+    except (grpc.aio.AbortError, grpc.aio.UsageError):
+        raise
+    except Exception:
+        await _abort_internal(context, method)
+
+
 def unary(
     method: Callable[[E, Req, Principal, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[[E, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
@@ -113,16 +129,10 @@ def unary(
 
     @functools.wraps(method)
     async def handler(self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        try:
+        async with _answering_errors(self, context, method.__name__):
             caller = _caller(self, context)
             validate(request)
             return await method(self, request, caller, context)
-        except errors.DomainError as error:
-            await _abort(context, error, self.error_domain)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception:
-            await _abort_internal(context, method.__name__)
         raise AssertionError("unreachable: context.abort raises")
 
     return handler
@@ -135,15 +145,9 @@ def public_unary(
 
     @functools.wraps(method)
     async def handler(self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        try:
+        async with _answering_errors(self, context, method.__name__):
             validate(request)
             return await method(self, request, context)
-        except errors.DomainError as error:
-            await _abort(context, error, self.error_domain)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception:
-            await _abort_internal(context, method.__name__)
         raise AssertionError("unreachable: context.abort raises")
 
     return handler
@@ -158,17 +162,11 @@ def server_stream(
     async def handler(
         self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
-        try:
+        async with _answering_errors(self, context, method.__name__):
             caller = _caller(self, context)
             validate(request)
             async for item in method(self, request, caller, context):
                 yield item
-        except errors.DomainError as error:
-            await _abort(context, error, self.error_domain)
-        except (grpc.aio.AbortError, grpc.aio.UsageError):
-            raise
-        except Exception:
-            await _abort_internal(context, method.__name__)
 
     return handler
 
