@@ -10,8 +10,8 @@ here, or `--redis-url`), one after the other, each in its own db (base, base+1, 
 FLUSHed first):
 
 1. pingvas: producers call `TierQueue.enqueue` for jobs spread over the five plan tiers and
-   `--users` users; N workers loop `claim` -> job -> `release_lease`, idling in `wait_for_work`
-   as the real worker does. The policy has caps of 1000 and aging bounds of an hour, so neither
+   `--users` users; N workers loop `claim` (which also ends the previous job's lease, as the real
+   worker's does) -> job, idling in `wait_for_work`. The policy has caps of 1000 and aging bounds of an hour, so neither
    throttles; every job uses the one model the workers have warm.
 2. celery: the same jobs as `apply_async(priority=...)` (tier -> priority 0/2/4/6/8) on the Redis
    broker with ten priority steps, `task_acks_late` (a job is only gone once it ran, like a lease)
@@ -30,7 +30,7 @@ so that each system gets the same number of processes (and so the same share of 
 
 Each run first dispatches `--warmup` jobs untimed (connections, scripts, worker start-up); then the
 clock runs from the first enqueue of the timed jobs to the completion of the last one (its
-`release_lease` for Pingvas). Over that window the script reports, per job, the CPU time of Redis,
+the last job's completion for Pingvas). Over that window the script reports, per job, the CPU time of Redis,
 of the consumers and of the producers, and the commands Redis executed (those run inside Lua
 scripts included), plus the latency of Pingvas's successful claims as its workers saw them. A last
 section times Pingvas's three scripts one call at a time (client round trip and the Lua time Redis
@@ -236,10 +236,13 @@ async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any
         nonlocal finish
         client = AsyncRedis.from_url(url)
         queue, worker_id = TierQueue(client), f"bench-{os.getpid()}-{index}"
+        finished = None
         try:
             while True:
                 started = time.monotonic()
-                claim = await queue.claim(worker_id, LEASE_SECONDS, policy, warm)
+                # As the real worker does: the finished job's lease ends with the next claim.
+                claim = await queue.claim(worker_id, LEASE_SECONDS, policy, warm, release=finished)
+                finished = None
                 if claim is None:
                     empties.append(started)
                     if int(await client.get(DONE_KEY) or 0) >= expect:
@@ -248,7 +251,7 @@ async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any
                     continue
                 latencies.append((started, time.monotonic() - started))
                 await client.incr(DONE_KEY)  # the no-op job
-                await queue.release_lease(claim.generation_id, worker_id)
+                finished = claim.generation_id
                 finish = time.monotonic()
         finally:
             await client.aclose()

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 
 from gpu_inference.inference import StepUpdate, TextToImageRequest, run_text_to_image
 from gpu_inference.registry import ModelRegistry, UnknownModelError
@@ -135,12 +136,19 @@ class Worker:
         """Pull jobs until `stop` is set (SIGTERM): then no new job is claimed, and the job in
         hand is finished if it fits the grace budget, or handed back."""
         log.info("worker %s pulling jobs", self.worker_id)
+        # A finished job's lease ends in the same round trip as the next claim.
+        finished: uuid.UUID | None = None
         while not stop.is_set():
             try:
                 await self.advertise()
                 claim = await self.queue.claim(
-                    self.worker_id, self.lease_seconds, self.policy, warm_models=self.registry.loaded()
+                    self.worker_id,
+                    self.lease_seconds,
+                    self.policy,
+                    warm_models=self.registry.loaded(),
+                    release=finished,
                 )
+                finished = None
                 if claim is None:
                     await self.queue.wait_for_work(self.idle_wait_seconds)
                     continue
@@ -155,6 +163,10 @@ class Worker:
             except Exception:
                 # PostgreSQL or Redis trouble mid-job: the lease lapses and the job is redelivered.
                 log.exception("job %s abandoned", claim.generation_id)
+            finally:
+                finished = claim.generation_id
+        if finished is not None:
+            await self.queue.release_lease(finished, self.worker_id)
         log.info("worker %s stopped pulling jobs", self.worker_id)
 
     async def advertise(self) -> None:
@@ -181,16 +193,14 @@ class Worker:
             ttl_seconds=max(10.0, self.idle_wait_seconds * 5),
         )
 
-    async def run_claim(self, claim: Claim, stop: asyncio.Event | None = None) -> None:
-        try:
-            record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
-            if record is None:
-                log.info("job %s is no longer queued; skipped", claim.generation_id)
-                return
-            log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
-            await self._execute(record, claim, stop or asyncio.Event())
-        finally:
-            await self.queue.release_lease(claim.generation_id, self.worker_id)
+    async def run_claim(self, claim: Claim, stop: asyncio.Event) -> None:
+        """Run one claimed job; the caller ends its lease."""
+        record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
+        if record is None:
+            log.info("job %s is no longer queued; skipped", claim.generation_id)
+            return
+        log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
+        await self._execute(record, claim, stop)
 
     async def _renew_lease(self, claim: Claim, relay: ProgressRelay) -> None:
         while True:

@@ -49,11 +49,13 @@ redis.call('LTRIM', 'queue:signal', 0, 63)
 return 1
 """
 
-_CLAIM = """
+_CLAIM_BODY = """
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] JSON: {"tiers": [...], "aging_ms": {...},
--- "caps": {...}, "warm": [...], "lookahead": n, "max_skips": n}
+-- "caps": {...}, "warm": [...], "lookahead": n, "max_skips": n}, ARGV[4] the worker's previous
+-- job, released first ('' for none).
 local worker, lease_ms = ARGV[1], tonumber(ARGV[2])
 local cfg = cjson.decode(ARGV[3])
+release(ARGV[4] or '', worker)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local warm = {}
@@ -176,14 +178,21 @@ redis.call('ZADD', 'leases', now_ms + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
-_RELEASE = """
-if redis.call('HGET', 'lease:' .. ARGV[1], 'worker') ~= ARGV[2] then return 0 end
-local user = redis.call('HGET', 'lease:' .. ARGV[1], 'user')
-if user and tonumber(redis.call('GET', 'running:' .. user) or 0) > 0 then redis.call('DECR', 'running:' .. user) end
-redis.call('DEL', 'lease:' .. ARGV[1], 'job:' .. ARGV[1])
-redis.call('ZREM', 'leases', ARGV[1])
-return 1
+# One definition of "end a lease", shared by the release script and the claim script (which
+# releases a worker's previous job in the same round trip as its next claim).
+_RELEASE_FUNCTION = """
+local function release(job, worker)
+  if job == '' or redis.call('HGET', 'lease:' .. job, 'worker') ~= worker then return 0 end
+  local user = redis.call('HGET', 'lease:' .. job, 'user')
+  if user and tonumber(redis.call('GET', 'running:' .. user) or 0) > 0 then redis.call('DECR', 'running:' .. user) end
+  redis.call('DEL', 'lease:' .. job, 'job:' .. job)
+  redis.call('ZREM', 'leases', job)
+  return 1
+end
 """
+
+_RELEASE = _RELEASE_FUNCTION + "return release(ARGV[1], ARGV[2])\n"
+_CLAIM = _RELEASE_FUNCTION + _CLAIM_BODY
 
 # A lease that lapsed (its worker died or stalled): forget it so the job can be delivered again.
 # ARGV: job. Returns 1 if an expired lease was dropped.
@@ -259,12 +268,24 @@ class TierQueue:
         await self._enqueue(args=[tier, str(user_id), str(generation_id), model])
 
     async def claim(
-        self, worker_id: str, lease_seconds: float, policy: SchedulingPolicy, warm_models: Sequence[str] = ()
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        policy: SchedulingPolicy,
+        warm_models: Sequence[str] = (),
+        *,
+        release: uuid.UUID | None = None,
     ) -> Claim | None:
         """Atomically choose the next job under `policy` and lease it to `worker_id`. One script,
-        so no job is ever handed to two workers."""
+        so no job is ever handed to two workers. `release` ends the worker's previous lease in
+        the same round trip."""
         claimed = await self._claim(
-            args=[worker_id, int(lease_seconds * 1000), policy.script_config(warm_models)]
+            args=[
+                worker_id,
+                int(lease_seconds * 1000),
+                policy.script_config(warm_models),
+                str(release) if release else "",
+            ]
         )
         if not claimed:
             return None

@@ -148,3 +148,20 @@ async def test_depth_counts_waiting_jobs(queue: TierQueue) -> None:
     claim = await queue.claim("w", 30, POLICY)
     assert claim is not None
     assert await queue.depth("free") == 2
+
+
+async def test_a_claim_can_end_the_previous_lease_in_the_same_round_trip(queue: TierQueue) -> None:
+    user = uuid.uuid4()
+    first_job, second_job = ids(2)
+    for job in (first_job, second_job):
+        await queue.enqueue("free", user, job, "m")
+    first = await queue.claim("w", 30, POLICY)
+    assert first is not None and first.generation_id == first_job
+    assert await queue.claim("w", 30, POLICY) is None  # the free user is at their cap of 1
+    second = await queue.claim("w", 30, POLICY, release=first_job)
+    assert second is not None and second.generation_id == second_job
+    assert not await queue.is_leased(first_job)
+    assert await queue.is_leased(second_job)
+    # Only the lease's owner can end it through a claim.
+    await queue.claim("intruder", 30, POLICY, release=second_job)
+    assert await queue.is_leased(second_job)
