@@ -320,15 +320,13 @@ class SubscriptionBilling:
             granted = offer.monthly_credits > 0 and await self.ledger.grant(
                 conn, user_id, offer.monthly_credits, f"subscription:{subscription_id}:created"
             )
-            subject, body = email.subscription_started(plan, offer.monthly_credits)
-            await self.outbox.enqueue(
+            await self._email(
                 conn,
-                user_id=user_id,
-                dedupe_key=f"started:{subscription_id}",
-                kind="subscription_started",
-                to_address=address,
-                subject=subject,
-                body=body,
+                user_id,
+                address,
+                "subscription_started",
+                f"started:{subscription_id}",
+                email.subscription_started(plan, offer.monthly_credits),
             )
             log.info(
                 "subscription %s started for %s on %s (granted: %s)", subscription_id, user_id, plan, granted
@@ -383,15 +381,13 @@ class SubscriptionBilling:
                 .where(subscriptions.c.user_id == user_id)
                 .values(status="payment_failed", grace_period_end=grace_end, updated_at=sa.func.now())
             )
-            subject, body = email.payment_failed(current.plan, grace_end)
-            await self.outbox.enqueue(
+            await self._email(
                 conn,
-                user_id=user_id,
-                dedupe_key=f"payment_failed:{event.resource_id}",
-                kind="payment_failed",
-                to_address=address,
-                subject=subject,
-                body=body,
+                user_id,
+                address,
+                "payment_failed",
+                f"payment_failed:{event.resource_id}",
+                email.payment_failed(current.plan, grace_end),
             )
             return "processed"
         # subscription_payment_recovered
@@ -433,15 +429,13 @@ class SubscriptionBilling:
             )
         )
         await conn.execute(sa.update(users).where(users.c.id == current.user_id).values(plan=plan))
-        subject, body = email.subscription_renewed(plan, offer.monthly_credits, renews_at)
-        await self.outbox.enqueue(
+        await self._email(
             conn,
-            user_id=current.user_id,
-            dedupe_key=f"renewed:{invoice_id}",
-            kind="subscription_renewed",
-            to_address=address,
-            subject=subject,
-            body=body,
+            current.user_id,
+            address,
+            "subscription_renewed",
+            f"renewed:{invoice_id}",
+            email.subscription_renewed(plan, offer.monthly_credits, renews_at),
         )
         return True
 
@@ -466,13 +460,27 @@ class SubscriptionBilling:
     ) -> None:
         await conn.execute(sa.update(users).where(users.c.id == user_id).values(plan="free"))
         await self.ledger.revoke(conn, user_id, reference)
-        subject, body = email.subscription_expired()
+        await self._email(
+            conn, user_id, address, "subscription_expired", reference, email.subscription_expired()
+        )
+
+    async def _email(
+        self,
+        conn: AsyncConnection,
+        user_id: uuid.UUID,
+        to_address: str,
+        kind: str,
+        dedupe_key: str,
+        message: tuple[str, str],
+    ) -> None:
+        """Queue an email in this transaction; the outbox sends it later, once per dedupe key."""
+        subject, body = message
         await self.outbox.enqueue(
             conn,
             user_id=user_id,
-            dedupe_key=reference,
-            kind="subscription_expired",
-            to_address=address,
+            dedupe_key=dedupe_key,
+            kind=kind,
+            to_address=to_address,
             subject=subject,
             body=body,
         )
@@ -564,15 +572,13 @@ class SubscriptionBilling:
                     offer.monthly_credits,
                     f"subscription:{current.provider_subscription_id}:upgrade:{version.isoformat()}",
                 )
-                subject, body = email.subscription_upgraded(plan, offer.monthly_credits)
-                await self.outbox.enqueue(
+                await self._email(
                     conn,
-                    user_id=user_id,
-                    dedupe_key=f"upgraded:{current.provider_subscription_id}:{version.isoformat()}",
-                    kind="subscription_upgraded",
-                    to_address=await self._user_email(conn, user_id),
-                    subject=subject,
-                    body=body,
+                    user_id,
+                    await self._user_email(conn, user_id),
+                    "subscription_upgraded",
+                    f"upgraded:{current.provider_subscription_id}:{version.isoformat()}",
+                    email.subscription_upgraded(plan, offer.monthly_credits),
                 )
             updated = await self._subscription(conn, user_id)
         return PlanChange(days_left, offer.monthly_credits, upgrade, updated)
