@@ -43,7 +43,14 @@ async def main() -> None:
         pinned=settings.preload_models,
     )
     threads = configure_cpu_threads(registry.device, settings.torch_threads)
-    log.info("worker %s on %s with %d CPU threads", worker_id, registry.device, threads)
+    max_batch = settings.resolved_max_batch(registry.device.type)
+    log.info(
+        "worker %s on %s with %d CPU threads, batches of up to %d",
+        worker_id,
+        registry.device,
+        threads,
+        max_batch,
+    )
     queue = TierQueue(redis)
     jobs = GenerationJobs(
         database=database,
@@ -71,6 +78,7 @@ async def main() -> None:
         ),
         lease_seconds=scheduler.lease_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        max_batch=max_batch,
     )
     server = GrpcServer(host=settings.health_host, port=settings.health_port)
 

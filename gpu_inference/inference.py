@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +49,26 @@ class StepUpdate:
 
 
 @dataclass(frozen=True)
+class BatchStep:
+    """One denoising step of a batch. Previews are made on request, per member, so a member
+    nobody watches any more (cancelled mid-batch) costs no JPEG."""
+
+    step: int  # 1-based.
+    total_steps: int
+    latents: torch.Tensor  # The whole batch's latents after this step.
+    family: str
+
+    def update_for(self, index: int) -> StepUpdate:
+        preview_jpeg, _, _ = latents_to_preview_jpeg(self.latents[index : index + 1], self.family)
+        return StepUpdate(step=self.step, total_steps=self.total_steps, preview_jpeg=preview_jpeg)
+
+
+@dataclass(frozen=True)
 class TextToImageResult:
     png: bytes
     seed: int
-    gpu_seconds: float  # Wall time of the pipeline call, what the user is billed for.
+    # Wall time of the pipeline call divided among the batch's members: what the user is billed for.
+    gpu_seconds: float
 
 
 def run_text_to_image(
@@ -64,35 +80,60 @@ def run_text_to_image(
     run at that step and propagates out of this function: that is how a job is cancelled or
     abandoned when its lease is lost.
     """
+    (result,) = run_text_to_image_batch(
+        model, [request], lambda batch_step: on_step(batch_step.update_for(0))
+    )
+    return result
+
+
+def run_text_to_image_batch(
+    model: LoadedModel, requests: Sequence[TextToImageRequest], on_step: Callable[[BatchStep], None]
+) -> list[TextToImageResult]:
+    """Run `requests` as one pipeline call, one image each, in order.
+
+    They must share size, steps and guidance (one scheduler and one guidance scale drive the
+    call); prompts, negative prompts and seeds are each member's own. Every member gets its own
+    generator, so its starting noise, and so its image, is the one its seed gives alone (up to
+    floating-point differences between batch sizes). `on_step` is called once per step for the
+    whole batch; whatever it raises stops the run, as in `run_text_to_image`.
+    """
+    if not requests:
+        raise ValueError("a batch needs at least one request")
+    shared = {(r.width, r.height, r.steps, r.guidance) for r in requests}
+    if len(shared) != 1:
+        raise ValueError(f"a batch's requests must share size, steps and guidance; got {sorted(shared)}")
+    first = requests[0]
     pipeline = model.pipeline
     family = model.info.family
 
     def on_step_end(pipe: Any, step_index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        preview_jpeg, _, _ = latents_to_preview_jpeg(tensors["latents"], family)
-        on_step(StepUpdate(step=step_index + 1, total_steps=pipe.num_timesteps, preview_jpeg=preview_jpeg))
+        on_step(BatchStep(step_index + 1, pipe.num_timesteps, tensors["latents"], family))
         return tensors
 
     # One run per pipeline at a time: the scheduler holds the run's timesteps and step index.
     with model.run_lock, torch.inference_mode():
         # Seeded on the model's device so a seed reproduces the same image on the same hardware.
-        generator = torch.Generator(device=model.device).manual_seed(request.seed)
+        generators = [torch.Generator(device=model.device).manual_seed(r.seed) for r in requests]
         started = time.perf_counter()
         output = pipeline(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.width,
-            height=request.height,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
-            generator=generator,
+            prompt=[r.prompt for r in requests],
+            negative_prompt=[r.negative_prompt for r in requests],
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=generators,
             output_type="pil",
             callback_on_step_end=on_step_end,
             callback_on_step_end_tensor_inputs=["latents"],
         )
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
-        gpu_seconds = time.perf_counter() - started
+        gpu_seconds = (time.perf_counter() - started) / len(requests)
 
-    buffer = io.BytesIO()
-    output.images[0].save(buffer, format="PNG", optimize=False)
-    return TextToImageResult(png=buffer.getvalue(), seed=request.seed, gpu_seconds=gpu_seconds)
+    results = []
+    for request, image in zip(requests, output.images, strict=True):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=False)
+        results.append(TextToImageResult(png=buffer.getvalue(), seed=request.seed, gpu_seconds=gpu_seconds))
+    return results

@@ -1,13 +1,17 @@
-"""The GPU worker's job loop: claim a job, run it on a registry pipeline, record the outcome.
+"""The GPU worker's job loop: claim jobs, run them on a registry pipeline, record the outcomes.
 
 The loop never loads weights (the ModelRegistry does) and never imports a servicer: it drives
 the same generation domain the service uses, so state changes, fencing and ledger entries have
 one implementation.
 
-A run stops early, at a step boundary, for one of three reasons: the user cancelled it, the
-worker lost its lease (another worker now owns the job, so this one walks away without a
-word), or the worker is shutting down and the job would not finish within the grace budget
+A job leaves its run early, at a step boundary, for one of three reasons: the user cancelled
+it, the worker lost its lease (another worker now owns the job, so this one walks away without
+a word), or the worker is shutting down and the job would not finish within the grace budget
 (it is handed back to the queue at once).
+
+Jobs that share model, size, steps and guidance may be claimed together and run as one batch,
+one pipeline call (`max_batch`; off on CPU, where a batch is no faster than its members in
+turn). Each member keeps its own seed, progress stream, lease, cancellation and bill.
 """
 
 from __future__ import annotations
@@ -18,8 +22,18 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
 
-from gpu_inference.inference import StepUpdate, TextToImageRequest, run_text_to_image
+from gpu_inference.inference import (
+    BatchStep,
+    StepUpdate,
+    TextToImageRequest,
+    TextToImageResult,
+    run_text_to_image_batch,
+)
 from gpu_inference.registry import ModelRegistry, UnknownModelError
 from services.common.storage import ImageStore, image_key
 from services.generation.jobs import GenerationJobs, WorkResult
@@ -45,8 +59,12 @@ class HandedBack(RunInterrupted):
     """The worker is shutting down and gives the job back to the queue."""
 
 
+class EveryMemberLeft(RunInterrupted):
+    """Every member of a batch left it (cancelled, or its lease lost): nothing to compute for."""
+
+
 class ProgressRelay:
-    """Carries one run's step updates from the inference thread to Redis, without making the
+    """Carries one job's step updates from the inference thread to Redis, without making the
     denoising loop wait on the network.
 
     The step callback only hands the update over; a task on the event loop appends the progress
@@ -57,53 +75,115 @@ class ProgressRelay:
 
     _DONE = None
 
-    def __init__(
-        self,
-        jobs: GenerationJobs,
-        queue: TierQueue,
-        record: GenerationRecord,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def __init__(self, jobs: GenerationJobs, queue: TierQueue, record: GenerationRecord) -> None:
         self.jobs = jobs
         self.queue = queue
         self.record = record
-        self.loop = loop
         self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
         self._interruption: type[RunInterrupted] | None = None
         self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self._steps_done = 0
+        self._publisher = asyncio.create_task(self._publish())
+        self._closed = False
 
     def interrupt(self, reason: type[RunInterrupted]) -> None:
         with self._lock:
             self._interruption = self._interruption or reason
+
+    def raise_if_interrupted(self) -> None:
+        """Runs on the inference thread."""
+        with self._lock:
+            interruption = self._interruption
+        if interruption is not None:
+            raise interruption
+
+    def hand_over(self, update: StepUpdate, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs on the inference thread."""
+        loop.call_soon_threadsafe(self.updates.put_nowait, update)
+
+    async def _publish(self) -> None:
+        while (update := await self.updates.get()) is not self._DONE:
+            await self.jobs.report_progress(self.record, update.step, update.total_steps, update.preview_jpeg)
+            if await self.queue.cancel_requested(self.record.id):
+                self.interrupt(GenerationCancelled)
+
+    async def close(self) -> None:
+        """Wait until every progress event is stored: the terminal event must come after them."""
+        if not self._closed:
+            self._closed = True
+            self.updates.put_nowait(self._DONE)
+        await self._publisher
+
+
+class BatchRun:
+    """The members of one pipeline call, as the inference thread's step callback sees them.
+
+    A member interrupted on its own (cancelled, or its lease lost) leaves the batch at that
+    step: `on_leave` starts its terminal handling on the event loop at once, while its slot
+    keeps computing until the call ends (diffusers' schedulers keep per-batch state, so a
+    member cannot be taken out mid-loop). The call stops when every member has left, or on
+    hand-back, which sends the whole batch back to the queue.
+    """
+
+    def __init__(
+        self,
+        relays: Sequence[ProgressRelay],
+        total_steps: int,
+        loop: asyncio.AbstractEventLoop,
+        on_leave: Callable[[ProgressRelay, type[RunInterrupted]], Coroutine[Any, Any, None]],
+    ) -> None:
+        self.relays = relays
+        self.total_steps = total_steps
+        self.loop = loop
+        self.on_leave = on_leave
+        self.left: set[int] = set()
+        self._departures: list[Future[None]] = []
+        self._started = time.monotonic()
+        self._steps_done = 0
+
+    @property
+    def staying(self) -> list[ProgressRelay]:
+        return [relay for index, relay in enumerate(self.relays) if index not in self.left]
+
+    def interrupt_all(self, reason: type[RunInterrupted]) -> None:
+        for relay in self.relays:
+            relay.interrupt(reason)
 
     def expected_remaining_seconds(self) -> float:
         """From the pace so far; unknown (infinite) before the first step."""
         if self._steps_done == 0:
             return float("inf")
         elapsed = time.monotonic() - self._started
-        return elapsed / self._steps_done * max(0, self.record.steps - self._steps_done)
+        return elapsed / self._steps_done * max(0, self.total_steps - self._steps_done)
 
-    def on_step(self, update: StepUpdate) -> None:
+    def on_step(self, batch_step: BatchStep) -> None:
         """Runs on the inference thread."""
-        with self._lock:
-            interruption = self._interruption
-        if interruption is not None:
-            raise interruption
-        self._steps_done = update.step
-        self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
+        self._steps_done = batch_step.step
+        for index, relay in enumerate(self.relays):
+            if index in self.left:
+                continue
+            try:
+                relay.raise_if_interrupted()
+            except HandedBack:
+                raise
+            except RunInterrupted as interruption:
+                self.left.add(index)
+                departure = self.on_leave(relay, type(interruption))
+                self._departures.append(asyncio.run_coroutine_threadsafe(departure, self.loop))
+                continue
+            relay.hand_over(batch_step.update_for(index), self.loop)
+        if len(self.left) == len(self.relays):
+            raise EveryMemberLeft
 
-    async def run(self) -> None:
-        while (update := await self.updates.get()) is not self._DONE:
-            await self.jobs.report_progress(self.record, update.step, update.total_steps, update.preview_jpeg)
-            if await self.queue.cancel_requested(self.record.id):
-                self.interrupt(GenerationCancelled)
+    async def settle(self) -> None:
+        """Wait for the departed members' terminal handling."""
+        for departure in self._departures:
+            await asyncio.wrap_future(departure)
 
-    async def drain(self, relay: asyncio.Task[None]) -> None:
-        """Wait until every progress event is stored: the terminal event must come after them."""
-        self.updates.put_nowait(self._DONE)
-        await relay
+
+@dataclass(frozen=True)
+class Member:
+    record: GenerationRecord
+    claim: Claim
 
 
 class Worker:
@@ -118,6 +198,7 @@ class Worker:
         policy: SchedulingPolicy,
         lease_seconds: float,
         shutdown_grace_seconds: float,
+        max_batch: int = 1,
         idle_wait_seconds: float = 1.0,
     ) -> None:
         self.worker_id = worker_id
@@ -128,28 +209,30 @@ class Worker:
         self.policy = policy
         self.lease_seconds = lease_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.max_batch = max_batch
         self.idle_wait_seconds = idle_wait_seconds
         self._advertised_state: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._advertised_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Pull jobs until `stop` is set (SIGTERM): then no new job is claimed, and the job in
-        hand is finished if it fits the grace budget, or handed back."""
+        """Pull jobs until `stop` is set (SIGTERM): then nothing new is claimed, and the jobs in
+        hand are finished if they fit the grace budget, or handed back."""
         log.info("worker %s pulling jobs", self.worker_id)
-        # A finished job's lease ends in the same round trip as the next claim.
-        finished: uuid.UUID | None = None
+        # Finished jobs' leases end in the same round trip as the next claim.
+        finished: list[uuid.UUID] = []
         while not stop.is_set():
             try:
                 await self.advertise()
-                claim = await self.queue.claim(
+                claims = await self.queue.claim_batch(
                     self.worker_id,
                     self.lease_seconds,
                     self.policy,
                     warm_models=self.registry.loaded(),
+                    max_batch=self.max_batch,
                     release=finished,
                 )
-                finished = None
-                if claim is None:
+                finished = []
+                if not claims:
                     await self.queue.wait_for_work(self.idle_wait_seconds)
                     continue
             except Exception:
@@ -159,14 +242,14 @@ class Worker:
                 await asyncio.sleep(self.idle_wait_seconds)
                 continue
             try:
-                await self.run_claim(claim, stop)
+                await self.run_claims(claims, stop)
             except Exception:
-                # PostgreSQL or Redis trouble mid-job: the lease lapses and the job is redelivered.
-                log.exception("job %s abandoned", claim.generation_id)
+                # PostgreSQL or Redis trouble mid-job: the leases lapse and the jobs are redelivered.
+                log.exception("jobs %s abandoned", ", ".join(str(claim.generation_id) for claim in claims))
             finally:
-                finished = claim.generation_id
-        if finished is not None:
-            await self.queue.release_lease(finished, self.worker_id)
+                finished = [claim.generation_id for claim in claims]
+        for generation_id in finished:
+            await self.queue.release_lease(generation_id, self.worker_id)
         log.info("worker %s stopped pulling jobs", self.worker_id)
 
     async def advertise(self) -> None:
@@ -193,95 +276,125 @@ class Worker:
             ttl_seconds=max(10.0, self.idle_wait_seconds * 5),
         )
 
-    async def run_claim(self, claim: Claim, stop: asyncio.Event) -> None:
-        """Run one claimed job; the caller ends its lease."""
-        record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
-        if record is None:
-            log.info("job %s is no longer queued; skipped", claim.generation_id)
-            return
-        log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
-        await self._execute(record, claim, stop)
+    async def run_claims(self, claims: Sequence[Claim], stop: asyncio.Event) -> None:
+        """Run claimed jobs as one batch; the caller ends their leases."""
+        members = []
+        for claim in claims:
+            record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
+            if record is None:
+                log.info("job %s is no longer queued; skipped", claim.generation_id)
+                continue
+            log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
+            members.append(Member(record, claim))
+        if members:
+            await self._execute(members, stop)
 
     async def _renew_lease(self, claim: Claim, relay: ProgressRelay) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             if not await self.queue.renew_lease(claim.generation_id, self.worker_id, self.lease_seconds):
-                log.warning("lost the lease on %s; stopping the run", claim.generation_id)
+                log.warning("lost the lease on %s; stopping its run", claim.generation_id)
                 relay.interrupt(LeaseLost)
                 return
 
-    async def _hand_back_on_shutdown(self, stop: asyncio.Event, relay: ProgressRelay) -> None:
+    async def _hand_back_on_shutdown(self, stop: asyncio.Event, batch: BatchRun) -> None:
         await stop.wait()
-        remaining = relay.expected_remaining_seconds()
+        remaining = batch.expected_remaining_seconds()
+        jobs = ", ".join(str(relay.record.id) for relay in batch.staying)
         if remaining > self.shutdown_grace_seconds:
-            log.info("shutting down: %s needs ~%.0fs more; handing it back", relay.record.id, remaining)
-            relay.interrupt(HandedBack)
+            log.info("shutting down: %s needs ~%.0fs more; handing it back", jobs, remaining)
+            batch.interrupt_all(HandedBack)
         else:
-            log.info("shutting down: finishing %s (~%.1fs left)", relay.record.id, remaining)
+            log.info("shutting down: finishing %s (~%.1fs left)", jobs, remaining)
 
-    async def _execute(self, record: GenerationRecord, claim: Claim, stop: asyncio.Event) -> None:
+    async def _leave(self, relay: ProgressRelay, reason: type[RunInterrupted]) -> None:
+        """A member's own end while its batch runs on."""
+        await relay.close()
+        record = relay.record
+        if reason is GenerationCancelled:
+            await self.jobs.finish_cancelled(record)
+            log.info("cancelled %s", record.id)
+        else:
+            log.warning(
+                "abandoned %s attempt %d: its lease went to another worker", record.id, record.attempt
+            )
+
+    async def _execute(self, members: Sequence[Member], stop: asyncio.Event) -> None:
+        first = members[0].record
         log.info(
-            "running %s attempt %d: model %s %dx%d %d steps",
-            record.id,
-            record.attempt,
-            record.model,
-            record.width,
-            record.height,
-            record.steps,
+            "running %s: model %s %dx%d %d steps",
+            ", ".join(f"{member.record.id} attempt {member.record.attempt}" for member in members),
+            first.model,
+            first.width,
+            first.height,
+            first.steps,
         )
         try:
-            model = await self.registry.acquire(record.model)
+            model = await self.registry.acquire(first.model)
         except UnknownModelError:
-            await self.jobs.finish_failed(
-                record, f"model {record.model!r} is not installed on the GPU workers"
-            )
+            for member in members:
+                await self.jobs.finish_failed(
+                    member.record, f"model {first.model!r} is not installed on the GPU workers"
+                )
             return
         except Exception as error:
-            log.exception("loading model %s failed", record.model)
-            await self.jobs.requeue(
-                record, f"model {record.model!r} could not be loaded: {error}", failed=True
-            )
+            log.exception("loading model %s failed", first.model)
+            for member in members:
+                await self.jobs.requeue(
+                    member.record, f"model {first.model!r} could not be loaded: {error}", failed=True
+                )
             return
-        relay = ProgressRelay(self.jobs, self.queue, record, asyncio.get_running_loop())
-        request = TextToImageRequest(
-            prompt=record.prompt,
-            negative_prompt=record.negative_prompt,
-            width=record.width,
-            height=record.height,
-            steps=record.steps,
-            seed=record.seed,
-            guidance=record.guidance,
-        )
-        publisher = asyncio.create_task(relay.run())
+        relays = [ProgressRelay(self.jobs, self.queue, member.record) for member in members]
+        batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
+        requests = [
+            TextToImageRequest(
+                prompt=member.record.prompt,
+                negative_prompt=member.record.negative_prompt,
+                width=member.record.width,
+                height=member.record.height,
+                steps=member.record.steps,
+                seed=member.record.seed,
+                guidance=member.record.guidance,
+            )
+            for member in members
+        ]
         watchers = [
-            asyncio.create_task(self._renew_lease(claim, relay)),
-            asyncio.create_task(self._hand_back_on_shutdown(stop, relay)),
+            *(
+                asyncio.create_task(self._renew_lease(member.claim, relay))
+                for member, relay in zip(members, relays, strict=True)
+            ),
+            asyncio.create_task(self._hand_back_on_shutdown(stop, batch)),
         ]
         try:
             try:
-                result = await asyncio.to_thread(run_text_to_image, model, request, relay.on_step)
+                results = await asyncio.to_thread(run_text_to_image_batch, model, requests, batch.on_step)
             finally:
                 for watcher in watchers:
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await watcher
-                await relay.drain(publisher)
-        except GenerationCancelled:
-            await self.jobs.finish_cancelled(record)
-            log.info("cancelled %s", record.id)
-            return
-        except LeaseLost:
-            log.warning(
-                "abandoned %s attempt %d: its lease went to another worker", record.id, record.attempt
-            )
+                for relay in relays:
+                    await relay.close()
+                await batch.settle()
+        except EveryMemberLeft:
             return
         except HandedBack:
-            await self.jobs.requeue(record, "its worker shut down", failed=False)
+            for relay in batch.staying:
+                await self.jobs.requeue(relay.record, "its worker shut down", failed=False)
             return
         except Exception as error:
-            log.exception("inference of %s failed", record.id)
-            await self.jobs.requeue(record, f"inference failed: {type(error).__name__}: {error}", failed=True)
+            log.exception(
+                "inference of %s failed", ", ".join(str(relay.record.id) for relay in batch.staying)
+            )
+            for relay in batch.staying:
+                reason = f"inference failed: {type(error).__name__}: {error}"
+                await self.jobs.requeue(relay.record, reason, failed=True)
             return
+        for index, relay in enumerate(relays):
+            if index not in batch.left:
+                await self._store_result(relay.record, results[index])
+
+    async def _store_result(self, record: GenerationRecord, result: TextToImageResult) -> None:
         key = image_key(record.user_id, record.id, record.created_at)
         await self.store.put(key, result.png)
         if await self.jobs.finish_succeeded(

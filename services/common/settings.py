@@ -188,6 +188,15 @@ class WorkerSettings(CommonSettings):
         description="On SIGTERM (a spot interruption), the current job is finished if its expected "
         "remaining time fits this budget, and handed back at once otherwise.",
     )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Most jobs sharing model, size, steps and guidance run as one pipeline call; "
+        "when unset 4 on CUDA and 1 (no batching) on CPU, where a batch is no faster than its members.",
+    )
+
+    def resolved_max_batch(self, device_type: str) -> int:
+        return self.max_batch or (4 if device_type == "cuda" else 1)
 
     @property
     def resolved_models_dir(self) -> Path:

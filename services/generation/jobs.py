@@ -273,7 +273,7 @@ class GenerationJobs:
 
     async def _enqueue(self, record: GenerationRecord) -> None:
         try:
-            await self.queue.enqueue(record.tier, record.user_id, record.id, record.model)
+            await self.queue.enqueue(record.tier, record.user_id, record.id, record.model, record.batch_key)
             position = await self.queue.position(record.tier, record.user_id, record.id)
             await self.events.append(
                 record.id, new_event(record.id, queued=resources.GenerationQueued(position=position or 1))

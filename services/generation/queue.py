@@ -7,7 +7,7 @@ Cluster would need hash tags):
     queue:{tier}:ring           ZSET of users with queued jobs, scored by when they were last
                                 served, so the least recently served user goes next
     queue:{tier}:waiting        ZSET of waiting jobs by enqueue time (aging, depth)
-    job:{generation_id}         HASH user, tier, model, skips of a waiting or leased job
+    job:{generation_id}         HASH user, tier, model, batch key, skips of a waiting or leased job
     running:{user_id}           how many of the user's jobs are leased (concurrency caps)
     queue:{tier}:last_served    HASH user -> serve clock
     queue:clock                 the serve clock (INCR)
@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from services.billing.plans import PLANS_BY_PRIORITY
 
-# ARGV: tier, user, job, model.
+# ARGV: tier, user, job, model, batch key ('' when the job never shares a batch).
 _ENQUEUE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
 local ring = 'queue:' .. ARGV[1] .. ':ring'
@@ -39,7 +39,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('RPUSH', list, ARGV[3])
 redis.call('ZADD', 'queue:' .. ARGV[1] .. ':waiting', 'NX', now, ARGV[3])
-redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'skips', 0)
+redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'batch', ARGV[5], 'skips', 0)
 if not redis.call('ZSCORE', ring, ARGV[2]) then
   local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
   redis.call('ZADD', ring, served, ARGV[2])
@@ -52,10 +52,11 @@ return 1
 _CLAIM_BODY = """
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] JSON: {"tiers": [...], "aging_ms": {...},
 -- "caps": {...}, "warm": [...], "lookahead": n, "max_skips": n}, ARGV[4] the worker's previous
--- job, released first ('' for none).
-local worker, lease_ms = ARGV[1], tonumber(ARGV[2])
+-- jobs, space-separated, released first ('' for none), ARGV[5] the most jobs to claim as one
+-- batch. Returns job, user, tier, reason for each claimed job, the first chosen by the policy.
+local worker, lease_ms, max_batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local cfg = cjson.decode(ARGV[3])
-release(ARGV[4] or '', worker)
+for job in string.gmatch(ARGV[4], '%S+') do release(job, worker) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local warm = {}
@@ -80,56 +81,92 @@ local function take(tier, user, job, reason)
   return {job, user, tier, reason}
 end
 
--- 1. Aging: the most overdue job of any band, if one has waited past its band's bound.
-local best, best_overdue = nil, -1
-for _, tier in ipairs(cfg.tiers) do
-  local bound = tonumber(cfg.aging_ms[tier] or -1)
-  if bound >= 0 then
-    local waiting = 'queue:' .. tier .. ':waiting'
-    -- Usually the head is not overdue: look at it alone, and deeper only when it is.
-    local oldest = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
-    if #oldest > 0 and now - tonumber(oldest[2]) - bound >= 0 then
-      oldest = redis.call('ZRANGE', waiting, 0, 15, 'WITHSCORES')
-    end
-    for i = 1, #oldest, 2 do
-      local job, since = oldest[i], tonumber(oldest[i + 1])
-      local overdue = now - since - bound
-      if overdue < 0 then break end
-      local user = redis.call('HGET', 'job:' .. job, 'user')
-      if user and eligible(tier, user) then
-        if overdue > best_overdue then best, best_overdue = {tier, user, job}, overdue end
-        break
+-- The next job under the policy: tier, user, job, reason; nil when none is eligible.
+local function choose()
+  -- 1. Aging: the most overdue job of any band, if one has waited past its band's bound.
+  local best, best_overdue = nil, -1
+  for _, tier in ipairs(cfg.tiers) do
+    local bound = tonumber(cfg.aging_ms[tier] or -1)
+    if bound >= 0 then
+      local waiting = 'queue:' .. tier .. ':waiting'
+      -- Usually the head is not overdue: look at it alone, and deeper only when it is.
+      local oldest = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+      if #oldest > 0 and now - tonumber(oldest[2]) - bound >= 0 then
+        oldest = redis.call('ZRANGE', waiting, 0, 15, 'WITHSCORES')
+      end
+      for i = 1, #oldest, 2 do
+        local job, since = oldest[i], tonumber(oldest[i + 1])
+        local overdue = now - since - bound
+        if overdue < 0 then break end
+        local user = redis.call('HGET', 'job:' .. job, 'user')
+        if user and eligible(tier, user) then
+          if overdue > best_overdue then best, best_overdue = {tier, user, job}, overdue end
+          break
+        end
       end
     end
   end
-end
-if best then return take(best[1], best[2], best[3], 'aged') end
+  if best then return best[1], best[2], best[3], 'aged' end
 
--- 2. Strict bands; round robin over users; a warm model preferred within a bounded lookahead.
-for _, tier in ipairs(cfg.tiers) do
-  local ring = 'queue:' .. tier .. ':ring'
-  local users = redis.call('ZRANGE', ring, 0, tonumber(cfg.lookahead) - 1)
-  local first, passed = nil, {}
-  for _, user in ipairs(users) do
-    local head = redis.call('LINDEX', 'queue:' .. tier .. ':' .. user, 0)
-    if not head then
-      redis.call('ZREM', ring, user)
-    elseif eligible(tier, user) then
-      local skips = tonumber(redis.call('HGET', 'job:' .. head, 'skips') or 0)
-      if not first then first = {user, head} end
-      -- A job passed over often enough is taken now: a cold model waits a bounded number of swaps.
-      if skips >= tonumber(cfg.max_skips) then return take(tier, user, head, 'starved') end
-      local model = redis.call('HGET', 'job:' .. head, 'model')
-      if next(cfg.warm) == nil or (model and warm[model]) then
-        for _, job in ipairs(passed) do redis.call('HINCRBY', 'job:' .. job, 'skips', 1) end
-        return take(tier, user, head, (next(cfg.warm) == nil) and 'next' or 'warm')
+  -- 2. Strict bands; round robin over users; a warm model preferred within a bounded lookahead.
+  for _, tier in ipairs(cfg.tiers) do
+    local ring = 'queue:' .. tier .. ':ring'
+    local users = redis.call('ZRANGE', ring, 0, tonumber(cfg.lookahead) - 1)
+    local first, passed = nil, {}
+    for _, user in ipairs(users) do
+      local head = redis.call('LINDEX', 'queue:' .. tier .. ':' .. user, 0)
+      if not head then
+        redis.call('ZREM', ring, user)
+      elseif eligible(tier, user) then
+        local skips = tonumber(redis.call('HGET', 'job:' .. head, 'skips') or 0)
+        if not first then first = {user, head} end
+        -- A job passed over often enough is taken now: a cold model waits a bounded number of swaps.
+        if skips >= tonumber(cfg.max_skips) then return tier, user, head, 'starved' end
+        local model = redis.call('HGET', 'job:' .. head, 'model')
+        if next(cfg.warm) == nil or (model and warm[model]) then
+          for _, job in ipairs(passed) do redis.call('HINCRBY', 'job:' .. job, 'skips', 1) end
+          return tier, user, head, (next(cfg.warm) == nil) and 'next' or 'warm'
+        end
+        table.insert(passed, head)
       end
-      table.insert(passed, head)
+    end
+    if first then return tier, first[1], first[2], 'cold' end
+  end
+  return nil
+end
+
+-- 3. Batch companions: waiting jobs of the leader's band with its batch key (model, size, steps,
+-- guidance), in the band's round-robin order, one per user per round, within the users' caps.
+-- Lower bands never ride along: a bigger batch slows each member, and a cheaper plan's job must
+-- not slow a dearer one's. Each user's list is searched only BATCH_SCAN_DEPTH deep.
+local BATCH_SCAN_DEPTH = 8
+local function add_companions(tier, leader, claimed)
+  local key = redis.call('HGET', 'job:' .. leader, 'batch')
+  if not key or key == '' then return end
+  local users = redis.call('ZRANGE', 'queue:' .. tier .. ':ring', 0, tonumber(cfg.lookahead) - 1)
+  local size, grew = 1, true
+  while grew and size < max_batch do
+    grew = false
+    for _, user in ipairs(users) do
+      if size < max_batch and eligible(tier, user) then
+        local list = 'queue:' .. tier .. ':' .. user
+        for _, job in ipairs(redis.call('LRANGE', list, 0, BATCH_SCAN_DEPTH - 1)) do
+          if redis.call('HGET', 'job:' .. job, 'batch') == key then
+            for _, part in ipairs(take(tier, user, job, 'batched')) do table.insert(claimed, part) end
+            size, grew = size + 1, true
+            break
+          end
+        end
+      end
     end
   end
-  if first then return take(tier, first[1], first[2], 'cold') end
 end
-return false
+
+local tier, user, job, reason = choose()
+if not tier then return false end
+local claimed = take(tier, user, job, reason)
+if max_batch > 1 then add_companions(tier, job, claimed) end
+return claimed
 """
 
 # ARGV: tier, user, job, then the tiers in priority order. Returns the 1-based position, or -1.
@@ -216,7 +253,7 @@ class Claim:
     tier: str
     # Why this job: aged (waited past its band's bound), warm (its model is loaded here), cold
     # (no warm job within the lookahead), starved (passed over max_skips times), next (no
-    # preference given).
+    # preference given), batched (rides in the batch of the job claimed with it).
     reason: str = "next"
 
 
@@ -264,8 +301,12 @@ class TierQueue:
         self._release = redis.register_script(_RELEASE)
         self._drop_expired = redis.register_script(_DROP_EXPIRED)
 
-    async def enqueue(self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID, model: str) -> None:
-        await self._enqueue(args=[tier, str(user_id), str(generation_id), model])
+    async def enqueue(
+        self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID, model: str, batch_key: str = ""
+    ) -> None:
+        """`batch_key` names the run settings a batch shares; jobs with equal keys may be claimed
+        together ('' keeps the job out of batches)."""
+        await self._enqueue(args=[tier, str(user_id), str(generation_id), model, batch_key])
 
     async def claim(
         self,
@@ -279,18 +320,42 @@ class TierQueue:
         """Atomically choose the next job under `policy` and lease it to `worker_id`. One script,
         so no job is ever handed to two workers. `release` ends the worker's previous lease in
         the same round trip."""
+        claims = await self.claim_batch(
+            worker_id, lease_seconds, policy, warm_models, max_batch=1, release=(release,) if release else ()
+        )
+        return claims[0] if claims else None
+
+    async def claim_batch(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        policy: SchedulingPolicy,
+        warm_models: Sequence[str] = (),
+        *,
+        max_batch: int,
+        release: Sequence[uuid.UUID] = (),
+    ) -> list[Claim]:
+        """Like `claim`, then up to `max_batch - 1` companions in the same script: waiting jobs
+        of the first job's band with its batch key, each under its own lease. Empty when no job
+        is eligible. `release` ends the worker's previous leases first."""
         claimed = await self._claim(
             args=[
                 worker_id,
                 int(lease_seconds * 1000),
                 policy.script_config(warm_models),
-                str(release) if release else "",
+                " ".join(str(job) for job in release),
+                max_batch,
             ]
         )
         if not claimed:
-            return None
-        job, user, tier, reason = (part.decode() if isinstance(part, bytes) else part for part in claimed)
-        return Claim(uuid.UUID(job), uuid.UUID(user), tier, reason)
+            return []
+        parts = [part.decode() if isinstance(part, bytes) else part for part in claimed]
+        return [
+            Claim(uuid.UUID(job), uuid.UUID(user), tier, reason)
+            for job, user, tier, reason in zip(
+                parts[0::4], parts[1::4], parts[2::4], parts[3::4], strict=True
+            )
+        ]
 
     async def depth(self, tier: str) -> int:
         """Jobs waiting in a band (not yet claimed)."""

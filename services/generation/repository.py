@@ -48,6 +48,11 @@ class GenerationRecord:
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def batch_key(self) -> str:
+        """The run settings one pipeline call shares across a batch; prompts and seeds may differ."""
+        return f"{self.model}|{self.width}x{self.height}|{self.steps}|{self.guidance:g}"
+
     @classmethod
     def from_row(cls, row: Any) -> GenerationRecord:
         return cls(**{column: getattr(row, column) for column in cls.__dataclass_fields__})

@@ -5,7 +5,13 @@ import io
 import pytest
 from PIL import Image
 
-from gpu_inference.inference import StepUpdate, TextToImageRequest, run_text_to_image
+from gpu_inference.inference import (
+    BatchStep,
+    StepUpdate,
+    TextToImageRequest,
+    run_text_to_image,
+    run_text_to_image_batch,
+)
 from gpu_inference.registry import LoadedModel
 
 
@@ -76,3 +82,53 @@ def test_an_exception_from_on_step_stops_the_run_and_propagates(tiny_model: Load
     # The pipeline is left usable for the next job.
     assert not tiny_model.run_lock.locked()
     assert run_text_to_image(tiny_model, _request(steps=2), lambda _: None).png
+
+
+def _pixels(png: bytes) -> list[int]:
+    return list(Image.open(io.BytesIO(png)).convert("RGB").tobytes())
+
+
+def test_a_batch_gives_each_member_the_image_its_seed_gives_alone(tiny_model: LoadedModel) -> None:
+    requests = [
+        _request(seed=11),
+        TextToImageRequest(
+            prompt="a red fox", negative_prompt="", width=64, height=64, steps=4, seed=22, guidance=7.5
+        ),
+        _request(seed=33),
+    ]
+    steps: list[int] = []
+
+    batch = run_text_to_image_batch(tiny_model, requests, lambda batch_step: steps.append(batch_step.step))
+    alone = [run_text_to_image(tiny_model, request, lambda _: None) for request in requests]
+
+    assert steps == [1, 2, 3, 4]
+    assert [result.seed for result in batch] == [11, 22, 33]
+    for together, single in zip(batch, alone, strict=True):
+        # Matrix kernels may sum in another order at another batch size: allow one level of rounding.
+        differences = [abs(a - b) for a, b in zip(_pixels(together.png), _pixels(single.png), strict=True)]
+        assert max(differences) <= 1
+    # ...and the members really are different images.
+    assert _pixels(batch[0].png) != _pixels(batch[2].png)
+    # Each member is billed its share of the one call.
+    assert len({result.gpu_seconds for result in batch}) == 1
+
+
+def test_a_batch_makes_previews_per_member(tiny_model: LoadedModel) -> None:
+    previews: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def on_step(batch_step: BatchStep) -> None:
+        for index in previews:
+            previews[index].append(batch_step.update_for(index).preview_jpeg)
+
+    run_text_to_image_batch(tiny_model, [_request(seed=1), _request(seed=2)], on_step)
+
+    assert len(previews[0]) == len(previews[1]) == 4
+    assert previews[0][-1] != previews[1][-1]
+    assert Image.open(io.BytesIO(previews[1][-1])).size == (64, 64)
+
+
+def test_a_batch_refuses_members_that_cannot_share_a_call(tiny_model: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="share size, steps and guidance"):
+        run_text_to_image_batch(tiny_model, [_request(steps=4), _request(steps=5)], lambda _: None)
+    with pytest.raises(ValueError, match="at least one"):
+        run_text_to_image_batch(tiny_model, [], lambda _: None)

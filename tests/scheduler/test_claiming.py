@@ -165,3 +165,60 @@ async def test_a_claim_can_end_the_previous_lease_in_the_same_round_trip(queue: 
     # Only the lease's owner can end it through a claim.
     await queue.claim("intruder", 30, POLICY, release=second_job)
     assert await queue.is_leased(second_job)
+
+
+async def test_a_batch_takes_same_settings_jobs_of_the_leaders_band_in_turn(queue: TierQueue) -> None:
+    first_user, second_user, capped = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    leader, first_same, first_later = ids(3)
+    other_settings, second_same, capped_running, capped_same, cheaper_same = ids(5)
+    key = "tiny-sd|64x64|4|7.5"
+    # A user at their cap (studio: 4) has no job taken along.
+    for job in (capped_running, *ids(3)):
+        await queue.enqueue("studio", capped, job, "tiny-sd", key)
+        assert await queue.claim("other-worker", 30, POLICY) is not None
+    await queue.enqueue("studio", first_user, leader, "tiny-sd", key)
+    await queue.enqueue("studio", first_user, first_same, "tiny-sd", key)
+    await queue.enqueue("studio", first_user, first_later, "tiny-sd", key)
+    await queue.enqueue("studio", second_user, other_settings, "tiny-sd", "tiny-sd|64x64|8|7.5")
+    await queue.enqueue("studio", second_user, second_same, "tiny-sd", key)
+    await queue.enqueue("studio", capped, capped_same, "tiny-sd", key)
+    await queue.enqueue("pro", uuid.uuid4(), cheaper_same, "tiny-sd", key)
+
+    batch = await queue.claim_batch("w", 30, POLICY, max_batch=3)
+
+    # The leader as the policy chose it; then one job per user per round: the second user's
+    # same-settings job (skipping their other-settings head) before the first user's next one.
+    assert [claim.generation_id for claim in batch] == [leader, second_same, first_same]
+    assert [claim.reason for claim in batch] == ["next", "batched", "batched"]
+    assert {claim.tier for claim in batch} == {"studio"}
+    for claim in batch:
+        assert await queue.is_leased(claim.generation_id)
+    for job in (first_later, other_settings, capped_same, cheaper_same):
+        assert not await queue.is_leased(job)
+    assert await queue.depth("studio") == 3  # first_later, other_settings, capped_same
+
+
+async def test_a_batch_never_takes_jobs_without_a_batch_key_or_from_lower_bands(queue: TierQueue) -> None:
+    user = uuid.uuid4()
+    alone, keyless = ids(2)
+    await queue.enqueue("pro", user, alone, "m", "m|64x64|4|7.5")
+    await queue.enqueue("pro", user, keyless, "m")
+    await queue.enqueue("free", uuid.uuid4(), uuid.uuid4(), "m", "m|64x64|4|7.5")
+
+    batch = await queue.claim_batch("w", 30, POLICY, max_batch=4)
+
+    assert [claim.generation_id for claim in batch] == [alone]
+
+
+async def test_a_batch_claim_ends_every_previous_lease(queue: TierQueue) -> None:
+    user = uuid.uuid4()
+    jobs = ids(4)
+    for job in jobs:
+        await queue.enqueue("pro", user, job, "m", "m|64x64|4|7.5")
+    first = await queue.claim_batch("w", 30, POLICY, max_batch=4)
+    assert [claim.generation_id for claim in first] == jobs[:2]  # pro's cap is 2
+
+    second = await queue.claim_batch("w", 30, POLICY, max_batch=4, release=jobs[:2])
+
+    assert [claim.generation_id for claim in second] == jobs[2:]
+    assert not await queue.is_leased(jobs[0]) and not await queue.is_leased(jobs[1])

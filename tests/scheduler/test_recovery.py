@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.generations import images_of, progressed, resolutions, row, terminal_events, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -18,40 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_e
 @pytest.fixture
 def mesh(scheduler_mesh: Any) -> Any:
     return scheduler_mesh
-
-
-def wait_for(condition: Any, within: float = 60, message: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
-
-
-def row(mesh: Any, generation_id: str) -> dict[str, Any]:
-    return dict(mesh.sql("SELECT * FROM generations WHERE id = %s", generation_id)[0])
-
-
-def progressed(mesh: Any, generation_id: str, steps: int = 5) -> bool:
-    return mesh.redis().xlen(f"events:{generation_id}") >= 2 + steps
-
-
-def resolutions(mesh: Any, generation_id: str) -> list[str]:
-    rows = mesh.sql(
-        "SELECT kind FROM credit_entries WHERE reference = %s ORDER BY id", f"generation:{generation_id}"
-    )
-    return [r["kind"] for r in rows]
-
-
-def terminal_events(mesh: Any, generation_id: str) -> int:
-    entries = mesh.redis().xrange(f"events:{generation_id}")
-    from pingvas.generation.v1 import generation_service_pb2 as pb
-
-    kinds = [pb.WatchGenerationResponse.FromString(fields[b"e"]).WhichOneof("event") for _, fields in entries]
-    return sum(kind in ("succeeded", "failed", "cancelled") for kind in kinds)
-
-
-def images_of(mesh: Any, generation_id: str) -> list[Any]:
-    return list((mesh.home / "images").rglob(f"{generation_id}.png"))
 
 
 def test_kill_9_mid_denoise_completes_on_another_worker(

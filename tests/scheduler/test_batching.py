@@ -1,0 +1,82 @@
+"""Batching: queued jobs that share model, size, steps and guidance run as one pipeline call on a
+worker allowed to batch, and each member keeps its own progress stream, cancellation and bill."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from support.generations import event_kinds, images_of, progressed, resolutions, terminal_events, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
+
+
+def progress_events(mesh: Any, generation_id: str) -> int:
+    return sum(kind == "progress" for _, kind in event_kinds(mesh, generation_id))
+
+
+def test_jobs_sharing_settings_run_as_one_call(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    alice, bob, cheaper = customer("studio"), customer("studio"), customer("pro")
+    together = [submit(alice, steps=3)["id"], submit(bob, steps=3)["id"], submit(alice, steps=3)["id"]]
+    other_steps = submit(alice, steps=2)["id"]
+    lower_band = submit(cheaper, steps=3)["id"]
+
+    workers("w-batch", PINGVAS_MAX_BATCH="4")
+    rows = {str(r["id"]): r for r in wait_done([*together, other_steps, lower_band])}
+
+    assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+    # One call's wall time is split evenly among its members, to the last bit; separate runs
+    # never time the same.
+    assert len({rows[job]["gpu_seconds"] for job in together}) == 1
+    assert rows[other_steps]["gpu_seconds"] != rows[together[0]]["gpu_seconds"]
+    assert rows[lower_band]["gpu_seconds"] != rows[together[0]]["gpu_seconds"]
+    assert len({rows[job]["seed"] for job in together}) == 3
+    for job in together:
+        assert progress_events(scheduler_mesh, job) == 3
+        assert terminal_events(scheduler_mesh, job) == 1
+        assert resolutions(scheduler_mesh, job) == ["hold", "capture"]
+        assert len(images_of(scheduler_mesh, job)) == 1
+        assert rows[job]["credits_charged"] > 0
+
+
+def test_cancelling_one_member_leaves_the_rest_of_the_batch_running(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    members = [customer("studio") for _ in range(3)]
+    jobs = [submit(who, steps=150)["id"] for who in members]
+    workers("w-batch-cancel", PINGVAS_MAX_BATCH="4")
+    wait_for(lambda: progressed(scheduler_mesh, jobs[1], steps=3), message="the batch made no progress")
+
+    cancelled = httpx.post(
+        f"{scheduler_mesh.gateway_url}/api/v1/generation/{jobs[1]}/cancel",
+        json={},
+        headers=members[1].headers,
+    )
+
+    assert cancelled.status_code == 200, cancelled.text
+    rows = {str(r["id"]): r for r in wait_done(jobs)}
+    assert [rows[job]["state"] for job in jobs] == ["SUCCEEDED", "CANCELLED", "SUCCEEDED"]
+    # The cancelled member left at a step boundary, long before the batch's last step...
+    assert progress_events(scheduler_mesh, jobs[1]) < 150
+    assert resolutions(scheduler_mesh, jobs[1]) == ["hold", "release"]
+    assert terminal_events(scheduler_mesh, jobs[1]) == 1
+    assert images_of(scheduler_mesh, jobs[1]) == []
+    # ...and its cancellation was final before the others finished.
+    cancelled_at = event_kinds(scheduler_mesh, jobs[1])[-1]
+    assert cancelled_at[1] == "cancelled"
+    for job in (jobs[0], jobs[2]):
+        succeeded_at = event_kinds(scheduler_mesh, job)[-1]
+        assert succeeded_at[1] == "succeeded"
+        assert stream_time(cancelled_at[0]) < stream_time(succeeded_at[0])
+        assert progress_events(scheduler_mesh, job) == 150
+        assert resolutions(scheduler_mesh, job) == ["hold", "capture"]
+        assert len(images_of(scheduler_mesh, job)) == 1
+    assert rows[jobs[0]]["gpu_seconds"] == rows[jobs[2]]["gpu_seconds"]
+
+
+def stream_time(entry_id: str) -> tuple[int, int]:
+    milliseconds, sequence = entry_id.split("-")
+    return int(milliseconds), int(sequence)
