@@ -4,7 +4,8 @@ GPU run (SD1.5 architecture, random weights, 512x512, 30 steps, fp16, median of 
 from the repository root with a CUDA build of torch and the project's dependencies installed:
 
     python bench/gpu_throughput.py
-    python bench/gpu_throughput.py --no-compile     # without the max-autotune row (minutes to compile)
+    python bench/gpu_throughput.py --no-compile     # without the torch.compile rows (minutes to compile)
+    python bench/gpu_throughput.py --compile-modes default,reduce-overhead
     python bench/gpu_throughput.py --dtype bf16     # section 2 in bf16; the worker path stays fp16
 
 CPU smoke run (tiny configs, 64x64, 4 steps, fp32, median of 3; the default where CUDA is absent):
@@ -31,9 +32,10 @@ It reports, measured side by side in the same process and run, median of `--runs
    two at each batch size;
 2. one row per setting, each changed alone from the registry's configuration (SDPA attention,
    channels-last UNet on CUDA, eager, AutoencoderKL), on a bare pipeline at batch 1: classic
-   `AttnProcessor` instead of `AttnProcessor2_0`, channels-last toggled, `torch.compile(unet,
-   mode="max-autotune-no-cudagraphs")` (CUDA only) and `AutoencoderTiny` (random weights, default
-   config) instead of AutoencoderKL;
+   `AttnProcessor` instead of `AttnProcessor2_0`, channels-last toggled, `AutoencoderTiny` (random
+   weights, default config) instead of AutoencoderKL, and `torch.compile(unet, mode)` for each of
+   `--compile-modes` (CUDA only unless `--compile-on-cpu`), followed by the worker path at batch 1
+   on that same compiled UNet (the registry itself does not compile);
 3. the share of the GPU's dense fp16/bf16 peak reached, counting 1.36 TFLOP per classifier-free-
    guidance step of SD1.5 at 512x512, scaled by pixels and batch;
 4. the targets: worker/bare >= 1.0 and >= 120 it/s at batch 1 on an H100 (best published 104.6).
@@ -545,6 +547,38 @@ def detect_peak(device: torch.device, override: float | None) -> tuple[float | N
     return None, f"unknown for {name!r}; pass --peak-tflops"
 
 
+def measure_compiled(
+    bench: Bench, bare: Any, run_1: Run, baseline: Row, mode: str, model: LoadedModel, worker_1: Run
+) -> list[Row]:
+    """The bare call with `torch.compile(unet, mode)`, then the worker path on the same compiled
+    UNet (same shapes, dtype and memory format, so it reuses the compiled code). A compiler
+    failure is printed and the benchmark goes on."""
+    name = f'torch.compile(unet, "{mode}")'
+    rows: list[Row] = []
+    eager_unet, worker_unet = bare.unet, model.pipeline.unet
+    bare.unet = torch.compile(eager_unet, mode=mode)
+    try:
+        # The first warm-up call compiles (minutes with autotuning); the second has been seen to
+        # recompile once more, the third runs what is timed.
+        (row,) = bench.measure({name: (run_1, 1)}, warmup=max(3, bench.args.warmup))
+        row.note = "warm-up " + " / ".join(f"{wall:.1f}s" for wall in row.warmup_walls)
+        bench.print_row(row, baseline)
+        rows.append(row)
+        if model.pipeline.unet.dtype != eager_unet.dtype:
+            bench.print_skipped(f"worker path, {name}", "skipped: --dtype differs from the registry's")
+            return rows
+        model.pipeline.unet = bare.unet
+        (row,) = bench.measure({f"worker path, {name}": (worker_1, 1)})
+        bench.print_row(row, baseline)
+        rows.append(row)
+    except Exception as error:  # A compiler failure is a finding, not a reason to lose the rest.
+        bench.print_skipped(name, f"failed: {type(error).__name__}: {error}"[:200])
+    finally:
+        bare.unet, model.pipeline.unet = eager_unet, worker_unet
+        torch._dynamo.reset()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size_group = parser.add_mutually_exclusive_group()
@@ -569,8 +603,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per row first")
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the worker's)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
-    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument(
+        "--compile-modes",
+        default="max-autotune-no-cudagraphs",
+        help="comma-separated torch.compile modes, a pair of rows each (bare, worker path)",
+    )
+    parser.add_argument("--compile-on-cpu", action="store_true", help="smoke-test the compile rows on CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak")
     args = parser.parse_args()
 
@@ -654,12 +693,8 @@ def main() -> None:
     )
     ratio_images = worker.images_per_s / bare_1.images_per_s
 
-    # 2. One setting at a time, from the registry's configuration, on the bare pipeline.
-    model.pipeline = None  # The worker's copy is done with; free its memory for the rows below.
-    del model, registry
-    gc.collect()
-    if on_cuda:
-        torch.cuda.empty_cache()
+    # 2. One setting at a time, from the registry's configuration, on the bare pipeline. The
+    # worker's model stays loaded for the compiled worker-path rows.
     if bare.unet.dtype != dtype:
         bare.to(dtype=dtype)
     set_attention(bare, AttnProcessor2_0)
@@ -700,27 +735,21 @@ def main() -> None:
     bench.print_row(row, baseline)
     rows.append(row)
 
-    compile_name = f'torch.compile(unet, "{args.compile_mode}")'
-    if not on_cuda:
-        bench.print_skipped(compile_name, "skipped on CPU")
-    elif args.no_compile:
-        bench.print_skipped(compile_name, "skipped (--no-compile)")
+    if args.no_compile:
+        bench.print_skipped("torch.compile(unet)", "skipped (--no-compile)")
+    elif not on_cuda and not args.compile_on_cpu:
+        bench.print_skipped("torch.compile(unet)", "skipped on CPU (--compile-on-cpu to smoke-test it)")
     else:
-        eager_unet = bare.unet
-        bare.unet = torch.compile(eager_unet, mode=args.compile_mode)
-        try:
-            # The first warm-up call compiles and autotunes (minutes); the second has been seen to
-            # recompile once more, the third runs what is timed.
-            (row,) = bench.measure({compile_name: (run_1, 1)}, warmup=max(3, args.warmup))
-            row.note = "warm-up " + " / ".join(f"{wall:.1f}s" for wall in row.warmup_walls)
-            bench.print_row(row, baseline)
-            rows.append(row)
-        except Exception as error:  # A compiler failure is a finding, not a reason to lose the rest.
-            bench.print_skipped(compile_name, f"failed: {type(error).__name__}: {error}"[:200])
-        except KeyboardInterrupt:  # `timeout -s INT` bounding a long autotune: keep the rest.
-            bench.print_skipped(compile_name, "interrupted (SIGINT) before it was timed")
-        finally:
-            bare.unet = eager_unet
+        for mode in args.compile_modes.split(","):
+            try:
+                rows += measure_compiled(
+                    bench, bare, run_1, baseline, mode, model, worker_run(model, args, 1)
+                )
+            except KeyboardInterrupt:  # `timeout -s INT` bounding a long compile: keep what was timed.
+                bench.print_skipped(
+                    f'torch.compile(unet, "{mode}")', "interrupted (SIGINT); later modes skipped"
+                )
+                break
 
     # 3. Share of the GPU's peak.
     tiny_note = "  (not meaningful at tiny size)" if tiny else ""
