@@ -41,6 +41,7 @@ async def main() -> None:
         device=settings.device,
         memory_budget_bytes=settings.memory_budget_bytes,
         pinned=settings.preload_models,
+        compile_mode=settings.compile_mode,
     )
     threads = configure_cpu_threads(registry.device, settings.torch_threads)
     max_batch = settings.resolved_max_batch(registry.device.type)

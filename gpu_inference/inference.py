@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
-from gpu_inference.preview import latents_to_preview_jpeg
+from gpu_inference.preview import PreviewFrame
 from gpu_inference.registry import LoadedModel
 
 
@@ -45,13 +48,19 @@ class TextToImageRequest:
 class StepUpdate:
     step: int  # 1-based.
     total_steps: int  # The scheduler's step count; equals the requested steps for most schedulers.
-    preview_jpeg: bytes
+    preview: PreviewFrame
+
+    @functools.cached_property
+    def preview_jpeg(self) -> bytes:
+        """Waits for the preview's pixels (on CUDA) and encodes them: read it off the inference
+        thread, so the denoising loop never waits for a JPEG."""
+        return self.preview.jpeg()[0]
 
 
 @dataclass(frozen=True)
 class BatchStep:
     """One denoising step of a batch. Previews are made on request, per member, so a member
-    nobody watches any more (cancelled mid-batch) costs no JPEG."""
+    nobody watches any more (cancelled mid-batch) costs nothing."""
 
     step: int  # 1-based.
     total_steps: int
@@ -59,8 +68,8 @@ class BatchStep:
     family: str
 
     def update_for(self, index: int) -> StepUpdate:
-        preview_jpeg, _, _ = latents_to_preview_jpeg(self.latents[index : index + 1], self.family)
-        return StepUpdate(step=self.step, total_steps=self.total_steps, preview_jpeg=preview_jpeg)
+        preview = PreviewFrame(self.latents[index : index + 1], self.family)
+        return StepUpdate(step=self.step, total_steps=self.total_steps, preview=preview)
 
 
 @dataclass(frozen=True)
@@ -131,9 +140,19 @@ def run_text_to_image_batch(
             torch.cuda.synchronize(model.device)
         gpu_seconds = (time.perf_counter() - started) / len(requests)
 
-    results = []
-    for request, image in zip(requests, output.images, strict=True):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
-        results.append(TextToImageResult(png=buffer.getvalue(), seed=request.seed, gpu_seconds=gpu_seconds))
-    return results
+    images = output.images
+    if len(images) == 1:
+        pngs = [_png(images[0])]
+    else:  # PIL releases the GIL while compressing: a batch's PNGs encode in parallel.
+        with ThreadPoolExecutor(max_workers=len(images), thread_name_prefix="png") as encoders:
+            pngs = list(encoders.map(_png, images))
+    return [
+        TextToImageResult(png=png, seed=request.seed, gpu_seconds=gpu_seconds)
+        for request, png in zip(requests, pngs, strict=True)
+    ]
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -8,6 +8,7 @@ decode per step would cost about as much as a denoising step.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -47,15 +48,64 @@ _PROJECTIONS: dict[str, _LatentProjection] = {
 }
 
 
+class PreviewFrame:
+    """One latent's preview on its way to the host, without stalling the denoising loop.
+
+    The projection runs on the latents' device, and on CUDA the few uint8 pixels are copied into
+    pinned host memory asynchronously, behind a recorded event. `jpeg()` waits for that event and
+    encodes: called from another thread, the GPU never waits for a preview (a synchronous copy
+    per step would drain the launch queue every step, and with CUDA graphs that is a large share
+    of a step).
+    """
+
+    def __init__(self, latents: torch.Tensor, family: str) -> None:
+        pixels = _project(latents, family)
+        self._ready: torch.cuda.Event | None = None
+        if pixels.is_cuda:
+            self._pixels = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+            self._pixels.copy_(pixels, non_blocking=True)
+            self._ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._ready.record()
+        else:
+            self._pixels = pixels
+
+    def jpeg(self, *, min_side: int = 64, quality: int = 70) -> tuple[bytes, int, int]:
+        """`(jpeg_bytes, width, height)`, upscaled by an integer factor with nearest-neighbour
+        (sharp, honest latent pixels; no smoothing cost) until the smaller side is at least
+        `min_side`."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        image = Image.fromarray(self._pixels.numpy())  # uint8 (height, width, 3) is RGB.
+        scale = max(1, math.ceil(min_side / min(image.width, image.height)))
+        if scale > 1:
+            image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return buffer.getvalue(), image.width, image.height
+
+
 def latents_to_preview_jpeg(
     latents: torch.Tensor, family: str, *, min_side: int = 64, quality: int = 70
 ) -> tuple[bytes, int, int]:
-    """Project the first latent of a `(batch, channels, height, width)` batch to a JPEG.
+    """Project the first latent of a `(batch, channels, height, width)` batch to a JPEG at once.
 
-    Returns `(jpeg_bytes, width, height)`. The image is upscaled by an integer factor with
-    nearest-neighbour (sharp, honest latent pixels; no smoothing cost) until its smaller side is at
-    least `min_side`.
+    Returns `(jpeg_bytes, width, height)`; see `PreviewFrame.jpeg`.
     """
+    return PreviewFrame(latents, family).jpeg(min_side=min_side, quality=quality)
+
+
+@functools.cache
+def _projection_tensors(family: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection's factors and bias on `device`, made once: a host-to-device copy per step
+    would cost a synchronisation per step."""
+    projection = _PROJECTIONS[family]
+    factors = torch.tensor(projection.factors, dtype=torch.float32, device=device)
+    bias = torch.tensor(projection.bias, dtype=torch.float32, device=device)
+    return factors, bias
+
+
+def _project(latents: torch.Tensor, family: str) -> torch.Tensor:
+    """The first latent of the batch as uint8 RGB pixels `(height, width, 3)`, on its device."""
     projection = _PROJECTIONS.get(family)
     if projection is None:
         raise ValueError(f"no latent preview projection for model family {family!r}")
@@ -66,19 +116,8 @@ def latents_to_preview_jpeg(
     channels = latents.shape[1]
     if channels != len(projection.factors):
         raise ValueError(f"{family} previews need {len(projection.factors)} latent channels, got {channels}")
-
-    # Project on the latents' own device in float32 (fp16 latents are fine, the matmul is tiny), so
-    # only 3 small channels cross to the host.
-    sample = latents[0].detach().float()
-    factors = torch.tensor(projection.factors, dtype=torch.float32, device=sample.device)
-    bias = torch.tensor(projection.bias, dtype=torch.float32, device=sample.device)
-    rgb = torch.einsum("chw,cr->hwr", sample, factors) + bias
-    pixels = ((rgb + 1.0) * 127.5).clamp(0.0, 255.0).round().to(torch.uint8).cpu().numpy()
-
-    image = Image.fromarray(pixels)  # uint8 (height, width, 3) is RGB.
-    scale = max(1, math.ceil(min_side / min(image.width, image.height)))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue(), image.width, image.height
+    # In float32 on the latents' own device (fp16 latents are fine, the matmul is tiny), so only
+    # 3 small uint8 channels cross to the host.
+    factors, bias = _projection_tensors(family, latents.device)
+    rgb = torch.einsum("chw,cr->hwr", latents[0].detach().float(), factors) + bias
+    return ((rgb + 1.0) * 127.5).clamp(0.0, 255.0).round().to(torch.uint8)

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,9 @@ class ProgressRelay:
 
     async def _publish(self) -> None:
         while (update := await self.updates.get()) is not self._DONE:
-            await self.jobs.report_progress(self.record, update.step, update.total_steps, update.preview_jpeg)
+            # Encoded off the event loop: on CUDA it first waits for the step's pixels.
+            preview_jpeg = await asyncio.to_thread(lambda: update.preview_jpeg)
+            await self.jobs.report_progress(self.record, update.step, update.total_steps, preview_jpeg)
             if await self.queue.cancel_requested(self.record.id):
                 self.interrupt(GenerationCancelled)
 
@@ -213,6 +215,10 @@ class Worker:
         self.idle_wait_seconds = idle_wait_seconds
         self._advertised_state: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._advertised_at = 0.0
+        # Every pipeline call runs on this one thread: one GPU runs one call at a time anyway, and
+        # compiled CUDA graphs are recorded per thread, so a pool's changing threads would record
+        # them again.
+        self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pull jobs until `stop` is set (SIGTERM): then nothing new is claimed, and the jobs in
@@ -250,6 +256,7 @@ class Worker:
                 finished = [claim.generation_id for claim in claims]
         for generation_id in finished:
             await self.queue.release_lease(generation_id, self.worker_id)
+        self._inference_thread.shutdown(wait=False)
         log.info("worker %s stopped pulling jobs", self.worker_id)
 
     async def advertise(self) -> None:
@@ -367,7 +374,9 @@ class Worker:
         ]
         try:
             try:
-                results = await asyncio.to_thread(run_text_to_image_batch, model, requests, batch.on_step)
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._inference_thread, run_text_to_image_batch, model, requests, batch.on_step
+                )
             finally:
                 for watcher in watchers:
                     watcher.cancel()

@@ -195,6 +195,12 @@ class WorkerSettings(CommonSettings):
         "when unset 4 on CUDA and 1 (no batching) on CPU, where a batch is no faster than its members.",
     )
 
+    compile_mode: str | None = Field(
+        None,
+        description="torch.compile mode for each loaded UNet (e.g. reduce-overhead: CUDA graphs); "
+        "eager when unset. Each new batch size or resolution compiles on first use.",
+    )
+
     def resolved_max_batch(self, device_type: str) -> int:
         return self.max_batch or (4 if device_type == "cuda" else 1)
 

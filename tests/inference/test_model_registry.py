@@ -50,6 +50,19 @@ async def test_loads_on_cpu_in_float32_and_reuses_the_loaded_model(
     assert "model tiny-sd already loaded" in messages
 
 
+async def test_a_compile_mode_wraps_each_loaded_unet_and_eager_is_the_default(catalog: ModelCatalog) -> None:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    eager = await ModelRegistry(catalog, device="cpu").acquire("tiny-sd")
+    compiled = await ModelRegistry(catalog, device="cpu", compile_mode="reduce-overhead").acquire("tiny-sd")
+
+    assert not isinstance(eager.pipeline.unet, OptimizedModule)
+    # Compilation itself is lazy (the first run of each shape); the wrapper keeps the weights.
+    assert isinstance(compiled.pipeline.unet, OptimizedModule)
+    assert compiled.pipeline.unet.dtype == torch.float32
+    assert compiled.memory_bytes == eager.memory_bytes
+
+
 async def test_memory_estimate_before_load_matches_the_loaded_tensors(
     catalog: ModelCatalog, model_bytes: int
 ) -> None:
