@@ -25,11 +25,14 @@ depend on the weights' values, only on the shapes.
 It reports, measured side by side in the same process and run, median of `--runs` after warm-up:
 
 1. images/s and it/s of the worker path (`run_text_to_image_batch` on a registry-loaded model, as
-   the worker calls it, with a latent preview JPEG per member and step and the final PNG
-   encoding) against a bare diffusers call on the same model directory with diffusers' defaults,
-   at batch 1 and at batch 4 (the worker's default max batch on CUDA: four jobs with their own
-   prompts and seeds; the bare call uses `num_images_per_prompt`), runs alternating between the
-   two at each batch size;
+   the worker calls it, with a latent preview JPEG per member and step, encoded on a second
+   thread as the progress relays do, and each call's PNGs encoded while the next call runs, as
+   `Worker._store_results` does) against a bare diffusers call on the same model directory with
+   diffusers' defaults, at batch 1 and at batch 4 (`--batches`; 4 is the worker's default max
+   batch on CUDA: four jobs with their own prompts and seeds; the bare call uses
+   `num_images_per_prompt`), runs alternating between the two at each batch size. Each run makes
+   `--calls` calls back to back (3), so images/s is the steady state of a busy worker; the
+   worker's run ends once its last PNG is encoded;
 2. one row per setting, each changed alone from the registry's configuration (SDPA attention,
    channels-last UNet on CUDA, eager, AutoencoderKL), on a bare pipeline at batch 1: classic
    `AttnProcessor` instead of `AttnProcessor2_0`, channels-last toggled, `AutoencoderTiny` (random
@@ -93,6 +96,7 @@ from gpu_inference.inference import (  # noqa: E402
     BatchStep,
     StepUpdate,
     TextToImageRequest,
+    TextToImageResult,
     configure_cpu_threads,
     run_text_to_image_batch,
 )
@@ -304,32 +308,37 @@ def build_model(target: Path, tiny: bool) -> Path:
 
 class StepClock:
     """Marks each denoising step's end without synchronizing: a CUDA event on the GPU, the clock on
-    the CPU (where every op is synchronous anyway)."""
+    the CPU (where every op is synchronous anyway). Each pipeline call's marks are kept apart, so
+    the time between calls never counts as a step."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
+        self.calls: list[list[Any]] = []
 
     def reset(self) -> None:
-        self.marks = []
+        self.calls = []
+
+    def next_call(self) -> None:
+        self.calls.append([])
 
     def mark(self) -> None:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             event.record()
-            self.marks.append(event)
+            self.calls[-1].append(event)
         else:
-            self.marks.append(time.perf_counter())
+            self.calls[-1].append(time.perf_counter())
 
     def seconds_per_step(self) -> float | None:
-        """Steady-state seconds per step, from the first step's end to the last's; call after a sync."""
-        if len(self.marks) < 2:
-            return None
-        if self.cuda:
-            span = self.marks[0].elapsed_time(self.marks[-1]) / 1000.0
-        else:
-            span = self.marks[-1] - self.marks[0]
-        return float(span / (len(self.marks) - 1))
+        """Steady-state seconds per step, from each call's first step's end to its last's; call
+        after a sync."""
+        span, steps = 0.0, 0
+        for marks in self.calls:
+            if len(marks) < 2:
+                continue
+            span += marks[0].elapsed_time(marks[-1]) / 1000.0 if self.cuda else marks[-1] - marks[0]
+            steps += len(marks) - 1
+        return span / steps if steps else None
 
 
 @dataclass
@@ -344,6 +353,7 @@ class Sample:
 class Row:
     name: str
     batch: int
+    calls: int  # Pipeline calls back to back in each run.
     samples: list[Sample]
     warmup_walls: list[float]
     note: str = ""
@@ -358,7 +368,7 @@ class Row:
 
     @property
     def images_per_s(self) -> float:
-        return self.batch / self.wall
+        return self.batch * self.calls / self.wall
 
     @property
     def call_its(self) -> float:
@@ -416,7 +426,10 @@ class Bench:
         for index in range(self.args.runs):
             for name, (run, _batch) in runs.items():
                 samples[name].append(self.one(run, index))
-        return [Row(name, batch, samples[name], warmup_walls[name]) for name, (_run, batch) in runs.items()]
+        return [
+            Row(name, batch, self.args.calls, samples[name], warmup_walls[name])
+            for name, (_run, batch) in runs.items()
+        ]
 
     def tflops(self, row: Row) -> float | None:
         loop_its = row.loop_its
@@ -465,46 +478,58 @@ def preview_jpeg(update: StepUpdate) -> bytes:
 
 
 def worker_run(model: LoadedModel, args: argparse.Namespace, batch: int) -> Run:
-    """`run_text_to_image_batch` as the worker calls it, `batch` jobs with their own prompts and
-    seeds. The step callback starts each member's preview as the worker's BatchRun does, and a
-    second thread encodes the JPEGs meanwhile, as the members' progress relays do; the run ends
-    when the last preview is encoded."""
+    """`run_text_to_image_batch` as the worker calls it, `--calls` times back to back, `batch` jobs
+    with their own prompts and seeds each time. As in the worker, the step callback starts each
+    member's preview and a second thread encodes the JPEGs meanwhile (the progress relays), and a
+    call's PNGs are encoded in parallel while the next call runs (`Worker._store_results`); the
+    run ends when the last call's previews and PNGs are encoded."""
 
     def run(clock: StepClock, seed: int) -> int:
         steps = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews") as encoder:
-            previews: list[Future[bytes]] = []
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews") as preview_encoder,
+            ThreadPoolExecutor(max_workers=batch, thread_name_prefix="png") as png_encoder,
+        ):
+            encoding: list[Future[bytes]] = []
 
             def on_step(batch_step: BatchStep) -> None:
                 nonlocal steps
                 steps += 1
                 for index in range(batch):
                     update = batch_step.update_for(index)
-                    previews.append(encoder.submit(preview_jpeg, update))
+                    encoding.append(preview_encoder.submit(preview_jpeg, update))
                 clock.mark()
 
-            requests = [
-                TextToImageRequest(
-                    prompt=f"{PROMPT}, variation {index}",
-                    negative_prompt=NEGATIVE_PROMPT,
-                    width=args.size,
-                    height=args.size,
-                    steps=args.steps,
-                    seed=seed * batch + index,
-                    guidance=args.guidance,
-                )
-                for index in range(batch)
-            ]
-            run_text_to_image_batch(model, requests, on_step)
-            for preview in previews:
-                preview.result()
+            for call in range(args.calls):
+                requests = [
+                    TextToImageRequest(
+                        prompt=f"{PROMPT}, variation {index}",
+                        negative_prompt=NEGATIVE_PROMPT,
+                        width=args.size,
+                        height=args.size,
+                        steps=args.steps,
+                        seed=(seed * args.calls + call) * batch + index,
+                        guidance=args.guidance,
+                    )
+                    for index in range(batch)
+                ]
+                clock.next_call()
+                results = run_text_to_image_batch(model, requests, on_step)
+                encoding += [png_encoder.submit(png_bytes, result) for result in results]
+            for encoded in encoding:
+                encoded.result()
         return steps
 
     return run
 
 
+def png_bytes(result: TextToImageResult) -> bytes:
+    return result.png
+
+
 def bare_run(pipeline: Any, device: torch.device, args: argparse.Namespace, batch: int) -> Run:
-    """A plain diffusers call; its step callback only records the step clock's mark."""
+    """A plain diffusers call, `--calls` times back to back; its step callback only records the
+    step clock's mark."""
 
     def run(clock: StepClock, seed: int) -> int:
         steps = 0
@@ -515,18 +540,20 @@ def bare_run(pipeline: Any, device: torch.device, args: argparse.Namespace, batc
             clock.mark()
             return {}
 
-        with torch.inference_mode():
-            pipeline(
-                prompt=PROMPT,
-                negative_prompt=NEGATIVE_PROMPT,
-                width=args.size,
-                height=args.size,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                num_images_per_prompt=batch,
-                generator=torch.Generator(device=device).manual_seed(seed),
-                callback_on_step_end=on_step_end,
-            )
+        for call in range(args.calls):
+            clock.next_call()
+            with torch.inference_mode():
+                pipeline(
+                    prompt=PROMPT,
+                    negative_prompt=NEGATIVE_PROMPT,
+                    width=args.size,
+                    height=args.size,
+                    num_inference_steps=args.steps,
+                    guidance_scale=args.guidance,
+                    num_images_per_prompt=batch,
+                    generator=torch.Generator(device=device).manual_seed(seed * args.calls + call),
+                    callback_on_step_end=on_step_end,
+                )
         return steps
 
     return run
@@ -560,8 +587,51 @@ def detect_peak(device: torch.device, override: float | None) -> tuple[float | N
     return None, f"unknown for {name!r}; pass --peak-tflops"
 
 
+def measure_settings(
+    bench: Bench,
+    bare: Any,
+    run_1: Run,
+    baseline: Row,
+    registry_channels_last: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[Row]:
+    """Section 2's rows: one setting changed at a time from the registry's configuration."""
+    rows: list[Row] = []
+    set_attention(bare, AttnProcessor)
+    try:
+        (row,) = bench.measure({"classic attention (AttnProcessor)": (run_1, 1)})
+    finally:
+        set_attention(bare, AttnProcessor2_0)
+    bench.print_row(row, baseline)
+    rows.append(row)
+
+    with channels_last(bare, not registry_channels_last):
+        (row,) = bench.measure({f"channels_last {'off' if registry_channels_last else 'on'}": (run_1, 1)})
+    bench.print_row(row, baseline)
+    rows.append(row)
+
+    full_vae = bare.vae
+    tiny_vae: Any = AutoencoderTiny()  # type: ignore[no-untyped-call]
+    bare.vae = tiny_vae.to(device=device, dtype=dtype)
+    try:
+        (row,) = bench.measure({"AutoencoderTiny instead of AutoencoderKL": (run_1, 1)})
+    finally:
+        bare.vae = full_vae
+    bench.print_row(row, baseline)
+    rows.append(row)
+    return rows
+
+
 def measure_compiled(
-    bench: Bench, bare: Any, run_1: Run, baseline: Row, mode: str, args: argparse.Namespace, model_name: str
+    bench: Bench,
+    bare: Any,
+    run_1: Run,
+    baseline: Row,
+    mode: str,
+    args: argparse.Namespace,
+    model_name: str,
+    batches: list[int],
 ) -> list[Row]:
     """The bare call with `torch.compile(unet, mode)`, then the worker path on a second registry
     that compiles its UNet the same way (`ModelRegistry(compile_mode=mode)`, the worker's
@@ -584,7 +654,7 @@ def measure_compiled(
     registry = ModelRegistry(ModelCatalog(args.model_dir), device=str(bench.device), compile_mode=mode)
     try:
         model = asyncio.run(registry.acquire(model_name))
-        for batch in (1, 4):
+        for batch in batches:
             (row,) = bench.measure(
                 {name: (worker_run(model, args, batch), batch)}, warmup=max(3, args.warmup)
             )
@@ -632,6 +702,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (30; tiny: 4)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per row (5; tiny: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per row first")
+    parser.add_argument(
+        "--calls", type=int, default=3, help="pipeline calls back to back in each run (the steady state)"
+    )
+    parser.add_argument("--no-settings", action="store_true", help="skip section 2's one-setting rows")
+    parser.add_argument(
+        "--batches", default="1,4", help="batch sizes of section 1 and the compiled worker rows"
+    )
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the worker's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
@@ -685,8 +762,8 @@ def main() -> None:
     print(
         f"gpu throughput: {model_name} ({'tiny configs' if tiny else 'SD1.5 architecture'}, random weights)"
         f" on {device_name}\n"
-        f"  {args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}, median of {args.runs}"
-        f" after {args.warmup} warm-up; torch {torch.__version__}",
+        f"  {args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}, median of {args.runs} runs"
+        f" of {args.calls} calls back to back, after {args.warmup} warm-up; torch {torch.__version__}",
         flush=True,
     )
 
@@ -697,8 +774,9 @@ def main() -> None:
         flush=True,
     )
     bench.print_header()
+    batches = [int(batch) for batch in args.batches.split(",")]
     ratios = {}
-    for batch in (1, 4):
+    for batch in batches:
         worker_row, bare_row = bench.measure(
             {
                 "worker: run_text_to_image_batch (registry model)": (worker_run(model, args, batch), batch),
@@ -716,12 +794,14 @@ def main() -> None:
             f"   (target >= {TARGET_WORKER_OVER_BARE:.1f})",
             flush=True,
         )
-    worker, bare_1 = ratios[1]
-    worker_4, bare_4 = ratios[4]
-    print(
-        f"  batching: worker images/s at batch 4 / batch 1 = {worker_4.images_per_s / worker.images_per_s:.2f}x",
-        flush=True,
-    )
+    worker, bare_1 = ratios[batches[0]]
+    for batch in batches[1:]:
+        print(
+            f"  batching: worker images/s at batch {batch} / batch {batches[0]} ="
+            f" {ratios[batch][0].images_per_s / worker.images_per_s:.2f}x",
+            flush=True,
+        )
+    worker_rows = [worker_row for worker_row, _ in ratios.values()]
 
     # 2. One setting at a time, from the registry's configuration, on the bare pipeline. The
     # worker's model stays loaded for the compiled worker-path rows.
@@ -740,30 +820,11 @@ def main() -> None:
     bench.print_header()
     (baseline,) = bench.measure({"registry configuration (AttnProcessor2_0)": (run_1, 1)})
     bench.print_row(baseline)
-    rows = [worker, bare_1, worker_4, bare_4, baseline]
-
-    set_attention(bare, AttnProcessor)
-    try:
-        (row,) = bench.measure({"classic attention (AttnProcessor)": (run_1, 1)})
-    finally:
-        set_attention(bare, AttnProcessor2_0)
-    bench.print_row(row, baseline)
-    rows.append(row)
-
-    with channels_last(bare, not registry_channels_last):
-        (row,) = bench.measure({f"channels_last {'off' if registry_channels_last else 'on'}": (run_1, 1)})
-    bench.print_row(row, baseline)
-    rows.append(row)
-
-    full_vae = bare.vae
-    tiny_vae: Any = AutoencoderTiny()  # type: ignore[no-untyped-call]
-    bare.vae = tiny_vae.to(device=device, dtype=dtype)
-    try:
-        (row,) = bench.measure({"AutoencoderTiny instead of AutoencoderKL": (run_1, 1)})
-    finally:
-        bare.vae = full_vae
-    bench.print_row(row, baseline)
-    rows.append(row)
+    rows = [*(row for pair in ratios.values() for row in pair), baseline]
+    if args.no_settings:
+        bench.print_skipped("the one-setting rows", "skipped (--no-settings)")
+    else:
+        rows += measure_settings(bench, bare, run_1, baseline, registry_channels_last, device, dtype)
 
     if args.no_compile:
         bench.print_skipped("torch.compile(unet)", "skipped (--no-compile)")
@@ -772,7 +833,7 @@ def main() -> None:
     else:
         for mode in args.compile_modes.split(","):
             try:
-                rows += measure_compiled(bench, bare, run_1, baseline, mode, args, model_name)
+                rows += measure_compiled(bench, bare, run_1, baseline, mode, args, model_name, batches)
             except KeyboardInterrupt:  # `timeout -s INT` bounding a long compile: keep what was timed.
                 bench.print_skipped(
                     f'torch.compile(unet, "{mode}")', "interrupted (SIGINT); later modes skipped"
@@ -786,7 +847,7 @@ def main() -> None:
         f"  FLOP per step = {SD15_TFLOP_PER_CFG_STEP} TFLOP x ({args.size}x{args.size})/(512x512) x batch"
         f" = {SD15_TFLOP_PER_CFG_STEP * args.size**2 / 512**2:.4f} TFLOP at batch 1"
     )
-    for row in (worker, worker_4, max(rows, key=lambda row: bench.tflops(row) or 0.0)):
+    for row in (*worker_rows, max(rows, key=lambda row: bench.tflops(row) or 0.0)):
         tflops = bench.tflops(row)
         share = (
             f"{100 * tflops / bench.peak_tflops:.1f}% of peak"

@@ -7,7 +7,6 @@ import io
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +73,18 @@ class BatchStep:
 
 @dataclass(frozen=True)
 class TextToImageResult:
-    png: bytes
+    image: Image.Image
     seed: int
     # Wall time of the pipeline call divided among the batch's members: what the user is billed for.
     gpu_seconds: float
+
+    @functools.cached_property
+    def png(self) -> bytes:
+        """The image as PNG, encoded on first read: the worker encodes it off the inference
+        thread while the GPU runs the next call (PIL releases the GIL while compressing)."""
+        buffer = io.BytesIO()
+        self.image.save(buffer, format="PNG", optimize=False)
+        return buffer.getvalue()
 
 
 def run_text_to_image(
@@ -140,19 +147,7 @@ def run_text_to_image_batch(
             torch.cuda.synchronize(model.device)
         gpu_seconds = (time.perf_counter() - started) / len(requests)
 
-    images = output.images
-    if len(images) == 1:
-        pngs = [_png(images[0])]
-    else:  # PIL releases the GIL while compressing: a batch's PNGs encode in parallel.
-        with ThreadPoolExecutor(max_workers=len(images), thread_name_prefix="png") as encoders:
-            pngs = list(encoders.map(_png, images))
     return [
-        TextToImageResult(png=png, seed=request.seed, gpu_seconds=gpu_seconds)
-        for request, png in zip(requests, pngs, strict=True)
+        TextToImageResult(image=image, seed=request.seed, gpu_seconds=gpu_seconds)
+        for request, image in zip(requests, output.images, strict=True)
     ]
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()

@@ -224,8 +224,11 @@ class Worker:
         """Pull jobs until `stop` is set (SIGTERM): then nothing new is claimed, and the jobs in
         hand are finished if they fit the grace budget, or handed back."""
         log.info("worker %s pulling jobs", self.worker_id)
-        # Finished jobs' leases end in the same round trip as the next claim.
+        # Leases of jobs that ended here end in the same round trip as the next claim.
         finished: list[uuid.UUID] = []
+        # The previous call's images are encoded, stored and recorded while the GPU runs the
+        # next call; their leases end when that is done.
+        storing: asyncio.Task[None] | None = None
         while not stop.is_set():
             try:
                 await self.advertise()
@@ -239,6 +242,12 @@ class Worker:
                 )
                 finished = []
                 if not claims:
+                    if storing is not None:
+                        # Its leases may be what holds a capped user's next job back: claim again
+                        # once they have ended.
+                        await storing
+                        storing = None
+                        continue
                     await self.queue.wait_for_work(self.idle_wait_seconds)
                     continue
             except Exception:
@@ -247,13 +256,20 @@ class Worker:
                 log.exception("claiming failed; retrying")
                 await asyncio.sleep(self.idle_wait_seconds)
                 continue
+            succeeded: list[tuple[GenerationRecord, TextToImageResult]] = []
             try:
-                await self.run_claims(claims, stop)
+                succeeded = await self.run_claims(claims, stop)
             except Exception:
                 # PostgreSQL or Redis trouble mid-job: the leases lapse and the jobs are redelivered.
                 log.exception("jobs %s abandoned", ", ".join(str(claim.generation_id) for claim in claims))
             finally:
-                finished = [claim.generation_id for claim in claims]
+                to_store = {record.id for record, _ in succeeded}
+                finished = [claim.generation_id for claim in claims if claim.generation_id not in to_store]
+            if storing is not None:
+                await storing
+            storing = asyncio.create_task(self._store_results(succeeded)) if succeeded else None
+        if storing is not None:
+            await storing
         for generation_id in finished:
             await self.queue.release_lease(generation_id, self.worker_id)
         self._inference_thread.shutdown(wait=False)
@@ -283,8 +299,11 @@ class Worker:
             ttl_seconds=max(10.0, self.idle_wait_seconds * 5),
         )
 
-    async def run_claims(self, claims: Sequence[Claim], stop: asyncio.Event) -> None:
-        """Run claimed jobs as one batch; the caller ends their leases."""
+    async def run_claims(
+        self, claims: Sequence[Claim], stop: asyncio.Event
+    ) -> list[tuple[GenerationRecord, TextToImageResult]]:
+        """Run claimed jobs as one batch and return the images made, for `_store_results`. Every
+        other outcome is recorded here; the caller ends the leases."""
         members = []
         for claim in claims:
             record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
@@ -293,8 +312,7 @@ class Worker:
                 continue
             log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
             members.append(Member(record, claim))
-        if members:
-            await self._execute(members, stop)
+        return await self._execute(members, stop) if members else []
 
     async def _renew_lease(self, claim: Claim, relay: ProgressRelay) -> None:
         while True:
@@ -326,7 +344,9 @@ class Worker:
                 "abandoned %s attempt %d: its lease went to another worker", record.id, record.attempt
             )
 
-    async def _execute(self, members: Sequence[Member], stop: asyncio.Event) -> None:
+    async def _execute(
+        self, members: Sequence[Member], stop: asyncio.Event
+    ) -> list[tuple[GenerationRecord, TextToImageResult]]:
         first = members[0].record
         log.info(
             "running %s: model %s %dx%d %d steps",
@@ -343,14 +363,14 @@ class Worker:
                 await self.jobs.finish_failed(
                     member.record, f"model {first.model!r} is not installed on the GPU workers"
                 )
-            return
+            return []
         except Exception as error:
             log.exception("loading model %s failed", first.model)
             for member in members:
                 await self.jobs.requeue(
                     member.record, f"model {first.model!r} could not be loaded: {error}", failed=True
                 )
-            return
+            return []
         relays = [ProgressRelay(self.jobs, self.queue, member.record) for member in members]
         batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
         requests = [
@@ -386,11 +406,11 @@ class Worker:
                     await relay.close()
                 await batch.settle()
         except EveryMemberLeft:
-            return
+            return []
         except HandedBack:
             for relay in batch.staying:
                 await self.jobs.requeue(relay.record, "its worker shut down", failed=False)
-            return
+            return []
         except Exception as error:
             log.exception(
                 "inference of %s failed", ", ".join(str(relay.record.id) for relay in batch.staying)
@@ -398,17 +418,29 @@ class Worker:
             for relay in batch.staying:
                 reason = f"inference failed: {type(error).__name__}: {error}"
                 await self.jobs.requeue(relay.record, reason, failed=True)
-            return
-        for index, relay in enumerate(relays):
-            if index not in batch.left:
-                await self._store_result(relay.record, results[index])
+            return []
+        return [
+            (relay.record, results[index]) for index, relay in enumerate(relays) if index not in batch.left
+        ]
+
+    async def _store_results(self, succeeded: Sequence[tuple[GenerationRecord, TextToImageResult]]) -> None:
+        """Encode, store and record a call's images, then end their leases."""
+        try:
+            await asyncio.gather(*(self._store_result(record, result) for record, result in succeeded))
+        except Exception:
+            # The leases end below all the same: the reconciler gives the jobs another attempt.
+            log.exception(
+                "storing the results of %s failed", ", ".join(str(record.id) for record, _ in succeeded)
+            )
+        finally:
+            for record, _ in succeeded:
+                await self.queue.release_lease(record.id, self.worker_id)
 
     async def _store_result(self, record: GenerationRecord, result: TextToImageResult) -> None:
+        png = await asyncio.to_thread(lambda: result.png)
         key = image_key(record.user_id, record.id, record.created_at)
-        await self.store.put(key, result.png)
-        if await self.jobs.finish_succeeded(
-            record, key, WorkResult(result.png, result.seed, result.gpu_seconds)
-        ):
+        await self.store.put(key, png)
+        if await self.jobs.finish_succeeded(record, key, WorkResult(png, result.seed, result.gpu_seconds)):
             log.info("succeeded %s in %.2f GPU seconds", record.id, result.gpu_seconds)
         else:
             log.warning(
