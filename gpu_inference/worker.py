@@ -45,6 +45,10 @@ from services.generation.repository import GenerationRecord
 
 log = logging.getLogger(__name__)
 
+# How often a running batch looks for cancel requests: a cancel stops its job within this and one
+# denoising step.
+CANCEL_POLL_SECONDS = 0.05
+
 
 class RunInterrupted(Exception):
     """Raised from the step callback to stop a run at a step boundary."""
@@ -71,16 +75,14 @@ class ProgressRelay:
     denoising loop wait on the network.
 
     The step callback only hands the update over; a task on the event loop appends the progress
-    events in order and checks for a cancel request after each one. Any interruption requested
-    (cancel, lost lease, hand-back) raises in the callback at the next step boundary, so a run
-    stops within one step.
+    events in order. Any interruption requested (cancel, lost lease, hand-back) raises in the
+    callback at the next step boundary, so a run stops within one step of it.
     """
 
     _DONE = None
 
-    def __init__(self, jobs: GenerationJobs, queue: TierQueue, record: GenerationRecord) -> None:
+    def __init__(self, jobs: GenerationJobs, record: GenerationRecord) -> None:
         self.jobs = jobs
-        self.queue = queue
         self.record = record
         self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
         self._interruption: type[RunInterrupted] | None = None
@@ -108,8 +110,6 @@ class ProgressRelay:
             # Encoded off the event loop: on CUDA it first waits for the step's pixels.
             preview_jpeg = await asyncio.to_thread(lambda: update.preview_jpeg)
             await self.jobs.report_progress(self.record, update.step, update.total_steps, preview_jpeg)
-            if await self.queue.cancel_requested(self.record.id):
-                self.interrupt(GenerationCancelled)
 
     async def close(self) -> None:
         """Wait until every progress event is stored: the terminal event must come after them."""
@@ -325,6 +325,22 @@ class Worker:
                 relay.interrupt(LeaseLost)
                 return
 
+    async def _watch_cancels(self, batch: BatchRun) -> None:
+        """Interrupt the members whose cancel was requested. Polled on its own clock, not after
+        each progress event: a progress stream that lags behind a fast GPU (or a busy CPU) must
+        not delay a cancel, and one round trip serves the whole batch."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            staying = batch.staying
+            try:
+                requested = await self.queue.cancels_requested([relay.record.id for relay in staying])
+            except Exception:
+                log.warning("checking for cancels failed; retrying", exc_info=True)
+                continue
+            for relay in staying:
+                if relay.record.id in requested:
+                    relay.interrupt(GenerationCancelled)
+
     async def _hand_back_on_shutdown(self, stop: asyncio.Event, batch: BatchRun) -> None:
         await stop.wait()
         remaining = batch.expected_remaining_seconds()
@@ -374,7 +390,7 @@ class Worker:
                     member.record, f"model {first.model!r} could not be loaded: {error}", failed=True
                 )
             return []
-        relays = [ProgressRelay(self.jobs, self.queue, member.record) for member in members]
+        relays = [ProgressRelay(self.jobs, member.record) for member in members]
         batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
         requests = [
             TextToImageRequest(
@@ -394,6 +410,7 @@ class Worker:
                 for member, relay in zip(members, relays, strict=True)
             ),
             asyncio.create_task(self._hand_back_on_shutdown(stop, batch)),
+            asyncio.create_task(self._watch_cancels(batch)),
         ]
         try:
             try:

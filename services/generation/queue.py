@@ -419,5 +419,9 @@ class TierQueue:
     async def request_cancel(self, generation_id: uuid.UUID, ttl_seconds: int = 24 * 3600) -> None:
         await self.redis.set(f"cancel:{generation_id}", "1", ex=ttl_seconds)
 
-    async def cancel_requested(self, generation_id: uuid.UUID) -> bool:
-        return bool(await self.redis.exists(f"cancel:{generation_id}"))
+    async def cancels_requested(self, generation_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of the running jobs have a pending cancel, in one round trip."""
+        if not generation_ids:
+            return set()
+        flags = await self.redis.mget([f"cancel:{generation_id}" for generation_id in generation_ids])
+        return {generation_id for generation_id, flag in zip(generation_ids, flags, strict=True) if flag}
