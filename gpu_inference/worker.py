@@ -20,7 +20,6 @@ does not wait for PNG compression, the image store or PostgreSQL between jobs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -335,6 +334,11 @@ class Worker:
             try:
                 requested = await self.queue.cancels_requested([relay.record.id for relay in staying])
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The run ended mid-command, and the client reported the cancel as a
+                    # timeout or connection error: retrying would swallow the cancel for good.
+                    return
                 log.warning("checking for cancels failed; retrying", exc_info=True)
                 continue
             for relay in staying:
@@ -420,8 +424,8 @@ class Worker:
             finally:
                 for watcher in watchers:
                     watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
+                # A Redis error a watcher met as it was cancelled is of no interest any more.
+                await asyncio.gather(*watchers, return_exceptions=True)
                 for relay in relays:
                     await relay.close()
                 await batch.settle()
