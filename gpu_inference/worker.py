@@ -49,6 +49,15 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.05
 
 
+def _stop_requested() -> bool:
+    """Whether the running task has been cancelled. The watchers of a run poll Redis in a loop,
+    and a cancel that lands mid-command can reach them as a client error (a timeout) instead of
+    a CancelledError: a loop that retried on errors would then run forever, and the run's
+    teardown, which waits for its watchers, with it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class RunInterrupted(Exception):
     """Raised from the step callback to stop a run at a step boundary."""
 
@@ -317,7 +326,7 @@ class Worker:
         return await self._execute(members, stop) if members else []
 
     async def _renew_lease(self, claim: Claim, relay: ProgressRelay) -> None:
-        while True:
+        while not _stop_requested():
             await asyncio.sleep(self.lease_seconds / 3)
             if not await self.queue.renew_lease(claim.generation_id, self.worker_id, self.lease_seconds):
                 log.warning("lost the lease on %s; stopping its run", claim.generation_id)
@@ -328,16 +337,13 @@ class Worker:
         """Interrupt the members whose cancel was requested. Polled on its own clock, not after
         each progress event: a progress stream that lags behind a fast GPU (or a busy CPU) must
         not delay a cancel, and one round trip serves the whole batch."""
-        while True:
+        while not _stop_requested():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             staying = batch.staying
             try:
                 requested = await self.queue.cancels_requested([relay.record.id for relay in staying])
             except Exception:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # The run ended mid-command, and the client reported the cancel as a
-                    # timeout or connection error: retrying would swallow the cancel for good.
+                if _stop_requested():
                     return
                 log.warning("checking for cancels failed; retrying", exc_info=True)
                 continue
