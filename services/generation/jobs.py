@@ -482,12 +482,9 @@ class GenerationJobs:
         """Record success and capture the charge, fenced on the attempt. False if fenced out."""
         charge = min(self.pricing.charge_for(result.gpu_seconds), record.credits_held)
         async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.transition(
+            done = await self.repository.transition_running(
                 conn,
-                record.user_id,
-                record.id,
-                from_states=("RUNNING",),
-                fence_attempt=record.attempt,
+                record,
                 state="SUCCEEDED",
                 image_key=image_key,
                 seed=result.seed,
@@ -528,12 +525,9 @@ class GenerationJobs:
         self, record: GenerationRecord, state: str, event: pb.WatchGenerationResponse, **values: object
     ) -> bool:
         async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.transition(
+            done = await self.repository.transition_running(
                 conn,
-                record.user_id,
-                record.id,
-                from_states=("RUNNING",),
-                fence_attempt=record.attempt,
+                record,
                 state=state,
                 finished_at=sa.func.now(),
                 **values,
@@ -559,12 +553,9 @@ class GenerationJobs:
             dead = await self.finish_failed(record, f"gave up after {failures} failed attempts: {reason}")
             return "dead-lettered" if dead else "fenced"
         async with self.database.tenant(record.user_id) as conn:
-            back = await self.repository.transition(
+            back = await self.repository.transition_running(
                 conn,
-                record.user_id,
-                record.id,
-                from_states=("RUNNING",),
-                fence_attempt=record.attempt,
+                record,
                 state="QUEUED",
                 failures=failures,
                 worker_id=None,

@@ -133,6 +133,15 @@ class GenerationRepository:
         ).one_or_none()
         return None if row is None else GenerationRecord.from_row(row)
 
+    async def transition_running(
+        self, conn: AsyncConnection, record: GenerationRecord, **values: Any
+    ) -> GenerationRecord | None:
+        """End the running attempt `record` holds: its fencing token is its attempt number, so a
+        worker that lost the job to a newer attempt changes nothing (None)."""
+        return await self.transition(
+            conn, record.user_id, record.id, from_states=("RUNNING",), fence_attempt=record.attempt, **values
+        )
+
     async def live_older_than(
         self, conn: AsyncConnection, seconds: float, limit: int
     ) -> list[GenerationRecord]:
