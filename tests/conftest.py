@@ -8,15 +8,14 @@ through the gateway) and check the truth in PostgreSQL and Redis directly.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+from support.accounts import Account, dev_login
 from support.lemonsqueezy import LemonSqueezyServer
 from support.mesh import (
     LEMONSQUEEZY_API_KEY,
@@ -62,21 +61,6 @@ def mesh(
     stop_mesh(running)
 
 
-@dataclass
-class Account:
-    email: str
-    token: str
-    user_id: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"}
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),)
-
-
 @pytest.fixture
 def rest(mesh: RunningMesh) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mesh.gateway_url, timeout=60) as client:
@@ -91,15 +75,11 @@ def gateway_channel(mesh: RunningMesh) -> Iterator[grpc.Channel]:
 
 
 @pytest.fixture
-def new_account(rest: httpx.Client) -> Any:
+def new_account(mesh: RunningMesh) -> Any:
     """Signs up a fresh user through dev login; each test gets its own tenant."""
 
     def sign_up(prefix: str = "user") -> Account:
-        email = f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
-        reply = rest.post("/api/v1/auth/dev-login", json={"email": email})
-        assert reply.status_code == 200, reply.text
-        body = reply.json()
-        return Account(email=email, token=body["accessToken"], user_id=body["user"]["id"])
+        return dev_login(mesh.gateway_url, prefix)
 
     return sign_up
 

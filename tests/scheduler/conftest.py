@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import httpx
 import pytest
+from support.accounts import Account, dev_login
 from support.mesh import free_port, start_mesh, stop_mesh, wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,37 +116,22 @@ def json_secrets(home: Path) -> dict[str, str]:
     return dict(json.loads((home / "secrets.json").read_text()))
 
 
-@dataclass
-class Customer:
-    email: str
-    token: str
-    user_id: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"}
-
-
 @pytest.fixture
 def customer(scheduler_mesh: Any) -> Any:
     """Signs up a user on the scheduler mesh with a plan and plenty of credits."""
 
-    def sign_up(plan: str = "free", credits: int = 10_000) -> Customer:
-        email = f"{plan}-{uuid.uuid4().hex[:10]}@example.com"
-        reply = httpx.post(
-            f"{scheduler_mesh.gateway_url}/api/v1/auth/dev-login", json={"email": email}, timeout=30
-        )
-        body = reply.json()
-        assert scheduler_mesh.pingvas("admin", "set-plan", email, plan).returncode == 0
-        assert scheduler_mesh.pingvas("admin", "grant-credits", email, str(credits)).returncode == 0
-        return Customer(email, body["accessToken"], body["user"]["id"])
+    def sign_up(plan: str = "free", credits: int = 10_000) -> Account:
+        account = dev_login(scheduler_mesh.gateway_url, plan)
+        assert scheduler_mesh.pingvas("admin", "set-plan", account.email, plan).returncode == 0
+        assert scheduler_mesh.pingvas("admin", "grant-credits", account.email, str(credits)).returncode == 0
+        return account
 
     return sign_up
 
 
 @pytest.fixture
 def submit(scheduler_mesh: Any) -> Any:
-    def create(who: Customer, *, steps: int = 2, model: str = "tiny-sd", expect: int = 200) -> dict[str, Any]:
+    def create(who: Account, *, steps: int = 2, model: str = "tiny-sd", expect: int = 200) -> dict[str, Any]:
         reply = httpx.post(
             f"{scheduler_mesh.gateway_url}/api/v1/generation/create",
             json={"prompt": "fox", "width": 64, "height": 64, "steps": steps, "model": model},
