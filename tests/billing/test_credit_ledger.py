@@ -153,14 +153,14 @@ def test_a_downgrade_waits_for_the_end_of_the_period(
         "nothing changes before renewal"
     )
 
-    renewal = lemonsqueezy.invoice_event(
+    delivered = lemonsqueezy.deliver_invoice(
+        mesh.gateway_url,
         "subscription_payment_success",
-        f"inv-{uuid.uuid4().hex[:8]}",
         subscription_id=subscription_id,
         user_id=account.user_id,
         user_email=account.email,
         billing_reason="renewal",
     )
-    assert lemonsqueezy.deliver(mesh.gateway_url, renewal).status_code == 200
+    assert delivered.status_code == 200
     me = rest.get("/api/v1/users/me", headers=account.headers).json()
     assert (me["plan"], me["credits"]["balance"]) == ("PLAN_STARTER", "5000")

@@ -188,16 +188,16 @@ def test_a_payment_before_its_subscription_is_parked_then_applied(
     account = new_account("early")
     subscription_id = f"sub-{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
-    renewal = lemonsqueezy.invoice_event(
+    delivered = lemonsqueezy.deliver_invoice(
+        mesh.gateway_url,
         "subscription_payment_success",
-        f"inv-{uuid.uuid4().hex[:8]}",
         subscription_id=subscription_id,
         user_id=account.user_id,
         user_email=account.email,
         billing_reason="renewal",
         updated_at=now,
     )
-    assert lemonsqueezy.deliver(mesh.gateway_url, renewal).status_code == 200
+    assert delivered.status_code == 200
     (parked,) = mesh.sql("SELECT status FROM webhook_deliveries WHERE subscription_id = %s", subscription_id)
     assert parked["status"] == "parked"
     assert entries(mesh, account.user_id, "reset") == []
@@ -248,15 +248,15 @@ def test_renewal_resets_credits_and_moves_the_renewal_date(
 
 
 def test_payment_failure_grace_and_expiry(mesh: Any, subscriber: Any, lemonsqueezy: Any) -> None:
-    failed = lemonsqueezy.invoice_event(
+    delivered = lemonsqueezy.deliver_invoice(
+        mesh.gateway_url,
         "subscription_payment_failed",
-        f"inv-{uuid.uuid4().hex[:8]}",
         subscription_id=subscriber.subscription_id,
         user_id=subscriber.user_id,
         user_email=subscriber.email,
         billing_reason="renewal",
     )
-    assert lemonsqueezy.deliver(mesh.gateway_url, failed).status_code == 200
+    assert delivered.status_code == 200
     (row,) = mesh.sql(
         "SELECT status, grace_period_end FROM subscriptions WHERE user_id = %s", subscriber.user_id
     )
@@ -436,26 +436,26 @@ def test_the_seed_payment_flow_end_to_end(
     assert job["tier"] == "pro"  # the plan decides the band
     assert balance(mesh, account.user_id)["balance"] == 15100 - charged
 
-    renewal = lemonsqueezy.invoice_event(
+    delivered = lemonsqueezy.deliver_invoice(
+        mesh.gateway_url,
         "subscription_payment_success",
-        f"inv-{uuid.uuid4().hex[:8]}",
         subscription_id=subscription_id,
         user_id=account.user_id,
         user_email=account.email,
         billing_reason="renewal",
     )
-    assert lemonsqueezy.deliver(mesh.gateway_url, renewal).status_code == 200
+    assert delivered.status_code == 200
     assert balance(mesh, account.user_id)["balance"] == 15000
 
-    failed = lemonsqueezy.invoice_event(
+    delivered = lemonsqueezy.deliver_invoice(
+        mesh.gateway_url,
         "subscription_payment_failed",
-        f"inv-{uuid.uuid4().hex[:8]}",
         subscription_id=subscription_id,
         user_id=account.user_id,
         user_email=account.email,
         billing_reason="renewal",
     )
-    assert lemonsqueezy.deliver(mesh.gateway_url, failed).status_code == 200
+    assert delivered.status_code == 200
     subscription = rest.get("/api/v1/payment/subscription", headers=account.headers).json()["subscription"]
     assert subscription["status"] == "SUBSCRIPTION_STATUS_PAYMENT_FAILED"
     mesh.sql(

@@ -476,6 +476,29 @@ class LemonSqueezyServer:
         raw, headers = self.webhook_request(payload, signature=signature, body=body)
         return httpx.post(_webhook_url(gateway_url), content=raw, headers=headers, timeout=timeout)
 
+    def deliver_invoice(
+        self,
+        gateway_url: str,
+        event_name: str,
+        *,
+        subscription_id: str,
+        user_id: str | None,
+        user_email: str,
+        invoice_id: str | None = None,
+        **fields: Any,
+    ) -> httpx.Response:
+        """Deliver a `subscription_payment_*` event for a new invoice (or `invoice_id`); `fields`
+        go to `invoice_event`."""
+        payload = self.invoice_event(
+            event_name,
+            invoice_id or f"inv-{uuid.uuid4().hex[:8]}",
+            subscription_id=subscription_id,
+            user_id=user_id,
+            user_email=user_email,
+            **fields,
+        )
+        return self.deliver(gateway_url, payload)
+
     async def adeliver(
         self,
         gateway_url: str,
