@@ -45,3 +45,17 @@ def event_kinds(mesh: Any, generation_id: str) -> list[tuple[str, str]]:
 
 def images_of(mesh: Any, generation_id: str) -> list[Any]:
     return list((mesh.home / "images").rglob(f"{generation_id}.png"))
+
+
+def assert_ended_once(mesh: Any, generation_id: str, *, succeeded: bool) -> None:
+    """Effectively once: one terminal event, one resolution of the credit hold (a capture on
+    success, a release otherwise), and one stored image on success, none otherwise."""
+    assert resolutions(mesh, generation_id) == ["hold", "capture" if succeeded else "release"]
+    assert terminal_events(mesh, generation_id) == 1
+    assert len(images_of(mesh, generation_id)) == (1 if succeeded else 0)
+
+
+def running_on(mesh: Any, generation_id: str, workers: Any) -> Any:
+    """Which of `workers` (anything with a `name`) holds the generation now."""
+    worker_id = row(mesh, generation_id)["worker_id"]
+    return next(worker for worker in workers if worker.name == worker_id)
