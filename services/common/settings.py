@@ -195,7 +195,9 @@ class WorkerSettings(CommonSettings):
         "when unset 4 on CUDA and 1 (no batching) on CPU, where a batch is no faster than its members.",
     )
 
-    compile_mode: str | None = Field(
+    compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = Field(
         None,
         description="torch.compile mode for each loaded UNet (e.g. reduce-overhead: CUDA graphs); "
         "eager when unset. Each new batch size or resolution compiles on first use.",

@@ -1,0 +1,52 @@
+"""A worker's settings refuse what would only fail later, at the first model load."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.settings import WorkerSettings
+
+
+@pytest.fixture(autouse=True)
+def required_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "DATABASE_URL": "postgresql://pingvas@127.0.0.1:5432/pingvas",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "PINGVAS_JWT_SECRET": "j" * 32,
+        "PINGVAS_URL_SIGNING_SECRET": "u" * 32,
+        "PINGVAS_HEALTH_PORT": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PINGVAS_COMPILE_MODE", raising=False)
+    monkeypatch.delenv("PINGVAS_MAX_BATCH", raising=False)
+
+
+def only_error(error: pytest.ExceptionInfo[ValidationError]) -> tuple[str, ...]:
+    (problem,) = error.value.errors()
+    return tuple(str(part) for part in problem["loc"])
+
+
+def test_an_unknown_compile_mode_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINGVAS_COMPILE_MODE", "fastest")
+
+    with pytest.raises(ValidationError) as refused:
+        WorkerSettings()
+
+    assert only_error(refused) == ("compile_mode",)
+
+
+def test_a_batch_below_one_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINGVAS_MAX_BATCH", "0")
+
+    with pytest.raises(ValidationError) as refused:
+        WorkerSettings()
+
+    assert only_error(refused) == ("max_batch",)
+
+
+def test_defaults_batch_on_cuda_only_and_do_not_compile() -> None:
+    settings = WorkerSettings()
+
+    assert settings.compile_mode is None
+    assert (settings.resolved_max_batch("cuda"), settings.resolved_max_batch("cpu")) == (4, 1)
