@@ -240,6 +240,9 @@ class Worker:
         # The previous call's images are encoded, stored and recorded while the GPU runs the
         # next call; their leases end when that is done.
         storing: asyncio.Task[None] | None = None
+        # How long the last batch held this worker: about how long until it claims again, so the
+        # claim takes any job whose aging bound would pass before then.
+        last_batch_seconds = 0.0
         while not stop.is_set():
             try:
                 await self.advertise()
@@ -250,6 +253,7 @@ class Worker:
                     warm_models=self.registry.loaded(),
                     max_batch=self.max_batch,
                     release=finished,
+                    horizon_seconds=last_batch_seconds,
                 )
                 finished = []
                 if not claims:
@@ -268,12 +272,14 @@ class Worker:
                 await asyncio.sleep(self.idle_wait_seconds)
                 continue
             succeeded: list[tuple[GenerationRecord, TextToImageResult]] = []
+            started = time.monotonic()
             try:
                 succeeded = await self.run_claims(claims, stop)
             except Exception:
                 # PostgreSQL or Redis trouble mid-job: the leases lapse and the jobs are redelivered.
                 log.exception("jobs %s abandoned", ", ".join(str(claim.generation_id) for claim in claims))
             finally:
+                last_batch_seconds = time.monotonic() - started
                 to_store = {record.id for record, _ in succeeded}
                 finished = [claim.generation_id for claim in claims if claim.generation_id not in to_store]
             if storing is not None:

@@ -5,13 +5,15 @@ Cluster would need hash tags):
 
     queue:{tier}:{user_id}      LIST of generation ids, oldest first (the seed's key)
     queue:{tier}:ring           ZSET of users with queued jobs, scored by when they were last
-                                served, so the least recently served user goes next
+                                served (Redis TIME in microseconds), so the least recently served
+                                user goes next
     queue:{tier}:waiting        ZSET of waiting jobs by enqueue time (aging, depth)
     job:{generation_id}         HASH user, tier, model, batch key, skips of a waiting or leased job
-    running:{user_id}           how many of the user's jobs are leased (concurrency caps)
-    queue:{tier}:last_served    HASH user -> serve clock
-    queue:clock                 the serve clock (INCR)
-    queue:signal                LIST used to wake idle workers (capped)
+    running:{user_id}           how many of the user's jobs are leased (concurrency caps); absent
+                                when none
+    queue:{tier}:last_served    HASH user -> when last served, for users who left the ring (no
+                                queued job), so that coming back does not put them first
+    queue:signal                LIST used to wake idle workers (at most 64 tokens)
     lease:{generation_id}       HASH worker, user, tier of a claimed job
     leases                      ZSET generation id -> lease expiry (ms)
     cancel:{generation_id}      set while a cancel of a running job is pending
@@ -44,8 +46,8 @@ if not redis.call('ZSCORE', ring, ARGV[2]) then
   local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
   redis.call('ZADD', ring, served, ARGV[2])
 end
-redis.call('LPUSH', 'queue:signal', '1')
-redis.call('LTRIM', 'queue:signal', 0, 63)
+-- Under load the list is full and nobody waits on it: a read instead of two writes.
+if redis.call('LLEN', 'queue:signal') < 64 then redis.call('LPUSH', 'queue:signal', '1') end
 return 1
 """
 
@@ -53,12 +55,18 @@ _CLAIM_BODY = """
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] JSON: {"tiers": [...], "aging_ms": {...},
 -- "caps": {...}, "warm": [...], "lookahead": n, "max_skips": n}, ARGV[4] the worker's previous
 -- jobs, space-separated, released first ('' for none), ARGV[5] the most jobs to claim as one
--- batch. Returns job, user, tier, reason for each claimed job, the first chosen by the policy.
+-- batch, ARGV[6] the worker's horizon: how many ms until it expects to claim again. Returns job,
+-- user, tier, reason for each claimed job, the first chosen by the policy, as one space-separated
+-- string (one bulk reply is cheaper for the client to read than an array of them).
 local worker, lease_ms, max_batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
+local horizon_ms = tonumber(ARGV[6])
 local cfg = cjson.decode(ARGV[3])
 for job in string.gmatch(ARGV[4], '%S+') do release(job, worker) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- When a user was served: microseconds, unique per claim (scripts run one at a time) and exact
+-- in a double.
+local served_at = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local warm = {}
 for _, model in ipairs(cfg.warm) do warm[model] = true end
 
@@ -71,9 +79,13 @@ local function take(tier, user, job, reason)
   local list = 'queue:' .. tier .. ':' .. user
   local ring = 'queue:' .. tier .. ':ring'
   redis.call('LREM', list, 1, job)
-  local clock = redis.call('INCR', 'queue:clock')
-  redis.call('HSET', 'queue:' .. tier .. ':last_served', user, clock)
-  if redis.call('LLEN', list) > 0 then redis.call('ZADD', ring, clock, user) else redis.call('ZREM', ring, user) end
+  served_at = served_at + 1  -- A batch serves its members' users in turn.
+  if redis.call('LLEN', list) > 0 then
+    redis.call('ZADD', ring, served_at, user)
+  else
+    redis.call('ZREM', ring, user)
+    redis.call('HSET', 'queue:' .. tier .. ':last_served', user, served_at)
+  end
   redis.call('ZREM', 'queue:' .. tier .. ':waiting', job)
   redis.call('INCR', 'running:' .. user)
   redis.call('HSET', 'lease:' .. job, 'worker', worker, 'user', user, 'tier', tier)
@@ -83,7 +95,8 @@ end
 
 -- The next job under the policy: tier, user, job, reason; nil when none is eligible.
 local function choose()
-  -- 1. Aging: the most overdue job of any band, if one has waited past its band's bound.
+  -- 1. Aging: the most overdue job of any band. A job is due once its wait would pass its band's
+  -- bound before this worker claims again: taken any later, it would start late.
   local best, best_overdue = nil, -1
   for _, tier in ipairs(cfg.tiers) do
     local bound = tonumber(cfg.aging_ms[tier] or -1)
@@ -91,12 +104,12 @@ local function choose()
       local waiting = 'queue:' .. tier .. ':waiting'
       -- Usually the head is not overdue: look at it alone, and deeper only when it is.
       local oldest = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
-      if #oldest > 0 and now - tonumber(oldest[2]) - bound >= 0 then
+      if #oldest > 0 and now + horizon_ms - tonumber(oldest[2]) - bound >= 0 then
         oldest = redis.call('ZRANGE', waiting, 0, 15, 'WITHSCORES')
       end
       for i = 1, #oldest, 2 do
         local job, since = oldest[i], tonumber(oldest[i + 1])
-        local overdue = now - since - bound
+        local overdue = now + horizon_ms - since - bound
         if overdue < 0 then break end
         local user = redis.call('HGET', 'job:' .. job, 'user')
         if user and eligible(tier, user) then
@@ -118,11 +131,11 @@ local function choose()
       if not head then
         redis.call('ZREM', ring, user)
       elseif eligible(tier, user) then
-        local skips = tonumber(redis.call('HGET', 'job:' .. head, 'skips') or 0)
+        local fields = redis.call('HMGET', 'job:' .. head, 'skips', 'model')
+        local skips, model = tonumber(fields[1] or 0), fields[2]
         if not first then first = {user, head} end
         -- A job passed over often enough is taken now: a cold model waits a bounded number of swaps.
         if skips >= tonumber(cfg.max_skips) then return tier, user, head, 'starved' end
-        local model = redis.call('HGET', 'job:' .. head, 'model')
         if next(cfg.warm) == nil or (model and warm[model]) then
           for _, job in ipairs(passed) do redis.call('HINCRBY', 'job:' .. job, 'skips', 1) end
           return tier, user, head, (next(cfg.warm) == nil) and 'next' or 'warm'
@@ -166,7 +179,7 @@ local tier, user, job, reason = choose()
 if not tier then return false end
 local claimed = take(tier, user, job, reason)
 if max_batch > 1 then add_companions(tier, job, claimed) end
-return claimed
+return table.concat(claimed, ' ')
 """
 
 # ARGV: tier, user, job, then the tiers in priority order. Returns the 1-based position, or -1.
@@ -200,10 +213,15 @@ return ahead + 1
 
 _REMOVE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
+local ring = 'queue:' .. ARGV[1] .. ':ring'
 local removed = redis.call('LREM', list, 0, ARGV[3])
 redis.call('ZREM', 'queue:' .. ARGV[1] .. ':waiting', ARGV[3])
 redis.call('DEL', 'job:' .. ARGV[3])
-if redis.call('LLEN', list) == 0 then redis.call('ZREM', 'queue:' .. ARGV[1] .. ':ring', ARGV[2]) end
+if redis.call('LLEN', list) == 0 then
+  local served = redis.call('ZSCORE', ring, ARGV[2])
+  if served then redis.call('HSET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2], served) end
+  redis.call('ZREM', ring, ARGV[2])
+end
 return removed
 """
 
@@ -215,35 +233,48 @@ redis.call('ZADD', 'leases', now_ms + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
+# A user's running count, less the job that stopped running; the key goes when it reaches 0.
+_STOP_RUNNING_FUNCTION = """
+local function stop_running(user)
+  if user and redis.call('DECR', 'running:' .. user) <= 0 then redis.call('DEL', 'running:' .. user) end
+end
+"""
+
 # One definition of "end a lease", shared by the release script and the claim script (which
 # releases a worker's previous job in the same round trip as its next claim).
-_RELEASE_FUNCTION = """
+_RELEASE_FUNCTION = (
+    _STOP_RUNNING_FUNCTION
+    + """
 local function release(job, worker)
-  if job == '' or redis.call('HGET', 'lease:' .. job, 'worker') ~= worker then return 0 end
-  local user = redis.call('HGET', 'lease:' .. job, 'user')
-  if user and tonumber(redis.call('GET', 'running:' .. user) or 0) > 0 then redis.call('DECR', 'running:' .. user) end
+  if job == '' then return 0 end
+  local lease = redis.call('HMGET', 'lease:' .. job, 'worker', 'user')
+  if lease[1] ~= worker then return 0 end
+  stop_running(lease[2])
   redis.call('DEL', 'lease:' .. job, 'job:' .. job)
   redis.call('ZREM', 'leases', job)
   return 1
 end
 """
+)
 
 _RELEASE = _RELEASE_FUNCTION + "return release(ARGV[1], ARGV[2])\n"
 _CLAIM = _RELEASE_FUNCTION + _CLAIM_BODY
 
 # A lease that lapsed (its worker died or stalled): forget it so the job can be delivered again.
 # ARGV: job. Returns 1 if an expired lease was dropped.
-_DROP_EXPIRED = """
+_DROP_EXPIRED = (
+    _STOP_RUNNING_FUNCTION
+    + """
 local expiry = redis.call('ZSCORE', 'leases', ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if expiry and tonumber(expiry) > now then return 0 end
-local user = redis.call('HGET', 'lease:' .. ARGV[1], 'user')
-if user and tonumber(redis.call('GET', 'running:' .. user) or 0) > 0 then redis.call('DECR', 'running:' .. user) end
+stop_running(redis.call('HGET', 'lease:' .. ARGV[1], 'user'))
 redis.call('DEL', 'lease:' .. ARGV[1])
 redis.call('ZREM', 'leases', ARGV[1])
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -259,9 +290,9 @@ class Claim:
 
 @dataclass(frozen=True)
 class SchedulingPolicy:
-    """How the claim script chooses. Bands are strict, except that a job waiting longer than its
-    band's aging bound goes first; users in a band take turns; a user at their plan's
-    concurrency cap waits without blocking others."""
+    """How the claim script chooses. Bands are strict, except that a job that would otherwise
+    start later than its band's aging bound goes first; users in a band take turns; a user at
+    their plan's concurrency cap waits without blocking others."""
 
     aging_seconds: Mapping[str, float]
     concurrency_caps: Mapping[str, int]
@@ -316,12 +347,21 @@ class TierQueue:
         warm_models: Sequence[str] = (),
         *,
         release: uuid.UUID | None = None,
+        horizon_seconds: float = 0.0,
     ) -> Claim | None:
         """Atomically choose the next job under `policy` and lease it to `worker_id`. One script,
         so no job is ever handed to two workers. `release` ends the worker's previous lease in
-        the same round trip."""
+        the same round trip. `horizon_seconds` is how long the worker expects its next job to
+        take (its last one's time will do): a job whose aging bound passes within it is due now,
+        so that no job starts later than its bound."""
         claims = await self.claim_batch(
-            worker_id, lease_seconds, policy, warm_models, max_batch=1, release=(release,) if release else ()
+            worker_id,
+            lease_seconds,
+            policy,
+            warm_models,
+            max_batch=1,
+            release=(release,) if release else (),
+            horizon_seconds=horizon_seconds,
         )
         return claims[0] if claims else None
 
@@ -334,6 +374,7 @@ class TierQueue:
         *,
         max_batch: int,
         release: Sequence[uuid.UUID] = (),
+        horizon_seconds: float = 0.0,
     ) -> list[Claim]:
         """Like `claim`, then up to `max_batch - 1` companions in the same script: waiting jobs
         of the first job's band with its batch key, each under its own lease. Empty when no job
@@ -345,11 +386,12 @@ class TierQueue:
                 policy.script_config(warm_models),
                 " ".join(str(job) for job in release),
                 max_batch,
+                int(horizon_seconds * 1000),
             ]
         )
         if not claimed:
             return []
-        parts = [part.decode() if isinstance(part, bytes) else part for part in claimed]
+        parts = (claimed.decode() if isinstance(claimed, bytes) else claimed).split()
         return [
             Claim(uuid.UUID(job), uuid.UUID(user), tier, reason)
             for job, user, tier, reason in zip(

@@ -111,6 +111,24 @@ async def test_an_aged_job_goes_before_every_band(queue: TierQueue) -> None:
     assert aged is not None and (aged.generation_id, aged.reason) == (free_job, "aged")
 
 
+async def test_a_job_due_before_the_workers_next_claim_goes_first(queue: TierQueue) -> None:
+    # A worker busy for the next 40 s must take a job whose 30 s bound passes meanwhile, or that
+    # job starts late; a worker back in 10 s leaves it to a later claim.
+    policy = SchedulingPolicy(
+        aging_seconds={**POLICY.aging_seconds, "free": 30},
+        concurrency_caps=POLICY.concurrency_caps,
+    )
+    free_job = uuid.uuid4()
+    await queue.enqueue("free", uuid.uuid4(), free_job, "m")
+    studio_jobs = ids(2)
+    for job in studio_jobs:
+        await queue.enqueue("studio", uuid.uuid4(), job, "m")
+    soon = await queue.claim("w", 30, policy, horizon_seconds=10)
+    assert soon is not None and soon.generation_id in studio_jobs and soon.reason == "next"
+    late = await queue.claim("w", 30, policy, horizon_seconds=40)
+    assert late is not None and (late.generation_id, late.reason) == (free_job, "aged")
+
+
 async def test_a_warm_model_is_preferred_for_a_bounded_number_of_swaps(queue: TierQueue) -> None:
     cold = uuid.uuid4()
     # Its user sorts first among never-served users, so it is ahead in the turn order.
