@@ -176,7 +176,12 @@ local function add_companions(tier, leader, claimed)
 end
 
 local tier, user, job, reason = choose()
-if not tier then return false end
+if not tier then
+  -- Nothing is eligible for any worker (caps and bounds are the same for all; warm models only
+  -- order): the wake tokens left from busier times would only wake idle workers to claim nothing.
+  redis.call('DEL', 'queue:signal')
+  return false
+end
 local claimed = take(tier, user, job, reason)
 if max_batch > 1 then add_companions(tier, job, claimed) end
 return table.concat(claimed, ' ')

@@ -94,6 +94,21 @@ async def test_a_capped_user_waits_without_blocking_others(queue: TierQueue) -> 
     assert third is not None and third.user_id == first.user_id
 
 
+async def test_a_claim_that_finds_nothing_leaves_no_wake_tokens(queue: TierQueue) -> None:
+    # Tokens pushed while the workers were busy would wake idle workers to claim nothing.
+    user = uuid.uuid4()
+    jobs = ids(3)
+    for job in jobs:
+        await queue.enqueue("free", user, job, "m")
+    assert await queue.redis.llen("queue:signal") == 3
+    assert await queue.claim("w1", 30, POLICY) is not None
+    assert await queue.claim("w2", 30, POLICY) is None  # the user is at the Free cap of 1
+    assert await queue.redis.llen("queue:signal") == 0
+    started = asyncio.get_running_loop().time()
+    await queue.wait_for_work(1)  # so an idle worker sleeps until new work arrives
+    assert asyncio.get_running_loop().time() - started >= 0.9
+
+
 async def test_an_aged_job_goes_before_every_band(queue: TierQueue) -> None:
     policy = SchedulingPolicy(
         aging_seconds={**POLICY.aging_seconds, "free": 0.2},
