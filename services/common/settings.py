@@ -71,7 +71,7 @@ class SchedulerSettings(BaseSettings):
             "starter": 300.0,
             "free": 600.0,
         },
-        description="A job waiting longer than its band's bound is served before every band.",
+        description="A job goes before every band once it would otherwise start later than its band's bound.",
     )
     concurrency_caps: dict[str, int] = Field(
         default_factory=lambda: {"free": 1, "starter": 1, "pro": 2, "studio": 4, "enterprise": 8},
