@@ -109,16 +109,25 @@ async def test_a_claim_that_finds_nothing_leaves_no_wake_tokens(queue: TierQueue
     assert asyncio.get_running_loop().time() - started >= 0.9
 
 
-async def test_an_aged_job_goes_before_every_band(queue: TierQueue) -> None:
+async def free_job_behind_studio_jobs(
+    queue: TierQueue, free_aging_seconds: float, studio: int
+) -> tuple[SchedulingPolicy, uuid.UUID, list[uuid.UUID]]:
+    """A Free job, then `studio` Studio jobs of other users, under a policy with the given Free
+    aging bound: (the policy, the Free job, the Studio jobs)."""
     policy = SchedulingPolicy(
-        aging_seconds={**POLICY.aging_seconds, "free": 0.2},
+        aging_seconds={**POLICY.aging_seconds, "free": free_aging_seconds},
         concurrency_caps=POLICY.concurrency_caps,
     )
     free_job = uuid.uuid4()
     await queue.enqueue("free", uuid.uuid4(), free_job, "m")
-    studio_jobs = ids(3)
+    studio_jobs = ids(studio)
     for job in studio_jobs:
         await queue.enqueue("studio", uuid.uuid4(), job, "m")
+    return policy, free_job, studio_jobs
+
+
+async def test_an_aged_job_goes_before_every_band(queue: TierQueue) -> None:
+    policy, free_job, studio_jobs = await free_job_behind_studio_jobs(queue, 0.2, studio=3)
     first = await queue.claim("w", 30, policy)
     assert first is not None and first.generation_id in studio_jobs  # not aged yet
     await asyncio.sleep(0.25)
@@ -129,15 +138,7 @@ async def test_an_aged_job_goes_before_every_band(queue: TierQueue) -> None:
 async def test_a_job_due_before_the_workers_next_claim_goes_first(queue: TierQueue) -> None:
     # A worker busy for the next 40 s must take a job whose 30 s bound passes meanwhile, or that
     # job starts late; a worker back in 10 s leaves it to a later claim.
-    policy = SchedulingPolicy(
-        aging_seconds={**POLICY.aging_seconds, "free": 30},
-        concurrency_caps=POLICY.concurrency_caps,
-    )
-    free_job = uuid.uuid4()
-    await queue.enqueue("free", uuid.uuid4(), free_job, "m")
-    studio_jobs = ids(2)
-    for job in studio_jobs:
-        await queue.enqueue("studio", uuid.uuid4(), job, "m")
+    policy, free_job, studio_jobs = await free_job_behind_studio_jobs(queue, 30, studio=2)
     soon = await queue.claim("w", 30, policy, horizon_seconds=10)
     assert soon is not None and soon.generation_id in studio_jobs and soon.reason == "next"
     late = await queue.claim("w", 30, policy, horizon_seconds=40)
