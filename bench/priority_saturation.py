@@ -6,8 +6,8 @@
 On a real Redis (embedded, started here), Starter and Studio jobs arrive 10:1 at `--overload`
 times what `--workers` simulated GPU workers can serve (each job holds a worker for
 `--service-ms`). Workers claim through Pingvas's claim script (`TierQueue.claim`: strict bands,
-round robin, aging, caps) exactly as the real worker does, giving the time their last job took
-as the horizon within which a job's aging bound must not pass. It reports the wait from enqueue to
+round robin, aging, caps) exactly as the real worker does, with the same claim-to-claim horizon
+(`ClaimCycle`) within which a job's aging bound must not pass. It reports the wait from enqueue to
 claim, p50/p95/max per band, against the targets: Studio p95 <= 0.2 x Starter p95, and Starter's
 max wait within its aging bound. It prints figures and asserts nothing.
 """
@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from services.embedded.process import free_port
 from services.embedded.redis import EmbeddedRedis
-from services.generation.queue import SchedulingPolicy, TierQueue
+from services.generation.queue import ClaimCycle, SchedulingPolicy, TierQueue
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -73,20 +73,19 @@ async def run(args: argparse.Namespace, redis_url: str) -> None:
         arrivals_done.set()
 
     async def work(name: str) -> None:
-        last_job_seconds = 0.0
+        cycle = ClaimCycle()
         while True:
-            claim = await queue.claim(name, 30, policy, ("tiny-sd",), horizon_seconds=last_job_seconds)
+            claim = await queue.claim(name, 30, policy, ("tiny-sd",), horizon_seconds=cycle.horizon())
             if claim is None:
                 if arrivals_done.is_set():
                     return
                 await asyncio.sleep(0.002)
                 continue
+            cycle.got_work()
             tier, at = enqueued[claim.generation_id]
-            started = time.monotonic()
-            waits[tier].append(started - at)
+            waits[tier].append(time.monotonic() - at)
             await asyncio.sleep(args.service_ms / 1000)  # the GPU time this job holds the worker
             await queue.release_lease(claim.generation_id, name)
-            last_job_seconds = time.monotonic() - started
 
     began = time.monotonic()
     await asyncio.gather(produce(), *(work(f"w{i}") for i in range(args.workers)))

@@ -39,7 +39,7 @@ from gpu_inference.inference import (
 from gpu_inference.registry import ModelRegistry, UnknownModelError
 from services.common.storage import ImageStore, image_key
 from services.generation.jobs import GenerationJobs, WorkResult
-from services.generation.queue import Claim, SchedulingPolicy, TierQueue
+from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
 
 log = logging.getLogger(__name__)
@@ -240,9 +240,8 @@ class Worker:
         # The previous call's images are encoded, stored and recorded while the GPU runs the
         # next call; their leases end when that is done.
         storing: asyncio.Task[None] | None = None
-        # How long the last batch held this worker: about how long until it claims again, so the
-        # claim takes any job whose aging bound would pass before then.
-        last_batch_seconds = 0.0
+        # Each claim takes any job whose aging bound would pass before this worker claims again.
+        cycle = ClaimCycle()
         while not stop.is_set():
             try:
                 await self.advertise()
@@ -253,10 +252,12 @@ class Worker:
                     warm_models=self.registry.loaded(),
                     max_batch=self.max_batch,
                     release=finished,
-                    horizon_seconds=last_batch_seconds,
+                    horizon_seconds=cycle.horizon(),
                 )
                 finished = []
-                if not claims:
+                if claims:
+                    cycle.got_work()
+                else:
                     if storing is not None:
                         # Its leases may be what holds a capped user's next job back: claim again
                         # once they have ended.
@@ -272,14 +273,12 @@ class Worker:
                 await asyncio.sleep(self.idle_wait_seconds)
                 continue
             succeeded: list[tuple[GenerationRecord, TextToImageResult]] = []
-            started = time.monotonic()
             try:
                 succeeded = await self.run_claims(claims, stop)
             except Exception:
                 # PostgreSQL or Redis trouble mid-job: the leases lapse and the jobs are redelivered.
                 log.exception("jobs %s abandoned", ", ".join(str(claim.generation_id) for claim in claims))
             finally:
-                last_batch_seconds = time.monotonic() - started
                 to_store = {record.id for record, _ in succeeded}
                 finished = [claim.generation_id for claim in claims if claim.generation_id not in to_store]
             if storing is not None:

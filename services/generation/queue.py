@@ -25,6 +25,7 @@ whatever Redis lost.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -326,6 +327,28 @@ class SchedulingPolicy:
         return configs[key]
 
 
+class ClaimCycle:
+    """A worker's time from one claim to its next while it has work: about how long until it
+    claims again, so the horizon to pass to its next claim. Time spent idle does not count."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._claiming_at = 0.0
+        self._busy_since: float | None = None
+
+    def horizon(self) -> float:
+        """Call right before claiming: the horizon for this claim."""
+        now = time.monotonic()
+        if self._busy_since is not None:
+            self.seconds, self._busy_since = now - self._busy_since, None
+        self._claiming_at = now
+        return self.seconds
+
+    def got_work(self) -> None:
+        """The claim returned jobs: the cycle runs from its start to the next claim's."""
+        self._busy_since = self._claiming_at
+
+
 class TierQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -356,9 +379,9 @@ class TierQueue:
     ) -> Claim | None:
         """Atomically choose the next job under `policy` and lease it to `worker_id`. One script,
         so no job is ever handed to two workers. `release` ends the worker's previous lease in
-        the same round trip. `horizon_seconds` is how long the worker expects its next job to
-        take (its last one's time will do): a job whose aging bound passes within it is due now,
-        so that no job starts later than its bound."""
+        the same round trip. `horizon_seconds` is how long until the worker expects to claim
+        again (`ClaimCycle`): a job whose aging bound passes within it is due now, so that no
+        job starts later than its bound."""
         claims = await self.claim_batch(
             worker_id,
             lease_seconds,

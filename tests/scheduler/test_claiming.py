@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from services.embedded.process import free_port
 from services.embedded.redis import EmbeddedRedis
-from services.generation.queue import SchedulingPolicy, TierQueue
+from services.generation import queue as queue_module
+from services.generation.queue import ClaimCycle, SchedulingPolicy, TierQueue
 
 POLICY = SchedulingPolicy(
     aging_seconds={"enterprise": 600, "studio": 600, "pro": 600, "starter": 600, "free": 600},
@@ -143,6 +144,19 @@ async def test_a_job_due_before_the_workers_next_claim_goes_first(queue: TierQue
     assert soon is not None and soon.generation_id in studio_jobs and soon.reason == "next"
     late = await queue.claim("w", 30, policy, horizon_seconds=40)
     assert late is not None and (late.generation_id, late.reason) == (free_job, "aged")
+
+
+def test_a_claim_cycle_counts_claim_to_claim_time_while_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = iter([0.0, 5.0, 5.5, 100.0, 100.2])
+    monkeypatch.setattr(queue_module.time, "monotonic", lambda: next(now))
+    cycle = ClaimCycle()
+    assert cycle.horizon() == 0.0  # no cycle yet
+    cycle.got_work()
+    assert cycle.horizon() == 5.0  # claim to claim, with a job between them
+    assert cycle.horizon() == 5.0  # that claim found nothing: idle from here on
+    assert cycle.horizon() == 5.0  # 94.5 s idle do not make the next job any longer
+    cycle.got_work()
+    assert cycle.horizon() == pytest.approx(0.2)
 
 
 async def test_a_warm_model_is_preferred_for_a_bounded_number_of_swaps(queue: TierQueue) -> None:
