@@ -1,4 +1,5 @@
-"""One text-to-image run on a loaded pipeline, reporting each denoising step through one callback."""
+"""Text-to-image on a loaded pipeline: one call for one or more jobs, reporting each denoising
+step through one callback."""
 
 from __future__ import annotations
 
@@ -91,21 +92,6 @@ class TextToImageResult:
         return buffer.getvalue()
 
 
-def run_text_to_image(
-    model: LoadedModel, request: TextToImageRequest, on_step: Callable[[StepUpdate], None]
-) -> TextToImageResult:
-    """Run `request` on `model` synchronously; the worker calls this from a thread.
-
-    `on_step` is called once per denoising step with a cheap preview. Whatever it raises stops the
-    run at that step and propagates out of this function: that is how a job is cancelled or
-    abandoned when its lease is lost.
-    """
-    (result,) = run_text_to_image_batch(
-        model, [request], lambda batch_step: on_step(batch_step.update_for(0))
-    )
-    return result
-
-
 def run_text_to_image_batch(
     model: LoadedModel, requests: Sequence[TextToImageRequest], on_step: Callable[[BatchStep], None]
 ) -> list[TextToImageResult]:
@@ -115,7 +101,9 @@ def run_text_to_image_batch(
     call); prompts, negative prompts and seeds are each member's own. Every member gets its own
     generator, so its starting noise, and so its image, is the one its seed gives alone (up to
     floating-point differences between batch sizes). `on_step` is called once per step for the
-    whole batch; whatever it raises stops the run, as in `run_text_to_image`.
+    whole batch, on the calling thread (the worker's inference thread). Whatever it raises stops
+    the run at that step and propagates out of this function: that is how a batch is cancelled,
+    abandoned when its leases are lost, or handed back.
     """
     if not requests:
         raise ValueError("a batch needs at least one request")

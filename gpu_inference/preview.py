@@ -84,16 +84,6 @@ class PreviewFrame:
         return buffer.getvalue(), image.width, image.height
 
 
-def latents_to_preview_jpeg(
-    latents: torch.Tensor, family: str, *, min_side: int = 64, quality: int = 70
-) -> tuple[bytes, int, int]:
-    """Project the first latent of a `(batch, channels, height, width)` batch to a JPEG at once.
-
-    Returns `(jpeg_bytes, width, height)`; see `PreviewFrame.jpeg`.
-    """
-    return PreviewFrame(latents, family).jpeg(min_side=min_side, quality=quality)
-
-
 @functools.cache
 def _projection_tensors(family: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The projection's factors and bias on `device`, made once: a host-to-device copy per step

@@ -6,14 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from gpu_inference.preview import latents_to_preview_jpeg
+from gpu_inference.preview import PreviewFrame
 
 
 def test_preview_is_a_nearest_upscaled_jpeg_of_the_first_latent() -> None:
     latents = torch.zeros(2, 4, 8, 12)
     latents[1] = 5.0  # The second batch item must not leak into the preview.
 
-    jpeg, width, height = latents_to_preview_jpeg(latents, "sd15")
+    jpeg, width, height = PreviewFrame(latents, "sd15").jpeg()
 
     image = Image.open(io.BytesIO(jpeg))
     assert image.format == "JPEG"
@@ -28,7 +28,7 @@ def test_projection_follows_the_family_factors() -> None:
     latents = torch.zeros(1, 4, 8, 8)
     latents[0, 3] = -1.5
 
-    jpeg, _, _ = latents_to_preview_jpeg(latents, "sd15", min_side=8)
+    jpeg, _, _ = PreviewFrame(latents, "sd15").jpeg(min_side=8)
 
     red, _, blue = _rgb_at(jpeg, 4, 4)
     assert blue > 230
@@ -36,7 +36,7 @@ def test_projection_follows_the_family_factors() -> None:
 
 
 def test_sdxl_previews_include_its_colour_bias() -> None:
-    jpeg, width, height = latents_to_preview_jpeg(torch.zeros(1, 4, 16, 16), "sdxl", min_side=16)
+    jpeg, width, height = PreviewFrame(torch.zeros(1, 4, 16, 16), "sdxl").jpeg(min_side=16)
 
     red, _, _ = _rgb_at(jpeg, 8, 8)
     assert (width, height) == (16, 16)
@@ -45,9 +45,9 @@ def test_sdxl_previews_include_its_colour_bias() -> None:
 
 def test_rejects_unknown_families_and_channel_counts() -> None:
     with pytest.raises(ValueError, match="family"):
-        latents_to_preview_jpeg(torch.zeros(1, 4, 8, 8), "flux")
+        PreviewFrame(torch.zeros(1, 4, 8, 8), "flux")
     with pytest.raises(ValueError, match="channels"):
-        latents_to_preview_jpeg(torch.zeros(1, 16, 8, 8), "sd15")
+        PreviewFrame(torch.zeros(1, 16, 8, 8), "sd15")
 
 
 def _rgb_at(jpeg: bytes, x: int, y: int) -> tuple[int, int, int]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 from PIL import Image
@@ -9,10 +10,20 @@ from gpu_inference.inference import (
     BatchStep,
     StepUpdate,
     TextToImageRequest,
-    run_text_to_image,
+    TextToImageResult,
     run_text_to_image_batch,
 )
 from gpu_inference.registry import LoadedModel
+
+
+def run_text_to_image(
+    model: LoadedModel, request: TextToImageRequest, on_step: Callable[[StepUpdate], None]
+) -> TextToImageResult:
+    """One job alone, as a batch of one: its step updates as its progress relay gets them."""
+    (result,) = run_text_to_image_batch(
+        model, [request], lambda batch_step: on_step(batch_step.update_for(0))
+    )
+    return result
 
 
 def _request(*, seed: int = 7, steps: int = 4, width: int = 64, height: int = 64) -> TextToImageRequest:
