@@ -400,10 +400,8 @@ class Worker:
             return []
         except Exception as error:
             log.exception("loading model %s failed", first.model)
-            for member in members:
-                await self.jobs.requeue(
-                    member.record, f"model {first.model!r} could not be loaded: {error}", failed=True
-                )
+            reason = f"model {first.model!r} could not be loaded: {error}"
+            await self._requeue([member.record for member in members], reason, failed=True)
             return []
         relays = [ProgressRelay(self.jobs, member.record) for member in members]
         batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
@@ -443,20 +441,23 @@ class Worker:
         except EveryMemberLeft:
             return []
         except HandedBack:
-            for relay in batch.staying:
-                await self.jobs.requeue(relay.record, "its worker shut down", failed=False)
+            await self._requeue(
+                [relay.record for relay in batch.staying], "its worker shut down", failed=False
+            )
             return []
         except Exception as error:
-            log.exception(
-                "inference of %s failed", ", ".join(str(relay.record.id) for relay in batch.staying)
-            )
-            for relay in batch.staying:
-                reason = f"inference failed: {type(error).__name__}: {error}"
-                await self.jobs.requeue(relay.record, reason, failed=True)
+            staying = [relay.record for relay in batch.staying]
+            log.exception("inference of %s failed", ", ".join(str(record.id) for record in staying))
+            await self._requeue(staying, f"inference failed: {type(error).__name__}: {error}", failed=True)
             return []
         return [
             (relay.record, results[index]) for index, relay in enumerate(relays) if index not in batch.left
         ]
+
+    async def _requeue(self, records: Sequence[GenerationRecord], reason: str, *, failed: bool) -> None:
+        """Give the jobs back to the queue; `failed` counts the attempt towards dead-lettering."""
+        for record in records:
+            await self.jobs.requeue(record, reason, failed=failed)
 
     async def _store_results(self, succeeded: Sequence[tuple[GenerationRecord, TextToImageResult]]) -> None:
         """Encode, store and record a call's images, then end their leases."""
