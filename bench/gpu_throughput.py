@@ -606,6 +606,25 @@ def set_attention(pipeline: Any, processor_class: type) -> None:
 
 
 @contextmanager
+def classic_attention(pipeline: Any) -> Iterator[None]:
+    set_attention(pipeline, AttnProcessor)
+    try:
+        yield
+    finally:
+        set_attention(pipeline, AttnProcessor2_0)
+
+
+@contextmanager
+def vae_swapped(pipeline: Any, vae: Any) -> Iterator[None]:
+    full_vae = pipeline.vae
+    pipeline.vae = vae
+    try:
+        yield
+    finally:
+        pipeline.vae = full_vae
+
+
+@contextmanager
 def channels_last(pipeline: Any, on: bool) -> Iterator[None]:
     unet = pipeline.unet
     unet.to(memory_format=torch.channels_last if on else torch.contiguous_format)
@@ -637,29 +656,22 @@ def measure_settings(
     dtype: torch.dtype,
 ) -> list[Row]:
     """Section 2's rows: one setting changed at a time from the registry's configuration."""
-    rows: list[Row] = []
-    set_attention(bare, AttnProcessor)
-    try:
-        (row,) = bench.measure({"classic attention (AttnProcessor)": (run_1, 1)})
-    finally:
-        set_attention(bare, AttnProcessor2_0)
-    bench.print_row(row, baseline)
-    rows.append(row)
-
-    with channels_last(bare, not registry_channels_last):
-        (row,) = bench.measure({f"channels_last {'off' if registry_channels_last else 'on'}": (run_1, 1)})
-    bench.print_row(row, baseline)
-    rows.append(row)
-
-    full_vae = bare.vae
     tiny_vae: Any = AutoencoderTiny()  # type: ignore[no-untyped-call]
-    bare.vae = tiny_vae.to(device=device, dtype=dtype)
-    try:
-        (row,) = bench.measure({"AutoencoderTiny instead of AutoencoderKL": (run_1, 1)})
-    finally:
-        bare.vae = full_vae
-    bench.print_row(row, baseline)
-    rows.append(row)
+    settings = {
+        "classic attention (AttnProcessor)": classic_attention(bare),
+        f"channels_last {'off' if registry_channels_last else 'on'}": channels_last(
+            bare, not registry_channels_last
+        ),
+        "AutoencoderTiny instead of AutoencoderKL": vae_swapped(
+            bare, tiny_vae.to(device=device, dtype=dtype)
+        ),
+    }
+    rows: list[Row] = []
+    for name, setting in settings.items():
+        with setting:
+            (row,) = bench.measure({name: (run_1, 1)})
+        bench.print_row(row, baseline)
+        rows.append(row)
     return rows
 
 
@@ -683,7 +695,7 @@ def measure_compiled(
     bare.unet = torch.compile(eager_unet, mode=mode)
     try:
         (row,) = bench.measure({name: (run_1, 1)}, warmup=max(3, bench.args.warmup))
-        row.note = "warm-up " + " / ".join(f"{wall:.1f}s" for wall in row.warmup_walls)
+        row.note = warmup_note(row)
         bench.print_row(row, baseline)
         rows.append(row)
     except Exception as error:  # A compiler failure is a finding, not a reason to lose the rest.
@@ -698,7 +710,7 @@ def measure_compiled(
             (row,) = bench.measure(
                 {name: (worker_run(model, args, batch), batch)}, warmup=max(3, args.warmup)
             )
-            row.note = "warm-up " + " / ".join(f"{wall:.1f}s" for wall in row.warmup_walls)
+            row.note = warmup_note(row)
             bench.print_row(row, baseline if batch == 1 else None)
             rows.append(row)
     except Exception as error:
@@ -710,6 +722,11 @@ def measure_compiled(
         if bench.device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def warmup_note(row: Row) -> str:
+    """The warm-up runs' walls: with torch.compile, the first runs of each shape compile."""
+    return "warm-up " + " / ".join(f"{wall:.1f}s" for wall in row.warmup_walls)
 
 
 def steady_ratio(worker_row: Row, bare_row: Row) -> float:
