@@ -53,6 +53,17 @@ DESCRIPTOR_SET = Path(__file__).with_name("pingvas.binpb")
 # metadata), and `set_code()` plus a returned message reaches REST callers as a 400 with `{}`.
 REST_STATUS_HEADER = "pingvas-http-status"
 
+# Envoy's default access-log line with two changes. The path is logged without its query string:
+# signed image URLs carry their signature there, and whoever reads the log must not be able to
+# replay it (the default's %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% logs the query too). The method is
+# the caller's: the transcoder turns every REST call into a POST.
+ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)% %REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
+)
+
 DEFAULT_CORS_ALLOWED_ORIGINS: tuple[str, ...] = ("http://localhost:5173", "http://127.0.0.1:5173")
 CORS_ALLOWED_METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CORS_ALLOWED_HEADERS: tuple[str, ...] = (
@@ -198,7 +209,19 @@ def build_envoy_config(
             {
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {
+                        "text_format_source": {"inline_string": ACCESS_LOG_FORMAT},
+                        "formatters": [
+                            {
+                                "name": "envoy.formatter.req_without_query",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/"
+                                    "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                                },
+                            }
+                        ],
+                    },
                 },
             }
         ],
