@@ -49,6 +49,15 @@ def runtime_file(home: Path) -> Path:
     return home / "run" / "mesh.json"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (mode 0600 whatever the umask, also when it existed):
+    the secrets and the runtime file, which holds the database URL with its password."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
 def load_or_create_secrets(home: Path) -> dict[str, str]:
     """Signing keys for embedded mode, made once and kept under PINGVAS_HOME with mode 0600.
     Production passes PINGVAS_JWT_SECRET and PINGVAS_URL_SIGNING_SECRET from a Secret."""
@@ -60,8 +69,7 @@ def load_or_create_secrets(home: Path) -> dict[str, str]:
             "PINGVAS_JWT_SECRET": secrets.token_urlsafe(48),
             "PINGVAS_URL_SIGNING_SECRET": secrets.token_urlsafe(48),
         }
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(stored))
+        write_private(path, json.dumps(stored))
     return {key: os.environ.get(key) or value for key, value in stored.items()}
 
 
@@ -218,7 +226,8 @@ class Mesh:
         )
         assert envoy.popen is not None
         wait_for_port(options.http_host, options.http_port, 30, envoy.popen)
-        runtime_file(self.home).write_text(
+        write_private(
+            runtime_file(self.home),
             json.dumps(
                 {
                     "gateway_url": public_url,
@@ -228,7 +237,7 @@ class Mesh:
                     "pid": os.getpid(),
                     "ports": ports,
                 }
-            )
+            ),
         )
         self._started = True
         log.info("gateway listening on %s (gRPC, gRPC-Web and REST)", public_url)
