@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from gpu_inference.inference import (
 )
 from gpu_inference.registry import ModelRegistry, UnknownModelError
 from services.common.storage import ImageStore, image_key
+from services.generation.failures import Failure, FailureCode
 from services.generation.jobs import GenerationJobs, WorkResult
 from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
@@ -56,6 +57,10 @@ def _stop_requested() -> bool:
     teardown, which waits for its watchers, with it."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _run_labels(records: Iterable[GenerationRecord]) -> str:
+    return ", ".join(record.run_label for record in records)
 
 
 class RunInterrupted(Exception):
@@ -384,7 +389,7 @@ class Worker:
         first = members[0].record
         log.info(
             "running %s: model %s %dx%d %d steps",
-            ", ".join(f"{member.record.id} attempt {member.record.attempt}" for member in members),
+            _run_labels(member.record for member in members),
             first.model,
             first.width,
             first.height,
@@ -393,15 +398,24 @@ class Worker:
         try:
             model = await self.registry.acquire(first.model)
         except UnknownModelError:
+            missing = Failure.report(
+                FailureCode.MODEL_NOT_INSTALLED,
+                _run_labels(member.record for member in members),
+                f"model {first.model!r} is not installed on this worker",
+                logger=log,
+            )
             for member in members:
-                await self.jobs.finish_failed(
-                    member.record, f"model {first.model!r} is not installed on the GPU workers"
-                )
+                await self.jobs.finish_failed(member.record, missing)
             return []
-        except Exception as error:
-            log.exception("loading model %s failed", first.model)
-            reason = f"model {first.model!r} could not be loaded: {error}"
-            await self._requeue([member.record for member in members], reason, failed=True)
+        except Exception:
+            unloadable = Failure.report(
+                FailureCode.MODEL_LOAD_FAILED,
+                _run_labels(member.record for member in members),
+                f"loading model {first.model!r} failed",
+                logger=log,
+                exc_info=True,
+            )
+            await self._requeue([member.record for member in members], unloadable)
             return []
         relays = [ProgressRelay(self.jobs, member.record) for member in members]
         batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
@@ -441,23 +455,28 @@ class Worker:
         except EveryMemberLeft:
             return []
         except HandedBack:
-            await self._requeue(
-                [relay.record for relay in batch.staying], "its worker shut down", failed=False
-            )
+            await self._requeue([relay.record for relay in batch.staying], None)
             return []
-        except Exception as error:
+        except Exception:
             staying = [relay.record for relay in batch.staying]
-            log.exception("inference of %s failed", ", ".join(str(record.id) for record in staying))
-            await self._requeue(staying, f"inference failed: {type(error).__name__}: {error}", failed=True)
+            crashed = Failure.report(
+                FailureCode.INFERENCE_FAILED,
+                _run_labels(staying),
+                "inference failed",
+                logger=log,
+                exc_info=True,
+            )
+            await self._requeue(staying, crashed)
             return []
         return [
             (relay.record, results[index]) for index, relay in enumerate(relays) if index not in batch.left
         ]
 
-    async def _requeue(self, records: Sequence[GenerationRecord], reason: str, *, failed: bool) -> None:
-        """Give the jobs back to the queue; `failed` counts the attempt towards dead-lettering."""
+    async def _requeue(self, records: Sequence[GenerationRecord], failure: Failure | None) -> None:
+        """Give the jobs back to the queue; a `failure` counts the attempt towards dead-lettering,
+        a hand-back (None) does not."""
         for record in records:
-            await self.jobs.requeue(record, reason, failed=failed)
+            await self.jobs.requeue(record, failure)
 
     async def _store_results(self, succeeded: Sequence[tuple[GenerationRecord, TextToImageResult]]) -> None:
         """Encode, store and record a call's images, then end their leases."""

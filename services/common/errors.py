@@ -6,8 +6,15 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+
+def new_incident_id() -> str:
+    """A short random id that names one unexpected failure. The user sees only the id; the log
+    holds the detail under it, so support can find one from the other."""
+    return secrets.token_hex(6)
 
 
 class DomainError(Exception):

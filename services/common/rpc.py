@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -92,7 +91,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.Doma
 
 
 async def _abort_internal(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
-    incident = uuid.uuid4().hex[:12]
+    incident = errors.new_incident_id()
     log.exception("unexpected error in %s (incident %s)", method, incident)
     status = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (incident {incident})")
     await context.abort(grpc.StatusCode.INTERNAL, status.message)

@@ -72,7 +72,9 @@ generations = sa.Table(
     sa.Column("credits_charged", sa.BigInteger, nullable=False),
     sa.Column("gpu_seconds", sa.Float, nullable=False),
     sa.Column("image_key", sa.Text),
-    sa.Column("failure_reason", sa.Text),
+    # Why it failed: a FailureCode and the incident id under which the detail was logged.
+    sa.Column("failure_code", sa.Text),
+    sa.Column("incident_id", sa.Text),
     sa.Column("cancel_requested", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True)),

@@ -39,6 +39,7 @@ from services.common.errors import (
 from services.common.schema import generations
 from services.common.signing import ImageUrlSigner
 from services.generation.events import EventLog, is_terminal
+from services.generation.failures import Failure, FailureCode
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRecord, GenerationRepository
 
@@ -417,10 +418,8 @@ class GenerationJobs:
                     seed=record.seed, gpu_seconds=record.gpu_seconds, credits_charged=record.credits_charged
                 ),
             )
-        elif record.state == "FAILED":
-            event = new_event(
-                record.id, failed=resources.GenerationFailed(reason=record.failure_reason or "")
-            )
+        elif record.failure is not None:
+            event = new_event(record.id, failed=record.failure.to_proto())
         else:
             event = new_event(
                 record.id, cancelled=resources.GenerationCancelled(was_running=record.started_at is not None)
@@ -506,12 +505,13 @@ class GenerationJobs:
         )
         return True
 
-    async def finish_failed(self, record: GenerationRecord, reason: str) -> bool:
+    async def finish_failed(self, record: GenerationRecord, failure: Failure) -> bool:
         return await self._finish_released(
             record,
             "FAILED",
-            new_event(record.id, failed=resources.GenerationFailed(reason=reason)),
-            failure_reason=reason,
+            new_event(record.id, failed=failure.to_proto()),
+            failure_code=failure.code,
+            incident_id=failure.incident_id,
         )
 
     async def finish_cancelled(self, record: GenerationRecord) -> bool:
@@ -540,17 +540,18 @@ class GenerationJobs:
 
     # --- retries and repair ------------------------------------------------------------------
 
-    async def requeue(self, record: GenerationRecord, reason: str, *, failed: bool) -> str:
+    async def requeue(self, record: GenerationRecord, failure: Failure | None) -> str:
         """Give a RUNNING job back to the queue, fenced on its attempt: after a lost worker or a
-        failure (`failed`, which counts toward dead-lettering), or a spot interruption's hand-back
-        (which does not). A job whose cancel was requested is cancelled instead, and a job that
-        failed `max_attempts` times is dead-lettered as FAILED with its hold released.
-        Returns what happened: requeued, cancelled, dead-lettered, or fenced."""
+        `failure` (which counts toward dead-lettering), or a spot interruption's hand-back (None,
+        which does not). A job whose cancel was requested is cancelled instead, and a job that
+        failed `max_attempts` times is dead-lettered as FAILED, with its last failure, and its
+        hold released. Returns what happened: requeued, cancelled, dead-lettered, or fenced."""
         if record.cancel_requested:
             return "cancelled" if await self.finish_cancelled(record) else "fenced"
-        failures = record.failures + (1 if failed else 0)
-        if failures >= self.max_attempts:
-            dead = await self.finish_failed(record, f"gave up after {failures} failed attempts: {reason}")
+        failures = record.failures + (0 if failure is None else 1)
+        if failure is not None and failures >= self.max_attempts:
+            log.warning("giving %s up after %d failed attempts", record.id, failures)
+            dead = await self.finish_failed(record, failure)
             return "dead-lettered" if dead else "fenced"
         async with self.database.tenant(record.user_id) as conn:
             back = await self.repository.transition_running(
@@ -564,7 +565,12 @@ class GenerationJobs:
         if back is None:
             return "fenced"
         await self._enqueue(back)
-        log.warning("requeued %s after attempt %d: %s", record.id, record.attempt, reason)
+        log.warning(
+            "requeued %s after attempt %d: %s",
+            record.id,
+            record.attempt,
+            "handed back" if failure is None else f"{failure.code} (incident {failure.incident_id})",
+        )
         return "requeued"
 
     async def reconcile(self, *, min_age_seconds: float = 5.0, batch: int = 500) -> int:
@@ -588,7 +594,13 @@ class GenerationJobs:
                 if started is not None and (datetime.now(UTC) - started).total_seconds() < self.lease_seconds:
                     continue  # claimed before Redis was lost; give the worker one lease to renew
                 await self.queue.drop_expired_lease(record.id)
-                outcome = await self.requeue(record, "its worker stopped renewing the lease", failed=True)
+                lost = Failure.report(
+                    FailureCode.WORKER_LOST,
+                    record.run_label,
+                    f"worker {record.worker_id} stopped renewing its lease",
+                    logger=log,
+                )
+                outcome = await self.requeue(record, lost)
                 repaired += outcome != "fenced"
                 continue
             if await self.queue.is_waiting(record.tier, record.user_id, record.id):

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.schema import LIVE_STATES, generations, users
+from services.generation.failures import Failure, FailureCode
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -38,11 +39,24 @@ class GenerationRecord:
     credits_charged: int
     gpu_seconds: float
     image_key: str | None
-    failure_reason: str | None
+    failure_code: str | None
+    incident_id: str | None
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @property
+    def run_label(self) -> str:
+        """This attempt at the job, as logs name it."""
+        return f"generation {self.id} attempt {self.attempt}"
+
+    @property
+    def failure(self) -> Failure | None:
+        """Why it failed, once FAILED."""
+        if self.state != "FAILED":
+            return None
+        return Failure(FailureCode(self.failure_code or FailureCode.UNKNOWN), self.incident_id or "")
 
     @property
     def is_terminal(self) -> bool:

@@ -30,6 +30,7 @@ def _timestamp(value: Any) -> Timestamp | None:
 
 
 def generation_to_proto(record: GenerationRecord, image_url: str) -> resources.Generation:
+    failure = record.failure
     return resources.Generation(
         name=f"users/{record.user_id}/generations/{record.id}",
         id=str(record.id),
@@ -49,7 +50,9 @@ def generation_to_proto(record: GenerationRecord, image_url: str) -> resources.G
         gpu_seconds=record.gpu_seconds,
         credits_held=record.credits_held,
         credits_charged=record.credits_charged,
-        failure_reason=record.failure_reason or "",
+        failure_reason=failure.sentence if failure else "",
+        failure_code=failure.code if failure else "",
+        incident_id=failure.incident_id if failure else "",
         attempt=record.attempt,
     )
 

@@ -15,6 +15,7 @@ from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.generation.events import EventLog
+from services.generation.failures import Failure, FailureCode
 from services.generation.jobs import GenerationJobs, WorkResult
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
@@ -72,7 +73,7 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any, m
             jobs.finish_succeeded(record, "k", result),
             jobs.finish_succeeded(record, "k", result),
             jobs.finish_succeeded(stale, "k", result),
-            jobs.finish_failed(stale, "late"),
+            jobs.finish_failed(stale, Failure(FailureCode.INFERENCE_FAILED, "late")),
         )
     finally:
         await database.close()

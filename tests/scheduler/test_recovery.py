@@ -149,10 +149,23 @@ def test_a_poison_job_is_dead_lettered_and_its_hold_released(
         shutil.copytree(models_dir / "tiny-sd", poisoned)
         (poisoned / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
     who = customer("pro")
-    workers("w-poison")
+    worker = workers("w-poison")
     job = submit(who, model="poison-sd")["id"]
     (done,) = wait_done([job], within=120)
     assert done["state"] == "FAILED"
-    assert done["failure_reason"].startswith("gave up after 2 failed attempts")
     assert done["attempt"] == 2
     assert_ended_once(scheduler_mesh, job, succeeded=False)
+
+    # The user sees a stable code and a sentence naming the incident, never the exception's text
+    # (it names the model's files); the worker's log holds the detail under that incident.
+    seen = httpx.get(f"{scheduler_mesh.gateway_url}/api/v1/generation/{job}", headers=who.headers).json()
+    incident = done["incident_id"]
+    assert (done["failure_code"], seen["failureCode"], seen["incidentId"]) == (
+        "MODEL_LOAD_FAILED",
+        "MODEL_LOAD_FAILED",
+        incident,
+    )
+    assert seen["failureReason"] == f"The GPU workers could not load the model. (incident {incident})"
+    detail = next(line for line in worker.log().splitlines() if f"incident {incident}" in line)
+    assert "MODEL_LOAD_FAILED" in detail and job in detail
+    assert "Traceback (most recent call last)" in worker.log().split(f"incident {incident}", 1)[1]

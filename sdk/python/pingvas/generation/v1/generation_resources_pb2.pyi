@@ -27,7 +27,7 @@ GENERATION_STATE_FAILED: GenerationState
 GENERATION_STATE_CANCELLED: GenerationState
 
 class Generation(_message.Message):
-    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt")
+    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,8 @@ class Generation(_message.Message):
     CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     state: GenerationState
@@ -68,7 +70,9 @@ class Generation(_message.Message):
     credits_charged: int
     failure_reason: str
     attempt: int
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    failure_code: str
+    incident_id: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ...) -> None: ...
 
 class GenerationQueued(_message.Message):
     __slots__ = ("position",)
@@ -107,10 +111,14 @@ class GenerationSucceeded(_message.Message):
     def __init__(self, image_url: _Optional[str] = ..., seed: _Optional[int] = ..., gpu_seconds: _Optional[float] = ..., credits_charged: _Optional[int] = ...) -> None: ...
 
 class GenerationFailed(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "code", "incident_id")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    code: str
+    incident_id: str
+    def __init__(self, reason: _Optional[str] = ..., code: _Optional[str] = ..., incident_id: _Optional[str] = ...) -> None: ...
 
 class GenerationCancelled(_message.Message):
     __slots__ = ("was_running",)
