@@ -386,10 +386,11 @@ class Worker:
     async def _execute(
         self, members: Sequence[Member], stop: asyncio.Event
     ) -> list[tuple[GenerationRecord, TextToImageResult]]:
-        first = members[0].record
+        records = [member.record for member in members]
+        first = records[0]
         log.info(
             "running %s: model %s %dx%d %d steps",
-            _run_labels(member.record for member in members),
+            _run_labels(records),
             first.model,
             first.width,
             first.height,
@@ -400,22 +401,22 @@ class Worker:
         except UnknownModelError:
             missing = Failure.report(
                 FailureCode.MODEL_NOT_INSTALLED,
-                _run_labels(member.record for member in members),
+                _run_labels(records),
                 f"model {first.model!r} is not installed on this worker",
                 logger=log,
             )
-            for member in members:
-                await self.jobs.finish_failed(member.record, missing)
+            for record in records:
+                await self.jobs.finish_failed(record, missing)
             return []
         except Exception:
             unloadable = Failure.report(
                 FailureCode.MODEL_LOAD_FAILED,
-                _run_labels(member.record for member in members),
+                _run_labels(records),
                 f"loading model {first.model!r} failed",
                 logger=log,
                 exc_info=True,
             )
-            await self._requeue([member.record for member in members], unloadable)
+            await self._requeue(records, unloadable)
             return []
         relays = [ProgressRelay(self.jobs, member.record) for member in members]
         batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
