@@ -95,7 +95,6 @@ from diffusers import (  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from gpu_inference.catalog import ModelCatalog  # noqa: E402
 from gpu_inference.inference import (  # noqa: E402
     BatchStep,
     StepUpdate,
@@ -106,6 +105,7 @@ from gpu_inference.inference import (  # noqa: E402
 )
 from gpu_inference.registry import LoadedModel, ModelRegistry  # noqa: E402
 from gpu_inference.tiny import byte_to_unicode  # noqa: E402
+from services.generation.catalog import ModelCatalog  # noqa: E402
 
 # --- Stable Diffusion 1.5, as published (runwayml/stable-diffusion-v1-5, diffusers format) ---------
 

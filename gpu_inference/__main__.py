@@ -10,7 +10,6 @@ import socket
 
 from redis.asyncio import Redis
 
-from gpu_inference.catalog import ModelCatalog
 from gpu_inference.inference import configure_cpu_threads
 from gpu_inference.registry import ModelRegistry
 from gpu_inference.worker import Worker
@@ -20,6 +19,7 @@ from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import SchedulerSettings, WorkerSettings
 from services.common.storage import LocalImageStore
+from services.generation.catalog import ModelCatalog
 from services.generation.events import EventLog
 from services.generation.jobs import GenerationJobs
 from services.generation.queue import SchedulingPolicy, TierQueue

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import AutoPipelineForText2Image
 
-from gpu_inference.catalog import ModelCatalog, ModelInfo
+from services.generation.catalog import ModelCatalog, ModelInfo
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,18 @@ def create_tiny_sd(target_dir: Path, *, seed: int = 0) -> Path:
 def create_tiny_models(models_dir: Path) -> list[Path]:
     """Create `tiny-sd` and `tiny-sd-b` under `models_dir`; returns their directories."""
     return [create_tiny_sd(models_dir / name, seed=seed) for name, seed in TINY_MODEL_SEEDS.items()]
+
+
+def main(argv: list[str]) -> int:
+    """`python -m gpu_inference.tiny MODELS_DIR`: what `pingvas models create-tiny` runs, as its
+    own process, so that the CLI never imports torch."""
+    if len(argv) != 1:
+        print("usage: python -m gpu_inference.tiny MODELS_DIR", file=sys.stderr)
+        return 2
+    for path in create_tiny_models(Path(argv[0])):
+        print(f"tiny model ready: {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -138,12 +139,9 @@ def _cmd_billing(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_create_tiny(args: argparse.Namespace) -> int:
-    from gpu_inference.tiny import create_tiny_models
-
+    # Built by the inference package in its own process: services/ never imports gpu_inference.
     models_dir = Path(args.dir or os.environ.get("PINGVAS_MODELS_DIR") or _home() / "models")
-    for path in create_tiny_models(models_dir):
-        print(f"tiny model ready: {path}")
-    return 0
+    return subprocess.run([sys.executable, "-m", "gpu_inference.tiny", str(models_dir)]).returncode
 
 
 def _cmd_proto_generate(_args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 
-from gpu_inference.catalog import ModelCatalog
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
@@ -17,6 +16,7 @@ from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import GenerationSettings, SchedulerSettings
 from services.common.signing import ImageUrlSigner
+from services.generation.catalog import ModelCatalog
 from services.generation.events import EventLog
 from services.generation.jobs import GenerationJobs
 from services.generation.queue import TierQueue

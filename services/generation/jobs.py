@@ -24,7 +24,6 @@ from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from sqlalchemy.exc import IntegrityError
 
-from gpu_inference.catalog import ModelCatalog, ModelInfo
 from services.billing.ledger import CreditLedger, generation_reference
 from services.billing.pricing import Pricing
 from services.common.database import Database
@@ -38,6 +37,7 @@ from services.common.errors import (
 )
 from services.common.schema import generations
 from services.common.signing import ImageUrlSigner
+from services.generation.catalog import ModelCatalog, ModelInfo
 from services.generation.events import EventLog, is_terminal
 from services.generation.failures import Failure, FailureCode
 from services.generation.queue import TierQueue

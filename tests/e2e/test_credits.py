@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gpu_inference.catalog import ModelCatalog
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
+from services.generation.catalog import ModelCatalog
 from services.generation.events import EventLog
 from services.generation.failures import Failure, FailureCode
 from services.generation.jobs import GenerationJobs, WorkResult

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gpu_inference.catalog import ModelCatalog
 from gpu_inference.registry import LoadedModel, ModelRegistry
 from gpu_inference.tiny import create_tiny_models
+from services.generation.catalog import ModelCatalog
 
 
 @pytest.fixture(scope="session")

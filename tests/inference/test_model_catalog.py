@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpu_inference.catalog import ModelCatalog, size_range
+from services.generation.catalog import ModelCatalog, size_range
 
 
 def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
@@ -65,7 +65,9 @@ def test_a_missing_models_folder_is_an_empty_catalog(tmp_path: Path) -> None:
 
 def test_catalog_does_not_import_torch() -> None:
     # The generation service validates requests with the catalog and must stay light.
-    probe = "import sys, gpu_inference.catalog; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    probe = (
+        "import sys, services.generation.catalog; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=Path.cwd()
     )

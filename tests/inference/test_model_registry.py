@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpu_inference.catalog import ModelCatalog
 from gpu_inference.registry import ModelRegistry, UnknownModelError, estimate_weight_bytes
+from services.generation.catalog import ModelCatalog
 
 
 @pytest.fixture(scope="session")

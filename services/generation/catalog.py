@@ -1,7 +1,8 @@
-"""The models a worker can serve: diffusers directories under one models folder.
+"""The models the GPU workers can serve: diffusers directories under one models folder.
 
-Deliberately free of torch and diffusers: the generation service imports this module to validate a
-request's model name and image size, and must stay a light process.
+Generation-domain knowledge, shared by both sides: the generation service validates a request's
+model name and image size with it, and the workers find the models they load with it. Deliberately
+free of torch and diffusers, so the generation service stays a light process.
 """
 
 from __future__ import annotations
