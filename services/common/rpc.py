@@ -20,15 +20,12 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.envoy import REST_STATUS_HEADER
 from services.common import errors
 from services.common.auth import Principal, TokenAuthority
 from services.common.validation import validate
 
 log = logging.getLogger(__name__)
-
-# The REST edge (Envoy's Lua filter) turns this response header into the HTTP status, for the
-# one mapping gRPC's table lacks: FAILED_PRECONDITION/INSUFFICIENT_CREDITS -> 402.
-HTTP_STATUS_HEADER = "pingvas-http-status"
 
 _CODES: dict[type[errors.DomainError], tuple[grpc.StatusCode, int | None]] = {
     errors.InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, None),
@@ -86,7 +83,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: errors.Doma
     status, http_status = _status_for(error, domain)
     trailing = tuple(status.trailing_metadata)
     if http_status is not None:
-        trailing += ((HTTP_STATUS_HEADER, str(http_status)),)
+        # The REST edge turns it into the HTTP status, for the one mapping gRPC's table lacks:
+        # FAILED_PRECONDITION/INSUFFICIENT_CREDITS -> 402.
+        trailing += ((REST_STATUS_HEADER, str(http_status)),)
     await context.abort(status.code, status.details, trailing)
 
 
