@@ -70,7 +70,7 @@ def test_a_failed_generation_releases_its_hold(
     )
     assert created.status_code == 200, created.text
     failed = wait_for_state(rest, account, created.json()["id"], "FAILED")
-    assert "could not be loaded" in failed["failureReason"]
+    assert failed["failureCode"] == "MODEL_LOAD_FAILED"
     kinds = mesh.sql(
         "SELECT kind, held_change FROM credit_entries WHERE reference = %s ORDER BY id",
         f"generation:{failed['id']}",
