@@ -275,3 +275,74 @@ def test_while_lemonsqueezy_holds_a_renewals_lookup_the_user_generates_and_is_ch
     assert delivered.result(timeout=120).status_code == 200
     assert balance(mesh, subscriber.user_id) == 15000  # reset after the charge
     assert references(mesh, subscriber.user_id, "reset")[-1] == f"invoice:{invoice_id}:renewal"
+
+
+def left_by_a_crash(mesh: Any, account: Any, state: str) -> None:
+    """What a billing process that died between Lemon Squeezy's answer and its own commit left:
+    the recorded intent, minutes old."""
+    mesh.sql(
+        "UPDATE subscriptions SET pending_upgrade = 'studio', upgrade_state = %s, previous_variant_id = %s,"
+        " upgrade_requested_at = now() - interval '10 minutes', updated_at = now() - interval '10 minutes'"
+        " WHERE provider_subscription_id = %s",
+        state,
+        PRO,
+        account.subscription_id,
+    )
+
+
+def at_lemonsqueezy(lemonsqueezy: Any, account: Any, variant: str) -> None:
+    """Lemon Squeezy's subscription as the lost answer left it (no webhook delivered)."""
+    lemonsqueezy.subscription_event(
+        "subscription_updated",
+        account.subscription_id,
+        user_id=account.user_id,
+        user_email=account.email,
+        variant_id=variant,
+        updated_at=datetime.now(UTC) - timedelta(minutes=9),
+    )
+
+
+def reconcile(mesh: Any) -> None:
+    for _ in range(2):  # and again: safe to repeat
+        result = mesh.pingvas("billing", "reconcile")
+        assert result.returncode == 0, result.stderr
+
+
+def test_reconcile_applies_an_upgrade_whose_patch_landed_and_whose_invoice_was_paid(
+    mesh: Any, subscriber: Any, lemonsqueezy: Any
+) -> None:
+    left_by_a_crash(mesh, subscriber, "requested")
+    at_lemonsqueezy(lemonsqueezy, subscriber, STUDIO)
+    invoice_id = f"inv-{uuid.uuid4().hex[:8]}"
+    upgrade_invoice(lemonsqueezy, subscriber, "subscription_payment_success", invoice_id)
+    reconcile(mesh)
+    assert (plan_of(mesh, subscriber.user_id), balance(mesh, subscriber.user_id)) == ("studio", 30000)
+    assert references(mesh, subscriber.user_id, "reset")[-1] == f"invoice:{invoice_id}:upgrade"
+    row = subscription_row(mesh, subscriber.subscription_id)
+    assert (row["pending_upgrade"], row["upgrade_state"]) == (None, None)
+
+
+def test_reconcile_drops_an_upgrade_whose_patch_never_landed(
+    mesh: Any, subscriber: Any, lemonsqueezy: Any
+) -> None:
+    left_by_a_crash(mesh, subscriber, "requested")
+    at_lemonsqueezy(lemonsqueezy, subscriber, PRO)
+    reconcile(mesh)
+    row = subscription_row(mesh, subscriber.subscription_id)
+    assert (row["plan"], row["pending_upgrade"], row["upgrade_state"]) == ("pro", None, None)
+    assert (plan_of(mesh, subscriber.user_id), balance(mesh, subscriber.user_id)) == ("pro", 15000)
+
+
+def test_reconcile_finishes_undoing_a_failed_upgrade(mesh: Any, subscriber: Any, lemonsqueezy: Any) -> None:
+    left_by_a_crash(mesh, subscriber, "reverting")
+    at_lemonsqueezy(lemonsqueezy, subscriber, STUDIO)
+    reconcile(mesh)
+    assert lemonsqueezy.subscriptions[subscriber.subscription_id]["attributes"]["variant_id"] == int(PRO)
+    row = subscription_row(mesh, subscriber.subscription_id)
+    assert (row["plan"], row["variant_id"], row["pending_upgrade"], row["upgrade_state"]) == (
+        "pro",
+        PRO,
+        None,
+        None,
+    )
+    assert (plan_of(mesh, subscriber.user_id), balance(mesh, subscriber.user_id)) == ("pro", 15000)
