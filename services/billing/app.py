@@ -53,7 +53,10 @@ def build_billing(*, env: str, database_url: str, db_schema: str, grace_period_d
     ledger = CreditLedger()
     plans = PlanCatalog(PlanSettings(), lemonsqueezy_settings)
     lemonsqueezy = LemonSqueezyClient(
-        lemonsqueezy_settings.api_url, lemonsqueezy_settings.api_key, lemonsqueezy_settings.store_id
+        lemonsqueezy_settings.api_url,
+        lemonsqueezy_settings.api_key,
+        lemonsqueezy_settings.store_id,
+        timeout=lemonsqueezy_settings.timeout_seconds,
     )
     outbox = EmailOutbox()
     repository = SubscriptionRepository()
