@@ -27,6 +27,7 @@ transaction. A crash in between leaves the intent, which `reconcile` settles fro
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import math
 import uuid
@@ -66,7 +67,7 @@ _STATUS = {
 }
 
 
-class BillingReason:
+class BillingReason(enum.StrEnum):
     """An invoice's `billing_reason`: why Lemon Squeezy charged."""
 
     INITIAL = "initial"
@@ -504,7 +505,11 @@ class SubscriptionBilling:
                 return PlanChange(
                     days_left, offer.monthly_credits, upgrade, None if validate_only else current
                 )
-            if upgrade and not await self.repository.record_upgrade(conn, current, plan, now):
+            # One change at a time: a downgrade sent while an upgrade awaits its invoice would be
+            # overtaken by that invoice.
+            if (upgrade and not await self.repository.record_upgrade(conn, current, plan, now)) or (
+                not upgrade and current.upgrade_state is not None
+            ):
                 raise FailedPrecondition("another plan change is under way; try again when it settles")
         # Committed: a crash during the call below leaves the intent for `reconcile`.
         subscription_id = current.provider_subscription_id
