@@ -55,7 +55,12 @@ def mesh(
     running = start_mesh(
         tmp_path_factory.mktemp("pingvas-home"),
         models_dir,
-        extra_env={"PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url},
+        extra_env={
+            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
+            # Longer than any test holds an answer (tests/billing/test_plan_changes.py), so that a
+            # held call ends when the test releases it, never by a timer.
+            "PINGVAS_LEMONSQUEEZY_TIMEOUT_SECONDS": "300",
+        },
     )
     yield running
     stop_mesh(running)

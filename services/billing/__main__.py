@@ -29,7 +29,12 @@ async def main() -> None:
     mailer = mailer_from_settings(EmailSettings(), settings.home)
     server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
     servicer = BillingServicer(
-        parts.database, parts.ledger, parts.plans, parts.billing, TokenAuthority(settings.jwt_secret)
+        parts.database,
+        parts.ledger,
+        parts.plans,
+        parts.billing,
+        parts.webhooks,
+        TokenAuthority(settings.jwt_secret),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server.server)
     server.add_services([pb.DESCRIPTOR.services_by_name["BillingService"].full_name])

@@ -11,7 +11,10 @@ from services.billing.email import EmailOutbox
 from services.billing.ledger import CreditLedger
 from services.billing.lemonsqueezy import LemonSqueezyClient
 from services.billing.plans import PlanCatalog
+from services.billing.reconcile import BillingReconciler
+from services.billing.subscription_repository import SubscriptionRepository
 from services.billing.subscriptions import SubscriptionBilling
+from services.billing.webhooks import WebhookDelivery
 from services.common.database import Database
 from services.common.settings import (
     DEV_LEMONSQUEEZY_API_KEY,
@@ -29,6 +32,8 @@ class BillingParts:
     lemonsqueezy: LemonSqueezyClient
     outbox: EmailOutbox
     billing: SubscriptionBilling
+    webhooks: WebhookDelivery
+    reconciler: BillingReconciler
 
     async def close(self) -> None:
         await self.lemonsqueezy.aclose()
@@ -48,17 +53,34 @@ def build_billing(*, env: str, database_url: str, db_schema: str, grace_period_d
     ledger = CreditLedger()
     plans = PlanCatalog(PlanSettings(), lemonsqueezy_settings)
     lemonsqueezy = LemonSqueezyClient(
-        lemonsqueezy_settings.api_url, lemonsqueezy_settings.api_key, lemonsqueezy_settings.store_id
+        lemonsqueezy_settings.api_url,
+        lemonsqueezy_settings.api_key,
+        lemonsqueezy_settings.store_id,
+        timeout=lemonsqueezy_settings.timeout_seconds,
     )
     outbox = EmailOutbox()
+    repository = SubscriptionRepository()
     billing = SubscriptionBilling(
         database=database,
+        repository=repository,
         ledger=ledger,
         plans=plans,
         lemonsqueezy=lemonsqueezy,
         outbox=outbox,
-        webhook_secret=lemonsqueezy_settings.webhook_secret,
-        accept_test_mode=lemonsqueezy_settings.test_mode,
         grace_period=timedelta(days=grace_period_days),
     )
-    return BillingParts(database, ledger, plans, lemonsqueezy, outbox, billing)
+    webhooks = WebhookDelivery(
+        database=database,
+        repository=repository,
+        billing=billing,
+        webhook_secret=lemonsqueezy_settings.webhook_secret,
+        accept_test_mode=lemonsqueezy_settings.test_mode,
+    )
+    reconciler = BillingReconciler(
+        database=database,
+        repository=repository,
+        billing=billing,
+        webhooks=webhooks,
+        lemonsqueezy=lemonsqueezy,
+    )
+    return BillingParts(database, ledger, plans, lemonsqueezy, outbox, billing, webhooks, reconciler)

@@ -133,6 +133,15 @@ def subscription_upgraded(plan: str, credits: int) -> tuple[str, str]:
     return f"You're now on {name}", _email(text)
 
 
+def upgrade_payment_failed(plan: str, upgrade_plan: str) -> tuple[str, str]:
+    text = (
+        f"We couldn't take the payment for your upgrade to {_plan_name(upgrade_plan)}, so the "
+        f"upgrade is cancelled. You stay on {_plan_name(plan)} with your credits as they were; "
+        "please update your payment method before you try again."
+    )
+    return "Action needed: your Pingvas upgrade payment didn't go through", _email(text, _PLAIN_SIGN_OFF)
+
+
 # --- Delivery --------------------------------------------------------------------------------
 
 

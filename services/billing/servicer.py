@@ -13,7 +13,9 @@ from pingvas.billing.v1 import billing_service_pb2_grpc as pb_grpc
 
 from services.billing.ledger import CreditLedger, LedgerEntry
 from services.billing.plans import PlanCatalog
-from services.billing.subscriptions import SubscriptionBilling, SubscriptionRecord
+from services.billing.subscription_repository import SubscriptionRecord
+from services.billing.subscriptions import SubscriptionBilling
+from services.billing.webhooks import WebhookDelivery
 from services.common.auth import Principal, TokenAuthority
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput
@@ -70,6 +72,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         ledger: CreditLedger,
         plans: PlanCatalog,
         billing: SubscriptionBilling,
+        webhooks: WebhookDelivery,
         tokens: TokenAuthority,
     ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
@@ -77,6 +80,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         self.ledger = ledger
         self.plans = plans
         self.billing = billing
+        self.webhooks = webhooks
 
     @public_unary
     async def ListPlans(self, request: pb.ListPlansRequest, context: Context) -> pb.ListPlansResponse:
@@ -130,7 +134,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
             (str(item.value) for item in context.invocation_metadata() or () if item.key == "x-signature"),
             None,
         )
-        await self.billing.handle_webhook(request.body.data, signature)
+        await self.webhooks.handle(request.body.data, signature)
         return pb.HandleLemonSqueezyWebhookResponse()
 
     @unary

@@ -1,18 +1,33 @@
-"""Subscriptions: the seed's payment sequence (checkout, webhooks, grace and expiry, upgrades).
+"""Subscription state: created, updated, renewed, failed, expired, upgraded.
 
-Lemon Squeezy is the merchant of record and tells us what happened through signed webhooks.
-Each delivery is applied at most once (a dedupe key per event, resource and resource version),
-in one transaction with its effects: the subscription row, the user's plan, ledger entries and
-queued emails. Deliveries that arrive out of order are judged by the resource's `updated_at`, so
-a stale update never resurrects an expired subscription; payments that arrive before their
-subscription is known are parked and applied when it is. `reconcile` pulls what webhooks missed
-from the API, and grants exactly once because ledger entries are keyed by the same references.
+A subscription is keyed by its Lemon Squeezy subscription id, and a user has a history of them:
+a returning subscriber's new subscription is a new row, with its own first credits, started
+email and parked payments, each applied once.
+
+Which subscription decides the plan. Of a user's live subscriptions (active, in a payment grace
+period, or cancelled but paid until `ends_at`), the one that started last. So when a new
+subscription starts while an old one is cancelled but not yet ended, the new one decides from its
+start; the old one's later expiry changes nothing, because a live subscription remains. Only when
+the last live subscription expires does the user move to the free plan and lose their credits.
+A new subscription's first credits are a reset to its allowance, as a renewal is, so two
+overlapping subscriptions never stack credits.
+
+What "plan" means during an upgrade. The user keeps the plan, band and credits they paid for
+until Lemon Squeezy confirms the prorated invoice of the change (`subscription_payment_success`
+with `billing_reason` `updated`); until then the subscription only records the pending upgrade.
+The paid invoice moves the plan and resets the credits to the new allowance; a failed one undoes
+the change: the pending upgrade is dropped, Lemon Squeezy's subscription is patched back to the
+old variant, and the user gets the failed-payment email. A downgrade waits for the renewal.
+
+Calls to Lemon Squeezy never run inside a PostgreSQL transaction. An upgrade is recorded first
+(`UpgradeState.REQUESTED`), committed, then sent; its answer is committed in a second short
+transaction. A crash in between leaves the intent, which `reconcile` settles from the API.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import enum
 import logging
 import math
 import uuid
@@ -21,69 +36,43 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.billing import email
-from services.billing.email import EmailOutbox
+from services.billing.email import EmailKind, EmailOutbox
 from services.billing.ledger import CreditLedger
-from services.billing.lemonsqueezy import (
-    LemonSqueezyClient,
-    LemonSqueezyError,
-    WebhookEvent,
-    verify_signature,
-)
+from services.billing.lemonsqueezy import LemonSqueezyClient, LemonSqueezyError
 from services.billing.plans import PlanCatalog, PlanOffer, rank
+from services.billing.subscription_repository import (
+    DeliveryOutcome,
+    SubscriptionRecord,
+    SubscriptionRepository,
+    SubscriptionStatus,
+    UpgradeState,
+)
 from services.common.database import Database
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidInput, NotFound, Unavailable
-from services.common.schema import subscriptions, users, webhook_deliveries
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
 
-SUBSCRIPTION_EVENTS = frozenset(
-    {
-        "subscription_created",
-        "subscription_updated",
-        "subscription_cancelled",
-        "subscription_resumed",
-        "subscription_expired",
-        "subscription_paused",
-        "subscription_unpaused",
-    }
-)
-PAYMENT_EVENTS = frozenset(
-    {"subscription_payment_success", "subscription_payment_failed", "subscription_payment_recovered"}
-)
-
 # Lemon Squeezy's subscription statuses, as the states Pingvas acts on.
 _STATUS = {
-    "active": "active",
-    "on_trial": "active",
-    "paused": "active",
-    "past_due": "payment_failed",
-    "unpaid": "payment_failed",
-    "cancelled": "cancelled",
-    "expired": "expired",
+    "active": SubscriptionStatus.ACTIVE,
+    "on_trial": SubscriptionStatus.ACTIVE,
+    "paused": SubscriptionStatus.ACTIVE,
+    "past_due": SubscriptionStatus.PAYMENT_FAILED,
+    "unpaid": SubscriptionStatus.PAYMENT_FAILED,
+    "cancelled": SubscriptionStatus.CANCELLED,
+    "expired": SubscriptionStatus.EXPIRED,
 }
 
 
-@dataclass(frozen=True)
-class SubscriptionRecord:
-    user_id: uuid.UUID
-    provider_subscription_id: str
-    plan: str
-    variant_id: str
-    status: str
-    renews_at: datetime | None
-    ends_at: datetime | None
-    grace_period_end: datetime | None
-    pending_plan: str | None
-    provider_updated_at: datetime
+class BillingReason(enum.StrEnum):
+    """An invoice's `billing_reason`: why Lemon Squeezy charged."""
 
-    @classmethod
-    def from_row(cls, row: Any) -> SubscriptionRecord:
-        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+    INITIAL = "initial"
+    RENEWAL = "renewal"
+    UPDATED = "updated"  # the prorated charge of a plan change
 
 
 @dataclass(frozen=True)
@@ -92,23 +81,31 @@ class PlanChange:
 
     days_left_in_period: int
     new_plan_credits: int
-    credits_reset_now: bool
+    credits_reset_now: bool  # an upgrade: credits reset once its invoice is paid, not at renewal
     subscription: SubscriptionRecord | None
+
+
+@dataclass(frozen=True)
+class Synced:
+    outcome: DeliveryOutcome
+    started: bool  # a subscription new to us started: its parked payments may now apply
+
+
+def unavailable(error: LemonSqueezyError) -> Unavailable:
+    """Lemon Squeezy failures become UNAVAILABLE (HTTP 503): callers may retry, and Lemon Squeezy
+    itself retries a webhook that was not acknowledged."""
+    return Unavailable(f"Lemon Squeezy did not answer as expected ({error.status}): {error.detail}")
 
 
 @contextlib.contextmanager
 def lemonsqueezy_errors() -> Iterator[None]:
-    """Lemon Squeezy failures become UNAVAILABLE (HTTP 503): callers may retry, and Lemon Squeezy
-    itself retries a webhook that was not acknowledged."""
     try:
         yield
     except LemonSqueezyError as error:
-        raise Unavailable(
-            f"Lemon Squeezy did not answer as expected ({error.status}): {error.detail}"
-        ) from error
+        raise unavailable(error) from error
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -120,56 +117,34 @@ class SubscriptionBilling:
         self,
         *,
         database: Database,
+        repository: SubscriptionRepository,
         ledger: CreditLedger,
         plans: PlanCatalog,
         lemonsqueezy: LemonSqueezyClient,
         outbox: EmailOutbox,
-        webhook_secret: str,
-        accept_test_mode: bool,
         grace_period: timedelta = timedelta(days=3),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.database = database
+        self.repository = repository
         self.ledger = ledger
         self.plans = plans
         self.lemonsqueezy = lemonsqueezy
         self.outbox = outbox
-        self.webhook_secret = webhook_secret
-        self.accept_test_mode = accept_test_mode
         self.grace_period = grace_period
         self.clock = clock
 
-    # --- reading ----------------------------------------------------------------------------
+    # --- reading and checkout ---------------------------------------------------------------
 
     async def subscription_of(self, user_id: uuid.UUID) -> SubscriptionRecord | None:
         async with self.database.tenant(user_id) as conn:
-            return await self._subscription(conn, user_id)
-
-    @staticmethod
-    async def _subscription(
-        conn: AsyncConnection, user_id: uuid.UUID, *, lock: bool = False
-    ) -> SubscriptionRecord | None:
-        query = sa.select(subscriptions).where(subscriptions.c.user_id == user_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await conn.execute(query)).one_or_none()
-        return None if row is None else SubscriptionRecord.from_row(row)
-
-    async def _user_email(self, conn: AsyncConnection, user_id: uuid.UUID) -> str:
-        found = (
-            await conn.execute(sa.select(users.c.email).where(users.c.id == user_id))
-        ).scalar_one_or_none()
-        if found is None:
-            raise NotFound(f"user {user_id} not found")
-        return str(found)
-
-    # --- checkout ---------------------------------------------------------------------------
+            return await self.repository.latest(conn, user_id)
 
     async def checkout(self, user_id: uuid.UUID, plan: str) -> str:
         """A Lemon Squeezy checkout for `plan`; its webhooks come back with our user id."""
         offer = self._sellable(plan)
         async with self.database.tenant(user_id) as conn:
-            address = await self._user_email(conn, user_id)
+            address = await self.repository.email_of(conn, user_id)
         assert offer.variant_id is not None
         with lemonsqueezy_errors():
             return await self.lemonsqueezy.create_checkout(
@@ -181,84 +156,7 @@ class SubscriptionBilling:
             raise InvalidInput([FieldViolation("plan", "must be one of PLAN_STARTER, PLAN_PRO, PLAN_STUDIO")])
         return self.plans.get(plan)
 
-    # --- webhooks ---------------------------------------------------------------------------
-
-    async def handle_webhook(self, raw_body: bytes, signature: str | None) -> str:
-        """Verify and apply one delivery. Returns what happened (processed, duplicate, parked,
-        stale, ignored) for the log; the HTTP answer is 200 in every case but a bad signature."""
-        verify_signature(self.webhook_secret, raw_body, signature)
-        event = WebhookEvent.parse(raw_body)
-        if event.test_mode and not self.accept_test_mode:
-            return "ignored: test mode"
-        if event.event_name not in SUBSCRIPTION_EVENTS | PAYMENT_EVENTS | {"order_refunded"}:
-            return f"ignored: {event.event_name} is not handled"
-        async with self.database.system(f"webhook {event.event_name}") as conn:
-            return await self._apply_delivery(conn, event)
-
-    async def _apply_delivery(self, conn: AsyncConnection, event: WebhookEvent) -> str:
-        version = event.updated_at.isoformat() if event.updated_at else ""
-        # Concurrent deliveries of one change serialize on this unique key: the second waits
-        # for the first to commit, then finds the row and does nothing.
-        recorded = (
-            await conn.execute(
-                insert(webhook_deliveries)
-                .values(
-                    dedupe_key=f"{event.event_name}:{event.resource_id}:{version}",
-                    event_name=event.event_name,
-                    resource_id=event.resource_id,
-                    subscription_id=event.subscription_id,
-                    status="processed",
-                    payload=event.raw,
-                    processed_at=sa.func.now(),
-                )
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(webhook_deliveries.c.id)
-            )
-        ).scalar_one_or_none()
-        if recorded is None:
-            return "duplicate"
-        outcome = await self._apply(conn, event)
-        if outcome != "processed":
-            await conn.execute(
-                sa.update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == recorded)
-                .values(status="parked" if outcome == "parked" else "ignored")
-            )
-        return outcome
-
-    async def _apply(self, conn: AsyncConnection, event: WebhookEvent) -> str:
-        if event.event_name in SUBSCRIPTION_EVENTS:
-            return await self._apply_subscription_event(conn, event)
-        if event.event_name in PAYMENT_EVENTS:
-            return await self._apply_payment_event(conn, event)
-        return await self._apply_refund(conn, event)
-
-    async def _user_for(self, conn: AsyncConnection, event: WebhookEvent) -> uuid.UUID | None:
-        """Our user: from the checkout's custom data, else from the subscription we know."""
-        if event.user_id:
-            try:
-                return uuid.UUID(event.user_id)
-            except ValueError:
-                log.warning("webhook %s carries a malformed user id", event.resource_id)
-        if event.subscription_id:
-            found = (
-                await conn.execute(
-                    sa.select(subscriptions.c.user_id).where(
-                        subscriptions.c.provider_subscription_id == event.subscription_id
-                    )
-                )
-            ).scalar_one_or_none()
-            return found
-        return None
-
-    async def _apply_subscription_event(self, conn: AsyncConnection, event: WebhookEvent) -> str:
-        user_id = await self._user_for(conn, event)
-        if user_id is None:
-            log.warning("%s for unknown subscription %s: no user", event.event_name, event.resource_id)
-            return "ignored"
-        return await self.sync_subscription(
-            conn, user_id, event.resource_id, event.attributes, event.updated_at, event.event_name
-        )
+    # --- created, updated, cancelled, expired -----------------------------------------------
 
     async def sync_subscription(
         self,
@@ -267,145 +165,153 @@ class SubscriptionBilling:
         subscription_id: str,
         attributes: dict[str, Any],
         updated_at: datetime | None,
-        event_name: str,
-    ) -> str:
-        """Bring our subscription in line with Lemon Squeezy's resource, unless ours is newer."""
+        *,
+        expired: bool,
+    ) -> Synced:
+        """Bring one subscription in line with Lemon Squeezy's resource, unless ours is newer."""
         offer = self.plans.by_variant(attributes.get("variant_id"))
         if offer is None:
             log.warning(
                 "subscription %s has unknown variant %s", subscription_id, attributes.get("variant_id")
             )
-            return "ignored"
+            return Synced(DeliveryOutcome.IGNORED, False)
         version = updated_at or self.clock()
-        current = await self._subscription(conn, user_id, lock=True)
+        current = await self.repository.get(conn, subscription_id, lock=True)
         if current is not None and current.provider_updated_at > version:
-            return "stale"
-        status = (
-            "expired" if event_name == "subscription_expired" else _STATUS.get(str(attributes.get("status")))
-        )
+            return Synced(DeliveryOutcome.STALE, False)
+        status = SubscriptionStatus.EXPIRED if expired else _STATUS.get(str(attributes.get("status")))
         if status is None:
-            return "ignored"
-        plan = offer.plan if current is None or current.pending_plan is None else current.plan
-        grace = None
-        if status == "payment_failed":
-            grace = (
-                current.grace_period_end if current is not None else None
-            ) or self.clock() + self.grace_period
-        values = {
-            "provider_subscription_id": subscription_id,
+            return Synced(DeliveryOutcome.IGNORED, False)
+        values: dict[str, Any] = {
             "provider_customer_id": str(attributes.get("customer_id") or "") or None,
-            "plan": plan,
             "variant_id": str(attributes.get("variant_id")),
             "status": status,
-            "renews_at": _parse_time(attributes.get("renews_at")),
-            "ends_at": _parse_time(attributes.get("ends_at")),
-            "grace_period_end": grace,
+            "renews_at": parse_time(attributes.get("renews_at")),
+            "ends_at": parse_time(attributes.get("ends_at")),
+            "grace_period_end": None,
             "provider_updated_at": version,
-            "updated_at": sa.func.now(),
         }
-        await conn.execute(
-            insert(subscriptions)
-            .values(user_id=user_id, **values)
-            .on_conflict_do_update(index_elements=["user_id"], set_=values)
-        )
-        address = await self._user_email(conn, user_id)
-        if status == "expired":
-            await self._downgrade_to_free(
-                conn, user_id, address, reference=f"subscription:{subscription_id}:expired"
-            )
-            return "processed"
-        await conn.execute(sa.update(users).where(users.c.id == user_id).values(plan=plan))
+        if status is SubscriptionStatus.PAYMENT_FAILED:
+            values["grace_period_end"] = (
+                current.grace_period_end if current is not None else None
+            ) or self.clock() + self.grace_period
         if current is None:
+            values |= {
+                "plan": offer.plan,
+                "pending_plan": None,
+                "started_at": parse_time(attributes.get("created_at")) or version,
+            }
+        elif rank(offer.plan) < rank(current.plan):
+            values["pending_plan"] = offer.plan  # a downgrade takes effect at renewal
+        elif offer.plan == current.plan:
+            values["pending_plan"] = None
+        # A higher variant is an upgrade: the plan moves when its invoice is paid, not here.
+        if current is None:
+            await self.repository.save(conn, user_id, subscription_id, values)
+        else:
+            await self.repository.update(conn, subscription_id, **values)
+
+        started = current is None and status is not SubscriptionStatus.EXPIRED
+        if started:
             await self.ledger.open_account(conn, user_id)
-            granted = offer.monthly_credits > 0 and await self.ledger.grant(
-                conn, user_id, offer.monthly_credits, f"subscription:{subscription_id}:created"
-            )
+            if offer.monthly_credits > 0:
+                await self.ledger.reset(
+                    conn, user_id, offer.monthly_credits, f"subscription:{subscription_id}:created"
+                )
             await self._email(
                 conn,
                 user_id,
-                address,
-                "subscription_started",
+                EmailKind.SUBSCRIPTION_STARTED,
                 f"started:{subscription_id}",
-                email.subscription_started(plan, offer.monthly_credits),
+                email.subscription_started(offer.plan, offer.monthly_credits),
             )
-            log.info(
-                "subscription %s started for %s on %s (granted: %s)", subscription_id, user_id, plan, granted
-            )
-            await self._replay_parked(conn, subscription_id)
-        return "processed"
+            log.info("subscription %s started for %s on %s", subscription_id, user_id, offer.plan)
+        ended = current is not None and current.live and status is SubscriptionStatus.EXPIRED
+        await self._settle_plan(conn, user_id, ended=subscription_id if ended else None)
+        return Synced(DeliveryOutcome.PROCESSED, started)
 
-    async def _replay_parked(self, conn: AsyncConnection, subscription_id: str) -> None:
-        parked = (
-            await conn.execute(
-                sa.select(webhook_deliveries.c.id, webhook_deliveries.c.payload)
-                .where(
-                    webhook_deliveries.c.subscription_id == subscription_id,
-                    webhook_deliveries.c.status == "parked",
-                )
-                .order_by(webhook_deliveries.c.id)
-                .with_for_update()
+    async def _settle_plan(self, conn: AsyncConnection, user_id: uuid.UUID, *, ended: str | None) -> None:
+        """Set the user's plan from the subscription that decides it. When `ended` (a subscription
+        that just expired) leaves no live one, the user moves to free and loses their credits."""
+        deciding = await self.repository.deciding(conn, user_id)
+        await self.repository.set_user_plan(conn, user_id, deciding.plan if deciding else "free")
+        if deciding is None and ended is not None:
+            reference = f"subscription:{ended}:expired"
+            await self.ledger.revoke(conn, user_id, reference)
+            await self._email(
+                conn, user_id, EmailKind.SUBSCRIPTION_EXPIRED, reference, email.subscription_expired()
             )
-        ).all()
-        for row in parked:
-            event = WebhookEvent.parse(json.dumps(row.payload).encode())
-            outcome = await self._apply(conn, event)
-            await conn.execute(
-                sa.update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == row.id)
-                .values(
-                    status="processed" if outcome == "processed" else "ignored", processed_at=sa.func.now()
-                )
-            )
-            log.info("applied parked %s %s: %s", event.event_name, event.resource_id, outcome)
 
-    async def _apply_payment_event(self, conn: AsyncConnection, event: WebhookEvent) -> str:
-        subscription_id = event.subscription_id
-        user_id = await self._user_for(conn, event)
-        current = await self._subscription(conn, user_id, lock=True) if user_id else None
-        if current is None or current.provider_subscription_id != subscription_id:
-            # The payment overtook its subscription_created: keep it until that arrives.
-            return "parked"
-        assert user_id is not None
-        address = await self._user_email(conn, user_id)
-        if event.event_name == "subscription_payment_success":
-            if event.attributes.get("billing_reason") != "renewal":
-                return "processed"  # the initial payment: subscription_created granted already
-            await self.apply_renewal(conn, current, invoice_id=event.resource_id, address=address)
-            return "processed"
-        if event.event_name == "subscription_payment_failed":
-            if current.status not in ("active", "payment_failed"):
-                return "stale"
+    # --- payments ---------------------------------------------------------------------------
+
+    async def renewal_date(self, subscription_id: str) -> datetime | None:
+        """The next renewal date as Lemon Squeezy has it; asked before the renewal's transaction,
+        so the user's credits are never locked while the API answers."""
+        try:
+            fresh = await self.lemonsqueezy.get_subscription(subscription_id)
+        except LemonSqueezyError as error:
+            if error.status == 404:  # not there (yet): the renewal keeps the date we have
+                return None
+            raise unavailable(error) from error
+        return parse_time(fresh.get("attributes", {}).get("renews_at"))
+
+    async def payment_event(
+        self,
+        conn: AsyncConnection,
+        event_name: str,
+        current: SubscriptionRecord,
+        invoice_id: str,
+        attributes: dict[str, Any],
+        *,
+        renews_at: datetime | None,
+    ) -> DeliveryOutcome:
+        reason = attributes.get("billing_reason")
+        if event_name == "subscription_payment_success":
+            if reason == BillingReason.RENEWAL:
+                await self.apply_renewal(conn, current, invoice_id=invoice_id, renews_at=renews_at)
+            elif reason == BillingReason.UPDATED:
+                await self.apply_upgrade_payment(conn, current, invoice_id=invoice_id)
+            # The initial payment: subscription_created granted already.
+            return DeliveryOutcome.PROCESSED
+        if event_name == "subscription_payment_failed":
+            if reason == BillingReason.UPDATED:
+                return await self._upgrade_payment_failed(conn, current, invoice_id)
+            if current.status not in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAYMENT_FAILED):
+                return DeliveryOutcome.STALE
             grace_end = current.grace_period_end or self.clock() + self.grace_period
-            await conn.execute(
-                sa.update(subscriptions)
-                .where(subscriptions.c.user_id == user_id)
-                .values(status="payment_failed", grace_period_end=grace_end, updated_at=sa.func.now())
+            await self.repository.update(
+                conn,
+                current.provider_subscription_id,
+                status=SubscriptionStatus.PAYMENT_FAILED,
+                grace_period_end=grace_end,
             )
             await self._email(
                 conn,
-                user_id,
-                address,
-                "payment_failed",
-                f"payment_failed:{event.resource_id}",
+                current.user_id,
+                EmailKind.PAYMENT_FAILED,
+                f"payment_failed:{invoice_id}",
                 email.payment_failed(current.plan, grace_end),
             )
-            return "processed"
+            return DeliveryOutcome.PROCESSED
         # subscription_payment_recovered
-        if current.status != "payment_failed":
-            return "stale"
-        await conn.execute(
-            sa.update(subscriptions)
-            .where(subscriptions.c.user_id == user_id)
-            .values(status="active", grace_period_end=None, updated_at=sa.func.now())
+        if current.status is not SubscriptionStatus.PAYMENT_FAILED:
+            return DeliveryOutcome.STALE
+        await self.repository.update(
+            conn, current.provider_subscription_id, status=SubscriptionStatus.ACTIVE, grace_period_end=None
         )
-        return "processed"
+        return DeliveryOutcome.PROCESSED
 
     async def apply_renewal(
-        self, conn: AsyncConnection, current: SubscriptionRecord, *, invoice_id: str, address: str
+        self,
+        conn: AsyncConnection,
+        current: SubscriptionRecord,
+        *,
+        invoice_id: str,
+        renews_at: datetime | None,
     ) -> bool:
         """A paid renewal: the period's plan (a pending downgrade takes effect now), credits reset
-        to its grant, and the new renewal date from Lemon Squeezy. Keyed by the invoice, so the
-        webhook and the reconciler apply it once between them."""
+        to its grant, and the new renewal date. Keyed by the invoice, so the webhook and the
+        reconciler apply it once between them."""
         plan = current.pending_plan or current.plan
         offer = self.plans.get(plan)
         reset = await self.ledger.reset(
@@ -413,63 +319,141 @@ class SubscriptionBilling:
         )
         if not reset:
             return False
-        with lemonsqueezy_errors():
-            fresh = await self.lemonsqueezy.get_subscription(current.provider_subscription_id)
-        renews_at = _parse_time(fresh.get("attributes", {}).get("renews_at")) or current.renews_at
-        await conn.execute(
-            sa.update(subscriptions)
-            .where(subscriptions.c.user_id == current.user_id)
-            .values(
-                plan=plan,
-                pending_plan=None,
-                status="active",
-                grace_period_end=None,
-                renews_at=renews_at,
-                updated_at=sa.func.now(),
-            )
+        renews_at = renews_at or current.renews_at
+        await self.repository.update(
+            conn,
+            current.provider_subscription_id,
+            plan=plan,
+            pending_plan=None,
+            status=SubscriptionStatus.ACTIVE,
+            grace_period_end=None,
+            renews_at=renews_at,
         )
-        await conn.execute(sa.update(users).where(users.c.id == current.user_id).values(plan=plan))
+        await self._settle_plan(conn, current.user_id, ended=None)
         await self._email(
             conn,
             current.user_id,
-            address,
-            "subscription_renewed",
+            EmailKind.SUBSCRIPTION_RENEWED,
             f"renewed:{invoice_id}",
             email.subscription_renewed(plan, offer.monthly_credits, renews_at),
         )
         return True
 
-    async def _apply_refund(self, conn: AsyncConnection, event: WebhookEvent) -> str:
+    async def apply_upgrade_payment(
+        self, conn: AsyncConnection, current: SubscriptionRecord, *, invoice_id: str
+    ) -> bool:
+        """The paid invoice of a plan change: the upgrade takes effect, credits reset to the new
+        grant. Keyed by the invoice, so redeliveries and the reconciler apply it once."""
+        target = current.pending_upgrade
+        if target is None:
+            # A change made elsewhere (Lemon Squeezy's customer portal): the variant says where to.
+            by_variant = self.plans.by_variant(current.variant_id)
+            target = by_variant.plan if by_variant is not None else None
+        if (
+            target is None
+            or rank(target) <= rank(current.plan)
+            or current.upgrade_state is UpgradeState.REVERTING
+        ):
+            return False
+        offer = self.plans.get(target)
+        if not await self.ledger.reset(
+            conn, current.user_id, offer.monthly_credits, f"invoice:{invoice_id}:upgrade"
+        ):
+            return False
+        await self.repository.update(
+            conn,
+            current.provider_subscription_id,
+            plan=target,
+            pending_plan=None,
+            pending_upgrade=None,
+            upgrade_state=None,
+            previous_variant_id=None,
+            upgrade_requested_at=None,
+        )
+        await self._settle_plan(conn, current.user_id, ended=None)
+        await self._email(
+            conn,
+            current.user_id,
+            EmailKind.SUBSCRIPTION_UPGRADED,
+            f"upgraded:{invoice_id}",
+            email.subscription_upgraded(target, offer.monthly_credits),
+        )
+        log.info("upgrade of %s to %s paid (%s)", current.provider_subscription_id, target, invoice_id)
+        return True
+
+    async def _upgrade_payment_failed(
+        self, conn: AsyncConnection, current: SubscriptionRecord, invoice_id: str
+    ) -> DeliveryOutcome:
+        """The upgrade's invoice failed: mark it for undoing (the PATCH back runs after this
+        transaction, in `finish_revert`). The plan and credits never moved, so they stay."""
+        state, plan = current.upgrade_state, current.pending_upgrade
+        if state not in (UpgradeState.REQUESTED, UpgradeState.AWAITING_PAYMENT) or plan is None:
+            return DeliveryOutcome.STALE
+        await self.repository.move_upgrade(
+            conn,
+            current.provider_subscription_id,
+            plan=plan,
+            from_state=state,
+            to_state=UpgradeState.REVERTING,
+        )
+        await self._email(
+            conn,
+            current.user_id,
+            EmailKind.PAYMENT_FAILED,
+            f"payment_failed:{invoice_id}",
+            email.upgrade_payment_failed(current.plan, plan),
+        )
+        return DeliveryOutcome.PROCESSED
+
+    async def finish_revert(self, subscription_id: str) -> bool:
+        """Patch a failed upgrade's subscription back to its old variant, outside any
+        transaction, then drop the upgrade. Left for `reconcile` when Lemon Squeezy fails."""
+        async with self.database.system("read an upgrade to undo") as conn:
+            current = await self.repository.get(conn, subscription_id)
+        if (
+            current is None
+            or current.upgrade_state is not UpgradeState.REVERTING
+            or current.pending_upgrade is None
+            or current.previous_variant_id is None
+        ):
+            return False
+        try:
+            await self.lemonsqueezy.update_subscription_variant(
+                subscription_id, current.previous_variant_id, invoice_immediately=False
+            )
+        except LemonSqueezyError as error:
+            log.warning("could not patch %s back after a failed upgrade: %s", subscription_id, error)
+            return False
+        async with self.database.system("finish undoing an upgrade") as conn:
+            return await self.repository.move_upgrade(
+                conn,
+                subscription_id,
+                plan=current.pending_upgrade,
+                from_state=UpgradeState.REVERTING,
+                to_state=None,
+                variant_id=current.previous_variant_id,
+            )
+
+    async def refund(
+        self, conn: AsyncConnection, user_id: uuid.UUID, order_id: str, attributes: dict[str, Any]
+    ) -> DeliveryOutcome:
         """A refunded order takes back its plan's credits in proportion to the amount refunded,
         as one compensating ledger entry (never below what running generations hold)."""
-        user_id = await self._user_for(conn, event)
-        if user_id is None:
-            return "ignored"
-        variant = (event.attributes.get("first_order_item") or {}).get("variant_id")
+        variant = (attributes.get("first_order_item") or {}).get("variant_id")
         offer = self.plans.by_variant(variant)
-        total = int(event.attributes.get("total") or 0)
-        refunded = int(event.attributes.get("refunded_amount") or 0)
+        total = int(attributes.get("total") or 0)
+        refunded = int(attributes.get("refunded_amount") or 0)
         if offer is None or offer.monthly_credits <= 0 or total <= 0 or refunded <= 0:
-            return "ignored"
+            return DeliveryOutcome.IGNORED
         credits = math.ceil(offer.monthly_credits * min(refunded, total) / total)
-        await self.ledger.refund(conn, user_id, credits, f"order:{event.resource_id}:refund")
-        return "processed"
-
-    async def _downgrade_to_free(
-        self, conn: AsyncConnection, user_id: uuid.UUID, address: str, *, reference: str
-    ) -> None:
-        await conn.execute(sa.update(users).where(users.c.id == user_id).values(plan="free"))
-        await self.ledger.revoke(conn, user_id, reference)
-        await self._email(
-            conn, user_id, address, "subscription_expired", reference, email.subscription_expired()
-        )
+        await self.ledger.refund(conn, user_id, credits, f"order:{order_id}:refund")
+        return DeliveryOutcome.PROCESSED
 
     async def _email(
         self,
         conn: AsyncConnection,
         user_id: uuid.UUID,
-        to_address: str,
-        kind: str,
+        kind: EmailKind,
         dedupe_key: str,
         message: tuple[str, str],
     ) -> None:
@@ -480,7 +464,7 @@ class SubscriptionBilling:
             user_id=user_id,
             dedupe_key=dedupe_key,
             kind=kind,
-            to_address=to_address,
+            to_address=await self.repository.email_of(conn, user_id),
             subject=subject,
             body=body,
         )
@@ -489,50 +473,27 @@ class SubscriptionBilling:
 
     async def expire_lapsed(self) -> int:
         """Move subscriptions past their grace period (or cancelled ones past their end) to
-        expired: plan free, credits revoked, email queued. Safe to run any number of times."""
-        now = self.clock()
+        expired; a user left without a live subscription moves to free. Safe to rerun."""
         async with self.database.system("expire lapsed subscriptions") as conn:
-            lapsed = (
-                await conn.execute(
-                    sa.update(subscriptions)
-                    .where(
-                        sa.or_(
-                            sa.and_(
-                                subscriptions.c.status == "payment_failed",
-                                subscriptions.c.grace_period_end < now,
-                            ),
-                            sa.and_(subscriptions.c.status == "cancelled", subscriptions.c.ends_at < now),
-                        )
-                    )
-                    .values(status="expired", updated_at=sa.func.now())
-                    .returning(subscriptions.c.user_id, subscriptions.c.provider_subscription_id)
-                )
-            ).all()
-            for row in lapsed:
-                address = await self._user_email(conn, row.user_id)
-                await self._downgrade_to_free(
-                    conn,
-                    row.user_id,
-                    address,
-                    reference=f"subscription:{row.provider_subscription_id}:expired",
-                )
-                log.info(
-                    "subscription %s expired; %s is on the free plan",
-                    row.provider_subscription_id,
-                    row.user_id,
-                )
+            lapsed = await self.repository.expire_lapsed(conn, self.clock())
+            for record in lapsed:
+                await self._settle_plan(conn, record.user_id, ended=record.provider_subscription_id)
+                log.info("subscription %s of %s expired", record.provider_subscription_id, record.user_id)
         return len(lapsed)
 
     # --- plan changes -----------------------------------------------------------------------
 
     async def change_plan(self, user_id: uuid.UUID, plan: str, *, validate_only: bool) -> PlanChange:
-        """Preview or confirm a plan change. An upgrade takes effect now (credits reset to the new
-        grant); a downgrade at the end of the period."""
+        """Preview or confirm a plan change. An upgrade is recorded, sent to Lemon Squeezy and
+        takes effect when its invoice is paid; a downgrade takes effect at renewal."""
         offer = self._sellable(plan)
         now = self.clock()
         async with self.database.tenant(user_id) as conn:
-            current = await self._subscription(conn, user_id, lock=not validate_only)
-            if current is None or current.status not in ("active", "payment_failed"):
+            current = await self.repository.deciding(conn, user_id)
+            if current is None or current.status not in (
+                SubscriptionStatus.ACTIVE,
+                SubscriptionStatus.PAYMENT_FAILED,
+            ):
                 raise FailedPrecondition("there is no active subscription to change; subscribe first")
             upgrade = rank(plan) > rank(current.plan)
             days_left = (
@@ -544,107 +505,68 @@ class SubscriptionBilling:
                 return PlanChange(
                     days_left, offer.monthly_credits, upgrade, None if validate_only else current
                 )
-            assert offer.variant_id is not None
-            with lemonsqueezy_errors():
-                changed = await self.lemonsqueezy.update_subscription_variant(
-                    current.provider_subscription_id, offer.variant_id, invoice_immediately=upgrade
-                )
-            version = _parse_time(changed.get("attributes", {}).get("updated_at")) or now
-            if upgrade:
-                values: dict[str, Any] = {"plan": plan, "pending_plan": None}
-            else:
-                values = {"pending_plan": plan}
-            await conn.execute(
-                sa.update(subscriptions)
-                .where(subscriptions.c.user_id == user_id)
-                .values(
-                    variant_id=offer.variant_id,
-                    provider_updated_at=version,
-                    updated_at=sa.func.now(),
-                    **values,
-                )
+            # One change at a time: a downgrade sent while an upgrade awaits its invoice would be
+            # overtaken by that invoice.
+            if (upgrade and not await self.repository.record_upgrade(conn, current, plan, now)) or (
+                not upgrade and current.upgrade_state is not None
+            ):
+                raise FailedPrecondition("another plan change is under way; try again when it settles")
+        # Committed: a crash during the call below leaves the intent for `reconcile`.
+        subscription_id = current.provider_subscription_id
+        assert offer.variant_id is not None
+        try:
+            await self.lemonsqueezy.update_subscription_variant(
+                subscription_id, offer.variant_id, invoice_immediately=upgrade
             )
+        except LemonSqueezyError as error:
+            if upgrade and not error.retryable:
+                # Refused outright: nothing changed at Lemon Squeezy, so nothing is pending.
+                async with self.database.tenant(user_id) as conn:
+                    await self.repository.move_upgrade(
+                        conn, subscription_id, plan=plan, from_state=UpgradeState.REQUESTED, to_state=None
+                    )
+            raise unavailable(error) from error
+        async with self.database.tenant(user_id) as conn:
             if upgrade:
-                await conn.execute(sa.update(users).where(users.c.id == user_id).values(plan=plan))
-                await self.ledger.reset(
+                await self.repository.move_upgrade(
                     conn,
-                    user_id,
-                    offer.monthly_credits,
-                    f"subscription:{current.provider_subscription_id}:upgrade:{version.isoformat()}",
+                    subscription_id,
+                    plan=plan,
+                    from_state=UpgradeState.REQUESTED,
+                    to_state=UpgradeState.AWAITING_PAYMENT,
+                    variant_id=offer.variant_id,
                 )
-                await self._email(
-                    conn,
-                    user_id,
-                    await self._user_email(conn, user_id),
-                    "subscription_upgraded",
-                    f"upgraded:{current.provider_subscription_id}:{version.isoformat()}",
-                    email.subscription_upgraded(plan, offer.monthly_credits),
+            else:
+                await self.repository.update(
+                    conn, subscription_id, pending_plan=plan, variant_id=offer.variant_id
                 )
-            updated = await self._subscription(conn, user_id)
+            updated = await self.repository.get(conn, subscription_id)
         return PlanChange(days_left, offer.monthly_credits, upgrade, updated)
 
-    # --- reconciliation ---------------------------------------------------------------------
-
-    async def reconcile(self) -> dict[str, int]:
-        """Apply what webhooks missed: every subscription's current state and every paid renewal
-        invoice, from the API. Ledger references match the webhook path's, so nothing is granted
-        twice however the two interleave."""
-        counts = {"subscriptions": 0, "renewals": 0}
-        with lemonsqueezy_errors():
-            remote_subscriptions = await self.lemonsqueezy.list_subscriptions()
-            remote_invoices = await self.lemonsqueezy.list_subscription_invoices()
-        for resource in remote_subscriptions:
-            attributes = resource.get("attributes", {})
-            async with self.database.system("reconcile subscription") as conn:
-                user_id = await self._user_for_subscription(conn, str(resource["id"]), attributes)
-                if user_id is None:
-                    continue
-                outcome = await self.sync_subscription(
+    async def settle_upgrade(self, record: SubscriptionRecord, remote_variant: str) -> str:
+        """Settle an upgrade a crash left between Lemon Squeezy's answer and our commit, from the
+        variant Lemon Squeezy has now. Returns what was done, for the reconciler's count."""
+        plan = record.pending_upgrade
+        assert plan is not None
+        offer = self.plans.get(plan)
+        if record.upgrade_state is UpgradeState.REVERTING:
+            return "reverted" if await self.finish_revert(record.provider_subscription_id) else "left"
+        async with self.database.system("settle an interrupted upgrade") as conn:
+            if remote_variant == offer.variant_id:  # the PATCH landed: the invoice decides now
+                moved = await self.repository.move_upgrade(
                     conn,
-                    user_id,
-                    str(resource["id"]),
-                    attributes,
-                    _parse_time(attributes.get("updated_at")),
-                    "subscription_expired"
-                    if attributes.get("status") == "expired"
-                    else "subscription_updated",
+                    record.provider_subscription_id,
+                    plan=plan,
+                    from_state=UpgradeState.REQUESTED,
+                    to_state=UpgradeState.AWAITING_PAYMENT,
+                    variant_id=remote_variant,
                 )
-                counts["subscriptions"] += outcome == "processed"
-        for invoice in remote_invoices:
-            attributes = invoice.get("attributes", {})
-            if attributes.get("billing_reason") != "renewal" or attributes.get("status") != "paid":
-                continue
-            async with self.database.system("reconcile invoice") as conn:
-                row = (
-                    await conn.execute(
-                        sa.select(subscriptions).where(
-                            subscriptions.c.provider_subscription_id == str(attributes.get("subscription_id"))
-                        )
-                    )
-                ).one_or_none()
-                if row is None:
-                    continue
-                current = SubscriptionRecord.from_row(row)
-                address = await self._user_email(conn, current.user_id)
-                counts["renewals"] += await self.apply_renewal(
-                    conn, current, invoice_id=str(invoice["id"]), address=address
-                )
-        return counts
-
-    async def _user_for_subscription(
-        self, conn: AsyncConnection, subscription_id: str, attributes: dict[str, Any]
-    ) -> uuid.UUID | None:
-        known = (
-            await conn.execute(
-                sa.select(subscriptions.c.user_id).where(
-                    subscriptions.c.provider_subscription_id == subscription_id
-                )
+                return "awaiting payment" if moved else "left"
+            moved = await self.repository.move_upgrade(
+                conn,
+                record.provider_subscription_id,
+                plan=plan,
+                from_state=UpgradeState.REQUESTED,
+                to_state=None,
             )
-        ).scalar_one_or_none()
-        if known is not None:
-            return uuid.UUID(str(known))
-        # A subscription whose created webhook never came: its customer's email is the link.
-        address = str(attributes.get("user_email") or "").strip().lower()
-        return (
-            await conn.execute(sa.select(users.c.id).where(users.c.email == address))
-        ).scalar_one_or_none()
+            return "dropped" if moved else "left"

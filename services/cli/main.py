@@ -121,16 +121,35 @@ def _cmd_billing(args: argparse.Namespace) -> int:
     url, schema = _database_location()
 
     async def run() -> int:
+        from services.common.errors import DomainError
+
         parts = build_billing(env=os.environ.get("PINGVAS_ENV", "dev"), database_url=url, db_schema=schema)
         try:
             if args.billing_command == "reconcile":
-                counts = await parts.billing.reconcile()
+                counts = await parts.reconciler.reconcile()
                 print(
-                    f"reconciled: {counts['subscriptions']} subscriptions updated, {counts['renewals']} renewals applied"
+                    f"reconciled: {counts['subscriptions']} subscriptions updated, {counts['renewal']} renewals "
+                    f"and {counts['updated']} upgrades applied"
+                    + "".join(
+                        f", {count} {what}" for what, count in counts.items() if what.startswith("upgrades")
+                    )
                 )
+            elif args.billing_command == "quarantine":
+                if args.quarantine_command == "apply":
+                    outcome = await parts.webhooks.apply_quarantined(args.id)
+                    print(f"applied quarantined delivery {args.id}: {outcome}")
+                else:
+                    for delivery in await parts.webhooks.quarantined():
+                        print(
+                            f"{delivery.id}\t{delivery.received_at.isoformat()}\t{delivery.event_name}\t"
+                            f"{delivery.resource_id}\t{delivery.reason}"
+                        )
             else:
                 expired = await parts.billing.expire_lapsed()
                 print(f"expired {expired} subscriptions")
+        except DomainError as error:
+            print(f"pingvas: {error.message}", file=sys.stderr)
+            return 2
         finally:
             await parts.close()
         return 0
@@ -190,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     plans.add_argument("--json", action="store_true", help="as a JSON list")
     billing_commands.add_parser("reconcile", help="apply what Lemon Squeezy webhooks missed")
     billing_commands.add_parser("expire", help="expire subscriptions past their grace period (daily job)")
+    quarantine = billing_commands.add_parser(
+        "quarantine", help="list webhook deliveries held because the payer is not provably the user"
+    )
+    quarantine_commands = quarantine.add_subparsers(dest="quarantine_command")
+    quarantine_commands.add_parser(
+        "list", help="list them (the default): id, received, event, resource, reason"
+    )
+    apply = quarantine_commands.add_parser("apply", help="apply one after review")
+    apply.add_argument("id", type=int, help="the delivery's id, as listed")
     billing.set_defaults(handler=_cmd_billing)
 
     models = commands.add_parser("models", help="manage local models")

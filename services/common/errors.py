@@ -89,6 +89,12 @@ class Unavailable(DomainError):
     reason = "UPSTREAM_UNAVAILABLE"
 
 
+class DatabaseUnavailable(Unavailable):
+    """PostgreSQL could not be reached or dropped the connection; the caller may retry."""
+
+    reason = "DATABASE_UNAVAILABLE"
+
+
 @dataclass
 class Violations:
     """Collects field violations and raises them together, so a caller fixes everything at once."""

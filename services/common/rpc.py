@@ -3,7 +3,8 @@
 Servicer methods are decorated with `unary` or `server_stream`. The decorator authenticates the
 caller (unless the method is public), enforces the contract's field rules, runs the method, and
 turns domain errors into a `google.rpc.Status` with one `ErrorInfo` (plus `BadRequest` for
-invalid input). Unexpected exceptions are logged and answered INTERNAL without details.
+invalid input). A database that cannot be reached is UNAVAILABLE, so callers retry; other
+unexpected exceptions are logged and answered INTERNAL without details.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
+import sqlalchemy.exc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -37,6 +40,25 @@ _CODES: dict[type[errors.DomainError], tuple[grpc.StatusCode, int | None]] = {
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, None),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, None),
 }
+
+
+def unavailable_dependency(error: BaseException) -> errors.Unavailable | None:
+    """PostgreSQL unreachable, or its connection lost: UNAVAILABLE (HTTP 503), so that the caller
+    retries (Lemon Squeezy redelivers a webhook it did not get a 2xx for), never an INTERNAL
+    that reads as a bug, nor a 200 that would lose the delivery. None for anything else."""
+    lost = isinstance(
+        error,
+        (
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            ConnectionError,  # refused or reset before SQLAlchemy could wrap it
+        ),
+    ) or (isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated)
+    if not lost:
+        return None
+    return errors.DatabaseUnavailable("the database is unavailable; retry later")
 
 
 class Endpoint:
@@ -116,8 +138,12 @@ async def _answering_errors(
         await _abort(context, error, endpoint.error_domain)
     except (grpc.aio.AbortError, grpc.aio.UsageError):
         raise
-    except Exception:
-        await _abort_internal(context, method)
+    except Exception as error:
+        if (unavailable := unavailable_dependency(error)) is None:
+            await _abort_internal(context, method)
+        else:
+            log.warning("%s: %s (%s)", method, unavailable.message, type(error).__name__)
+            await _abort(context, unavailable, endpoint.error_domain)
 
 
 def unary(

@@ -81,11 +81,13 @@ generations = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
 )
 
+# A user's subscriptions, one row per Lemon Squeezy subscription: a returning subscriber has
+# several, and services/billing/subscriptions.py says which one decides the plan.
 subscriptions = sa.Table(
     "subscriptions",
     metadata,
-    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), primary_key=True),
-    sa.Column("provider_subscription_id", sa.Text, nullable=False, unique=True),
+    sa.Column("provider_subscription_id", sa.Text, primary_key=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False, index=True),
     sa.Column("provider_customer_id", sa.Text),
     sa.Column("plan", sa.Text, nullable=False),
     sa.Column("variant_id", sa.Text, nullable=False),
@@ -94,6 +96,11 @@ subscriptions = sa.Table(
     sa.Column("ends_at", sa.DateTime(timezone=True)),
     sa.Column("grace_period_end", sa.DateTime(timezone=True)),
     sa.Column("pending_plan", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("pending_upgrade", sa.Text),
+    sa.Column("upgrade_state", sa.Text),
+    sa.Column("previous_variant_id", sa.Text),
+    sa.Column("upgrade_requested_at", sa.DateTime(timezone=True)),
     sa.Column("provider_updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
@@ -101,7 +108,7 @@ subscriptions = sa.Table(
 
 # One row per distinct webhook delivery (event, resource, resource version): the dedupe key makes
 # repeated and concurrent deliveries of one change act once; parked rows wait for their
-# subscription to be known.
+# subscription to be known; quarantined rows (with their reason) wait for an operator.
 webhook_deliveries = sa.Table(
     "webhook_deliveries",
     metadata,
@@ -112,6 +119,7 @@ webhook_deliveries = sa.Table(
     sa.Column("subscription_id", sa.Text),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("payload", JSONB, nullable=False),
+    sa.Column("reason", sa.Text),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
 )

@@ -133,6 +133,9 @@ class LemonSqueezySettings(BaseSettings):
     store_id: str = Field("1", description="The store that sells the plans.")
     webhook_secret: str = Field(DEV_LEMONSQUEEZY_WEBHOOK_SECRET, description="Webhook signing secret.")
     test_mode: bool = Field(False, description="Act on webhooks whose meta.test_mode is true.")
+    timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one API call may take; no transaction waits for it."
+    )
     variant_starter: str = Field("101", description="Variant id of the Starter plan.")
     variant_pro: str = Field("102", description="Variant id of the Pro plan.")
     variant_studio: str = Field("103", description="Variant id of the Studio plan.")

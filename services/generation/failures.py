@@ -23,7 +23,7 @@ class FailureCode(enum.StrEnum):
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
     INFERENCE_FAILED = "INFERENCE_FAILED"
     WORKER_LOST = "WORKER_LOST"
-    # Failures recorded before codes existed: migration 0004 dropped their raw text.
+    # Failures recorded before codes existed: migration 0005 dropped their raw text.
     UNKNOWN = "UNKNOWN"
 
 

@@ -149,7 +149,7 @@ def test_a_downgrade_waits_for_the_end_of_the_period(
     assert confirmed.status_code == 200, confirmed.text
     assert str(lemonsqueezy.patches[-1][1]["data"]["attributes"]["variant_id"]) == "101"
     me = rest.get("/api/v1/users/me", headers=account.headers).json()
-    assert (me["plan"], me["credits"]["balance"]) == ("PLAN_STUDIO", "30100"), (
+    assert (me["plan"], me["credits"]["balance"]) == ("PLAN_STUDIO", "30000"), (
         "nothing changes before renewal"
     )
 

@@ -92,12 +92,16 @@ def test_plans_are_listed_from_one_configuration(mesh: Any, rest: httpx.Client) 
 def test_subscription_created_grants_the_plan(mesh: Any, subscriber: Any, rest: httpx.Client) -> None:
     me = rest.get("/api/v1/users/me", headers=subscriber.headers).json()
     assert me["plan"] == "PLAN_PRO"
-    assert me["credits"]["balance"] == "15100"  # the free grant plus Pro's 15,000
+    assert me["credits"]["balance"] == "15000"  # set to Pro's allowance: a reset, as a renewal is
     subscription = rest.get("/api/v1/payment/subscription", headers=subscriber.headers).json()["subscription"]
     assert subscription["status"] == "SUBSCRIPTION_STATUS_ACTIVE"
     assert subscription["plan"] == "PLAN_PRO"
-    (grant,) = entries(mesh, subscriber.user_id, "grant")[1:]
-    assert grant["amount"] == 15000
+    (reset,) = entries(mesh, subscriber.user_id, "reset")
+    assert reset == {
+        "kind": "reset",
+        "amount": 14900,
+        "reference": f"subscription:{subscriber.subscription_id}:created",
+    }
 
 
 @pytest.mark.parametrize(
@@ -148,8 +152,9 @@ def test_duplicate_deliveries_grant_once(mesh: Any, new_account: Any, lemonsquee
             pool.map(lambda _: lemonsqueezy.deliver(mesh.gateway_url, payload).status_code, range(2))
         )
     assert concurrent == [200, 200]
-    assert [e["amount"] for e in entries(mesh, account.user_id, "grant")] == [100, 15000]
-    assert balance(mesh, account.user_id)["balance"] == 15100
+    assert [e["amount"] for e in entries(mesh, account.user_id, "grant")] == [100]
+    assert [e["amount"] for e in entries(mesh, account.user_id, "reset")] == [14900]
+    assert balance(mesh, account.user_id)["balance"] == 15000
 
 
 def test_a_stale_update_never_resurrects_an_expired_subscription(
@@ -211,7 +216,7 @@ def test_a_payment_before_its_subscription_is_parked_then_applied(
         updated_at=now - timedelta(minutes=1),
     )
     assert lemonsqueezy.deliver(mesh.gateway_url, created).status_code == 200
-    assert [e["kind"] for e in entries(mesh, account.user_id)] == ["grant", "grant", "reset"]
+    assert [e["kind"] for e in entries(mesh, account.user_id)] == ["grant", "reset", "reset"]
     assert balance(mesh, account.user_id)["balance"] == 15000
     statuses = mesh.sql("SELECT status FROM webhook_deliveries WHERE subscription_id = %s", subscription_id)
     assert {row["status"] for row in statuses} == {"processed"}
@@ -242,7 +247,10 @@ def test_renewal_resets_credits_and_moves_the_renewal_date(
     for _ in range(3):
         assert lemonsqueezy.deliver(mesh.gateway_url, renewal).status_code == 200
     assert balance(mesh, subscriber.user_id)["balance"] == 15000
-    assert len(entries(mesh, subscriber.user_id, "reset")) == 1
+    assert [e["reference"] for e in entries(mesh, subscriber.user_id, "reset")] == [
+        f"subscription:{subscriber.subscription_id}:created",
+        f"invoice:{invoice_id}:renewal",
+    ]
     (row,) = mesh.sql("SELECT renews_at FROM subscriptions WHERE user_id = %s", subscriber.user_id)
     assert abs((row["renews_at"] - next_period).total_seconds()) < 1
 
@@ -274,7 +282,7 @@ def test_payment_failure_grace_and_expiry(mesh: Any, subscriber: Any, lemonsquee
     assert plan_of(mesh, subscriber.user_id) == "free"
     assert balance(mesh, subscriber.user_id) == {"balance": 0, "held": 0}
     (revoke,) = entries(mesh, subscriber.user_id, "revoke")
-    assert revoke["amount"] == -15100
+    assert revoke["amount"] == -15000
     assert "expired 0" in mesh.pingvas("billing", "expire").stdout  # safe to run twice
     assert len(entries(mesh, subscriber.user_id, "revoke")) == 1
     emails = [path.read_text() for path in (mesh.home / "outbox").glob("*.eml")]
@@ -299,12 +307,13 @@ def test_upgrade_previews_then_confirms(
 
     confirmed = rest.put("/api/v1/payment/upgrade", json={"plan": "PLAN_STUDIO"}, headers=subscriber.headers)
     assert confirmed.status_code == 200, confirmed.text
-    assert confirmed.json()["subscription"]["plan"] == "PLAN_STUDIO"
     subscription_id, patch = lemonsqueezy.patches[-1]
     assert subscription_id == subscriber.subscription_id
     assert str(patch["data"]["attributes"]["variant_id"]) == STUDIO
-    assert plan_of(mesh, subscriber.user_id) == "studio"
-    assert balance(mesh, subscriber.user_id)["balance"] == 30000
+    # Nothing is handed out before the prorated invoice is paid (tests/billing/test_plan_changes.py).
+    assert confirmed.json()["subscription"]["plan"] == "PLAN_PRO"
+    assert plan_of(mesh, subscriber.user_id) == "pro"
+    assert balance(mesh, subscriber.user_id)["balance"] == 15000
 
 
 def test_a_refund_is_a_compensating_entry(mesh: Any, subscriber: Any, lemonsqueezy: Any) -> None:
@@ -320,7 +329,7 @@ def test_a_refund_is_a_compensating_entry(mesh: Any, subscriber: Any, lemonsquee
     assert lemonsqueezy.deliver(mesh.gateway_url, refund).status_code == 200
     (entry,) = entries(mesh, subscriber.user_id, "refund")
     assert entry["amount"] == -7500  # half the order refunded: half of Pro's 15,000 credits
-    assert balance(mesh, subscriber.user_id)["balance"] == 15100 - 7500
+    assert balance(mesh, subscriber.user_id)["balance"] == 15000 - 7500
 
 
 def test_reconcile_applies_missed_webhooks_exactly_once(
@@ -349,7 +358,7 @@ def test_reconcile_applies_missed_webhooks_exactly_once(
         result = mesh.pingvas("billing", "reconcile")
         assert result.returncode == 0, result.stderr
     assert plan_of(mesh, account.user_id) == "pro"
-    assert [e["kind"] for e in entries(mesh, account.user_id)] == ["grant", "grant", "reset"]
+    assert [e["kind"] for e in entries(mesh, account.user_id)] == ["grant", "reset", "reset"]
     assert balance(mesh, account.user_id)["balance"] == 15000
 
 
@@ -392,7 +401,7 @@ def test_the_application_role_cannot_rewrite_the_ledger(mesh: Any, subscriber: A
 def test_the_ledger_is_listed_with_pagination(subscriber: Any, rest: httpx.Client) -> None:
     first = rest.get("/api/v1/credits/entries", params={"pageSize": 1}, headers=subscriber.headers).json()
     assert len(first["entries"]) == 1 and first["nextPageToken"]
-    assert first["entries"][0]["kind"] == "CREDIT_ENTRY_KIND_GRANT"
+    assert first["entries"][0]["kind"] == "CREDIT_ENTRY_KIND_RESET"
     second = rest.get(
         "/api/v1/credits/entries",
         params={"pageSize": 1, "pageToken": first["nextPageToken"]},
@@ -400,7 +409,7 @@ def test_the_ledger_is_listed_with_pagination(subscriber: Any, rest: httpx.Clien
     ).json()
     assert second["entries"][0]["id"] != first["entries"][0]["id"]
     balance_reply = rest.get("/api/v1/credits/balance", headers=subscriber.headers).json()
-    assert balance_reply["balance"] == {"balance": "15100", "held": "0", "available": "15100"}
+    assert balance_reply["balance"] == {"balance": "15000", "held": "0", "available": "15000"}
 
 
 def test_the_seed_payment_flow_end_to_end(
@@ -434,7 +443,7 @@ def test_the_seed_payment_flow_end_to_end(
     charged = int(json.loads(last[6:])["succeeded"]["creditsCharged"])
     (job,) = mesh.sql("SELECT tier FROM generations WHERE id = %s", generation["id"])
     assert job["tier"] == "pro"  # the plan decides the band
-    assert balance(mesh, account.user_id)["balance"] == 15100 - charged
+    assert balance(mesh, account.user_id)["balance"] == 15000 - charged
 
     delivered = lemonsqueezy.deliver_invoice(
         mesh.gateway_url,
@@ -467,7 +476,7 @@ def test_the_seed_payment_flow_end_to_end(
     assert me["plan"] == "PLAN_FREE"
     assert me["credits"]["available"] == "0"
     kinds = [e["kind"] for e in entries(mesh, account.user_id)]
-    assert kinds == ["grant", "grant", "hold", "capture", "reset", "revoke"]
+    assert kinds == ["grant", "reset", "hold", "capture", "reset", "revoke"]
 
     # Every step queued its email; the billing service's sender delivers them (embedded mode
     # writes .eml files to PINGVAS_HOME/outbox) without ever holding up a webhook.
@@ -522,4 +531,4 @@ def test_cancel_resume_and_recovery_keep_the_plan(mesh: Any, subscriber: Any, le
         "SELECT status, grace_period_end FROM subscriptions WHERE user_id = %s", subscriber.user_id
     )
     assert (row["status"], row["grace_period_end"]) == ("active", None)
-    assert balance(mesh, subscriber.user_id)["balance"] == 15100
+    assert balance(mesh, subscriber.user_id)["balance"] == 15000

@@ -78,6 +78,25 @@ class ReceivedRequest:
     body: bytes
 
 
+class HeldAnswer:
+    """One request whose answer the test holds: `arrived` is set when the request came in (the
+    caller is now waiting for Lemon Squeezy), and the answer goes out once `release()` is called.
+    Events, not timers: the test decides what happens while the caller waits."""
+
+    def __init__(self, method: str, path: str) -> None:
+        self.method = method
+        self.path = path
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_for_release(self, limit: float) -> None:
+        # The limit only keeps a broken test from hanging the server thread forever.
+        self._released.wait(limit)
+
+
 class ApiError(Exception):
     """An error response, JSON:API shaped: `{"errors": [{"status", "title", "detail", "source"?}]}`."""
 
@@ -141,6 +160,7 @@ class LemonSqueezyServer:
         self._customers: dict[str, int] = {}
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
+        self._holds: dict[tuple[str, str], HeldAnswer] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -514,6 +534,14 @@ class LemonSqueezyServer:
 
     # --- the API ----------------------------------------------------------------------------------
 
+    def hold(self, method: str, path: str) -> HeldAnswer:
+        """Hold the answer to the next `method path` request (e.g. `PATCH /v1/subscriptions/7`)
+        until the test releases it; the request itself is applied only then, as a slow API would."""
+        held = HeldAnswer(method, path)
+        with self._lock:
+            self._holds[(method, path)] = held
+        return held
+
     def handle(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[HTTPStatus, dict[str, Any], dict[str, str]]:
@@ -521,6 +549,11 @@ class LemonSqueezyServer:
         split = urlsplit(target)
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
+        with self._lock:
+            held = self._holds.pop((method, path), None)
+        if held is not None:  # outside the lock: other requests are answered meanwhile
+            held.arrived.set()
+            held.wait_for_release(120)
         with self._lock:
             self.requests.append((method, path))
             self.received.append(ReceivedRequest(method, path, query, dict(headers), body))

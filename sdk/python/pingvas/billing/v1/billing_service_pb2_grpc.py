@@ -103,8 +103,10 @@ class BillingServiceServicer:
 
     def UpgradeSubscription(self, request, context):
         """Changes the caller's plan. With `validate_only` it only previews the change; otherwise it
-        updates the Lemon Squeezy subscription and resets credits to the new plan's grant at once.
-        A downgrade takes effect at the end of the period.
+        updates the Lemon Squeezy subscription. An upgrade takes effect, credits reset to the new
+        plan's grant, when Lemon Squeezy confirms its prorated invoice is paid (the response still
+        shows the current plan); a failed payment undoes it. A downgrade takes effect at the end of
+        the period.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

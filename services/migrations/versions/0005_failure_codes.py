@@ -1,14 +1,14 @@
 """Failures as a code and an incident id instead of raw exception text, which could show users
 file paths and CUDA messages. Past failures keep no text: their detail is in the logs.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
