@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 from support.accounts import Account, dev_login
+from support.failpoints import FAILPOINTS_ENV
 from support.lemonsqueezy import LemonSqueezyServer
 from support.mesh import (
     LEMONSQUEEZY_API_KEY,
@@ -55,7 +56,7 @@ def mesh(
     running = start_mesh(
         tmp_path_factory.mktemp("pingvas-home"),
         models_dir,
-        extra_env={"PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url},
+        extra_env={"PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url, **FAILPOINTS_ENV},
     )
     yield running
     stop_mesh(running)

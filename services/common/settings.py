@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.failpoints import Failpoint
 
 DEV_LEMONSQUEEZY_API_KEY = "dev-lemonsqueezy-api-key"
 DEV_LEMONSQUEEZY_WEBHOOK_SECRET = "dev-lemonsqueezy-webhook-secret"
@@ -202,6 +204,19 @@ class WorkerSettings(CommonSettings):
         description="torch.compile mode for each loaded UNet (e.g. reduce-overhead: CUDA graphs); "
         "eager when unset. Each new batch size or resolution compiles on first use.",
     )
+
+    failpoints: frozenset[Failpoint] = Field(
+        frozenset(),
+        description="Dev and tests only: failpoints armed in this worker, as JSON, e.g. "
+        "'[\"park_after_step\"]' (see services/common/failpoints.py). Refused when PINGVAS_ENV=prod.",
+    )
+
+    @model_validator(mode="after")
+    def _no_failpoints_in_prod(self) -> WorkerSettings:
+        # A parked job in production would hold a GPU and a user's credits until its lease ends.
+        if self.failpoints and self.env == "prod":
+            raise ValueError("PINGVAS_FAILPOINTS is a dev-only setting; PINGVAS_ENV=prod refuses it")
+        return self
 
     def resolved_max_batch(self, device_type: str) -> int:
         return self.max_batch or (4 if device_type == "cuda" else 1)
