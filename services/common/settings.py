@@ -174,6 +174,38 @@ class BillingSettings(ServerSettings):
     email_interval_seconds: float = Field(2.0, gt=0, description="How often the email outbox is sent.")
 
 
+class SupervisorSettings(BaseSettings):
+    """How `pingvas up` restarts a component that exits, as systemd's Restart=on-failure with
+    StartLimitBurst, or a Kubernetes pod's CrashLoopBackOff, would."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_", extra="ignore")
+
+    restart_backoff_initial_seconds: float = Field(
+        0.5, gt=0, description="Wait before the first restart of a component that exited."
+    )
+    restart_backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait before a restart; each exit in the window doubles it."
+    )
+    crash_loop_restarts: int = Field(
+        5,
+        ge=0,
+        description="Restarts a component gets within the window; one more exit stops the mesh, "
+        "naming the component and its last log lines.",
+    )
+    crash_loop_window_seconds: float = Field(
+        60.0, gt=0, description="The window over which a component's exits are counted."
+    )
+
+    def backoff_seconds(self, recent_exits: int) -> float:
+        """The wait before restarting a component that exited `recent_exits` times in the window."""
+        return float(
+            min(
+                self.restart_backoff_max_seconds,
+                self.restart_backoff_initial_seconds * 2 ** (recent_exits - 1),
+            )
+        )
+
+
 class WorkerSettings(CommonSettings):
     worker_id: str = Field("", description="Stable name of this worker; hostname-pid when empty.")
     health_host: str = Field("127.0.0.1", description="Address of the worker's gRPC health server.")
