@@ -96,6 +96,8 @@ class ProgressRelay:
         self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
         self._interruption: type[RunInterrupted] | None = None
         self._lock = threading.Lock()
+        # Set with the interruption, for what waits on the event loop (a parked failpoint).
+        self.interrupted = asyncio.Event()
         self._publisher = asyncio.create_task(self._publish())
         self._closed = False
         # The step after which a test's failpoint parks this job; None (always, in production)
@@ -103,12 +105,10 @@ class ProgressRelay:
         self.park_after_step: int | None = None
 
     def interrupt(self, reason: type[RunInterrupted]) -> None:
+        """Runs on the event loop."""
         with self._lock:
             self._interruption = self._interruption or reason
-
-    def interrupted(self) -> bool:
-        with self._lock:
-            return self._interruption is not None
+        self.interrupted.set()
 
     def raise_if_interrupted(self) -> None:
         """Runs on the inference thread."""

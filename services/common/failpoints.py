@@ -17,14 +17,15 @@ Keys (the test and the worker are different processes; Redis is what they share)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
 from enum import StrEnum
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-# How long one wait for the release lasts before the parked job looks again whether its run was
-# interrupted (cancel, lost lease, shutdown): a parked job must not outlive its own run.
-_RELEASE_POLL_SECONDS = 0.5
+# One BLPOP's wait for the release; short, so that a dropped connection is soon noticed.
+_RELEASE_WAIT_SECONDS = 1.0
 # Keys of a failpoint a test forgot to release or disarm expire with the test run.
 _KEY_TTL_SECONDS = 3600
 
@@ -62,12 +63,29 @@ class Failpoints:
         step = await self.redis.hget(armed_key(failpoint), prompt)
         return int(step) if step is not None else None
 
-    async def park(self, failpoint: Failpoint, job: str, step: int, interrupted: Callable[[], bool]) -> None:
-        """Hold here until the test releases the job or its run is interrupted."""
+    async def park(self, failpoint: Failpoint, job: str, step: int, interrupted: asyncio.Event) -> None:
+        """Hold here until the test releases the job or its run is interrupted (cancel, lost
+        lease, shutdown), whichever comes first: a parked job must not outlive its own run."""
         await self.redis.set(parked_key(failpoint, job), step, ex=_KEY_TTL_SECONDS)
+        released = asyncio.create_task(self._released(failpoint, job))
+        ended = asyncio.create_task(interrupted.wait())
         try:
-            while not interrupted():
-                if await self.redis.blpop([release_key(failpoint, job)], timeout=_RELEASE_POLL_SECONDS):
-                    return
+            await asyncio.wait([released, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await self.redis.delete(parked_key(failpoint, job))
+            released.cancel()
+            ended.cancel()
+            with contextlib.suppress(RedisError):  # it expires anyway
+                await self.redis.delete(parked_key(failpoint, job))
+
+    async def _released(self, failpoint: Failpoint, job: str) -> None:
+        while not await self._pop_release(failpoint, job):
+            pass
+
+    async def _pop_release(self, failpoint: Failpoint, job: str) -> bool:
+        try:
+            return bool(await self.redis.blpop([release_key(failpoint, job)], timeout=_RELEASE_WAIT_SECONDS))
+        except RedisError:
+            # Redis restarting, or this process resumed after a SIGSTOP past the read's timeout:
+            # the job stays parked, and its run's own checks decide what happens to it.
+            await asyncio.sleep(_RELEASE_WAIT_SECONDS)
+            return False
