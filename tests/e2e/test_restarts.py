@@ -7,6 +7,7 @@ Jobs are held mid-run with the worker's failpoint, never by timing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -74,6 +75,14 @@ def supervisor_log(mesh: RunningMesh) -> str:
     return (mesh.home / "up.out").read_text(errors="replace")
 
 
+def gateway_counter(mesh: RunningMesh, name: str) -> int:
+    """One of Envoy's counters, from its admin interface."""
+    config = json.loads((mesh.home / "run" / "envoy.yaml").read_text())
+    port = config["admin"]["address"]["socket_address"]["port_value"]
+    stats = httpx.get(f"http://127.0.0.1:{port}/stats", params={"filter": f"^{name}$"}, timeout=10).text
+    return sum(int(line.split(": ")[1]) for line in stats.splitlines() if line.startswith(f"{name}: "))
+
+
 def create(mesh: RunningMesh, account: Account, prompt: str, steps: int) -> str:
     created = httpx.post(
         f"{mesh.gateway_url}/api/v1/generation/create",
@@ -138,8 +147,21 @@ def test_the_cli_resumes_its_watch_across_a_generation_service_crash(
         (job,) = mesh.sql("SELECT id FROM generations WHERE prompt = %s", prompt)
         wait_parked(mesh, str(job["id"]))
         old = component(mesh, "services.generation")
+        refused_before = gateway_counter(mesh, "cluster.generation.upstream_cx_connect_fail")
 
-        old.send_signal(signal.SIGKILL)  # the service streaming the CLI's watch
+        # The supervisor is paused while the service is dead, so the CLI's resumed watch meets it
+        # down (503 from the gateway) however fast the restart would be.
+        supervisor = psutil.Process(mesh.process.pid)
+        supervisor.suspend()
+        try:
+            old.send_signal(signal.SIGKILL)  # the service streaming the CLI's watch
+            wait_for(
+                lambda: gateway_counter(mesh, "cluster.generation.upstream_cx_connect_fail") > refused_before,
+                message="the CLI did not try to resume its watch",
+            )
+            assert command.poll() is None, stderr.read_text()
+        finally:
+            supervisor.resume()
         restarted(mesh, "services.generation", old)
         release(mesh, str(job["id"]))
         assert command.wait(timeout=180) == 0, stderr.read_text()
@@ -206,6 +228,9 @@ def test_a_component_that_keeps_crashing_stops_the_mesh_naming_it(
     finally:
         stop_mesh(mesh)
     log = supervisor_log(mesh)
+    # Each restart waits twice as long as the one before.
+    assert "gallery exited (killed by SIGKILL); restarting in 0.1s (exit 1 in the last 60s)" in log
+    assert "gallery exited (killed by SIGKILL); restarting in 0.2s (exit 2 in the last 60s)" in log
     assert "gallery keeps crashing (3 exits in 60s, the last killed by SIGKILL); stopping the mesh" in log
     assert "all components stopped" in log
     left = [p for p in psutil.process_iter() if _in_session(p, mesh.process.pid)]
