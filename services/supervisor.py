@@ -9,7 +9,9 @@ port and data directory, after an exponential backoff, the restart logged with t
 One crash is one restart, not an outage: PostgreSQL keeps what it committed, Redis what its
 append-only file holds, the reconciler repairs the rest, and leases with fencing make a dead
 worker's job safe to run again. Only a component that keeps crashing (SupervisorSettings: by
-default more than 5 restarts in 60 s) stops the mesh, with one line that names it.
+default more than 5 restarts in 60 s) stops the mesh, with one line that names it. A component
+that fails while the mesh starts stops `pingvas up` at once: that is a misconfiguration, which
+restarting would not mend.
 
 Children get SIGTERM from the kernel if the supervisor itself is killed, so no process outlives it.
 """
