@@ -16,6 +16,7 @@ from gpu_inference.worker import Worker
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
+from services.common.failpoints import Failpoints
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import SchedulerSettings, WorkerSettings
 from services.common.storage import LocalImageStore
@@ -80,6 +81,7 @@ async def main() -> None:
         lease_seconds=scheduler.lease_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         max_batch=max_batch,
+        failpoints=Failpoints(redis, settings.failpoints) if settings.failpoints else None,
     )
     server = GrpcServer(host=settings.health_host, port=settings.health_port)
 

@@ -37,6 +37,7 @@ from gpu_inference.inference import (
     run_text_to_image_batch,
 )
 from gpu_inference.registry import ModelRegistry, UnknownModelError
+from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import ImageStore, image_key
 from services.generation.failures import Failure, FailureCode
 from services.generation.jobs import GenerationJobs, WorkResult
@@ -100,12 +101,19 @@ class ProgressRelay:
         self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
         self._interruption: type[RunInterrupted] | None = None
         self._lock = threading.Lock()
+        # Set with the interruption, for what waits on the event loop (a parked failpoint).
+        self.interrupted = asyncio.Event()
         self._publisher = asyncio.create_task(self._publish())
         self._closed = False
+        # The step after which a test's failpoint parks this job; None (always, in production)
+        # when it runs through.
+        self.park_after_step: int | None = None
 
     def interrupt(self, reason: type[RunInterrupted]) -> None:
+        """Runs on the event loop."""
         with self._lock:
             self._interruption = self._interruption or reason
+        self.interrupted.set()
 
     def raise_if_interrupted(self) -> None:
         """Runs on the inference thread."""
@@ -123,6 +131,13 @@ class ProgressRelay:
             # Encoded off the event loop: on CUDA it first waits for the step's pixels.
             preview_jpeg = await asyncio.to_thread(lambda: update.preview_jpeg)
             await self.jobs.report_progress(self.record, update.step, update.total_steps, preview_jpeg)
+            self.updates.task_done()
+
+    async def flushed(self) -> None:
+        """Wait until every update handed over so far is stored (or publishing failed)."""
+        stored = asyncio.create_task(self.updates.join())
+        await asyncio.wait([stored, self._publisher], return_when=asyncio.FIRST_COMPLETED)
+        stored.cancel()
 
     async def close(self) -> None:
         """Wait until every progress event is stored: the terminal event must come after them."""
@@ -148,11 +163,13 @@ class BatchRun:
         total_steps: int,
         loop: asyncio.AbstractEventLoop,
         on_leave: Callable[[ProgressRelay, type[RunInterrupted]], Coroutine[Any, Any, None]],
+        park: Callable[[ProgressRelay, int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.relays = relays
         self.total_steps = total_steps
         self.loop = loop
         self.on_leave = on_leave
+        self.park = park
         self.left: set[int] = set()
         self._departures: list[Future[None]] = []
         self._started = time.monotonic()
@@ -189,6 +206,9 @@ class BatchRun:
                 self._departures.append(asyncio.run_coroutine_threadsafe(departure, self.loop))
                 continue
             relay.hand_over(batch_step.update_for(index), self.loop)
+            if relay.park_after_step == batch_step.step and self.park is not None:
+                # A test's failpoint: the whole call waits here, its leases renewed meanwhile.
+                asyncio.run_coroutine_threadsafe(self.park(relay, batch_step.step), self.loop).result()
         if len(self.left) == len(self.relays):
             raise EveryMemberLeft
 
@@ -218,6 +238,7 @@ class Worker:
         shutdown_grace_seconds: float,
         max_batch: int = 1,
         idle_wait_seconds: float = 1.0,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.jobs = jobs
@@ -229,6 +250,7 @@ class Worker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.max_batch = max_batch
         self.idle_wait_seconds = idle_wait_seconds
+        self.failpoints = failpoints
         self._advertised_state: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._advertised_at = 0.0
         # Every pipeline call runs on this one thread: one GPU runs one call at a time anyway, and
@@ -371,6 +393,15 @@ class Worker:
         else:
             log.info("shutting down: finishing %s (~%.1fs left)", jobs, remaining)
 
+    async def _park(self, relay: ProgressRelay, step: int) -> None:
+        """Hold a job at the PARK_AFTER_STEP failpoint, its progress so far stored, until the
+        test releases it or its run is interrupted."""
+        assert self.failpoints is not None
+        await relay.flushed()
+        log.info("failpoint %s: %s parked after step %d", Failpoint.PARK_AFTER_STEP, relay.record.id, step)
+        await self.failpoints.park(Failpoint.PARK_AFTER_STEP, str(relay.record.id), step, relay.interrupted)
+        log.info("failpoint %s: %s released", Failpoint.PARK_AFTER_STEP, relay.record.id)
+
     async def _leave(self, relay: ProgressRelay, reason: type[RunInterrupted]) -> None:
         """A member's own end while its batch runs on."""
         await relay.close()
@@ -419,7 +450,18 @@ class Worker:
             await self._requeue(records, unloadable)
             return []
         relays = [ProgressRelay(self.jobs, member.record) for member in members]
-        batch = BatchRun(relays, first.steps, asyncio.get_running_loop(), self._leave)
+        if self.failpoints is not None:
+            for relay in relays:
+                relay.park_after_step = await self.failpoints.park_step(
+                    Failpoint.PARK_AFTER_STEP, relay.record.prompt
+                )
+        batch = BatchRun(
+            relays,
+            first.steps,
+            asyncio.get_running_loop(),
+            self._leave,
+            park=self._park if self.failpoints is not None else None,
+        )
         requests = [
             TextToImageRequest(
                 prompt=member.record.prompt,

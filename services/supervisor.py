@@ -2,9 +2,18 @@
 
 Starts PostgreSQL and Redis (embedded unless DATABASE_URL / REDIS_URL point elsewhere), applies
 migrations, starts each service and the GPU workers as their own processes, then Envoy. It logs
-each component's state, stops everything in reverse order on SIGTERM or Ctrl-C, and stops
-everything if any component dies. Children get SIGTERM from the kernel if the supervisor itself
-is killed, so no process outlives it.
+each component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
+
+A component that exits is restarted, as systemd, supervisord and Kubernetes do: on the same
+port and data directory, after an exponential backoff, the restart logged with the exit status.
+One crash is one restart, not an outage: PostgreSQL keeps what it committed, Redis what its
+append-only file holds, the reconciler repairs the rest, and leases with fencing make a dead
+worker's job safe to run again. Only a component that keeps crashing (SupervisorSettings: by
+default more than 5 restarts in 60 s) stops the mesh, with one line that names it. A component
+that fails while the mesh starts stops `pingvas up` at once: that is a misconfiguration, which
+restarting would not mend.
+
+Children get SIGTERM from the kernel if the supervisor itself is killed, so no process outlives it.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.settings import SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
 
 log = logging.getLogger("pingvas.up")
@@ -42,6 +52,7 @@ class MeshOptions:
     redis_url: str | None = None
     db_schema: str = "dev_pingvas"
     extra_env: dict[str, str] = field(default_factory=dict)
+    supervision: SupervisorSettings = field(default_factory=SupervisorSettings)
 
 
 def runtime_file(home: Path) -> Path:
@@ -102,6 +113,21 @@ def wait_serving(name: str, port: int, process: ManagedProcess, timeout: float) 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s:\n{process.log_tail()}")
             time.sleep(0.1)
+
+
+def describe_exit(code: int) -> str:
+    """An exit as an operator reads it: Popen reports death by a signal as a negative code."""
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+@dataclass
+class Restarts:
+    """One component's recent exits and its pending restart."""
+
+    exits: list[float] = field(default_factory=list)
+    restart_at: float | None = None
 
 
 class StopRequested(Exception):
@@ -250,14 +276,47 @@ class Mesh:
         log.info("%s ready at %s", process.name, server.url)  # type: ignore[attr-defined]
 
     def watch(self) -> int:
-        """Block until a signal asks to stop (exit 0) or a component dies (exit 1)."""
+        """Block until a signal asks to stop (exit 0) or a component crashes in a loop (exit 1),
+        restarting each component that exits."""
+        policy = self.options.supervision
+        restarts = {process.name: Restarts() for process in self.processes}
         while not self._stopping:
+            now = time.monotonic()
             for process in self.processes:
-                code = process.exit_code()
-                if code is not None and not self._stopping:
-                    log.error("%s exited unexpectedly with %s:\n%s", process.name, code, process.log_tail())
-                    return 1
-            time.sleep(0.5)
+                state = restarts[process.name]
+                if state.restart_at is None:
+                    code = process.exit_code()
+                    if code is None or self._stopping:
+                        continue
+                    window = policy.crash_loop_window_seconds
+                    state.exits = [at for at in state.exits if now - at < window] + [now]
+                    if len(state.exits) > policy.crash_loop_restarts:
+                        log.error(
+                            "%s keeps crashing (%d exits in %.0fs, the last %s); stopping the mesh. "
+                            "Its last log lines:\n%s",
+                            process.name,
+                            len(state.exits),
+                            window,
+                            describe_exit(code),
+                            process.log_tail(),
+                        )
+                        return 1
+                    delay = policy.backoff_seconds(len(state.exits))
+                    log.warning(
+                        "%s exited (%s); restarting in %.1fs (exit %d in the last %.0fs)",
+                        process.name,
+                        describe_exit(code),
+                        delay,
+                        len(state.exits),
+                        window,
+                    )
+                    state.restart_at = now + delay
+                elif now >= state.restart_at:
+                    state.restart_at = None
+                    process.kill_leftovers()
+                    process.start()
+                    log.info("%s restarted", process.name)
+            time.sleep(0.1)
         return 0
 
     def request_stop(self, signum: int, _frame: object) -> None:

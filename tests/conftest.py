@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 from support.accounts import Account, dev_login
+from support.failpoints import FAILPOINTS_ENV
 from support.lemonsqueezy import LemonSqueezyServer
 from support.mesh import (
     LEMONSQUEEZY_API_KEY,
@@ -60,6 +61,7 @@ def mesh(
             # Longer than any test holds an answer (tests/billing/test_plan_changes.py), so that a
             # held call ends when the test releases it, never by a timer.
             "PINGVAS_LEMONSQUEEZY_TIMEOUT_SECONDS": "300",
+            **FAILPOINTS_ENV,
         },
     )
     yield running

@@ -42,9 +42,14 @@ DEFAULT_EMAIL = "dev@pingvas.local"
 DEFAULT_HTTP_PORT = "8080"
 TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
 EVENT_KINDS = frozenset({"queued", "started", "progress", *TERMINAL_EVENTS})
-# How often a watch that ends without a terminal event is reopened before giving up. Over
-# HTTP/1.1 a server-side stream error looks exactly like that: Envoy cannot send trailers.
-MAX_WATCH_RESUMES = 5
+# How often in a row a watch that ends without a terminal event is reopened before giving up.
+# Over HTTP/1.1 a server-side stream error looks exactly like that: Envoy cannot send trailers.
+# With the backoff below, about half a minute: long enough for `pingvas up` to restart a crashed
+# generation service.
+MAX_WATCH_RESUMES = 10
+# Answers that mean "the service behind the gateway is not there right now" (UNAVAILABLE while
+# it restarts, or Envoy finding no upstream): the watch is resumed, not given up.
+_RETRYABLE_STATUSES = frozenset({502, 503, 504})
 REQUEST_TIMEOUT = httpx.Timeout(30.0)
 # A watch may be silent for long while the job waits in the queue; the gateway's idle timeout,
 # not the client's, decides when to reset it (and the client then resumes).
@@ -54,6 +59,10 @@ _SIZE_PATTERN = re.compile(r"(?P<width>\d+)[xX](?P<height>\d+)", re.ASCII)
 _BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 _ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 _INSUFFICIENT_CREDITS_REASON = "INSUFFICIENT_CREDITS"
+
+
+class WatchUnavailable(Exception):
+    """The gateway could not reach the generation service for a watch; try again later."""
 
 
 class CommandError(Exception):
@@ -221,6 +230,8 @@ class GatewayClient:
                 timeout=WATCH_TIMEOUT,
             ) as response,
         ):
+            if response.status_code in _RETRYABLE_STATUSES:
+                raise WatchUnavailable
             if response.status_code != httpx.codes.OK:
                 response.read()
                 raise error_from_response(response.status_code, response.text)
@@ -415,7 +426,8 @@ def render_progress(event: WatchEvent, *, bar_width: int = 30) -> str:
 
 
 def _follow(gateway: GatewayClient, generation_id: str, progress: ProgressDisplay) -> WatchEvent:
-    """Watch until a terminal event, resuming after the last sequence seen if the stream drops."""
+    """Watch until a terminal event, resuming after the last sequence seen if the stream drops
+    or the generation service is unavailable (UNAVAILABLE, HTTP 503, while it restarts)."""
     last_sequence = 0
     resumes = 0
     while True:
@@ -426,8 +438,8 @@ def _follow(gateway: GatewayClient, generation_id: str, progress: ProgressDispla
                 progress.show(event)
                 if event.is_terminal:
                     return event
-        except (httpx.ReadError, httpx.RemoteProtocolError):
-            pass  # the connection dropped mid-stream: resume below, like a clean early end
+        except (httpx.ReadError, httpx.RemoteProtocolError, WatchUnavailable):
+            pass  # the connection dropped mid-stream or the service restarts: resume below
         resumes += 1
         if resumes > MAX_WATCH_RESUMES:
             raise CommandError(

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.failpoints import Failpoint
 
 DEV_LEMONSQUEEZY_API_KEY = "dev-lemonsqueezy-api-key"
 DEV_LEMONSQUEEZY_WEBHOOK_SECRET = "dev-lemonsqueezy-webhook-secret"
@@ -175,6 +177,38 @@ class BillingSettings(ServerSettings):
     email_interval_seconds: float = Field(2.0, gt=0, description="How often the email outbox is sent.")
 
 
+class SupervisorSettings(BaseSettings):
+    """How `pingvas up` restarts a component that exits, as systemd's Restart=on-failure with
+    StartLimitBurst, or a Kubernetes pod's CrashLoopBackOff, would."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_", extra="ignore")
+
+    restart_backoff_initial_seconds: float = Field(
+        0.5, gt=0, description="Wait before the first restart of a component that exited."
+    )
+    restart_backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait before a restart; each exit in the window doubles it."
+    )
+    crash_loop_restarts: int = Field(
+        5,
+        ge=0,
+        description="Restarts a component gets within the window; one more exit stops the mesh, "
+        "naming the component and its last log lines.",
+    )
+    crash_loop_window_seconds: float = Field(
+        60.0, gt=0, description="The window over which a component's exits are counted."
+    )
+
+    def backoff_seconds(self, recent_exits: int) -> float:
+        """The wait before restarting a component that exited `recent_exits` times in the window."""
+        return float(
+            min(
+                self.restart_backoff_max_seconds,
+                self.restart_backoff_initial_seconds * 2 ** (recent_exits - 1),
+            )
+        )
+
+
 class WorkerSettings(CommonSettings):
     worker_id: str = Field("", description="Stable name of this worker; hostname-pid when empty.")
     health_host: str = Field("127.0.0.1", description="Address of the worker's gRPC health server.")
@@ -205,6 +239,19 @@ class WorkerSettings(CommonSettings):
         description="torch.compile mode for each loaded UNet (e.g. reduce-overhead: CUDA graphs); "
         "eager when unset. Each new batch size or resolution compiles on first use.",
     )
+
+    failpoints: frozenset[Failpoint] = Field(
+        frozenset(),
+        description="Dev and tests only: failpoints armed in this worker, as JSON, e.g. "
+        "'[\"park_after_step\"]' (see services/common/failpoints.py). Refused when PINGVAS_ENV=prod.",
+    )
+
+    @model_validator(mode="after")
+    def _no_failpoints_in_prod(self) -> WorkerSettings:
+        # A parked job in production would hold a GPU and a user's credits until its lease ends.
+        if self.failpoints and self.env == "prod":
+            raise ValueError("PINGVAS_FAILPOINTS is a dev-only setting; PINGVAS_ENV=prod refuses it")
+        return self
 
     def resolved_max_batch(self, device_type: str) -> int:
         return self.max_batch or (4 if device_type == "cuda" else 1)

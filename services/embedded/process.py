@@ -75,7 +75,10 @@ class ManagedProcess:
         self._log_file: IO[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
+        """Start the child; called again to restart it after it exited."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log_file is not None:
+            self._log_file.close()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         self.popen = subprocess.Popen(
             self.argv,
@@ -99,6 +102,14 @@ class ManagedProcess:
 
     def exit_code(self) -> int | None:
         return self.popen.poll() if self.popen else None
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what an exited child left in its process group (PostgreSQL's backends outlive
+        a killed postmaster for a moment, holding its shared memory), as systemd's
+        KillMode=control-group does before a restart."""
+        if self.popen is not None and self.popen.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
 
     def stop(self) -> None:
         if self.popen is None:

@@ -9,15 +9,20 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from support.failpoints import parking_prompt, release, wait_parked
+from support.generations import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_generate_writes_the_png_with_live_progress(mesh: Any, tmp_path: Path) -> None:
-    out = tmp_path / "fox.png"
-    result = mesh.pingvas(
+    out, stdout, stderr = tmp_path / "fox.png", tmp_path / "stdout", tmp_path / "stderr"
+    # Parked after step 2 until the CLI's watch is open: a 5-step job on the tiny model could
+    # otherwise end before it, and a watch on a finished generation carries only its end.
+    prompt = parking_prompt(mesh, "a red fox in snow", after_step=2)
+    command = mesh.pingvas_in_background(
         "generate",
-        "a red fox in snow",
+        prompt,
         "--size",
         "64x64",
         "--steps",
@@ -26,14 +31,22 @@ def test_generate_writes_the_png_with_live_progress(mesh: Any, tmp_path: Path) -
         "3",
         "--out",
         str(out),
+        stdout=stdout,
+        stderr=stderr,
         env={"PINGVAS_EMAIL": "cli-user@example.com"},
     )
-    assert result.returncode == 0, result.stderr
+    try:
+        wait_for(lambda: "started" in stderr.read_text(), message="the CLI's watch never showed the start")
+        (row,) = mesh.sql("SELECT id FROM generations WHERE prompt = %s", prompt)
+        wait_parked(mesh, str(row["id"]))
+        release(mesh, str(row["id"]))
+        assert command.wait(timeout=120) == 0, stderr.read_text()
+    finally:
+        command.kill()
     with Image.open(out) as image:
         assert image.size == (64, 64)
-    assert "5/5 steps" in result.stderr  # the progress bar, driven by the server stream
-    assert "started" in result.stderr
-    summary = result.stdout.strip()
+    assert "5/5 steps" in stderr.read_text()  # the progress bar, driven by the server stream
+    summary = stdout.read_text().strip()
     assert str(out) in summary and "seed 3" in summary and "credits charged" in summary
     generation_id = summary.split(":", 1)[0]
     (row,) = mesh.sql("SELECT state, seed FROM generations WHERE id = %s", generation_id)

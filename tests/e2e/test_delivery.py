@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.failpoints import parking_prompt, release, wait_parked
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,18 @@ def test_a_job_redis_forgot_is_re_enqueued_and_completes(
 ) -> None:
     account = new_account("forgotten")
     body = {"prompt": "fox", "width": 64, "height": 64}
+    # The blocker holds the user's one running slot, so the job under test stays queued.
     blocker = rest.post(
-        "/api/v1/generation/create", json={**body, "steps": 100}, headers=account.headers
+        "/api/v1/generation/create",
+        json={**body, "prompt": parking_prompt(mesh, "a blocker", after_step=1), "steps": 2},
+        headers=account.headers,
     ).json()
-    wait_for_state(rest, account, blocker["id"], "RUNNING", within=60)
+    wait_parked(mesh, blocker["id"])
     lost = rest.post("/api/v1/generation/create", json={**body, "steps": 2}, headers=account.headers).json()
 
     redis = mesh.redis()
     assert redis.lrem(f"queue:free:{account.user_id}", 0, lost["id"]) == 1  # the delivery is gone
+    release(mesh, blocker["id"])
 
     done = wait_for_state(rest, account, lost["id"], "SUCCEEDED", within=90)
     assert done["attempt"] == 1

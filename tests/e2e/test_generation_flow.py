@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC
@@ -22,6 +24,7 @@ from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from pingvas.user.v1 import user_service_pb2 as user_pb
 from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
+from support.failpoints import parking_prompt, release, wait_parked
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUF = REPO_ROOT / "node_modules" / ".bin" / "buf"
@@ -40,61 +43,68 @@ def sse_events(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line[len("data: ") :]) for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def create_and_watch_rest(mesh: Any, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def create_and_watch_rest(
+    mesh: Any, token: str, request: dict[str, Any], on_first_event: Callable[[], None]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     headers = {"authorization": f"Bearer {token}"}
     with httpx.Client(base_url=mesh.gateway_url, timeout=60) as client:
-        created = client.post("/api/v1/generation/create", json=REQUEST, headers=headers)
+        created = client.post("/api/v1/generation/create", json=request, headers=headers)
         assert created.status_code == 200, created.text
         generation = created.json()
+        events = []
         with client.stream("GET", f"/api/v1/generation/{generation['id']}/events", headers=headers) as stream:
             assert stream.status_code == 200
             assert stream.headers["content-type"].startswith("text/event-stream")
-            events = sse_events(stream)
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: ") :]))
+                    if len(events) == 1:
+                        on_first_event()
     return generation, events
 
 
-def create_and_watch_grpc(mesh: Any, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def create_and_watch_grpc(
+    mesh: Any, token: str, request: dict[str, Any], on_first_event: Callable[[], None]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     metadata = (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(mesh.gateway_target) as channel:
         stub = pb_grpc.GenerationServiceStub(channel)
         generation = stub.CreateGeneration(
-            pb.CreateGenerationRequest(generation=json_format.ParseDict(REQUEST, resources.Generation())),
+            pb.CreateGenerationRequest(generation=json_format.ParseDict(request, resources.Generation())),
             metadata=metadata,
             timeout=30,
         )
-        events = [
-            json_format.MessageToDict(event)
-            for event in stub.WatchGeneration(
-                pb.WatchGenerationRequest(generation_id=generation.id), metadata=metadata, timeout=120
-            )
-        ]
+        events = []
+        for event in stub.WatchGeneration(
+            pb.WatchGenerationRequest(generation_id=generation.id), metadata=metadata, timeout=120
+        ):
+            events.append(json_format.MessageToDict(event))
+            if len(events) == 1:
+                on_first_event()
     return json_format.MessageToDict(generation), events
 
 
-def buf_curl(mesh: Any, method: str, body: dict[str, Any], token: str) -> list[dict[str, Any]]:
+def buf_curl_command(mesh: Any, method: str, body: dict[str, Any], token: str) -> list[str]:
     """gRPC-Web through Envoy's grpc_web filter, spoken by buf's own client."""
-    completed = subprocess.run(
-        [
-            str(BUF),
-            "curl",
-            "--protocol",
-            "grpcweb",
-            "--schema",
-            "proto",
-            "-H",
-            f"authorization: Bearer {token}",
-            "--data",
-            json.dumps(body),
-            f"{mesh.gateway_url}/{method}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr
+    return [
+        str(BUF),
+        "curl",
+        "--protocol",
+        "grpcweb",
+        "--schema",
+        "proto",
+        "-H",
+        f"authorization: Bearer {token}",
+        "--data",
+        json.dumps(body),
+        f"{mesh.gateway_url}/{method}",
+    ]
+
+
+def json_messages(text: str) -> list[dict[str, Any]]:
+    """buf curl's output: JSON messages one after another."""
     decoder = json.JSONDecoder()
-    messages, text = [], completed.stdout.strip()
+    messages, text = [], text.strip()
     while text:
         message, end = decoder.raw_decode(text)
         messages.append(message)
@@ -102,16 +112,45 @@ def buf_curl(mesh: Any, method: str, body: dict[str, Any], token: str) -> list[d
     return messages
 
 
-def create_and_watch_grpc_web(mesh: Any, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    (generation,) = buf_curl(
-        mesh, "pingvas.generation.v1.GenerationService/CreateGeneration", {"generation": REQUEST}, token
+def create_and_watch_grpc_web(
+    mesh: Any, token: str, request: dict[str, Any], on_first_event: Callable[[], None]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    created = subprocess.run(
+        buf_curl_command(
+            mesh, "pingvas.generation.v1.GenerationService/CreateGeneration", {"generation": request}, token
+        ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    events = buf_curl(
-        mesh,
-        "pingvas.generation.v1.GenerationService/WatchGeneration",
-        {"generationId": generation["id"]},
-        token,
-    )
+    assert created.returncode == 0, created.stderr
+    (generation,) = json_messages(created.stdout)
+    with tempfile.TemporaryFile("w+") as output, tempfile.TemporaryFile("w+") as errors:
+        # buf curl prints each streamed message as it arrives: its first one says the watch is open.
+        with subprocess.Popen(
+            buf_curl_command(
+                mesh,
+                "pingvas.generation.v1.GenerationService/WatchGeneration",
+                {"generationId": generation["id"]},
+                token,
+            ),
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=errors,
+        ) as watcher:
+            try:
+                deadline = time.monotonic() + 120
+                while os.fstat(output.fileno()).st_size == 0:
+                    assert watcher.poll() is None, "buf curl's watch ended without an event"
+                    assert time.monotonic() < deadline, "buf curl's watch showed no event"
+                    time.sleep(0.05)
+                on_first_event()
+                assert watcher.wait(timeout=120) == 0, errors.seek(0) or errors.read()
+            finally:
+                watcher.kill()
+        output.seek(0)
+        events = json_messages(output.read())
     return generation, events
 
 
@@ -121,41 +160,34 @@ def dev_login_grpc(mesh: Any, email: str) -> str:
     return reply.access_token
 
 
-PROTOCOLS: dict[str, Callable[[Any, str], tuple[dict[str, Any], list[dict[str, Any]]]]] = {
+PROTOCOLS: dict[
+    str,
+    Callable[[Any, str, dict[str, Any], Callable[[], None]], tuple[dict[str, Any], list[dict[str, Any]]]],
+] = {
     "rest": create_and_watch_rest,
     "grpc": create_and_watch_grpc,
     "grpc-web": create_and_watch_grpc_web,
 }
 
 
-def occupy_the_worker(mesh: Any, new_account: Any) -> None:
-    """Start a long job first, so the generation under test is still QUEUED when its watcher
-    connects, however long the client takes to start (buf curl is a separate process)."""
-    blocker = new_account("blocker")
-    with httpx.Client(base_url=mesh.gateway_url, timeout=60) as client:
-        created = client.post(
-            "/api/v1/generation/create",
-            json={"prompt": "a long job", "width": 64, "height": 64, "steps": 150},
-            headers=blocker.headers,
-        ).json()
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/generation/{created['id']}", headers=blocker.headers).json()["state"] != (
-            "GENERATION_STATE_RUNNING"
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_generation_sequence_through_the_gateway(mesh: Any, new_account: Any, protocol: str) -> None:
-    occupy_the_worker(mesh, new_account)
     email = f"seed-flow-{protocol}@example.com"
     token = dev_login_grpc(mesh, email)
     (user,) = mesh.sql("SELECT id FROM users WHERE email = %s", email)
     (before,) = mesh.sql("SELECT balance, held FROM credit_accounts WHERE user_id = %s", user["id"])
 
-    generation, events = PROTOCOLS[protocol](mesh, token)
+    # Parked after step 1 until the watch has its first event: the watcher connects while the
+    # job is unfinished however long the client takes to start (buf curl is a separate process).
+    request = {**REQUEST, "prompt": parking_prompt(mesh, "a red fox in snow", after_step=1)}
+
+    def release_once_watched() -> None:
+        (row,) = mesh.sql("SELECT id FROM generations WHERE prompt = %s", request["prompt"])
+        wait_parked(mesh, str(row["id"]))
+        release(mesh, str(row["id"]))
+
+    generation, events = PROTOCOLS[protocol](mesh, token, request, release_once_watched)
 
     assert generation["state"] == "GENERATION_STATE_QUEUED"
     # Events arrive in the contract's order: queued, started, one progress per step, one terminal.

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from support.failpoints import parking_prompt, release, wait_parked
 
 from services.common.signing import ImageUrlSigner
 
@@ -60,24 +61,34 @@ def test_a_finished_generation_streams_only_its_terminal_event(new_account: Any,
     assert events[0]["succeeded"]["imageUrl"].startswith("http")
 
 
-def test_a_late_watcher_replays_from_the_start(new_account: Any, rest: httpx.Client) -> None:
+def test_a_late_watcher_replays_from_the_start(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
     account = new_account("mid")
+    prompt = parking_prompt(mesh, "a lighthouse at dusk", after_step=3)
     created = rest.post(
-        "/api/v1/generation/create", json={**REQUEST, "steps": 60}, headers=account.headers
+        "/api/v1/generation/create", json={**REQUEST, "prompt": prompt, "steps": 6}, headers=account.headers
     ).json()
-    wait_for_state(rest, account, created["id"], "RUNNING")
-    time.sleep(0.3)  # some progress has been stored before this watcher connects
+    wait_parked(mesh, created["id"])  # three steps' progress is stored before this watcher connects
 
-    events = watch(rest, account, created["id"])
+    events: list[dict[str, Any]] = []
+    with rest.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=account.headers) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if len(events) == 5:  # the replay, up to the parked step
+                    release(mesh, created["id"])
     kinds = [kind(e) for e in events]
-    assert kinds == ["queued", "started", *["progress"] * 60, "succeeded"]
-    assert [int(e["sequence"]) for e in events] == list(range(1, 64))
+    assert kinds == ["queued", "started", *["progress"] * 6, "succeeded"]
+    assert [int(e["sequence"]) for e in events] == list(range(1, 10))
 
 
-def test_a_reconnecting_watcher_resumes_after_its_last_sequence(new_account: Any, rest: httpx.Client) -> None:
+def test_a_reconnecting_watcher_resumes_after_its_last_sequence(
+    mesh: Any, new_account: Any, rest: httpx.Client
+) -> None:
     account = new_account("resume")
+    # Held after step 3 until the first connection has dropped, so the job is still running then.
+    prompt = parking_prompt(mesh, "a lighthouse at dusk", after_step=3)
     created = rest.post(
-        "/api/v1/generation/create", json={**REQUEST, "steps": 100}, headers=account.headers
+        "/api/v1/generation/create", json={**REQUEST, "prompt": prompt, "steps": 10}, headers=account.headers
     ).json()
     seen: list[dict[str, Any]] = []
     # The first connection drops after the fifth event, as a flaky network would.
@@ -87,12 +98,13 @@ def test_a_reconnecting_watcher_resumes_after_its_last_sequence(new_account: Any
                 seen.append(json.loads(line[6:]))
                 if len(seen) == 5:
                     break
+    release(mesh, created["id"])
     resumed = watch(rest, account, created["id"], afterSequence=seen[-1]["sequence"])
 
     sequences = [int(e["sequence"]) for e in seen + resumed]
     assert sequences == list(range(1, len(sequences) + 1)), "no event lost or repeated across the reconnect"
     assert kind(resumed[-1]) == "succeeded"
-    assert sum(kind(e) == "progress" for e in seen + resumed) == 100
+    assert sum(kind(e) == "progress" for e in seen + resumed) == 10
 
 
 def test_the_terminal_event_survives_a_lost_event_log(
@@ -113,10 +125,13 @@ def test_the_terminal_event_survives_a_lost_event_log(
 
 def test_cancel_while_queued_releases_the_hold(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
     account = new_account("cancel-queued")
+    # The blocker holds the user's one running slot until the cancel is done.
     blocker = rest.post(
-        "/api/v1/generation/create", json={**REQUEST, "steps": 80}, headers=account.headers
+        "/api/v1/generation/create",
+        json={**REQUEST, "prompt": parking_prompt(mesh, "a blocker", after_step=1), "steps": 2},
+        headers=account.headers,
     ).json()
-    wait_for_state(rest, account, blocker["id"], "RUNNING")
+    wait_parked(mesh, blocker["id"])
     queued = rest.post(
         "/api/v1/generation/create", json={**REQUEST, "steps": 2}, headers=account.headers
     ).json()
@@ -128,6 +143,7 @@ def test_cancel_while_queued_releases_the_hold(mesh: Any, new_account: Any, rest
     assert mesh.sql(
         "SELECT kind FROM credit_entries WHERE reference = %s ORDER BY id", f"generation:{queued['id']}"
     ) == [{"kind": "hold"}, {"kind": "release"}]
+    release(mesh, blocker["id"])
     wait_for_state(rest, account, blocker["id"], "SUCCEEDED")
     (row,) = mesh.sql("SELECT state, attempt FROM generations WHERE id = %s", queued["id"])
     assert (row["state"], row["attempt"]) == ("CANCELLED", 0), "a cancelled job never reaches a worker"
@@ -137,8 +153,11 @@ def test_cancel_while_running_stops_within_a_step(
     mesh: Any, new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel
 ) -> None:
     account = new_account("cancel-running")
+    # Parked after step 5, so the cancel lands mid-run however fast the steps are; the cancel
+    # itself ends the park.
+    prompt = parking_prompt(mesh, "a lighthouse at dusk", after_step=5)
     created = rest.post(
-        "/api/v1/generation/create", json={**REQUEST, "steps": 150}, headers=account.headers
+        "/api/v1/generation/create", json={**REQUEST, "prompt": prompt, "steps": 150}, headers=account.headers
     ).json()
     events: list[Any] = []
 
@@ -151,17 +170,14 @@ def test_cancel_while_running_stops_within_a_step(
 
     watcher = threading.Thread(target=follow)
     watcher.start()
-    deadline = time.monotonic() + 60
-    while not any(e.WhichOneof("event") == "progress" and e.progress.step >= 5 for e in events):
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.01)
+    wait_parked(mesh, created["id"])
     rest.post(f"/api/v1/generation/{created['id']}/cancel", json={}, headers=account.headers)
     watcher.join(60)
 
     steps = [e.progress.step for e in events if e.WhichOneof("event") == "progress"]
     assert events[-1].WhichOneof("event") == "cancelled"
     assert events[-1].cancelled.was_running
-    assert steps[-1] < 150, "the run stopped early"
+    assert steps[-1] <= 6, "the run stopped within a step of the cancel"
     (row,) = mesh.sql("SELECT state, credits_charged FROM generations WHERE id = %s", created["id"])
     assert (row["state"], row["credits_charged"]) == ("CANCELLED", 0)
     assert mesh.sql(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.common.failpoints import Failpoint
 from services.common.settings import WorkerSettings
 
 
@@ -20,6 +21,8 @@ def required_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("PINGVAS_COMPILE_MODE", raising=False)
     monkeypatch.delenv("PINGVAS_MAX_BATCH", raising=False)
+    monkeypatch.delenv("PINGVAS_FAILPOINTS", raising=False)
+    monkeypatch.delenv("PINGVAS_ENV", raising=False)
 
 
 def only_error(error: pytest.ExceptionInfo[ValidationError]) -> tuple[str, ...]:
@@ -50,3 +53,17 @@ def test_defaults_batch_on_cuda_only_and_do_not_compile() -> None:
 
     assert settings.compile_mode is None
     assert (settings.resolved_max_batch("cuda"), settings.resolved_max_batch("cpu")) == (4, 1)
+
+
+def test_failpoints_arm_in_dev(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINGVAS_FAILPOINTS", '["park_after_step"]')
+
+    assert WorkerSettings().failpoints == {Failpoint.PARK_AFTER_STEP}
+
+
+def test_prod_refuses_to_start_with_failpoints_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINGVAS_ENV", "prod")
+    monkeypatch.setenv("PINGVAS_FAILPOINTS", '["park_after_step"]')
+
+    with pytest.raises(ValidationError, match="PINGVAS_FAILPOINTS is a dev-only setting"):
+        WorkerSettings()

@@ -17,6 +17,7 @@ from typing import IO, Any
 import httpx
 import pytest
 from support.accounts import Account, dev_login
+from support.failpoints import FAILPOINTS_ENV
 from support.mesh import free_port, start_mesh, stop_mesh, wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,7 @@ SCHEDULER_ENV = {
     "PINGVAS_SCHEDULER_MAX_QUEUE_DEPTH": '{"enterprise": 50, "studio": 50, "pro": 50, "starter": 50, "free": 8}',
     "PINGVAS_SCHEDULER_MAX_ATTEMPTS": "2",
     "PINGVAS_SCHEDULER_AFFINITY_MAX_SKIPS": "8",
+    **FAILPOINTS_ENV,
 }
 
 
@@ -131,10 +133,12 @@ def customer(scheduler_mesh: Any) -> Any:
 
 @pytest.fixture
 def submit(scheduler_mesh: Any) -> Any:
-    def create(who: Account, *, steps: int = 2, model: str = "tiny-sd", expect: int = 200) -> dict[str, Any]:
+    def create(
+        who: Account, *, steps: int = 2, model: str = "tiny-sd", expect: int = 200, prompt: str = "fox"
+    ) -> dict[str, Any]:
         reply = httpx.post(
             f"{scheduler_mesh.gateway_url}/api/v1/generation/create",
-            json={"prompt": "fox", "width": 64, "height": 64, "steps": steps, "model": model},
+            json={"prompt": prompt, "width": 64, "height": 64, "steps": steps, "model": model},
             headers=who.headers,
             timeout=30,
         )

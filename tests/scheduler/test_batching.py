@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from support.generations import assert_ended_once, event_kinds, progressed, wait_for
+from support.failpoints import parking_prompt, wait_parked
+from support.generations import assert_ended_once, event_kinds
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -44,9 +45,11 @@ def test_cancelling_one_member_leaves_the_rest_of_the_batch_running(
     scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
 ) -> None:
     members = [customer("studio") for _ in range(3)]
-    jobs = [submit(who, steps=150)["id"] for who in members]
+    # The member to cancel holds the whole batch after step 3; its cancel ends the park.
+    prompts = ["fox", parking_prompt(scheduler_mesh, "fox", after_step=3), "fox"]
+    jobs = [submit(who, steps=150, prompt=prompt)["id"] for who, prompt in zip(members, prompts, strict=True)]
     workers("w-batch-cancel", PINGVAS_MAX_BATCH="4")
-    wait_for(lambda: progressed(scheduler_mesh, jobs[1], steps=3), message="the batch made no progress")
+    wait_parked(scheduler_mesh, jobs[1])
 
     cancelled = httpx.post(
         f"{scheduler_mesh.gateway_url}/api/v1/generation/{jobs[1]}/cancel",
@@ -58,7 +61,7 @@ def test_cancelling_one_member_leaves_the_rest_of_the_batch_running(
     rows = {str(r["id"]): r for r in wait_done(jobs)}
     assert [rows[job]["state"] for job in jobs] == ["SUCCEEDED", "CANCELLED", "SUCCEEDED"]
     # The cancelled member left at a step boundary, long before the batch's last step...
-    assert progress_events(scheduler_mesh, jobs[1]) < 150
+    assert progress_events(scheduler_mesh, jobs[1]) <= 4
     assert_ended_once(scheduler_mesh, jobs[1], succeeded=False)
     # ...and its cancellation was final before the others finished.
     cancelled_at = event_kinds(scheduler_mesh, jobs[1])[-1]

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from support.generations import assert_ended_once, progressed, resolutions, row, running_on, wait_for
+from support.failpoints import disarm, parking_prompt, release, wait_parked
+from support.generations import assert_ended_once, resolutions, row, running_on, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -26,8 +27,10 @@ def test_kill_9_mid_denoise_completes_on_another_worker(
 ) -> None:
     who = customer("pro")
     first, second = workers("w-kill-a"), workers("w-kill-b")
-    job = submit(who, steps=150)["id"]
-    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    prompt = parking_prompt(scheduler_mesh, "fox", after_step=5)
+    job = submit(who, steps=10, prompt=prompt)["id"]
+    wait_parked(scheduler_mesh, job)
+    disarm(scheduler_mesh, prompt)  # the next attempt runs through
     victim = running_on(scheduler_mesh, job, (first, second))
     victim.signal(signal.SIGKILL)
 
@@ -43,8 +46,10 @@ def test_a_stalled_worker_past_its_lease_has_its_late_result_rejected(
 ) -> None:
     who = customer("pro")
     first, second = workers("w-stall-a"), workers("w-stall-b")
-    job = submit(who, steps=120)["id"]
-    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    prompt = parking_prompt(scheduler_mesh, "fox", after_step=5)
+    job = submit(who, steps=10, prompt=prompt)["id"]
+    wait_parked(scheduler_mesh, job)
+    disarm(scheduler_mesh, prompt)  # the next attempt runs through
     stalled = running_on(scheduler_mesh, job, (first, second))
     stalled.signal(signal.SIGSTOP)  # a long GC pause, a frozen VM, a stuck driver
 
@@ -86,8 +91,12 @@ def test_sigterm_hands_a_long_job_back_within_the_budget(
     replacement = workers("w-replacement")
     replacement.signal(signal.SIGSTOP)  # ready, but not claiming until the spot worker leaves
     leaving = workers("w-spot", PINGVAS_SHUTDOWN_GRACE_SECONDS="0.5")
-    job = submit(who, steps=150)["id"]
-    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    # Parked after its first step, the job needs 149 times that step and the park: far more
+    # than the 0.5 s budget.
+    prompt = parking_prompt(scheduler_mesh, "fox", after_step=1)
+    job = submit(who, steps=150, prompt=prompt)["id"]
+    wait_parked(scheduler_mesh, job)
+    disarm(scheduler_mesh, prompt)  # the replacement's attempt runs through
     replacement.signal(signal.SIGCONT)
     started = time.monotonic()
     leaving.signal(signal.SIGTERM)  # a spot interruption notice, or a Karpenter drain
@@ -110,9 +119,13 @@ def test_sigterm_finishes_a_job_that_fits_the_budget(
 ) -> None:
     who = customer("pro")
     leaving = workers("w-spot-finish", PINGVAS_SHUTDOWN_GRACE_SECONDS="60")
-    job = submit(who, steps=60)["id"]
-    wait_for(lambda: progressed(scheduler_mesh, job), message="no progress")
+    job = submit(who, steps=20, prompt=parking_prompt(scheduler_mesh, "fox", after_step=2))["id"]
+    wait_parked(scheduler_mesh, job)
     leaving.signal(signal.SIGTERM)
+    wait_for(
+        lambda: "shutting down: finishing" in leaving.log(), message="the worker did not decide to finish"
+    )
+    release(scheduler_mesh, job)
     assert leaving.process.wait(60) == 0
     (done,) = wait_done([job], within=30)
     assert (done["state"], done["worker_id"], done["attempt"]) == ("SUCCEEDED", "w-spot-finish", 1)

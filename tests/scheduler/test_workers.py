@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from support.failpoints import parking_prompt, release, wait_parked
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -20,16 +21,11 @@ def mesh(scheduler_mesh: Any) -> Any:
     return scheduler_mesh
 
 
-def occupy(worker: Any, submit: Any, who: Any, scheduler_mesh: Any, steps: int = 150) -> dict[str, Any]:
-    """A long job that holds `worker` while the test queues the jobs it wants ordered."""
-    blocker = submit(who, steps=steps)
-    deadline = time.monotonic() + 60
-    while (
-        scheduler_mesh.sql("SELECT state FROM generations WHERE id = %s", blocker["id"])[0]["state"]
-        != "RUNNING"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def occupy(worker: Any, submit: Any, who: Any, scheduler_mesh: Any) -> dict[str, Any]:
+    """A job parked on `worker` while the test queues the jobs it wants ordered; the test
+    releases it once they are queued."""
+    blocker = submit(who, steps=2, prompt=parking_prompt(scheduler_mesh, "a blocker", after_step=1))
+    wait_parked(scheduler_mesh, blocker["id"])
     return blocker
 
 
@@ -52,6 +48,7 @@ def test_priority_bands_under_load(
     starter_jobs = [submit(starter)["id"] for _ in range(5)]
     pro_jobs = [submit(pro)["id"] for _ in range(2)]
     studio_jobs = [submit(studio)["id"]]
+    release(scheduler_mesh, blocker["id"])
     rows = wait_done([*starter_jobs, *pro_jobs, *studio_jobs, blocker["id"]])
     order = start_order([r for r in rows if str(r["id"]) != blocker["id"]])
     assert order == studio_jobs + pro_jobs + starter_jobs
@@ -71,6 +68,7 @@ def test_users_take_turns_within_a_band(
     blocker = occupy(worker, submit, enterprise, scheduler_mesh)
     heavy_jobs = [submit(heavy)["id"] for _ in range(6)]
     light_jobs = [submit(light_a)["id"], submit(light_b)["id"]]
+    release(scheduler_mesh, blocker["id"])
     rows = wait_done([*heavy_jobs, *light_jobs, blocker["id"]])
     order = start_order([r for r in rows if str(r["id"]) != blocker["id"]])
     # 100 jobs from one user never block another user's single job: each light job starts
@@ -112,8 +110,13 @@ def test_per_user_concurrency_caps(
     capped, other = customer("free"), customer("free")
     workers("w-cap-1")
     workers("w-cap-2")
-    capped_jobs = [submit(capped, steps=20)["id"] for _ in range(3)]
+    # The capped user's first job is parked while the rest are queued: a second worker is free.
+    capped_jobs = [submit(capped, steps=20, prompt=parking_prompt(scheduler_mesh, "fox", after_step=1))["id"]]
+    wait_parked(scheduler_mesh, capped_jobs[0])
+    capped_jobs += [submit(capped, steps=20)["id"] for _ in range(2)]
     other_job = submit(other, steps=20)["id"]
+    wait_done([other_job])
+    release(scheduler_mesh, capped_jobs[0])
     rows = {str(r["id"]): r for r in wait_done([*capped_jobs, other_job])}
     spans = sorted((rows[j]["started_at"], rows[j]["finished_at"]) for j in capped_jobs)
     for (_, earlier_end), (later_start, _) in itertools.pairwise(spans):

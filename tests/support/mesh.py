@@ -68,6 +68,20 @@ class RunningMesh:
             timeout=timeout,
         )
 
+    def pingvas_in_background(
+        self, *args: str, stdout: Path, stderr: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start the `pingvas` command without waiting, its output going to files a test can
+        read while it runs."""
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+            return subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", *args],
+                env={**self.env, **(env or {})},
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=err,
+            )
+
 
 LEMONSQUEEZY_API_KEY = "test-lemonsqueezy-key"
 LEMONSQUEEZY_WEBHOOK_SECRET = "test-lemonsqueezy-signing-secret"

@@ -1,0 +1,91 @@
+"""Failpoints: dev-only hooks that hold a job at a chosen point until a test lets it go, as
+TiKV's fail-rs or FoundationDB's buggify do. A test that needs a job mid-run parks it there
+instead of racing a fast job on the tiny model.
+
+A process arms failpoints with PINGVAS_FAILPOINTS (refused when PINGVAS_ENV=prod). Armed, the
+worker asks Redis once per job whether the test wants that job parked; the denoising loop then
+pays one comparison per step. Disarmed, it pays only that comparison.
+
+Keys (the test and the worker are different processes; Redis is what they share):
+
+    failpoint:{name}                    HASH prompt -> step: jobs with this prompt park at
+                                        `name` after that step (the test arms it before it
+                                        submits, so no job can get past it first)
+    failpoint:{name}:{job}:parked       set while the job is parked, to the step it parked at
+    failpoint:{name}:{job}:release      LIST: a push lets the parked job go on
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from enum import StrEnum
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+# One BLPOP's wait for the release; short, so that a dropped connection is soon noticed.
+_RELEASE_WAIT_SECONDS = 1.0
+# Keys of a failpoint a test forgot to release or disarm expire with the test run.
+_KEY_TTL_SECONDS = 3600
+
+
+class Failpoint(StrEnum):
+    """Every failpoint a process can arm."""
+
+    # The worker parks a job after a denoising step, its progress up to that step published.
+    PARK_AFTER_STEP = "park_after_step"
+
+
+def armed_key(failpoint: Failpoint) -> str:
+    return f"failpoint:{failpoint}"
+
+
+def parked_key(failpoint: Failpoint, job: str) -> str:
+    return f"failpoint:{failpoint}:{job}:parked"
+
+
+def release_key(failpoint: Failpoint, job: str) -> str:
+    return f"failpoint:{failpoint}:{job}:release"
+
+
+class Failpoints:
+    """The failpoints a process armed, and the park/release protocol over Redis."""
+
+    def __init__(self, redis: Redis, armed: frozenset[Failpoint]) -> None:
+        self.redis = redis
+        self.armed = armed
+
+    async def park_step(self, failpoint: Failpoint, prompt: str) -> int | None:
+        """After which step a job with this prompt parks; None when it does not."""
+        if failpoint not in self.armed:
+            return None
+        step = await self.redis.hget(armed_key(failpoint), prompt)
+        return int(step) if step is not None else None
+
+    async def park(self, failpoint: Failpoint, job: str, step: int, interrupted: asyncio.Event) -> None:
+        """Hold here until the test releases the job or its run is interrupted (cancel, lost
+        lease, shutdown), whichever comes first: a parked job must not outlive its own run."""
+        await self.redis.set(parked_key(failpoint, job), step, ex=_KEY_TTL_SECONDS)
+        released = asyncio.create_task(self._released(failpoint, job))
+        ended = asyncio.create_task(interrupted.wait())
+        try:
+            await asyncio.wait([released, ended], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            ended.cancel()
+            with contextlib.suppress(RedisError):  # it expires anyway
+                await self.redis.delete(parked_key(failpoint, job))
+
+    async def _released(self, failpoint: Failpoint, job: str) -> None:
+        while not await self._pop_release(failpoint, job):
+            pass
+
+    async def _pop_release(self, failpoint: Failpoint, job: str) -> bool:
+        try:
+            return bool(await self.redis.blpop([release_key(failpoint, job)], timeout=_RELEASE_WAIT_SECONDS))
+        except RedisError:
+            # Redis restarting, or this process resumed after a SIGSTOP past the read's timeout:
+            # the job stays parked, and its run's own checks decide what happens to it.
+            await asyncio.sleep(_RELEASE_WAIT_SECONDS)
+            return False
