@@ -1,6 +1,6 @@
-"""A Lemon Squeezy webhook that arrives while PostgreSQL is down is answered 5xx, so Lemon Squeezy
+"""A Lemon Squeezy webhook that arrives while PostgreSQL is down is answered 503, so Lemon Squeezy
 delivers it again; once `pingvas up` has restarted PostgreSQL, the retry or `pingvas billing
-reconcile`, whichever comes first, grants the plan's credits once.
+reconcile`, whichever comes first, gives the plan's credits once.
 
 PostgreSQL is killed, so this module runs on a mesh of its own (no GPU worker: no job runs). The
 supervisor is paused (SIGSTOP) while PostgreSQL is dead, so the deliveries meet it down however
@@ -55,11 +55,13 @@ def postgres_is_up(mesh: RunningMesh) -> bool:
     return True
 
 
-def grants(mesh: RunningMesh, user_id: str) -> list[int]:
+def credits_given(mesh: RunningMesh, user_id: str) -> list[tuple[str, int]]:
     rows = mesh.sql(
-        "SELECT amount FROM credit_entries WHERE user_id = %s AND kind = 'grant' ORDER BY id", user_id
+        "SELECT kind, amount FROM credit_entries WHERE user_id = %s AND kind IN ('grant', 'reset') "
+        "ORDER BY id",
+        user_id,
     )
-    return [row["amount"] for row in rows]
+    return [(row["kind"], row["amount"]) for row in rows]
 
 
 def test_a_webhook_during_a_database_outage_is_answered_5xx_and_granted_once_after(
@@ -87,7 +89,8 @@ def test_a_webhook_during_a_database_outage_is_answered_5xx_and_granted_once_aft
         wait_for(lambda: postgres.status() == psutil.STATUS_ZOMBIE, message="postgres did not die")
         assert not postgres_is_up(mesh)
         for payload in deliveries.values():
-            assert lemonsqueezy.deliver(mesh.gateway_url, payload).status_code >= 500
+            # UNAVAILABLE, so Lemon Squeezy retries: never a 2xx that would lose the delivery.
+            assert lemonsqueezy.deliver(mesh.gateway_url, payload).status_code == 503
     finally:
         supervisor.resume()
     wait_for(lambda: postgres_is_up(mesh), within=120, message="PostgreSQL was not restarted")
@@ -100,4 +103,5 @@ def test_a_webhook_during_a_database_outage_is_answered_5xx_and_granted_once_aft
     assert mesh.pingvas("billing", "reconcile").returncode == 0
 
     for account in (retried_first, reconciled_first):
-        assert grants(mesh, account.user_id) == [100, 15000], "the free grant, then Pro's once"
+        # The free grant, then Pro's allowance once (a subscription's first credits are a reset).
+        assert credits_given(mesh, account.user_id) == [("grant", 100), ("reset", 14900)]
