@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from sqlalchemy.exc import IntegrityError
@@ -35,11 +33,11 @@ from services.common.errors import (
     QueueFull,
     Violations,
 )
-from services.common.schema import generations
 from services.common.signing import ImageUrlSigner
 from services.generation.catalog import ModelCatalog, ModelInfo
-from services.generation.events import EventLog, is_terminal
+from services.generation.events import EventLog, event_kind, is_terminal, new_event
 from services.generation.failures import Failure, FailureCode
+from services.generation.lifecycle import EventKind, GenerationState
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRecord, GenerationRepository
 
@@ -81,19 +79,6 @@ class WorkResult:
     png: bytes
     seed: int
     gpu_seconds: float
-
-
-def _timestamp(value: datetime | None = None) -> Timestamp:
-    stamp = Timestamp()
-    if value is None:
-        stamp.GetCurrentTime()
-    else:
-        stamp.FromDatetime(value)
-    return stamp
-
-
-def new_event(generation_id: uuid.UUID, **event: object) -> pb.WatchGenerationResponse:
-    return pb.WatchGenerationResponse(generation_id=str(generation_id), time=_timestamp(), **event)
 
 
 def parse_generation_id(value: str, field: str = "generation_id") -> uuid.UUID:
@@ -213,7 +198,7 @@ class GenerationJobs:
                     conn,
                     id=generation_id,
                     user_id=user_id,
-                    state="QUEUED",
+                    state=GenerationState.QUEUED,
                     tier=plan,
                     prompt=resolved.prompt,
                     negative_prompt=resolved.negative_prompt,
@@ -305,20 +290,11 @@ class GenerationJobs:
 
     async def cancel(self, user_id: uuid.UUID, generation_id: uuid.UUID) -> GenerationRecord:
         async with self.database.tenant(user_id) as conn:
-            cancelled = await self.repository.transition(
-                conn,
-                user_id,
-                generation_id,
-                from_states=("QUEUED",),
-                state="CANCELLED",
-                finished_at=sa.func.now(),
-            )
+            cancelled = await self.repository.cancel_queued(conn, user_id, generation_id)
             if cancelled is not None:
                 await self.ledger.release(conn, user_id, generation_reference(generation_id))
             else:
-                running = await self.repository.transition(
-                    conn, user_id, generation_id, from_states=("RUNNING",), cancel_requested=True
-                )
+                running = await self.repository.request_cancel(conn, user_id, generation_id)
         if cancelled is not None:
             await self.queue.remove(cancelled.tier, user_id, generation_id)
             await self.events.append(
@@ -360,9 +336,8 @@ class GenerationJobs:
             for stored in await self.events.read(generation_id, stream_cursor, block_ms=poll_ms):
                 stream_cursor = stored.stream_id
                 event = stored.event
-                kind = event.WhichOneof("event")
-                still_queued = kind == "queued"
-                if kind == "queued":
+                still_queued = event_kind(event) == EventKind.QUEUED
+                if still_queued:
                     queued_sequence = event.sequence
                     position = await self.queue.position(record.tier, user_id, generation_id)
                     if position is not None:
@@ -411,7 +386,7 @@ class GenerationJobs:
 
     @staticmethod
     def terminal_event_from_record(record: GenerationRecord) -> pb.WatchGenerationResponse:
-        if record.state == "SUCCEEDED":
+        if record.state == GenerationState.SUCCEEDED:
             event = new_event(
                 record.id,
                 succeeded=resources.GenerationSucceeded(
@@ -430,14 +405,14 @@ class GenerationJobs:
 
     def image_url(self, record: GenerationRecord) -> str:
         """A fresh signed URL, made when read, so replayed events never carry a stale one."""
-        if record.state != "SUCCEEDED" or self.image_urls is None:
+        if record.state != GenerationState.SUCCEEDED or self.image_urls is None:
             return ""
         return self.image_urls.url(record.id, record.user_id)
 
     def _with_image_url(
         self, record: GenerationRecord, event: pb.WatchGenerationResponse
     ) -> pb.WatchGenerationResponse:
-        if event.WhichOneof("event") == "succeeded" and self.image_urls is not None:
+        if event_kind(event) == EventKind.SUCCEEDED and self.image_urls is not None:
             event.succeeded.image_url = self.image_urls.url(record.id, record.user_id)
         return event
 
@@ -449,16 +424,7 @@ class GenerationJobs:
         """QUEUED -> RUNNING with a new attempt number, the fencing token of this run. None if the
         job is no longer queued (cancelled meanwhile, or already taken by a duplicate delivery)."""
         async with self.database.tenant(user_id) as conn:
-            record = await self.repository.transition(
-                conn,
-                user_id,
-                generation_id,
-                from_states=("QUEUED",),
-                state="RUNNING",
-                attempt=generations.c.attempt + 1,
-                worker_id=worker_id,
-                started_at=sa.func.now(),
-            )
+            record = await self.repository.mark_running(conn, user_id, generation_id, worker_id)
         if record is not None:
             await self.events.append(
                 generation_id,
@@ -481,15 +447,13 @@ class GenerationJobs:
         """Record success and capture the charge, fenced on the attempt. False if fenced out."""
         charge = min(self.pricing.charge_for(result.gpu_seconds), record.credits_held)
         async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.transition_running(
+            done = await self.repository.finish_succeeded(
                 conn,
                 record,
-                state="SUCCEEDED",
                 image_key=image_key,
                 seed=result.seed,
                 gpu_seconds=result.gpu_seconds,
                 credits_charged=charge,
-                finished_at=sa.func.now(),
             )
             if done is None:
                 return False
@@ -506,36 +470,23 @@ class GenerationJobs:
         return True
 
     async def finish_failed(self, record: GenerationRecord, failure: Failure) -> bool:
-        return await self._finish_released(
-            record,
-            "FAILED",
-            new_event(record.id, failed=failure.to_proto()),
-            failure_code=failure.code,
-            incident_id=failure.incident_id,
-        )
-
-    async def finish_cancelled(self, record: GenerationRecord) -> bool:
-        return await self._finish_released(
-            record,
-            "CANCELLED",
-            new_event(record.id, cancelled=resources.GenerationCancelled(was_running=True)),
-        )
-
-    async def _finish_released(
-        self, record: GenerationRecord, state: str, event: pb.WatchGenerationResponse, **values: object
-    ) -> bool:
         async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.transition_running(
-                conn,
-                record,
-                state=state,
-                finished_at=sa.func.now(),
-                **values,
-            )
+            done = await self.repository.finish_failed(conn, record, failure)
             if done is None:
                 return False
             await self.ledger.release(conn, record.user_id, generation_reference(record.id))
-        await self.events.append(record.id, event)
+        await self.events.append(record.id, new_event(record.id, failed=failure.to_proto()))
+        return True
+
+    async def finish_cancelled(self, record: GenerationRecord) -> bool:
+        async with self.database.tenant(record.user_id) as conn:
+            done = await self.repository.finish_cancelled(conn, record)
+            if done is None:
+                return False
+            await self.ledger.release(conn, record.user_id, generation_reference(record.id))
+        await self.events.append(
+            record.id, new_event(record.id, cancelled=resources.GenerationCancelled(was_running=True))
+        )
         return True
 
     # --- retries and repair ------------------------------------------------------------------
@@ -554,14 +505,7 @@ class GenerationJobs:
             dead = await self.finish_failed(record, failure)
             return "dead-lettered" if dead else "fenced"
         async with self.database.tenant(record.user_id) as conn:
-            back = await self.repository.transition_running(
-                conn,
-                record,
-                state="QUEUED",
-                failures=failures,
-                worker_id=None,
-                started_at=None,
-            )
+            back = await self.repository.back_to_queue(conn, record, failures=failures)
         if back is None:
             return "fenced"
         await self._enqueue(back)
@@ -587,7 +531,7 @@ class GenerationJobs:
         for record in live:
             if await self.queue.is_leased(record.id):
                 continue
-            if record.state == "RUNNING":
+            if record.state == GenerationState.RUNNING:
                 # Its worker died or stalled past the lease (kill -9, a lost spot node, a
                 # SIGSTOP): another worker takes over, and a late result is fenced out.
                 started = record.started_at
