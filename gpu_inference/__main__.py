@@ -21,10 +21,11 @@ from services.common.server import GrpcServer, configure_logging, serve_until_te
 from services.common.settings import SchedulerSettings, WorkerSettings
 from services.common.storage import LocalImageStore
 from services.generation.catalog import ModelCatalog
+from services.generation.delivery import Delivery
 from services.generation.events import EventLog
-from services.generation.jobs import GenerationJobs
 from services.generation.queue import SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRepository
+from services.generation.runs import Runs
 
 log = logging.getLogger("gpu_inference")
 
@@ -54,21 +55,21 @@ async def main() -> None:
         max_batch,
     )
     queue = TierQueue(redis)
-    jobs = GenerationJobs(
+    events = EventLog(redis)
+    runs = Runs(
         database=database,
         repository=GenerationRepository(),
         ledger=CreditLedger(),
-        queue=queue,
-        events=EventLog(redis),
-        catalog=catalog,
         pricing=Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step),
-        default_model="",
+        queue=queue,
+        events=events,
+        delivery=Delivery(queue, events),
         max_attempts=scheduler.max_attempts,
         lease_seconds=scheduler.lease_seconds,
     )
     worker = Worker(
         worker_id=worker_id,
-        jobs=jobs,
+        runs=runs,
         queue=queue,
         registry=registry,
         store=LocalImageStore(settings.images_dir),

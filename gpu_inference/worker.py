@@ -40,9 +40,9 @@ from gpu_inference.registry import ModelRegistry, UnknownModelError
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import ImageStore, image_key
 from services.generation.failures import Failure, FailureCode
-from services.generation.jobs import GenerationJobs, WorkResult
 from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
+from services.generation.runs import Runs, WorkResult
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class ProgressRelay:
 
     _DONE = None
 
-    def __init__(self, jobs: GenerationJobs, record: GenerationRecord) -> None:
-        self.jobs = jobs
+    def __init__(self, runs: Runs, record: GenerationRecord) -> None:
+        self.runs = runs
         self.record = record
         self.updates: asyncio.Queue[StepUpdate | None] = asyncio.Queue()
         self._interruption: type[RunInterrupted] | None = None
@@ -130,7 +130,7 @@ class ProgressRelay:
         while (update := await self.updates.get()) is not self._DONE:
             # Encoded off the event loop: on CUDA it first waits for the step's pixels.
             preview_jpeg = await asyncio.to_thread(lambda: update.preview_jpeg)
-            await self.jobs.report_progress(self.record, update.step, update.total_steps, preview_jpeg)
+            await self.runs.report_progress(self.record, update.step, update.total_steps, preview_jpeg)
             self.updates.task_done()
 
     async def flushed(self) -> None:
@@ -229,7 +229,7 @@ class Worker:
         self,
         *,
         worker_id: str,
-        jobs: GenerationJobs,
+        runs: Runs,
         queue: TierQueue,
         registry: ModelRegistry,
         store: ImageStore,
@@ -241,7 +241,7 @@ class Worker:
         failpoints: Failpoints | None = None,
     ) -> None:
         self.worker_id = worker_id
-        self.jobs = jobs
+        self.runs = runs
         self.queue = queue
         self.registry = registry
         self.store = store
@@ -349,7 +349,7 @@ class Worker:
         other outcome is recorded here; the caller ends the leases."""
         members = []
         for claim in claims:
-            record = await self.jobs.start(claim.user_id, claim.generation_id, self.worker_id)
+            record = await self.runs.start(claim.user_id, claim.generation_id, self.worker_id)
             if record is None:
                 log.info("job %s is no longer queued; skipped", claim.generation_id)
                 continue
@@ -407,7 +407,7 @@ class Worker:
         await relay.close()
         record = relay.record
         if reason is GenerationCancelled:
-            await self.jobs.finish_cancelled(record)
+            await self.runs.finish_cancelled(record)
             log.info("cancelled %s", record.id)
         else:
             log.warning(
@@ -437,7 +437,7 @@ class Worker:
                 logger=log,
             )
             for record in records:
-                await self.jobs.finish_failed(record, missing)
+                await self.runs.finish_failed(record, missing)
             return []
         except Exception:
             unloadable = Failure.report(
@@ -449,7 +449,7 @@ class Worker:
             )
             await self._requeue(records, unloadable)
             return []
-        relays = [ProgressRelay(self.jobs, member.record) for member in members]
+        relays = [ProgressRelay(self.runs, member.record) for member in members]
         if self.failpoints is not None:
             for relay in relays:
                 relay.park_after_step = await self.failpoints.park_step(
@@ -519,7 +519,7 @@ class Worker:
         """Give the jobs back to the queue; a `failure` counts the attempt towards dead-lettering,
         a hand-back (None) does not."""
         for record in records:
-            await self.jobs.requeue(record, failure)
+            await self.runs.requeue(record, failure)
 
     async def _store_results(self, succeeded: Sequence[tuple[GenerationRecord, TextToImageResult]]) -> None:
         """Encode, store and record a call's images, then end their leases."""
@@ -538,7 +538,7 @@ class Worker:
         png = await asyncio.to_thread(lambda: result.png)
         key = image_key(record.user_id, record.id, record.created_at)
         await self.store.put(key, png)
-        if await self.jobs.finish_succeeded(record, key, WorkResult(png, result.seed, result.gpu_seconds)):
+        if await self.runs.finish_succeeded(record, key, WorkResult(png, result.seed, result.gpu_seconds)):
             log.info("succeeded %s in %.2f GPU seconds", record.id, result.gpu_seconds)
         else:
             log.warning(

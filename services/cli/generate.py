@@ -26,6 +26,8 @@ from urllib.parse import urljoin
 
 import httpx
 
+from services.generation.lifecycle import EventKind
+
 
 class ExitCode(IntEnum):
     """The process exit status, one per kind of outcome a script may want to branch on."""
@@ -40,8 +42,6 @@ class ExitCode(IntEnum):
 
 DEFAULT_EMAIL = "dev@pingvas.local"
 DEFAULT_HTTP_PORT = "8080"
-TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
-EVENT_KINDS = frozenset({"queued", "started", "progress", *TERMINAL_EVENTS})
 # How often in a row a watch that ends without a terminal event is reopened before giving up.
 # Over HTTP/1.1 a server-side stream error looks exactly like that: Envoy cannot send trailers.
 # With the backoff below, about half a minute: long enough for `pingvas up` to restart a crashed
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             generation_id = str(generation["id"])
             outcome = _follow(gateway, generation_id, progress)
             progress.finish()
-            if outcome.kind != "succeeded":
+            if outcome.kind != EventKind.SUCCEEDED:
                 raise CommandError(
                     describe_unsuccessful_end(generation_id, outcome), ExitCode.GENERATION_FAILED
                 )
@@ -187,12 +187,12 @@ class WatchEvent:
     """One WatchGenerationResponse: its sequence number, which event it carries, and that event."""
 
     sequence: int
-    kind: str
+    kind: EventKind
     payload: Mapping[str, Any]
 
     @property
     def is_terminal(self) -> bool:
-        return self.kind in TERMINAL_EVENTS
+        return EventKind(self.kind).is_terminal
 
 
 class GatewayClient:
@@ -295,7 +295,7 @@ class ProgressDisplay:
             padding = " " * max(0, self._drawn_width - len(line))
             self._stream.write(f"\r{line}{padding}")
             self._drawn_width = len(line)
-        elif event.kind != "progress" or _as_int(event.payload.get("step")) == _as_int(
+        elif event.kind != EventKind.PROGRESS or _as_int(event.payload.get("step")) == _as_int(
             event.payload.get("totalSteps")
         ):
             # Logs get the phase changes and the last step, not a line per step.
@@ -356,7 +356,7 @@ def parse_watch_event(data: str) -> WatchEvent:
         ) from error
     if not isinstance(message, dict):
         raise CommandError("unreadable event from the gateway: not a JSON object", ExitCode.GENERATION_FAILED)
-    kinds = [kind for kind in EVENT_KINDS if kind in message]
+    kinds = [kind for kind in EventKind if kind in message]
     if len(kinds) != 1:
         raise CommandError(f"unexpected event from the gateway: {data[:200]}", ExitCode.GENERATION_FAILED)
     payload = message[kinds[0]]
@@ -403,9 +403,9 @@ def error_from_response(status_code: int, body: str) -> CommandError:
 
 def describe_unsuccessful_end(generation_id: str, event: WatchEvent) -> str:
     """The one-line reason a generation ended with `event` rather than an image."""
-    if event.kind == "failed":
+    if event.kind == EventKind.FAILED:
         return f"generation {generation_id} failed: {event.payload.get('reason') or 'no reason given'}"
-    if event.kind == "cancelled":
+    if event.kind == EventKind.CANCELLED:
         return f"generation {generation_id} was cancelled"
     return f"generation {generation_id} ended without a result ({event.kind})"
 
@@ -413,12 +413,12 @@ def describe_unsuccessful_end(generation_id: str, event: WatchEvent) -> str:
 def render_progress(event: WatchEvent, *, bar_width: int = 30) -> str:
     """The progress line for the latest event."""
     payload = event.payload
-    if event.kind == "queued":
+    if event.kind == EventKind.QUEUED:
         return f"queued, position {_as_int(payload.get('position'))}"
-    if event.kind == "started":
+    if event.kind == EventKind.STARTED:
         attempt = _as_int(payload.get("attempt"))
         return "started" if attempt <= 1 else f"started (attempt {attempt})"
-    if event.kind == "progress":
+    if event.kind == EventKind.PROGRESS:
         step, total = _as_int(payload.get("step")), _as_int(payload.get("totalSteps"))
         filled = bar_width * min(step, total) // total if total > 0 else 0
         return f"[{'#' * filled}{'.' * (bar_width - filled)}] {step}/{total} steps"

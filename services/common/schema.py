@@ -12,8 +12,6 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 metadata = sa.MetaData()
 
 PLANS = ("free", "starter", "pro", "studio", "enterprise")
-GENERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-LIVE_STATES = ("QUEUED", "RUNNING")
 CREDIT_ENTRY_KINDS = ("grant", "reset", "hold", "capture", "release", "revoke", "refund", "adjustment")
 
 users = sa.Table(

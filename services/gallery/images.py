@@ -11,6 +11,7 @@ from services.common.errors import NotFound
 from services.common.schema import generations
 from services.common.signing import ImageUrlSigner
 from services.common.storage import ImageStore
+from services.generation.lifecycle import GenerationState
 
 
 class ImageLibrary:
@@ -26,7 +27,7 @@ class ImageLibrary:
             row = (
                 await conn.execute(
                     sa.select(generations.c.user_id, generations.c.image_key).where(
-                        generations.c.id == image_id, generations.c.state == "SUCCEEDED"
+                        generations.c.id == image_id, generations.c.state == GenerationState.SUCCEEDED
                     )
                 )
             ).one_or_none()

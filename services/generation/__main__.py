@@ -16,12 +16,16 @@ from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import GenerationSettings, SchedulerSettings
 from services.common.signing import ImageUrlSigner
+from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
+from services.generation.delivery import Delivery
 from services.generation.events import EventLog
-from services.generation.jobs import GenerationJobs
+from services.generation.generations import Generations
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
+from services.generation.runs import Runs
 from services.generation.servicer import GenerationServicer
+from services.generation.watching import Watching
 
 log = logging.getLogger("services.generation")
 
@@ -32,27 +36,52 @@ async def main() -> None:
     configure_logging(settings.log_level, "generation")
     database = Database(settings.database_url, schema=settings.db_schema)
     redis = Redis.from_url(settings.redis_url, max_connections=512)
-    jobs = GenerationJobs(
+    repository = GenerationRepository()
+    ledger = CreditLedger()
+    queue = TierQueue(redis)
+    events = EventLog(redis)
+    delivery = Delivery(queue, events)
+    pricing = Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step)
+    image_urls = ImageUrlSigner(
+        settings.url_signing_secret,
+        public_url=settings.public_url,
+        ttl_seconds=settings.image_url_ttl_seconds,
+    )
+    acceptance = Acceptance(
         database=database,
-        repository=GenerationRepository(),
-        ledger=CreditLedger(),
-        queue=TierQueue(redis),
-        events=EventLog(redis),
+        repository=repository,
+        ledger=ledger,
+        pricing=pricing,
         catalog=ModelCatalog(settings.resolved_models_dir),
-        pricing=Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step),
         default_model=settings.default_model,
+        queue=queue,
+        events=events,
+        delivery=delivery,
         max_queue_depth=scheduler.max_queue_depth,
+    )
+    generations = Generations(database=database, repository=repository, image_urls=image_urls)
+    watching = Watching(generations=generations, events=events, queue=queue, image_urls=image_urls)
+    # The reconciler repairs runs whose worker or delivery was lost.
+    runs = Runs(
+        database=database,
+        repository=repository,
+        ledger=ledger,
+        pricing=pricing,
+        queue=queue,
+        events=events,
+        delivery=delivery,
         max_attempts=scheduler.max_attempts,
         lease_seconds=scheduler.lease_seconds,
-        image_urls=ImageUrlSigner(
-            settings.url_signing_secret,
-            public_url=settings.public_url,
-            ttl_seconds=settings.image_url_ttl_seconds,
-        ),
     )
     server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
     pb_grpc.add_GenerationServiceServicer_to_server(
-        GenerationServicer(jobs, TokenAuthority(settings.jwt_secret)), server.server
+        GenerationServicer(
+            acceptance=acceptance,
+            generations=generations,
+            watching=watching,
+            tokens=TokenAuthority(settings.jwt_secret),
+        ),
+        server.server,
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["GenerationService"].full_name])
 
@@ -64,7 +93,7 @@ async def main() -> None:
         server,
         ready=ready,
         grace=settings.shutdown_grace_seconds,
-        background=[periodically(settings.reconcile_interval_seconds, jobs.reconcile, "reconcile")],
+        background=[periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile")],
         cleanup=[database.close, redis.aclose],
     )
 

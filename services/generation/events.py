@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from redis.asyncio import Redis
 
-TERMINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+from services.generation.lifecycle import TERMINAL_EVENTS, EventKind
 
 _APPEND = """
 local seq = redis.call('INCR', KEYS[2])
@@ -36,6 +37,18 @@ return seq
 class StoredEvent:
     stream_id: str
     event: pb.WatchGenerationResponse
+
+
+def new_event(generation_id: uuid.UUID, **event: object) -> pb.WatchGenerationResponse:
+    """An event stamped now; its sequence number is handed out when it is appended."""
+    now = Timestamp()
+    now.GetCurrentTime()
+    return pb.WatchGenerationResponse(generation_id=str(generation_id), time=now, **event)
+
+
+def event_kind(event: pb.WatchGenerationResponse) -> EventKind | None:
+    kind = event.WhichOneof("event")
+    return None if kind is None else EventKind(kind)
 
 
 def is_terminal(event: pb.WatchGenerationResponse) -> bool:

@@ -1,5 +1,6 @@
 """SQL for the generations table. Every statement runs on a tenant transaction handed in, and
-every state change is a conditional UPDATE fenced by state (and attempt, for workers)."""
+every state change is a named, conditional UPDATE fenced by state (and attempt, for workers):
+the domain says which move it wants, and only this module knows how to write it."""
 
 from __future__ import annotations
 
@@ -11,17 +12,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.schema import LIVE_STATES, generations, users
+from services.common.schema import generations, users
 from services.generation.failures import Failure, FailureCode
-
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+from services.generation.lifecycle import LIVE_STATES, GenerationState
 
 
 @dataclass(frozen=True)
 class GenerationRecord:
     id: uuid.UUID
     user_id: uuid.UUID
-    state: str
+    state: GenerationState
     tier: str
     prompt: str
     negative_prompt: str
@@ -54,13 +54,13 @@ class GenerationRecord:
     @property
     def failure(self) -> Failure | None:
         """Why it failed, once FAILED."""
-        if self.state != "FAILED":
+        if self.state != GenerationState.FAILED:
             return None
         return Failure(FailureCode(self.failure_code or FailureCode.UNKNOWN), self.incident_id or "")
 
     @property
     def is_terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state.is_terminal
 
     @property
     def batch_key(self) -> str:
@@ -69,7 +69,8 @@ class GenerationRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> GenerationRecord:
-        return cls(**{column: getattr(row, column) for column in cls.__dataclass_fields__})
+        values = {column: getattr(row, column) for column in cls.__dataclass_fields__}
+        return cls(**{**values, "state": GenerationState(values["state"])})
 
 
 class GenerationRepository:
@@ -118,25 +119,129 @@ class GenerationRepository:
         query = query.order_by(generations.c.created_at.desc(), generations.c.id.desc()).limit(limit)
         return [GenerationRecord.from_row(row) for row in (await conn.execute(query)).all()]
 
-    async def transition(
+    # --- state changes: each a conditional UPDATE through `_transition` ----------------------
+
+    async def cancel_queued(
+        self, conn: AsyncConnection, user_id: uuid.UUID, generation_id: uuid.UUID
+    ) -> GenerationRecord | None:
+        """QUEUED -> CANCELLED, before any worker started it."""
+        return await self._transition(
+            conn,
+            user_id,
+            generation_id,
+            from_state=GenerationState.QUEUED,
+            state=GenerationState.CANCELLED,
+            finished_at=sa.func.now(),
+        )
+
+    async def request_cancel(
+        self, conn: AsyncConnection, user_id: uuid.UUID, generation_id: uuid.UUID
+    ) -> GenerationRecord | None:
+        """Flag a RUNNING generation for its worker to cancel between steps."""
+        return await self._transition(
+            conn, user_id, generation_id, from_state=GenerationState.RUNNING, cancel_requested=True
+        )
+
+    async def mark_running(
+        self, conn: AsyncConnection, user_id: uuid.UUID, generation_id: uuid.UUID, worker_id: str
+    ) -> GenerationRecord | None:
+        """QUEUED -> RUNNING under the next attempt number, the fencing token of this run."""
+        return await self._transition(
+            conn,
+            user_id,
+            generation_id,
+            from_state=GenerationState.QUEUED,
+            state=GenerationState.RUNNING,
+            attempt=generations.c.attempt + 1,
+            worker_id=worker_id,
+            started_at=sa.func.now(),
+        )
+
+    async def finish_succeeded(
+        self,
+        conn: AsyncConnection,
+        record: GenerationRecord,
+        *,
+        image_key: str,
+        seed: int,
+        gpu_seconds: float,
+        credits_charged: int,
+    ) -> GenerationRecord | None:
+        """RUNNING -> SUCCEEDED for the attempt `record` holds."""
+        return await self._end_attempt(
+            conn,
+            record,
+            state=GenerationState.SUCCEEDED,
+            image_key=image_key,
+            seed=seed,
+            gpu_seconds=gpu_seconds,
+            credits_charged=credits_charged,
+            finished_at=sa.func.now(),
+        )
+
+    async def finish_failed(
+        self, conn: AsyncConnection, record: GenerationRecord, failure: Failure
+    ) -> GenerationRecord | None:
+        """RUNNING -> FAILED for the attempt `record` holds, keeping the code and incident id."""
+        return await self._end_attempt(
+            conn,
+            record,
+            state=GenerationState.FAILED,
+            failure_code=failure.code,
+            incident_id=failure.incident_id,
+            finished_at=sa.func.now(),
+        )
+
+    async def finish_cancelled(
+        self, conn: AsyncConnection, record: GenerationRecord
+    ) -> GenerationRecord | None:
+        """RUNNING -> CANCELLED for the attempt `record` holds."""
+        return await self._end_attempt(
+            conn, record, state=GenerationState.CANCELLED, finished_at=sa.func.now()
+        )
+
+    async def back_to_queue(
+        self, conn: AsyncConnection, record: GenerationRecord, *, failures: int
+    ) -> GenerationRecord | None:
+        """RUNNING -> QUEUED for the attempt `record` holds, counting `failures` so far."""
+        return await self._end_attempt(
+            conn, record, state=GenerationState.QUEUED, failures=failures, worker_id=None, started_at=None
+        )
+
+    async def _end_attempt(
+        self, conn: AsyncConnection, record: GenerationRecord, **values: Any
+    ) -> GenerationRecord | None:
+        """End the running attempt `record` holds: its fencing token is its attempt number, so a
+        worker that lost the job to a newer attempt changes nothing (None)."""
+        return await self._transition(
+            conn,
+            record.user_id,
+            record.id,
+            from_state=GenerationState.RUNNING,
+            fence_attempt=record.attempt,
+            **values,
+        )
+
+    async def _transition(
         self,
         conn: AsyncConnection,
         user_id: uuid.UUID,
         generation_id: uuid.UUID,
         *,
-        from_states: tuple[str, ...],
+        from_state: GenerationState,
         fence_attempt: int | None = None,
         **values: Any,
     ) -> GenerationRecord | None:
-        """Move a generation on only if it is still in `from_states` (and on `attempt`).
+        """The fencing rule, in one place: move a generation on only if it is still in
+        `from_state` (and on `fence_attempt`, the attempt the caller holds).
 
         None means another actor got there first: a cancel, a completion, or a newer attempt.
-        `values` may set `attempt` itself; `fence_attempt` is the attempt the caller holds.
+        `values` may set `attempt` itself.
         """
         conditions = [
             generations.c.id == generation_id,
             generations.c.user_id == user_id,
-            generations.c.state.in_(from_states),
+            generations.c.state == from_state,
         ]
         if fence_attempt is not None:
             conditions.append(generations.c.attempt == fence_attempt)
@@ -147,15 +252,6 @@ class GenerationRepository:
         ).one_or_none()
         return None if row is None else GenerationRecord.from_row(row)
 
-    async def transition_running(
-        self, conn: AsyncConnection, record: GenerationRecord, **values: Any
-    ) -> GenerationRecord | None:
-        """End the running attempt `record` holds: its fencing token is its attempt number, so a
-        worker that lost the job to a newer attempt changes nothing (None)."""
-        return await self.transition(
-            conn, record.user_id, record.id, from_states=("RUNNING",), fence_attempt=record.attempt, **values
-        )
-
     async def live_older_than(
         self, conn: AsyncConnection, seconds: float, limit: int
     ) -> list[GenerationRecord]:
@@ -163,7 +259,7 @@ class GenerationRepository:
         query = (
             sa.select(generations)
             .where(
-                generations.c.state.in_(LIVE_STATES),
+                generations.c.state.in_(sorted(LIVE_STATES)),
                 generations.c.created_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds),
             )
             .order_by(generations.c.created_at)

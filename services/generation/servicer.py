@@ -13,8 +13,10 @@ from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Principal, TokenAuthority
 from services.common.rpc import Endpoint, server_stream, unary
-from services.generation.jobs import GenerationJobs, GenerationSpec, parse_generation_id
+from services.generation.acceptance import Acceptance, GenerationSpec
+from services.generation.generations import Generations, parse_generation_id
 from services.generation.repository import GenerationRecord
+from services.generation.watching import Watching
 
 ERROR_DOMAIN = "generation.pingvas.studio"
 
@@ -74,18 +76,22 @@ def spec_from_proto(generation: resources.Generation) -> GenerationSpec:
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
-    def __init__(self, jobs: GenerationJobs, tokens: TokenAuthority) -> None:
+    def __init__(
+        self, *, acceptance: Acceptance, generations: Generations, watching: Watching, tokens: TokenAuthority
+    ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
-        self.jobs = jobs
+        self.acceptance = acceptance
+        self.generations = generations
+        self.watching = watching
 
     def _proto(self, record: GenerationRecord) -> resources.Generation:
-        return generation_to_proto(record, self.jobs.image_url(record))
+        return generation_to_proto(record, self.generations.image_url(record))
 
     @unary
     async def CreateGeneration(
         self, request: pb.CreateGenerationRequest, caller: Principal, context: Context
     ) -> resources.Generation:
-        record = await self.jobs.create(
+        record = await self.acceptance.create(
             caller.user_id, spec_from_proto(request.generation), request.request_id
         )
         return self._proto(record)
@@ -94,14 +100,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
     async def GetGeneration(
         self, request: pb.GetGenerationRequest, caller: Principal, context: Context
     ) -> resources.Generation:
-        record = await self.jobs.get(caller.user_id, parse_generation_id(request.generation_id))
+        record = await self.generations.get(caller.user_id, parse_generation_id(request.generation_id))
         return self._proto(record)
 
     @unary
     async def ListGenerations(
         self, request: pb.ListGenerationsRequest, caller: Principal, context: Context
     ) -> pb.ListGenerationsResponse:
-        records, next_token = await self.jobs.page(
+        records, next_token = await self.generations.page(
             caller.user_id, page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListGenerationsResponse(
@@ -112,14 +118,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
     async def CancelGeneration(
         self, request: pb.CancelGenerationRequest, caller: Principal, context: Context
     ) -> resources.Generation:
-        return self._proto(await self.jobs.cancel(caller.user_id, parse_generation_id(request.generation_id)))
+        return self._proto(
+            await self.acceptance.cancel(caller.user_id, parse_generation_id(request.generation_id))
+        )
 
     @server_stream
     async def WatchGeneration(
         self, request: pb.WatchGenerationRequest, caller: Principal, context: Context
     ) -> AsyncIterator[pb.WatchGenerationResponse]:
         generation_id = parse_generation_id(request.generation_id)
-        async for event in self.jobs.watch(
+        async for event in self.watching.watch(
             caller.user_id, generation_id, after_sequence=request.after_sequence
         ):
             yield event

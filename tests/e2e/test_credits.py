@@ -13,39 +13,39 @@ from redis.asyncio import Redis
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
-from services.generation.catalog import ModelCatalog
+from services.generation.delivery import Delivery
 from services.generation.events import EventLog
 from services.generation.failures import Failure, FailureCode
-from services.generation.jobs import GenerationJobs, WorkResult
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
+from services.generation.runs import Runs, WorkResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
 TINY = {"prompt": "fox", "width": 64, "height": 64, "steps": 20}
 
 
-async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any, models_dir: Any) -> None:
+async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any) -> None:
     """Two workers reporting the same attempt (a duplicate delivery) or a stale attempt report
     after a newer one: one capture, one terminal state."""
     account = new_account("once")
     database = Database(mesh.database_url, schema=mesh.schema, pool_size=2)
     redis = Redis.from_url(mesh.redis_url)
-    jobs = GenerationJobs(
+    queue, events = TierQueue(redis), EventLog(redis)
+    runs = Runs(
         database=database,
         repository=GenerationRepository(),
         ledger=CreditLedger(),
-        queue=TierQueue(redis),
-        events=EventLog(redis),
-        catalog=ModelCatalog(models_dir),
         pricing=Pricing(credits_per_gpu_second=1.0, hold_seconds_per_step=1.0),
-        default_model="tiny-sd",
+        queue=queue,
+        events=events,
+        delivery=Delivery(queue, events),
     )
     user_id = uuid.UUID(account.user_id)
     try:
         # Created straight in the database and never enqueued, so the mesh's worker leaves it be.
         async with database.tenant(user_id) as conn:
-            record = await jobs.repository.insert(
+            record = await runs.repository.insert(
                 conn,
                 id=uuid.uuid4(),
                 user_id=user_id,
@@ -65,15 +65,15 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any, m
                 gpu_seconds=0.0,
                 cancel_requested=False,
             )
-            await jobs.ledger.hold(conn, user_id, f"generation:{record.id}", 3)
+            await runs.ledger.hold(conn, user_id, f"generation:{record.id}", 3)
         result = WorkResult(png=b"", seed=1, gpu_seconds=1.5)
         stale = type(record)(**{**record.__dict__, "attempt": 1})
 
         outcomes = await asyncio.gather(
-            jobs.finish_succeeded(record, "k", result),
-            jobs.finish_succeeded(record, "k", result),
-            jobs.finish_succeeded(stale, "k", result),
-            jobs.finish_failed(stale, Failure(FailureCode.INFERENCE_FAILED, "late")),
+            runs.finish_succeeded(record, "k", result),
+            runs.finish_succeeded(record, "k", result),
+            runs.finish_succeeded(stale, "k", result),
+            runs.finish_failed(stale, Failure(FailureCode.INFERENCE_FAILED, "late")),
         )
     finally:
         await database.close()

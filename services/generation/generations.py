@@ -1,0 +1,71 @@
+"""Reading a user's generations: one by id, a page of them, and the signed URL of an image.
+
+Page tokens are opaque to clients: the (created_at, id) of the last row served, base64-encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+
+from services.common.database import Database
+from services.common.errors import FieldViolation, InvalidInput, NotFound
+from services.common.signing import ImageUrlSigner
+from services.generation.lifecycle import GenerationState
+from services.generation.repository import GenerationRecord, GenerationRepository
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+def parse_generation_id(value: str, field: str = "generation_id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput([FieldViolation(field, "must be a generation id (a UUID)")]) from None
+
+
+def encode_page_token(record: GenerationRecord) -> str:
+    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, _, generation_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(generation_id)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
+
+
+class Generations:
+    def __init__(
+        self, *, database: Database, repository: GenerationRepository, image_urls: ImageUrlSigner
+    ) -> None:
+        self.database = database
+        self.repository = repository
+        self.image_urls = image_urls
+
+    async def get(self, user_id: uuid.UUID, generation_id: uuid.UUID) -> GenerationRecord:
+        async with self.database.tenant(user_id) as conn:
+            record = await self.repository.get(conn, user_id, generation_id)
+        if record is None:
+            raise NotFound(f"generation {generation_id} not found")
+        return record
+
+    async def page(
+        self, user_id: uuid.UUID, *, page_size: int, page_token: str
+    ) -> tuple[list[GenerationRecord], str]:
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token) if page_token else None
+        async with self.database.tenant(user_id) as conn:
+            records = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
+        next_token = encode_page_token(records[limit - 1]) if len(records) > limit else ""
+        return records[:limit], next_token
+
+    def image_url(self, record: GenerationRecord) -> str:
+        """A fresh signed URL, made when read, so replayed events never carry a stale one."""
+        if record.state != GenerationState.SUCCEEDED:
+            return ""
+        return self.image_urls.url(record.id, record.user_id)
