@@ -14,10 +14,9 @@ from typing import Any
 import httpx
 import psycopg2
 import pytest
+from support.billing import PRO, STUDIO, plan_of, subscribe_to_pro
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
-
-PRO, STUDIO = "102", "103"
 
 
 def balance(mesh: Any, user_id: str) -> dict[str, int]:
@@ -32,26 +31,10 @@ def entries(mesh: Any, user_id: str, kind: str | None = None) -> list[dict[str, 
     return [row for row in rows if kind is None or row["kind"] == kind]
 
 
-def plan_of(mesh: Any, user_id: str) -> str:
-    (row,) = mesh.sql("SELECT plan FROM users WHERE id = %s", user_id)
-    return str(row["plan"])
-
-
 @pytest.fixture
 def subscriber(new_account: Any, mesh: Any, lemonsqueezy: Any) -> Any:
     """A user who bought Pro: the subscription_created webhook has been delivered."""
-    account = new_account("pro")
-    account.subscription_id = f"sub-{uuid.uuid4().hex[:8]}"
-    created = lemonsqueezy.subscription_event(
-        "subscription_created",
-        account.subscription_id,
-        user_id=account.user_id,
-        user_email=account.email,
-        variant_id=PRO,
-        updated_at=datetime.now(UTC) - timedelta(minutes=5),
-    )
-    assert lemonsqueezy.deliver(mesh.gateway_url, created).status_code == 200
-    return account
+    return subscribe_to_pro(mesh, lemonsqueezy, new_account("pro"))
 
 
 def test_checkout_sends_the_user_to_lemonsqueezy(

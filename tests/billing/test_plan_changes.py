@@ -12,21 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
+from support.billing import PRO, STUDIO, plan_of, subscribe_to_pro
 from support.generations import wait_for
 
 pytestmark = [pytest.mark.integration]
-
-PRO, STUDIO = "102", "103"
 
 
 def balance(mesh: Any, user_id: str) -> int:
     (row,) = mesh.sql("SELECT balance FROM credit_accounts WHERE user_id = %s", user_id)
     return int(row["balance"])
-
-
-def plan_of(mesh: Any, user_id: str) -> str:
-    (row,) = mesh.sql("SELECT plan FROM users WHERE id = %s", user_id)
-    return str(row["plan"])
 
 
 def subscription_row(mesh: Any, subscription_id: str) -> dict[str, Any]:
@@ -47,20 +41,8 @@ def references(mesh: Any, user_id: str, kind: str) -> list[str]:
 
 @pytest.fixture
 def subscriber(new_account: Any, mesh: Any, lemonsqueezy: Any) -> Any:
-    """A Pro subscriber: subscription_created delivered, 15,000 credits."""
-    account = new_account("upgrader")
-    account.subscription_id = f"{uuid.uuid4().int % 10**9}"
-    created = lemonsqueezy.subscription_event(
-        "subscription_created",
-        account.subscription_id,
-        user_id=account.user_id,
-        user_email=account.email,
-        variant_id=PRO,
-        updated_at=datetime.now(UTC) - timedelta(minutes=5),
-    )
-    assert lemonsqueezy.deliver(mesh.gateway_url, created).status_code == 200
-    assert balance(mesh, account.user_id) == 15000
-    return account
+    """A user who bought Pro: the subscription_created webhook has been delivered."""
+    return subscribe_to_pro(mesh, lemonsqueezy, new_account("upgrader"))
 
 
 @pytest.fixture

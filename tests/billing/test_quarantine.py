@@ -5,14 +5,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from support.billing import PRO, STUDIO, subscribe_to_pro
 
 pytestmark = [pytest.mark.integration]
-
-PRO, STUDIO = "102", "103"
 
 
 def state(mesh: Any, user_id: str) -> tuple[str, int, int]:
@@ -42,18 +40,8 @@ def listed(mesh: Any) -> dict[int, str]:
 
 @pytest.fixture
 def subscriber(new_account: Any, mesh: Any, lemonsqueezy: Any) -> Any:
-    account = new_account("customer")
-    account.subscription_id = f"sub-{uuid.uuid4().hex[:8]}"
-    created = lemonsqueezy.subscription_event(
-        "subscription_created",
-        account.subscription_id,
-        user_id=account.user_id,
-        user_email=account.email,
-        variant_id=PRO,
-        updated_at=datetime.now(UTC) - timedelta(minutes=5),
-    )
-    assert lemonsqueezy.deliver(mesh.gateway_url, created).status_code == 200
-    return account
+    """A user who bought Pro: the subscription_created webhook has been delivered."""
+    return subscribe_to_pro(mesh, lemonsqueezy, new_account("customer"))
 
 
 def test_an_event_naming_another_user_than_the_subscriptions_is_quarantined(

@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support.billing import PRO, STUDIO
 
 pytestmark = [pytest.mark.integration]
-
-PRO, STUDIO = "102", "103"
 
 
 def ledger(mesh: Any, user_id: str) -> list[tuple[str, int, str]]:
