@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
 
@@ -45,12 +46,12 @@ SERVICES = ("user", "billing", "generation", "gallery")
 class MeshOptions:
     home: Path
     http_host: str = "127.0.0.1"
-    http_port: int = 8080
+    http_port: int = DEFAULT_HTTP_PORT
     workers: int = 1
     env: str = "dev"
     database_url: str | None = None
     redis_url: str | None = None
-    db_schema: str = "dev_pingvas"
+    db_schema: str = DEFAULT_DB_SCHEMA
     extra_env: dict[str, str] = field(default_factory=dict)
     supervision: SupervisorSettings = field(default_factory=SupervisorSettings)
 
@@ -196,7 +197,7 @@ class Mesh:
         }
         if "PINGVAS_PRELOAD_MODELS" not in os.environ:
             # Warm the default model before the worker reports SERVING, so the first job is fast.
-            default_model = os.environ.get("PINGVAS_DEFAULT_MODEL", "tiny-sd")
+            default_model = os.environ.get("PINGVAS_DEFAULT_MODEL", DEFAULT_MODEL)
             models_dir = Path(os.environ.get("PINGVAS_MODELS_DIR") or self.home / "models")
             if (models_dir / default_model / "model_index.json").exists():
                 common["PINGVAS_PRELOAD_MODELS"] = json.dumps([default_model])

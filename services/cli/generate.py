@@ -26,6 +26,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from services.common.defaults import DEFAULT_HTTP_PORT
 from services.generation.lifecycle import EventKind
 
 
@@ -41,7 +42,6 @@ class ExitCode(IntEnum):
 
 
 DEFAULT_EMAIL = "dev@pingvas.local"
-DEFAULT_HTTP_PORT = "8080"
 # How often in a row a watch that ends without a terminal event is reopened before giving up.
 # Over HTTP/1.1 a server-side stream error looks exactly like that: Envoy cannot send trailers.
 # With the backoff below, about half a minute: long enough for `pingvas up` to restart a crashed

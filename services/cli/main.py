@@ -16,18 +16,19 @@ def _home() -> Path:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT
     from services.supervisor import MeshOptions, run_mesh
 
     return run_mesh(
         MeshOptions(
             home=_home(),
             http_host=os.environ.get("PINGVAS_HTTP_HOST", "127.0.0.1"),
-            http_port=int(os.environ.get("PINGVAS_HTTP_PORT", "8080")),
+            http_port=int(os.environ.get("PINGVAS_HTTP_PORT", DEFAULT_HTTP_PORT)),
             workers=args.workers,
             env=os.environ.get("PINGVAS_ENV", "dev"),
             database_url=os.environ.get("DATABASE_URL"),
             redis_url=os.environ.get("REDIS_URL"),
-            db_schema=os.environ.get("PINGVAS_DB_SCHEMA", "dev_pingvas"),
+            db_schema=os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA),
         )
     )
 
@@ -40,9 +41,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _database_location() -> tuple[str, str]:
     """DATABASE_URL if set, else the running embedded mesh's database."""
+    from services.common.defaults import DEFAULT_DB_SCHEMA
     from services.supervisor import runtime_file
 
-    schema = os.environ.get("PINGVAS_DB_SCHEMA", "dev_pingvas")
+    schema = os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA)
     if url := os.environ.get("DATABASE_URL"):
         return url, schema
     mesh_file = runtime_file(_home().resolve())

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_MODEL
 from services.common.failpoints import Failpoint
 
 DEV_LEMONSQUEEZY_API_KEY = "dev-lemonsqueezy-api-key"
@@ -28,7 +29,7 @@ class CommonSettings(BaseSettings):
         description="PostgreSQL URL; postgresql:// is accepted and driven by asyncpg.",
     )
     db_schema: str = Field(
-        "dev_pingvas",
+        DEFAULT_DB_SCHEMA,
         description="The schema this deployment's tables live in: dev_pingvas or prod_pingvas.",
         pattern=r"^[a-z_][a-z0-9_]*$",
     )
@@ -112,7 +113,7 @@ class UserSettings(ServerSettings):
 
 class GenerationSettings(ServerSettings):
     models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
-    default_model: str = Field("tiny-sd", description="The model used when a request names none.")
+    default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
 
     @property

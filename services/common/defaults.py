@@ -1,0 +1,7 @@
+"""Defaults that more than one place needs, spelled once: the settings classes use them, and so
+do `pingvas up` and the CLI, which read the environment before any settings class can be built
+(and must start fast, so they do not import pydantic for three constants)."""
+
+DEFAULT_DB_SCHEMA = "dev_pingvas"
+DEFAULT_MODEL = "tiny-sd"
+DEFAULT_HTTP_PORT = 8080
