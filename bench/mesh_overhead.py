@@ -8,7 +8,12 @@ For N generations of the tiny model (64x64, 20 steps by default) it reports:
   PNG downloaded through the gateway) divided by a bare diffusers pipeline call with the same
   model and settings, timed in this process in the same run (target <= 1.10);
 - latency from submitting the create request to the first stream event, p50 and p99
-  (target p99 <= 50 ms).
+  (target p99 <= 50 ms);
+- where the time goes, hop by hop (medians): the create call; create to `started` (the claim and
+  the move to RUNNING); `started` to the first `progress` (pipeline set-up and the first step);
+  first to last `progress` (denoising); last `progress` to the terminal event (VAE decode, PNG,
+  store, the fenced finish); the terminal event reaching the client; the PNG download. Hops
+  that end in a server event use the event's `time`, on the same clock as the client's.
 
 Generations run one at a time so that the mesh, not a queue, is measured. With `--start` the
 benchmark brings up its own mesh (`pingvas up` in a temporary PINGVAS_HOME) and stops it after.
@@ -27,13 +32,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+HOPS = (
+    "create call",
+    "create -> started",
+    "started -> first progress",
+    "first -> last progress",
+    "last progress -> terminal",
+    "terminal -> client",
+    "PNG download",
+)
+
+
+def event_time(event: dict[str, object]) -> float:
+    """An event's server time (RFC 3339, up to nanoseconds) as a Unix timestamp."""
+    stamp = str(event["time"]).removesuffix("Z")
+    whole, _, fraction = stamp.partition(".")
+    return datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6]:0<6}+00:00").timestamp()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -73,9 +98,12 @@ def own_mesh(models_dir: Path) -> Iterator[str]:
                 process.wait(120)
 
 
-def through_mesh(gateway: str, runs: int, steps: int, size: int) -> tuple[list[float], list[float]]:
-    """(end-to-end seconds, submit-to-first-event seconds) per generation."""
+def through_mesh(
+    gateway: str, runs: int, steps: int, size: int
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """(end-to-end seconds, submit-to-first-event seconds) per generation, and seconds per hop."""
     walls, first_events = [], []
+    hops: dict[str, list[float]] = defaultdict(list)
     with httpx.Client(base_url=gateway, timeout=120) as client:
         login = client.post("/api/v1/auth/dev-login", json={"email": "bench@pingvas.local"})
         login.raise_for_status()
@@ -90,12 +118,16 @@ def through_mesh(gateway: str, runs: int, steps: int, size: int) -> tuple[list[f
         }
         for index in range(runs + 1):  # the first run warms connections and is not counted
             started = time.perf_counter()
+            submitted_at = time.time()
             created = client.post("/api/v1/generation/create", json={**body, "seed": index}, headers=headers)
             if created.status_code == 402:
                 raise SystemExit("out of credits: pingvas admin grant-credits bench@pingvas.local 10000")
             created.raise_for_status()
+            created_at = time.time()
             first_event = None
             terminal = None
+            progress: list[float] = []
+            started_event = 0.0
             with client.stream(
                 "GET", f"/api/v1/generation/{created.json()['id']}/events", headers=headers
             ) as stream:
@@ -105,9 +137,14 @@ def through_mesh(gateway: str, runs: int, steps: int, size: int) -> tuple[list[f
                     if first_event is None:
                         first_event = time.perf_counter() - started
                     event = json.loads(line[6:])
-                    if {"succeeded", "failed", "cancelled"} & event.keys():
+                    if "started" in event:
+                        started_event = event_time(event)
+                    elif "progress" in event:
+                        progress.append(event_time(event))
+                    elif {"succeeded", "failed", "cancelled"} & event.keys():
                         terminal = event
                         break
+            received_at = time.time()
             if terminal is None or "succeeded" not in terminal:
                 raise SystemExit(f"generation did not succeed: {terminal}")
             client.get(terminal["succeeded"]["imageUrl"]).raise_for_status()
@@ -115,7 +152,22 @@ def through_mesh(gateway: str, runs: int, steps: int, size: int) -> tuple[list[f
             if index:
                 walls.append(wall)
                 first_events.append(first_event or wall)
-    return walls, first_events
+                terminal_at = event_time(terminal)
+                for hop, seconds in zip(
+                    HOPS,
+                    (
+                        created_at - submitted_at,
+                        started_event - created_at,
+                        progress[0] - started_event,
+                        progress[-1] - progress[0],
+                        terminal_at - progress[-1],
+                        received_at - terminal_at,
+                        time.time() - received_at,
+                    ),
+                    strict=True,
+                ):
+                    hops[hop].append(seconds)
+    return walls, first_events, hops
 
 
 def bare_pipeline(models_dir: Path, runs: int, steps: int, size: int) -> list[float]:
@@ -166,10 +218,10 @@ def main() -> None:
 
     if args.start:
         with own_mesh(models_dir) as gateway:
-            walls, first_events = through_mesh(gateway, args.runs, args.steps, args.size)
+            walls, first_events, hops = through_mesh(gateway, args.runs, args.steps, args.size)
     else:
         gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('PINGVAS_HTTP_PORT', '8080')}"
-        walls, first_events = through_mesh(gateway, args.runs, args.steps, args.size)
+        walls, first_events, hops = through_mesh(gateway, args.runs, args.steps, args.size)
     bare = bare_pipeline(models_dir, args.runs, args.steps, args.size)
     import torch
 
@@ -189,6 +241,11 @@ def main() -> None:
         f"  submit -> first stream event p50 {percentile(first_events, 0.5) * 1000:6.1f} ms   "
         f"p99 {percentile(first_events, 0.99) * 1000:6.1f} ms   (target p99 <= 50 ms)"
     )
+    fixed = statistics.median(walls) - statistics.median(bare)
+    print(f"  fixed cost (mesh - bare)     p50 {fixed * 1000:9.1f} ms   (target <= 25 ms)")
+    print("  where it goes (median per hop):")
+    for hop in HOPS:
+        print(f"    {hop:<28} {statistics.median(hops[hop]) * 1000:8.1f} ms")
 
 
 if __name__ == "__main__":
