@@ -25,23 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import httpx
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
+from benchmesh import own_mesh, percentile
 
 HOPS = (
     "create call",
@@ -59,43 +50,6 @@ def event_time(event: dict[str, object]) -> float:
     stamp = str(event["time"]).removesuffix("Z")
     whole, _, fraction = stamp.partition(".")
     return datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6]:0<6}+00:00").timestamp()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-@contextmanager
-def own_mesh(models_dir: Path) -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="pingvas-bench-") as home:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        env = {
-            **os.environ,
-            "PINGVAS_HOME": home,
-            "PINGVAS_HTTP_PORT": str(port),
-            "PINGVAS_MODELS_DIR": str(models_dir),
-        }
-        with open(Path(home) / "up.log", "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "up"],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=log,
-            )
-            try:
-                while not (Path(home) / "run" / "mesh.json").exists():
-                    if process.poll() is not None:
-                        raise SystemExit(f"pingvas up failed; see {home}/up.log")
-                    time.sleep(0.2)
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(120)
 
 
 def through_mesh(
@@ -217,8 +171,8 @@ def main() -> None:
     models_dir = args.models_dir.resolve()
 
     if args.start:
-        with own_mesh(models_dir) as gateway:
-            walls, first_events, hops = through_mesh(gateway, args.runs, args.steps, args.size)
+        with own_mesh(models_dir) as mesh:
+            walls, first_events, hops = through_mesh(mesh.gateway_url, args.runs, args.steps, args.size)
     else:
         gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('PINGVAS_HTTP_PORT', '8080')}"
         walls, first_events, hops = through_mesh(gateway, args.runs, args.steps, args.size)

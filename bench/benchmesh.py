@@ -1,0 +1,84 @@
+"""What the benchmarks share: a mesh of their own (`pingvas up` in a temporary PINGVAS_HOME on a
+free port) and percentiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class BenchMesh:
+    home: Path
+    gateway_url: str
+    gateway_target: str  # host:port, for native gRPC
+    env: dict[str, str]  # what `pingvas` commands need to reach this mesh
+
+    def runtime(self) -> dict[str, object]:
+        return dict(json.loads((self.home / "run" / "mesh.json").read_text()))
+
+    def pingvas(self, *args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli.main", *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+
+@contextmanager
+def own_mesh(models_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[BenchMesh]:
+    with tempfile.TemporaryDirectory(prefix="pingvas-bench-") as home:
+        port = free_port()
+        env = {
+            **os.environ,
+            "PINGVAS_HOME": home,
+            "PINGVAS_HTTP_PORT": str(port),
+            "PINGVAS_MODELS_DIR": str(models_dir),
+            **(extra_env or {}),
+        }
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
+        with open(Path(home) / "up.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "up"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=log,
+            )
+            try:
+                while not (Path(home) / "run" / "mesh.json").exists():
+                    if process.poll() is not None:
+                        raise SystemExit(f"pingvas up failed; see {home}/up.log")
+                    time.sleep(0.2)
+                yield BenchMesh(Path(home), f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", env)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(120)
