@@ -18,11 +18,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from redis.asyncio import Redis
 from support.failpoints import parking_prompt, release, wait_parked
 from support.generations import wait_for
 
+from services.common.errors import TooManyStreams
 from services.common.settings import MIN_STREAMS_PER_USER
-from services.generation.stream_slots import streams_key
+from services.generation.stream_slots import StreamSlots, streams_key
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +144,25 @@ def test_an_open_streams_lease_is_renewed(
         )
     finally:
         stream.cancel()
+
+
+async def test_a_process_serves_at_most_its_own_cap_whoever_asks(mesh: Any) -> None:
+    async def free(user_id: uuid.UUID) -> str:
+        return "free"
+
+    redis = Redis.from_url(mesh.redis_url)
+    slots = StreamSlots(
+        redis, caps_by_plan={}, default_cap=FREE_CAP, per_process=2, lease_seconds=30, plan_of=free
+    )
+    try:
+        first = await slots.acquire(uuid.uuid4())
+        await slots.acquire(uuid.uuid4())
+
+        with pytest.raises(TooManyStreams) as refused:
+            await slots.acquire(uuid.uuid4())
+        assert refused.value.metadata["scope"] == "process"
+
+        await slots.release(first)
+        await slots.acquire(uuid.uuid4())
+    finally:
+        await redis.aclose()
