@@ -82,8 +82,28 @@ REST_PATH_PREFIX = "/api/"
 # hung backend. A gRPC client's own grpc-timeout header takes precedence.
 UNARY_ROUTE_TIMEOUT = "30s"
 # A watch may sit quietly while its job waits in a long queue. Past this Envoy resets the stream
-# and the client resumes with `after_sequence`, which the event log supports.
+# and the client resumes with `after_sequence`, which the event log supports. It is far longer
+# than the generation service's 15 s re-send of `queued`, so a live watch never reaches it; it is
+# only the backstop for a silent stream, which keepalives (below) usually end first.
 STREAMING_ROUTE_IDLE_TIMEOUT = "3600s"
+# Every other stream (unary calls, image downloads) idles at most this long, said here rather
+# than left to Envoy's default (300 s); the routes' own 30 s timeouts usually end them first.
+STREAM_IDLE_TIMEOUT = "300s"
+# HTTP/2 pings on quiet connections, both ways. Downstream they find a client that vanished
+# without a FIN (a phone out of signal), so its watches end and give back their stream slots
+# instead of holding them until TCP gives up hours later. Upstream they find a backend replica
+# that died the same way, so its watches fail over at once. The backends' gRPC servers accept
+# pings this often (services/common/server.py); gRPC's default would answer GOAWAY
+# "too_many_pings" and drop every watch on the connection.
+KEEPALIVE_INTERVAL = "30s"
+KEEPALIVE_TIMEOUT = "10s"
+# Envoy's default circuit breakers cap a cluster at 1,024 connections, pending requests and
+# requests. Over HTTP/2 every open watch is one request, so the 1,025th watcher of the whole
+# gateway would be refused (503 with flag UO). The generation cluster is sized for its streams
+# (each replica serves up to PINGVAS_WATCH_STREAMS_PER_PROCESS, 20,000 by default); the per-user
+# caps in the generation service, not Envoy, keep one account from taking them all.
+CIRCUIT_BREAKER_REQUESTS: dict[str, int] = {"generation": 50_000}
+DEFAULT_CIRCUIT_BREAKER_REQUESTS = 4_096
 UPSTREAM_CONNECT_TIMEOUT = "2s"
 # The transcoder buffers whole unary messages: requests are small JSON or webhook payloads, while
 # responses include full-size PNGs served through GetImageContent's HttpBody.
@@ -201,6 +221,10 @@ def build_envoy_config(
         "stat_prefix": "gateway",
         # AUTO serves HTTP/1.1 (REST, gRPC-Web) and prior-knowledge HTTP/2 (native gRPC, h2c).
         "codec_type": "AUTO",
+        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+        "http2_protocol_options": {
+            "connection_keepalive": {"interval": KEEPALIVE_INTERVAL, "timeout": KEEPALIVE_TIMEOUT}
+        },
         # The edge: trust no client-supplied x-forwarded-for or x-envoy-* headers.
         "use_remote_address": True,
         "normalize_path": True,
@@ -518,15 +542,32 @@ def _backend_cluster(name: str, upstream: Upstream) -> dict[str, Any]:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 # gRPC needs HTTP/2 to the backend whatever protocol the caller spoke.
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": KEEPALIVE_INTERVAL, "timeout": KEEPALIVE_TIMEOUT}
+                    }
+                },
             }
         },
+        "circuit_breakers": {"thresholds": [_circuit_breaker(name)]},
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
                 {"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream.host, upstream.port)}}]}
             ],
         },
+    }
+
+
+def _circuit_breaker(backend: str) -> dict[str, Any]:
+    requests = CIRCUIT_BREAKER_REQUESTS.get(backend, DEFAULT_CIRCUIT_BREAKER_REQUESTS)
+    return {
+        "priority": "DEFAULT",
+        # HTTP/2 multiplexes, so connections stay few; the cap only has to stay out of the way.
+        "max_connections": requests,
+        "max_pending_requests": requests,
+        "max_requests": requests,
+        "max_retries": 3,
     }
 
 

@@ -73,6 +73,12 @@ class QueueFull(DomainError):
     reason = "QUEUE_FULL"
 
 
+class TooManyStreams(DomainError):
+    """The caller (or this replica) holds as many open watch streams as its cap allows."""
+
+    reason = "TOO_MANY_STREAMS"
+
+
 class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
 

@@ -37,6 +37,7 @@ _CODES: dict[type[errors.DomainError], tuple[grpc.StatusCode, int | None]] = {
     errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, None),
     errors.InsufficientCredits: (grpc.StatusCode.FAILED_PRECONDITION, 402),
     errors.QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+    errors.TooManyStreams: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, None),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, None),
 }

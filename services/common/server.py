@@ -39,6 +39,11 @@ class GrpcServer:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second process on the same port must fail loudly
+                # Envoy pings its backends every 30 s (gateway/envoy.py KEEPALIVE_INTERVAL), also
+                # while a watch is quiet. gRPC's default (one ping per 5 min without data) would
+                # count those as abuse and drop the connection with every watch on it.
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
         self.health = HealthServicer()

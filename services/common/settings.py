@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_MODEL
@@ -96,6 +96,41 @@ class SchedulerSettings(BaseSettings):
     lease_seconds: float = Field(
         30.0, gt=0.5, description="How long a claimed job stays leased without renewal."
     )
+
+
+# A user with a few browser tabs, the CLI and a script must never be refused a watch.
+MIN_STREAMS_PER_USER = 20
+
+
+class WatchSettings(BaseSettings):
+    """Caps on open WatchGeneration streams, so one account cannot starve the rest. The map is
+    JSON in the environment, e.g. PINGVAS_WATCH_STREAMS_PER_USER='{"free": 20, "pro": 40}'."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_WATCH_", extra="ignore")
+
+    streams_per_user: dict[str, int] = Field(
+        default_factory=lambda: {"free": 20, "starter": 20, "pro": 40, "studio": 80, "enterprise": 200},
+        description=(
+            f"Open streams of one user across every replica, by plan (at least {MIN_STREAMS_PER_USER}; "
+            f"a plan not named gets {MIN_STREAMS_PER_USER})."
+        ),
+    )
+    streams_per_process: int = Field(
+        20_000, ge=1, description="Open streams one generation-service process serves at once."
+    )
+    stream_lease_seconds: float = Field(
+        30.0,
+        ge=3.0,
+        description="How long a stream's slot outlives its replica: renewed every third of it.",
+    )
+
+    @field_validator("streams_per_user")
+    @classmethod
+    def _never_below_the_floor(cls, caps: dict[str, int]) -> dict[str, int]:
+        low = {plan: cap for plan, cap in caps.items() if cap < MIN_STREAMS_PER_USER}
+        if low:
+            raise ValueError(f"every plan's cap must be at least {MIN_STREAMS_PER_USER}; got {low}")
+        return caps
 
 
 class ServerSettings(CommonSettings):

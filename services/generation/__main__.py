@@ -14,7 +14,12 @@ from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
 from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
-from services.common.settings import GenerationSettings, SchedulerSettings
+from services.common.settings import (
+    MIN_STREAMS_PER_USER,
+    GenerationSettings,
+    SchedulerSettings,
+    WatchSettings,
+)
 from services.common.signing import ImageUrlSigner
 from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
@@ -25,6 +30,7 @@ from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
 from services.generation.runs import Runs
 from services.generation.servicer import GenerationServicer
+from services.generation.stream_slots import StreamSlots
 from services.generation.watching import Watching
 
 log = logging.getLogger("services.generation")
@@ -33,6 +39,7 @@ log = logging.getLogger("services.generation")
 async def main() -> None:
     settings = GenerationSettings()
     scheduler = SchedulerSettings()
+    watch_settings = WatchSettings()
     configure_logging(settings.log_level, "generation")
     database = Database(settings.database_url, schema=settings.db_schema)
     redis = Redis.from_url(settings.redis_url, max_connections=512)
@@ -61,6 +68,14 @@ async def main() -> None:
     )
     generations = Generations(database=database, repository=repository, image_urls=image_urls)
     watching = Watching(generations=generations, events=events, queue=queue, image_urls=image_urls)
+    stream_slots = StreamSlots(
+        redis,
+        caps_by_plan=watch_settings.streams_per_user,
+        default_cap=MIN_STREAMS_PER_USER,
+        per_process=watch_settings.streams_per_process,
+        lease_seconds=watch_settings.stream_lease_seconds,
+        plan_of=generations.plan,
+    )
     # The reconciler repairs runs whose worker or delivery was lost.
     runs = Runs(
         database=database,
@@ -79,6 +94,7 @@ async def main() -> None:
             acceptance=acceptance,
             generations=generations,
             watching=watching,
+            stream_slots=stream_slots,
             tokens=TokenAuthority(settings.jwt_secret),
         ),
         server.server,
@@ -93,7 +109,10 @@ async def main() -> None:
         server,
         ready=ready,
         grace=settings.shutdown_grace_seconds,
-        background=[periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile")],
+        background=[
+            periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
+            periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
+        ],
         cleanup=[database.close, redis.aclose],
     )
 

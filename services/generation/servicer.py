@@ -16,6 +16,7 @@ from services.common.rpc import Endpoint, server_stream, unary
 from services.generation.acceptance import Acceptance, GenerationSpec
 from services.generation.generations import Generations, parse_generation_id
 from services.generation.repository import GenerationRecord
+from services.generation.stream_slots import StreamSlots
 from services.generation.watching import Watching
 
 ERROR_DOMAIN = "generation.pingvas.studio"
@@ -77,12 +78,19 @@ def spec_from_proto(generation: resources.Generation) -> GenerationSpec:
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
     def __init__(
-        self, *, acceptance: Acceptance, generations: Generations, watching: Watching, tokens: TokenAuthority
+        self,
+        *,
+        acceptance: Acceptance,
+        generations: Generations,
+        watching: Watching,
+        stream_slots: StreamSlots,
+        tokens: TokenAuthority,
     ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
         self.acceptance = acceptance
         self.generations = generations
         self.watching = watching
+        self.stream_slots = stream_slots
 
     def _proto(self, record: GenerationRecord) -> resources.Generation:
         return generation_to_proto(record, self.generations.image_url(record))
@@ -127,7 +135,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         self, request: pb.WatchGenerationRequest, caller: Principal, context: Context
     ) -> AsyncIterator[pb.WatchGenerationResponse]:
         generation_id = parse_generation_id(request.generation_id)
-        async for event in self.watching.watch(
-            caller.user_id, generation_id, after_sequence=request.after_sequence
-        ):
-            yield event
+        async with self.stream_slots.held(caller.user_id):
+            async for event in self.watching.watch(
+                caller.user_id, generation_id, after_sequence=request.after_sequence
+            ):
+                yield event

@@ -168,6 +168,44 @@ def test_backends_are_spoken_to_over_http2(config: dict[str, Any]) -> None:
         assert "http2_protocol_options" in http_options["explicit_http_config"]
 
 
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+def test_the_generation_cluster_admits_ten_thousand_streams(config: dict[str, Any]) -> None:
+    # Envoy's default thresholds (1,024 each) would refuse the 1,025th concurrent watch.
+    for backend in PUBLIC_SERVICES.values():
+        (thresholds,) = _clusters(config)[backend]["circuit_breakers"]["thresholds"]
+        for limit in ("max_connections", "max_pending_requests", "max_requests"):
+            assert thresholds[limit] > 1024, f"{backend}: {limit} left at Envoy's default"
+    (generation,) = _clusters(config)["generation"]["circuit_breakers"]["thresholds"]
+    assert generation["max_requests"] >= 10_000
+    assert generation["max_pending_requests"] >= 10_000
+
+
+def test_quiet_connections_are_pinged_both_ways(config: dict[str, Any]) -> None:
+    downstream = _http_connection_manager(config)["http2_protocol_options"]["connection_keepalive"]
+    assert _seconds(downstream["interval"]) <= 60 and _seconds(downstream["timeout"]) > 0
+    for backend in PUBLIC_SERVICES.values():
+        protocol_options = _clusters(config)[backend]["typed_extension_protocol_options"]
+        http2 = protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+            "explicit_http_config"
+        ]
+        upstream = http2["http2_protocol_options"]["connection_keepalive"]
+        # Backends accept a ping every 10 s (services/common/server.py); more often is abuse.
+        assert _seconds(upstream["interval"]) * 0.85 > 10, "jittered pings would be too_many_pings"
+        assert _seconds(upstream["timeout"]) > 0
+
+
+def test_idle_timeouts_are_chosen_and_outlast_the_queued_resend(config: dict[str, Any]) -> None:
+    queued_resend_seconds = 15
+    assert _seconds(_http_connection_manager(config)["stream_idle_timeout"]) > 0
+    (watch,) = (route for route in _routes(config) if route["match"].get("path") == WATCH_GENERATION)
+    # Several re-sends fit in it, so a watch on a queued job is never cut for being quiet.
+    assert _seconds(watch["route"]["idle_timeout"]) >= 4 * queued_resend_seconds
+
+
 def test_cors_is_an_allow_list_exposing_grpc_status(config: dict[str, Any]) -> None:
     policy = _cors_policy(config)
 

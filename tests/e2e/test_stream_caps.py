@@ -1,0 +1,168 @@
+"""The per-user cap on open WatchGeneration streams: counted in Redis across replicas, refused
+with RESOURCE_EXHAUSTED / HTTP 429 (TOO_MANY_STREAMS), given back when a stream ends, and never
+held by a replica that stopped renewing its leases.
+
+The mesh runs the default caps: a Free user may hold 20 streams (the floor)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from pingvas.generation.v1 import generation_service_pb2 as pb
+from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from redis.asyncio import Redis
+from support.failpoints import parking_prompt, release, wait_parked
+from support.generations import wait_for
+
+from services.common.errors import TooManyStreams
+from services.common.settings import MIN_STREAMS_PER_USER
+from services.generation.stream_slots import StreamSlots, streams_key
+
+pytestmark = pytest.mark.integration
+
+REQUEST = {"prompt": "a kite over dunes", "width": 64, "height": 64, "steps": 3, "seed": 5}
+FREE_CAP = MIN_STREAMS_PER_USER
+
+
+def open_watch(stub: pb_grpc.GenerationServiceStub, account: Any, generation_id: str) -> Any:
+    """A stream that holds its slot: the slot is taken before the first event is sent, so once
+    that event has arrived the slot is counted."""
+    call = stub.WatchGeneration(
+        pb.WatchGenerationRequest(generation_id=generation_id), metadata=account.metadata, timeout=300
+    )
+    next(call)
+    return call
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in grpc-status-details-bin"
+    (detail,) = status.details
+    info = error_details_pb2.ErrorInfo()
+    detail.Unpack(info)
+    return info.reason
+
+
+def refused(stub: pb_grpc.GenerationServiceStub, account: Any, generation_id: str) -> grpc.RpcError | None:
+    """The error a new stream is refused with, or None when it is accepted (then closed)."""
+    try:
+        call = open_watch(stub, account, generation_id)
+    except grpc.RpcError as error:
+        return error
+    call.cancel()
+    return None
+
+
+@pytest.fixture
+def parked(mesh: Any, new_account: Any, rest: httpx.Client) -> Iterator[tuple[Any, str]]:
+    """A Free user and their job, held after step 1 so that its watches stay open."""
+    account = new_account("streams")
+    prompt = parking_prompt(mesh, "a kite over dunes", after_step=1)
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "prompt": prompt}, headers=account.headers
+    ).json()
+    wait_parked(mesh, created["id"])
+    yield account, created["id"]
+    release(mesh, created["id"])
+
+
+def test_the_per_user_stream_cap_answers_resource_exhausted_and_429(
+    mesh: Any, parked: tuple[Any, str], new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel
+) -> None:
+    account, generation_id = parked
+    stub = pb_grpc.GenerationServiceStub(gateway_channel)
+    streams = [open_watch(stub, account, generation_id) for _ in range(FREE_CAP)]
+    try:
+        error = refused(stub, account, generation_id)
+        assert error is not None, f"a stream past the cap of {FREE_CAP} was accepted"
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_reason(error) == "TOO_MANY_STREAMS"
+
+        with rest.stream(
+            "GET", f"/api/v1/generation/{generation_id}/events", headers=account.headers
+        ) as over_rest:
+            over_rest.read()
+        assert over_rest.status_code == 429, over_rest.text
+        assert "TOO_MANY_STREAMS" in over_rest.text
+
+        # The cap is the user's own: another user watches, and the capped user still creates.
+        other = new_account("streams-other")
+        theirs = rest.post("/api/v1/generation/create", json=REQUEST, headers=other.headers).json()
+        assert refused(stub, other, theirs["id"]) is None
+        mine = rest.post("/api/v1/generation/create", json=REQUEST, headers=account.headers)
+        assert mine.status_code == 200, mine.text
+
+        # A stream that ends gives its slot back.
+        streams.pop().cancel()
+        wait_for(
+            lambda: refused(stub, account, generation_id) is None,
+            message="a cancelled stream's slot was never given back",
+        )
+    finally:
+        for stream in streams:
+            stream.cancel()
+
+
+def test_slots_count_across_replicas_until_their_leases_lapse(
+    mesh: Any, parked: tuple[Any, str], gateway_channel: grpc.Channel
+) -> None:
+    account, generation_id = parked
+    stub = pb_grpc.GenerationServiceStub(gateway_channel)
+    key = streams_key(uuid.UUID(account.user_id))
+    # Another replica holds the user's whole cap, renewing its leases.
+    elsewhere = {f"replica-b:{n}": time.time() + 3600 for n in range(FREE_CAP)}
+    mesh.redis().zadd(key, elsewhere)
+
+    error = refused(stub, account, generation_id)
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    # That replica dies: it stops renewing, and its leases run out.
+    mesh.redis().zadd(key, {slot: time.time() - 1 for slot in elsewhere})
+    assert refused(stub, account, generation_id) is None
+
+
+def test_an_open_streams_lease_is_renewed(
+    mesh: Any, parked: tuple[Any, str], gateway_channel: grpc.Channel
+) -> None:
+    account, generation_id = parked
+    stub = pb_grpc.GenerationServiceStub(gateway_channel)
+    key = streams_key(uuid.UUID(account.user_id))
+    stream = open_watch(stub, account, generation_id)
+    try:
+        ((slot, first_expiry),) = mesh.redis().zrange(key, 0, -1, withscores=True)
+        wait_for(
+            lambda: (mesh.redis().zscore(key, slot) or 0) > first_expiry,
+            message="the open stream's lease was never renewed",
+        )
+    finally:
+        stream.cancel()
+
+
+async def test_a_process_serves_at_most_its_own_cap_whoever_asks(mesh: Any) -> None:
+    async def free(user_id: uuid.UUID) -> str:
+        return "free"
+
+    redis = Redis.from_url(mesh.redis_url)
+    slots = StreamSlots(
+        redis, caps_by_plan={}, default_cap=FREE_CAP, per_process=2, lease_seconds=30, plan_of=free
+    )
+    try:
+        first = await slots.acquire(uuid.uuid4())
+        await slots.acquire(uuid.uuid4())
+
+        with pytest.raises(TooManyStreams) as refused:
+            await slots.acquire(uuid.uuid4())
+        assert refused.value.metadata["scope"] == "process"
+
+        await slots.release(first)
+        await slots.acquire(uuid.uuid4())
+    finally:
+        await redis.aclose()
