@@ -58,6 +58,7 @@ from services.common.failpoints import Failpoint, armed_key, release_key
 WATCH_PATH = "/pingvas.generation.v1.GenerationService/WatchGeneration"
 BARE_WATCH, BARE_GO = "/bench.Fanout/Watch", "/bench.Fanout/Go"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+PLANS = ("enterprise", "studio", "pro", "starter", "free")
 STREAMS_PER_CHANNEL = 100  # HTTP/2 connections per client process: one per this many streams
 
 
@@ -494,9 +495,9 @@ def main() -> None:
     cases = set(args.cases.split(","))
     mesh_env = {
         "PINGVAS_FAILPOINTS": json.dumps([Failpoint.PARK_AFTER_STEP]),  # the bench holds jobs mid-run
-        "PINGVAS_SCHEDULER_MAX_QUEUE_DEPTH": json.dumps(
-            {plan: 100_000 for plan in ("enterprise", "studio", "pro", "starter", "free")}
-        ),
+        "PINGVAS_SCHEDULER_MAX_QUEUE_DEPTH": json.dumps({plan: 100_000 for plan in PLANS}),
+        # The bench's watcher is Enterprise; the cap case's user stays on Free's default of 20.
+        "PINGVAS_WATCH_STREAMS_PER_USER": json.dumps({**{plan: 20 for plan in PLANS}, "enterprise": 100_000}),
         **dict(pair.split("=", 1) for pair in args.mesh_env),
     }
 
