@@ -134,7 +134,7 @@ class EventHub:
         buffer_size: int,
         position_refresh_seconds: float,
         truth_check_seconds: float,
-        block_ms: int = 5000,
+        block_ms: int = 1000,
         reconnect_seconds: float = 0.5,
     ) -> None:
         self.reader = reader  # the hub's own connection, for the blocking read only
@@ -145,6 +145,8 @@ class EventHub:
         self.buffer_size = buffer_size
         self.position_refresh_seconds = position_refresh_seconds
         self.truth_check_seconds = truth_check_seconds
+        # Well under the client's socket timeout (5 s by default), which would otherwise end a
+        # quiet read as a broken connection; the wake stream re-arms it sooner when needed.
         self.block_ms = block_ms
         self.reconnect_seconds = reconnect_seconds
         self.wake_key = f"hub:{uuid.uuid4()}:wake"
