@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.generation.events import EventLog, StoredEvent, event_kind
@@ -231,9 +232,10 @@ class EventHub:
             streams.update({EventLog.key(g): f.stream_id for g, f in self._followed.items()})
             try:
                 response: Any = await self.reader.xread(streams, block=self.block_ms, count=_READ_COUNT)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except (RedisError, OSError):
                 # Redis restarted or the connection was killed: read on from each log's last
-                # entry once it is back; every event in the logs since then is delivered.
+                # entry once it is back; every event in the logs since then is delivered. Until
+                # then the PostgreSQL truth check still ends watches whose job is over.
                 log.warning("event hub lost its Redis connection; reconnecting", exc_info=True)
                 await asyncio.sleep(self.reconnect_seconds)
                 continue
@@ -275,7 +277,12 @@ class EventHub:
         for followed in list(self._followed.values()):
             if followed.ended is not None:
                 continue
-            record = await self.generations.get(followed.user_id, followed.generation_id)
+            try:
+                record = await self.generations.get(followed.user_id, followed.generation_id)
+            except Exception:
+                # One unreadable row must not keep the others' watches from ending.
+                log.exception("event hub: cannot read generation %s", followed.generation_id)
+                continue
             if record.is_terminal:
                 followed.ended = record
                 for subscription in list(followed.subscribers):
