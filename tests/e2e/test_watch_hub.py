@@ -50,6 +50,8 @@ def hub_mesh(
         extra_env={
             "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
             "PINGVAS_REDIS_MAX_CONNECTIONS": str(REDIS_BUDGET),
+            # Short, so that a test sees a quiet stream's re-sent `queued` soon (15 s in production).
+            "PINGVAS_WATCH_QUEUED_RESEND_SECONDS": "0.5",
             **FAILPOINTS_ENV,
         },
     )
@@ -236,3 +238,39 @@ async def test_hundreds_of_watches_share_a_small_connection_budget(hub_mesh: Run
     for into in seen:
         assert into[-1].WhichOneof("event") == "succeeded"
         assert [e.sequence for e in into] == list(range(1, 7))
+
+
+def test_a_waiting_watch_hears_queued_again_while_nothing_changes(hub_mesh: RunningMesh) -> None:
+    account = dev_login(hub_mesh.gateway_url, "hub-quiet")
+    with grpc.insecure_channel(hub_mesh.gateway_target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        # The blocker holds the user's one running slot, so the next job waits and its position
+        # cannot change until the blocker is released.
+        blocker = stub.CreateGeneration(
+            pb.CreateGenerationRequest(
+                generation=resources.Generation(
+                    prompt=parking_prompt(hub_mesh, "a blocker", after_step=1), steps=2, **REQUEST
+                )
+            ),
+            metadata=account.metadata,
+        )
+        wait_parked(hub_mesh, blocker.id)
+        waiting = stub.CreateGeneration(
+            pb.CreateGenerationRequest(
+                generation=resources.Generation(prompt="a quiet pond", steps=2, **REQUEST)
+            ),
+            metadata=account.metadata,
+        )
+        events: list[Any] = []
+        thread = _watch_in_thread(channel, account, waiting.id, events)
+        wait_for(
+            lambda: sum(e.WhichOneof("event") == "queued" for e in events) >= 3,
+            message="a quiet stream of a waiting job never re-sent `queued`",
+        )
+        queued = [e for e in events if e.WhichOneof("event") == "queued"][:3]
+        assert {e.sequence for e in queued} == {1}, "re-sent under the stored `queued` event's sequence"
+        assert len({e.queued.position for e in queued}) == 1, "sent again though the position did not move"
+        release(hub_mesh, blocker.id)
+        thread.join(240)
+        assert not thread.is_alive()
+        assert events[-1].WhichOneof("event") == "succeeded"
