@@ -103,10 +103,32 @@ MIN_STREAMS_PER_USER = 20
 
 
 class WatchSettings(BaseSettings):
-    """Caps on open WatchGeneration streams, so one account cannot starve the rest. The map is
-    JSON in the environment, e.g. PINGVAS_WATCH_STREAMS_PER_USER='{"free": 20, "pro": 40}'."""
+    """WatchGeneration streams, served from the generation service's event hub, and the caps on
+    open streams, so one account cannot starve the rest. The caps map is JSON in the environment,
+    e.g. PINGVAS_WATCH_STREAMS_PER_USER='{"free": 20, "pro": 40}'."""
 
     model_config = SettingsConfigDict(env_prefix="PINGVAS_WATCH_", extra="ignore")
+
+    buffer_events: int = Field(
+        256,
+        ge=1,
+        description="Events held for one watcher that has not read them yet. A watcher whose buffer "
+        "is full is not waited for: it is resynchronised from the stored log when it reads again.",
+    )
+    queued_resend_seconds: float = Field(
+        15.0, gt=0, description="A waiting job's stream re-sends `queued` at least this often."
+    )
+    position_refresh_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often a waiting job's queue position is computed, once for all its watchers.",
+    )
+    truth_check_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often each watched generation's row is read, so a terminal state whose "
+        "event Redis lost still ends its watches.",
+    )
 
     streams_per_user: dict[str, int] = Field(
         default_factory=lambda: {"free": 20, "starter": 20, "pro": 40, "studio": 80, "enterprise": 200},
@@ -150,6 +172,16 @@ class GenerationSettings(ServerSettings):
     models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
     default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
+    redis_max_connections: int = Field(
+        64,
+        ge=2,
+        description="Redis connections the service's shared pool opens at most. Watches hold none "
+        "while they wait (the event hub reads for all of them on one more connection of its own), "
+        "so this bounds short commands only; a command waits for a free connection when all are busy.",
+    )
+    redis_pool_timeout_seconds: float = Field(
+        20.0, gt=0, description="How long a command waits for a free pooled Redis connection."
+    )
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -7,7 +7,7 @@ import logging
 
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
@@ -24,6 +24,7 @@ from services.common.signing import ImageUrlSigner
 from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
+from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub
 from services.generation.events import EventLog
 from services.generation.generations import Generations
 from services.generation.queue import TierQueue
@@ -42,7 +43,14 @@ async def main() -> None:
     watch_settings = WatchSettings()
     configure_logging(settings.log_level, "generation")
     database = Database(settings.database_url, schema=settings.db_schema)
-    redis = Redis.from_url(settings.redis_url, max_connections=512)
+    # A blocking pool: under load a short command waits for a connection instead of failing.
+    redis = Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_seconds,
+        )
+    )
     repository = GenerationRepository()
     ledger = CreditLedger()
     queue = TierQueue(redis)
@@ -67,7 +75,23 @@ async def main() -> None:
         max_queue_depth=scheduler.max_queue_depth,
     )
     generations = Generations(database=database, repository=repository, image_urls=image_urls)
-    watching = Watching(generations=generations, events=events, queue=queue, image_urls=image_urls)
+    hub = EventHub(
+        # Its own connection, named so operators can tell it apart, for the one blocking read.
+        reader=Redis.from_url(settings.redis_url, max_connections=1, client_name=EVENT_HUB_CLIENT_NAME),
+        redis=redis,
+        events=events,
+        queue=queue,
+        generations=generations,
+        buffer_size=watch_settings.buffer_events,
+        position_refresh_seconds=watch_settings.position_refresh_seconds,
+        truth_check_seconds=watch_settings.truth_check_seconds,
+    )
+    watching = Watching(
+        generations=generations,
+        hub=hub,
+        image_urls=image_urls,
+        queued_resend_seconds=watch_settings.queued_resend_seconds,
+    )
     stream_slots = StreamSlots(
         redis,
         caps_by_plan=watch_settings.streams_per_user,
@@ -105,6 +129,7 @@ async def main() -> None:
         await database.ping()
         await redis.ping()
 
+    await hub.start()
     await serve_until_terminated(
         server,
         ready=ready,
@@ -113,7 +138,7 @@ async def main() -> None:
             periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
             periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
         ],
-        cleanup=[database.close, redis.aclose],
+        cleanup=[hub.stop, database.close, redis.aclose],
     )
 
 

@@ -65,12 +65,21 @@ class EventLog:
         self._append = redis.register_script(_APPEND)
 
     @staticmethod
-    def _key(generation_id: uuid.UUID) -> str:
+    def key(generation_id: uuid.UUID) -> str:
         return f"events:{generation_id}"
+
+    @staticmethod
+    def generation_of(key: str) -> uuid.UUID:
+        return uuid.UUID(key.removeprefix("events:"))
+
+    @staticmethod
+    def decode_entries(entries: Any) -> list[StoredEvent]:
+        """A stream's entries as XREAD or XRANGE return them."""
+        return [StoredEvent(stream_id.decode(), _decode(fields)) for stream_id, fields in entries]
 
     async def append(self, generation_id: uuid.UUID, event: pb.WatchGenerationResponse) -> int:
         """Store an event and return its sequence number."""
-        key = self._key(generation_id)
+        key = self.key(generation_id)
         ttl = self.ttl_after_terminal_seconds if is_terminal(event) else 0
         payload = event.SerializeToString()
         return int(await self._append(keys=[key, f"{key}:seq"], args=[payload, self.max_events, ttl]))
@@ -80,16 +89,25 @@ class EventLog:
     ) -> list[StoredEvent]:
         """Events after `after_stream_id` ("0" for all), waiting up to `block_ms` for the next
         (None returns at once; note that Redis reads BLOCK 0 as "forever")."""
-        key = self._key(generation_id)
+        key = self.key(generation_id)
         response: Any = await self.redis.xread({key: after_stream_id}, block=block_ms, count=500)
-        return [
-            StoredEvent(stream_id.decode(), _decode(fields))
-            for _stream, entries in response or ()
-            for stream_id, fields in entries
-        ]
+        return [stored for _stream, entries in response or () for stored in self.decode_entries(entries)]
+
+    async def read_all(self, generation_id: uuid.UUID, after_stream_id: str) -> list[StoredEvent]:
+        """Every stored event after `after_stream_id`, without waiting."""
+        stored: list[StoredEvent] = []
+        while batch := await self.read(generation_id, after_stream_id, block_ms=None):
+            stored.extend(batch)
+            after_stream_id = batch[-1].stream_id
+        return stored
+
+    async def last_stream_id(self, generation_id: uuid.UUID) -> str:
+        """The id of the log's newest entry, or "0-0" when it has none."""
+        entries: Any = await self.redis.xrevrange(self.key(generation_id), count=1)
+        return entries[0][0].decode() if entries else "0-0"
 
     async def last(self, generation_id: uuid.UUID) -> pb.WatchGenerationResponse | None:
-        entries: Any = await self.redis.xrevrange(self._key(generation_id), count=1)
+        entries: Any = await self.redis.xrevrange(self.key(generation_id), count=1)
         if not entries:
             return None
         _stream_id, fields = entries[0]

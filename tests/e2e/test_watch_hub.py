@@ -1,0 +1,276 @@
+"""The generation service's event hub: one reader for every watch in the process, slow watchers
+never holding others back, a broken Redis connection losing no terminal event, and hundreds of
+watches on a small Redis connection budget.
+
+The mesh here gives the generation service a Redis pool of 10 connections, so a design that held
+a connection per watch could not serve the many-watches test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pingvas.generation.v1 import generation_resources_pb2 as resources
+from pingvas.generation.v1 import generation_service_pb2 as pb
+from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from redis.asyncio import Redis
+from support.accounts import Account, dev_login
+from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
+from support.generations import wait_for
+from support.mesh import RunningMesh, start_mesh, stop_mesh
+
+from services.common.database import Database
+from services.common.signing import ImageUrlSigner
+from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub, Subscription
+from services.generation.events import EventLog, StoredEvent, new_event
+from services.generation.generations import Generations
+from services.generation.queue import TierQueue
+from services.generation.repository import GenerationRepository
+
+pytestmark = pytest.mark.integration
+
+REDIS_BUDGET = 10
+REQUEST = {"width": 64, "height": 64, "seed": 7}
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def hub_mesh(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: Any
+) -> Iterator[RunningMesh]:
+    running = start_mesh(
+        tmp_path_factory.mktemp("hub-home"),
+        models_dir,
+        extra_env={
+            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
+            "PINGVAS_REDIS_MAX_CONNECTIONS": str(REDIS_BUDGET),
+            # Short, so that a test sees a quiet stream's re-sent `queued` soon (15 s in production).
+            "PINGVAS_WATCH_QUEUED_RESEND_SECONDS": "0.5",
+            **FAILPOINTS_ENV,
+        },
+    )
+    yield running
+    stop_mesh(running)
+
+
+@pytest.fixture
+async def hub(hub_mesh: RunningMesh) -> AsyncIterator[EventHub]:
+    """A real hub on the mesh's Redis, with a buffer of 4 events so that falling behind is certain.
+    Its position and PostgreSQL timers are far off: these tests drive the log themselves."""
+    redis = Redis.from_url(hub_mesh.redis_url)
+    database = Database(hub_mesh.database_url, schema=hub_mesh.schema)
+    signer = ImageUrlSigner("s" * 32, public_url=hub_mesh.gateway_url, ttl_seconds=3600)
+    running = EventHub(
+        reader=Redis.from_url(hub_mesh.redis_url, max_connections=1),
+        redis=redis,
+        events=EventLog(redis),
+        queue=TierQueue(redis),
+        generations=Generations(database=database, repository=GenerationRepository(), image_urls=signer),
+        buffer_size=4,
+        position_refresh_seconds=3600,
+        truth_check_seconds=3600,
+    )
+    await running.start()
+    yield running
+    await running.stop()
+    await database.close()
+    await redis.aclose()
+
+
+async def append_run(events: EventLog, generation_id: uuid.UUID, steps: int) -> None:
+    """What a worker appends for a run: started, one progress per step, succeeded."""
+    await events.append(
+        generation_id, new_event(generation_id, started=resources.GenerationStarted(attempt=1))
+    )
+    for step in range(1, steps + 1):
+        progress = resources.GenerationProgress(
+            step=step, total_steps=steps, preview=b"p" * 64, preview_mime_type="image/jpeg"
+        )
+        await events.append(generation_id, new_event(generation_id, progress=progress))
+    await events.append(
+        generation_id, new_event(generation_id, succeeded=resources.GenerationSucceeded(seed=1))
+    )
+
+
+async def read_through_terminal(subscription: Subscription) -> list[StoredEvent]:
+    read: list[StoredEvent] = []
+    while not (read and read[-1].event.WhichOneof("event") in TERMINAL):
+        read.extend(await subscription.next_events(None))
+    return read
+
+
+async def test_a_watcher_that_never_reads_does_not_delay_another(hub: EventHub) -> None:
+    generation_id = uuid.uuid4()
+    await hub.events.append(generation_id, new_event(generation_id, queued=resources.GenerationQueued()))
+    follow = {"user_id": uuid.uuid4(), "tier": "free", "queued": True}
+    async with (
+        hub.subscribe(generation_id, **follow) as never_reads,
+        hub.subscribe(generation_id, **follow) as reads,
+    ):
+        await never_reads.next_events(None)  # its replay; after that it never reads again
+        writer = asyncio.create_task(append_run(hub.events, generation_id, steps=40))
+        # A generous deadline, not a timing assertion: a hub that waited for `never_reads`
+        # would never get here.
+        events = await asyncio.wait_for(read_through_terminal(reads), 120)
+        await writer
+
+        assert [s.event.sequence for s in events] == list(range(1, 44))
+        assert events[-1].event.WhichOneof("event") == "succeeded"
+        assert never_reads.behind, "the silent watcher's buffer overflowed rather than blocking the hub"
+
+
+async def test_a_watcher_that_fell_behind_gets_every_event_in_order(hub: EventHub) -> None:
+    generation_id = uuid.uuid4()
+    await hub.events.append(generation_id, new_event(generation_id, queued=resources.GenerationQueued()))
+    follow = {"user_id": uuid.uuid4(), "tier": "free", "queued": True}
+    async with hub.subscribe(generation_id, **follow) as late:
+        first = await late.next_events(None)  # the replay: `queued`
+        await append_run(hub.events, generation_id, steps=30)
+        # The hub has read the whole run past this watcher's buffer of 4 before it reads again.
+        last_id = await hub.events.last_stream_id(generation_id)
+        await asyncio.wait_for(_until(lambda: late.followed.stream_id == last_id), 120)
+        assert late.behind
+
+        events = first + await asyncio.wait_for(read_through_terminal(late), 120)
+
+    kinds = [s.event.WhichOneof("event") for s in events]
+    assert kinds[:2] == ["queued", "started"]
+    assert kinds[-1] == "succeeded"
+    sequences = [s.event.sequence for s in events]
+    assert sequences == sorted(set(sequences)), "sequences only increase"
+    assert sequences == list(range(1, 34)), "resynchronised from the stored log, nothing lost"
+
+
+async def _until(condition: Any) -> None:
+    """Polls for an outcome; callers put a generous deadline on it."""
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+def _watch_in_thread(
+    channel: grpc.Channel, account: Account, generation_id: str, into: list[Any]
+) -> threading.Thread:
+    def follow() -> None:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        for event in stub.WatchGeneration(
+            pb.WatchGenerationRequest(generation_id=generation_id), metadata=account.metadata, timeout=240
+        ):
+            into.append(event)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    return thread
+
+
+def test_killing_the_hubs_redis_connection_loses_no_terminal_event(hub_mesh: RunningMesh) -> None:
+    account = dev_login(hub_mesh.gateway_url, "hub-kill")
+    with grpc.insecure_channel(hub_mesh.gateway_target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        prompt = parking_prompt(hub_mesh, "a harbour at night", after_step=2)
+        created = stub.CreateGeneration(
+            pb.CreateGenerationRequest(generation=resources.Generation(prompt=prompt, steps=5, **REQUEST)),
+            metadata=account.metadata,
+        )
+        wait_parked(hub_mesh, created.id)
+        watched: list[tuple[list[Any], threading.Thread]] = []
+        for _ in range(6):
+            events: list[Any] = []
+            watched.append((events, _watch_in_thread(channel, account, created.id, events)))
+        # Every watcher is subscribed (it has its replay up to the parked step) before the kill.
+        for events, _thread in watched:
+            wait_for(lambda events=events: len(events) >= 4, message="a watcher never caught up")
+
+        redis = hub_mesh.redis()
+        hubs = [c for c in redis.client_list() if c["name"] == EVENT_HUB_CLIENT_NAME]
+        assert hubs, "the generation service reads events on a connection of its own"
+        for client in hubs:
+            redis.client_kill_filter(_id=client["id"])
+        release(hub_mesh, created.id)
+
+        for events, thread in watched:
+            thread.join(240)
+            assert not thread.is_alive(), "a watcher never ended"
+            assert events[-1].WhichOneof("event") == "succeeded"
+            assert [e.sequence for e in events] == list(range(1, 9)), "nothing lost or repeated"
+    wait_for(
+        lambda: any(c["name"] == EVENT_HUB_CLIENT_NAME for c in redis.client_list()),
+        message="the hub reconnected",
+    )
+
+
+async def test_hundreds_of_watches_share_a_small_connection_budget(hub_mesh: RunningMesh) -> None:
+    watches = 300
+    account = dev_login(hub_mesh.gateway_url, "hub-many")
+    prompt = parking_prompt(hub_mesh, "a field of poppies", after_step=1)
+    async with grpc.aio.insecure_channel(hub_mesh.gateway_target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        created = await stub.CreateGeneration(
+            pb.CreateGenerationRequest(generation=resources.Generation(prompt=prompt, steps=3, **REQUEST)),
+            metadata=account.metadata,
+        )
+        await asyncio.to_thread(wait_parked, hub_mesh, created.id)
+        seen: list[list[Any]] = [[] for _ in range(watches)]
+
+        async def watch(into: list[Any]) -> None:
+            call = stub.WatchGeneration(
+                pb.WatchGenerationRequest(generation_id=created.id), metadata=account.metadata, timeout=240
+            )
+            async for event in call:
+                into.append(event)
+
+        tasks = [asyncio.create_task(watch(into)) for into in seen]
+        # All of them open at once: each has had its replay up to the parked step.
+        await asyncio.wait_for(_until(lambda: all(len(into) >= 3 for into in seen)), 240)
+        clients = len(hub_mesh.redis().client_list())
+        release(hub_mesh, created.id)
+        await asyncio.wait_for(asyncio.gather(*tasks), 240)
+
+    # Every process of the mesh holds a few connections; one per watch would be hundreds.
+    assert clients < 100, f"{clients} Redis connections for {watches} watches"
+    for into in seen:
+        assert into[-1].WhichOneof("event") == "succeeded"
+        assert [e.sequence for e in into] == list(range(1, 7))
+
+
+def test_a_waiting_watch_hears_queued_again_while_nothing_changes(hub_mesh: RunningMesh) -> None:
+    account = dev_login(hub_mesh.gateway_url, "hub-quiet")
+    with grpc.insecure_channel(hub_mesh.gateway_target) as channel:
+        stub = pb_grpc.GenerationServiceStub(channel)
+        # The blocker holds the user's one running slot, so the next job waits and its position
+        # cannot change until the blocker is released.
+        blocker = stub.CreateGeneration(
+            pb.CreateGenerationRequest(
+                generation=resources.Generation(
+                    prompt=parking_prompt(hub_mesh, "a blocker", after_step=1), steps=2, **REQUEST
+                )
+            ),
+            metadata=account.metadata,
+        )
+        wait_parked(hub_mesh, blocker.id)
+        waiting = stub.CreateGeneration(
+            pb.CreateGenerationRequest(
+                generation=resources.Generation(prompt="a quiet pond", steps=2, **REQUEST)
+            ),
+            metadata=account.metadata,
+        )
+        events: list[Any] = []
+        thread = _watch_in_thread(channel, account, waiting.id, events)
+        wait_for(
+            lambda: sum(e.WhichOneof("event") == "queued" for e in events) >= 3,
+            message="a quiet stream of a waiting job never re-sent `queued`",
+        )
+        queued = [e for e in events if e.WhichOneof("event") == "queued"][:3]
+        assert {e.sequence for e in queued} == {1}, "re-sent under the stored `queued` event's sequence"
+        assert len({e.queued.position for e in queued}) == 1, "sent again though the position did not move"
+        release(hub_mesh, blocker.id)
+        thread.join(240)
+        assert not thread.is_alive()
+        assert events[-1].WhichOneof("event") == "succeeded"
