@@ -8,6 +8,7 @@ a connection per watch could not serve the many-watches test."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.integration
 REDIS_BUDGET = 10
 REQUEST = {"width": 64, "height": 64, "seed": 7}
 TERMINAL = ("succeeded", "failed", "cancelled")
+PLANS = ("free", "starter", "pro", "studio", "enterprise")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,8 @@ def hub_mesh(
             "PINGVAS_REDIS_MAX_CONNECTIONS": str(REDIS_BUDGET),
             # Short, so that a test sees a quiet stream's re-sent `queued` soon (15 s in production).
             "PINGVAS_WATCH_QUEUED_RESEND_SECONDS": "0.5",
+            # One user holds hundreds of watches here; the per-user cap has tests of its own.
+            "PINGVAS_WATCH_STREAMS_PER_USER": json.dumps(dict.fromkeys(PLANS, 1000)),
             **FAILPOINTS_ENV,
         },
     )
