@@ -3,6 +3,7 @@ free port) and percentiles."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -23,6 +24,18 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
+
+
+def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """--models-dir, defaulting where `pingvas models create-tiny` puts the tiny models."""
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path(
+            os.environ.get("PINGVAS_MODELS_DIR")
+            or Path(os.environ.get("PINGVAS_HOME", ".pingvas")) / "models"
+        ),
+    )
 
 
 def free_port() -> int:

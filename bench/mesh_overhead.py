@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from benchmesh import own_mesh, percentile
+from benchmesh import add_models_dir_argument, own_mesh, percentile
 
 HOPS = (
     "create call",
@@ -159,14 +159,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--gateway", default=os.environ.get("PINGVAS_GATEWAY_URL"))
     parser.add_argument("--start", action="store_true", help="start a mesh of its own")
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path(
-            os.environ.get("PINGVAS_MODELS_DIR")
-            or Path(os.environ.get("PINGVAS_HOME", ".pingvas")) / "models"
-        ),
-    )
+    add_models_dir_argument(parser)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
 

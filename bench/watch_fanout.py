@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import struct
 import sys
 import time
@@ -38,14 +37,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import psutil
 import redis
-from benchmesh import REPO_ROOT, BenchMesh, free_port, own_mesh, percentile
+from benchmesh import REPO_ROOT, BenchMesh, add_models_dir_argument, free_port, own_mesh, percentile
 
 sys.path.insert(0, str(REPO_ROOT / "sdk" / "python"))
 sys.path.insert(0, str(REPO_ROOT))
@@ -483,14 +481,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--cases", default="bare,native,sse,grpcweb,wide,cap")
     parser.add_argument("--mesh-env", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path(
-            os.environ.get("PINGVAS_MODELS_DIR")
-            or Path(os.environ.get("PINGVAS_HOME", ".pingvas")) / "models"
-        ),
-    )
+    add_models_dir_argument(parser)
     args = parser.parse_args()
     cases = set(args.cases.split(","))
     mesh_env = {
