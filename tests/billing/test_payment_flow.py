@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psycopg2
 import pytest
-from support.billing import PRO, STUDIO, plan_of, subscribe_to_pro
+from support.billing import PRO, STUDIO, plan_of, renewal_invoice, subscribe_to_pro
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -218,15 +218,7 @@ def test_renewal_resets_credits_and_moves_the_renewal_date(
         variant_id=PRO,
         renews_at=next_period,
     )
-    invoice_id = f"inv-{uuid.uuid4().hex[:8]}"
-    renewal = lemonsqueezy.invoice_event(
-        "subscription_payment_success",
-        invoice_id,
-        subscription_id=subscriber.subscription_id,
-        user_id=subscriber.user_id,
-        user_email=subscriber.email,
-        billing_reason="renewal",
-    )
+    invoice_id, renewal = renewal_invoice(lemonsqueezy, subscriber)
     for _ in range(3):
         assert lemonsqueezy.deliver(mesh.gateway_url, renewal).status_code == 200
     assert balance(mesh, subscriber.user_id)["balance"] == 15000

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.billing import PRO, STUDIO, plan_of, subscribe_to_pro
+from support.billing import PRO, STUDIO, plan_of, renewal_invoice, subscribe_to_pro
 from support.generations import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -238,15 +238,7 @@ def test_while_lemonsqueezy_holds_the_upgrade_the_user_generates_and_is_charged(
 def test_while_lemonsqueezy_holds_a_renewals_lookup_the_user_generates_and_is_charged(
     mesh: Any, subscriber: Any, lemonsqueezy: Any, background: ThreadPoolExecutor
 ) -> None:
-    invoice_id = f"inv-{uuid.uuid4().hex[:8]}"
-    renewal = lemonsqueezy.invoice_event(
-        "subscription_payment_success",
-        invoice_id,
-        subscription_id=subscriber.subscription_id,
-        user_id=subscriber.user_id,
-        user_email=subscriber.email,
-        billing_reason="renewal",
-    )
+    invoice_id, renewal = renewal_invoice(lemonsqueezy, subscriber)
     held = lemonsqueezy.hold("GET", f"/v1/subscriptions/{subscriber.subscription_id}")
     try:
         delivered = background.submit(lemonsqueezy.deliver, mesh.gateway_url, renewal, timeout=120)

@@ -34,3 +34,17 @@ def subscribe_to_pro(mesh: Any, lemonsqueezy: LemonSqueezyServer, account: Accou
     (row,) = mesh.sql("SELECT balance FROM credit_accounts WHERE user_id = %s", account.user_id)
     assert row["balance"] == 15000, "a subscription's first credits are Pro's allowance"
     return account
+
+
+def renewal_invoice(lemonsqueezy: LemonSqueezyServer, subscriber: Account) -> tuple[str, dict[str, Any]]:
+    """A fresh invoice id and the paid-renewal webhook for `subscriber`, not yet delivered."""
+    invoice_id = f"inv-{uuid.uuid4().hex[:8]}"
+    payload = lemonsqueezy.invoice_event(
+        "subscription_payment_success",
+        invoice_id,
+        subscription_id=subscriber.subscription_id,  # type: ignore[attr-defined]
+        user_id=subscriber.user_id,
+        user_email=subscriber.email,
+        billing_reason="renewal",
+    )
+    return invoice_id, payload
