@@ -188,11 +188,10 @@ if max_batch > 1 then add_companions(tier, job, claimed) end
 return table.concat(claimed, ' ')
 """
 
-# ARGV: tier, user, job, then the tiers in priority order. Returns the 1-based position, or -1.
-# Queue positions of several waiting jobs of one user in one band, reading the queues once: the
-# user's own list, every job waiting in the bands served before this one, and how far each other
-# user of this band gets ahead under round-robin. ARGV: tier, user, n, n job ids, then the bands by priority. -1 for a job that is
-# not waiting.
+# Queue positions (1-based) of several waiting jobs of one user in one band, reading the queues
+# once: the user's own list, every job waiting in the bands served before this one, and how far
+# each other user of this band gets ahead under round-robin. ARGV: tier, user, n, n job ids, then
+# the bands by priority. -1 for a job that is not waiting.
 _POSITIONS = """
 local tier, user, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local index_of = {}
