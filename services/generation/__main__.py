@@ -112,7 +112,14 @@ async def main() -> None:
         max_attempts=scheduler.max_attempts,
         lease_seconds=scheduler.lease_seconds,
     )
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        # Every stream this process may hold can arrive at once: the gateway restarted, and all
+        # its watchers reconnect together.
+        max_pending_calls=watch_settings.streams_per_process,
+    )
     pb_grpc.add_GenerationServiceServicer_to_server(
         GenerationServicer(
             acceptance=acceptance,
