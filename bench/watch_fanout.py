@@ -183,7 +183,11 @@ async def _client(
 ) -> ClientReport:
     report = ClientReport()
     channel_count = max(1, len(generation_ids) // STREAMS_PER_CHANNEL)
-    channels = [grpc.aio.insecure_channel(target) for _ in range(channel_count)]
+    # Each channel its own connection (gRPC would otherwise share one subchannel among them all).
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(channel_count)
+    ]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=60), limits=limits) as http:
         stream = {
