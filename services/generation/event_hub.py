@@ -1,12 +1,10 @@
-"""One event hub per generation-service process: a single reader follows the event logs of every
-generation watched in this process and hands each event to in-process subscribers.
+"""One event hub per generation-service process: a single reader follows the event feed (see
+events.py), where every generation's events appear, and hands the events of the generations
+watched in this process to in-process subscribers.
 
-    events:{generation_id}   each watched generation's log (see events.py), read by one XREAD
-    hub:{hub_id}:wake        this process's wake stream: an entry wakes the blocked XREAD so that
-                             it re-arms with a newly watched key at once, not after a timeout
-
-A watch costs memory, not a connection: the blocking read runs on the hub's own connection, and
-the few short commands a watch makes (its replay, a resync) borrow the shared pool briefly.
+A watch costs memory, not a connection: the blocking read of one key runs on the hub's own
+connection, and the few short commands a watch makes (its replay, a resync) borrow the shared
+pool briefly.
 
 Slow consumers never hold others back. Each subscriber has a bounded buffer, and a `progress`
 event that arrives while the previous one still waits in it replaces that one: a watcher slower
@@ -15,12 +13,13 @@ latency down: one send per watcher per round, however many steps came meanwhile)
 `started` and terminal events are never replaced. When the buffer is full of those anyway, the
 subscriber stops receiving live events and is marked behind, and it resynchronises itself from
 the stored log (after the last entry it was given) once it reads again. The hub never waits.
+Subscribers are also marked behind when the hub sees a gap in a generation's sequence numbers
+(the feed was trimmed past entries the hub had not read) and when its connection broke.
 
 Once per `position_refresh_seconds` for all the waiting generations it follows, not once per
 watch, the hub computes the queue positions (one script per user and band, single-flight), and
 every `truth_check_seconds` it reads the watched rows from PostgreSQL (one query per user), so
-that a terminal state whose event Redis lost still ends every watch. If the hub's connection
-breaks it reconnects and reads on from each generation's last entry.
+that a terminal state whose event Redis lost still ends every watch.
 """
 
 from __future__ import annotations
@@ -35,11 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.generation.events import EventLog, StoredEvent, event_kind
+from services.generation.events import EVENT_FEED_KEY, EventLog, FeedEntry, StoredEvent, event_kind
 from services.generation.generations import Generations
 from services.generation.lifecycle import EventKind
 from services.generation.queue import TierQueue
@@ -50,7 +47,7 @@ log = logging.getLogger("services.generation.event_hub")
 # The CLIENT SETNAME of the hub's connection, so that it can be told apart in CLIENT LIST.
 EVENT_HUB_CLIENT_NAME = "pingvas-event-hub"
 
-# Entries one XREAD returns per key; a generation with more waiting is read on in the next round.
+# Feed entries one XREAD returns; more waiting are read in the next round.
 _READ_COUNT = 500
 
 
@@ -87,10 +84,16 @@ class Subscription:
         if self._buffer and _is_progress(stored) and _is_progress(self._buffer[-1]):
             self._buffer[-1] = stored
         elif len(self._buffer) >= self.buffer_size:
-            self.behind = True
-            self._buffer.clear()
+            self.fall_behind()
+            return
         else:
             self._buffer.append(stored)
+        self._signal.set()
+
+    def fall_behind(self) -> None:
+        """Live events may have been missed: the next read resynchronises from the log."""
+        self.behind = True
+        self._buffer.clear()
         self._signal.set()
 
     def wake(self) -> None:
@@ -125,8 +128,9 @@ class FollowedGeneration:
     generation_id: uuid.UUID
     user_id: uuid.UUID
     tier: str
-    stream_id: str  # the last entry the hub read from its log
     queued: bool  # whether the latest event the hub saw was `queued`
+    stream_id: str = "0-0"  # the log entry of the latest event the hub handed out
+    sequence: int | None = None  # that event's sequence number
     subscribers: set[Subscription] = field(default_factory=set)
     position: int | None = None
     position_at: float = float("-inf")  # loop time the position was computed
@@ -161,16 +165,16 @@ class EventHub:
         self.position_refresh_seconds = position_refresh_seconds
         self.truth_check_seconds = truth_check_seconds
         # Well under the client's socket timeout (5 s by default), which would otherwise end a
-        # quiet read as a broken connection; the wake stream re-arms it sooner when needed.
+        # quiet read as a broken connection.
         self.block_ms = block_ms
         self.reconnect_seconds = reconnect_seconds
-        self.wake_key = f"hub:{uuid.uuid4()}:wake"
-        self._wake_id = "0-0"
+        self._feed_id = "$"  # the feed entry read last; until start(), "only what comes next"
         self._followed: dict[uuid.UUID, FollowedGeneration] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._positions_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self._feed_id = await self.events.feed_end()
         self._tasks = [
             asyncio.create_task(self._read_forever(), name="event-hub-read"),
             asyncio.create_task(
@@ -186,8 +190,6 @@ class EventHub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-            await self.redis.delete(self.wake_key)
         await self.reader.aclose()
 
     @contextlib.asynccontextmanager
@@ -199,16 +201,11 @@ class EventHub:
         client goes away. The subscription first replays the stored log, then gets live events."""
         followed = self._followed.get(generation_id)
         if followed is None:
-            # The hub reads on from the log's current end; the subscriber's replay covers the rest.
+            # Live from the hub's next read of the feed on; the subscriber's replay covers the rest.
             followed = FollowedGeneration(
-                generation_id=generation_id,
-                user_id=user_id,
-                tier=tier,
-                stream_id=await self.events.last_stream_id(generation_id),
-                queued=queued,
+                generation_id=generation_id, user_id=user_id, tier=tier, queued=queued
             )
-            followed = self._followed.setdefault(generation_id, followed)
-            await self._wake_reader()
+            self._followed[generation_id] = followed
         subscription = Subscription(self, followed, self.buffer_size)
         followed.subscribers.add(subscription)
         try:
@@ -247,39 +244,42 @@ class EventHub:
                 if moved:
                     followed.wake_subscribers()
 
-    async def _wake_reader(self) -> None:
-        await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=16, approximate=True)
-        # Left behind by a process that died, the key goes by itself.
-        await self.redis.expire(self.wake_key, 3600)
-
     async def _read_forever(self) -> None:
         while True:
-            streams: dict[Any, Any] = {self.wake_key: self._wake_id}
-            streams.update({EventLog.key(g): f.stream_id for g, f in self._followed.items()})
             try:
-                response: Any = await self.reader.xread(streams, block=self.block_ms, count=_READ_COUNT)
+                response: Any = await self.reader.xread(
+                    {EVENT_FEED_KEY: self._feed_id}, block=self.block_ms, count=_READ_COUNT
+                )
             except (RedisError, OSError):
-                # Redis restarted or the connection was killed: read on from each log's last
-                # entry once it is back; every event in the logs since then is delivered. Until
-                # then the PostgreSQL truth check still ends watches whose job is over.
+                # Redis restarted or the connection was killed. Once it is back the hub reads on
+                # from its place in the feed, and every watcher resynchronises from its own log,
+                # which holds whatever the feed may no longer have. Until then the PostgreSQL
+                # truth check still ends watches whose job is over.
                 log.warning("event hub lost its Redis connection; reconnecting", exc_info=True)
                 await asyncio.sleep(self.reconnect_seconds)
+                for followed in list(self._followed.values()):
+                    followed.sequence = None
+                    for subscription in list(followed.subscribers):
+                        subscription.fall_behind()
                 continue
-            for key, entries in response or ():
-                self._deliver(key.decode(), entries)
+            for _key, entries in response or ():
+                self._feed_id = entries[-1][0].decode()
+                self._deliver(EventLog.decode_feed(entries, self._followed))
 
-    def _deliver(self, key: str, entries: list[Any]) -> None:
-        if key == self.wake_key:
-            self._wake_id = entries[-1][0].decode()
-            return
-        followed = self._followed.get(EventLog.generation_of(key))
-        if followed is None:  # its last watcher left while the read was out
-            return
-        for stored in EventLog.decode_entries(entries):
-            followed.stream_id = stored.stream_id
-            followed.queued = event_kind(stored.event) == EventKind.QUEUED
+    def _deliver(self, entries: list[FeedEntry]) -> None:
+        for entry in entries:
+            followed = self._followed.get(entry.generation_id)
+            if followed is None:  # its last watcher left while the read was out
+                continue
+            sequence = entry.stored.event.sequence
+            if followed.sequence is not None and sequence > followed.sequence + 1:
+                # The feed lost entries this hub had not read: the logs still have them.
+                for subscription in list(followed.subscribers):
+                    subscription.fall_behind()
+            followed.sequence, followed.stream_id = sequence, entry.stored.stream_id
+            followed.queued = event_kind(entry.stored.event) == EventKind.QUEUED
             for subscription in list(followed.subscribers):
-                subscription.offer(stored)
+                subscription.offer(entry.stored)
 
     async def _every(self, seconds: float, job: Callable[[], Any]) -> None:
         while True:

@@ -1,18 +1,24 @@
-"""Each generation's event log: a capped Redis Stream that late and reconnecting watchers replay.
+"""Each generation's event log: a capped Redis Stream that late and reconnecting watchers replay,
+and one feed of every generation's events that live watching follows.
 
-    events:{generation_id}        STREAM of events, field `e` = a serialized WatchGenerationResponse
+    events:{generation_id}        STREAM of events, field `e` = a serialized WatchGenerationResponse,
+                                  `s` = its sequence number
     events:{generation_id}:seq    the last sequence number handed out
+    event-feed                    STREAM of every event appended to any log, newest EVENT_FEED_LENGTH
+                                  or so: the generation `g`, the log entry's id `i`, `s` and `e`
 
 Plain pub/sub cannot replay, and a disconnected subscriber would lose messages. Appending is one
-script, so sequence numbers are gap-free and ordered like the stream. After the terminal event
-both keys expire; terminal states also live in PostgreSQL, from which a watcher rebuilds the
-terminal event when the log is gone.
+script, so sequence numbers are gap-free and ordered like the stream, and the feed holds the same
+entries in the same order. The feed is one key however many generations are watched: a blocking
+read over thousands of logs would cost Redis milliseconds each time it is re-armed, which is after
+every event. After the terminal event a log's keys expire; terminal states also live in
+PostgreSQL, from which a watcher rebuilds the terminal event when the log is gone.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +28,18 @@ from redis.asyncio import Redis
 
 from services.generation.lifecycle import TERMINAL_EVENTS, EventKind
 
+# The feed keeps about this many of the newest events of all generations: minutes of traffic for
+# an event hub to read through, while a hub that fell further behind notices the gap in a
+# generation's sequence numbers and has its watchers read that generation's log instead.
+EVENT_FEED_KEY = "event-feed"
+EVENT_FEED_LENGTH = 10_000
+
+# KEYS: the log, its sequence counter, the feed. ARGV: the event, the log's length, the TTL after a
+# terminal event (0 for none), the generation id, the feed's length.
 _APPEND = """
 local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[1])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'g', ARGV[4], 'i', id, 's', seq, 'e', ARGV[1])
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -35,8 +50,15 @@ return seq
 
 @dataclass(frozen=True)
 class StoredEvent:
-    stream_id: str
+    stream_id: str  # the entry's id in its generation's log
     event: pb.WatchGenerationResponse
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    feed_id: str  # the entry's id in the feed
+    generation_id: uuid.UUID
+    stored: StoredEvent
 
 
 def new_event(generation_id: uuid.UUID, **event: object) -> pb.WatchGenerationResponse:
@@ -69,20 +91,39 @@ class EventLog:
         return f"events:{generation_id}"
 
     @staticmethod
-    def generation_of(key: str) -> uuid.UUID:
-        return uuid.UUID(key.removeprefix("events:"))
-
-    @staticmethod
     def decode_entries(entries: Any) -> list[StoredEvent]:
-        """A stream's entries as XREAD or XRANGE return them."""
+        """A log's entries as XREAD or XRANGE return them."""
         return [StoredEvent(stream_id.decode(), _decode(fields)) for stream_id, fields in entries]
 
+    @staticmethod
+    def decode_feed(entries: Any, wanted: Container[uuid.UUID]) -> list[FeedEntry]:
+        """The feed's entries as XREAD returns them, those of the `wanted` generations only (the
+        others' events are not decoded at all)."""
+        decoded = []
+        for feed_id, fields in entries:
+            generation_id = uuid.UUID(fields[b"g"].decode())
+            if generation_id in wanted:
+                stored = StoredEvent(fields[b"i"].decode(), _decode(fields))
+                decoded.append(FeedEntry(feed_id.decode(), generation_id, stored))
+        return decoded
+
     async def append(self, generation_id: uuid.UUID, event: pb.WatchGenerationResponse) -> int:
-        """Store an event and return its sequence number."""
+        """Store an event in its log and the feed, and return its sequence number."""
         key = self.key(generation_id)
         ttl = self.ttl_after_terminal_seconds if is_terminal(event) else 0
         payload = event.SerializeToString()
-        return int(await self._append(keys=[key, f"{key}:seq"], args=[payload, self.max_events, ttl]))
+        return int(
+            await self._append(
+                keys=[key, f"{key}:seq", EVENT_FEED_KEY],
+                args=[payload, self.max_events, ttl, str(generation_id), EVENT_FEED_LENGTH],
+            )
+        )
+
+    async def feed_end(self) -> str:
+        """The id of the feed's newest entry, or "0-0" when it has none: where a reader that
+        wants only what comes next starts."""
+        entries: Any = await self.redis.xrevrange(EVENT_FEED_KEY, count=1)
+        return entries[0][0].decode() if entries else "0-0"
 
     async def read(
         self, generation_id: uuid.UUID, after_stream_id: str, *, block_ms: int | None
