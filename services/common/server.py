@@ -27,6 +27,7 @@ def configure_logging(level: str, component: str) -> None:
 
 # gRPC core's own limit on calls waiting to be picked up by the server loop.
 GRPC_DEFAULT_MAX_PENDING_CALLS = 1000
+MAX_PENDING_CALL_SECONDS = 300
 
 
 class GrpcServer:
@@ -53,6 +54,9 @@ class GrpcServer:
                 # streams with RESOURCE_EXHAUSTED / CANCELLED instead of waiting a moment.
                 ("grpc.server.max_pending_requests", max_pending_calls),
                 ("grpc.server.max_pending_requests_hard_limit", max_pending_calls),
+                # And how long one may wait so (gRPC's default 30 s cancels the tail of a burst
+                # of thousands): a call's own deadline still bounds its wait.
+                ("grpc.server_max_unrequested_time_in_server", MAX_PENDING_CALL_SECONDS),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second process on the same port must fail loudly

@@ -104,8 +104,10 @@ class Subscription:
         """Events after the last one handed out, waiting up to `wait_seconds` (None: until the hub
         wakes it) when there are none; [] when woken for something else or timed out."""
         if not self._buffer and not self.behind:
+            # A timeout scope, not wait_for: that would start a task per wait, per watcher.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._signal.wait(), wait_seconds)
+                async with asyncio.timeout(wait_seconds):
+                    await self._signal.wait()
         self._signal.clear()
         if self.behind:
             # Live events from here on go to the buffer; the log read covers the ones before.
