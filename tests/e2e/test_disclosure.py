@@ -53,5 +53,9 @@ def test_a_refused_token_is_told_only_that_it_was_refused(
 
 
 def test_files_holding_secrets_are_readable_by_their_owner_only(mesh: Any) -> None:
-    for path in (mesh.home / "run" / "mesh.json", mesh.home / "secrets.json"):
+    for path in (
+        mesh.home / "run" / "mesh.json",
+        mesh.home / "secrets.json",
+        mesh.home / "database-passwords.json",
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
