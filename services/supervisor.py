@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -135,6 +136,14 @@ def wait_serving(name: str, port: int, process: ManagedProcess, timeout: float) 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s:\n{process.log_tail()}")
             time.sleep(0.1)
+
+
+def without_password(url: str) -> str:
+    """A URL fit for a log: the superuser's password stays in its 0600 file."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def describe_exit(code: int) -> str:
@@ -325,7 +334,7 @@ class Mesh:
         process = server.start()  # type: ignore[attr-defined]
         self.processes.append(process)
         server.wait_ready()  # type: ignore[attr-defined]
-        log.info("%s ready at %s", process.name, server.url)  # type: ignore[attr-defined]
+        log.info("%s ready at %s", process.name, without_password(server.url))  # type: ignore[attr-defined]
 
     def watch(self) -> int:
         """Block until a signal asks to stop (exit 0) or a component crashes in a loop (exit 1),
