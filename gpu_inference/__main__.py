@@ -19,6 +19,7 @@ from services.common.database import Database
 from services.common.failpoints import Failpoints
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import SchedulerSettings, WorkerSettings
+from services.common.startup import enforce_environment, load_settings
 from services.common.storage import LocalImageStore
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
@@ -31,11 +32,15 @@ log = logging.getLogger("gpu_inference")
 
 
 async def main() -> None:
-    settings = WorkerSettings()
+    settings = load_settings(WorkerSettings)
     scheduler = SchedulerSettings()
     configure_logging(settings.log_level, "worker")
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    database = Database(settings.database_url, schema=settings.db_schema, pool_size=4)
+    # The tenant role only: a worker changes nothing but its job's user's rows.
+    database = Database(
+        settings.database_url, schema=settings.db_schema, pool_size=4, application_name="pingvas-worker"
+    )
+    await enforce_environment(settings, database, component=f"worker {worker_id}")
     redis = Redis.from_url(settings.redis_url)
     catalog = ModelCatalog(settings.resolved_models_dir)
     registry = ModelRegistry(

@@ -1,8 +1,14 @@
 """`pingvas up`: the whole mesh on one machine, supervised.
 
-Starts PostgreSQL and Redis (embedded unless DATABASE_URL / REDIS_URL point elsewhere), applies
-migrations, starts each service and the GPU workers as their own processes, then Envoy. It logs
-each component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
+Starts PostgreSQL and Redis (embedded unless PINGVAS_ADMIN_DATABASE_URL / REDIS_URL point
+elsewhere), provisions the environment's database roles and applies migrations as its owner,
+starts each service and the GPU workers as their own processes, then Envoy. It logs each
+component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
+
+The laptop runs production's security: PostgreSQL with passwords (scram-sha-256) and fsync on,
+services connected as the environment's tenant and system roles under forced row-level
+security, never as the superuser or the owner. The passwords are generated once and kept under
+PINGVAS_HOME with mode 0600.
 
 A component that exits is restarted, as systemd, supervisord and Kubernetes do: on the same
 port and data directory, after an exponential backoff, the restart logged with the exit status.
@@ -29,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,7 +56,8 @@ class MeshOptions:
     http_port: int = DEFAULT_HTTP_PORT
     workers: int = 1
     env: str = "dev"
-    database_url: str | None = None
+    # A role that may create roles and schemas on an external PostgreSQL; embedded when None.
+    admin_database_url: str | None = None
     redis_url: str | None = None
     db_schema: str = DEFAULT_DB_SCHEMA
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -85,6 +93,20 @@ def load_or_create_secrets(home: Path) -> dict[str, str]:
     return {key: os.environ.get(key) or value for key, value in stored.items()}
 
 
+DATABASE_PASSWORDS = ("superuser", "owner", "app", "system")
+
+
+def load_or_create_database_passwords(home: Path) -> dict[str, str]:
+    """Passwords of embedded PostgreSQL's superuser and of the environment's roles, made once
+    and kept under PINGVAS_HOME with mode 0600 (a password missing from an older file is added)."""
+    path = home / "database-passwords.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if any(name not in stored for name in DATABASE_PASSWORDS):
+        stored = {name: stored.get(name) or secrets.token_urlsafe(32) for name in DATABASE_PASSWORDS}
+        write_private(path, json.dumps(stored))
+    return stored
+
+
 def ensure_port_free(host: str, port: int) -> None:
     """Fail before starting anything if the gateway's port is taken (Envoy would otherwise share
     it through SO_REUSEPORT with whatever holds it)."""
@@ -116,6 +138,14 @@ def wait_serving(name: str, port: int, process: ManagedProcess, timeout: float) 
             time.sleep(0.1)
 
 
+def without_password(url: str) -> str:
+    """A URL fit for a log: the superuser's password stays in its 0600 file."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
 def describe_exit(code: int) -> str:
     """An exit as an operator reads it: Popen reports death by a signal as a negative code."""
     if code < 0:
@@ -144,10 +174,12 @@ class Mesh:
         self._stopping = False
         self._started = False
 
-    def _child_env(self, base: dict[str, str]) -> dict[str, str]:
+    def _child_env(self, base: dict[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
         env = dict(os.environ)
         env.update(base)
         env.update(self.options.extra_env)
+        for name in drop:
+            env.pop(name, None)
         return env
 
     def _start(self, process: ManagedProcess) -> ManagedProcess:
@@ -165,30 +197,47 @@ class Mesh:
         )
         from services.embedded.postgres import EmbeddedPostgres
         from services.embedded.redis import EmbeddedRedis
-        from services.migrations import upgrade
+        from services.migrations import RolePasswords, provision, upgrade
 
         options = self.options
+        if options.env == "prod" and not options.supervision.postgres_fsync:
+            raise RuntimeError("PINGVAS_POSTGRES_FSYNC=off is for tests; PINGVAS_ENV=prod refuses it")
         self.home.mkdir(parents=True, exist_ok=True)
         ensure_port_free(options.http_host, options.http_port)
-        database_url = options.database_url
-        if database_url is None:
-            postgres = EmbeddedPostgres(self.home / "postgres", free_port(), self.logs)
+        passwords = load_or_create_database_passwords(self.home)
+        admin_url = options.admin_database_url
+        if admin_url is None:
+            postgres = EmbeddedPostgres(
+                self.home / "postgres",
+                free_port(),
+                self.logs,
+                superuser_password=passwords["superuser"],
+                fsync=options.supervision.postgres_fsync,
+            )
             self._start_infrastructure(postgres)
-            database_url = postgres.url
+            admin_url = postgres.url
         redis_url = options.redis_url
         if redis_url is None:
             redis = EmbeddedRedis(self.home / "redis", free_port(), self.logs)
             self._start_infrastructure(redis)
             redis_url = redis.url
 
-        log.info("migrating schema %s", options.db_schema)
-        asyncio.run(upgrade(database_url, options.db_schema))
+        log.info("provisioning the roles of schema %s", options.db_schema)
+        urls = asyncio.run(
+            provision(
+                admin_url,
+                options.db_schema,
+                RolePasswords(owner=passwords["owner"], app=passwords["app"], system=passwords["system"]),
+            )
+        )
+        log.info("migrating schema %s as its owner role", options.db_schema)
+        asyncio.run(upgrade(urls.owner, options.db_schema))
 
         public_url = f"http://{options.http_host}:{options.http_port}"
         common = {
             "PINGVAS_ENV": options.env,
             "PINGVAS_HOME": str(self.home),
-            "DATABASE_URL": database_url,
+            "DATABASE_URL": urls.app,
             "REDIS_URL": redis_url,
             "PINGVAS_DB_SCHEMA": options.db_schema,
             "PINGVAS_PUBLIC_URL": public_url,
@@ -209,7 +258,9 @@ class Mesh:
                 name,
                 [sys.executable, "-m", f"services.{name}"],
                 log_path=self.logs / f"{name}.log",
-                env=self._child_env({**common, "PINGVAS_PORT": str(ports[name])}),
+                env=self._child_env(
+                    {**common, "SYSTEM_DATABASE_URL": urls.system, "PINGVAS_PORT": str(ports[name])}
+                ),
             )
             pending.append((name, ports[name], self._start(process)))
         for index in range(options.workers):
@@ -219,7 +270,11 @@ class Mesh:
                 name,
                 [sys.executable, "-m", "gpu_inference"],
                 log_path=self.logs / f"{name}.log",
-                env=self._child_env({**common, "PINGVAS_HEALTH_PORT": str(port), "PINGVAS_WORKER_ID": name}),
+                # Without SYSTEM_DATABASE_URL: a worker only changes its job's user's rows.
+                env=self._child_env(
+                    {**common, "PINGVAS_HEALTH_PORT": str(port), "PINGVAS_WORKER_ID": name},
+                    drop=("SYSTEM_DATABASE_URL", "PINGVAS_SYSTEM_DATABASE_URL"),
+                ),
                 # A worker finishes its job on SIGTERM (a spot interruption's grace budget).
                 stop_timeout=100,
             )
@@ -258,7 +313,12 @@ class Mesh:
             json.dumps(
                 {
                     "gateway_url": public_url,
-                    "database_url": database_url,
+                    # Each role's URL: services' (app, system), migrations' (owner), and the
+                    # administrator's, which `pingvas` and the tests use to see every tenant.
+                    "database_url": urls.app,
+                    "system_database_url": urls.system,
+                    "owner_database_url": urls.owner,
+                    "admin_database_url": admin_url,
                     "redis_url": redis_url,
                     "db_schema": options.db_schema,
                     "pid": os.getpid(),
@@ -274,7 +334,7 @@ class Mesh:
         process = server.start()  # type: ignore[attr-defined]
         self.processes.append(process)
         server.wait_ready()  # type: ignore[attr-defined]
-        log.info("%s ready at %s", process.name, server.url)  # type: ignore[attr-defined]
+        log.info("%s ready at %s", process.name, without_password(server.url))  # type: ignore[attr-defined]
 
     def watch(self) -> int:
         """Block until a signal asks to stop (exit 0) or a component crashes in a loop (exit 1),

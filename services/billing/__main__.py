@@ -15,17 +15,20 @@ from services.billing.servicer import BillingServicer
 from services.common.auth import TokenAuthority
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import BillingSettings, EmailSettings
+from services.common.startup import enforce_environment, load_settings
 
 
 async def main() -> None:
-    settings = BillingSettings()
+    settings = load_settings(BillingSettings)
     configure_logging(settings.log_level, "billing")
     parts = build_billing(
         env=settings.env,
         database_url=settings.database_url,
+        system_database_url=settings.system_database_url,
         db_schema=settings.db_schema,
         grace_period_days=settings.grace_period_days,
     )
+    await enforce_environment(settings, parts.database, component="billing")
     mailer = mailer_from_settings(EmailSettings(), settings.home)
     server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
     servicer = BillingServicer(

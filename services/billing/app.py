@@ -40,8 +40,17 @@ class BillingParts:
         await self.database.close()
 
 
-def build_billing(*, env: str, database_url: str, db_schema: str, grace_period_days: int = 3) -> BillingParts:
+def build_billing(
+    *,
+    env: str,
+    database_url: str,
+    system_database_url: str,
+    db_schema: str,
+    grace_period_days: int = 3,
+    application_name: str = "pingvas-billing",
+) -> BillingParts:
     lemonsqueezy_settings = LemonSqueezySettings()
+    # The billing jobs (`pingvas billing ...`) build this without a service's start-up checks.
     if env == "prod" and (
         lemonsqueezy_settings.api_key == DEV_LEMONSQUEEZY_API_KEY
         or lemonsqueezy_settings.webhook_secret == DEV_LEMONSQUEEZY_WEBHOOK_SECRET
@@ -49,7 +58,9 @@ def build_billing(*, env: str, database_url: str, db_schema: str, grace_period_d
         raise SystemExit(
             "PINGVAS_LEMONSQUEEZY_API_KEY and PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET must be set in prod"
         )
-    database = Database(database_url, schema=db_schema)
+    database = Database(
+        database_url, schema=db_schema, system_url=system_database_url, application_name=application_name
+    )
     ledger = CreditLedger()
     plans = PlanCatalog(PlanSettings(), lemonsqueezy_settings)
     lemonsqueezy = LemonSqueezyClient(

@@ -25,8 +25,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             http_host=os.environ.get("PINGVAS_HTTP_HOST", "127.0.0.1"),
             http_port=int(os.environ.get("PINGVAS_HTTP_PORT", DEFAULT_HTTP_PORT)),
             workers=args.workers,
+            # `pingvas up` runs dev unless told otherwise, and says so to every child explicitly.
             env=os.environ.get("PINGVAS_ENV", "dev"),
-            database_url=os.environ.get("DATABASE_URL"),
+            admin_database_url=os.environ.get("PINGVAS_ADMIN_DATABASE_URL"),
             redis_url=os.environ.get("REDIS_URL"),
             db_schema=os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA),
         )
@@ -39,14 +40,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return generate.run(args)
 
 
-def _database_location() -> tuple[str, str]:
-    """DATABASE_URL if set, else the running embedded mesh's database."""
+def _database_location(*roles: str) -> tuple[dict[str, str], str]:
+    """The URLs of the environment's `roles` (app, system, owner) and its schema: from
+    DATABASE_URL, SYSTEM_DATABASE_URL and OWNER_DATABASE_URL if DATABASE_URL is set, else from
+    the running embedded mesh."""
     from services.common.defaults import DEFAULT_DB_SCHEMA
     from services.supervisor import runtime_file
 
+    variables = {"app": "DATABASE_URL", "system": "SYSTEM_DATABASE_URL", "owner": "OWNER_DATABASE_URL"}
     schema = os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA)
-    if url := os.environ.get("DATABASE_URL"):
-        return url, schema
+    if os.environ.get("DATABASE_URL"):
+        missing = [variables[role] for role in roles if not os.environ.get(variables[role])]
+        if missing:
+            raise SystemExit(f"pingvas: set {' and '.join(missing)} as well as DATABASE_URL")
+        return {role: os.environ[variables[role]] for role in roles}, schema
     mesh_file = runtime_file(_home().resolve())
     if not mesh_file.exists():
         raise SystemExit(
@@ -56,7 +63,7 @@ def _database_location() -> tuple[str, str]:
     import json
 
     mesh = json.loads(mesh_file.read_text())
-    return mesh["database_url"], mesh["db_schema"]
+    return {role: mesh[variables[role].lower()] for role in roles}, mesh["db_schema"]
 
 
 def _cmd_admin(args: argparse.Namespace) -> int:
@@ -65,10 +72,12 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     from services.common.errors import DomainError
     from services.user.accounts import UserAccounts
 
-    url, schema = _database_location()
+    urls, schema = _database_location("app", "system")
 
     async def run() -> int:
-        database = Database(url, schema=schema, pool_size=1)
+        database = Database(
+            urls["app"], schema=schema, system_url=urls["system"], pool_size=1, application_name="pingvas-cli"
+        )
         accounts = UserAccounts(database, CreditLedger(), free_grant_credits=0)
         try:
             if args.admin_command == "set-plan":
@@ -120,12 +129,18 @@ def _cmd_billing(args: argparse.Namespace) -> int:
 
     from services.billing.app import build_billing
 
-    url, schema = _database_location()
+    urls, schema = _database_location("app", "system")
 
     async def run() -> int:
         from services.common.errors import DomainError
 
-        parts = build_billing(env=os.environ.get("PINGVAS_ENV", "dev"), database_url=url, db_schema=schema)
+        parts = build_billing(
+            env=os.environ.get("PINGVAS_ENV", "dev"),
+            database_url=urls["app"],
+            system_database_url=urls["system"],
+            db_schema=schema,
+            application_name="pingvas-cli",
+        )
         try:
             if args.billing_command == "reconcile":
                 counts = await parts.reconciler.reconcile()
@@ -175,8 +190,8 @@ def _cmd_proto_generate(_args: argparse.Namespace) -> int:
 def _cmd_db_upgrade(_args: argparse.Namespace) -> int:
     from services.migrations import upgrade
 
-    url, schema = _database_location()
-    asyncio.run(upgrade(url, schema))
+    urls, schema = _database_location("owner")
+    asyncio.run(upgrade(urls["owner"], schema))
     print(f"schema {schema} is at the newest revision")
     return 0
 
@@ -236,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="database tooling")
     db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("upgrade", help="apply migrations").set_defaults(handler=_cmd_db_upgrade)
+    db_commands.add_parser(
+        "upgrade", help="apply migrations, as the environment's owner role (OWNER_DATABASE_URL)"
+    ).set_defaults(handler=_cmd_db_upgrade)
     return parser
 
 

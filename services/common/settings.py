@@ -22,11 +22,19 @@ DEV_LEMONSQUEEZY_WEBHOOK_SECRET = "dev-lemonsqueezy-webhook-secret"
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PINGVAS_", extra="ignore")
 
-    env: Literal["dev", "prod"] = Field("dev", description="dev enables dev-login; prod never does.")
+    env: Literal["dev", "prod"] = Field(
+        description="Required, with no default: a process that was not told where it runs must not "
+        "guess dev (dev login, dev secrets). prod refuses every unsafe setting at start-up "
+        "(services/common/startup.py); `pingvas up` sets dev."
+    )
+    dev_login: bool | None = Field(
+        None, description="Serve dev login (sign-in by email alone); on in dev when unset. prod refuses it."
+    )
     home: Path = Field(Path(".pingvas"), description="Where embedded data, images, models and logs live.")
     database_url: str = Field(
         validation_alias=AliasChoices("DATABASE_URL", "PINGVAS_DATABASE_URL"),
-        description="PostgreSQL URL; postgresql:// is accepted and driven by asyncpg.",
+        description="PostgreSQL URL of the environment's tenant role ({schema}_app); postgresql:// is "
+        "accepted and driven by asyncpg.",
     )
     db_schema: str = Field(
         DEFAULT_DB_SCHEMA,
@@ -50,6 +58,17 @@ class CommonSettings(BaseSettings):
         description="Estimated GPU seconds of one denoising step at 512x512. It sizes a generation's "
         "credit hold, and the hold caps the charge.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _env_is_named(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("env") is None:
+            raise ValueError("PINGVAS_ENV is not set: set it to dev or prod (`pingvas up` sets dev)")
+        return data
+
+    @property
+    def dev_login_enabled(self) -> bool:
+        return self.env == "dev" if self.dev_login is None else self.dev_login
 
     @property
     def images_dir(self) -> Path:
@@ -156,6 +175,11 @@ class WatchSettings(BaseSettings):
 
 
 class ServerSettings(CommonSettings):
+    system_database_url: str = Field(
+        validation_alias=AliasChoices("SYSTEM_DATABASE_URL", "PINGVAS_SYSTEM_DATABASE_URL"),
+        description="PostgreSQL URL of the environment's system role ({schema}_system), for the work "
+        "that spans tenants (services/migrations/versions/0006 lists it). GPU workers have none.",
+    )
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(description="Port the gRPC server binds.")
     max_message_bytes: int = Field(
@@ -265,6 +289,11 @@ class SupervisorSettings(BaseSettings):
     )
     crash_loop_window_seconds: float = Field(
         60.0, gt=0, description="The window over which a component's exits are counted."
+    )
+    postgres_fsync: bool = Field(
+        True,
+        description="fsync of embedded PostgreSQL. Tests may turn it off for speed; "
+        "PINGVAS_ENV=prod refuses that (and every service refuses a server with fsync=off).",
     )
 
     def backoff_seconds(self, recent_exits: int) -> float:

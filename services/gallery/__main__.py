@@ -12,15 +12,22 @@ from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import GallerySettings
 from services.common.signing import ImageUrlSigner
+from services.common.startup import enforce_environment, load_settings
 from services.common.storage import LocalImageStore
 from services.gallery.images import ImageLibrary
 from services.gallery.servicer import GalleryServicer
 
 
 async def main() -> None:
-    settings = GallerySettings()
+    settings = load_settings(GallerySettings)
     configure_logging(settings.log_level, "gallery")
-    database = Database(settings.database_url, schema=settings.db_schema)
+    database = Database(
+        settings.database_url,
+        schema=settings.db_schema,
+        system_url=settings.system_database_url,
+        application_name="pingvas-gallery",
+    )
+    await enforce_environment(settings, database, component="gallery")
     signer = ImageUrlSigner(
         settings.url_signing_secret,
         public_url=settings.public_url,

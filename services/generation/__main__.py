@@ -21,6 +21,7 @@ from services.common.settings import (
     WatchSettings,
 )
 from services.common.signing import ImageUrlSigner
+from services.common.startup import enforce_environment, load_settings
 from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
@@ -38,11 +39,17 @@ log = logging.getLogger("services.generation")
 
 
 async def main() -> None:
-    settings = GenerationSettings()
+    settings = load_settings(GenerationSettings)
     scheduler = SchedulerSettings()
     watch_settings = WatchSettings()
     configure_logging(settings.log_level, "generation")
-    database = Database(settings.database_url, schema=settings.db_schema)
+    database = Database(
+        settings.database_url,
+        schema=settings.db_schema,
+        system_url=settings.system_database_url,
+        application_name="pingvas-generation",
+    )
+    await enforce_environment(settings, database, component="generation")
     # A blocking pool: under load a short command waits for a connection instead of failing.
     redis = Redis(
         connection_pool=BlockingConnectionPool.from_url(

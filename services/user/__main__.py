@@ -12,19 +12,26 @@ from services.common.auth import TokenAuthority
 from services.common.database import Database
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import PlanSettings, UserSettings
+from services.common.startup import enforce_environment, load_settings
 from services.user.accounts import UserAccounts
 from services.user.servicer import UserServicer
 
 
 async def main() -> None:
-    settings = UserSettings()
+    settings = load_settings(UserSettings)
     configure_logging(settings.log_level, "user")
-    database = Database(settings.database_url, schema=settings.db_schema)
+    database = Database(
+        settings.database_url,
+        schema=settings.db_schema,
+        system_url=settings.system_database_url,
+        application_name="pingvas-user",
+    )
+    await enforce_environment(settings, database, component="user")
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
     tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
     server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
     pb_grpc.add_UserServiceServicer_to_server(
-        UserServicer(accounts, tokens, dev_login_enabled=settings.env == "dev"), server.server
+        UserServicer(accounts, tokens, dev_login_enabled=settings.dev_login_enabled), server.server
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["UserService"].full_name])
     await serve_until_terminated(

@@ -10,6 +10,7 @@ import asyncio
 import email
 import email.policy
 import re
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,7 @@ from services.common.schema import email_outbox, users
 from services.common.settings import EmailSettings
 from services.embedded.postgres import EmbeddedPostgres
 from services.embedded.process import free_port
-from services.migrations import upgrade
+from services.migrations import EnvironmentUrls, RolePasswords, provision, upgrade
 
 SCHEMA = "dev_pingvas"
 SENDER = "Pingvas <no-reply@pingvas.studio>"
@@ -78,7 +79,9 @@ def ses_mailer(ses: SesServer) -> Iterator[SesMailer]:
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     root = tmp_path_factory.mktemp("email-postgres")
-    pg = EmbeddedPostgres(root / "data", free_port(), root / "logs")
+    pg = EmbeddedPostgres(
+        root / "data", free_port(), root / "logs", superuser_password=secrets.token_urlsafe(16), fsync=False
+    )
     pg.start()
     try:
         pg.wait_ready()
@@ -89,18 +92,35 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostg
 
 
 @pytest.fixture(scope="module")
-async def database(postgres: EmbeddedPostgres) -> AsyncIterator[Database]:
-    await upgrade(postgres.url, SCHEMA)
-    db = Database(postgres.url, schema=SCHEMA)
+async def roles(postgres: EmbeddedPostgres) -> EnvironmentUrls:
+    """The environment's roles, provisioned and migrated as `pingvas up` does."""
+    urls = await provision(
+        postgres.url, SCHEMA, RolePasswords(*(secrets.token_urlsafe(16) for _ in range(3)))
+    )
+    await upgrade(urls.owner, SCHEMA)
+    return urls
+
+
+@pytest.fixture(scope="module")
+async def database(roles: EnvironmentUrls) -> AsyncIterator[Database]:
+    db = Database(roles.app, schema=SCHEMA, system_url=roles.system)
+    yield db
+    await db.close()
+
+
+@pytest.fixture(scope="module")
+async def superuser(postgres: EmbeddedPostgres, roles: EnvironmentUrls) -> AsyncIterator[Database]:
+    """The administrator, for what no service role may do: empty the outbox between tests."""
+    db = Database(postgres.url, schema=SCHEMA, system_url=postgres.url)
     yield db
     await db.close()
 
 
 @pytest.fixture
-async def user_id(database: Database) -> AsyncIterator[uuid.UUID]:
+async def user_id(database: Database, superuser: Database) -> AsyncIterator[uuid.UUID]:
     """A fresh user, in an outbox emptied of earlier tests' emails."""
     new_id = uuid.uuid4()
-    async with database.system("test setup") as conn:
+    async with superuser.system("test setup") as conn:
         await conn.execute(sa.delete(email_outbox))
         await conn.execute(sa.insert(users).values(id=new_id, email=f"{new_id}@example.com", plan="pro"))
     yield new_id
@@ -406,7 +426,7 @@ async def test_an_email_is_given_up_after_max_attempts(
 
 
 async def test_concurrent_senders_never_send_one_email_twice(
-    postgres: EmbeddedPostgres, database: Database, user_id: uuid.UUID, ses: SesServer, ses_mailer: SesMailer
+    roles: EnvironmentUrls, database: Database, user_id: uuid.UUID, ses: SesServer, ses_mailer: SesMailer
 ) -> None:
     outbox = EmailOutbox()
     count = 40
@@ -425,7 +445,7 @@ async def test_concurrent_senders_never_send_one_email_twice(
             self.sent += 1
 
     # Two senders as two processes would be: separate engines, separate connections.
-    other = Database(postgres.url, schema=SCHEMA)
+    other = Database(roles.app, schema=SCHEMA, system_url=roles.system)
     first, second = SlowMailer(), SlowMailer()
     try:
         results = await asyncio.gather(

@@ -30,9 +30,8 @@ from services.embedded.process import free_port
 @pytest.fixture
 async def unreachable_billing(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BillingParts]:
     monkeypatch.delenv("PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET", raising=False)
-    parts = build_billing(
-        env="dev", database_url=f"postgresql://pingvas@127.0.0.1:{free_port()}/pingvas", db_schema="nowhere"
-    )
+    nowhere = f"postgresql://pingvas@127.0.0.1:{free_port()}/pingvas"
+    parts = build_billing(env="dev", database_url=nowhere, system_database_url=nowhere, db_schema="nowhere")
     yield parts
     await parts.close()
 

@@ -29,7 +29,9 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any) -
     """Two workers reporting the same attempt (a duplicate delivery) or a stale attempt report
     after a newer one: one capture, one terminal state."""
     account = new_account("once")
-    database = Database(mesh.database_url, schema=mesh.schema, pool_size=2)
+    database = Database(
+        mesh.app_database_url, schema=mesh.schema, system_url=mesh.system_database_url, pool_size=2
+    )
     redis = Redis.from_url(mesh.redis_url)
     queue, events = TierQueue(redis), EventLog(redis)
     runs = Runs(

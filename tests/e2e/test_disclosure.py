@@ -53,5 +53,18 @@ def test_a_refused_token_is_told_only_that_it_was_refused(
 
 
 def test_files_holding_secrets_are_readable_by_their_owner_only(mesh: Any) -> None:
-    for path in (mesh.home / "run" / "mesh.json", mesh.home / "secrets.json"):
+    for path in (
+        mesh.home / "run" / "mesh.json",
+        mesh.home / "secrets.json",
+        mesh.home / "database-passwords.json",
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_no_log_holds_a_database_password(mesh: Any) -> None:
+    passwords = json.loads((mesh.home / "database-passwords.json").read_text()).values()
+    logs = [*sorted((mesh.home / "logs").glob("*.log")), mesh.home / "up.out"]
+    assert len(logs) > 5
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert not [password for password in passwords if password in text], path

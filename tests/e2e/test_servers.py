@@ -1,5 +1,5 @@
 """Every server speaks the standard health and reflection protocols, and dev login exists only
-in dev deployments."""
+where it is turned on (prod refuses to start with it: tests/tenancy/test_safe_start.py)."""
 
 from __future__ import annotations
 
@@ -43,16 +43,18 @@ def test_each_service_reports_health_and_reflects_its_contract(mesh: Any, name: 
         assert {SERVICES[name], "grpc.health.v1.Health"} <= listed
 
 
-def test_dev_login_is_refused_outside_dev(mesh: Any) -> None:
+def test_dev_login_is_refused_where_it_is_off(mesh: Any) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {
         **mesh.env,
         **json.loads((mesh.home / "secrets.json").read_text()),
-        "PINGVAS_ENV": "prod",
+        "PINGVAS_ENV": "dev",
+        "PINGVAS_DEV_LOGIN": "false",
         "PINGVAS_PORT": str(port),
-        "DATABASE_URL": mesh.database_url,
+        "DATABASE_URL": mesh.app_database_url,
+        "SYSTEM_DATABASE_URL": mesh.system_database_url,
         "REDIS_URL": mesh.redis_url,
         "PINGVAS_DB_SCHEMA": mesh.schema,
     }

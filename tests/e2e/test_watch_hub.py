@@ -68,7 +68,9 @@ async def hub(hub_mesh: RunningMesh) -> AsyncIterator[EventHub]:
     """A real hub on the mesh's Redis, with a buffer of 4 events so that falling behind is certain.
     Its position and PostgreSQL timers are far off: these tests drive the log themselves."""
     redis = Redis.from_url(hub_mesh.redis_url)
-    database = Database(hub_mesh.database_url, schema=hub_mesh.schema)
+    database = Database(
+        hub_mesh.app_database_url, schema=hub_mesh.schema, system_url=hub_mesh.system_database_url
+    )
     signer = ImageUrlSigner("s" * 32, public_url=hub_mesh.gateway_url, ttl_seconds=3600)
     running = EventHub(
         reader=Redis.from_url(hub_mesh.redis_url, max_connections=1),

@@ -17,12 +17,12 @@ def required_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         "PINGVAS_JWT_SECRET": "j" * 32,
         "PINGVAS_URL_SIGNING_SECRET": "u" * 32,
         "PINGVAS_HEALTH_PORT": "1",
+        "PINGVAS_ENV": "dev",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("PINGVAS_COMPILE_MODE", raising=False)
     monkeypatch.delenv("PINGVAS_MAX_BATCH", raising=False)
     monkeypatch.delenv("PINGVAS_FAILPOINTS", raising=False)
-    monkeypatch.delenv("PINGVAS_ENV", raising=False)
 
 
 def only_error(error: pytest.ExceptionInfo[ValidationError]) -> tuple[str, ...]:

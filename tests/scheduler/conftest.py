@@ -84,7 +84,8 @@ def workers(scheduler_mesh: Any) -> Iterator[Any]:
         child_env = {
             **scheduler_mesh.env,
             **json_secrets(scheduler_mesh.home),
-            "DATABASE_URL": scheduler_mesh.database_url,
+            "PINGVAS_ENV": "dev",  # as `pingvas up` tells its own workers
+            "DATABASE_URL": scheduler_mesh.app_database_url,
             "REDIS_URL": scheduler_mesh.redis_url,
             "PINGVAS_DB_SCHEMA": scheduler_mesh.schema,
             "PINGVAS_PUBLIC_URL": scheduler_mesh.gateway_url,

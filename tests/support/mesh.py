@@ -31,7 +31,12 @@ class RunningMesh:
     home: Path
     gateway_url: str
     gateway_target: str
-    database_url: str
+    # The superuser's: tests read (and arrange) the truth across every tenant with it.
+    admin_database_url: str
+    # The environment's roles, as services and migrations connect.
+    app_database_url: str
+    system_database_url: str
+    owner_database_url: str
     schema: str
     redis_url: str
     env: dict[str, str]
@@ -43,7 +48,7 @@ class RunningMesh:
 
     def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
         with (
-            psycopg2.connect(self.database_url) as conn,
+            psycopg2.connect(self.admin_database_url) as conn,
             conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor,
         ):
             cursor.execute(f"SET search_path TO {self.schema}")
@@ -99,7 +104,8 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         "PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET": LEMONSQUEEZY_WEBHOOK_SECRET,
         **(extra_env or {}),
     }
-    env.pop("DATABASE_URL", None)
+    for variable in ("DATABASE_URL", "SYSTEM_DATABASE_URL", "PINGVAS_ADMIN_DATABASE_URL"):
+        env.pop(variable, None)
     env.pop("REDIS_URL", None)
     home.mkdir(parents=True, exist_ok=True)
     output = open(home / "up.out", "wb")  # noqa: SIM115 - lives as long as the mesh
@@ -124,7 +130,10 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         home=home,
         gateway_url=mesh["gateway_url"],
         gateway_target=f"127.0.0.1:{port}",
-        database_url=mesh["database_url"],
+        admin_database_url=mesh["admin_database_url"],
+        app_database_url=mesh["database_url"],
+        system_database_url=mesh["system_database_url"],
+        owner_database_url=mesh["owner_database_url"],
         schema=mesh["db_schema"],
         redis_url=mesh["redis_url"],
         env=env,

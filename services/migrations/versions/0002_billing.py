@@ -1,13 +1,13 @@
-"""Subscriptions, Lemon Squeezy webhook deliveries, the email outbox, and the application role
-that may append to the ledger but never rewrite it.
+"""Subscriptions, Lemon Squeezy webhook deliveries and the email outbox.
+
+This revision also created the role `pingvas_app` once, granted on every schema; 0006 replaced
+it with each environment's own roles and grants, and removes what it held.
 
 Revision ID: 0002
 Revises: 0001
 """
 
-from alembic import context, op
-
-from services.common.database import APP_ROLE
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"
@@ -72,30 +72,8 @@ STATEMENTS = [
 ]
 
 
-def app_role_statements(schema: str) -> list[str]:
-    """The role every service runs as: it appends to the ledger and never rewrites it."""
-    return [
-        f"""
-            DO $$
-            BEGIN
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
-                    CREATE ROLE {APP_ROLE} NOLOGIN;
-                END IF;
-            END
-            $$
-        """,
-        f'GRANT USAGE ON SCHEMA "{schema}" TO {APP_ROLE}',
-        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {APP_ROLE}',
-        f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {APP_ROLE}',
-        f'ALTER DEFAULT PRIVILEGES IN SCHEMA "{schema}" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP_ROLE}',
-        f'ALTER DEFAULT PRIVILEGES IN SCHEMA "{schema}" GRANT USAGE, SELECT ON SEQUENCES TO {APP_ROLE}',
-        f"REVOKE UPDATE, DELETE, TRUNCATE ON credit_entries FROM {APP_ROLE}",
-        f"REVOKE ALL ON alembic_version FROM {APP_ROLE}",
-    ]
-
-
 def upgrade() -> None:
-    for statement in [*STATEMENTS, *app_role_statements(context.config.attributes["schema"])]:
+    for statement in STATEMENTS:
         op.execute(statement)
 
 

@@ -1,0 +1,114 @@
+"""What every process checks before it serves, and the one line it logs about it.
+
+PINGVAS_ENV must be named (`load_settings`). In prod a process refuses to start on any setting
+that is only safe on a laptop: dev login, a dev or default secret (the published Lemon Squeezy
+dev values, or the signing keys `pingvas up` generated under PINGVAS_HOME), the embedded
+PostgreSQL or Redis of `pingvas up`, or a PostgreSQL running with fsync=off. The servers are
+asked (SHOW fsync, SHOW cluster_name, Redis INFO), not our own configuration. In every
+environment a process refuses a database role that could escape row-level security.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+from redis.asyncio import Redis
+
+from services.common.database import Database
+from services.common.defaults import EMBEDDED_POSTGRES_CLUSTER_NAME, EMBEDDED_REDIS_EXECUTABLE_MARK
+from services.common.server import wait_until_ready
+from services.common.settings import (
+    DEV_LEMONSQUEEZY_API_KEY,
+    DEV_LEMONSQUEEZY_WEBHOOK_SECRET,
+    CommonSettings,
+    LemonSqueezySettings,
+)
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[S]) -> S:
+    """The process's settings, or an exit that names what is wrong (e.g. PINGVAS_ENV unset)."""
+    try:
+        return settings_class()
+    except ValidationError as error:
+        raise SystemExit(f"{settings_class.__name__}: {error}") from None
+
+
+def _generated_dev_secrets(home: Path) -> set[str]:
+    """The signing keys `pingvas up` made for a laptop's mesh (services/supervisor.py)."""
+    path = home / "secrets.json"
+    try:
+        return set(json.loads(path.read_text()).values())
+    except (OSError, ValueError):
+        return set()
+
+
+def settings_refusals(settings: CommonSettings, lemonsqueezy: LemonSqueezySettings) -> list[str]:
+    """What prod refuses in this process's own settings (empty in dev)."""
+    if settings.env != "prod":
+        return []
+    refusals = []
+    if settings.dev_login_enabled:
+        refusals.append("dev login is enabled (PINGVAS_DEV_LOGIN)")
+    dev_values = {DEV_LEMONSQUEEZY_API_KEY, DEV_LEMONSQUEEZY_WEBHOOK_SECRET} | _generated_dev_secrets(
+        settings.home
+    )
+    for variable, value in (
+        ("PINGVAS_JWT_SECRET", settings.jwt_secret),
+        ("PINGVAS_URL_SIGNING_SECRET", settings.url_signing_secret),
+        ("PINGVAS_LEMONSQUEEZY_API_KEY", lemonsqueezy.api_key),
+        ("PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET", lemonsqueezy.webhook_secret),
+    ):
+        if value in dev_values:
+            refusals.append(f"{variable} is a dev or default secret")
+    return refusals
+
+
+async def server_refusals(database: Database, redis_url: str) -> list[str]:
+    """What prod refuses in the servers this process was pointed at, as they report themselves."""
+    refusals = []
+    if await database.server_setting("fsync") == "off":
+        refusals.append("PostgreSQL runs with fsync=off")
+    if await database.server_setting("cluster_name") == EMBEDDED_POSTGRES_CLUSTER_NAME:
+        refusals.append("DATABASE_URL is the embedded PostgreSQL of `pingvas up`")
+    redis = Redis.from_url(redis_url)
+    try:
+        executable = str((await redis.info("server")).get("executable", ""))
+    finally:
+        await redis.aclose()
+    if EMBEDDED_REDIS_EXECUTABLE_MARK in executable:
+        refusals.append("REDIS_URL is the embedded Redis of `pingvas up`")
+    return refusals
+
+
+async def enforce_environment(settings: CommonSettings, database: Database, *, component: str) -> None:
+    """Refuse to start (SystemExit naming every reason) or log one line saying what is enforced."""
+    await wait_until_ready(database.ping, "PostgreSQL")
+    refusals = settings_refusals(settings, LemonSqueezySettings())
+    if settings.env == "prod":
+        refusals += await server_refusals(database, settings.redis_url)
+    roles = await database.roles_in_use()
+    refusals += [f"database role {role.name} {problem}" for role in roles for problem in role.problems]
+    if refusals:
+        raise SystemExit(f"{component}: PINGVAS_ENV={settings.env} refuses to start: " + "; ".join(refusals))
+    enforced = (
+        "no dev login, no dev or default secrets, no embedded PostgreSQL or Redis, fsync on"
+        if settings.env == "prod"
+        else f"dev login {'on' if settings.dev_login_enabled else 'off'}, dev secrets allowed"
+    )
+    log.info(
+        "%s enforces PINGVAS_ENV=%s: %s; connected to schema %s as %s, under forced row-level security",
+        component,
+        settings.env,
+        enforced,
+        settings.db_schema,
+        " and ".join(role.name for role in roles),
+    )
