@@ -140,7 +140,9 @@ class WatchSettings(BaseSettings):
     position_refresh_seconds: float = Field(
         1.0,
         gt=0,
-        description="How often a waiting job's queue position is computed, once for all its watchers.",
+        description="How often a waiting job's queue position is computed, once for all its watchers. "
+        "A move is told at once near the front; from position 10 on, at most every position/10 "
+        "refreshes (and at least every queued_resend_seconds).",
     )
     truth_check_seconds: float = Field(
         2.0,

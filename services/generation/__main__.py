@@ -92,6 +92,8 @@ async def main() -> None:
         buffer_size=watch_settings.buffer_events,
         position_refresh_seconds=watch_settings.position_refresh_seconds,
         truth_check_seconds=watch_settings.truth_check_seconds,
+        # A waiting watch hears `queued` at least this often anyway, with the position as last told.
+        position_news_seconds=watch_settings.queued_resend_seconds,
     )
     watching = Watching(
         generations=generations,

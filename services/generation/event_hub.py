@@ -17,7 +17,8 @@ Subscribers are also marked behind when the hub sees a gap in a generation's seq
 (the feed was trimmed past entries the hub had not read) and when its connection broke.
 
 Once per `position_refresh_seconds` for all the waiting generations it follows, not once per
-watch, the hub computes the queue positions (one script per user and band, single-flight), and
+watch, the hub computes the queue positions (one script per user and band, single-flight) and
+tells a generation's watchers when it moved (further back in the queue, less often), and
 every `truth_check_seconds` it reads the watched rows from PostgreSQL (one query per user), so
 that a terminal state whose event Redis lost still ends every watch.
 """
@@ -46,6 +47,9 @@ log = logging.getLogger("services.generation.event_hub")
 
 # The CLIENT SETNAME of the hub's connection, so that it can be told apart in CLIENT LIST.
 EVENT_HUB_CLIENT_NAME = "pingvas-event-hub"
+
+# Positions up to this are told of every move (once a refresh); see EventHub._news_interval.
+POSITIONS_TOLD_EVERY_REFRESH = 10
 
 # Feed entries one XREAD returns; more waiting are read in the next round.
 _READ_COUNT = 500
@@ -134,8 +138,9 @@ class FollowedGeneration:
     stream_id: str = "0-0"  # the log entry of the latest event the hub handed out
     sequence: int | None = None  # that event's sequence number
     subscribers: set[Subscription] = field(default_factory=set)
-    position: int | None = None
-    position_at: float = float("-inf")  # loop time the position was computed
+    position: int | None = None  # as last told to the watchers
+    position_at: float = float("-inf")  # loop time the position was last computed
+    told_at: float = float("-inf")  # loop time `position` was last told
     ended: GenerationRecord | None = None  # the row, once PostgreSQL says the job is over
 
     def wake_subscribers(self) -> None:
@@ -155,8 +160,10 @@ class EventHub:
         buffer_size: int,
         position_refresh_seconds: float,
         truth_check_seconds: float,
+        position_news_seconds: float,
         block_ms: int = 1000,
         reconnect_seconds: float = 0.5,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.reader = reader  # the hub's own connection, for the blocking read only
         self.redis = redis  # the shared pool, for short commands
@@ -166,6 +173,9 @@ class EventHub:
         self.buffer_size = buffer_size
         self.position_refresh_seconds = position_refresh_seconds
         self.truth_check_seconds = truth_check_seconds
+        self.position_news_seconds = position_news_seconds
+        # The times positions are computed and told at (the event loop's clock by default).
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
         # Well under the client's socket timeout (5 s by default), which would otherwise end a
         # quiet read as a broken connection.
         self.block_ms = block_ms
@@ -220,7 +230,7 @@ class EventHub:
     async def position(self, followed: FollowedGeneration) -> int | None:
         """The queue position, at most `position_refresh_seconds` old: computed for every waiting
         generation together, however many watchers ask."""
-        if asyncio.get_running_loop().time() - followed.position_at >= self.position_refresh_seconds:
+        if self.clock() - followed.position_at >= self.position_refresh_seconds:
             await self._positions_computed()
         return followed.position
 
@@ -232,19 +242,33 @@ class EventHub:
 
     async def _compute_positions(self) -> None:
         """Positions for every followed generation that is waiting, one script per user and band,
-        and a wake for the watchers of each one that moved."""
+        and news for the watchers of each one that moved and is due to be told."""
         waiting: dict[tuple[str, uuid.UUID], list[FollowedGeneration]] = defaultdict(list)
         for followed in self._followed.values():
             if followed.queued:
                 waiting[followed.tier, followed.user_id].append(followed)
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         for (tier, user_id), group in waiting.items():
             positions = await self.queue.positions(tier, user_id, [f.generation_id for f in group])
             for followed in group:
-                moved = positions[followed.generation_id] != followed.position
-                followed.position, followed.position_at = positions[followed.generation_id], now
-                if moved:
-                    followed.wake_subscribers()
+                position, followed.position_at = positions[followed.generation_id], now
+                if position == followed.position:
+                    continue
+                still_waiting = position is not None and followed.position is not None
+                if still_waiting and now - followed.told_at < self._news_interval(position):
+                    continue  # it moved, but at this depth the news is not due yet
+                followed.position, followed.told_at = position, now
+                followed.wake_subscribers()
+
+    def _news_interval(self, position: int) -> float:
+        """How often a move is told at this position. Every second near the front; further back,
+        every position/10 seconds, up to `position_news_seconds`: when every job starts, every job
+        behind it moves, and a thousand jobs' watchers told of each move would be a storm of
+        news nobody needs at position 500."""
+        return min(
+            self.position_news_seconds,
+            self.position_refresh_seconds * max(1, position // POSITIONS_TOLD_EVERY_REFRESH),
+        )
 
     async def _read_forever(self) -> None:
         while True:

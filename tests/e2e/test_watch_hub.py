@@ -11,7 +11,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,29 +64,44 @@ def hub_mesh(
 
 
 @pytest.fixture
-async def hub(hub_mesh: RunningMesh) -> AsyncIterator[EventHub]:
-    """A real hub on the mesh's Redis, with a buffer of 4 events so that falling behind is certain.
-    Its position and PostgreSQL timers are far off: these tests drive the log themselves."""
+async def make_hub(hub_mesh: RunningMesh) -> AsyncIterator[Callable[..., EventHub]]:
+    """Real hubs on the mesh's Redis and PostgreSQL, not started, with a buffer of 4 events so
+    that falling behind is certain. Their position and PostgreSQL timers are far off unless a
+    test sets them: these tests drive the log and the queue themselves."""
     redis = Redis.from_url(hub_mesh.redis_url)
     database = Database(
         hub_mesh.app_database_url, schema=hub_mesh.schema, system_url=hub_mesh.system_database_url
     )
     signer = ImageUrlSigner("s" * 32, public_url=hub_mesh.gateway_url, ttl_seconds=3600)
-    running = EventHub(
-        reader=Redis.from_url(hub_mesh.redis_url, max_connections=1),
-        redis=redis,
-        events=EventLog(redis),
-        queue=TierQueue(redis),
-        generations=Generations(database=database, repository=GenerationRepository(), image_urls=signer),
-        buffer_size=4,
-        position_refresh_seconds=3600,
-        truth_check_seconds=3600,
-    )
+
+    def make(**overrides: Any) -> EventHub:
+        options: dict[str, Any] = {
+            "queue": TierQueue(redis),
+            "buffer_size": 4,
+            "position_refresh_seconds": 3600,
+            "truth_check_seconds": 3600,
+            "position_news_seconds": 3600,
+            **overrides,
+        }
+        return EventHub(
+            reader=Redis.from_url(hub_mesh.redis_url, max_connections=1),
+            redis=redis,
+            events=EventLog(redis),
+            generations=Generations(database=database, repository=GenerationRepository(), image_urls=signer),
+            **options,
+        )
+
+    yield make
+    await database.close()
+    await redis.aclose()
+
+
+@pytest.fixture
+async def hub(make_hub: Callable[..., EventHub]) -> AsyncIterator[EventHub]:
+    running = make_hub()
     await running.start()
     yield running
     await running.stop()
-    await database.close()
-    await redis.aclose()
 
 
 async def append_run(
@@ -301,3 +316,43 @@ def test_a_waiting_watch_hears_queued_again_while_nothing_changes(hub_mesh: Runn
         thread.join(240)
         assert not thread.is_alive()
         assert events[-1].WhichOneof("event") == "succeeded"
+
+
+async def test_a_move_is_told_at_once_near_the_front_and_less_often_further_back(
+    hub_mesh: RunningMesh, make_hub: Callable[..., EventHub]
+) -> None:
+    """When a job starts, every job behind it moves. Near the front each move is news at once;
+    at position 35 it waits position/10 refreshes (3 s here). A queue of its own on another
+    Redis database, and the test's clock."""
+    queue_redis = Redis.from_url(hub_mesh.redis_url.rsplit("/", 1)[0] + "/7")
+    await queue_redis.flushdb()
+    now = [0.0]
+    hub = make_hub(
+        queue=TierQueue(queue_redis),
+        position_refresh_seconds=1,
+        position_news_seconds=15,
+        clock=lambda: now[0],
+    )
+    user, jobs = uuid.uuid4(), [uuid.uuid4() for _ in range(40)]
+    for job in jobs:
+        await hub.queue.enqueue("free", user, job, "tiny-sd")
+    try:
+        async with (
+            hub.subscribe(jobs[2], user_id=user, tier="free", queued=True) as near,
+            hub.subscribe(jobs[34], user_id=user, tier="free", queued=True) as far,
+        ):
+            assert (await hub.position(near.followed), await hub.position(far.followed)) == (3, 35)
+
+            await hub.queue.remove("free", user, jobs[0])  # the first job started
+            now[0] += 1
+            assert (await hub.position(near.followed), await hub.position(far.followed)) == (2, 35)
+
+            await hub.queue.remove("free", user, jobs[1])
+            now[0] += 1
+            assert (await hub.position(near.followed), await hub.position(far.followed)) == (1, 35)
+
+            now[0] += 1  # three refreshes since position 35 was told: its news is due
+            assert await hub.position(far.followed) == 33
+    finally:
+        await queue_redis.flushdb()
+        await queue_redis.aclose()

@@ -122,8 +122,9 @@ class GenerationServiceServicer:
     def WatchGeneration(self, request, context):
         """Streams a generation's events.
 
-        Order: `queued` (sent again whenever the queue position changes, and while the job waits at
-        least every 15 s by default, so that a quiet stream outlives load balancers' idle timeouts),
+        Order: `queued` (sent again when the queue position changes: within a second near the front
+        of the queue, from position 10 on at most every position/10 seconds; and while the job waits
+        at least every 15 s by default, so that a quiet stream outlives load balancers' idle timeouts),
         `started`, one `progress` per denoising step, then exactly one terminal event (`succeeded`,
         `failed` or `cancelled`), after which the stream ends. If a worker is lost or hands the job
         back (a spot interruption), the job is queued again: the stream then shows `queued` and a
@@ -140,8 +141,8 @@ class GenerationServiceServicer:
         only what followed. A stream on a finished generation returns just its terminal event and
         ends. The terminal event is never missed: if the event log has expired it is rebuilt from
         the stored generation. Queue position updates repeat the `sequence` of the stored `queued`
-        event, because they are computed live (once a second per generation, shared by its
-        watchers) and not stored.
+        event, because they are computed live (once a second for every waiting generation, shared
+        by their watchers) and not stored.
 
         Limits: a user may hold a plan-dependent number of open streams (at least 20); past it a new
         stream is refused with RESOURCE_EXHAUSTED, reason TOO_MANY_STREAMS (HTTP 429).
