@@ -37,7 +37,7 @@ import struct
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -72,6 +72,7 @@ class Sample:
 
     stamped_ns: int
     received_ns: int
+    kind: str
 
 
 @dataclass
@@ -168,7 +169,7 @@ async def _follow(stream: Stream, generation_id: str, first: asyncio.Event, repo
     try:
         async for stamped_ns, kind in stream(generation_id):
             first.set()
-            report.samples.append(Sample(stamped_ns, time.time_ns()))
+            report.samples.append(Sample(stamped_ns, time.time_ns(), kind))
             if kind in TERMINAL:
                 return
         report.errors.append("stream ended without a terminal event")
@@ -257,8 +258,12 @@ def fan_out(
     return merged, released_ns
 
 
-def latencies_ms(report: ClientReport, since_ns: int) -> list[float]:
-    return [(s.received_ns - s.stamped_ns) / 1e6 for s in report.samples if s.stamped_ns >= since_ns]
+def latencies_ms(report: ClientReport, since_ns: int, kinds: Container[str] | None = None) -> list[float]:
+    return [
+        (s.received_ns - s.stamped_ns) / 1e6
+        for s in report.samples
+        if s.stamped_ns >= since_ns and (kinds is None or s.kind in kinds)
+    ]
 
 
 def summary(name: str, report: ClientReport, since_ns: int, streams: int) -> float:
@@ -273,6 +278,17 @@ def summary(name: str, report: ClientReport, since_ns: int, streams: int) -> flo
     )
     for error in sorted(set(report.errors))[:3]:
         print(f"      error: {error}")
+    # `queued` is mostly position news, made when sent; the others are the worker's, stored first.
+    for label, kinds in (
+        ("queued", {"queued"}),
+        ("started, progress, terminal", {"started", "progress"} | TERMINAL),
+    ):
+        of_kind = latencies_ms(report, since_ns, kinds)
+        if of_kind and len(of_kind) < len(live):
+            print(
+                f"      {label:<28} events {len(of_kind):>7}  p50 {percentile(of_kind, 0.5):7.1f} ms  "
+                f"p99 {percentile(of_kind, 0.99):7.1f} ms"
+            )
     return p99
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
@@ -56,7 +57,7 @@ _READ_COUNT = 500
 
 
 def _is_progress(stored: StoredEvent) -> bool:
-    return stored.event.WhichOneof("event") == EventKind.PROGRESS
+    return event_kind(stored.event) == EventKind.PROGRESS
 
 
 def stream_position(stream_id: str) -> tuple[int, int]:
@@ -141,6 +142,10 @@ class FollowedGeneration:
     position: int | None = None  # as last told to the watchers
     position_at: float = float("-inf")  # loop time the position was last computed
     told_at: float = float("-inf")  # loop time `position` was last told
+    # Far back in the queue news is told at least this often: between half and all of the hub's
+    # `position_news_seconds`, so that a thousand generations followed together are not all due
+    # at the same moment.
+    news_seconds: float = 15.0
     ended: GenerationRecord | None = None  # the row, once PostgreSQL says the job is over
 
     def wake_subscribers(self) -> None:
@@ -215,7 +220,11 @@ class EventHub:
         if followed is None:
             # Live from the hub's next read of the feed on; the subscriber's replay covers the rest.
             followed = FollowedGeneration(
-                generation_id=generation_id, user_id=user_id, tier=tier, queued=queued
+                generation_id=generation_id,
+                user_id=user_id,
+                tier=tier,
+                queued=queued,
+                news_seconds=self.position_news_seconds * random.uniform(0.5, 1.0),
             )
             self._followed[generation_id] = followed
         subscription = Subscription(self, followed, self.buffer_size)
@@ -254,19 +263,22 @@ class EventHub:
                 position, followed.position_at = positions[followed.generation_id], now
                 if position == followed.position:
                     continue
-                still_waiting = position is not None and followed.position is not None
-                if still_waiting and now - followed.told_at < self._news_interval(position):
-                    continue  # it moved, but at this depth the news is not due yet
+                if (
+                    position is not None
+                    and followed.position is not None
+                    and now - followed.told_at < self._news_interval(followed, position)
+                ):
+                    continue  # it moved while still waiting, but at this depth the news is not due
                 followed.position, followed.told_at = position, now
                 followed.wake_subscribers()
 
-    def _news_interval(self, position: int) -> float:
-        """How often a move is told at this position. Every second near the front; further back,
-        every position/10 seconds, up to `position_news_seconds`: when every job starts, every job
-        behind it moves, and a thousand jobs' watchers told of each move would be a storm of
-        news nobody needs at position 500."""
+    def _news_interval(self, followed: FollowedGeneration, position: int) -> float:
+        """How often a move is told at this position. Every refresh near the front; further
+        back, every position/10 refreshes, up to the generation's `news_seconds`: when every job
+        starts, every job behind it moves, and a thousand jobs' watchers told of each move would
+        be a storm of news nobody needs at position 500."""
         return min(
-            self.position_news_seconds,
+            followed.news_seconds,
             self.position_refresh_seconds * max(1, position // POSITIONS_TOLD_EVERY_REFRESH),
         )
 
@@ -332,7 +344,6 @@ class EventHub:
                 log.exception("event hub: cannot read the generations of user %s", user_id)
                 continue
             for record in finished:
-                followed = self._followed.get(record.id)
-                if followed is not None:
-                    followed.ended = record
-                    followed.wake_subscribers()
+                if (ended := self._followed.get(record.id)) is not None:
+                    ended.ended = record
+                    ended.wake_subscribers()

@@ -10,6 +10,7 @@ not once per watch. A watch holds no Redis connection while it waits.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 
@@ -84,6 +85,9 @@ class GenerationWatch:
         self.still_queued = True
         self.last_position: int | None = None
         self.queued_sent_at = 0.0  # loop time `queued` was last sent, for the quiet-stream re-send
+        # Each watch's own quiet period, between half and all of `queued_resend_seconds`:
+        # thousands of watches opened together must not all re-send at the same moment.
+        self.quiet_seconds = watching.queued_resend_seconds * random.uniform(0.5, 1.0)
 
     async def events(self) -> AsyncIterator[pb.WatchGenerationResponse]:
         record = await self.watching.generations.get(self.user_id, self.generation_id)
@@ -143,7 +147,7 @@ class GenerationWatch:
         """How long to wait for the hub before a waiting job's `queued` is due again."""
         if not (self.still_queued and self.queued_sequence):
             return None
-        due = self.queued_sent_at + self.watching.queued_resend_seconds
+        due = self.queued_sent_at + self.quiet_seconds
         return max(0.0, due - asyncio.get_running_loop().time())
 
     async def _queued_again(self, subscription: Subscription) -> pb.WatchGenerationResponse | None:
