@@ -13,6 +13,7 @@ from services.billing.app import build_billing
 from services.billing.email import mailer_from_settings, run_email_sender
 from services.billing.servicer import BillingServicer
 from services.common.auth import TokenAuthority
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import BillingSettings, EmailSettings
 
@@ -35,6 +36,7 @@ async def main() -> None:
         parts.billing,
         parts.webhooks,
         TokenAuthority(settings.jwt_secret),
+        principal_rate_limiter(settings.redis_url, parts.database),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server.server)
     server.add_services([pb.DESCRIPTOR.services_by_name["BillingService"].full_name])

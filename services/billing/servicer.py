@@ -19,6 +19,7 @@ from services.billing.webhooks import WebhookDelivery
 from services.common.auth import Principal, TokenAuthority
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput
+from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, public_unary, unary
 
 ERROR_DOMAIN = "billing.pingvas.studio"
@@ -87,8 +88,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         billing: SubscriptionBilling,
         webhooks: WebhookDelivery,
         tokens: TokenAuthority,
+        rate_limiter: PrincipalRateLimiter,
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.database = database
         self.ledger = ledger
         self.plans = plans

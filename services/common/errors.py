@@ -79,6 +79,17 @@ class TooManyStreams(DomainError):
     reason = "TOO_MANY_STREAMS"
 
 
+class RateLimited(DomainError):
+    """The caller made more requests than its plan's rate allows; `retry_after_seconds` says
+    when the window that refused it ends (a RetryInfo at the edge)."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after_seconds: float, metadata: Mapping[str, str]) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class FailedPrecondition(DomainError):
     reason = "FAILED_PRECONDITION"
 

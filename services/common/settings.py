@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+import limits
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_MODEL
@@ -153,6 +154,74 @@ class WatchSettings(BaseSettings):
         if low:
             raise ValueError(f"every plan's cap must be at least {MIN_STREAMS_PER_USER}; got {low}")
         return caps
+
+
+def _rate_limits(values: dict[str, str]) -> dict[str, str]:
+    """Each value in the `limits` library's notation ("600/minute", "3 per 2 seconds")."""
+    for name, value in values.items():
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a rate such as '600/minute'") from None
+    return values
+
+
+class RateLimitSettings(BaseSettings):
+    """Request rates (OWASP API4), in the `limits` library's notation. Per user by plan, counted
+    in Redis across every service and replica; per client IP at the gateway for the routes that
+    run before sign-in. The plan map is JSON in the environment, e.g.
+    PINGVAS_RATE_LIMITS_PER_USER='{"free": "300/minute"}'."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_RATE_LIMITS_", extra="ignore")
+
+    per_user: dict[str, str] = Field(
+        default_factory=lambda: {
+            "free": "300/minute",
+            "starter": "600/minute",
+            "pro": "1200/minute",
+            "studio": "2400/minute",
+            "enterprise": "6000/minute",
+        },
+        description="Authenticated requests of one user (its principal id) by plan; a plan not "
+        "named gets the free plan's rate. Past it: RESOURCE_EXHAUSTED / HTTP 429 with RetryInfo.",
+    )
+    plan_cache_seconds: float = Field(
+        30.0, ge=0, description="How long a process trusts a user's plan for the rate it applies."
+    )
+    sign_in_per_ip: str = Field(
+        "20/minute",
+        description="Requests from one client IP, at the gateway, to dev login and to the OAuth "
+        "begin and complete calls (every route that runs before sign-in but the webhook).",
+    )
+    webhook_per_ip: str = Field(
+        "600/minute",
+        description="Requests from one client IP, at the gateway, to the Lemon Squeezy webhook: "
+        "generous, because Lemon Squeezy retries a refused delivery only 3 times.",
+    )
+    xff_trusted_hops: int = Field(
+        0,
+        ge=0,
+        description="Proxies in front of the gateway (a load balancer: 1) whose X-Forwarded-For "
+        "entries are trusted to name the client IP; 0 takes the connection's peer.",
+    )
+
+    @field_validator("per_user")
+    @classmethod
+    def _valid_rates(cls, values: dict[str, str]) -> dict[str, str]:
+        return _rate_limits(values)
+
+    @field_validator("sign_in_per_ip", "webhook_per_ip")
+    @classmethod
+    def _valid_rate(cls, value: str, info: ValidationInfo) -> str:
+        return _rate_limits({str(info.field_name): value})[str(info.field_name)]
+
+    @field_validator("per_user")
+    @classmethod
+    def _free_is_named(cls, values: dict[str, str]) -> dict[str, str]:
+        # The free plan's rate is also every unnamed plan's.
+        if "free" not in values:
+            raise ValueError("per_user must name the free plan's rate")
+        return values
 
 
 class ServerSettings(CommonSettings):

@@ -13,6 +13,7 @@ from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
 from services.common.database import Database
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
@@ -120,6 +121,7 @@ async def main() -> None:
             watching=watching,
             stream_slots=stream_slots,
             tokens=TokenAuthority(settings.jwt_secret),
+            rate_limiter=principal_rate_limiter(settings.redis_url, database),
         ),
         server.server,
     )

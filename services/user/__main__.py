@@ -10,6 +10,7 @@ from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 from services.billing.ledger import CreditLedger
 from services.common.auth import TokenAuthority
 from services.common.database import Database
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import PlanSettings, UserSettings
 from services.user.accounts import UserAccounts
@@ -24,7 +25,13 @@ async def main() -> None:
     tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
     server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
     pb_grpc.add_UserServiceServicer_to_server(
-        UserServicer(accounts, tokens, dev_login_enabled=settings.env == "dev"), server.server
+        UserServicer(
+            accounts,
+            tokens,
+            principal_rate_limiter(settings.redis_url, database),
+            dev_login_enabled=settings.env == "dev",
+        ),
+        server.server,
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["UserService"].full_name])
     await serve_until_terminated(

@@ -83,6 +83,15 @@ class RunningMesh:
             )
 
 
+# Tests make many requests from one account and sign up many accounts from 127.0.0.1, so every
+# test mesh raises the rates far past what they do; the limits have tests of their own, on a mesh
+# with low ones (tests/e2e/test_limits.py). Queue caps per user are raised for the same reason.
+RAISED_LIMITS_ENV = {
+    "PINGVAS_RATE_LIMITS_PER_USER": json.dumps({"free": "100000/minute"}),
+    "PINGVAS_RATE_LIMITS_SIGN_IN_PER_IP": "100000/minute",
+    "PINGVAS_RATE_LIMITS_WEBHOOK_PER_IP": "100000/minute",
+}
+
 LEMONSQUEEZY_API_KEY = "test-lemonsqueezy-key"
 LEMONSQUEEZY_WEBHOOK_SECRET = "test-lemonsqueezy-signing-secret"
 
@@ -97,6 +106,7 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         "PINGVAS_PRELOAD_MODELS": '["tiny-sd"]',
         "PINGVAS_LEMONSQUEEZY_API_KEY": LEMONSQUEEZY_API_KEY,
         "PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET": LEMONSQUEEZY_WEBHOOK_SECRET,
+        **RAISED_LIMITS_ENV,
         **(extra_env or {}),
     }
     env.pop("DATABASE_URL", None)
