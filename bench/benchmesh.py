@@ -71,6 +71,8 @@ RAISED_LIMITS_ENV = {
     "PINGVAS_RATE_LIMITS_PER_USER": json.dumps({"free": "1000000/minute"}),
     "PINGVAS_RATE_LIMITS_SIGN_IN_PER_IP": "1000000/minute",
     "PINGVAS_RATE_LIMITS_WEBHOOK_PER_IP": "1000000/minute",
+    # No plan named: no per-user cap on queued and running generations.
+    "PINGVAS_SCHEDULER_MAX_LIVE_PER_USER": "{}",
 }
 
 

@@ -73,6 +73,12 @@ class QueueFull(DomainError):
     reason = "QUEUE_FULL"
 
 
+class TooManyGenerations(QueueFull):
+    """The caller has as many generations queued or running as its plan allows."""
+
+    reason = "TOO_MANY_GENERATIONS"
+
+
 class TooManyStreams(DomainError):
     """The caller (or this replica) holds as many open watch streams as its cap allows."""
 

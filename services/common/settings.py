@@ -91,6 +91,12 @@ class SchedulerSettings(BaseSettings):
         },
         description="Waiting jobs a band accepts before CreateGeneration answers RESOURCE_EXHAUSTED.",
     )
+    max_live_per_user: dict[str, int] = Field(
+        default_factory=lambda: {"free": 5, "starter": 20, "pro": 40, "studio": 80, "enterprise": 200},
+        description="Generations of one user queued or running at once, by plan, so that a few "
+        "accounts cannot fill their band for everyone; past it CreateGeneration answers "
+        "RESOURCE_EXHAUSTED (TOO_MANY_GENERATIONS) before anything is held. A plan not named has no cap.",
+    )
     affinity_lookahead: int = Field(32, ge=1, description="Users scanned for a job whose model is warm.")
     affinity_max_skips: int = Field(4, ge=0, description="Times a cold-model job may be passed over.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a job is dead-lettered as FAILED.")

@@ -74,6 +74,7 @@ async def main() -> None:
         events=events,
         delivery=delivery,
         max_queue_depth=scheduler.max_queue_depth,
+        max_live_per_user=scheduler.max_live_per_user,
     )
     generations = Generations(database=database, repository=repository, image_urls=image_urls)
     hub = EventHub(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from support.failpoints import FAILPOINTS_ENV
-from support.limits import SIGN_IN_PER_IP, STARTER_RATE
+from support.limits import FREE_LIVE_GENERATIONS, SIGN_IN_PER_IP, STARTER_RATE
 from support.mesh import RunningMesh, start_mesh, stop_mesh
 
 
@@ -27,6 +27,7 @@ def limits_mesh(
             "PINGVAS_RATE_LIMITS_PER_USER": json.dumps(
                 {"free": "100000/minute", "starter": f"{requests} per {seconds} seconds"}
             ),
+            "PINGVAS_SCHEDULER_MAX_LIVE_PER_USER": json.dumps({"free": FREE_LIVE_GENERATIONS}),
             "PINGVAS_RATE_LIMITS_SIGN_IN_PER_IP": f"{SIGN_IN_PER_IP}/minute",
             # As behind one load balancer: its X-Forwarded-For entry names the client.
             "PINGVAS_GATEWAY_XFF_TRUSTED_HOPS": "1",

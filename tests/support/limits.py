@@ -13,6 +13,7 @@ from support.accounts import Account
 # Starter users get a rate a test reaches at once, in a window short enough to wait out.
 STARTER_RATE = (4, 2)  # requests, per seconds
 SIGN_IN_PER_IP = 3  # per minute
+FREE_LIVE_GENERATIONS = 2  # queued or running, per user
 
 _addresses = itertools.count(1)
 
