@@ -28,7 +28,12 @@ async def main() -> None:
         grace_period_days=settings.grace_period_days,
     )
     mailer = mailer_from_settings(EmailSettings(), settings.home)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     servicer = BillingServicer(
         parts.database,
         parts.ledger,

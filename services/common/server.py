@@ -32,12 +32,22 @@ class GrpcServer:
     (and, for the worker, its pipelines) are ready.
     """
 
-    def __init__(self, *, host: str, port: int, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        max_receive_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
             options=[
+                # Set on purpose both ways: responses carry full-size PNGs, requests never need
+                # more than the gateway's REST body limit; a larger one is RESOURCE_EXHAUSTED
+                # before any handler runs.
                 ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second process on the same port must fail loudly
                 # Envoy pings its backends every 30 s (gateway/envoy.py KEEPALIVE_INTERVAL), also
                 # while a watch is quiet. gRPC's default (one ping per 5 min without data) would

@@ -13,6 +13,7 @@ import limits
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.envoy import DEFAULT_UNARY_TIMEOUT_SECONDS, MAX_TRANSCODED_REQUEST_BYTES
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_MODEL
 from services.common.failpoints import Failpoint
 
@@ -204,12 +205,6 @@ class RateLimitSettings(BaseSettings):
         description="Requests from one client IP, at the gateway, to the Lemon Squeezy webhook: "
         "generous, because Lemon Squeezy retries a refused delivery only 3 times.",
     )
-    xff_trusted_hops: int = Field(
-        0,
-        ge=0,
-        description="Proxies in front of the gateway (a load balancer: 1) whose X-Forwarded-For "
-        "entries are trusted to name the client IP; 0 takes the connection's peer.",
-    )
 
     @field_validator("per_user")
     @classmethod
@@ -230,11 +225,36 @@ class RateLimitSettings(BaseSettings):
         return values
 
 
+class GatewaySettings(BaseSettings):
+    """The Envoy gateway `pingvas up` configures (gateway/envoy.py); its per-IP rates are in
+    RateLimitSettings."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_GATEWAY_", extra="ignore")
+
+    xff_trusted_hops: int = Field(
+        0,
+        ge=0,
+        description="Proxies in front of the gateway (a load balancer: 1) whose X-Forwarded-For "
+        "entries are trusted to name the client IP; 0 takes the connection's peer.",
+    )
+    unary_timeout_seconds: float = Field(
+        DEFAULT_UNARY_TIMEOUT_SECONDS,
+        gt=0,
+        description="The longest a unary call runs through the gateway; a client's longer "
+        "deadline (grpc-timeout) is capped to it.",
+    )
+
+
 class ServerSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(description="Port the gRPC server binds.")
     max_message_bytes: int = Field(
-        16 * 1024 * 1024, description="gRPC message limit both ways: a 2048² PNG fits, abuse does not."
+        16 * 1024 * 1024, description="Largest gRPC message sent: a 2048² PNG fits."
+    )
+    max_receive_message_bytes: int = Field(
+        MAX_TRANSCODED_REQUEST_BYTES,
+        description="Largest gRPC message received (RESOURCE_EXHAUSTED past it), the gateway's "
+        "REST body limit: requests are prompts, ids and webhook payloads.",
     )
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight RPCs get on SIGTERM.")
 

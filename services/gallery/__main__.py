@@ -28,7 +28,12 @@ async def main() -> None:
         ttl_seconds=settings.image_url_ttl_seconds,
     )
     library = ImageLibrary(database, LocalImageStore(settings.images_dir), signer)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     pb_grpc.add_GalleryServiceServicer_to_server(
         GalleryServicer(
             library,

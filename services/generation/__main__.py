@@ -114,7 +114,12 @@ async def main() -> None:
         max_attempts=scheduler.max_attempts,
         lease_seconds=scheduler.lease_seconds,
     )
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     pb_grpc.add_GenerationServiceServicer_to_server(
         GenerationServicer(
             acceptance=acceptance,

@@ -23,7 +23,12 @@ async def main() -> None:
     database = Database(settings.database_url, schema=settings.db_schema)
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
     tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     pb_grpc.add_UserServiceServicer_to_server(
         UserServicer(
             accounts,

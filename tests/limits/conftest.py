@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from support.failpoints import FAILPOINTS_ENV
-from support.limits import FREE_LIVE_GENERATIONS, SIGN_IN_PER_IP, STARTER_RATE
+from support.limits import FREE_LIVE_GENERATIONS, SIGN_IN_PER_IP, STARTER_RATE, UNARY_TIMEOUT_SECONDS
 from support.mesh import RunningMesh, start_mesh, stop_mesh
 
 
@@ -31,6 +31,7 @@ def limits_mesh(
             "PINGVAS_RATE_LIMITS_SIGN_IN_PER_IP": f"{SIGN_IN_PER_IP}/minute",
             # As behind one load balancer: its X-Forwarded-For entry names the client.
             "PINGVAS_GATEWAY_XFF_TRUSTED_HOPS": "1",
+            "PINGVAS_GATEWAY_UNARY_TIMEOUT_SECONDS": str(UNARY_TIMEOUT_SECONDS),
             **FAILPOINTS_ENV,
         },
     )

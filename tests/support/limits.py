@@ -14,6 +14,7 @@ from support.accounts import Account
 STARTER_RATE = (4, 2)  # requests, per seconds
 SIGN_IN_PER_IP = 3  # per minute
 FREE_LIVE_GENERATIONS = 2  # queued or running, per user
+UNARY_TIMEOUT_SECONDS = 5  # the gateway's deadline for a unary call
 
 _addresses = itertools.count(1)
 
