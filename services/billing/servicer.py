@@ -55,6 +55,9 @@ def plan_to_proto(plan: str) -> int:
 def plan_from_proto(plan: int) -> str:
     if plan == resources.PLAN_UNSPECIFIED:
         raise InvalidInput([FieldViolation("plan", "is required")])
+    # Enums are open on the wire: a number the contract never named is the caller's mistake.
+    if plan not in resources.Plan.values():
+        raise InvalidInput([FieldViolation("plan", f"{plan} is not a plan")])
     return str(resources.Plan.Name(plan)).removeprefix("PLAN_").lower()
 
 
