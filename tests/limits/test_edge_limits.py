@@ -44,6 +44,7 @@ def test_sign_in_past_its_per_ip_rate_is_429_with_x_ratelimit_reset(limits_mesh:
         reset = int(refused.headers["x-ratelimit-reset"])
         assert 0 < reset <= 60
         assert refused.headers["x-ratelimit-limit"].startswith(str(SIGN_IN_PER_IP))
+        assert refused.headers["x-ratelimit-remaining"] == "0"
 
         # The client cannot dodge it by adding an address of its own on the left: only the entry
         # the trusted proxy appended (the rightmost) names it.

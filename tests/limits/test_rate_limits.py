@@ -6,6 +6,7 @@ the window has passed. The mesh gives Starter 4 requests per 2 seconds (tests/li
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,11 @@ from pingvas.user.v1 import user_service_pb2 as user_pb
 from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
 from support.generations import wait_for
 from support.limits import STARTER_RATE, sign_up
+from support.mesh import free_port
+
+from services.common.auth import Principal
+from services.common.database import Database
+from services.common.rate_limits import PrincipalRateLimiter, database_plans, rate_limit_storage
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +109,21 @@ def test_rest_callers_get_429_with_retry_info(limits_mesh: Any) -> None:
     assert by_type["google.rpc.ErrorInfo"]["reason"] == "RATE_LIMITED"
     retry_delay = by_type["google.rpc.RetryInfo"]["retryDelay"]
     assert retry_delay.endswith("s") and 0 < float(retry_delay[:-1]) <= WINDOW_SECONDS
+
+
+async def test_while_redis_is_unreachable_requests_are_admitted_uncounted(limits_mesh: Any) -> None:
+    """Redis only delivers: losing it must not take the API down with it."""
+    account = sign_up(limits_mesh, "rate-no-redis", plan="starter")
+    database = Database(limits_mesh.database_url, schema=limits_mesh.schema)
+    try:
+        limiter = PrincipalRateLimiter(
+            rate_limit_storage(f"redis://127.0.0.1:{free_port()}"),
+            rates_by_plan={"free": "1/minute", "starter": "1/minute"},
+            plan_of=database_plans(database),
+            plan_cache_seconds=30,
+        )
+        caller = Principal(user_id=uuid.UUID(account.user_id), email=account.email)
+        for _ in range(3):
+            await limiter.admit(caller)
+    finally:
+        await database.close()
