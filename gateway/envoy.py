@@ -104,6 +104,11 @@ STREAM_IDLE_TIMEOUT = "300s"
 # "too_many_pings" and drop every watch on the connection.
 KEEPALIVE_INTERVAL = "30s"
 KEEPALIVE_TIMEOUT = "10s"
+# Envoy offers a client 1,024 concurrent streams per HTTP/2 connection by default; past that a
+# gRPC client queues new calls silently. One connection may carry many watches (a partner's
+# backend, a load balancer multiplexing many users), so it may carry as many as one generation
+# process serves (PINGVAS_WATCH_STREAMS_PER_PROCESS's default); the per-user caps bound a user.
+DOWNSTREAM_MAX_CONCURRENT_STREAMS = 20_000
 # Envoy's default circuit breakers cap a cluster at 1,024 connections, pending requests and
 # requests. Over HTTP/2 every open watch is one request, so the 1,025th watcher of the whole
 # gateway would be refused (503 with flag UO). The generation cluster is sized for its streams
@@ -273,7 +278,8 @@ def build_envoy_config(
         "codec_type": "AUTO",
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         "http2_protocol_options": {
-            "connection_keepalive": {"interval": KEEPALIVE_INTERVAL, "timeout": KEEPALIVE_TIMEOUT}
+            "connection_keepalive": {"interval": KEEPALIVE_INTERVAL, "timeout": KEEPALIVE_TIMEOUT},
+            "max_concurrent_streams": DOWNSTREAM_MAX_CONCURRENT_STREAMS,
         },
         # The edge: trust no client-supplied x-envoy-* headers, and of X-Forwarded-For only the
         # entries the proxies in front of it appended (none by default): the client IP the

@@ -25,6 +25,10 @@ def configure_logging(level: str, component: str) -> None:
     )
 
 
+# gRPC core's own limit on calls waiting to be picked up by the server loop.
+GRPC_DEFAULT_MAX_PENDING_CALLS = 1000
+
+
 class GrpcServer:
     """Owns one grpc.aio server and its health state.
 
@@ -39,10 +43,17 @@ class GrpcServer:
         port: int,
         max_message_bytes: int = 16 * 1024 * 1024,
         max_receive_message_bytes: int = 4 * 1024 * 1024,
+        max_pending_calls: int = GRPC_DEFAULT_MAX_PENDING_CALLS,
     ) -> None:
         self.address = f"{host}:{port}"
         self.server = grpc.aio.server(
             options=[
+                # Calls the transport has taken but the server loop has not picked up yet (it
+                # takes one per loop turn). Past gRPC's defaults (1,000, hard limit 3,000) a call
+                # is refused at once: a burst of reconnecting watches would fail most of its
+                # streams with RESOURCE_EXHAUSTED / CANCELLED instead of waiting a moment.
+                ("grpc.server.max_pending_requests", max_pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", max_pending_calls),
                 # Set on purpose both ways: responses carry full-size PNGs, requests never need
                 # more than the gateway's REST body limit; a larger one is RESOURCE_EXHAUSTED
                 # before any handler runs.

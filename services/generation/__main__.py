@@ -119,6 +119,9 @@ async def main() -> None:
         port=settings.port,
         max_message_bytes=settings.max_message_bytes,
         max_receive_message_bytes=settings.max_receive_message_bytes,
+        # Every stream this process may hold can arrive at once: the gateway restarted, and all
+        # its watchers reconnect together.
+        max_pending_calls=watch_settings.streams_per_process,
     )
     pb_grpc.add_GenerationServiceServicer_to_server(
         GenerationServicer(

@@ -8,15 +8,19 @@ generation watched in this process and hands each event to in-process subscriber
 A watch costs memory, not a connection: the blocking read runs on the hub's own connection, and
 the few short commands a watch makes (its replay, a resync) borrow the shared pool briefly.
 
-Slow consumers never hold others back. Each subscriber has a bounded buffer; when it is full the
+Slow consumers never hold others back. Each subscriber has a bounded buffer, and a `progress`
+event that arrives while the previous one still waits in it replaces that one: a watcher slower
+than the steps gets the newest preview, not a backlog of old ones (this is what keeps a crowd's
+latency down: one send per watcher per round, however many steps came meanwhile). `queued`,
+`started` and terminal events are never replaced. When the buffer is full of those anyway, the
 subscriber stops receiving live events and is marked behind, and it resynchronises itself from
-the stored log (after the last entry it was given) once it reads again. So nothing is dropped
-for a watcher that catches up, and the hub never waits for one.
+the stored log (after the last entry it was given) once it reads again. The hub never waits.
 
-Per generation, not per watch, the hub also computes the queue position (single-flight, at most
-once per `position_refresh_seconds`) and looks at the row in PostgreSQL every
-`truth_check_seconds`, so that a terminal state whose event Redis lost still ends every watch.
-If the hub's connection breaks it reconnects and reads on from each generation's last entry.
+Once per `position_refresh_seconds` for all the waiting generations it follows, not once per
+watch, the hub computes the queue positions (one script per user and band, single-flight), and
+every `truth_check_seconds` it reads the watched rows from PostgreSQL (one query per user), so
+that a terminal state whose event Redis lost still ends every watch. If the hub's connection
+breaks it reconnects and reads on from each generation's last entry.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +54,10 @@ EVENT_HUB_CLIENT_NAME = "pingvas-event-hub"
 _READ_COUNT = 500
 
 
+def _is_progress(stored: StoredEvent) -> bool:
+    return stored.event.WhichOneof("event") == EventKind.PROGRESS
+
+
 def stream_position(stream_id: str) -> tuple[int, int]:
     """A stream entry id ("ms-seq") as something that orders like the stream."""
     millis, _, seq = stream_id.partition("-")
@@ -72,10 +80,13 @@ class Subscription:
         self._signal = asyncio.Event()
 
     def offer(self, stored: StoredEvent) -> None:
-        """From the hub: never waits. A full buffer marks the subscriber behind instead."""
+        """From the hub: never waits. A newer `progress` replaces one not yet taken; a full
+        buffer marks the subscriber behind."""
         if self.behind:
             return
-        if len(self._buffer) >= self.buffer_size:
+        if self._buffer and _is_progress(stored) and _is_progress(self._buffer[-1]):
+            self._buffer[-1] = stored
+        elif len(self._buffer) >= self.buffer_size:
             self.behind = True
             self._buffer.clear()
         else:
@@ -119,8 +130,11 @@ class FollowedGeneration:
     subscribers: set[Subscription] = field(default_factory=set)
     position: int | None = None
     position_at: float = float("-inf")  # loop time the position was computed
-    position_task: asyncio.Task[int | None] | None = None
     ended: GenerationRecord | None = None  # the row, once PostgreSQL says the job is over
+
+    def wake_subscribers(self) -> None:
+        for subscription in list(self.subscribers):
+            subscription.wake()
 
 
 class EventHub:
@@ -154,6 +168,7 @@ class EventHub:
         self._wake_id = "0-0"
         self._followed: dict[uuid.UUID, FollowedGeneration] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._positions_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._tasks = [
@@ -204,22 +219,33 @@ class EventHub:
                 del self._followed[generation_id]
 
     async def position(self, followed: FollowedGeneration) -> int | None:
-        """The queue position, computed once however many watchers ask within a refresh."""
-        loop = asyncio.get_running_loop()
-        if followed.position_task is None:
-            if loop.time() - followed.position_at < self.position_refresh_seconds:
-                return followed.position
-            followed.position_task = asyncio.ensure_future(
-                self.queue.position(followed.tier, followed.user_id, followed.generation_id)
-            )
-        task = followed.position_task
-        try:
-            position = await asyncio.shield(task)
-        finally:
-            if followed.position_task is task and task.done():
-                followed.position_task = None
-        followed.position, followed.position_at = position, loop.time()
-        return position
+        """The queue position, at most `position_refresh_seconds` old: computed for every waiting
+        generation together, however many watchers ask."""
+        if asyncio.get_running_loop().time() - followed.position_at >= self.position_refresh_seconds:
+            await self._positions_computed()
+        return followed.position
+
+    async def _positions_computed(self) -> None:
+        """Single-flight: a computation already under way is joined, not repeated."""
+        if self._positions_task is None or self._positions_task.done():
+            self._positions_task = asyncio.ensure_future(self._compute_positions())
+        await asyncio.shield(self._positions_task)
+
+    async def _compute_positions(self) -> None:
+        """Positions for every followed generation that is waiting, one script per user and band,
+        and a wake for the watchers of each one that moved."""
+        waiting: dict[tuple[str, uuid.UUID], list[FollowedGeneration]] = defaultdict(list)
+        for followed in self._followed.values():
+            if followed.queued:
+                waiting[followed.tier, followed.user_id].append(followed)
+        now = asyncio.get_running_loop().time()
+        for (tier, user_id), group in waiting.items():
+            positions = await self.queue.positions(tier, user_id, [f.generation_id for f in group])
+            for followed in group:
+                moved = positions[followed.generation_id] != followed.position
+                followed.position, followed.position_at = positions[followed.generation_id], now
+                if moved:
+                    followed.wake_subscribers()
 
     async def _wake_reader(self) -> None:
         await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=16, approximate=True)
@@ -264,26 +290,23 @@ class EventHub:
                 log.exception("event hub: %s failed; retrying", getattr(job, "__name__", job))
 
     async def _refresh_positions(self) -> None:
-        for followed in list(self._followed.values()):
-            if not followed.queued:
-                continue
-            before = followed.position
-            if await self.position(followed) != before:
-                for subscription in list(followed.subscribers):
-                    subscription.wake()
+        await self._positions_computed()
 
     async def _check_truth(self) -> None:
         """PostgreSQL is the truth: a terminal row ends the watches even when its event is lost."""
-        for followed in list(self._followed.values()):
-            if followed.ended is not None:
-                continue
+        unended: dict[uuid.UUID, list[FollowedGeneration]] = defaultdict(list)
+        for followed in self._followed.values():
+            if followed.ended is None:
+                unended[followed.user_id].append(followed)
+        for user_id, group in unended.items():
             try:
-                record = await self.generations.get(followed.user_id, followed.generation_id)
+                finished = await self.generations.finished(user_id, [f.generation_id for f in group])
             except Exception:
-                # One unreadable row must not keep the others' watches from ending.
-                log.exception("event hub: cannot read generation %s", followed.generation_id)
+                # One user's unreadable rows must not keep the others' watches from ending.
+                log.exception("event hub: cannot read the generations of user %s", user_id)
                 continue
-            if record.is_terminal:
-                followed.ended = record
-                for subscription in list(followed.subscribers):
-                    subscription.wake()
+            for record in finished:
+                followed = self._followed.get(record.id)
+                if followed is not None:
+                    followed.ended = record
+                    followed.wake_subscribers()

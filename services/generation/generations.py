@@ -54,6 +54,11 @@ class Generations:
             raise NotFound(f"generation {generation_id} not found")
         return record
 
+    async def finished(self, user_id: uuid.UUID, generation_ids: list[uuid.UUID]) -> list[GenerationRecord]:
+        """Which of the user's generations are over, read together."""
+        async with self.database.tenant(user_id) as conn:
+            return await self.repository.finished_among(conn, user_id, generation_ids)
+
     async def plan(self, user_id: uuid.UUID) -> str | None:
         """The user's plan, which sets their caps; None for a user that no longer exists."""
         async with self.database.tenant(user_id) as conn:

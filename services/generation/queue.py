@@ -188,33 +188,55 @@ if max_batch > 1 then add_companions(tier, job, claimed) end
 return table.concat(claimed, ' ')
 """
 
-# ARGV: tier, user, job, then the tiers in priority order. Returns the 1-based position, or -1.
-_POSITION = """
-local tier, user, job = ARGV[1], ARGV[2], ARGV[3]
-local index = redis.call('LPOS', 'queue:' .. tier .. ':' .. user, job)
-if not index then return -1 end
-local ahead = index
-for i = 4, #ARGV do
+# Queue positions (1-based) of several waiting jobs of one user in one band, reading the queues
+# once: the user's own list, every job waiting in the bands served before this one, and how far
+# each other user of this band gets ahead under round-robin. ARGV: tier, user, n, n job ids, then
+# the bands by priority. -1 for a job that is not waiting.
+_POSITIONS = """
+local tier, user, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local index_of = {}
+for i, job in ipairs(redis.call('LRANGE', 'queue:' .. tier .. ':' .. user, 0, -1)) do
+  index_of[job] = i - 1
+end
+local ahead_in_bands = 0
+local others = {}
+for i = 4 + count, #ARGV do
   local band = ARGV[i]
   local ring = 'queue:' .. band .. ':ring'
   if band == tier then
     local mine = tonumber(redis.call('ZSCORE', ring, user) or 0)
-    local others = redis.call('ZRANGE', ring, 0, -1, 'WITHSCORES')
-    for j = 1, #others, 2 do
-      local other = others[j]
-      if other ~= user then
-        local turns = index
-        if tonumber(others[j + 1]) < mine then turns = turns + 1 end
-        ahead = ahead + math.min(redis.call('LLEN', 'queue:' .. band .. ':' .. other), turns)
+    local entries = redis.call('ZRANGE', ring, 0, -1, 'WITHSCORES')
+    for j = 1, #entries, 2 do
+      if entries[j] ~= user then
+        local waiting = redis.call('LLEN', 'queue:' .. band .. ':' .. entries[j])
+        -- A user ahead in the ring's order (score, then name, as ZRANGE orders) is served
+        -- before this one in every round, so gets one turn more.
+        local score = tonumber(entries[j + 1])
+        local extra_turn = 0
+        if score < mine or (score == mine and entries[j] < user) then extra_turn = 1 end
+        others[#others + 1] = {waiting, extra_turn}
       end
     end
-    return ahead + 1
+    break
   end
   for _, other in ipairs(redis.call('ZRANGE', ring, 0, -1)) do
-    ahead = ahead + redis.call('LLEN', 'queue:' .. band .. ':' .. other)
+    ahead_in_bands = ahead_in_bands + redis.call('LLEN', 'queue:' .. band .. ':' .. other)
   end
 end
-return ahead + 1
+local positions = {}
+for k = 1, count do
+  local index = index_of[ARGV[3 + k]]
+  if index == nil then
+    positions[k] = -1
+  else
+    local ahead = ahead_in_bands + index
+    for _, other in ipairs(others) do
+      ahead = ahead + math.min(other[1], index + other[2])
+    end
+    positions[k] = ahead + 1
+  end
+end
+return positions
 """
 
 _REMOVE = """
@@ -354,7 +376,7 @@ class TierQueue:
         self.redis = redis
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
-        self._position = redis.register_script(_POSITION)
+        self._positions = redis.register_script(_POSITIONS)
         self._remove = redis.register_script(_REMOVE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -462,8 +484,21 @@ class TierQueue:
 
     async def position(self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID) -> int | None:
         """1 when the job is next; None when it is not waiting in the queue."""
-        result = await self._position(args=[tier, str(user_id), str(generation_id), *PLANS_BY_PRIORITY])
-        return None if int(result) < 0 else int(result)
+        return (await self.positions(tier, user_id, [generation_id]))[generation_id]
+
+    async def positions(
+        self, tier: str, user_id: uuid.UUID, generation_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, int | None]:
+        """The positions of several of one user's jobs in `tier`, in one round trip that reads
+        the queues once, however many jobs are asked about."""
+        if not generation_ids:
+            return {}
+        ids = [str(generation_id) for generation_id in generation_ids]
+        result = await self._positions(args=[tier, str(user_id), len(ids), *ids, *PLANS_BY_PRIORITY])
+        return {
+            generation_id: None if int(position) < 0 else int(position)
+            for generation_id, position in zip(generation_ids, result, strict=True)
+        }
 
     async def remove(self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID) -> bool:
         return bool(await self._remove(args=[tier, str(user_id), str(generation_id)]))

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.schema import generations, users
 from services.generation.failures import Failure, FailureCode
-from services.generation.lifecycle import LIVE_STATES, GenerationState
+from services.generation.lifecycle import LIVE_STATES, TERMINAL_STATES, GenerationState
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,19 @@ class GenerationRepository:
             )
         ).one_or_none()
         return None if row is None else GenerationRecord.from_row(row)
+
+    async def finished_among(
+        self, conn: AsyncConnection, user_id: uuid.UUID, generation_ids: list[uuid.UUID]
+    ) -> list[GenerationRecord]:
+        """Those of the user's generations that have reached a terminal state, in one query."""
+        rows = await conn.execute(
+            sa.select(generations).where(
+                generations.c.user_id == user_id,
+                generations.c.id.in_(generation_ids),
+                generations.c.state.in_(TERMINAL_STATES),
+            )
+        )
+        return [GenerationRecord.from_row(row) for row in rows]
 
     async def get_by_request_id(
         self, conn: AsyncConnection, user_id: uuid.UUID, request_id: str

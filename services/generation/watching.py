@@ -115,10 +115,13 @@ class GenerationWatch:
         carry the job's current position, not the one it had when stored."""
         unseen = []
         for stored in await subscription.next_events(self._quiet_for()):
-            # Shared with every watcher of the generation: copied before it is changed.
-            event = pb.WatchGenerationResponse()
-            event.CopyFrom(stored.event)
+            event = stored.event
             self.still_queued = event_kind(event) == EventKind.QUEUED
+            if self.still_queued or is_terminal(event):
+                # Shared with every watcher of the generation: copied before it is changed (the
+                # position, the image URL). The rest is sent as it is, serialised per stream.
+                event = pb.WatchGenerationResponse()
+                event.CopyFrom(stored.event)
             if self.still_queued:
                 self.queued_sequence = event.sequence
                 position = await self.watching.hub.position(subscription.followed)

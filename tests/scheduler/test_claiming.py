@@ -271,3 +271,29 @@ async def test_a_batch_claim_ends_every_previous_lease(queue: TierQueue) -> None
 
     assert [claim.generation_id for claim in second] == jobs[2:]
     assert not await queue.is_leased(jobs[0]) and not await queue.is_leased(jobs[1])
+
+
+async def test_queue_positions_are_the_order_claims_serve(queue: TierQueue) -> None:
+    """A position is a promise: the job with position k is the k-th one a worker claims. Several
+    users in two bands, and every user's positions asked for in one call."""
+    studio, heavy, light = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    jobs = {studio: ids(2), heavy: ids(5), light: ids(2)}
+    for job in jobs[studio]:
+        await queue.enqueue("studio", studio, job, "m")
+    for job in jobs[heavy]:
+        await queue.enqueue("pro", heavy, job, "m")
+    for job in jobs[light]:
+        await queue.enqueue("pro", light, job, "m")
+    # One user's turn is spent already in this round, as after a claim earlier in it.
+    first = await queue.claim("w", 30, POLICY)
+    assert first is not None and first.user_id == studio
+    await queue.release_lease(first.generation_id, "w")
+    jobs[studio].remove(first.generation_id)
+
+    positions: dict[uuid.UUID, int | None] = {}
+    for user, tier in ((studio, "studio"), (heavy, "pro"), (light, "pro")):
+        positions |= await queue.positions(tier, user, jobs[user])
+    served = await drain(queue)
+
+    assert {job: served.index(job) + 1 for job in served} == positions
+    assert await queue.positions("pro", heavy, jobs[heavy]) == dict.fromkeys(jobs[heavy])

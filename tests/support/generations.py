@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from google.protobuf import json_format
 from pingvas.generation.v1 import generation_service_pb2 as pb
 
 
@@ -13,6 +14,32 @@ def wait_for(condition: Any, within: float = 60, message: str = "") -> None:
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(0.05)
+
+
+def as_events(events: list[dict[str, Any]]) -> list[pb.WatchGenerationResponse]:
+    """Events as REST and SSE give them (JSON), as the contract's messages."""
+    return [json_format.ParseDict(event, pb.WatchGenerationResponse()) for event in events]
+
+
+def reached_step(events: list[pb.WatchGenerationResponse], step: int) -> bool:
+    """Whether the latest event is the progress of `step` (a job parked after it)."""
+    return bool(events) and events[-1].WhichOneof("event") == "progress" and events[-1].progress.step == step
+
+
+def assert_watch_order(events: list[pb.WatchGenerationResponse], steps: int, replayed: int = 2) -> None:
+    """The contract's order for a run of one attempt: queued, started, progress, succeeded.
+    The first `replayed` events are the stored log's, one by one; after them a watcher slower
+    than the steps may get only the newest of the progress it missed, never without the last
+    step. Sequences only increase, and the terminal event's is the log's last (3 + steps)."""
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[:2] == ["queued", "started"] and kinds[-1] == "succeeded", kinds
+    assert set(kinds[2:-1]) == {"progress"}, kinds
+    assert [e.sequence for e in events[:replayed]] == list(range(1, replayed + 1)), "replayed one by one"
+    assert events[-2].progress.step == steps, "the last step's progress is never skipped"
+    assert all(e.sequence == 2 + e.progress.step for e in events[2:-1]), "each progress is its step's"
+    sequences = [e.sequence for e in events]
+    assert sequences == sorted(set(sequences)), "nothing repeated, never out of order"
+    assert sequences[-1] == 3 + steps, "the terminal event is the log's last"
 
 
 def row(mesh: Any, generation_id: str) -> dict[str, Any]:

@@ -129,6 +129,11 @@ class GenerationServiceServicer:
         back (a spot interruption), the job is queued again: the stream then shows `queued` and a
         `started` whose `attempt` is one higher before the steps begin anew.
 
+        Falling behind: a stream that cannot keep up with the steps (a slow client, a crowd on one
+        job) is sent only the newest `progress` it has not had, so its preview stays current. The
+        skipped events' sequences are then missing; the last step's `progress` is always sent, and
+        `queued`, `started` and terminal events are never skipped.
+
         Replay and resume: every stored event carries a `sequence` that grows by one. A new stream
         replays the stored events from the start, so a late watcher first catches up to the current
         state; a reconnecting watcher passes the last `sequence` it saw as `after_sequence` and gets
