@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 settings.register_profile(
     "ci",
-    max_examples=25,
+    max_examples=50,
     derandomize=True,
     deadline=None,
     database=None,
