@@ -65,6 +65,17 @@ class BenchMesh:
         ).stdout
 
 
+# A bench drives many requests from one account and one IP: it measures the mesh, not its
+# rate limits, so they are raised far past what any bench sends.
+RAISED_LIMITS_ENV = {
+    "PINGVAS_RATE_LIMITS_PER_USER": json.dumps({"free": "1000000/minute"}),
+    "PINGVAS_RATE_LIMITS_SIGN_IN_PER_IP": "1000000/minute",
+    "PINGVAS_RATE_LIMITS_WEBHOOK_PER_IP": "1000000/minute",
+    # No plan named: no per-user cap on queued and running generations.
+    "PINGVAS_SCHEDULER_MAX_LIVE_PER_USER": "{}",
+}
+
+
 @contextmanager
 def own_mesh(models_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[BenchMesh]:
     with tempfile.TemporaryDirectory(prefix="pingvas-bench-") as home:
@@ -74,6 +85,7 @@ def own_mesh(models_dir: Path, extra_env: Mapping[str, str] | None = None) -> It
             "PINGVAS_HOME": home,
             "PINGVAS_HTTP_PORT": str(port),
             "PINGVAS_MODELS_DIR": str(models_dir),
+            **RAISED_LIMITS_ENV,
             **(extra_env or {}),
         }
         env.pop("DATABASE_URL", None)

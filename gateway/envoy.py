@@ -3,7 +3,8 @@
 One listener serves native gRPC (h2c), gRPC-Web and REST/JSON for the four public services. The
 HTTP filter chain, in request order:
 
-    cors -> grpc_web -> lua (REST status override) -> grpc_json_transcoder -> router
+    cors -> grpc_web -> lua (REST status override) -> buffer (REST only) -> grpc_json_transcoder
+         -> local_ratelimit -> router
 
 - `cors` runs first, so it answers preflights itself and decorates every response, the
   transcoder's own error replies included.
@@ -11,9 +12,14 @@ HTTP filter chain, in request order:
 - `lua` sits before the transcoder: on the request it still sees the caller's own content type
   (REST or gRPC), and on the response it sees the transcoder's finished JSON reply, so it can
   replace the HTTP status the transcoder derived from the gRPC status.
+- `buffer` is enabled on the REST route only (gRPC messages are limited by the services): a REST
+  body past MAX_TRANSCODED_REQUEST_BYTES is answered 413 before the transcoder reads it.
 - `grpc_json_transcoder` maps REST to gRPC with the contract's `google.api.http` bindings,
   rewrites the path to `/package.Service/Method` and clears the route cache, so the gRPC
   service-prefix routes serve REST too.
+- `local_ratelimit` runs after the transcoder, so it sees the gRPC method's route whichever way
+  the call came in: the routes that run before sign-in limit each client IP there (the services
+  limit signed-in callers per principal, services/common/rate_limits.py).
 
 The streaming methods and the HTTP bindings are read from the descriptor set, so a new RPC needs
 no change here.
@@ -79,8 +85,9 @@ CORS_EXPOSED_HEADERS: tuple[str, ...] = ("grpc-status", "grpc-message", "grpc-st
 REST_PATH_PREFIX = "/api/"
 
 # Unary calls never wait for a GPU (generation is asynchronous), so a short deadline catches a
-# hung backend. A gRPC client's own grpc-timeout header takes precedence.
-UNARY_ROUTE_TIMEOUT = "30s"
+# hung backend. A gRPC client's own grpc-timeout header may shorten it, never lengthen it
+# (EdgeLimits.unary_timeout_seconds).
+DEFAULT_UNARY_TIMEOUT_SECONDS = 30.0
 # A watch may sit quietly while its job waits in a long queue. Past this Envoy resets the stream
 # and the client resumes with `after_sequence`, which the event log supports. It is far longer
 # than the generation service's 15 s re-send of `queued`, so a live watch never reaches it; it is
@@ -111,7 +118,8 @@ CIRCUIT_BREAKER_REQUESTS: dict[str, int] = {"generation": 50_000}
 DEFAULT_CIRCUIT_BREAKER_REQUESTS = 4_096
 UPSTREAM_CONNECT_TIMEOUT = "2s"
 # The transcoder buffers whole unary messages: requests are small JSON or webhook payloads, while
-# responses include full-size PNGs served through GetImageContent's HttpBody.
+# responses include full-size PNGs served through GetImageContent's HttpBody. A larger REST body
+# is answered 413; the services receive no larger gRPC message either (ServerSettings).
 MAX_TRANSCODED_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_TRANSCODED_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -160,6 +168,44 @@ _HttpBinding: TypeAlias = tuple[
 
 
 @dataclass(frozen=True)
+class TokenBucket:
+    """`requests` per `per_seconds`, refilled whole at the end of each interval."""
+
+    requests: int
+    per_seconds: int
+
+
+# The routes that run before sign-in, limited per client IP at the gateway. One bucket per IP and
+# route; the names are RateLimitSettings' (`sign_in_per_ip`, `webhook_per_ip`).
+PER_IP_LIMITED_METHODS: dict[str, tuple[str, ...]] = {
+    "sign_in": (
+        "/pingvas.user.v1.UserService/DevLogin",
+        "/pingvas.user.v1.UserService/BeginOAuthLogin",
+        "/pingvas.user.v1.UserService/CompleteOAuthLogin",
+    ),
+    "webhook": ("/pingvas.billing.v1.BillingService/HandleLemonSqueezyWebhook",),
+}
+# Distinct client IPs the gateway tracks a bucket for at once, per route; past it the least
+# recently seen lose theirs (Envoy's LRU of dynamic descriptors), which bounds its memory.
+MAX_TRACKED_CLIENT_IPS = 100_000
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What the gateway limits: per-IP rates of the routes before sign-in, whom to believe about
+    the client's IP, and how long a unary call may run whatever deadline its client sent."""
+
+    per_ip: Mapping[str, TokenBucket]
+    xff_trusted_hops: int = 0
+    unary_timeout_seconds: float = DEFAULT_UNARY_TIMEOUT_SECONDS
+
+
+DEFAULT_EDGE_LIMITS = EdgeLimits(
+    per_ip={"sign_in": TokenBucket(20, 60), "webhook": TokenBucket(600, 60)},
+)
+
+
+@dataclass(frozen=True)
 class Upstream:
     """Where a backend's gRPC server listens (an IP address or a DNS name)."""
 
@@ -176,6 +222,7 @@ class EnvoyConfigOptions(TypedDict):
     upstreams: Mapping[str, Upstream]
     descriptor_set: Path
     cors_allowed_origins: NotRequired[Sequence[str]]
+    limits: NotRequired[EdgeLimits]
 
 
 class EnvoyConfigError(RuntimeError):
@@ -190,6 +237,7 @@ def render_envoy_config(
     upstreams: Mapping[str, Upstream],
     descriptor_set: Path,
     cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
+    limits: EdgeLimits = DEFAULT_EDGE_LIMITS,
 ) -> str:
     """The gateway's Envoy v3 bootstrap as YAML (in JSON syntax, which YAML includes)."""
     config = build_envoy_config(
@@ -199,6 +247,7 @@ def render_envoy_config(
         upstreams=upstreams,
         descriptor_set=descriptor_set,
         cors_allowed_origins=cors_allowed_origins,
+        limits=limits,
     )
     return json.dumps(config, indent=2) + "\n"
 
@@ -211,6 +260,7 @@ def build_envoy_config(
     upstreams: Mapping[str, Upstream],
     descriptor_set: Path,
     cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
+    limits: EdgeLimits = DEFAULT_EDGE_LIMITS,
 ) -> dict[str, Any]:
     """The gateway's Envoy v3 bootstrap as a plain dict, `upstreams` keyed by backend name."""
     backends = sorted(set(PUBLIC_SERVICES.values()))
@@ -231,8 +281,12 @@ def build_envoy_config(
             "connection_keepalive": {"interval": KEEPALIVE_INTERVAL, "timeout": KEEPALIVE_TIMEOUT},
             "max_concurrent_streams": DOWNSTREAM_MAX_CONCURRENT_STREAMS,
         },
-        # The edge: trust no client-supplied x-forwarded-for or x-envoy-* headers.
+        # The edge: trust no client-supplied x-envoy-* headers, and of X-Forwarded-For only the
+        # entries the proxies in front of it appended (none by default): the client IP the
+        # per-IP limits count is the one those proxies saw, so an entry a client adds itself
+        # (on the left) changes nothing.
         "use_remote_address": True,
+        "xff_num_trusted_hops": limits.xff_trusted_hops,
         "normalize_path": True,
         "merge_slashes": True,
         "access_log": [
@@ -255,7 +309,7 @@ def build_envoy_config(
                 },
             }
         ],
-        "route_config": _route_config(_streaming_method_paths(descriptors), cors_allowed_origins),
+        "route_config": _route_config(_streaming_method_paths(descriptors), cors_allowed_origins, limits),
         "http_filters": [
             _http_filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
             _http_filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
@@ -264,10 +318,26 @@ def build_envoy_config(
                 "envoy.extensions.filters.http.lua.v3.Lua",
                 default_source_code={"inline_string": _REST_STATUS_LUA},
             ),
+            {
+                **_http_filter(
+                    "envoy.filters.http.buffer",
+                    "envoy.extensions.filters.http.buffer.v3.Buffer",
+                    max_request_bytes=MAX_TRANSCODED_REQUEST_BYTES,
+                ),
+                # Enabled by the REST route alone: a gRPC caller past the services' message limit
+                # gets RESOURCE_EXHAUSTED from them, where a 413 would reach it as UNKNOWN.
+                "disabled": True,
+            },
             _http_filter(
                 "envoy.filters.http.grpc_json_transcoder",
                 "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                 **_transcoder_options(descriptor_set),
+            ),
+            # Inert except on the routes that carry a per-route configuration (_per_ip_limit).
+            _http_filter(
+                "envoy.filters.http.local_ratelimit",
+                "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                stat_prefix="per_ip",
             ),
             _http_filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
         ],
@@ -440,11 +510,15 @@ def _messages_by_full_name(
 
 
 def _route_config(
-    streaming_method_paths: Sequence[str], cors_allowed_origins: Sequence[str]
+    streaming_method_paths: Sequence[str], cors_allowed_origins: Sequence[str], limits: EdgeLimits
 ) -> dict[str, Any]:
     # Streams get no overall deadline (a watch lasts as long as its job), so each streaming method
-    # has an exact-path route ahead of its service's prefix. Both honour a gRPC client's
-    # grpc-timeout header, uncapped.
+    # has an exact-path route ahead of its service's prefix, honouring a gRPC client's
+    # grpc-timeout header uncapped. Unary calls get the gateway's deadline, which a client's
+    # grpc-timeout may shorten but never lengthen: a client cannot hold a backend longer.
+    unary_timeout = _duration(limits.unary_timeout_seconds)
+    # max_stream_duration too: a REST call, transcoded, was never ended by the route timeout alone.
+    unary_stream_duration = {"max_stream_duration": unary_timeout, "grpc_timeout_header_max": unary_timeout}
     streaming_routes = [
         {
             "match": {"path": path},
@@ -457,13 +531,29 @@ def _route_config(
         }
         for path in streaming_method_paths
     ]
+    # Each method limited per IP has an exact-path route of its own, for its own bucket.
+    per_ip_routes = [
+        {
+            "match": {"path": path},
+            "route": {
+                "cluster": PUBLIC_SERVICES[path.split("/")[1]],
+                "timeout": unary_timeout,
+                "max_stream_duration": unary_stream_duration,
+            },
+            "typed_per_filter_config": {
+                "envoy.filters.http.local_ratelimit": _per_ip_limit(name, limits.per_ip[name])
+            },
+        }
+        for name, paths in sorted(PER_IP_LIMITED_METHODS.items())
+        for path in paths
+    ]
     service_routes = [
         {
             "match": {"prefix": f"/{service}/"},
             "route": {
                 "cluster": backend,
-                "timeout": UNARY_ROUTE_TIMEOUT,
-                "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+                "timeout": unary_timeout,
+                "max_stream_duration": unary_stream_duration,
             },
         }
         for service, backend in sorted(PUBLIC_SERVICES.items())
@@ -486,6 +576,15 @@ def _route_config(
             ],
         },
         "route": {"cluster": NO_UPSTREAM_CLUSTER},
+        "typed_per_filter_config": {
+            "envoy.filters.http.buffer": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                    "buffer": {"max_request_bytes": MAX_TRANSCODED_REQUEST_BYTES},
+                },
+            }
+        },
     }
     return {
         "name": "gateway",
@@ -493,11 +592,43 @@ def _route_config(
             {
                 "name": "pingvas",
                 "domains": ["*"],
-                "routes": [*streaming_routes, *service_routes, rest_cors_route],
+                "routes": [*streaming_routes, *per_ip_routes, *service_routes, rest_cors_route],
                 "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(cors_allowed_origins)},
             }
         ],
     }
+
+
+def _per_ip_limit(name: str, bucket: TokenBucket) -> dict[str, Any]:
+    """A token bucket per client IP (the `remote_address` descriptor, one dynamic bucket for each
+    value seen). Over it: HTTP 429, or RESOURCE_EXHAUSTED to gRPC callers, with the draft-03
+    x-ratelimit-limit, -remaining and -reset headers."""
+    every_request = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    token_bucket = {
+        "max_tokens": bucket.requests,
+        "tokens_per_fill": bucket.requests,
+        "fill_interval": f"{bucket.per_seconds}s",
+    }
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": f"{name}_per_ip",
+        # The route's own bucket is only for a request whose descriptor matched none (there is
+        # always a remote address); it is never drawn alongside the IP's, or every client would
+        # share it.
+        "token_bucket": token_bucket,
+        "always_consume_default_token_bucket": False,
+        "filter_enabled": every_request,
+        "filter_enforced": every_request,
+        "rate_limits": [{"actions": [{"remote_address": {}}]}],
+        "descriptors": [{"entries": [{"key": "remote_address"}], "token_bucket": token_bucket}],
+        "max_dynamic_descriptors": MAX_TRACKED_CLIENT_IPS,
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "rate_limited_as_resource_exhausted": True,
+    }
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
 
 
 def _cors_policy(allowed_origins: Sequence[str]) -> dict[str, Any]:

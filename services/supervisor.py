@@ -38,10 +38,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
+import limits
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.envoy import EdgeLimits, TokenBucket
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
-from services.common.settings import SupervisorSettings
+from services.common.settings import GatewaySettings, RateLimitSettings, SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
 
 log = logging.getLogger("pingvas.up")
@@ -62,6 +64,21 @@ class MeshOptions:
     db_schema: str = DEFAULT_DB_SCHEMA
     extra_env: dict[str, str] = field(default_factory=dict)
     supervision: SupervisorSettings = field(default_factory=SupervisorSettings)
+
+
+def edge_limits() -> EdgeLimits:
+    """What the gateway limits, from the same settings every process reads."""
+    rates, gateway = RateLimitSettings(), GatewaySettings()
+
+    def bucket(rate: str) -> TokenBucket:
+        item = limits.parse(rate)
+        return TokenBucket(requests=item.amount, per_seconds=item.get_expiry())
+
+    return EdgeLimits(
+        per_ip={"sign_in": bucket(rates.sign_in_per_ip), "webhook": bucket(rates.webhook_per_ip)},
+        xff_trusted_hops=gateway.xff_trusted_hops,
+        unary_timeout_seconds=gateway.unary_timeout_seconds,
+    )
 
 
 def runtime_file(home: Path) -> Path:
@@ -290,6 +307,7 @@ class Mesh:
             admin_port=free_port(),
             upstreams={name: Upstream("127.0.0.1", ports[name]) for name in SERVICES},
             descriptor_set=DESCRIPTOR_SET,
+            limits=edge_limits(),
         )
         validate_envoy_config(config)
         envoy = self._start(

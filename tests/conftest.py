@@ -61,6 +61,8 @@ def mesh(
             # Longer than any test holds an answer (tests/billing/test_plan_changes.py), so that a
             # held call ends when the test releases it, never by a timer.
             "PINGVAS_LEMONSQUEEZY_TIMEOUT_SECONDS": "300",
+            # The gateway's deadline on the held call, for the same reason.
+            "PINGVAS_GATEWAY_UNARY_TIMEOUT_SECONDS": "300",
             **FAILPOINTS_ENV,
         },
     )

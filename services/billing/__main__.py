@@ -13,6 +13,8 @@ from services.billing.app import build_billing
 from services.billing.email import mailer_from_settings, run_email_sender
 from services.billing.servicer import BillingServicer
 from services.common.auth import TokenAuthority
+from services.common.plans import user_plans
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import BillingSettings, EmailSettings
 from services.common.startup import enforce_environment, load_settings
@@ -30,7 +32,12 @@ async def main() -> None:
     )
     await enforce_environment(settings, parts.database, component="billing")
     mailer = mailer_from_settings(EmailSettings(), settings.home)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     servicer = BillingServicer(
         parts.database,
         parts.ledger,
@@ -38,6 +45,7 @@ async def main() -> None:
         parts.billing,
         parts.webhooks,
         TokenAuthority(settings.jwt_secret),
+        principal_rate_limiter(settings.redis_url, user_plans(parts.database)),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server.server)
     server.add_services([pb.DESCRIPTOR.services_by_name["BillingService"].full_name])

@@ -19,11 +19,25 @@ from services.billing.webhooks import WebhookDelivery
 from services.common.auth import Principal, TokenAuthority
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput
+from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, public_unary, unary
 
 ERROR_DOMAIN = "billing.pingvas.studio"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+# Entry ids are PostgreSQL bigints; a token past that range must not reach the query, where it
+# would fail as a database error (an INTERNAL) instead of the caller's mistake.
+_MAX_ENTRY_ID = 2**63 - 1
+
+
+def parse_entry_page_token(token: str) -> int:
+    """The entry id a `next_page_token` carries; INVALID_ARGUMENT for anything this API never
+    returned (int() alone would accept signs, spaces, underscores and ids past bigint)."""
+    if len(token) <= 19 and token.isascii() and token.isdigit() and 0 < int(token) <= _MAX_ENTRY_ID:
+        return int(token)
+    raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")])
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:
@@ -41,6 +55,9 @@ def plan_to_proto(plan: str) -> int:
 def plan_from_proto(plan: int) -> str:
     if plan == resources.PLAN_UNSPECIFIED:
         raise InvalidInput([FieldViolation("plan", "is required")])
+    # Enums are open on the wire: a number the contract never named is the caller's mistake.
+    if plan not in resources.Plan.values():
+        raise InvalidInput([FieldViolation("plan", f"{plan} is not a plan")])
     return str(resources.Plan.Name(plan)).removeprefix("PLAN_").lower()
 
 
@@ -74,8 +91,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         billing: SubscriptionBilling,
         webhooks: WebhookDelivery,
         tokens: TokenAuthority,
+        rate_limiter: PrincipalRateLimiter,
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.database = database
         self.ledger = ledger
         self.plans = plans
@@ -154,14 +172,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         self, request: pb.ListCreditEntriesRequest, caller: Principal, context: Context
     ) -> pb.ListCreditEntriesResponse:
         limit = min(request.page_size or 50, 100)
-        before_id: int | None = None
-        if request.page_token:
-            try:
-                before_id = int(request.page_token)
-            except ValueError:
-                raise InvalidInput(
-                    [FieldViolation("page_token", "is not a token this API returned")]
-                ) from None
+        before_id = parse_entry_page_token(request.page_token) if request.page_token else None
         async with self.database.tenant(caller.user_id) as conn:
             entries = await self.ledger.entries(conn, caller.user_id, limit=limit + 1, before_id=before_id)
         next_token = str(entries[limit - 1].id) if len(entries) > limit else ""

@@ -73,10 +73,27 @@ class QueueFull(DomainError):
     reason = "QUEUE_FULL"
 
 
+class TooManyGenerations(QueueFull):
+    """The caller has as many generations queued or running as its plan allows."""
+
+    reason = "TOO_MANY_GENERATIONS"
+
+
 class TooManyStreams(DomainError):
     """The caller (or this replica) holds as many open watch streams as its cap allows."""
 
     reason = "TOO_MANY_STREAMS"
+
+
+class RateLimited(DomainError):
+    """The caller made more requests than its plan's rate allows; `retry_after_seconds` says
+    when the window that refused it ends (a RetryInfo at the edge)."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after_seconds: float, metadata: Mapping[str, str]) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class FailedPrecondition(DomainError):

@@ -1,9 +1,9 @@
 """The one place where gRPC meets the domain.
 
 Servicer methods are decorated with `unary` or `server_stream`. The decorator authenticates the
-caller (unless the method is public), enforces the contract's field rules, runs the method, and
-turns domain errors into a `google.rpc.Status` with one `ErrorInfo` (plus `BadRequest` for
-invalid input). A database that cannot be reached is UNAVAILABLE, so callers retry; other
+caller (unless the method is public) and holds it to its plan's request rate, enforces the
+contract's field rules, runs the method, and turns domain errors into a `google.rpc.Status` with
+one `ErrorInfo` (plus `BadRequest` for invalid input, `RetryInfo` for a refused rate). A database that cannot be reached is UNAVAILABLE, so callers retry; other
 unexpected exceptions are logged and answered INTERNAL without details.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from grpc_status import rpc_status
 from gateway.envoy import REST_STATUS_HEADER
 from services.common import errors
 from services.common.auth import Principal, TokenAuthority
+from services.common.rate_limits import PrincipalRateLimiter
 from services.common.validation import validate
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ _CODES: dict[type[errors.DomainError], tuple[grpc.StatusCode, int | None]] = {
     errors.InsufficientCredits: (grpc.StatusCode.FAILED_PRECONDITION, 402),
     errors.QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
     errors.TooManyStreams: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+    errors.RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
     errors.FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, None),
     errors.Unavailable: (grpc.StatusCode.UNAVAILABLE, None),
 }
@@ -63,11 +66,15 @@ def unavailable_dependency(error: BaseException) -> errors.Unavailable | None:
 
 
 class Endpoint:
-    """Base of every servicer: what the decorators need to authenticate and report errors."""
+    """Base of every servicer: what the decorators need to authenticate, rate-limit and report
+    errors."""
 
-    def __init__(self, *, tokens: TokenAuthority, error_domain: str) -> None:
+    def __init__(
+        self, *, tokens: TokenAuthority, error_domain: str, rate_limiter: PrincipalRateLimiter
+    ) -> None:
         self.tokens = tokens
         self.error_domain = error_domain
+        self.rate_limiter = rate_limiter
 
 
 def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
@@ -98,6 +105,12 @@ def _status_for(error: errors.DomainError, domain: str) -> tuple[grpc.Status, in
             )
         )
         details.append(bad_request)
+    if isinstance(error, errors.RateLimited):
+        retry = any_pb2.Any()
+        retry_info = error_details_pb2.RetryInfo()
+        retry_info.retry_delay.FromMilliseconds(max(1, math.ceil(error.retry_after_seconds * 1000)))
+        retry.Pack(retry_info)
+        details.append(retry)
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status), http_status
 
@@ -124,8 +137,11 @@ Resp = TypeVar("Resp", bound=Message)
 E = TypeVar("E", bound=Endpoint)
 
 
-def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-    return endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
+async def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    """The verified caller, within its rate (counted before validation: bad requests count too)."""
+    caller = endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
+    await endpoint.rate_limiter.admit(caller)
+    return caller
 
 
 @contextlib.asynccontextmanager
@@ -155,7 +171,7 @@ def unary(
     @functools.wraps(method)
     async def handler(self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         async with _answering_errors(self, context, method.__name__):
-            caller = _caller(self, context)
+            caller = await _caller(self, context)
             validate(request)
             return await method(self, request, caller, context)
         raise AssertionError("unreachable: context.abort raises")
@@ -188,7 +204,7 @@ def server_stream(
         self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
         async with _answering_errors(self, context, method.__name__):
-            caller = _caller(self, context)
+            caller = await _caller(self, context)
             validate(request)
             async for item in method(self, request, caller, context):
                 yield item

@@ -43,6 +43,7 @@ class GrpcServer:
         host: str,
         port: int,
         max_message_bytes: int = 16 * 1024 * 1024,
+        max_receive_message_bytes: int = 4 * 1024 * 1024,
         max_pending_calls: int = GRPC_DEFAULT_MAX_PENDING_CALLS,
     ) -> None:
         self.address = f"{host}:{port}"
@@ -57,8 +58,11 @@ class GrpcServer:
                 # And how long one may wait so (gRPC's default 30 s cancels the tail of a burst
                 # of thousands): a call's own deadline still bounds its wait.
                 ("grpc.server_max_unrequested_time_in_server", MAX_PENDING_CALL_SECONDS),
+                # Set on purpose both ways: responses carry full-size PNGs, requests never need
+                # more than the gateway's REST body limit; a larger one is RESOURCE_EXHAUSTED
+                # before any handler runs.
                 ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second process on the same port must fail loudly
                 # Envoy pings its backends every 30 s (gateway/envoy.py KEEPALIVE_INTERVAL), also
                 # while a watch is quiet. gRPC's default (one ping per 5 min without data) would

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+import limits
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.envoy import DEFAULT_UNARY_TIMEOUT_SECONDS, MAX_TRANSCODED_REQUEST_BYTES
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_MODEL
 from services.common.failpoints import Failpoint
 
@@ -109,6 +111,12 @@ class SchedulerSettings(BaseSettings):
         },
         description="Waiting jobs a band accepts before CreateGeneration answers RESOURCE_EXHAUSTED.",
     )
+    max_live_per_user: dict[str, int] = Field(
+        default_factory=lambda: {"free": 5, "starter": 20, "pro": 40, "studio": 80, "enterprise": 200},
+        description="Generations of one user queued or running at once, by plan, so that a few "
+        "accounts cannot fill their band for everyone; past it CreateGeneration answers "
+        "RESOURCE_EXHAUSTED (TOO_MANY_GENERATIONS) before anything is held. A plan not named has no cap.",
+    )
     affinity_lookahead: int = Field(32, ge=1, description="Users scanned for a job whose model is warm.")
     affinity_max_skips: int = Field(4, ge=0, description="Times a cold-model job may be passed over.")
     max_attempts: int = Field(3, ge=1, description="Attempts before a job is dead-lettered as FAILED.")
@@ -176,6 +184,91 @@ class WatchSettings(BaseSettings):
         return caps
 
 
+def _rate_limits(values: dict[str, str]) -> dict[str, str]:
+    """Each value in the `limits` library's notation ("600/minute", "3 per 2 seconds")."""
+    for name, value in values.items():
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a rate such as '600/minute'") from None
+    return values
+
+
+class RateLimitSettings(BaseSettings):
+    """Request rates (OWASP API4), in the `limits` library's notation. Per user by plan, counted
+    in Redis across every service and replica; per client IP at the gateway for the routes that
+    run before sign-in. The plan map is JSON in the environment, e.g.
+    PINGVAS_RATE_LIMITS_PER_USER='{"free": "300/minute"}'."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_RATE_LIMITS_", extra="ignore")
+
+    per_user: dict[str, str] = Field(
+        default_factory=lambda: {
+            "free": "300/minute",
+            "starter": "600/minute",
+            "pro": "1200/minute",
+            "studio": "2400/minute",
+            "enterprise": "6000/minute",
+        },
+        description="Authenticated requests of one user (its principal id) by plan; a plan not "
+        "named gets the free plan's rate. Past it: RESOURCE_EXHAUSTED / HTTP 429 with RetryInfo.",
+    )
+    plan_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long a process trusts a user's plan for the limits it applies (request "
+        "rates, open streams): a plan change applies everywhere within it.",
+    )
+    sign_in_per_ip: str = Field(
+        "20/minute",
+        description="Requests from one client IP, at the gateway, to dev login and to the OAuth "
+        "begin and complete calls (every route that runs before sign-in but the webhook).",
+    )
+    webhook_per_ip: str = Field(
+        "600/minute",
+        description="Requests from one client IP, at the gateway, to the Lemon Squeezy webhook: "
+        "generous, because Lemon Squeezy retries a refused delivery only 3 times.",
+    )
+
+    @field_validator("per_user")
+    @classmethod
+    def _valid_rates(cls, values: dict[str, str]) -> dict[str, str]:
+        return _rate_limits(values)
+
+    @field_validator("sign_in_per_ip", "webhook_per_ip")
+    @classmethod
+    def _valid_rate(cls, value: str, info: ValidationInfo) -> str:
+        return _rate_limits({str(info.field_name): value})[str(info.field_name)]
+
+    @field_validator("per_user")
+    @classmethod
+    def _free_is_named(cls, values: dict[str, str]) -> dict[str, str]:
+        # The free plan's rate is also every unnamed plan's.
+        if "free" not in values:
+            raise ValueError("per_user must name the free plan's rate")
+        return values
+
+
+class GatewaySettings(BaseSettings):
+    """The Envoy gateway `pingvas up` configures (gateway/envoy.py); its per-IP rates are in
+    RateLimitSettings."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_GATEWAY_", extra="ignore")
+
+    xff_trusted_hops: int = Field(
+        0,
+        ge=0,
+        description="Proxies in front of the gateway (a load balancer: 1) whose X-Forwarded-For "
+        "entries are trusted to name the client IP; 0 takes the connection's peer.",
+    )
+    unary_timeout_seconds: float = Field(
+        DEFAULT_UNARY_TIMEOUT_SECONDS,
+        gt=0,
+        description="The longest a unary call runs through the gateway; a client's longer "
+        "deadline (grpc-timeout) is capped to it.",
+    )
+
+
 class ServerSettings(CommonSettings):
     system_database_url: str = Field(
         validation_alias=AliasChoices("SYSTEM_DATABASE_URL", "PINGVAS_SYSTEM_DATABASE_URL"),
@@ -185,7 +278,12 @@ class ServerSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     port: int = Field(description="Port the gRPC server binds.")
     max_message_bytes: int = Field(
-        16 * 1024 * 1024, description="gRPC message limit both ways: a 2048² PNG fits, abuse does not."
+        16 * 1024 * 1024, description="Largest gRPC message sent: a 2048² PNG fits."
+    )
+    max_receive_message_bytes: int = Field(
+        MAX_TRANSCODED_REQUEST_BYTES,
+        description="Largest gRPC message received (RESOURCE_EXHAUSTED past it), the gateway's "
+        "REST body limit: requests are prompts, ids and webhook payloads.",
     )
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight RPCs get on SIGTERM.")
 

@@ -31,7 +31,8 @@ class ImageUrlSigner:
 
     def verify(self, image_id: uuid.UUID, owner_id: uuid.UUID, expires: int, signature: str) -> None:
         expected = self._signature(image_id, owner_id, expires)
-        if not hmac.compare_digest(expected, signature.lower()):
+        # As bytes: compare_digest refuses a str that is not ASCII, which a forged URL may carry.
+        if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
             raise PermissionDenied("the image URL's signature is invalid")
         if expires < time.time():
             raise PermissionDenied("the image URL has expired")

@@ -9,6 +9,8 @@ from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
 from services.common.auth import TokenAuthority
 from services.common.database import Database
+from services.common.plans import user_plans
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import GallerySettings
 from services.common.signing import ImageUrlSigner
@@ -34,9 +36,19 @@ async def main() -> None:
         ttl_seconds=settings.image_url_ttl_seconds,
     )
     library = ImageLibrary(database, LocalImageStore(settings.images_dir), signer)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     pb_grpc.add_GalleryServiceServicer_to_server(
-        GalleryServicer(library, TokenAuthority(settings.jwt_secret)), server.server
+        GalleryServicer(
+            library,
+            TokenAuthority(settings.jwt_secret),
+            principal_rate_limiter(settings.redis_url, user_plans(database)),
+        ),
+        server.server,
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["GalleryService"].full_name])
     await serve_until_terminated(

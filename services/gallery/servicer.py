@@ -13,6 +13,7 @@ from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
 from services.common.auth import TokenAuthority
 from services.common.errors import FieldViolation, InvalidInput
+from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, not_implemented_yet, public_unary
 from services.gallery.images import ImageLibrary
 
@@ -22,8 +23,10 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
-    def __init__(self, library: ImageLibrary, tokens: TokenAuthority) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+    def __init__(
+        self, library: ImageLibrary, tokens: TokenAuthority, rate_limiter: PrincipalRateLimiter
+    ) -> None:
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.library = library
 
     ListImages = not_implemented_yet("ListImages")

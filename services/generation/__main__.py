@@ -13,6 +13,8 @@ from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
 from services.common.database import Database
+from services.common.plans import user_plans
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
@@ -80,8 +82,11 @@ async def main() -> None:
         events=events,
         delivery=delivery,
         max_queue_depth=scheduler.max_queue_depth,
+        max_live_per_user=scheduler.max_live_per_user,
     )
     generations = Generations(database=database, repository=repository, image_urls=image_urls)
+    # Each user's plan sets their limits here: open streams and request rates.
+    plans = user_plans(database)
     hub = EventHub(
         # Its own connection, named so operators can tell it apart, for the one blocking read.
         reader=Redis.from_url(settings.redis_url, max_connections=1, client_name=EVENT_HUB_CLIENT_NAME),
@@ -107,7 +112,7 @@ async def main() -> None:
         default_cap=MIN_STREAMS_PER_USER,
         per_process=watch_settings.streams_per_process,
         lease_seconds=watch_settings.stream_lease_seconds,
-        plan_of=generations.plan,
+        plan_of=plans.plan,
     )
     # The reconciler repairs runs whose worker or delivery was lost.
     runs = Runs(
@@ -125,6 +130,7 @@ async def main() -> None:
         host=settings.host,
         port=settings.port,
         max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
         # Every stream this process may hold can arrive at once: the gateway restarted, and all
         # its watchers reconnect together.
         max_pending_calls=watch_settings.streams_per_process,
@@ -136,6 +142,7 @@ async def main() -> None:
             watching=watching,
             stream_slots=stream_slots,
             tokens=TokenAuthority(settings.jwt_secret),
+            rate_limiter=principal_rate_limiter(settings.redis_url, plans),
         ),
         server.server,
     )

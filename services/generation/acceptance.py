@@ -15,11 +15,18 @@ from dataclasses import dataclass
 
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.billing.ledger import CreditLedger, generation_reference
 from services.billing.pricing import Pricing
 from services.common.database import Database
-from services.common.errors import IdempotencyKeyReused, NotFound, QueueFull, Violations
+from services.common.errors import (
+    IdempotencyKeyReused,
+    NotFound,
+    QueueFull,
+    TooManyGenerations,
+    Violations,
+)
 from services.generation.catalog import ModelCatalog, ModelInfo
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog, new_event
@@ -74,6 +81,7 @@ class Acceptance:
         events: EventLog,
         delivery: Delivery,
         max_queue_depth: Mapping[str, int] | None = None,
+        max_live_per_user: Mapping[str, int] | None = None,
     ) -> None:
         self.database = database
         self.repository = repository
@@ -85,6 +93,7 @@ class Acceptance:
         self.events = events
         self.delivery = delivery
         self.max_queue_depth = dict(max_queue_depth or {})
+        self.max_live_per_user = dict(max_live_per_user or {})
 
     def resolve(self, spec: GenerationSpec) -> tuple[ResolvedSpec, ModelInfo]:
         """Apply defaults and the rules that depend on the model; field paths match the API."""
@@ -141,10 +150,11 @@ class Acceptance:
         seed = resolved.seed if resolved.seed is not None else secrets.randbelow(MAX_SEED + 1)
         try:
             async with self.database.tenant(user_id) as conn:
-                plan = await self.repository.user_plan(conn, user_id)
+                plan = await self.repository.user_plan_for_admission(conn, user_id)
                 if plan is None:
                     raise NotFound("the signed-in user no longer exists")
                 await self._admit(plan)
+                await self._admit_user(conn, user_id, plan)
                 record = await self.repository.insert(
                     conn,
                     id=generation_id,
@@ -184,6 +194,17 @@ class Acceptance:
             raise QueueFull(
                 f"the {tier} queue is full ({limit} waiting); try again shortly",
                 metadata={"tier": tier, "max_queue_depth": str(limit)},
+            )
+
+    async def _admit_user(self, conn: AsyncConnection, user_id: uuid.UUID, plan: str) -> None:
+        """A user's own cap, so a few accounts cannot fill their band for everyone. It runs in the
+        transaction that would take the hold, before it: a refusal rolls back with nothing held."""
+        cap = self.max_live_per_user.get(plan)
+        if cap is not None and await self.repository.count_live(conn, user_id, at_most=cap) >= cap:
+            raise TooManyGenerations(
+                f"you have {cap} generations queued or running, the most your plan allows; "
+                "retry when one finishes",
+                metadata={"plan": plan, "max_live_generations": str(cap)},
             )
 
     async def _same_request(

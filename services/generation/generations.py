@@ -59,11 +59,6 @@ class Generations:
         async with self.database.tenant(user_id) as conn:
             return await self.repository.finished_among(conn, user_id, generation_ids)
 
-    async def plan(self, user_id: uuid.UUID) -> str | None:
-        """The user's plan, which sets their caps; None for a user that no longer exists."""
-        async with self.database.tenant(user_id) as conn:
-            return await self.repository.user_plan(conn, user_id)
-
     async def page(
         self, user_id: uuid.UUID, *, page_size: int, page_token: str
     ) -> tuple[list[GenerationRecord], str]:

@@ -74,8 +74,23 @@ class GenerationRecord:
 
 
 class GenerationRepository:
-    async def user_plan(self, conn: AsyncConnection, user_id: uuid.UUID) -> str | None:
-        return (await conn.execute(sa.select(users.c.plan).where(users.c.id == user_id))).scalar_one_or_none()
+    async def user_plan_for_admission(self, conn: AsyncConnection, user_id: uuid.UUID) -> str | None:
+        """The user's plan, its row locked until the transaction ends, so that one user's
+        concurrent creates are admitted one at a time and each counts the others' jobs. FOR NO KEY
+        UPDATE: foreign-key checks of other transactions (ledger entries) are not blocked."""
+        query = sa.select(users.c.plan).where(users.c.id == user_id).with_for_update(key_share=True)
+        return (await conn.execute(query)).scalar_one_or_none()
+
+    async def count_live(self, conn: AsyncConnection, user_id: uuid.UUID, *, at_most: int) -> int:
+        """The user's queued and running generations, counted up to `at_most` (enough to compare
+        with a cap, without scanning a long history)."""
+        live = (
+            sa.select(sa.literal(1))
+            .where(generations.c.user_id == user_id, generations.c.state.in_(sorted(LIVE_STATES)))
+            .limit(at_most)
+            .subquery()
+        )
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(live))).scalar_one())
 
     async def insert(self, conn: AsyncConnection, **values: Any) -> GenerationRecord:
         row = (await conn.execute(sa.insert(generations).values(**values).returning(generations))).one()

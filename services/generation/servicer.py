@@ -12,6 +12,7 @@ from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Principal, TokenAuthority
+from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, server_stream, unary
 from services.generation.acceptance import Acceptance, GenerationSpec
 from services.generation.generations import Generations, parse_generation_id
@@ -85,8 +86,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         watching: Watching,
         stream_slots: StreamSlots,
         tokens: TokenAuthority,
+        rate_limiter: PrincipalRateLimiter,
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.acceptance = acceptance
         self.generations = generations
         self.watching = watching

@@ -12,25 +12,23 @@ second cap, counted in memory, bounds the streams one process serves whatever th
 
 Scores are the replicas' own clocks: NTP keeps them far closer than a lease apart.
 
-A user's plan sets their cap. It is read from PostgreSQL at most once per `plan_cache_seconds`
-for each user (concurrent opens share the one read), so a burst of one user's reconnecting
-streams costs one query, and a plan change applies to new streams within that time.
+A user's plan sets their cap (read through the process's UserPlans, services/common/plans.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.common.errors import TooManyStreams
+from services.common.plans import PlanReader
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +66,7 @@ class StreamSlots:
         default_cap: int,
         per_process: int,
         lease_seconds: float,
-        plan_of: Callable[[uuid.UUID], Awaitable[str | None]],
-        plan_cache_seconds: float = 10.0,
+        plan_of: PlanReader,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
@@ -78,8 +75,6 @@ class StreamSlots:
         self.per_process = per_process
         self.lease_seconds = lease_seconds
         self.plan_of = plan_of
-        self.plan_cache_seconds = plan_cache_seconds
-        self._plans: dict[uuid.UUID, tuple[float, asyncio.Future[str | None]]] = {}
         self.clock = clock
         self._open: set[StreamSlot] = set()
         self._acquire = redis.register_script(_ACQUIRE)
@@ -105,7 +100,7 @@ class StreamSlots:
                 f"this server holds its maximum of {self.per_process} open streams; retry shortly",
                 metadata={"scope": "process", "max_streams": str(self.per_process)},
             )
-        plan = await self._plan(user_id)
+        plan = await self.plan_of(user_id)
         cap = self.caps_by_plan.get(plan or "", self.default_cap)
         slot = StreamSlot(streams_key(user_id), uuid.uuid4().hex)
         now = self.clock()
@@ -121,19 +116,6 @@ class StreamSlots:
         self._open.add(slot)
         return slot
 
-    async def _plan(self, user_id: uuid.UUID) -> str | None:
-        now = self.clock()
-        cached = self._plans.get(user_id)
-        if cached is None or cached[0] <= now:
-            cached = (now + self.plan_cache_seconds, asyncio.ensure_future(self.plan_of(user_id)))
-            self._plans[user_id] = cached
-        try:
-            return await asyncio.shield(cached[1])
-        except Exception:
-            if self._plans.get(user_id) is cached:  # a failed read is not kept
-                del self._plans[user_id]
-            raise
-
     async def release(self, slot: StreamSlot) -> None:
         self._open.discard(slot)  # first, so that no renewal brings it back
         try:
@@ -145,9 +127,6 @@ class StreamSlots:
     async def renew(self) -> None:
         """Extend every open slot's lease, in one round trip. A slot that lapsed meanwhile (Redis
         was away longer than a lease) is added again: its stream is still open, so it counts."""
-        now = self.clock()
-        for user_id in [user for user, (expires, _plan) in self._plans.items() if expires <= now]:
-            del self._plans[user_id]
         slots = list(self._open)
         if not slots:
             return

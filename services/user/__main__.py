@@ -10,6 +10,8 @@ from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 from services.billing.ledger import CreditLedger
 from services.common.auth import TokenAuthority
 from services.common.database import Database
+from services.common.plans import user_plans
+from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import PlanSettings, UserSettings
 from services.common.startup import enforce_environment, load_settings
@@ -29,9 +31,20 @@ async def main() -> None:
     await enforce_environment(settings, database, component="user")
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
     tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
-    server = GrpcServer(host=settings.host, port=settings.port, max_message_bytes=settings.max_message_bytes)
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        max_receive_message_bytes=settings.max_receive_message_bytes,
+    )
     pb_grpc.add_UserServiceServicer_to_server(
-        UserServicer(accounts, tokens, dev_login_enabled=settings.dev_login_enabled), server.server
+        UserServicer(
+            accounts,
+            tokens,
+            principal_rate_limiter(settings.redis_url, user_plans(database)),
+            dev_login_enabled=settings.dev_login_enabled,
+        ),
+        server.server,
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["UserService"].full_name])
     await serve_until_terminated(

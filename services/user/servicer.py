@@ -13,6 +13,7 @@ from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Principal, TokenAuthority
 from services.common.errors import NotFound, PermissionDenied
+from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, not_implemented_yet, public_unary, unary
 from services.user.accounts import Account, UserAccounts
 
@@ -37,8 +38,15 @@ def account_to_proto(account: Account) -> resources.User:
 
 
 class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
-    def __init__(self, accounts: UserAccounts, tokens: TokenAuthority, *, dev_login_enabled: bool) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN)
+    def __init__(
+        self,
+        accounts: UserAccounts,
+        tokens: TokenAuthority,
+        rate_limiter: PrincipalRateLimiter,
+        *,
+        dev_login_enabled: bool,
+    ) -> None:
+        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.accounts = accounts
         self.dev_login_enabled = dev_login_enabled
 

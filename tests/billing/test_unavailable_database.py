@@ -22,6 +22,8 @@ from services.billing.app import BillingParts, build_billing
 from services.billing.servicer import BillingServicer
 from services.common.auth import TokenAuthority
 from services.common.errors import DatabaseUnavailable
+from services.common.plans import user_plans
+from services.common.rate_limits import principal_rate_limiter
 from services.common.rpc import unavailable_dependency
 from services.common.settings import DEV_LEMONSQUEEZY_WEBHOOK_SECRET
 from services.embedded.process import free_port
@@ -41,7 +43,14 @@ async def billing_channel(unreachable_billing: BillingParts) -> AsyncIterator[gr
     parts = unreachable_billing
     server = grpc.aio.server()
     servicer = BillingServicer(
-        parts.database, parts.ledger, parts.plans, parts.billing, parts.webhooks, TokenAuthority("test")
+        parts.database,
+        parts.ledger,
+        parts.plans,
+        parts.billing,
+        parts.webhooks,
+        TokenAuthority("test"),
+        # Never reached: the webhook is public, so no principal is rate-limited.
+        principal_rate_limiter(f"redis://127.0.0.1:{free_port()}", user_plans(parts.database)),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

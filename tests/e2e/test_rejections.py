@@ -203,3 +203,31 @@ def test_later_issues_rpcs_answer_unimplemented(
         )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert rest.get("/api/v1/gallery/images", headers=account.headers).status_code == 501
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/credits/entries", "/api/v1/generation"],
+)
+@pytest.mark.parametrize(
+    "token",
+    [
+        "1" * 40,  # an entry id past PostgreSQL's bigint once answered 500
+        "9223372036854775808",
+        "-1",
+        "0",
+        "+5",
+        "1_000",
+        "²",
+        "not-a-token",
+        "bm90fGEtdXVpZA==",  # base64 of "not|a-uuid"
+    ],
+)
+def test_page_tokens_this_api_never_returned_are_invalid_page_token(
+    new_account: Any, rest: httpx.Client, path: str, token: str
+) -> None:
+    account = new_account("page-token")
+    reply = rest.get(path, params={"pageToken": token}, headers=account.headers)
+    assert reply.status_code == 400, reply.text
+    details = {detail["@type"].rsplit("/", 1)[-1]: detail for detail in reply.json()["details"]}
+    assert [v["field"] for v in details["google.rpc.BadRequest"]["fieldViolations"]] == ["page_token"]

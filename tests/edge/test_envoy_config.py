@@ -26,9 +26,12 @@ from gateway.envoy import (
     CORS_ALLOWED_HEADERS,
     DESCRIPTOR_SET,
     NO_UPSTREAM_CLUSTER,
+    PER_IP_LIMITED_METHODS,
     PUBLIC_SERVICES,
+    EdgeLimits,
     EnvoyConfigError,
     EnvoyConfigOptions,
+    TokenBucket,
     Upstream,
     build_envoy_config,
     envoy_executable,
@@ -161,6 +164,44 @@ def test_streaming_routes_have_no_deadline(config: dict[str, Any]) -> None:
     assert routes[service_index]["route"]["timeout"] != "0s"
 
 
+def test_a_unary_calls_client_deadline_is_capped_by_the_gateways(config: dict[str, Any]) -> None:
+    unary = [route for route in _routes(config) if route["route"]["cluster"] in PUBLIC_SERVICES.values()]
+    unary = [route for route in unary if route["route"]["timeout"] != "0s"]
+    assert unary
+    for route in unary:
+        duration = route["route"]["max_stream_duration"]
+        assert duration["grpc_timeout_header_max"] == route["route"]["timeout"] == "30.000s"
+        # The route timeout alone never ended a REST call: the transcoded stream needs this.
+        assert duration["max_stream_duration"] == "30.000s"
+
+
+def test_routes_before_sign_in_are_limited_per_client_ip() -> None:
+    limits = EdgeLimits(
+        per_ip={"sign_in": TokenBucket(3, 60), "webhook": TokenBucket(900, 60)}, xff_trusted_hops=2
+    )
+    config = build_envoy_config(**_options(), limits=limits)
+    assert _http_connection_manager(config)["xff_num_trusted_hops"] == 2
+    limited = {
+        route["match"]["path"]: route["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+        for route in _routes(config)
+        if "envoy.filters.http.local_ratelimit" in route.get("typed_per_filter_config", {})
+    }
+    assert set(limited) == {path for paths in PER_IP_LIMITED_METHODS.values() for path in paths}
+    assert "/pingvas.user.v1.UserService/DevLogin" in limited
+    assert "/pingvas.billing.v1.BillingService/HandleLemonSqueezyWebhook" in limited
+    for path, limit in limited.items():
+        requests = 900 if "Webhook" in path else 3
+        assert limit["descriptors"] == [
+            {
+                "entries": [{"key": "remote_address"}],
+                "token_bucket": {"max_tokens": requests, "tokens_per_fill": requests, "fill_interval": "60s"},
+            }
+        ]
+        assert limit["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+        assert limit["always_consume_default_token_bucket"] is False
+        assert limit["enable_x_ratelimit_headers"] == "DRAFT_VERSION_03"
+
+
 def test_backends_are_spoken_to_over_http2(config: dict[str, Any]) -> None:
     for backend in PUBLIC_SERVICES.values():
         protocol_options = _clusters(config)[backend]["typed_extension_protocol_options"]
@@ -235,7 +276,11 @@ def test_filters_run_in_the_order_the_design_relies_on(config: dict[str, Any]) -
         "envoy.filters.http.cors",
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.lua",
+        # Before the transcoder, while a REST request still has the REST route that enables it.
+        "envoy.filters.http.buffer",
         "envoy.filters.http.grpc_json_transcoder",
+        # After the transcoder: it limits by the gRPC method's route however the call came in.
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.router",
     ]
 

@@ -88,6 +88,17 @@ class RunningMesh:
             )
 
 
+# Tests make many requests from one account and sign up many accounts from 127.0.0.1, so every
+# test mesh raises the rates far past what they do; the limits have tests of their own, on a mesh
+# with low ones (tests/limits/). Queue caps per user are raised for the same reason.
+RAISED_LIMITS_ENV = {
+    "PINGVAS_RATE_LIMITS_PER_USER": json.dumps({"free": "100000/minute"}),
+    "PINGVAS_RATE_LIMITS_SIGN_IN_PER_IP": "100000/minute",
+    "PINGVAS_RATE_LIMITS_WEBHOOK_PER_IP": "100000/minute",
+    # No plan named: no per-user cap on queued and running generations.
+    "PINGVAS_SCHEDULER_MAX_LIVE_PER_USER": "{}",
+}
+
 LEMONSQUEEZY_API_KEY = "test-lemonsqueezy-key"
 LEMONSQUEEZY_WEBHOOK_SECRET = "test-lemonsqueezy-signing-secret"
 
@@ -102,6 +113,7 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         "PINGVAS_PRELOAD_MODELS": '["tiny-sd"]',
         "PINGVAS_LEMONSQUEEZY_API_KEY": LEMONSQUEEZY_API_KEY,
         "PINGVAS_LEMONSQUEEZY_WEBHOOK_SECRET": LEMONSQUEEZY_WEBHOOK_SECRET,
+        **RAISED_LIMITS_ENV,
         **(extra_env or {}),
     }
     for variable in ("DATABASE_URL", "SYSTEM_DATABASE_URL", "PINGVAS_ADMIN_DATABASE_URL"):
