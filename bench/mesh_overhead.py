@@ -1,6 +1,6 @@
 """How much the mesh adds to a generation, measured side by side in one run.
 
-    python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start]
+    python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start [--fsync-cost]]
 
 For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
@@ -17,6 +17,9 @@ For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
 Generations run one at a time so that the mesh, not a queue, is measured. With `--start` the
 benchmark brings up its own mesh (`pingvas up` in a temporary PINGVAS_HOME) and stops it after.
+PostgreSQL runs with fsync on, as `pingvas up` runs it; `--fsync-cost` also runs the same
+generations on a second mesh with fsync off (PINGVAS_POSTGRES_FSYNC=off, which production
+refuses) and prints what durability costs, create call and end to end.
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -159,13 +162,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--gateway", default=os.environ.get("PINGVAS_GATEWAY_URL"))
     parser.add_argument("--start", action="store_true", help="start a mesh of its own")
+    parser.add_argument(
+        "--fsync-cost", action="store_true", help="with --start: also run a mesh with fsync off, and compare"
+    )
     add_models_dir_argument(parser)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
 
+    without_fsync = None
     if args.start:
         with own_mesh(models_dir) as mesh:
             walls, first_events, hops = through_mesh(mesh.gateway_url, args.runs, args.steps, args.size)
+        if args.fsync_cost:
+            with own_mesh(models_dir, {"PINGVAS_POSTGRES_FSYNC": "off"}) as mesh:
+                without_fsync = through_mesh(mesh.gateway_url, args.runs, args.steps, args.size)
     else:
         gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('PINGVAS_HTTP_PORT', '8080')}"
         walls, first_events, hops = through_mesh(gateway, args.runs, args.steps, args.size)
@@ -193,6 +203,14 @@ def main() -> None:
     print("  where it goes (median per hop):")
     for hop in HOPS:
         print(f"    {hop:<28} {statistics.median(hops[hop]) * 1000:8.1f} ms")
+    if without_fsync is not None:
+        unsafe_walls, _first, unsafe_hops = without_fsync
+        create, unsafe_create = statistics.median(hops[HOPS[0]]), statistics.median(unsafe_hops[HOPS[0]])
+        print(
+            f"  fsync on vs off (medians)    create call {create * 1000:.1f} vs {unsafe_create * 1000:.1f} ms, "
+            f"end to end {statistics.median(walls) * 1000:.1f} vs {statistics.median(unsafe_walls) * 1000:.1f} ms: "
+            f"durability costs {(statistics.median(walls) - statistics.median(unsafe_walls)) * 1000:+.1f} ms"
+        )
 
 
 if __name__ == "__main__":
