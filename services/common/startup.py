@@ -27,6 +27,7 @@ from services.common.settings import (
     DEV_LEMONSQUEEZY_WEBHOOK_SECRET,
     CommonSettings,
     LemonSqueezySettings,
+    ServerSettings,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,18 @@ async def server_refusals(database: Database, redis_url: str) -> list[str]:
     if EMBEDDED_REDIS_EXECUTABLE_MARK in executable:
         refusals.append("REDIS_URL is the embedded Redis of `pingvas up`")
     return refusals
+
+
+async def open_service_database(settings: ServerSettings, component: str) -> Database:
+    """A service's database, as its tenant and system roles, once the start-up checks pass."""
+    database = Database(
+        settings.database_url,
+        schema=settings.db_schema,
+        system_url=settings.system_database_url,
+        application_name=f"pingvas-{component}",
+    )
+    await enforce_environment(settings, database, component=component)
+    return database
 
 
 async def enforce_environment(settings: CommonSettings, database: Database, *, component: str) -> None:

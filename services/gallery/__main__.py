@@ -8,13 +8,12 @@ from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
 from services.common.auth import TokenAuthority
-from services.common.database import Database
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import GallerySettings
 from services.common.signing import ImageUrlSigner
-from services.common.startup import enforce_environment, load_settings
+from services.common.startup import load_settings, open_service_database
 from services.common.storage import LocalImageStore
 from services.gallery.images import ImageLibrary
 from services.gallery.servicer import GalleryServicer
@@ -23,13 +22,7 @@ from services.gallery.servicer import GalleryServicer
 async def main() -> None:
     settings = load_settings(GallerySettings)
     configure_logging(settings.log_level, "gallery")
-    database = Database(
-        settings.database_url,
-        schema=settings.db_schema,
-        system_url=settings.system_database_url,
-        application_name="pingvas-gallery",
-    )
-    await enforce_environment(settings, database, component="gallery")
+    database = await open_service_database(settings, "gallery")
     signer = ImageUrlSigner(
         settings.url_signing_secret,
         public_url=settings.public_url,

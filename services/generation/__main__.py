@@ -12,7 +12,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
-from services.common.database import Database
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
@@ -23,7 +22,7 @@ from services.common.settings import (
     WatchSettings,
 )
 from services.common.signing import ImageUrlSigner
-from services.common.startup import enforce_environment, load_settings
+from services.common.startup import load_settings, open_service_database
 from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
@@ -45,13 +44,7 @@ async def main() -> None:
     scheduler = SchedulerSettings()
     watch_settings = WatchSettings()
     configure_logging(settings.log_level, "generation")
-    database = Database(
-        settings.database_url,
-        schema=settings.db_schema,
-        system_url=settings.system_database_url,
-        application_name="pingvas-generation",
-    )
-    await enforce_environment(settings, database, component="generation")
+    database = await open_service_database(settings, "generation")
     # A blocking pool: under load a short command waits for a connection instead of failing.
     redis = Redis(
         connection_pool=BlockingConnectionPool.from_url(

@@ -9,12 +9,11 @@ from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
 from services.billing.ledger import CreditLedger
 from services.common.auth import TokenAuthority
-from services.common.database import Database
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import PlanSettings, UserSettings
-from services.common.startup import enforce_environment, load_settings
+from services.common.startup import load_settings, open_service_database
 from services.user.accounts import UserAccounts
 from services.user.servicer import UserServicer
 
@@ -22,13 +21,7 @@ from services.user.servicer import UserServicer
 async def main() -> None:
     settings = load_settings(UserSettings)
     configure_logging(settings.log_level, "user")
-    database = Database(
-        settings.database_url,
-        schema=settings.db_schema,
-        system_url=settings.system_database_url,
-        application_name="pingvas-user",
-    )
-    await enforce_environment(settings, database, component="user")
+    database = await open_service_database(settings, "user")
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
     tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
     server = GrpcServer(
