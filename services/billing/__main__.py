@@ -15,6 +15,7 @@ from services.billing.servicer import BillingServicer
 from services.common.auth import TokenAuthority
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
+from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import BillingSettings, EmailSettings
 from services.common.startup import enforce_environment, load_settings
@@ -45,7 +46,7 @@ async def main() -> None:
         parts.billing,
         parts.webhooks,
         TokenAuthority(settings.jwt_secret),
-        principal_rate_limiter(settings.redis_url, user_plans(parts.database)),
+        principal_rate_limiter(shared_redis(settings), user_plans(parts.database)),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server.server)
     server.add_services([pb.DESCRIPTOR.services_by_name["BillingService"].full_name])

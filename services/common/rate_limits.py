@@ -22,6 +22,7 @@ import limits
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
+from redis.asyncio import Redis
 
 from services.common.auth import Principal
 from services.common.errors import RateLimited
@@ -35,17 +36,23 @@ KEY_PREFIX = "ratelimit"
 FALLBACK_PLAN = "free"
 
 
-def rate_limit_storage(redis_url: str) -> RedisStorage:
-    """The `limits` storage on the deployment's Redis, through redis-py (already a dependency)."""
+def rate_limit_storage(redis: Redis) -> RedisStorage:
+    """The `limits` storage on the service's shared Redis pool (redis-py, already a dependency):
+    a pool of its own would refuse calls with "Too many connections" under a burst."""
     return RedisStorage(
-        f"async+{redis_url}", implementation="redispy", key_prefix=KEY_PREFIX, wrap_exceptions=True
+        "async+redis://",
+        implementation="redispy",
+        key_prefix=KEY_PREFIX,
+        wrap_exceptions=True,
+        # A documented option of RedisStorage; its signature types **options more narrowly.
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]
     )
 
 
-def principal_rate_limiter(redis_url: str, plans: UserPlans) -> PrincipalRateLimiter:
+def principal_rate_limiter(redis: Redis, plans: UserPlans) -> PrincipalRateLimiter:
     """The limiter every service's composition root builds, from RateLimitSettings."""
     return PrincipalRateLimiter(
-        rate_limit_storage(redis_url), rates_by_plan=RateLimitSettings().per_user, plan_of=plans.plan
+        rate_limit_storage(redis), rates_by_plan=RateLimitSettings().per_user, plan_of=plans.plan
     )
 
 

@@ -286,6 +286,16 @@ class ServerSettings(CommonSettings):
         "REST body limit: requests are prompts, ids and webhook payloads.",
     )
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight RPCs get on SIGTERM.")
+    redis_max_connections: int = Field(
+        64,
+        ge=2,
+        description="Redis connections the service's shared pool opens at most (the generation "
+        "service's watches hold none while they wait: its event hub reads for all of them on one "
+        "more connection of its own); a command waits for a free connection when all are busy.",
+    )
+    redis_pool_timeout_seconds: float = Field(
+        20.0, gt=0, description="How long a command waits for a free pooled Redis connection."
+    )
 
 
 class UserSettings(ServerSettings):
@@ -296,16 +306,6 @@ class GenerationSettings(ServerSettings):
     models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
     default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
-    redis_max_connections: int = Field(
-        64,
-        ge=2,
-        description="Redis connections the service's shared pool opens at most. Watches hold none "
-        "while they wait (the event hub reads for all of them on one more connection of its own), "
-        "so this bounds short commands only; a command waits for a free connection when all are busy.",
-    )
-    redis_pool_timeout_seconds: float = Field(
-        20.0, gt=0, description="How long a command waits for a free pooled Redis connection."
-    )
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -10,6 +10,7 @@ from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 from services.common.auth import TokenAuthority
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
+from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import GallerySettings
 from services.common.signing import ImageUrlSigner
@@ -39,7 +40,7 @@ async def main() -> None:
         GalleryServicer(
             library,
             TokenAuthority(settings.jwt_secret),
-            principal_rate_limiter(settings.redis_url, user_plans(database)),
+            principal_rate_limiter(shared_redis(settings), user_plans(database)),
         ),
         server.server,
     )

@@ -7,13 +7,14 @@ import logging
 
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.auth import TokenAuthority
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
+from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
@@ -45,14 +46,7 @@ async def main() -> None:
     watch_settings = WatchSettings()
     configure_logging(settings.log_level, "generation")
     database = await open_service_database(settings, "generation")
-    # A blocking pool: under load a short command waits for a connection instead of failing.
-    redis = Redis(
-        connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout_seconds,
-        )
-    )
+    redis = shared_redis(settings)
     repository = GenerationRepository()
     ledger = CreditLedger()
     queue = TierQueue(redis)
@@ -135,7 +129,7 @@ async def main() -> None:
             watching=watching,
             stream_slots=stream_slots,
             tokens=TokenAuthority(settings.jwt_secret),
-            rate_limiter=principal_rate_limiter(settings.redis_url, plans),
+            rate_limiter=principal_rate_limiter(redis, plans),
         ),
         server.server,
     )

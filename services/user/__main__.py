@@ -11,6 +11,7 @@ from services.billing.ledger import CreditLedger
 from services.common.auth import TokenAuthority
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
+from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import PlanSettings, UserSettings
 from services.common.startup import load_settings, open_service_database
@@ -34,7 +35,7 @@ async def main() -> None:
         UserServicer(
             accounts,
             tokens,
-            principal_rate_limiter(settings.redis_url, user_plans(database)),
+            principal_rate_limiter(shared_redis(settings), user_plans(database)),
             dev_login_enabled=settings.dev_login_enabled,
         ),
         server.server,

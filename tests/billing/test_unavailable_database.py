@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pingvas.billing.v1 import billing_service_pb2 as pb
 from pingvas.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from redis.asyncio import Redis
 
 from services.billing.app import BillingParts, build_billing
 from services.billing.servicer import BillingServicer
@@ -50,7 +51,9 @@ async def billing_channel(unreachable_billing: BillingParts) -> AsyncIterator[gr
         parts.webhooks,
         TokenAuthority("test"),
         # Never reached: the webhook is public, so no principal is rate-limited.
-        principal_rate_limiter(f"redis://127.0.0.1:{free_port()}", user_plans(parts.database)),
+        principal_rate_limiter(
+            Redis.from_url(f"redis://127.0.0.1:{free_port()}"), user_plans(parts.database)
+        ),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -278,6 +278,8 @@ async def test_a_thousand_watches_on_one_connection_share_a_small_redis_budget(h
 
     # Every process of the mesh holds a few connections; one per watch would be hundreds.
     assert clients < 100, f"{clients} Redis connections for {watches} watches"
+    # Each open was also rate-limited on that budget (it waits for a connection, never fails).
+    assert "rate limit not checked" not in hub_mesh.log("generation")
     for into in seen:
         assert_watch_order(into, steps=3)
 

@@ -19,6 +19,7 @@ from pingvas.billing.v1 import billing_service_pb2 as billing_pb
 from pingvas.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from pingvas.user.v1 import user_service_pb2 as user_pb
 from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
+from redis.asyncio import Redis
 from support.generations import wait_for
 from support.limits import STARTER_RATE, sign_up
 from support.mesh import free_port
@@ -120,7 +121,7 @@ async def test_while_redis_is_unreachable_requests_are_admitted_uncounted(limits
     )
     try:
         limiter = PrincipalRateLimiter(
-            rate_limit_storage(f"redis://127.0.0.1:{free_port()}"),
+            rate_limit_storage(Redis.from_url(f"redis://127.0.0.1:{free_port()}")),
             rates_by_plan={"free": "1/minute", "starter": "1/minute"},
             plan_of=database_plans(database),
         )
