@@ -15,7 +15,13 @@ from services.common.auth import TokenAuthority
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
-from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
+from services.common.server import (
+    GrpcServer,
+    configure_logging,
+    periodically,
+    serve_until_terminated,
+    settle_garbage_collector,
+)
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
     GenerationSettings,
@@ -140,6 +146,8 @@ async def main() -> None:
         await redis.ping()
 
     await hub.start()
+    # It holds a crowd's streams: full garbage collections would stall every one of them.
+    settle_garbage_collector()
     await serve_until_terminated(
         server,
         ready=ready,
