@@ -140,8 +140,8 @@ class FollowedGeneration:
     sequence: int | None = None  # that event's sequence number
     subscribers: set[Subscription] = field(default_factory=set)
     position: int | None = None  # as last told to the watchers
-    position_at: float = float("-inf")  # loop time the position was last computed
-    told_at: float = float("-inf")  # loop time `position` was last told
+    position_at: float = float("-inf")  # when (the hub's clock) the position was last computed
+    told_at: float = float("-inf")  # when `position` was last told
     # Far back in the queue news is told at least this often: between half and all of the hub's
     # `position_news_seconds`, so that a thousand generations followed together are not all due
     # at the same moment.
