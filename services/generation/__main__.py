@@ -11,14 +11,15 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
-from services.common.auth import TokenAuthority
 from services.common.database import Database
+from services.common.keyring import token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
     GenerationSettings,
+    JwksSettings,
     SchedulerSettings,
     WatchSettings,
 )
@@ -141,7 +142,7 @@ async def main() -> None:
             generations=generations,
             watching=watching,
             stream_slots=stream_slots,
-            tokens=TokenAuthority(settings.jwt_secret),
+            tokens=token_verifier(database, cache_seconds=JwksSettings().cache_seconds),
             rate_limiter=principal_rate_limiter(settings.redis_url, plans),
         ),
         server.server,
