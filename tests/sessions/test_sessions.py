@@ -292,3 +292,21 @@ def test_an_api_key_passes_the_edge_and_the_service_answers_for_it(
     assert refused.value.trailing_metadata() and any(
         item.key == "grpc-status-details-bin" for item in refused.value.trailing_metadata()
     )
+
+
+def test_every_service_and_protocol_is_guarded_at_the_edge(mesh: RunningMesh, rest: httpx.Client) -> None:
+    """Not only the user service, and gRPC-Web too: the edge refuses before any backend runs."""
+    token = signed_by_a_stranger(_sign_in(rest)["user"]["id"])
+    headers = {"authorization": f"Bearer {token}"}
+
+    for path in ("/api/v1/generation", "/api/v1/credits/balance"):
+        reply = rest.get(path, headers=headers)
+        assert (reply.status_code, reply.text) == (401, GENERIC), path
+
+    grpc_web = rest.post(
+        "/pingvas.generation.v1.GenerationService/ListGenerations",
+        content=b"\x00\x00\x00\x00\x00",  # one uncompressed frame holding an empty message
+        headers={**headers, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+    )
+    assert grpc_web.headers["grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
+    assert grpc_web.headers["grpc-message"] == GENERIC
