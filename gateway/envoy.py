@@ -4,7 +4,7 @@ One listener serves native gRPC (h2c), gRPC-Web and REST/JSON for the four publi
 HTTP filter chain, in request order:
 
     cors -> grpc_web -> lua (REST status override) -> buffer (REST only) -> grpc_json_transcoder
-         -> local_ratelimit -> router
+         -> local_ratelimit -> jwt_authn -> router
 
 - `cors` runs first, so it answers preflights itself and decorates every response, the
   transcoder's own error replies included.
@@ -20,6 +20,13 @@ HTTP filter chain, in request order:
 - `local_ratelimit` runs after the transcoder, so it sees the gRPC method's route whichever way
   the call came in: the routes that run before sign-in limit each client IP there (the services
   limit signed-in callers per principal, services/common/rate_limits.py).
+- `jwt_authn` also runs after the transcoder, on gRPC method paths whichever way the call came
+  in. It verifies the bearer JWT with the keys the user service publishes (its JWKS, fetched
+  through this gateway and cached for as long as a new key is published before it signs). A
+  present but invalid token is refused with 401 (UNAUTHENTICATED to gRPC callers); a call with no
+  bearer token, or with an API key (`Bearer pv_...`), passes on to the services, which verify
+  every call again and refuse what is not valid. The public methods (PUBLIC_METHODS) carry no
+  requirement at all.
 
 The streaming methods and the HTTP bindings are read from the descriptor set, so a new RPC needs
 no change here.
@@ -81,8 +88,35 @@ CORS_ALLOWED_HEADERS: tuple[str, ...] = (
 )
 CORS_EXPOSED_HEADERS: tuple[str, ...] = ("grpc-status", "grpc-message", "grpc-status-details-bin")
 
-# Every REST binding in the contract lives under this prefix (checked when rendering).
+# Every REST binding in the contract lives under this prefix (checked when rendering), but the
+# JWKS, which lives where OpenID Connect and RFC 8615 put it.
 REST_PATH_PREFIX = "/api/"
+JWKS_PATH = "/.well-known/jwks.json"
+
+# The methods that need no access token: sign-in, session refresh and logout (authenticated by
+# the refresh token), the JWKS, the Lemon Squeezy webhook (signed) and signed image URLs.
+PUBLIC_METHODS: tuple[str, ...] = (
+    "/pingvas.user.v1.UserService/DevLogin",
+    "/pingvas.user.v1.UserService/BeginOAuthLogin",
+    "/pingvas.user.v1.UserService/CompleteOAuthLogin",
+    "/pingvas.user.v1.UserService/RefreshSession",
+    "/pingvas.user.v1.UserService/Logout",
+    "/pingvas.user.v1.UserService/GetJwks",
+    "/pingvas.billing.v1.BillingService/HandleLemonSqueezyWebhook",
+    "/pingvas.gallery.v1.GalleryService/GetImageContent",
+)
+# API keys start with this (services.common.auth.API_KEY_PREFIX); the services verify them.
+API_KEY_BEARER_PREFIX = "Bearer pv_"
+JWT_ISSUER = "pingvas"
+JWT_AUDIENCE = "pingvas-api"
+JWT_PROVIDER = "pingvas"
+# The cluster through which jwt_authn fetches the JWKS: this gateway itself, whose JWKS route the
+# transcoder maps to the user service.
+JWKS_CLUSTER = "jwks"
+DEFAULT_JWKS_CACHE_SECONDS = 300.0
+JWT_CLOCK_SKEW_SECONDS = 60
+# One answer for every token the edge refuses: which check failed is not the caller's to know.
+INVALID_TOKEN_MESSAGE = "invalid or expired token"
 
 # Unary calls never wait for a GPU (generation is asynchronous), so a short deadline catches a
 # hung backend. A gRPC client's own grpc-timeout header may shorten it, never lengthen it
@@ -223,6 +257,7 @@ class EnvoyConfigOptions(TypedDict):
     descriptor_set: Path
     cors_allowed_origins: NotRequired[Sequence[str]]
     limits: NotRequired[EdgeLimits]
+    jwks_cache_seconds: NotRequired[float]
 
 
 class EnvoyConfigError(RuntimeError):
@@ -238,6 +273,7 @@ def render_envoy_config(
     descriptor_set: Path,
     cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
     limits: EdgeLimits = DEFAULT_EDGE_LIMITS,
+    jwks_cache_seconds: float = DEFAULT_JWKS_CACHE_SECONDS,
 ) -> str:
     """The gateway's Envoy v3 bootstrap as YAML (in JSON syntax, which YAML includes)."""
     config = build_envoy_config(
@@ -248,6 +284,7 @@ def render_envoy_config(
         descriptor_set=descriptor_set,
         cors_allowed_origins=cors_allowed_origins,
         limits=limits,
+        jwks_cache_seconds=jwks_cache_seconds,
     )
     return json.dumps(config, indent=2) + "\n"
 
@@ -261,6 +298,7 @@ def build_envoy_config(
     descriptor_set: Path,
     cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
     limits: EdgeLimits = DEFAULT_EDGE_LIMITS,
+    jwks_cache_seconds: float = DEFAULT_JWKS_CACHE_SECONDS,
 ) -> dict[str, Any]:
     """The gateway's Envoy v3 bootstrap as a plain dict, `upstreams` keyed by backend name."""
     backends = sorted(set(PUBLIC_SERVICES.values()))
@@ -289,6 +327,10 @@ def build_envoy_config(
         "xff_num_trusted_hops": limits.xff_trusted_hops,
         "normalize_path": True,
         "merge_slashes": True,
+        # jwt_authn's own replies name the failed check ("Jwt is expired") and answer a wrong
+        # audience 403: every refused token gets the same 401 and one text. Only jwt_authn
+        # answers 401 or 403 itself; the services' statuses arrive as responses, not local replies.
+        "local_reply_config": {"mappers": [_unauthorized_reply(401), _unauthorized_reply(403)]},
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",
@@ -339,12 +381,14 @@ def build_envoy_config(
                 "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
                 stat_prefix="per_ip",
             ),
+            _jwt_authn_filter(listen_port, jwks_cache_seconds),
             _http_filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
         ],
     }
 
     clusters = [_backend_cluster(name, upstreams[name]) for name in backends]
     clusters.append({"name": NO_UPSTREAM_CLUSTER, "type": "STATIC", "connect_timeout": "1s"})
+    clusters.append(_jwks_cluster(listen_host, listen_port))
 
     return {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
@@ -428,7 +472,7 @@ def _check_contract(descriptors: descriptor_pb2.FileDescriptorSet, *, source: Pa
     outside = sorted(
         f"{method.name}: {path}"
         for _file, _service, method, rule in _http_bindings(descriptors)
-        if not (path := _binding_path(rule)).startswith(REST_PATH_PREFIX)
+        if not (path := _binding_path(rule)).startswith(REST_PATH_PREFIX) and path != JWKS_PATH
     )
     if outside:
         raise ValueError(f"HTTP bindings outside {REST_PATH_PREFIX}: {', '.join(outside)}")
@@ -596,6 +640,79 @@ def _route_config(
                 "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(cors_allowed_origins)},
             }
         ],
+    }
+
+
+def _jwt_authn_filter(listen_port: int, jwks_cache_seconds: float) -> dict[str, Any]:
+    """Edge verification of access tokens (see the module docstring)."""
+    verify_if_present = {
+        "requires_any": {"requirements": [{"provider_name": JWT_PROVIDER}, {"allow_missing": {}}]}
+    }
+    rules = [
+        *({"match": {"path": path}} for path in PUBLIC_METHODS),
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": "authorization", "string_match": {"prefix": API_KEY_BEARER_PREFIX}}],
+            }
+        },
+        {"match": {"prefix": "/"}, "requires": verify_if_present},
+    ]
+    provider = {
+        "issuer": JWT_ISSUER,
+        "audiences": [JWT_AUDIENCE],
+        "remote_jwks": {
+            "http_uri": {
+                "uri": f"http://127.0.0.1:{listen_port}{JWKS_PATH}",
+                "cluster": JWKS_CLUSTER,
+                "timeout": "5s",
+            },
+            # As long as a new key is published before it signs: the gateway has re-read the set
+            # by the time a token signed with the new key reaches it.
+            "cache_duration": _duration(jwks_cache_seconds),
+        },
+        # Envoy's default, said here: the gateway's clock may differ from the issuer's by this
+        # much. The services allow none, so a token this close to expiry is refused there.
+        "clock_skew_seconds": JWT_CLOCK_SKEW_SECONDS,
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+        # The services verify the same token again.
+        "forward": True,
+    }
+    return _http_filter(
+        "envoy.filters.http.jwt_authn",
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        providers={JWT_PROVIDER: provider},
+        rules=rules,
+    )
+
+
+def _unauthorized_reply(status: int) -> dict[str, Any]:
+    return {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": status, "runtime_key": f"gateway.local_reply_{status}"},
+                }
+            }
+        },
+        "status_code": 401,
+        "body": {"inline_string": INVALID_TOKEN_MESSAGE},
+    }
+
+
+def _jwks_cluster(listen_host: str, listen_port: int) -> dict[str, Any]:
+    """The gateway itself, over HTTP/1.1: its JWKS route is transcoded to the user service."""
+    host = "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
+    return {
+        "name": JWKS_CLUSTER,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": UPSTREAM_CONNECT_TIMEOUT,
+        "load_assignment": {
+            "cluster_name": JWKS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, listen_port)}}]}],
+        },
     }
 
 

@@ -43,7 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.envoy import EdgeLimits, TokenBucket
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
-from services.common.settings import GatewaySettings, RateLimitSettings, SupervisorSettings
+from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
 
 log = logging.getLogger("pingvas.up")
@@ -308,6 +308,7 @@ class Mesh:
             upstreams={name: Upstream("127.0.0.1", ports[name]) for name in SERVICES},
             descriptor_set=DESCRIPTOR_SET,
             limits=edge_limits(),
+            jwks_cache_seconds=JwksSettings().cache_seconds,
         )
         validate_envoy_config(config)
         envoy = self._start(

@@ -12,12 +12,12 @@ from pingvas.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from services.billing.app import build_billing
 from services.billing.email import mailer_from_settings, run_email_sender
 from services.billing.servicer import BillingServicer
-from services.common.auth import TokenAuthority
+from services.common.keyring import token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
-from services.common.settings import BillingSettings, EmailSettings
+from services.common.settings import BillingSettings, EmailSettings, JwksSettings
 from services.common.startup import enforce_environment, load_settings
 
 
@@ -45,7 +45,7 @@ async def main() -> None:
         parts.plans,
         parts.billing,
         parts.webhooks,
-        TokenAuthority(settings.jwt_secret),
+        token_verifier(parts.database, cache_seconds=JwksSettings().cache_seconds),
         principal_rate_limiter(shared_redis(settings), user_plans(parts.database)),
     )
     pb_grpc.add_BillingServiceServicer_to_server(servicer, server.server)

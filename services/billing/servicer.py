@@ -16,7 +16,7 @@ from services.billing.plans import PlanCatalog
 from services.billing.subscription_repository import SubscriptionRecord
 from services.billing.subscriptions import SubscriptionBilling
 from services.billing.webhooks import WebhookDelivery
-from services.common.auth import Principal, TokenAuthority
+from services.common.auth import Principal, TokenVerifier
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput
 from services.common.rate_limits import PrincipalRateLimiter
@@ -90,7 +90,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         plans: PlanCatalog,
         billing: SubscriptionBilling,
         webhooks: WebhookDelivery,
-        tokens: TokenAuthority,
+        tokens: TokenVerifier,
         rate_limiter: PrincipalRateLimiter,
     ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)

@@ -128,6 +128,13 @@ class Database:
             yield connection
 
     @asynccontextmanager
+    async def shared(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction of the tenant role that names no tenant, for what belongs to no one (the
+        published signing keys): row-level security shows it no tenant row at all."""
+        async with self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
     async def system(self, purpose: str) -> AsyncIterator[AsyncConnection]:
         """A cross-tenant transaction; `purpose` is recorded (and required by the system role's
         policies) so such access stays deliberate and auditable."""

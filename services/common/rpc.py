@@ -26,7 +26,7 @@ from grpc_status import rpc_status
 
 from gateway.envoy import REST_STATUS_HEADER
 from services.common import errors
-from services.common.auth import Principal, TokenAuthority
+from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.validation import validate
 
@@ -70,7 +70,7 @@ class Endpoint:
     errors."""
 
     def __init__(
-        self, *, tokens: TokenAuthority, error_domain: str, rate_limiter: PrincipalRateLimiter
+        self, *, tokens: TokenVerifier, error_domain: str, rate_limiter: PrincipalRateLimiter
     ) -> None:
         self.tokens = tokens
         self.error_domain = error_domain
@@ -139,7 +139,7 @@ E = TypeVar("E", bound=Endpoint)
 
 async def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
     """The verified caller, within its rate (counted before validation: bad requests count too)."""
-    caller = endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
+    caller = await endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
     await endpoint.rate_limiter.admit(caller)
     return caller
 

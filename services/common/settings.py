@@ -13,7 +13,11 @@ import limits
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.envoy import DEFAULT_UNARY_TIMEOUT_SECONDS, MAX_TRANSCODED_REQUEST_BYTES
+from gateway.envoy import (
+    DEFAULT_JWKS_CACHE_SECONDS,
+    DEFAULT_UNARY_TIMEOUT_SECONDS,
+    MAX_TRANSCODED_REQUEST_BYTES,
+)
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_MODEL
 from services.common.failpoints import Failpoint
 
@@ -46,7 +50,11 @@ class CommonSettings(BaseSettings):
     redis_url: str = Field(
         validation_alias=AliasChoices("REDIS_URL", "PINGVAS_REDIS_URL"), description="Redis URL."
     )
-    jwt_secret: str = Field(min_length=32, description="HMAC key that signs and verifies access tokens.")
+    jwt_secret: str = Field(
+        min_length=32,
+        description="The user service's session secret: it encrypts the private halves of the "
+        "access-token signing keys in PostgreSQL and derives each refresh token's successor.",
+    )
     url_signing_secret: str = Field(min_length=32, description="HMAC key for signed image URLs.")
     public_url: str = Field(
         "http://127.0.0.1:8080", description="The gateway's public base URL, used in signed image URLs."
@@ -298,8 +306,35 @@ class ServerSettings(CommonSettings):
     )
 
 
+class JwksSettings(BaseSettings):
+    """The public keys that verify access tokens, as the gateway and every service cache them."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_JWKS_", extra="ignore")
+
+    cache_seconds: float = Field(
+        DEFAULT_JWKS_CACHE_SECONDS,
+        ge=1,
+        description="How long the gateway (jwt_authn) and every service trust the key set they "
+        "read; a new signing key is published this long before it signs anything.",
+    )
+
+
 class UserSettings(ServerSettings):
-    token_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="Access token lifetime.")
+    token_ttl_seconds: int = Field(15 * 60, ge=60, description="Access token lifetime.")
+    refresh_token_ttl_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="How long an unused refresh token works."
+    )
+    refresh_reuse_interval_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long after a refresh the spent refresh token still returns the same new "
+        "one (two tabs refreshing at once), rather than revoking its family as a reuse.",
+    )
+    signing_key_rotation_seconds: int = Field(
+        30 * 24 * 3600,
+        ge=3600,
+        description="How long a key signs access tokens before the user service adds its successor.",
+    )
 
 
 class GenerationSettings(ServerSettings):

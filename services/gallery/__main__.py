@@ -7,12 +7,12 @@ import asyncio
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
-from services.common.auth import TokenAuthority
+from services.common.keyring import token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import GallerySettings
+from services.common.settings import GallerySettings, JwksSettings
 from services.common.signing import ImageUrlSigner
 from services.common.startup import load_settings, open_service_database
 from services.common.storage import LocalImageStore
@@ -39,7 +39,7 @@ async def main() -> None:
     pb_grpc.add_GalleryServiceServicer_to_server(
         GalleryServicer(
             library,
-            TokenAuthority(settings.jwt_secret),
+            token_verifier(database, cache_seconds=JwksSettings().cache_seconds),
             principal_rate_limiter(shared_redis(settings), user_plans(database)),
         ),
         server.server,

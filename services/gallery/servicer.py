@@ -11,7 +11,7 @@ from google.api import httpbody_pb2
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
-from services.common.auth import TokenAuthority
+from services.common.auth import TokenVerifier
 from services.common.errors import FieldViolation, InvalidInput
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, not_implemented_yet, public_unary
@@ -24,7 +24,7 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
     def __init__(
-        self, library: ImageLibrary, tokens: TokenAuthority, rate_limiter: PrincipalRateLimiter
+        self, library: ImageLibrary, tokens: TokenVerifier, rate_limiter: PrincipalRateLimiter
     ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.library = library

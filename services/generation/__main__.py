@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
-from services.common.auth import TokenAuthority
+from services.common.keyring import token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
@@ -25,6 +25,7 @@ from services.common.server import (
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
     GenerationSettings,
+    JwksSettings,
     SchedulerSettings,
     WatchSettings,
 )
@@ -134,7 +135,7 @@ async def main() -> None:
             generations=generations,
             watching=watching,
             stream_slots=stream_slots,
-            tokens=TokenAuthority(settings.jwt_secret),
+            tokens=token_verifier(database, cache_seconds=JwksSettings().cache_seconds),
             rate_limiter=principal_rate_limiter(redis, plans),
         ),
         server.server,

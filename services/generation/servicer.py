@@ -11,7 +11,7 @@ from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
-from services.common.auth import Principal, TokenAuthority
+from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, server_stream, unary
 from services.generation.acceptance import Acceptance, GenerationSpec
@@ -85,7 +85,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         generations: Generations,
         watching: Watching,
         stream_slots: StreamSlots,
-        tokens: TokenAuthority,
+        tokens: TokenVerifier,
         rate_limiter: PrincipalRateLimiter,
     ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)

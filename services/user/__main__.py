@@ -8,15 +8,16 @@ from pingvas.user.v1 import user_service_pb2 as pb
 from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
 from services.billing.ledger import CreditLedger
-from services.common.auth import TokenAuthority
+from services.common.keyring import SigningKeyring, TokenIssuer, token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import PlanSettings, UserSettings
+from services.common.settings import JwksSettings, PlanSettings, UserSettings
 from services.common.startup import load_settings, open_service_database
 from services.user.accounts import UserAccounts
 from services.user.servicer import UserServicer
+from services.user.sessions import Sessions
 
 
 async def main() -> None:
@@ -24,7 +25,26 @@ async def main() -> None:
     configure_logging(settings.log_level, "user")
     database = await open_service_database(settings, "user")
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
-    tokens = TokenAuthority(settings.jwt_secret, ttl_seconds=settings.token_ttl_seconds)
+    jwks = JwksSettings()
+    keyring = SigningKeyring(
+        database,
+        secret=settings.jwt_secret,
+        publication_lead_seconds=jwks.cache_seconds,
+        rotation_seconds=settings.signing_key_rotation_seconds,
+        token_ttl_seconds=settings.token_ttl_seconds,
+    )
+    sessions = Sessions(
+        database,
+        secret=settings.jwt_secret,
+        ttl_seconds=settings.refresh_token_ttl_seconds,
+        reuse_interval_seconds=settings.refresh_reuse_interval_seconds,
+    )
+
+    async def ready() -> None:
+        await database.ping()
+        # A signing key exists before the first sign-in is served.
+        await keyring.maintain()
+
     server = GrpcServer(
         host=settings.host,
         port=settings.port,
@@ -34,7 +54,9 @@ async def main() -> None:
     pb_grpc.add_UserServiceServicer_to_server(
         UserServicer(
             accounts,
-            tokens,
+            token_verifier(database, cache_seconds=jwks.cache_seconds),
+            TokenIssuer(keyring, ttl_seconds=settings.token_ttl_seconds),
+            sessions,
             principal_rate_limiter(shared_redis(settings), user_plans(database)),
             dev_login_enabled=settings.dev_login_enabled,
         ),
@@ -42,7 +64,7 @@ async def main() -> None:
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["UserService"].full_name])
     await serve_until_terminated(
-        server, ready=database.ping, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
+        server, ready=ready, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
     )
 
 

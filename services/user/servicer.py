@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeAlias
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.billing.v1 import billing_resources_pb2 as billing
 from pingvas.user.v1 import user_resources_pb2 as resources
 from pingvas.user.v1 import user_service_pb2 as pb
 from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
-from services.common.auth import Principal, TokenAuthority
+from services.common.auth import Principal, TokenVerifier
 from services.common.errors import NotFound, PermissionDenied
+from services.common.keyring import SigningKeyring, TokenIssuer
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, not_implemented_yet, public_unary, unary
 from services.user.accounts import Account, UserAccounts
+from services.user.sessions import Sessions
 
 ERROR_DOMAIN = "user.pingvas.studio"
 
@@ -41,24 +45,62 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
     def __init__(
         self,
         accounts: UserAccounts,
-        tokens: TokenAuthority,
+        tokens: TokenVerifier,
+        issuer: TokenIssuer,
+        sessions: Sessions,
         rate_limiter: PrincipalRateLimiter,
         *,
         dev_login_enabled: bool,
     ) -> None:
         Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
         self.accounts = accounts
+        self.issuer = issuer
+        self.sessions = sessions
         self.dev_login_enabled = dev_login_enabled
+
+    @property
+    def keyring(self) -> SigningKeyring:
+        return self.issuer.keyring
 
     @public_unary
     async def DevLogin(self, request: pb.DevLoginRequest, context: Context) -> pb.DevLoginResponse:
         if not self.dev_login_enabled:
             raise PermissionDenied("dev login is not enabled on this deployment")
         account = await self.accounts.sign_in(request.email)
+        refresh = await self.sessions.start(account.id)
         return pb.DevLoginResponse(
-            access_token=self.tokens.issue(account.id, account.email),
-            expires_in=self.tokens.ttl_seconds,
+            access_token=await self.issuer.issue(account.id, account.email),
+            expires_in=self.issuer.ttl_seconds,
             user=account_to_proto(account),
+            refresh_token=refresh.token,
+            refresh_expires_in=refresh.expires_in,
+        )
+
+    @public_unary
+    async def RefreshSession(
+        self, request: pb.RefreshSessionRequest, context: Context
+    ) -> pb.RefreshSessionResponse:
+        refresh = await self.sessions.refresh(request.refresh_token)
+        account = await self.accounts.get(refresh.user_id)
+        return pb.RefreshSessionResponse(
+            access_token=await self.issuer.issue(account.id, account.email),
+            expires_in=self.issuer.ttl_seconds,
+            refresh_token=refresh.token,
+            refresh_expires_in=refresh.expires_in,
+        )
+
+    @public_unary
+    async def Logout(self, request: pb.LogoutRequest, context: Context) -> pb.LogoutResponse:
+        # Authenticated by the refresh token itself: signing out must work after the access
+        # token expired.
+        await self.sessions.end(request.refresh_token)
+        return pb.LogoutResponse()
+
+    @public_unary
+    async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> httpbody_pb2.HttpBody:
+        keys = list((await self.keyring.published()).values())
+        return httpbody_pb2.HttpBody(
+            content_type="application/json", data=json.dumps({"keys": keys}).encode()
         )
 
     BeginOAuthLogin = not_implemented_yet("Google/Discord OAuth sign-in")

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 
 from services.billing.app import BillingParts, build_billing
 from services.billing.servicer import BillingServicer
-from services.common.auth import TokenAuthority
 from services.common.errors import DatabaseUnavailable
+from services.common.keyring import token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.rpc import unavailable_dependency
@@ -49,7 +49,8 @@ async def billing_channel(unreachable_billing: BillingParts) -> AsyncIterator[gr
         parts.plans,
         parts.billing,
         parts.webhooks,
-        TokenAuthority("test"),
+        # Never reached either: the webhook is public, so no token is verified.
+        token_verifier(parts.database, cache_seconds=300),
         # Never reached: the webhook is public, so no principal is rate-limited.
         principal_rate_limiter(
             Redis.from_url(f"redis://127.0.0.1:{free_port()}"), user_plans(parts.database)

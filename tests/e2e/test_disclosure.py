@@ -9,17 +9,14 @@ import stat
 import time
 from typing import Any
 
+import grpc
 import httpx
-import jwt
 import pytest
+from pingvas.user.v1 import user_service_pb2 as pb
+from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
+from support.tokens import signed_by_a_stranger, signed_with_the_real_key
 
 pytestmark = pytest.mark.integration
-
-
-def _token(secret: str, *, subject: str, expires_in: int) -> str:
-    now = int(time.time())
-    claims = {"iss": "pingvas", "aud": "pingvas-api", "sub": subject, "iat": now, "exp": now + expires_in}
-    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _wait_for_line(mesh: Any, component: str, text: str) -> str:
@@ -33,22 +30,33 @@ def _wait_for_line(mesh: Any, component: str, text: str) -> str:
 @pytest.mark.parametrize(
     ("forge", "detail"),
     [
-        (lambda secret, user: _token("x" * 48, subject=user, expires_in=600), "Signature verification"),
-        (lambda secret, user: _token(secret, subject=user, expires_in=-60), "Signature has expired"),
+        (lambda mesh, user: signed_by_a_stranger(user), "unknown kid"),
+        (
+            lambda mesh, user: signed_with_the_real_key(mesh, user, exp=int(time.time()) - 3600),
+            "Signature has expired",
+        ),
     ],
     ids=["forged", "expired"],
 )
 def test_a_refused_token_is_told_only_that_it_was_refused(
     mesh: Any, new_account: Any, rest: httpx.Client, forge: Any, detail: str
 ) -> None:
-    secret = json.loads((mesh.home / "secrets.json").read_text())["PINGVAS_JWT_SECRET"]
-    token = forge(secret, new_account("refused").user_id)
+    token = forge(mesh, new_account("refused").user_id)
 
+    # The edge refuses it before any service sees it, with the one generic text.
     reply = rest.get("/api/v1/users/me", headers={"authorization": f"Bearer {token}"})
-
     assert reply.status_code == 401
-    assert reply.json()["message"] == "invalid or expired token"
-    assert detail not in reply.text
+    assert reply.text == "invalid or expired token"
+
+    # The service, reached directly, refuses it too, and only its log says why.
+    port = json.loads((mesh.home / "run" / "mesh.json").read_text())["ports"]["user"]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as direct, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.UserServiceStub(direct).GetUser(
+            pb.GetUserRequest(name="users/me"), metadata=(("authorization", f"Bearer {token}"),), timeout=30
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.details() == "invalid or expired token"
+    assert detail not in str(refused.value.details())
     assert "rejected an access token" in _wait_for_line(mesh, "user", detail)
 
 

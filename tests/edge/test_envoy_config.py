@@ -25,6 +25,7 @@ from google.protobuf import descriptor_pb2
 from gateway.envoy import (
     CORS_ALLOWED_HEADERS,
     DESCRIPTOR_SET,
+    JWKS_CLUSTER,
     NO_UPSTREAM_CLUSTER,
     PER_IP_LIMITED_METHODS,
     PUBLIC_SERVICES,
@@ -146,7 +147,11 @@ def test_only_public_services_reach_a_backend(config: dict[str, Any]) -> None:
             assert PUBLIC_SERVICES.get(service) == cluster, f"{matched} reaches {cluster}"
         else:
             assert cluster == NO_UPSTREAM_CLUSTER, f"{matched} reaches {cluster}"
-    assert set(_clusters(config)) == backends | {NO_UPSTREAM_CLUSTER}
+    # The JWKS cluster, which no route reaches, is the gateway itself (its JWKS route).
+    assert set(_clusters(config)) == backends | {NO_UPSTREAM_CLUSTER, JWKS_CLUSTER}
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    jwks = _clusters(config)[JWKS_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert jwks["endpoint"]["address"]["socket_address"]["port_value"] == listener["port_value"]
     assert "load_assignment" not in _clusters(config)[NO_UPSTREAM_CLUSTER]
 
 
@@ -281,6 +286,8 @@ def test_filters_run_in_the_order_the_design_relies_on(config: dict[str, Any]) -
         "envoy.filters.http.grpc_json_transcoder",
         # After the transcoder: it limits by the gRPC method's route however the call came in.
         "envoy.filters.http.local_ratelimit",
+        # After the transcoder too: its rules match gRPC method paths, REST calls' included.
+        "envoy.filters.http.jwt_authn",
         "envoy.filters.http.router",
     ]
 

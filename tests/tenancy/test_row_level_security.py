@@ -31,6 +31,7 @@ TENANT_TABLES = (
     "generations",
     "subscriptions",
     "email_outbox",
+    "refresh_tokens",
     "webhook_deliveries",
 )
 # What each table calls its tenant.

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from pingvas.user.v1 import user_resources_pb2 as pingvas_dot_user_dot_v1_dot_user__resources__pb2
 from pingvas.user.v1 import user_service_pb2 as pingvas_dot_user_dot_v1_dot_user__service__pb2
 
@@ -29,8 +30,10 @@ if _version_not_supported:
 class UserServiceStub:
     """UserService signs users in and describes them.
 
-    Every RPC but the sign-in ones requires `authorization: Bearer <access token>`. Errors carry
-    one `google.rpc.ErrorInfo` with domain `user.pingvas.studio`.
+    Every RPC but the sign-in ones, RefreshSession, Logout and GetJwks requires
+    `authorization: Bearer <access token>`. Access tokens are ES256 JWTs that expire after 15
+    minutes by default; a sign-in also returns a refresh token, which RefreshSession exchanges for
+    a new pair. Errors carry one `google.rpc.ErrorInfo` with domain `user.pingvas.studio`.
     """
 
     def __init__(self, channel):
@@ -54,6 +57,21 @@ class UserServiceStub:
                 request_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.CompleteOAuthLoginRequest.SerializeToString,
                 response_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.CompleteOAuthLoginResponse.FromString,
                 _registered_method=True)
+        self.RefreshSession = channel.unary_unary(
+                '/pingvas.user.v1.UserService/RefreshSession',
+                request_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.RefreshSessionRequest.SerializeToString,
+                response_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.RefreshSessionResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/pingvas.user.v1.UserService/Logout',
+                request_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.LogoutResponse.FromString,
+                _registered_method=True)
+        self.GetJwks = channel.unary_unary(
+                '/pingvas.user.v1.UserService/GetJwks',
+                request_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetJwksRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetUser = channel.unary_unary(
                 '/pingvas.user.v1.UserService/GetUser',
                 request_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserRequest.SerializeToString,
@@ -64,8 +82,10 @@ class UserServiceStub:
 class UserServiceServicer:
     """UserService signs users in and describes them.
 
-    Every RPC but the sign-in ones requires `authorization: Bearer <access token>`. Errors carry
-    one `google.rpc.ErrorInfo` with domain `user.pingvas.studio`.
+    Every RPC but the sign-in ones, RefreshSession, Logout and GetJwks requires
+    `authorization: Bearer <access token>`. Access tokens are ES256 JWTs that expire after 15
+    minutes by default; a sign-in also returns a refresh token, which RefreshSession exchanges for
+    a new pair. Errors carry one `google.rpc.ErrorInfo` with domain `user.pingvas.studio`.
     """
 
     def DevLogin(self, request, context):
@@ -85,6 +105,37 @@ class UserServiceServicer:
 
     def CompleteOAuthLogin(self, request, context):
         """Completes an OAuth 2.0 sign-in with the provider's authorization code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshSession(self, request, context):
+        """Exchanges a refresh token for a new access token and a new refresh token. Each refresh token
+        works once: presenting one that was already exchanged revokes every token descended from the
+        same sign-in (its family), unless it was exchanged within the last few seconds (the reuse
+        interval, 10 s by default), when the same new refresh token is returned again, so that two
+        tabs refreshing at once both stay signed in. Fails with UNAUTHENTICATED otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Signs out: revokes the refresh token and every token of its family. Access tokens already
+        issued stay valid until they expire (15 minutes by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJwks(self, request, context):
+        """Returns the public keys that verify access tokens, as a JSON Web Key Set (RFC 7517). A new
+        key is published here one cache period before it signs anything; it never holds private
+        key material.
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +169,21 @@ def add_UserServiceServicer_to_server(servicer, server):
                     request_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.CompleteOAuthLoginRequest.FromString,
                     response_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.CompleteOAuthLoginResponse.SerializeToString,
             ),
+            'RefreshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSession,
+                    request_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.RefreshSessionResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.LogoutRequest.FromString,
+                    response_serializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.LogoutResponse.SerializeToString,
+            ),
+            'GetJwks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJwks,
+                    request_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetJwksRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
                     request_deserializer=pingvas_dot_user_dot_v1_dot_user__service__pb2.GetUserRequest.FromString,
@@ -134,8 +200,10 @@ def add_UserServiceServicer_to_server(servicer, server):
 class UserService:
     """UserService signs users in and describes them.
 
-    Every RPC but the sign-in ones requires `authorization: Bearer <access token>`. Errors carry
-    one `google.rpc.ErrorInfo` with domain `user.pingvas.studio`.
+    Every RPC but the sign-in ones, RefreshSession, Logout and GetJwks requires
+    `authorization: Bearer <access token>`. Access tokens are ES256 JWTs that expire after 15
+    minutes by default; a sign-in also returns a refresh token, which RefreshSession exchanges for
+    a new pair. Errors carry one `google.rpc.ErrorInfo` with domain `user.pingvas.studio`.
     """
 
     @staticmethod
@@ -209,6 +277,87 @@ class UserService:
             '/pingvas.user.v1.UserService/CompleteOAuthLogin',
             pingvas_dot_user_dot_v1_dot_user__service__pb2.CompleteOAuthLoginRequest.SerializeToString,
             pingvas_dot_user_dot_v1_dot_user__service__pb2.CompleteOAuthLoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.user.v1.UserService/RefreshSession',
+            pingvas_dot_user_dot_v1_dot_user__service__pb2.RefreshSessionRequest.SerializeToString,
+            pingvas_dot_user_dot_v1_dot_user__service__pb2.RefreshSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.user.v1.UserService/Logout',
+            pingvas_dot_user_dot_v1_dot_user__service__pb2.LogoutRequest.SerializeToString,
+            pingvas_dot_user_dot_v1_dot_user__service__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJwks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.user.v1.UserService/GetJwks',
+            pingvas_dot_user_dot_v1_dot_user__service__pb2.GetJwksRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
