@@ -6,6 +6,7 @@ The mesh runs the default caps: a Free user may hold 20 streams (the floor)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -166,3 +167,36 @@ async def test_a_process_serves_at_most_its_own_cap_whoever_asks(mesh: Any) -> N
         await slots.acquire(uuid.uuid4())
     finally:
         await redis.aclose()
+
+
+@pytest.mark.parametrize("protocol", ["sse", "grpc-web"])
+def test_a_browser_that_goes_away_gives_its_stream_slots_back(
+    mesh: Any, parked: tuple[Any, str], protocol: str
+) -> None:
+    """Clients that are not gRPC never cancel: they just close the connection. Envoy resets the
+    stream upstream, and the slot is given back then, not when its lease lapses (30 s)."""
+    account, generation_id = parked
+    key = streams_key(uuid.UUID(account.user_id))
+    if protocol == "sse":
+        request = {"method": "GET", "url": f"{mesh.gateway_url}/api/v1/generation/{generation_id}/events"}
+        headers = account.headers
+    else:
+        message = pb.WatchGenerationRequest(generation_id=generation_id).SerializeToString()
+        request = {
+            "method": "POST",
+            "url": f"{mesh.gateway_url}/pingvas.generation.v1.GenerationService/WatchGeneration",
+            "content": b"\x00" + len(message).to_bytes(4, "big") + message,
+        }
+        headers = {**account.headers, "content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+    with contextlib.ExitStack() as browser:
+        client = browser.enter_context(httpx.Client(timeout=30))
+        for _tab in range(3):
+            reply = browser.enter_context(client.stream(**request, headers=headers))
+            assert reply.status_code == 200
+            # Kept, not dropped: dropping a half-read body's iterator closes its connection.
+            chunks = reply.iter_bytes()
+            browser.callback(chunks.close)
+            assert next(chunks)  # the replay has begun
+        wait_for(lambda: mesh.redis().zcard(key) == 3, within=20, message="each open tab holds a slot")
+    # The tabs are closed (their connections with them), and nothing was cancelled.
+    wait_for(lambda: mesh.redis().zcard(key) == 0, within=20, message="closed streams kept their slots")
