@@ -136,16 +136,16 @@ class FollowedGeneration:
     user_id: uuid.UUID
     tier: str
     queued: bool  # whether the latest event the hub saw was `queued`
+    # Far back in the queue news is told at least this often: between half and all of the hub's
+    # `position_news_seconds`, so that a thousand generations followed together are not all due
+    # at the same moment.
+    news_seconds: float
     stream_id: str = "0-0"  # the log entry of the latest event the hub handed out
     sequence: int | None = None  # that event's sequence number
     subscribers: set[Subscription] = field(default_factory=set)
     position: int | None = None  # as last told to the watchers
     position_at: float = float("-inf")  # when (the hub's clock) the position was last computed
     told_at: float = float("-inf")  # when `position` was last told
-    # Far back in the queue news is told at least this often: between half and all of the hub's
-    # `position_news_seconds`, so that a thousand generations followed together are not all due
-    # at the same moment.
-    news_seconds: float = 15.0
     ended: GenerationRecord | None = None  # the row, once PostgreSQL says the job is over
 
     def wake_subscribers(self) -> None:
