@@ -73,6 +73,16 @@ class GenerationRecord:
         return cls(**{**values, "state": GenerationState(values["state"])})
 
 
+def live_count_query(user_id: uuid.UUID, *, at_most: int) -> sa.Select[Any]:
+    live = (
+        sa.select(sa.literal(1))
+        .where(generations.c.user_id == user_id, generations.c.state.in_(sorted(LIVE_STATES)))
+        .limit(at_most)
+        .subquery()
+    )
+    return sa.select(sa.func.count()).select_from(live)
+
+
 class GenerationRepository:
     async def user_plan_for_admission(self, conn: AsyncConnection, user_id: uuid.UUID) -> str | None:
         """The user's plan, its row locked until the transaction ends, so that one user's
@@ -83,14 +93,8 @@ class GenerationRepository:
 
     async def count_live(self, conn: AsyncConnection, user_id: uuid.UUID, *, at_most: int) -> int:
         """The user's queued and running generations, counted up to `at_most` (enough to compare
-        with a cap, without scanning a long history)."""
-        live = (
-            sa.select(sa.literal(1))
-            .where(generations.c.user_id == user_id, generations.c.state.in_(sorted(LIVE_STATES)))
-            .limit(at_most)
-            .subquery()
-        )
-        return int((await conn.execute(sa.select(sa.func.count()).select_from(live))).scalar_one())
+        with a cap), through the partial index `generations_live_by_user` (migration 0008)."""
+        return int((await conn.execute(live_count_query(user_id, at_most=at_most))).scalar_one())
 
     async def insert(self, conn: AsyncConnection, **values: Any) -> GenerationRecord:
         row = (await conn.execute(sa.insert(generations).values(**values).returning(generations))).one()

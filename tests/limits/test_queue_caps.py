@@ -5,6 +5,8 @@ Free users at 2 (tests/limits/conftest.py)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -13,9 +15,14 @@ import pytest
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
 from support.failpoints import parking_prompt, release, wait_parked
 from support.generations import row, wait_for
 from support.limits import FREE_LIVE_GENERATIONS, sign_up
+
+from services.common.database import Database
+from services.generation.repository import live_count_query
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +90,51 @@ def test_a_user_past_their_live_generations_cap_is_refused_and_never_charged(lim
             )
         again = rest.post("/api/v1/generation/create", json=REQUEST, headers=account.headers)
         assert again.status_code == 200, again.text
+
+
+async def test_counting_a_users_live_generations_reads_only_their_live_rows(limits_mesh: Any) -> None:
+    """The cap's count runs on every CreateGeneration; a user with a long history must not make
+    it walk that history. PostgreSQL's plan for the repository's own query, as the tenant role
+    under row-level security, reads the partial index of live rows and no finished one."""
+    mesh = limits_mesh
+    account = sign_up(mesh, "history")
+    mesh.sql(
+        """
+        INSERT INTO generations (id, user_id, state, tier, prompt, model, width, height, steps, seed,
+                                 guidance, credits_held, finished_at)
+        SELECT gen_random_uuid(), %s, 'SUCCEEDED', 'free', 'an old picture', 'tiny-sd', 64, 64, 2, n,
+               7.5, 0, now()
+        FROM generate_series(1, 5000) AS n
+        """,
+        account.user_id,
+    )
+    mesh.sql("ANALYZE generations")
+
+    user_id = uuid.UUID(account.user_id)
+    statement = live_count_query(user_id, at_most=FREE_LIVE_GENERATIONS)
+    compiled = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+    database = Database(mesh.app_database_url, schema=mesh.schema, system_url=mesh.system_database_url)
+    try:
+        async with database.tenant(user_id) as conn:
+            plan = (await conn.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}"))).scalar_one()
+    finally:
+        await database.close()
+
+    nodes = list(plan_nodes(plan[0]["Plan"]))
+    scans = [node for node in nodes if "Relation Name" in node]
+    assert [(scan["Node Type"], scan.get("Index Name")) for scan in scans] in (
+        [("Index Scan", "generations_live_by_user")],
+        [("Index Only Scan", "generations_live_by_user")],
+        [("Bitmap Heap Scan", None)],
+    ), scans
+    assert not any(node.get("Rows Removed by Filter", 0) for node in nodes), nodes
+    if scans[0]["Node Type"] == "Bitmap Heap Scan":
+        assert [node.get("Index Name") for node in nodes if node["Node Type"] == "Bitmap Index Scan"] == [
+            "generations_live_by_user"
+        ]
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
