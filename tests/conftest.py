@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from support.lemonsqueezy import LemonSqueezyServer
 from support.mesh import (
     LEMONSQUEEZY_API_KEY,
     LEMONSQUEEZY_WEBHOOK_SECRET,
+    MeshStarter,
     RunningMesh,
     start_mesh,
     stop_mesh,
@@ -50,24 +52,40 @@ def lemonsqueezy() -> Iterator[LemonSqueezyServer]:
 
 
 @pytest.fixture(scope="session")
-def mesh(
+def own_mesh(
     tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: LemonSqueezyServer
-) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("pingvas-home"),
-        models_dir,
-        extra_env={
-            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
-            # Longer than any test holds an answer (tests/billing/test_plan_changes.py), so that a
-            # held call ends when the test releases it, never by a timer.
-            "PINGVAS_LEMONSQUEEZY_TIMEOUT_SECONDS": "300",
-            # The gateway's deadline on the held call, for the same reason.
-            "PINGVAS_GATEWAY_UNARY_TIMEOUT_SECONDS": "300",
-            **FAILPOINTS_ENV,
-        },
-    )
-    yield running
-    stop_mesh(running)
+) -> MeshStarter:
+    """Starts a mesh for the tests that need settings of their own: `with own_mesh("name",
+    {"PINGVAS_...": ...}) as mesh:`. Every mesh talks to this session's Lemon Squeezy stand-in
+    and is stopped when the block ends."""
+
+    @contextmanager
+    def start(name: str, settings: dict[str, str] | None = None) -> Iterator[RunningMesh]:
+        running = start_mesh(
+            tmp_path_factory.mktemp(name),
+            models_dir,
+            extra_env={"PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url, **(settings or {})},
+        )
+        try:
+            yield running
+        finally:
+            stop_mesh(running)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
+    settings = {
+        # Longer than any test holds an answer (tests/billing/test_plan_changes.py), so that a
+        # held call ends when the test releases it, never by a timer.
+        "PINGVAS_LEMONSQUEEZY_TIMEOUT_SECONDS": "300",
+        # The gateway's deadline on the held call, for the same reason.
+        "PINGVAS_GATEWAY_UNARY_TIMEOUT_SECONDS": "300",
+        **FAILPOINTS_ENV,
+    }
+    with own_mesh("pingvas-home", settings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -21,7 +20,7 @@ import psycopg2
 import pytest
 from support.generations import wait_for
 from support.lemonsqueezy import LemonSqueezyServer
-from support.mesh import RunningMesh, start_mesh, stop_mesh
+from support.mesh import MeshStarter, RunningMesh
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +28,17 @@ PRO = "102"  # the Pro variant id the mesh's dev settings know
 
 
 @pytest.fixture(scope="module")
-def mesh(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: LemonSqueezyServer
-) -> Iterator[RunningMesh]:
+def mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
     """This module's own mesh; the conftest fixtures that take `mesh` (accounts, the ledger
     check) use it."""
-    running = start_mesh(
-        tmp_path_factory.mktemp("outage-home"),
-        models_dir,
-        extra_env={
+    with own_mesh(
+        "outage-home",
+        {
             "PINGVAS_WORKERS": "0",
             "PINGVAS_RESTART_BACKOFF_INITIAL_SECONDS": "0.2",
-            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
         },
-    )
-    yield running
-    stop_mesh(running)
+    ) as running:
+        yield running
 
 
 def postgres_is_up(mesh: RunningMesh) -> bool:

@@ -21,7 +21,7 @@ from support.accounts import Account, dev_login
 from support.failpoints import FAILPOINTS_ENV, disarm, parking_prompt, release, wait_parked
 from support.generations import assert_ended_once, row, wait_for
 from support.lemonsqueezy import LemonSqueezyServer
-from support.mesh import RunningMesh, start_mesh, stop_mesh
+from support.mesh import MeshStarter, RunningMesh, start_mesh, stop_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,9 @@ RESTART_ENV = {
 
 
 @pytest.fixture(scope="module")
-def restart_mesh(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: LemonSqueezyServer
-) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("restart-home"),
-        models_dir,
-        extra_env={**RESTART_ENV, "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url},
-    )
-    yield running
-    stop_mesh(running)
+def restart_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
+    with own_mesh("restart-home", {**RESTART_ENV}) as running:
+        yield running
 
 
 def component(mesh: RunningMesh, marker: str) -> psutil.Process:

@@ -12,7 +12,6 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +23,7 @@ from redis.asyncio import Redis
 from support.accounts import Account, dev_login
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.generations import assert_watch_order, reached_step, wait_for
-from support.mesh import RunningMesh, start_mesh, stop_mesh
+from support.mesh import MeshStarter, RunningMesh
 
 from services.common.database import Database
 from services.common.signing import ImageUrlSigner
@@ -43,14 +42,10 @@ PLANS = ("free", "starter", "pro", "studio", "enterprise")
 
 
 @pytest.fixture(scope="module")
-def hub_mesh(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: Any
-) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("hub-home"),
-        models_dir,
-        extra_env={
-            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
+def hub_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
+    with own_mesh(
+        "hub-home",
+        {
             "PINGVAS_REDIS_MAX_CONNECTIONS": str(REDIS_BUDGET),
             # Short, so that a test sees a quiet stream's re-sent `queued` soon (15 s in production).
             "PINGVAS_WATCH_QUEUED_RESEND_SECONDS": "0.5",
@@ -58,9 +53,8 @@ def hub_mesh(
             "PINGVAS_WATCH_STREAMS_PER_USER": json.dumps(dict.fromkeys(PLANS, 2000)),
             **FAILPOINTS_ENV,
         },
-    )
-    yield running
-    stop_mesh(running)
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from support.failpoints import FAILPOINTS_ENV
 from support.limits import FREE_LIVE_GENERATIONS, SIGN_IN_PER_IP, STARTER_RATE, UNARY_TIMEOUT_SECONDS
-from support.mesh import RunningMesh, start_mesh, stop_mesh
+from support.mesh import MeshStarter, RunningMesh
 
 
 @pytest.fixture(scope="package")
-def limits_mesh(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: Any
-) -> Iterator[RunningMesh]:
+def limits_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
     requests, seconds = STARTER_RATE
-    running = start_mesh(
-        tmp_path_factory.mktemp("limits-home"),
-        models_dir,
-        extra_env={
-            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
+    with own_mesh(
+        "limits-home",
+        {
             "PINGVAS_RATE_LIMITS_PER_USER": json.dumps(
                 {"free": "100000/minute", "starter": f"{requests} per {seconds} seconds"}
             ),
@@ -34,6 +28,5 @@ def limits_mesh(
             "PINGVAS_GATEWAY_UNARY_TIMEOUT_SECONDS": str(UNARY_TIMEOUT_SECONDS),
             **FAILPOINTS_ENV,
         },
-    )
-    yield running
-    stop_mesh(running)
+    ) as running:
+        yield running

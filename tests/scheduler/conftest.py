@@ -18,7 +18,7 @@ import httpx
 import pytest
 from support.accounts import Account, dev_login
 from support.failpoints import FAILPOINTS_ENV
-from support.mesh import free_port, start_mesh, stop_mesh, wait_grpc_serving
+from support.mesh import MeshStarter, free_port, wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,16 +35,9 @@ SCHEDULER_ENV = {
 
 
 @pytest.fixture(scope="session")
-def scheduler_mesh(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: Any
-) -> Iterator[Any]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("scheduler-home"),
-        models_dir,
-        extra_env={**SCHEDULER_ENV, "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url},
-    )
-    yield running
-    stop_mesh(running)
+def scheduler_mesh(own_mesh: MeshStarter) -> Iterator[Any]:
+    with own_mesh("scheduler-home", {**SCHEDULER_ENV}) as running:
+        yield running
 
 
 @dataclass

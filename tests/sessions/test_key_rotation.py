@@ -8,8 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -17,7 +15,7 @@ import jwt
 import pytest
 from pingvas.generation.v1 import generation_service_pb2 as generation
 from pingvas.generation.v1 import generation_service_pb2_grpc as generation_grpc
-from support.mesh import RunningMesh, start_mesh, stop_mesh
+from support.mesh import MeshStarter, RunningMesh
 
 from services.common.database import Database
 from services.common.keyring import SigningKeyring
@@ -26,19 +24,14 @@ CACHE_SECONDS = 2
 
 
 @pytest.fixture(scope="module")
-def rotation_mesh(
-    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, lemonsqueezy: Any
-) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("rotation-home"),
-        models_dir,
-        extra_env={
-            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
+def rotation_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
+    with own_mesh(
+        "rotation-home",
+        {
             "PINGVAS_JWKS_CACHE_SECONDS": str(CACHE_SECONDS),
         },
-    )
-    yield running
-    stop_mesh(running)
+    ) as running:
+        yield running
 
 
 def _sign_in(rest: httpx.Client) -> str:

@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import psycopg2
 import psycopg2.extras
@@ -98,6 +100,9 @@ RAISED_LIMITS_ENV = {
     # No plan named: no per-user cap on queued and running generations.
     "PINGVAS_SCHEDULER_MAX_LIVE_PER_USER": "{}",
 }
+
+# The `own_mesh` fixture (tests/conftest.py): a name and settings in, a running mesh out.
+MeshStarter: TypeAlias = Callable[..., AbstractContextManager["RunningMesh"]]
 
 LEMONSQUEEZY_API_KEY = "test-lemonsqueezy-key"
 LEMONSQUEEZY_WEBHOOK_SECRET = "test-lemonsqueezy-signing-secret"
