@@ -340,6 +340,7 @@ class Mesh:
                     "admin_database_url": admin_url,
                     "redis_url": redis_url,
                     "db_schema": options.db_schema,
+                    "env": options.env,
                     "pid": os.getpid(),
                     "ports": ports,
                 }

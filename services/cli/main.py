@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -40,10 +41,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return generate.run(args)
 
 
-def _database_location(*roles: str) -> tuple[dict[str, str], str]:
-    """The URLs of the environment's `roles` (app, system, owner) and its schema: from
-    DATABASE_URL, SYSTEM_DATABASE_URL and OWNER_DATABASE_URL if DATABASE_URL is set, else from
-    the running embedded mesh."""
+@dataclass(frozen=True)
+class DatabaseLocation:
+    urls: dict[str, str]
+    schema: str
+    env: str
+
+
+def _database_location(*roles: str) -> DatabaseLocation:
+    """The URLs of the environment's `roles` (app, system, owner), its schema and its name
+    (dev, prod): from DATABASE_URL, SYSTEM_DATABASE_URL, OWNER_DATABASE_URL and PINGVAS_ENV if
+    DATABASE_URL is set, else from the running embedded mesh. An external database names its
+    environment explicitly, as a service must: a job run against production must never take
+    dev's relaxed checks because a variable was forgotten."""
     from services.common.defaults import DEFAULT_DB_SCHEMA
     from services.supervisor import runtime_file
 
@@ -51,9 +61,13 @@ def _database_location(*roles: str) -> tuple[dict[str, str], str]:
     schema = os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA)
     if os.environ.get("DATABASE_URL"):
         missing = [variables[role] for role in roles if not os.environ.get(variables[role])]
+        if not os.environ.get("PINGVAS_ENV"):
+            missing.append("PINGVAS_ENV")
         if missing:
             raise SystemExit(f"pingvas: set {' and '.join(missing)} as well as DATABASE_URL")
-        return {role: os.environ[variables[role]] for role in roles}, schema
+        return DatabaseLocation(
+            {role: os.environ[variables[role]] for role in roles}, schema, os.environ["PINGVAS_ENV"]
+        )
     mesh_file = runtime_file(_home().resolve())
     if not mesh_file.exists():
         raise SystemExit(
@@ -63,7 +77,9 @@ def _database_location(*roles: str) -> tuple[dict[str, str], str]:
     import json
 
     mesh = json.loads(mesh_file.read_text())
-    return {role: mesh[variables[role].lower()] for role in roles}, mesh["db_schema"]
+    return DatabaseLocation(
+        {role: mesh[variables[role].lower()] for role in roles}, mesh["db_schema"], mesh["env"]
+    )
 
 
 def _cmd_admin(args: argparse.Namespace) -> int:
@@ -72,11 +88,15 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     from services.common.errors import DomainError
     from services.user.accounts import UserAccounts
 
-    urls, schema = _database_location("app", "system")
+    location = _database_location("app", "system")
 
     async def run() -> int:
         database = Database(
-            urls["app"], schema=schema, system_url=urls["system"], pool_size=1, application_name="pingvas-cli"
+            location.urls["app"],
+            schema=location.schema,
+            system_url=location.urls["system"],
+            pool_size=1,
+            application_name="pingvas-cli",
         )
         accounts = UserAccounts(database, CreditLedger(), free_grant_credits=0)
         try:
@@ -129,16 +149,16 @@ def _cmd_billing(args: argparse.Namespace) -> int:
 
     from services.billing.app import build_billing
 
-    urls, schema = _database_location("app", "system")
+    database = _database_location("app", "system")
 
     async def run() -> int:
         from services.common.errors import DomainError
 
         parts = build_billing(
-            env=os.environ.get("PINGVAS_ENV", "dev"),
-            database_url=urls["app"],
-            system_database_url=urls["system"],
-            db_schema=schema,
+            env=database.env,
+            database_url=database.urls["app"],
+            system_database_url=database.urls["system"],
+            db_schema=database.schema,
             application_name="pingvas-cli",
         )
         try:
@@ -190,9 +210,9 @@ def _cmd_proto_generate(_args: argparse.Namespace) -> int:
 def _cmd_db_upgrade(_args: argparse.Namespace) -> int:
     from services.migrations import upgrade
 
-    urls, schema = _database_location("owner")
-    asyncio.run(upgrade(urls["owner"], schema))
-    print(f"schema {schema} is at the newest revision")
+    database = _database_location("owner")
+    asyncio.run(upgrade(database.urls["owner"], database.schema))
+    print(f"schema {database.schema} is at the newest revision")
     return 0
 
 

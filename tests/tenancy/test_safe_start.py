@@ -181,3 +181,42 @@ def test_pingvas_up_names_dev_and_each_component_logs_what_it_enforces(mesh: Any
         "enforces PINGVAS_ENV=dev: dev login on, dev secrets allowed; connected to schema dev_pingvas as"
     )
     assert lines and all(expected in line for line in lines)
+
+
+def external_database(mesh: Any, **overrides: str) -> dict[str, str]:
+    """`pingvas` pointed at a database by URL, as an operator runs a job against a deployment."""
+    return {
+        "DATABASE_URL": mesh.app_database_url,
+        "SYSTEM_DATABASE_URL": mesh.system_database_url,
+        "PINGVAS_DB_SCHEMA": mesh.schema,
+        "PINGVAS_ENV": "",
+        **overrides,
+    }
+
+
+def test_an_admin_command_on_a_database_by_url_must_name_its_environment(mesh: Any) -> None:
+    """Forgetting PINGVAS_ENV must not run a job against production with dev's checks."""
+    for command in (("billing", "expire"), ("admin", "grant-credits", "nobody@example.com", "1")):
+        result = mesh.pingvas(*command, env=external_database(mesh))
+        assert result.returncode != 0, result.stdout
+        assert "set PINGVAS_ENV as well as DATABASE_URL" in result.stderr, result.stderr
+
+
+def test_a_billing_job_in_prod_refuses_the_published_dev_secrets(mesh: Any) -> None:
+    result = mesh.pingvas(
+        "billing",
+        "expire",
+        env=external_database(
+            mesh, PINGVAS_ENV="prod", PINGVAS_LEMONSQUEEZY_API_KEY=DEV_LEMONSQUEEZY_API_KEY
+        ),
+    )
+    assert result.returncode != 0, result.stdout
+    assert "must be set in prod" in result.stderr, result.stderr
+
+
+def test_an_admin_command_against_the_mesh_runs_in_the_mesh_environment(mesh: Any) -> None:
+    """Without DATABASE_URL the command finds the running mesh, and takes its environment from
+    it rather than from a default."""
+    assert json.loads((mesh.home / "run" / "mesh.json").read_text())["env"] == "dev"
+    result = mesh.pingvas("billing", "expire", env={"PINGVAS_ENV": ""})
+    assert result.returncode == 0, result.stderr
