@@ -38,7 +38,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.generation.events import EVENT_FEED_KEY, EventLog, FeedEntry, StoredEvent, event_kind
+from services.generation.events import EventLog, FeedEntry, StoredEvent, event_kind
 from services.generation.generations import Generations
 from services.generation.lifecycle import EventKind
 from services.generation.queue import TierQueue
@@ -286,7 +286,7 @@ class EventHub:
         while True:
             try:
                 response: Any = await self.reader.xread(
-                    {EVENT_FEED_KEY: self._feed_id}, block=self.block_ms, count=_READ_COUNT
+                    {self.events.feed_key: self._feed_id}, block=self.block_ms, count=_READ_COUNT
                 )
             except (RedisError, OSError):
                 # Redis restarted or the connection was killed. Once it is back the hub reads on

@@ -79,11 +79,17 @@ def is_terminal(event: pb.WatchGenerationResponse) -> bool:
 
 class EventLog:
     def __init__(
-        self, redis: Redis, *, max_events: int = 2000, ttl_after_terminal_seconds: int = 24 * 3600
+        self,
+        redis: Redis,
+        *,
+        max_events: int = 2000,
+        ttl_after_terminal_seconds: int = 24 * 3600,
+        feed_key: str = EVENT_FEED_KEY,
     ) -> None:
         self.redis = redis
         self.max_events = max_events
         self.ttl_after_terminal_seconds = ttl_after_terminal_seconds
+        self.feed_key = feed_key
         self._append = redis.register_script(_APPEND)
 
     @staticmethod
@@ -114,7 +120,7 @@ class EventLog:
         payload = event.SerializeToString()
         return int(
             await self._append(
-                keys=[key, f"{key}:seq", EVENT_FEED_KEY],
+                keys=[key, f"{key}:seq", self.feed_key],
                 args=[payload, self.max_events, ttl, str(generation_id), EVENT_FEED_LENGTH],
             )
         )
@@ -122,7 +128,7 @@ class EventLog:
     async def feed_end(self) -> str:
         """The id of the feed's newest entry, or "0-0" when it has none: where a reader that
         wants only what comes next starts."""
-        entries: Any = await self.redis.xrevrange(EVENT_FEED_KEY, count=1)
+        entries: Any = await self.redis.xrevrange(self.feed_key, count=1)
         return entries[0][0].decode() if entries else "0-0"
 
     async def read(

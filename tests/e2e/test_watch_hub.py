@@ -183,6 +183,31 @@ async def test_a_watcher_that_fell_behind_gets_every_event_in_order(hub: EventHu
     assert sequences == list(range(1, 21)), "resynchronised from the stored log, nothing lost"
 
 
+async def test_a_gap_in_the_feed_resynchronises_the_watchers_from_the_log(hub: EventHub) -> None:
+    """The feed is capped: a hub that fell further behind than the cap finds entries gone. The
+    logs still hold them, and the hub sees the gap in the sequence numbers. Here one event's feed
+    entry is lost outright (appended to its log, and to a feed no hub reads), so the next event
+    the hub sees skips a sequence number."""
+    generation_id = uuid.uuid4()
+    await hub.events.append(generation_id, new_event(generation_id, queued=resources.GenerationQueued()))
+    lost_from_feed = EventLog(hub.events.redis, feed_key=f"feed-nobody-reads:{generation_id}")
+    follow = {"user_id": uuid.uuid4(), "tier": "free", "queued": True}
+    async with hub.subscribe(generation_id, **follow) as watcher:
+        events = await watcher.next_events(None)  # the replay: `queued`
+        started = resources.GenerationStarted(attempt=1)
+        await lost_from_feed.append(generation_id, new_event(generation_id, started=started))
+        await hub.events.append(
+            generation_id, new_event(generation_id, succeeded=resources.GenerationSucceeded(seed=1))
+        )
+        events += await asyncio.wait_for(read_through_terminal(watcher), 120)
+
+    assert [(s.event.WhichOneof("event"), s.event.sequence) for s in events] == [
+        ("queued", 1),
+        ("started", 2),
+        ("succeeded", 3),
+    ]
+
+
 async def _until(condition: Any) -> None:
     """Polls for an outcome; callers put a generous deadline on it."""
     while True:
