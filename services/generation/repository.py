@@ -103,14 +103,7 @@ class GenerationRepository:
     async def get(
         self, conn: AsyncConnection, user_id: uuid.UUID, generation_id: uuid.UUID
     ) -> GenerationRecord | None:
-        row = (
-            await conn.execute(
-                sa.select(generations).where(
-                    generations.c.id == generation_id, generations.c.user_id == user_id
-                )
-            )
-        ).one_or_none()
-        return None if row is None else GenerationRecord.from_row(row)
+        return await self._one(conn, generations.c.id == generation_id, generations.c.user_id == user_id)
 
     async def finished_among(
         self, conn: AsyncConnection, user_id: uuid.UUID, generation_ids: list[uuid.UUID]
@@ -128,13 +121,11 @@ class GenerationRepository:
     async def get_by_request_id(
         self, conn: AsyncConnection, user_id: uuid.UUID, request_id: str
     ) -> GenerationRecord | None:
-        row = (
-            await conn.execute(
-                sa.select(generations).where(
-                    generations.c.user_id == user_id, generations.c.request_id == request_id
-                )
-            )
-        ).one_or_none()
+        return await self._one(conn, generations.c.user_id == user_id, generations.c.request_id == request_id)
+
+    @staticmethod
+    async def _one(conn: AsyncConnection, *where: sa.ColumnElement[bool]) -> GenerationRecord | None:
+        row = (await conn.execute(sa.select(generations).where(*where))).one_or_none()
         return None if row is None else GenerationRecord.from_row(row)
 
     async def page(
