@@ -93,7 +93,9 @@ class BegunSignIn:
 
 
 @dataclass(frozen=True)
-class _Attempt:
+class SignInAttempt:
+    """What CompleteOAuthLogin needs of a begun sign-in, and nothing a client sends."""
+
     provider: str
     redirect_uri: str
     code_verifier: str
@@ -111,12 +113,12 @@ class SignInAttempts:
     def _key(state: str) -> str:
         return _ATTEMPT_KEY.format(hashlib.sha256(state.encode()).hexdigest())
 
-    async def keep(self, state: str, attempt: _Attempt) -> None:
+    async def keep(self, state: str, attempt: SignInAttempt) -> None:
         await self.redis.set(self._key(state), json.dumps(asdict(attempt)), ex=self.ttl_seconds)
 
-    async def take(self, state: str) -> _Attempt | None:
+    async def take(self, state: str) -> SignInAttempt | None:
         stored = await self.redis.getdel(self._key(state))
-        return None if stored is None else _Attempt(**json.loads(stored))
+        return None if stored is None else SignInAttempt(**json.loads(stored))
 
 
 class OAuthSignIn:
@@ -167,7 +169,7 @@ class OAuthSignIn:
             begun: Mapping[str, Any] = await app.create_authorization_url(redirect_uri)
         await self.attempts.keep(
             begun["state"],
-            _Attempt(provider, redirect_uri, begun["code_verifier"], begun.get("nonce")),
+            SignInAttempt(provider, redirect_uri, begun["code_verifier"], begun.get("nonce")),
         )
         return BegunSignIn(begun["url"], begun["state"])
 
@@ -191,7 +193,7 @@ class OAuthSignIn:
             return await self._discord_identity(app, token)
 
     async def _google_identity(
-        self, app: _ProviderApp, token: Mapping[str, Any], attempt: _Attempt
+        self, app: _ProviderApp, token: Mapping[str, Any], attempt: SignInAttempt
     ) -> ProviderIdentity:
         if "id_token" not in token:
             raise IdTokenInvalid("Google answered without an ID token")
