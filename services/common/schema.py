@@ -170,3 +170,14 @@ refresh_tokens = sa.Table(
     sa.Column("replaced_by", UUID(as_uuid=True), sa.ForeignKey("refresh_tokens.id")),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
 )
+
+# Which user each Google or Discord account signs in as (migration 0009).
+oauth_identities = sa.Table(
+    "oauth_identities",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("subject", sa.Text, primary_key=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)

@@ -371,6 +371,50 @@ class LemonSqueezySettings(BaseSettings):
     variant_enterprise: str = Field("104", description="Variant id of the Enterprise plan.")
 
 
+GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
+DISCORD_BASE_URL = "https://discord.com"
+
+
+class OAuthSettings(BaseSettings):
+    """Sign-in with Google (OpenID Connect) and Discord (OAuth 2.0), by the user service. A
+    provider whose client id is empty is not offered (BeginOAuthLogin answers FAILED_PRECONDITION),
+    which is how `pingvas up` starts; production sets the ids and secrets from a Secret, and
+    refuses a configured provider whose secret is left at its empty default. The redirect URIs
+    are JSON in the environment, e.g. PINGVAS_OAUTH_REDIRECT_URIS='["https://pingvas.studio/auth/callback"]'."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_OAUTH_", extra="ignore")
+
+    google_client_id: str = Field("", description="Google's OAuth client id; empty: Google is not offered.")
+    google_client_secret: str = Field("", description="Google's OAuth client secret.")
+    google_discovery_url: str = Field(
+        GOOGLE_DISCOVERY_URL,
+        description="Google's OpenID Connect discovery document: its endpoints, issuer and JWKS.",
+    )
+    discord_client_id: str = Field(
+        "", description="Discord's OAuth client id; empty: Discord is not offered."
+    )
+    discord_client_secret: str = Field("", description="Discord's OAuth client secret.")
+    discord_base_url: str = Field(
+        DISCORD_BASE_URL,
+        description="Discord's base URL: /oauth2/authorize, /api/oauth2/token and /api/users/@me "
+        "lie under it.",
+    )
+    redirect_uris: list[str] = Field(
+        default_factory=list,
+        description="The redirect URIs BeginOAuthLogin accepts, exactly as the providers have them "
+        "registered; any other is INVALID_ARGUMENT.",
+    )
+    attempt_ttl_seconds: int = Field(
+        600,
+        ge=10,
+        description="How long a begun sign-in (its state, nonce and PKCE verifier, kept in Redis) "
+        "waits for CompleteOAuthLogin; it can be completed once.",
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one call to a provider (discovery, token, JWKS, profile) may take."
+    )
+
+
 class PlanSettings(BaseSettings):
     """Monthly credit grants, in one place; prices are Lemon Squeezy's and shown for reference."""
 

@@ -2,7 +2,8 @@
 
 PINGVAS_ENV must be named (`load_settings`). In prod a process refuses to start on any setting
 that is only safe on a laptop: dev login, a dev or default secret (the published Lemon Squeezy
-dev values, or the signing keys `pingvas up` generated under PINGVAS_HOME), the embedded
+dev values, the signing keys `pingvas up` generated under PINGVAS_HOME, or an OAuth provider
+offered with no client secret), the embedded
 PostgreSQL or Redis of `pingvas up`, or a PostgreSQL running with fsync=off. The servers are
 asked (SHOW fsync, SHOW cluster_name, Redis INFO), not our own configuration. In every
 environment a process refuses a database role that could escape row-level security.
@@ -27,6 +28,7 @@ from services.common.settings import (
     DEV_LEMONSQUEEZY_WEBHOOK_SECRET,
     CommonSettings,
     LemonSqueezySettings,
+    OAuthSettings,
     ServerSettings,
 )
 
@@ -52,7 +54,9 @@ def _generated_dev_secrets(home: Path) -> set[str]:
         return set()
 
 
-def settings_refusals(settings: CommonSettings, lemonsqueezy: LemonSqueezySettings) -> list[str]:
+def settings_refusals(
+    settings: CommonSettings, lemonsqueezy: LemonSqueezySettings, oauth: OAuthSettings
+) -> list[str]:
     """What prod refuses in this process's own settings (empty in dev)."""
     if settings.env != "prod":
         return []
@@ -70,6 +74,13 @@ def settings_refusals(settings: CommonSettings, lemonsqueezy: LemonSqueezySettin
     ):
         if value in dev_values:
             refusals.append(f"{variable} is a dev or default secret")
+    for provider, client_id, secret in (
+        ("GOOGLE", oauth.google_client_id, oauth.google_client_secret),
+        ("DISCORD", oauth.discord_client_id, oauth.discord_client_secret),
+    ):
+        # An offered provider's secret has no usable default: the empty one, or a dev value.
+        if client_id and (not secret or secret in dev_values):
+            refusals.append(f"PINGVAS_OAUTH_{provider}_CLIENT_SECRET is a dev or default secret")
     return refusals
 
 
@@ -105,7 +116,7 @@ async def open_service_database(settings: ServerSettings, component: str) -> Dat
 async def enforce_environment(settings: CommonSettings, database: Database, *, component: str) -> None:
     """Refuse to start (SystemExit naming every reason) or log one line saying what is enforced."""
     await wait_until_ready(database.ping, "PostgreSQL")
-    refusals = settings_refusals(settings, LemonSqueezySettings())
+    refusals = settings_refusals(settings, LemonSqueezySettings(), OAuthSettings())
     if settings.env == "prod":
         refusals += await server_refusals(database, settings.redis_url)
     roles = await database.roles_in_use()

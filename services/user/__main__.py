@@ -13,9 +13,10 @@ from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import JwksSettings, PlanSettings, UserSettings
+from services.common.settings import JwksSettings, OAuthSettings, PlanSettings, UserSettings
 from services.common.startup import load_settings, open_service_database
 from services.user.accounts import UserAccounts
+from services.user.oauth import OAuthSignIn, SignInAttempts
 from services.user.servicer import UserServicer
 from services.user.sessions import Sessions
 
@@ -25,6 +26,8 @@ async def main() -> None:
     configure_logging(settings.log_level, "user")
     database = await open_service_database(settings, "user")
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
+    oauth = load_settings(OAuthSettings)
+    redis = shared_redis(settings)
     jwks = JwksSettings()
     keyring = SigningKeyring(
         database,
@@ -57,7 +60,8 @@ async def main() -> None:
             token_verifier(database, cache_seconds=jwks.cache_seconds),
             TokenIssuer(keyring, ttl_seconds=settings.token_ttl_seconds),
             sessions,
-            principal_rate_limiter(shared_redis(settings), user_plans(database)),
+            principal_rate_limiter(redis, user_plans(database)),
+            OAuthSignIn(oauth, SignInAttempts(redis, ttl_seconds=oauth.attempt_ttl_seconds)),
             dev_login_enabled=settings.dev_login_enabled,
         ),
         server.server,

@@ -14,16 +14,28 @@ from pingvas.user.v1 import user_service_pb2 as pb
 from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Principal, TokenVerifier
-from services.common.errors import NotFound, PermissionDenied
+from services.common.errors import FieldViolation, InvalidInput, NotFound, PermissionDenied
 from services.common.keyring import SigningKeyring, TokenIssuer
 from services.common.rate_limits import PrincipalRateLimiter
-from services.common.rpc import Endpoint, not_implemented_yet, public_unary, unary
+from services.common.rpc import Endpoint, public_unary, unary
 from services.user.accounts import Account, UserAccounts
+from services.user.oauth import DISCORD, GOOGLE, OAuthSignIn
 from services.user.sessions import Sessions
 
 ERROR_DOMAIN = "user.pingvas.studio"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+_PROVIDERS = {resources.O_AUTH_PROVIDER_GOOGLE: GOOGLE, resources.O_AUTH_PROVIDER_DISCORD: DISCORD}
+
+
+def provider_from_proto(provider: int) -> str:
+    try:
+        return _PROVIDERS[provider]
+    except KeyError:
+        raise InvalidInput(
+            [FieldViolation("provider", "must be O_AUTH_PROVIDER_GOOGLE or O_AUTH_PROVIDER_DISCORD")]
+        ) from None
 
 
 def account_to_proto(account: Account) -> resources.User:
@@ -49,6 +61,7 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
         issuer: TokenIssuer,
         sessions: Sessions,
         rate_limiter: PrincipalRateLimiter,
+        oauth: OAuthSignIn,
         *,
         dev_login_enabled: bool,
     ) -> None:
@@ -56,6 +69,7 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
         self.accounts = accounts
         self.issuer = issuer
         self.sessions = sessions
+        self.oauth = oauth
         self.dev_login_enabled = dev_login_enabled
 
     @property
@@ -66,15 +80,18 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
     async def DevLogin(self, request: pb.DevLoginRequest, context: Context) -> pb.DevLoginResponse:
         if not self.dev_login_enabled:
             raise PermissionDenied("dev login is not enabled on this deployment")
-        account = await self.accounts.sign_in(request.email)
+        return pb.DevLoginResponse(**await self._signed_in(await self.accounts.sign_in(request.email)))
+
+    async def _signed_in(self, account: Account) -> dict[str, Any]:
+        """A sign-in's answer: a new session's access and refresh tokens, and the user."""
         refresh = await self.sessions.start(account.id)
-        return pb.DevLoginResponse(
-            access_token=await self.issuer.issue(account.id, account.email),
-            expires_in=self.issuer.ttl_seconds,
-            user=account_to_proto(account),
-            refresh_token=refresh.token,
-            refresh_expires_in=refresh.expires_in,
-        )
+        return {
+            "access_token": await self.issuer.issue(account.id, account.email),
+            "expires_in": self.issuer.ttl_seconds,
+            "user": account_to_proto(account),
+            "refresh_token": refresh.token,
+            "refresh_expires_in": refresh.expires_in,
+        }
 
     @public_unary
     async def RefreshSession(
@@ -103,9 +120,23 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
             content_type="application/json", data=json.dumps({"keys": keys}).encode()
         )
 
-    BeginOAuthLogin = not_implemented_yet("Google/Discord OAuth sign-in")
+    @public_unary
+    async def BeginOAuthLogin(
+        self, request: pb.BeginOAuthLoginRequest, context: Context
+    ) -> pb.BeginOAuthLoginResponse:
+        begun = await self.oauth.begin(provider_from_proto(request.provider), request.redirect_uri)
+        return pb.BeginOAuthLoginResponse(authorization_url=begun.authorization_url, state=begun.state)
 
-    CompleteOAuthLogin = not_implemented_yet("Google/Discord OAuth sign-in")
+    @public_unary
+    async def CompleteOAuthLogin(
+        self, request: pb.CompleteOAuthLoginRequest, context: Context
+    ) -> pb.CompleteOAuthLoginResponse:
+        identity = await self.oauth.complete(
+            provider_from_proto(request.provider), request.code, request.state
+        )
+        return pb.CompleteOAuthLoginResponse(
+            **await self._signed_in(await self.accounts.sign_in_with(identity))
+        )
 
     @unary
     async def GetUser(

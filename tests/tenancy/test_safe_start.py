@@ -117,6 +117,18 @@ def test_prod_refuses_the_signing_secrets_pingvas_up_generated(mesh: Any, variab
     assert without_detail(reasons[1:]) == EMBEDDED
 
 
+@pytest.mark.parametrize("provider", ["GOOGLE", "DISCORD"])
+def test_prod_refuses_an_oauth_provider_offered_without_its_secret(mesh: Any, provider: str) -> None:
+    # The client id offers the provider; its secret has no default usable in production.
+    offered = {f"PINGVAS_OAUTH_{provider}_CLIENT_ID": "1234.apps.example.com"}
+    reasons = refusal(start("services.user", service_env(mesh, **offered)))
+    assert reasons[0] == f"PINGVAS_OAUTH_{provider}_CLIENT_SECRET is a dev or default secret"
+    assert without_detail(reasons[1:]) == EMBEDDED
+
+    configured = {**offered, f"PINGVAS_OAUTH_{provider}_CLIENT_SECRET": secrets.token_urlsafe(24)}
+    assert without_detail(refusal(start("services.user", service_env(mesh, **configured)))) == EMBEDDED
+
+
 @pytest.fixture(scope="module")
 def postgres_without_fsync(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     root = tmp_path_factory.mktemp("no-fsync")

@@ -97,14 +97,28 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BeginOAuthLogin(self, request, context):
-        """Starts a Google or Discord OAuth 2.0 sign-in and returns the provider's authorization URL.
+        """Starts a Google (OpenID Connect) or Discord (OAuth 2.0) sign-in and returns the provider's
+        authorization URL, with PKCE (S256) and, for Google, a nonce, and the attempt's `state`. The
+        attempt can be completed once, within 10 minutes by default. Fails with INVALID_ARGUMENT
+        (a field violation) when `redirect_uri` is not one of the deployment's allowed redirect URIs,
+        and with FAILED_PRECONDITION (reason OAUTH_PROVIDER_NOT_CONFIGURED) when the deployment does
+        not offer the provider.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteOAuthLogin(self, request, context):
-        """Completes an OAuth 2.0 sign-in with the provider's authorization code.
+        """Completes a sign-in begun by BeginOAuthLogin with the code and state the provider sent back,
+        and returns an access token, a refresh token and the user, as DevLogin does. The user is
+        found by the provider's account id; on that account's first sign-in it is linked by email to
+        the user holding the address, or to a new user, only if the provider says the address is
+        verified; otherwise it fails with FAILED_PRECONDITION (reason EMAIL_NOT_VERIFIED). Fails with
+        UNAUTHENTICATED when the state is unknown, expired, already used or another provider's
+        (OAUTH_STATE_INVALID), when the provider refuses the code, e.g. an expired code or a PKCE
+        mismatch (OAUTH_CODE_REFUSED), or when Google's ID token fails verification against its
+        published keys: signature, issuer, audience, expiry or nonce (OAUTH_ID_TOKEN_INVALID); with
+        UNAVAILABLE when the provider cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
