@@ -29,7 +29,7 @@ from grpc_status import rpc_status
 
 from gateway.envoy import REST_STATUS_HEADER
 from services.common import errors
-from services.common.access import MethodAccess, method_access
+from services.common.access import AccessClass, MethodAccess, method_access
 from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.validation import validate
@@ -97,7 +97,7 @@ class Endpoint:
             if authenticates is not None and authenticates != access.authenticates_bearer:
                 raise TypeError(
                     f"{type(self).__name__}.{name}: the contract declares access class "
-                    f"{access.access_class}, which {'needs' if access.authenticates_bearer else 'forbids'} "
+                    f"{AccessClass.Name(access.access_class)}, which {'needs' if access.authenticates_bearer else 'forbids'} "
                     f"a verified bearer; decorate it with "
                     f"{'unary or server_stream' if access.authenticates_bearer else 'public_unary'}"
                 )
