@@ -93,8 +93,17 @@ class Endpoint:
         self.rate_limiter = rate_limiter
         self.access: dict[str, MethodAccess] = {m.name: method_access(m) for m in service.methods}
         for name, access in self.access.items():
-            authenticates = getattr(getattr(type(self), name, None), _AUTHENTICATES, None)
-            if authenticates is not None and authenticates != access.authenticates_bearer:
+            implementation = getattr(type(self), name, None)
+            if isinstance(implementation, not_implemented_yet):
+                continue  # it holds callers to the declaration itself
+            authenticates = getattr(implementation, _AUTHENTICATES, None)
+            if authenticates is None:
+                # The generated base's method would answer UNIMPLEMENTED to anyone, unchecked.
+                raise TypeError(
+                    f"{type(self).__name__}.{name} is not implemented: decorate it with one of "
+                    f"services.common.rpc's decorators, or make it not_implemented_yet"
+                )
+            if authenticates != access.authenticates_bearer:
                 raise TypeError(
                     f"{type(self).__name__}.{name}: the contract declares access class "
                     f"{AccessClass.Name(access.access_class)}, which {'needs' if access.authenticates_bearer else 'forbids'} "
