@@ -16,6 +16,7 @@ import httpx
 import pytest
 from google.protobuf import descriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pingvas.billing.v1 import billing_service_pb2
@@ -81,6 +82,13 @@ def create_key(rest: httpx.Client, owner: Account, *scopes: str, **extra: Any) -
     assert reply.status_code == 200, reply.text
     created: dict[str, Any] = reply.json()
     return created
+
+
+def _time(rfc3339: str) -> datetime:
+    stamp = Timestamp()
+    stamp.FromJsonString(rfc3339)
+    moment: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return moment
 
 
 def bearer(created: dict[str, Any]) -> str:
@@ -285,14 +293,13 @@ def test_a_keys_last_use_is_recorded(
 
     gateway.call("grpc", LIST_GENERATIONS, generation_service_pb2.ListGenerationsRequest(), bearer(created))
 
-    first = listed(rest, owner)[key_id]["lastUseTime"]
-    assert first >= created["apiKey"]["createTime"]
+    first = _time(listed(rest, owner)[key_id]["lastUseTime"])
+    assert first >= _time(created["apiKey"]["createTime"])
     # An hour later (as the database tells it), the next use moves it again.
     mesh.sql("UPDATE api_keys SET last_used_at = last_used_at - interval '1 hour' WHERE id = %s", key_id)
-    hour_earlier = listed(rest, owner)[key_id]["lastUseTime"]
-    assert hour_earlier < first
+    assert _time(listed(rest, owner)[key_id]["lastUseTime"]) < first
     gateway.call("rest", GET_CREDIT_BALANCE, billing_service_pb2.GetCreditBalanceRequest(), bearer(created))
-    assert listed(rest, owner)[key_id]["lastUseTime"] >= first
+    assert _time(listed(rest, owner)[key_id]["lastUseTime"]) >= first
 
 
 def test_another_user_can_neither_list_nor_revoke_my_keys(
