@@ -25,8 +25,10 @@ HTTP filter chain, in request order:
   through this gateway and cached for as long as a new key is published before it signs). A
   present but invalid token is refused with 401 (UNAUTHENTICATED to gRPC callers); a call with no
   bearer token, or with an API key (`Bearer pv_...`), passes on to the services, which verify
-  every call again and refuse what is not valid. The public methods (PUBLIC_METHODS) carry no
-  requirement at all.
+  every call again and refuse what is not valid. The methods the contract declares PUBLIC or
+  WEBHOOK (`pingvas.access.v1.method`, read by `methods_without_bearer`) carry no requirement at
+  all: sign-in, session refresh and logout (the refresh token is the credential), the JWKS, the
+  plan list, the Lemon Squeezy webhook (signed) and signed image URLs.
 
 The streaming methods and the HTTP bindings are read from the descriptor set, so a new RPC needs
 no change here.
@@ -45,6 +47,7 @@ from typing import Any, NotRequired, TypeAlias, TypedDict, Unpack
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
+from pingvas.access.v1 import access_pb2
 
 # The gRPC services reachable from outside, by full name, with the backend that serves each.
 # Anything else a backend implements (health, reflection, internal services) is not routed.
@@ -53,6 +56,7 @@ PUBLIC_SERVICES: dict[str, str] = {
     "pingvas.generation.v1.GenerationService": "generation",
     "pingvas.gallery.v1.GalleryService": "gallery",
     "pingvas.billing.v1.BillingService": "billing",
+    "pingvas.user.v1.ApiKeyService": "user",
 }
 
 # The descriptor set `pingvas proto generate` builds from proto/ (shipped as package data).
@@ -93,18 +97,6 @@ CORS_EXPOSED_HEADERS: tuple[str, ...] = ("grpc-status", "grpc-message", "grpc-st
 REST_PATH_PREFIX = "/api/"
 JWKS_PATH = "/.well-known/jwks.json"
 
-# The methods that need no access token: sign-in, session refresh and logout (authenticated by
-# the refresh token), the JWKS, the Lemon Squeezy webhook (signed) and signed image URLs.
-PUBLIC_METHODS: tuple[str, ...] = (
-    "/pingvas.user.v1.UserService/DevLogin",
-    "/pingvas.user.v1.UserService/BeginOAuthLogin",
-    "/pingvas.user.v1.UserService/CompleteOAuthLogin",
-    "/pingvas.user.v1.UserService/RefreshSession",
-    "/pingvas.user.v1.UserService/Logout",
-    "/pingvas.user.v1.UserService/GetJwks",
-    "/pingvas.billing.v1.BillingService/HandleLemonSqueezyWebhook",
-    "/pingvas.gallery.v1.GalleryService/GetImageContent",
-)
 # API keys start with this (services.common.auth.API_KEY_PREFIX); the services verify them.
 API_KEY_BEARER_PREFIX = "Bearer pv_"
 JWT_ISSUER = "pingvas"
@@ -381,7 +373,7 @@ def build_envoy_config(
                 "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
                 stat_prefix="per_ip",
             ),
-            _jwt_authn_filter(listen_port, jwks_cache_seconds),
+            _jwt_authn_filter(listen_port, jwks_cache_seconds, methods_without_bearer(descriptors)),
             _http_filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
         ],
     }
@@ -468,6 +460,16 @@ def _check_contract(descriptors: descriptor_pb2.FileDescriptorSet, *, source: Pa
     absent = sorted(set(PUBLIC_SERVICES) - services)
     if absent:
         raise ValueError(f"{source} lacks public service(s): {', '.join(absent)}")
+    undeclared = sorted(
+        f"{service.name}.{method.name}"
+        for file in descriptors.file
+        for service in file.service
+        if f"{file.package}.{service.name}" in PUBLIC_SERVICES
+        for method in service.method
+        if method.options.Extensions[access_pb2.method].access_class == access_pb2.ACCESS_CLASS_UNSPECIFIED
+    )
+    if undeclared:
+        raise ValueError(f"RPCs without an access class (pingvas.access.v1.method): {', '.join(undeclared)}")
     # The REST CORS route covers REST_PATH_PREFIX only; a binding outside it would lose CORS.
     outside = sorted(
         f"{method.name}: {path}"
@@ -480,6 +482,20 @@ def _check_contract(descriptors: descriptor_pb2.FileDescriptorSet, *, source: Pa
     if unsupported:
         # Envoy would refuse to start; say which RPC to change (return the resource instead).
         raise ValueError(f"response_body on a non-HttpBody field: {', '.join(unsupported)}")
+
+
+def methods_without_bearer(descriptors: descriptor_pb2.FileDescriptorSet) -> list[str]:
+    """`/package.Service/Method` of every public RPC the contract declares PUBLIC or WEBHOOK: no
+    bearer is verified for them, at the edge or in the services."""
+    return sorted(
+        f"/{file.package}.{service.name}/{method.name}"
+        for file in descriptors.file
+        for service in file.service
+        if f"{file.package}.{service.name}" in PUBLIC_SERVICES
+        for method in service.method
+        if method.options.Extensions[access_pb2.method].access_class
+        in (access_pb2.ACCESS_CLASS_PUBLIC, access_pb2.ACCESS_CLASS_WEBHOOK)
+    )
 
 
 def _streaming_method_paths(descriptors: descriptor_pb2.FileDescriptorSet) -> list[str]:
@@ -643,13 +659,15 @@ def _route_config(
     }
 
 
-def _jwt_authn_filter(listen_port: int, jwks_cache_seconds: float) -> dict[str, Any]:
+def _jwt_authn_filter(
+    listen_port: int, jwks_cache_seconds: float, public_methods: Sequence[str]
+) -> dict[str, Any]:
     """Edge verification of access tokens (see the module docstring)."""
     verify_if_present = {
         "requires_any": {"requirements": [{"provider_name": JWT_PROVIDER}, {"allow_missing": {}}]}
     }
     rules = [
-        *({"match": {"path": path}} for path in PUBLIC_METHODS),
+        *({"match": {"path": path}} for path in public_methods),
         {
             "match": {
                 "prefix": "/",

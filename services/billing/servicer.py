@@ -93,7 +93,13 @@ class BillingServicer(pb_grpc.BillingServiceServicer, Endpoint):
         tokens: TokenVerifier,
         rate_limiter: PrincipalRateLimiter,
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
+        Endpoint.__init__(
+            self,
+            service=pb.DESCRIPTOR.services_by_name["BillingService"],
+            tokens=tokens,
+            error_domain=ERROR_DOMAIN,
+            rate_limiter=rate_limiter,
+        )
         self.database = database
         self.ledger = ledger
         self.plans = plans

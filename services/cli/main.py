@@ -10,6 +10,11 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.common.database import Database
+    from services.user.accounts import UserAccounts
 
 
 def _home() -> Path:
@@ -100,6 +105,8 @@ def _cmd_admin(args: argparse.Namespace) -> int:
         )
         accounts = UserAccounts(database, CreditLedger(), free_grant_credits=0)
         try:
+            if args.admin_command == "apikeys":
+                return await _admin_api_keys(args, database, accounts)
             if args.admin_command == "set-plan":
                 account = await accounts.set_plan(args.email, args.plan)
             else:
@@ -116,6 +123,49 @@ def _cmd_admin(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+async def _admin_api_keys(args: argparse.Namespace, database: Database, accounts: UserAccounts) -> int:
+    """`pingvas admin apikeys`: a user's API keys, for the user named by email or id, as the
+    ApiKeyService would manage them (the same domain, services/user/api_keys.py)."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.user.api_keys import RESOURCE_PREFIX, ApiKeys
+
+    try:
+        account = await accounts.get(uuid.UUID(args.user))
+    except ValueError:
+        account = await accounts.find_by_email(args.user)
+    keys = ApiKeys(database)
+    if args.apikeys_command == "create":
+        expires_at = (
+            datetime.now(UTC) + timedelta(days=args.expires_in_days)
+            if args.expires_in_days is not None
+            else None
+        )
+        created = await keys.create(
+            account.id, display_name=args.name, scopes=args.scope or [], expires_at=expires_at
+        )
+        print(f"{RESOURCE_PREFIX}{created.key.id}\t{created.key.prefix}\t{','.join(created.key.scopes)}")
+        print(f"secret (shown only now): {created.secret}")
+    elif args.apikeys_command == "list":
+        token = ""
+        while True:
+            page, token = await keys.page(account.id, page_size=100, page_token=token)
+            for key in page:
+                print(
+                    f"{RESOURCE_PREFIX}{key.id}\t{key.prefix}\t{','.join(key.scopes)}\t{key.display_name}\t"
+                    f"created {key.created_at.isoformat()}\t"
+                    f"last used {key.last_used_at.isoformat() if key.last_used_at else 'never'}\t"
+                    f"expires {key.expires_at.isoformat() if key.expires_at else 'never'}"
+                )
+            if not token:
+                break
+    else:
+        name = args.key if args.key.startswith(RESOURCE_PREFIX) else RESOURCE_PREFIX + args.key
+        await keys.revoke(account.id, name)
+        print(f"revoked {name}")
+    return 0
 
 
 def _cmd_billing(args: argparse.Namespace) -> int:
@@ -238,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     grant = admin_commands.add_parser("grant-credits", help="grant (or, negative, take back) credits")
     grant.add_argument("email")
     grant.add_argument("credits", type=int)
+    api_keys = admin_commands.add_parser("apikeys", help="create, list and revoke a user's API keys")
+    api_key_commands = api_keys.add_subparsers(dest="apikeys_command", required=True)
+    create_key = api_key_commands.add_parser("create", help="create a key and print its secret, once")
+    create_key.add_argument("user", help="the user's email or id")
+    create_key.add_argument("--name", required=True, help="the key's display name")
+    create_key.add_argument(
+        "--scope", action="append", help="read or generate; repeat for both (at least one)"
+    )
+    create_key.add_argument(
+        "--expires-in-days", type=int, help="days until the key stops working (never if unset)"
+    )
+    list_keys = api_key_commands.add_parser("list", help="list the user's keys that are not revoked")
+    list_keys.add_argument("user", help="the user's email or id")
+    revoke_key = api_key_commands.add_parser("revoke", help="revoke a key: it fails everywhere at once")
+    revoke_key.add_argument("user", help="the user's email or id")
+    revoke_key.add_argument("key", help="the key's id or name (apikeys/{id})")
     admin.set_defaults(handler=_cmd_admin)
 
     billing = commands.add_parser("billing", help="plans, and the billing jobs")

@@ -1,10 +1,14 @@
-"""Access tokens: ES256 JWTs signed by the user service's keyring and verified by every service.
+"""Bearers: ES256 access tokens signed by the user service's keyring, and partner API keys, both
+verified by every service.
 
 The keys live in PostgreSQL (services/common/keyring.py, migration 0007), so every replica of
 every service verifies with the same keys the gateway fetches from the user service's JWKS.
 A verifier re-reads the published keys at least every cache period, and at once (at most once a
 second) for a `kid` it does not know; a new key is published one cache period before it signs,
 so no verifier meets a token whose key it has not seen.
+
+A bearer starting with `pv_` is an API key, looked up in PostgreSQL on every call
+(services/common/api_keys.py); its Principal carries the key's id and scopes.
 """
 
 from __future__ import annotations
@@ -38,11 +42,18 @@ class Principal:
     """The authenticated caller: the tenant every query of the request runs as."""
 
     user_id: uuid.UUID
+    # The access token's; empty for an API key, which carries none.
     email: str
+    # Set for an API key: its id, and what it may do (services/common/access.py). An access
+    # token is the user itself and is never limited by scopes.
+    api_key_id: uuid.UUID | None = None
+    scopes: frozenset[str] = frozenset()
 
 
 # Reads the published public keys: kid -> public JWK (dict).
 PublishedKeysReader = Callable[[], Awaitable[Mapping[str, Mapping[str, Any]]]]
+# Authenticates an API key's secret (services.common.api_keys.ApiKeyAuthenticator.authenticate).
+ApiKeyAuthentication = Callable[[str], Awaitable[Principal]]
 
 
 class PublishedKeys:
@@ -78,12 +89,16 @@ class PublishedKeys:
 
 
 class TokenVerifier:
-    """Verifies access tokens with the published keys; every failure is one UNAUTHENTICATED."""
+    """Verifies access tokens with the published keys, and API keys with `api_keys`; every
+    failure is one UNAUTHENTICATED."""
 
-    def __init__(self, keys: PublishedKeys) -> None:
+    def __init__(self, keys: PublishedKeys, api_keys: ApiKeyAuthentication) -> None:
         self._keys = keys
+        self._api_keys = api_keys
 
     async def verify(self, token: str) -> Principal:
+        if token.startswith(API_KEY_PREFIX):
+            return await self._api_keys(token)
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")

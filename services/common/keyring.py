@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.api_keys import ApiKeyAuthenticator
 from services.common.auth import ALGORITHM, PublishedKeys, TokenVerifier, access_token_claims
 from services.common.database import Database
 from services.common.schema import signing_keys
@@ -233,5 +234,9 @@ async def read_published_keys(database: Database) -> Mapping[str, Mapping[str, A
 
 
 def token_verifier(database: Database, *, cache_seconds: float) -> TokenVerifier:
-    """The verifier every service authenticates callers with: the published keys, cached."""
-    return TokenVerifier(PublishedKeys(lambda: read_published_keys(database), cache_seconds=cache_seconds))
+    """The verifier every service authenticates callers with: the published keys, cached, and
+    API keys, looked up on every call (never cached, so a revocation holds at once)."""
+    return TokenVerifier(
+        PublishedKeys(lambda: read_published_keys(database), cache_seconds=cache_seconds),
+        ApiKeyAuthenticator(database).authenticate,
+    )

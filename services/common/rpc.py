@@ -1,7 +1,9 @@
 """The one place where gRPC meets the domain.
 
-Servicer methods are decorated with `unary` or `server_stream`. The decorator authenticates the
-caller (unless the method is public) and holds it to its plan's request rate, enforces the
+Servicer methods are decorated with `unary`, `server_stream` or `public_unary`. The decorator
+reads what the contract declares about the method (its access class and API-key scope,
+services/common/access.py), authenticates the caller (unless the method is public or a webhook),
+holds it to its plan's request rate, refuses an API key without the declared scope, enforces the
 contract's field rules, runs the method, and turns domain errors into a `google.rpc.Status` with
 one `ErrorInfo` (plus `BadRequest` for invalid input, `RetryInfo` for a refused rate). A database that cannot be reached is UNAVAILABLE, so callers retry; other
 unexpected exceptions are logged and answered INTERNAL without details.
@@ -20,12 +22,14 @@ import asyncpg
 import grpc
 import sqlalchemy.exc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway.envoy import REST_STATUS_HEADER
 from services.common import errors
+from services.common.access import AccessClass, MethodAccess, method_access
 from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.validation import validate
@@ -65,16 +69,47 @@ def unavailable_dependency(error: BaseException) -> errors.Unavailable | None:
     return errors.DatabaseUnavailable("the database is unavailable; retry later")
 
 
+# Set by the decorators on the handlers they make: whether the handler verifies a bearer.
+_AUTHENTICATES = "__pingvas_authenticates__"
+
+
 class Endpoint:
-    """Base of every servicer: what the decorators need to authenticate, rate-limit and report
-    errors."""
+    """Base of every servicer: what the decorators need to authenticate, authorize, rate-limit
+    and report errors. `service` is the contract's service the servicer implements: its methods'
+    access declarations are read once, here, and a servicer whose decorators disagree with them
+    (a USER method left `public_unary`, a PUBLIC one made `unary`) fails to construct, so the
+    process never starts serving it."""
 
     def __init__(
-        self, *, tokens: TokenVerifier, error_domain: str, rate_limiter: PrincipalRateLimiter
+        self,
+        *,
+        service: ServiceDescriptor,
+        tokens: TokenVerifier,
+        error_domain: str,
+        rate_limiter: PrincipalRateLimiter,
     ) -> None:
         self.tokens = tokens
         self.error_domain = error_domain
         self.rate_limiter = rate_limiter
+        self.access: dict[str, MethodAccess] = {m.name: method_access(m) for m in service.methods}
+        for name, access in self.access.items():
+            implementation = getattr(type(self), name, None)
+            if isinstance(implementation, not_implemented_yet):
+                continue  # it holds callers to the declaration itself
+            authenticates = getattr(implementation, _AUTHENTICATES, None)
+            if authenticates is None:
+                # The generated base's method would answer UNIMPLEMENTED to anyone, unchecked.
+                raise TypeError(
+                    f"{type(self).__name__}.{name} is not implemented: decorate it with one of "
+                    f"services.common.rpc's decorators, or make it not_implemented_yet"
+                )
+            if authenticates != access.authenticates_bearer:
+                raise TypeError(
+                    f"{type(self).__name__}.{name}: the contract declares access class "
+                    f"{AccessClass.Name(access.access_class)}, which {'needs' if access.authenticates_bearer else 'forbids'} "
+                    f"a verified bearer; decorate it with "
+                    f"{'unary or server_stream' if access.authenticates_bearer else 'public_unary'}"
+                )
 
 
 def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
@@ -137,10 +172,12 @@ Resp = TypeVar("Resp", bound=Message)
 E = TypeVar("E", bound=Endpoint)
 
 
-async def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-    """The verified caller, within its rate (counted before validation: bad requests count too)."""
+async def _caller(endpoint: Endpoint, context: grpc.aio.ServicerContext[Any, Any], method: str) -> Principal:
+    """The verified caller, within its rate (counted before authorization and validation: refused
+    and bad requests count too), and allowed to call `method` by its declaration."""
     caller = await endpoint.tokens.verify_authorization_header(_metadata_value(context, "authorization"))
     await endpoint.rate_limiter.admit(caller)
+    endpoint.access[method].authorize(caller)
     return caller
 
 
@@ -171,11 +208,12 @@ def unary(
     @functools.wraps(method)
     async def handler(self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         async with _answering_errors(self, context, method.__name__):
-            caller = await _caller(self, context)
+            caller = await _caller(self, context, method.__name__)
             validate(request)
             return await method(self, request, caller, context)
         raise AssertionError("unreachable: context.abort raises")
 
+    setattr(handler, _AUTHENTICATES, True)
     return handler
 
 
@@ -191,6 +229,7 @@ def public_unary(
             return await method(self, request, context)
         raise AssertionError("unreachable: context.abort raises")
 
+    setattr(handler, _AUTHENTICATES, False)
     return handler
 
 
@@ -204,27 +243,44 @@ def server_stream(
         self: E, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
         async with _answering_errors(self, context, method.__name__):
-            caller = await _caller(self, context)
+            caller = await _caller(self, context, method.__name__)
             validate(request)
             async for item in method(self, request, caller, context):
                 yield item
 
+    setattr(handler, _AUTHENTICATES, True)
     return handler
 
 
-def not_implemented_yet(
-    what: str,
-) -> Callable[[Endpoint, Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+class not_implemented_yet:
     """A servicer method for a contract RPC whose issue has not landed: it answers UNIMPLEMENTED
-    with an ErrorInfo, and never pretends."""
+    with an ErrorInfo, and never pretends. It still holds callers to the method's declared access
+    first, so an unimplemented RPC tells nothing to a caller who could not call the real one."""
 
-    async def handler(self: Endpoint, request: Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(
+        self, endpoint: Endpoint | None, owner: type | None = None
+    ) -> Callable[[Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        if endpoint is None:
+            return self  # type: ignore[return-value]  # the class attribute, as Endpoint reads it
+        return functools.partial(self._answer, endpoint)
+
+    async def _answer(
+        self, endpoint: Endpoint, request: Message, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        async with _answering_errors(endpoint, context, self.name):
+            if endpoint.access[self.name].authenticates_bearer:
+                await _caller(endpoint, context, self.name)
         info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=self.error_domain))
-        message = f"{what} is part of the v1 contract but not implemented yet"
+        info.Pack(error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=endpoint.error_domain))
+        message = f"{self.what} is part of the v1 contract but not implemented yet"
         status = rpc_status.to_status(
             status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message, details=[info])
         )
         await context.abort(status.code, status.details, status.trailing_metadata)
-
-    return handler

@@ -36,6 +36,15 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
 
     if rules is not None:
 
+        def check_string(value: str, path: str, violations: Violations) -> None:
+            if rules.HasField("min_len") and len(value) < rules.min_len:
+                violations.add(path, f"must be at least {rules.min_len} characters")
+            if rules.HasField("max_len") and len(value) > rules.max_len:
+                violations.add(path, f"must be at most {rules.max_len} characters")
+            allowed = list(getattr(rules, "in"))  # `in` is a Python keyword
+            if allowed and value and value not in allowed:
+                violations.add(path, "must be one of " + ", ".join(allowed))
+
         def check_value(message: Message, path: str, violations: Violations) -> None:
             if not is_set(message):
                 if rules.required:
@@ -47,13 +56,14 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
                     return
             value = getattr(message, name)
             if field.type == FieldDescriptor.TYPE_STRING:
-                if rules.HasField("min_len") and len(value) < rules.min_len:
-                    violations.add(path, f"must be at least {rules.min_len} characters")
-                if rules.HasField("max_len") and len(value) > rules.max_len:
-                    violations.add(path, f"must be at most {rules.max_len} characters")
-                allowed = list(getattr(rules, "in"))  # `in` is a Python keyword
-                if allowed and value and value not in allowed:
-                    violations.add(path, "must be one of " + ", ".join(allowed))
+                # A repeated string's rules hold for each of its items.
+                items = (
+                    [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+                    if field.is_repeated
+                    else [(path, value)]
+                )
+                for item_path, item in items:
+                    check_string(item, item_path, violations)
             elif field.cpp_type in (
                 FieldDescriptor.CPPTYPE_INT32,
                 FieldDescriptor.CPPTYPE_INT64,

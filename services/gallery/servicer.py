@@ -26,7 +26,13 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
     def __init__(
         self, library: ImageLibrary, tokens: TokenVerifier, rate_limiter: PrincipalRateLimiter
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
+        Endpoint.__init__(
+            self,
+            service=pb.DESCRIPTOR.services_by_name["GalleryService"],
+            tokens=tokens,
+            error_domain=ERROR_DOMAIN,
+            rate_limiter=rate_limiter,
+        )
         self.library = library
 
     ListImages = not_implemented_yet("ListImages")

@@ -88,7 +88,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         tokens: TokenVerifier,
         rate_limiter: PrincipalRateLimiter,
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
+        Endpoint.__init__(
+            self,
+            service=pb.DESCRIPTOR.services_by_name["GenerationService"],
+            tokens=tokens,
+            error_domain=ERROR_DOMAIN,
+            rate_limiter=rate_limiter,
+        )
         self.acceptance = acceptance
         self.generations = generations
         self.watching = watching

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from pingvas.user.v1 import api_key_service_pb2 as api_key_pb
+from pingvas.user.v1 import api_key_service_pb2_grpc as api_key_pb_grpc
 from pingvas.user.v1 import user_service_pb2 as pb
 from pingvas.user.v1 import user_service_pb2_grpc as pb_grpc
 
@@ -16,6 +18,8 @@ from services.common.server import GrpcServer, configure_logging, serve_until_te
 from services.common.settings import JwksSettings, OAuthSettings, PlanSettings, UserSettings
 from services.common.startup import load_settings, open_service_database
 from services.user.accounts import UserAccounts
+from services.user.api_key_servicer import ApiKeyServicer
+from services.user.api_keys import ApiKeys
 from services.user.oauth import OAuthSignIn, SignInAttempts
 from services.user.servicer import UserServicer
 from services.user.sessions import Sessions
@@ -54,19 +58,29 @@ async def main() -> None:
         max_message_bytes=settings.max_message_bytes,
         max_receive_message_bytes=settings.max_receive_message_bytes,
     )
+    tokens = token_verifier(database, cache_seconds=jwks.cache_seconds)
+    rate_limiter = principal_rate_limiter(redis, user_plans(database))
     pb_grpc.add_UserServiceServicer_to_server(
         UserServicer(
             accounts,
-            token_verifier(database, cache_seconds=jwks.cache_seconds),
+            tokens,
             TokenIssuer(keyring, ttl_seconds=settings.token_ttl_seconds),
             sessions,
-            principal_rate_limiter(redis, user_plans(database)),
+            rate_limiter,
             OAuthSignIn(oauth, SignInAttempts(redis, ttl_seconds=oauth.attempt_ttl_seconds)),
             dev_login_enabled=settings.dev_login_enabled,
         ),
         server.server,
     )
-    server.add_services([pb.DESCRIPTOR.services_by_name["UserService"].full_name])
+    api_key_pb_grpc.add_ApiKeyServiceServicer_to_server(
+        ApiKeyServicer(ApiKeys(database), tokens, rate_limiter), server.server
+    )
+    server.add_services(
+        [
+            pb.DESCRIPTOR.services_by_name["UserService"].full_name,
+            api_key_pb.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+        ]
+    )
     await serve_until_terminated(
         server, ready=ready, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
     )

@@ -65,7 +65,13 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
         *,
         dev_login_enabled: bool,
     ) -> None:
-        Endpoint.__init__(self, tokens=tokens, error_domain=ERROR_DOMAIN, rate_limiter=rate_limiter)
+        Endpoint.__init__(
+            self,
+            service=pb.DESCRIPTOR.services_by_name["UserService"],
+            tokens=tokens,
+            error_domain=ERROR_DOMAIN,
+            rate_limiter=rate_limiter,
+        )
         self.accounts = accounts
         self.issuer = issuer
         self.sessions = sessions

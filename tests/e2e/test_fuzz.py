@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from pingvas.billing.v1 import billing_service_pb2
 from pingvas.gallery.v1 import gallery_service_pb2
 from pingvas.generation.v1 import generation_service_pb2
-from pingvas.user.v1 import user_service_pb2
+from pingvas.user.v1 import api_key_service_pb2, user_service_pb2
 from support.accounts import Account, dev_login
 
 from gateway.envoy import DESCRIPTOR_SET, PUBLIC_SERVICES
@@ -57,7 +57,13 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 # Answers that would mean the server did not understand its own failure.
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 
-_FILES = (user_service_pb2, generation_service_pb2, gallery_service_pb2, billing_service_pb2)
+_FILES = (
+    user_service_pb2,
+    api_key_service_pb2,
+    generation_service_pb2,
+    gallery_service_pb2,
+    billing_service_pb2,
+)
 
 
 def public_methods() -> list[descriptor.MethodDescriptor]:
@@ -209,6 +215,9 @@ def callers(account: Account, stranger: Account) -> st.SearchStrategy[Caller]:
             Caller("tampered", f"Bearer {tampered}"),
             Caller("wrong scheme", f"Basic {account.token}"),
             Caller("huge", "Bearer " + "x" * 8000),
+            Caller("unknown API key", "Bearer pv_live_" + "x" * 43),
+            Caller("API key prefix alone", "Bearer pv_"),
+            Caller("huge API key", "Bearer pv_live_" + "x" * 8000),
         ]
     )
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +13,7 @@ from support import discord as discord_support
 from support import google as google_support
 from support.discord import DiscordServer
 from support.google import GoogleProvider
-from support.mesh import RunningMesh, start_mesh, stop_mesh
+from support.mesh import MeshStarter, RunningMesh
 
 
 @pytest.fixture(scope="package")
@@ -32,28 +30,19 @@ def discord() -> Iterator[DiscordServer]:
 
 @pytest.fixture(scope="package")
 def oauth_mesh(
-    tmp_path_factory: pytest.TempPathFactory,
-    models_dir: Path,
-    lemonsqueezy: Any,
-    google: GoogleProvider,
-    discord: DiscordServer,
+    own_mesh: MeshStarter, google: GoogleProvider, discord: DiscordServer
 ) -> Iterator[RunningMesh]:
-    running = start_mesh(
-        tmp_path_factory.mktemp("oauth-home"),
-        models_dir,
-        extra_env={
-            "PINGVAS_LEMONSQUEEZY_API_URL": lemonsqueezy.url,
-            "PINGVAS_OAUTH_GOOGLE_CLIENT_ID": google_support.CLIENT_ID,
-            "PINGVAS_OAUTH_GOOGLE_CLIENT_SECRET": google_support.CLIENT_SECRET,
-            "PINGVAS_OAUTH_GOOGLE_DISCOVERY_URL": google.discovery_url,
-            "PINGVAS_OAUTH_DISCORD_CLIENT_ID": discord_support.CLIENT_ID,
-            "PINGVAS_OAUTH_DISCORD_CLIENT_SECRET": discord_support.CLIENT_SECRET,
-            "PINGVAS_OAUTH_DISCORD_BASE_URL": discord.url,
-            "PINGVAS_OAUTH_REDIRECT_URIS": json.dumps([google_support.REDIRECT_URI]),
-        },
-    )
-    yield running
-    stop_mesh(running)
+    settings = {
+        "PINGVAS_OAUTH_GOOGLE_CLIENT_ID": google_support.CLIENT_ID,
+        "PINGVAS_OAUTH_GOOGLE_CLIENT_SECRET": google_support.CLIENT_SECRET,
+        "PINGVAS_OAUTH_GOOGLE_DISCOVERY_URL": google.discovery_url,
+        "PINGVAS_OAUTH_DISCORD_CLIENT_ID": discord_support.CLIENT_ID,
+        "PINGVAS_OAUTH_DISCORD_CLIENT_SECRET": discord_support.CLIENT_SECRET,
+        "PINGVAS_OAUTH_DISCORD_BASE_URL": discord.url,
+        "PINGVAS_OAUTH_REDIRECT_URIS": json.dumps([google_support.REDIRECT_URI]),
+    }
+    with own_mesh("oauth-home", settings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ TENANT_TABLES = (
     "email_outbox",
     "refresh_tokens",
     "oauth_identities",
+    "api_keys",
     "webhook_deliveries",
 )
 # Tables only the system role is granted: the tenant role cannot even read them.

@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from pingvas.access.v1 import access_pb2 as pingvas_dot_access_dot_v1_dot_access__pb2
 from pingvas.billing.v1 import billing_resources_pb2 as pingvas_dot_billing_dot_v1_dot_billing__resources__pb2
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(pingvas/billing/v1/billing_service.proto\x12\x12pingvas.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a*pingvas/billing/v1/billing_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\x12\n\x10ListPlansRequest\"G\n\x11ListPlansResponse\x12\x32\n\x05plans\x18\x01 \x03(\x0b\x32\x1d.pingvas.billing.v1.PlanOfferB\x04\xe2\x41\x01\x03\"E\n\x15\x43reateCheckoutRequest\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x02\"4\n\x16\x43reateCheckoutResponse\x12\x1a\n\x0c\x63heckout_url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\"\x18\n\x16GetSubscriptionRequest\"W\n\x17GetSubscriptionResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32 .pingvas.billing.v1.SubscriptionB\x04\xe2\x41\x01\x03\"g\n\x1aUpgradeSubscriptionRequest\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x02\x12\x1b\n\rvalidate_only\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xbf\x01\n\x1bUpgradeSubscriptionResponse\x12!\n\x13\x64\x61ys_left_in_period\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x10new_plan_credits\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63redits_reset_now\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12<\n\x0csubscription\x18\x04 \x01(\x0b\x32 .pingvas.billing.v1.SubscriptionB\x04\xe2\x41\x01\x03\"L\n HandleLemonSqueezyWebhookRequest\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x02\"#\n!HandleLemonSqueezyWebhookResponse\"\x19\n\x17GetCreditBalanceRequest\"T\n\x18GetCreditBalanceResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32!.pingvas.billing.v1.CreditBalanceB\x04\xe2\x41\x01\x03\"V\n\x18ListCreditEntriesRequest\x12 \n\tpage_size\x18\x01 \x01(\x05\x42\r\xe2\x41\x01\x01\xa2\xb8\x19\x05 \x00(\xe8\x07\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"r\n\x19ListCreditEntriesResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.pingvas.billing.v1.CreditEntryB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x32\xa0\x08\n\x0e\x42illingService\x12w\n\tListPlans\x12$.pingvas.billing.v1.ListPlansRequest\x1a%.pingvas.billing.v1.ListPlansResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/payment/plans\x12\x8d\x01\n\x0e\x43reateCheckout\x12).pingvas.billing.v1.CreateCheckoutRequest\x1a*.pingvas.billing.v1.CreateCheckoutResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/payment/subscribe:\x01*\x12\x90\x01\n\x0fGetSubscription\x12*.pingvas.billing.v1.GetSubscriptionRequest\x1a+.pingvas.billing.v1.GetSubscriptionResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/payment/subscription\x12\x9a\x01\n\x13UpgradeSubscription\x12..pingvas.billing.v1.UpgradeSubscriptionRequest\x1a/.pingvas.billing.v1.UpgradeSubscriptionResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x1a\x17/api/v1/payment/upgrade:\x01*\x12\xaf\x01\n\x19HandleLemonSqueezyWebhook\x12\x34.pingvas.billing.v1.HandleLemonSqueezyWebhookRequest\x1a\x35.pingvas.billing.v1.HandleLemonSqueezyWebhookResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x17/api/v1/payment/webhook:\x04\x62ody\x12\x8e\x01\n\x10GetCreditBalance\x12+.pingvas.billing.v1.GetCreditBalanceRequest\x1a,.pingvas.billing.v1.GetCreditBalanceResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/credits/balance\x12\x91\x01\n\x11ListCreditEntries\x12,.pingvas.billing.v1.ListCreditEntriesRequest\x1a-.pingvas.billing.v1.ListCreditEntriesResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/credits/entriesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(pingvas/billing/v1/billing_service.proto\x12\x12pingvas.billing.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1epingvas/access/v1/access.proto\x1a*pingvas/billing/v1/billing_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\x12\n\x10ListPlansRequest\"G\n\x11ListPlansResponse\x12\x32\n\x05plans\x18\x01 \x03(\x0b\x32\x1d.pingvas.billing.v1.PlanOfferB\x04\xe2\x41\x01\x03\"E\n\x15\x43reateCheckoutRequest\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x02\"4\n\x16\x43reateCheckoutResponse\x12\x1a\n\x0c\x63heckout_url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\"\x18\n\x16GetSubscriptionRequest\"W\n\x17GetSubscriptionResponse\x12<\n\x0csubscription\x18\x01 \x01(\x0b\x32 .pingvas.billing.v1.SubscriptionB\x04\xe2\x41\x01\x03\"g\n\x1aUpgradeSubscriptionRequest\x12,\n\x04plan\x18\x01 \x01(\x0e\x32\x18.pingvas.billing.v1.PlanB\x04\xe2\x41\x01\x02\x12\x1b\n\rvalidate_only\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"\xbf\x01\n\x1bUpgradeSubscriptionResponse\x12!\n\x13\x64\x61ys_left_in_period\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x10new_plan_credits\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63redits_reset_now\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12<\n\x0csubscription\x18\x04 \x01(\x0b\x32 .pingvas.billing.v1.SubscriptionB\x04\xe2\x41\x01\x03\"L\n HandleLemonSqueezyWebhookRequest\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x02\"#\n!HandleLemonSqueezyWebhookResponse\"\x19\n\x17GetCreditBalanceRequest\"T\n\x18GetCreditBalanceResponse\x12\x38\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32!.pingvas.billing.v1.CreditBalanceB\x04\xe2\x41\x01\x03\"V\n\x18ListCreditEntriesRequest\x12 \n\tpage_size\x18\x01 \x01(\x05\x42\r\xe2\x41\x01\x01\xa2\xb8\x19\x05 \x00(\xe8\x07\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"r\n\x19ListCreditEntriesResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.pingvas.billing.v1.CreditEntryB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x32\xd0\x08\n\x0e\x42illingService\x12}\n\tListPlans\x12$.pingvas.billing.v1.ListPlansRequest\x1a%.pingvas.billing.v1.ListPlansResponse\"#\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/payment/plans\x12\x93\x01\n\x0e\x43reateCheckout\x12).pingvas.billing.v1.CreateCheckoutRequest\x1a*.pingvas.billing.v1.CreateCheckoutResponse\"*\xc2\xbe\x19\x02\x08\x02\x82\xd3\xe4\x93\x02\x1e\"\x19/api/v1/payment/subscribe:\x01*\x12\x98\x01\n\x0fGetSubscription\x12*.pingvas.billing.v1.GetSubscriptionRequest\x1a+.pingvas.billing.v1.GetSubscriptionResponse\",\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/payment/subscription\x12\xa0\x01\n\x13UpgradeSubscription\x12..pingvas.billing.v1.UpgradeSubscriptionRequest\x1a/.pingvas.billing.v1.UpgradeSubscriptionResponse\"(\xc2\xbe\x19\x02\x08\x02\x82\xd3\xe4\x93\x02\x1c\x1a\x17/api/v1/payment/upgrade:\x01*\x12\xb5\x01\n\x19HandleLemonSqueezyWebhook\x12\x34.pingvas.billing.v1.HandleLemonSqueezyWebhookRequest\x1a\x35.pingvas.billing.v1.HandleLemonSqueezyWebhookResponse\"+\xc2\xbe\x19\x02\x08\x05\x82\xd3\xe4\x93\x02\x1f\"\x17/api/v1/payment/webhook:\x04\x62ody\x12\x96\x01\n\x10GetCreditBalance\x12+.pingvas.billing.v1.GetCreditBalanceRequest\x1a,.pingvas.billing.v1.GetCreditBalanceResponse\"\'\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/credits/balance\x12\x99\x01\n\x11ListCreditEntries\x12,.pingvas.billing.v1.ListCreditEntriesRequest\x1a-.pingvas.billing.v1.ListCreditEntriesResponse\"\'\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/credits/entriesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,47 +70,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCREDITENTRIESRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
   _globals['_LISTCREDITENTRIESRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
   _globals['_BILLINGSERVICE'].methods_by_name['ListPlans']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['ListPlans']._serialized_options = b'\202\323\344\223\002\027\022\025/api/v1/payment/plans'
+  _globals['_BILLINGSERVICE'].methods_by_name['ListPlans']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\027\022\025/api/v1/payment/plans'
   _globals['_BILLINGSERVICE'].methods_by_name['CreateCheckout']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['CreateCheckout']._serialized_options = b'\202\323\344\223\002\036\"\031/api/v1/payment/subscribe:\001*'
+  _globals['_BILLINGSERVICE'].methods_by_name['CreateCheckout']._serialized_options = b'\302\276\031\002\010\002\202\323\344\223\002\036\"\031/api/v1/payment/subscribe:\001*'
   _globals['_BILLINGSERVICE'].methods_by_name['GetSubscription']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['GetSubscription']._serialized_options = b'\202\323\344\223\002\036\022\034/api/v1/payment/subscription'
+  _globals['_BILLINGSERVICE'].methods_by_name['GetSubscription']._serialized_options = b'\302\276\031\004\010\002\020\001\202\323\344\223\002\036\022\034/api/v1/payment/subscription'
   _globals['_BILLINGSERVICE'].methods_by_name['UpgradeSubscription']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['UpgradeSubscription']._serialized_options = b'\202\323\344\223\002\034\032\027/api/v1/payment/upgrade:\001*'
+  _globals['_BILLINGSERVICE'].methods_by_name['UpgradeSubscription']._serialized_options = b'\302\276\031\002\010\002\202\323\344\223\002\034\032\027/api/v1/payment/upgrade:\001*'
   _globals['_BILLINGSERVICE'].methods_by_name['HandleLemonSqueezyWebhook']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['HandleLemonSqueezyWebhook']._serialized_options = b'\202\323\344\223\002\037\"\027/api/v1/payment/webhook:\004body'
+  _globals['_BILLINGSERVICE'].methods_by_name['HandleLemonSqueezyWebhook']._serialized_options = b'\302\276\031\002\010\005\202\323\344\223\002\037\"\027/api/v1/payment/webhook:\004body'
   _globals['_BILLINGSERVICE'].methods_by_name['GetCreditBalance']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['GetCreditBalance']._serialized_options = b'\202\323\344\223\002\031\022\027/api/v1/credits/balance'
+  _globals['_BILLINGSERVICE'].methods_by_name['GetCreditBalance']._serialized_options = b'\302\276\031\004\010\002\020\001\202\323\344\223\002\031\022\027/api/v1/credits/balance'
   _globals['_BILLINGSERVICE'].methods_by_name['ListCreditEntries']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['ListCreditEntries']._serialized_options = b'\202\323\344\223\002\031\022\027/api/v1/credits/entries'
-  _globals['_LISTPLANSREQUEST']._serialized_start=228
-  _globals['_LISTPLANSREQUEST']._serialized_end=246
-  _globals['_LISTPLANSRESPONSE']._serialized_start=248
-  _globals['_LISTPLANSRESPONSE']._serialized_end=319
-  _globals['_CREATECHECKOUTREQUEST']._serialized_start=321
-  _globals['_CREATECHECKOUTREQUEST']._serialized_end=390
-  _globals['_CREATECHECKOUTRESPONSE']._serialized_start=392
-  _globals['_CREATECHECKOUTRESPONSE']._serialized_end=444
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=446
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=470
-  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_start=472
-  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_end=559
-  _globals['_UPGRADESUBSCRIPTIONREQUEST']._serialized_start=561
-  _globals['_UPGRADESUBSCRIPTIONREQUEST']._serialized_end=664
-  _globals['_UPGRADESUBSCRIPTIONRESPONSE']._serialized_start=667
-  _globals['_UPGRADESUBSCRIPTIONRESPONSE']._serialized_end=858
-  _globals['_HANDLELEMONSQUEEZYWEBHOOKREQUEST']._serialized_start=860
-  _globals['_HANDLELEMONSQUEEZYWEBHOOKREQUEST']._serialized_end=936
-  _globals['_HANDLELEMONSQUEEZYWEBHOOKRESPONSE']._serialized_start=938
-  _globals['_HANDLELEMONSQUEEZYWEBHOOKRESPONSE']._serialized_end=973
-  _globals['_GETCREDITBALANCEREQUEST']._serialized_start=975
-  _globals['_GETCREDITBALANCEREQUEST']._serialized_end=1000
-  _globals['_GETCREDITBALANCERESPONSE']._serialized_start=1002
-  _globals['_GETCREDITBALANCERESPONSE']._serialized_end=1086
-  _globals['_LISTCREDITENTRIESREQUEST']._serialized_start=1088
-  _globals['_LISTCREDITENTRIESREQUEST']._serialized_end=1174
-  _globals['_LISTCREDITENTRIESRESPONSE']._serialized_start=1176
-  _globals['_LISTCREDITENTRIESRESPONSE']._serialized_end=1290
-  _globals['_BILLINGSERVICE']._serialized_start=1293
-  _globals['_BILLINGSERVICE']._serialized_end=2349
+  _globals['_BILLINGSERVICE'].methods_by_name['ListCreditEntries']._serialized_options = b'\302\276\031\004\010\002\020\001\202\323\344\223\002\031\022\027/api/v1/credits/entries'
+  _globals['_LISTPLANSREQUEST']._serialized_start=260
+  _globals['_LISTPLANSREQUEST']._serialized_end=278
+  _globals['_LISTPLANSRESPONSE']._serialized_start=280
+  _globals['_LISTPLANSRESPONSE']._serialized_end=351
+  _globals['_CREATECHECKOUTREQUEST']._serialized_start=353
+  _globals['_CREATECHECKOUTREQUEST']._serialized_end=422
+  _globals['_CREATECHECKOUTRESPONSE']._serialized_start=424
+  _globals['_CREATECHECKOUTRESPONSE']._serialized_end=476
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=478
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=502
+  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_start=504
+  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_end=591
+  _globals['_UPGRADESUBSCRIPTIONREQUEST']._serialized_start=593
+  _globals['_UPGRADESUBSCRIPTIONREQUEST']._serialized_end=696
+  _globals['_UPGRADESUBSCRIPTIONRESPONSE']._serialized_start=699
+  _globals['_UPGRADESUBSCRIPTIONRESPONSE']._serialized_end=890
+  _globals['_HANDLELEMONSQUEEZYWEBHOOKREQUEST']._serialized_start=892
+  _globals['_HANDLELEMONSQUEEZYWEBHOOKREQUEST']._serialized_end=968
+  _globals['_HANDLELEMONSQUEEZYWEBHOOKRESPONSE']._serialized_start=970
+  _globals['_HANDLELEMONSQUEEZYWEBHOOKRESPONSE']._serialized_end=1005
+  _globals['_GETCREDITBALANCEREQUEST']._serialized_start=1007
+  _globals['_GETCREDITBALANCEREQUEST']._serialized_end=1032
+  _globals['_GETCREDITBALANCERESPONSE']._serialized_start=1034
+  _globals['_GETCREDITBALANCERESPONSE']._serialized_end=1118
+  _globals['_LISTCREDITENTRIESREQUEST']._serialized_start=1120
+  _globals['_LISTCREDITENTRIESREQUEST']._serialized_end=1206
+  _globals['_LISTCREDITENTRIESRESPONSE']._serialized_start=1208
+  _globals['_LISTCREDITENTRIESRESPONSE']._serialized_end=1322
+  _globals['_BILLINGSERVICE']._serialized_start=1325
+  _globals['_BILLINGSERVICE']._serialized_end=2429
 # @@protoc_insertion_point(module_scope)

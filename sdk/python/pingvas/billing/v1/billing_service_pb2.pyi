@@ -1,6 +1,7 @@
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import httpbody_pb2 as _httpbody_pb2
+from pingvas.access.v1 import access_pb2 as _access_pb2
 from pingvas.billing.v1 import billing_resources_pb2 as _billing_resources_pb2
 from pingvas.rules.v1 import rules_pb2 as _rules_pb2
 from google.protobuf.internal import containers as _containers

@@ -3,6 +3,7 @@ import datetime
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from pingvas.access.v1 import access_pb2 as _access_pb2
 from pingvas.generation.v1 import generation_resources_pb2 as _generation_resources_pb2
 from pingvas.rules.v1 import rules_pb2 as _rules_pb2
 from google.protobuf.internal import containers as _containers

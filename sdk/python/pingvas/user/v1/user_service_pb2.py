@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from pingvas.access.v1 import access_pb2 as pingvas_dot_access_dot_v1_dot_access__pb2
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 from pingvas.user.v1 import user_resources_pb2 as pingvas_dot_user_dot_v1_dot_user__resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pingvas/user/v1/user_service.proto\x12\x0fpingvas.user.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1cpingvas/rules/v1/rules.proto\x1a$pingvas/user/v1/user_resources.proto\"1\n\x0f\x44\x65vLoginRequest\x12\x1e\n\x05\x65mail\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xa2\xb8\x19\x07\x08\x01\x10\x03\x18\xfe\x01\"\xb2\x01\n\x10\x44\x65vLoginResponse\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nexpires_in\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12)\n\x04user\x18\x03 \x01(\x0b\x32\x15.pingvas.user.v1.UserB\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12refresh_expires_in\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\"u\n\x16\x42\x65ginOAuthLoginRequest\x12\x36\n\x08provider\x18\x01 \x01(\x0e\x32\x1e.pingvas.user.v1.OAuthProviderB\x04\xe2\x41\x01\x02\x12#\n\x0credirect_uri\x18\x02 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x10\"O\n\x17\x42\x65ginOAuthLoginResponse\x12\x1f\n\x11\x61uthorization_url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05state\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\x88\x01\n\x19\x43ompleteOAuthLoginRequest\x12\x36\n\x08provider\x18\x01 \x01(\x0e\x32\x1e.pingvas.user.v1.OAuthProviderB\x04\xe2\x41\x01\x02\x12\x18\n\x04\x63ode\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x19\n\x05state\x18\x03 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"\xbc\x01\n\x1a\x43ompleteOAuthLoginResponse\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nexpires_in\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12)\n\x04user\x18\x03 \x01(\x0b\x32\x15.pingvas.user.v1.UserB\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12refresh_expires_in\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\"=\n\x15RefreshSessionRequest\x12$\n\rrefresh_token\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x02\"\x8d\x01\n\x16RefreshSessionResponse\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nexpires_in\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12refresh_expires_in\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"5\n\rLogoutRequest\x12$\n\rrefresh_token\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x02\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"*\n\x0eGetUserRequest\x12\x18\n\x04name\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x32\xda\x06\n\x0bUserService\x12r\n\x08\x44\x65vLogin\x12 .pingvas.user.v1.DevLoginRequest\x1a!.pingvas.user.v1.DevLoginResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/auth/dev-login:\x01*\x12\x89\x01\n\x0f\x42\x65ginOAuthLogin\x12\'.pingvas.user.v1.BeginOAuthLoginRequest\x1a(.pingvas.user.v1.BeginOAuthLoginResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/auth/oauth/begin:\x01*\x12\x95\x01\n\x12\x43ompleteOAuthLogin\x12*.pingvas.user.v1.CompleteOAuthLoginRequest\x1a+.pingvas.user.v1.CompleteOAuthLoginResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/auth/oauth/complete:\x01*\x12\x82\x01\n\x0eRefreshSession\x12&.pingvas.user.v1.RefreshSessionRequest\x1a\'.pingvas.user.v1.RefreshSessionResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/auth/refresh:\x01*\x12i\n\x06Logout\x12\x1e.pingvas.user.v1.LogoutRequest\x1a\x1f.pingvas.user.v1.LogoutResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/api/v1/auth/logout:\x01*\x12`\n\x07GetJwks\x12\x1f.pingvas.user.v1.GetJwksRequest\x1a\x14.google.api.HttpBody\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.json\x12\x61\n\x07GetUser\x12\x1f.pingvas.user.v1.GetUserRequest\x1a\x15.pingvas.user.v1.User\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/{name=users/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"pingvas/user/v1/user_service.proto\x12\x0fpingvas.user.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1epingvas/access/v1/access.proto\x1a\x1cpingvas/rules/v1/rules.proto\x1a$pingvas/user/v1/user_resources.proto\"1\n\x0f\x44\x65vLoginRequest\x12\x1e\n\x05\x65mail\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xa2\xb8\x19\x07\x08\x01\x10\x03\x18\xfe\x01\"\xb2\x01\n\x10\x44\x65vLoginResponse\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nexpires_in\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12)\n\x04user\x18\x03 \x01(\x0b\x32\x15.pingvas.user.v1.UserB\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12refresh_expires_in\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\"u\n\x16\x42\x65ginOAuthLoginRequest\x12\x36\n\x08provider\x18\x01 \x01(\x0e\x32\x1e.pingvas.user.v1.OAuthProviderB\x04\xe2\x41\x01\x02\x12#\n\x0credirect_uri\x18\x02 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x10\"O\n\x17\x42\x65ginOAuthLoginResponse\x12\x1f\n\x11\x61uthorization_url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05state\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\x88\x01\n\x19\x43ompleteOAuthLoginRequest\x12\x36\n\x08provider\x18\x01 \x01(\x0e\x32\x1e.pingvas.user.v1.OAuthProviderB\x04\xe2\x41\x01\x02\x12\x18\n\x04\x63ode\x18\x02 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x19\n\x05state\x18\x03 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"\xbc\x01\n\x1a\x43ompleteOAuthLoginResponse\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nexpires_in\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12)\n\x04user\x18\x03 \x01(\x0b\x32\x15.pingvas.user.v1.UserB\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12refresh_expires_in\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\"=\n\x15RefreshSessionRequest\x12$\n\rrefresh_token\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x02\"\x8d\x01\n\x16RefreshSessionResponse\x12\x1a\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nexpires_in\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rrefresh_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12 \n\x12refresh_expires_in\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"5\n\rLogoutRequest\x12$\n\rrefresh_token\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x02\"\x10\n\x0eLogoutResponse\"\x10\n\x0eGetJwksRequest\"*\n\x0eGetUserRequest\x12\x18\n\x04name\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x32\x86\x07\n\x0bUserService\x12x\n\x08\x44\x65vLogin\x12 .pingvas.user.v1.DevLoginRequest\x1a!.pingvas.user.v1.DevLoginResponse\"\'\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1b\"\x16/api/v1/auth/dev-login:\x01*\x12\x8f\x01\n\x0f\x42\x65ginOAuthLogin\x12\'.pingvas.user.v1.BeginOAuthLoginRequest\x1a(.pingvas.user.v1.BeginOAuthLoginResponse\")\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/auth/oauth/begin:\x01*\x12\x9b\x01\n\x12\x43ompleteOAuthLogin\x12*.pingvas.user.v1.CompleteOAuthLoginRequest\x1a+.pingvas.user.v1.CompleteOAuthLoginResponse\",\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02 \"\x1b/api/v1/auth/oauth/complete:\x01*\x12\x88\x01\n\x0eRefreshSession\x12&.pingvas.user.v1.RefreshSessionRequest\x1a\'.pingvas.user.v1.RefreshSessionResponse\"%\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/v1/auth/refresh:\x01*\x12o\n\x06Logout\x12\x1e.pingvas.user.v1.LogoutRequest\x1a\x1f.pingvas.user.v1.LogoutResponse\"$\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\"\x13/api/v1/auth/logout:\x01*\x12\x66\n\x07GetJwks\x12\x1f.pingvas.user.v1.GetJwksRequest\x1a\x14.google.api.HttpBody\"$\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.json\x12i\n\x07GetUser\x12\x1f.pingvas.user.v1.GetUserRequest\x1a\x15.pingvas.user.v1.User\"&\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/{name=users/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -87,43 +88,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSERREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETUSERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
   _globals['_USERSERVICE'].methods_by_name['DevLogin']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['DevLogin']._serialized_options = b'\202\323\344\223\002\033\"\026/api/v1/auth/dev-login:\001*'
+  _globals['_USERSERVICE'].methods_by_name['DevLogin']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\033\"\026/api/v1/auth/dev-login:\001*'
   _globals['_USERSERVICE'].methods_by_name['BeginOAuthLogin']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['BeginOAuthLogin']._serialized_options = b'\202\323\344\223\002\035\"\030/api/v1/auth/oauth/begin:\001*'
+  _globals['_USERSERVICE'].methods_by_name['BeginOAuthLogin']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\035\"\030/api/v1/auth/oauth/begin:\001*'
   _globals['_USERSERVICE'].methods_by_name['CompleteOAuthLogin']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['CompleteOAuthLogin']._serialized_options = b'\202\323\344\223\002 \"\033/api/v1/auth/oauth/complete:\001*'
+  _globals['_USERSERVICE'].methods_by_name['CompleteOAuthLogin']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002 \"\033/api/v1/auth/oauth/complete:\001*'
   _globals['_USERSERVICE'].methods_by_name['RefreshSession']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['RefreshSession']._serialized_options = b'\202\323\344\223\002\031\"\024/api/v1/auth/refresh:\001*'
+  _globals['_USERSERVICE'].methods_by_name['RefreshSession']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\031\"\024/api/v1/auth/refresh:\001*'
   _globals['_USERSERVICE'].methods_by_name['Logout']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['Logout']._serialized_options = b'\202\323\344\223\002\030\"\023/api/v1/auth/logout:\001*'
+  _globals['_USERSERVICE'].methods_by_name['Logout']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\030\"\023/api/v1/auth/logout:\001*'
   _globals['_USERSERVICE'].methods_by_name['GetJwks']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\202\323\344\223\002\030\022\026/.well-known/jwks.json'
+  _globals['_USERSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\030\022\026/.well-known/jwks.json'
   _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\202\323\344\223\002\030\022\026/api/v1/{name=users/*}'
-  _globals['_DEVLOGINREQUEST']._serialized_start=213
-  _globals['_DEVLOGINREQUEST']._serialized_end=262
-  _globals['_DEVLOGINRESPONSE']._serialized_start=265
-  _globals['_DEVLOGINRESPONSE']._serialized_end=443
-  _globals['_BEGINOAUTHLOGINREQUEST']._serialized_start=445
-  _globals['_BEGINOAUTHLOGINREQUEST']._serialized_end=562
-  _globals['_BEGINOAUTHLOGINRESPONSE']._serialized_start=564
-  _globals['_BEGINOAUTHLOGINRESPONSE']._serialized_end=643
-  _globals['_COMPLETEOAUTHLOGINREQUEST']._serialized_start=646
-  _globals['_COMPLETEOAUTHLOGINREQUEST']._serialized_end=782
-  _globals['_COMPLETEOAUTHLOGINRESPONSE']._serialized_start=785
-  _globals['_COMPLETEOAUTHLOGINRESPONSE']._serialized_end=973
-  _globals['_REFRESHSESSIONREQUEST']._serialized_start=975
-  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1036
-  _globals['_REFRESHSESSIONRESPONSE']._serialized_start=1039
-  _globals['_REFRESHSESSIONRESPONSE']._serialized_end=1180
-  _globals['_LOGOUTREQUEST']._serialized_start=1182
-  _globals['_LOGOUTREQUEST']._serialized_end=1235
-  _globals['_LOGOUTRESPONSE']._serialized_start=1237
-  _globals['_LOGOUTRESPONSE']._serialized_end=1253
-  _globals['_GETJWKSREQUEST']._serialized_start=1255
-  _globals['_GETJWKSREQUEST']._serialized_end=1271
-  _globals['_GETUSERREQUEST']._serialized_start=1273
-  _globals['_GETUSERREQUEST']._serialized_end=1315
-  _globals['_USERSERVICE']._serialized_start=1318
-  _globals['_USERSERVICE']._serialized_end=2176
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\302\276\031\004\010\003\020\001\202\323\344\223\002\030\022\026/api/v1/{name=users/*}'
+  _globals['_DEVLOGINREQUEST']._serialized_start=245
+  _globals['_DEVLOGINREQUEST']._serialized_end=294
+  _globals['_DEVLOGINRESPONSE']._serialized_start=297
+  _globals['_DEVLOGINRESPONSE']._serialized_end=475
+  _globals['_BEGINOAUTHLOGINREQUEST']._serialized_start=477
+  _globals['_BEGINOAUTHLOGINREQUEST']._serialized_end=594
+  _globals['_BEGINOAUTHLOGINRESPONSE']._serialized_start=596
+  _globals['_BEGINOAUTHLOGINRESPONSE']._serialized_end=675
+  _globals['_COMPLETEOAUTHLOGINREQUEST']._serialized_start=678
+  _globals['_COMPLETEOAUTHLOGINREQUEST']._serialized_end=814
+  _globals['_COMPLETEOAUTHLOGINRESPONSE']._serialized_start=817
+  _globals['_COMPLETEOAUTHLOGINRESPONSE']._serialized_end=1005
+  _globals['_REFRESHSESSIONREQUEST']._serialized_start=1007
+  _globals['_REFRESHSESSIONREQUEST']._serialized_end=1068
+  _globals['_REFRESHSESSIONRESPONSE']._serialized_start=1071
+  _globals['_REFRESHSESSIONRESPONSE']._serialized_end=1212
+  _globals['_LOGOUTREQUEST']._serialized_start=1214
+  _globals['_LOGOUTREQUEST']._serialized_end=1267
+  _globals['_LOGOUTRESPONSE']._serialized_start=1269
+  _globals['_LOGOUTRESPONSE']._serialized_end=1285
+  _globals['_GETJWKSREQUEST']._serialized_start=1287
+  _globals['_GETJWKSREQUEST']._serialized_end=1303
+  _globals['_GETUSERREQUEST']._serialized_start=1305
+  _globals['_GETUSERREQUEST']._serialized_end=1347
+  _globals['_USERSERVICE']._serialized_start=1350
+  _globals['_USERSERVICE']._serialized_end=2252
 # @@protoc_insertion_point(module_scope)

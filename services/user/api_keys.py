@@ -1,0 +1,194 @@
+"""A user's API keys: create (the secret is returned once), list, revoke (migration 0010).
+
+Keys are the user's own tenant data, reached only in the user's transaction, so another user's
+key is indistinguishable from one that does not exist. Revoking is a conditional UPDATE that sets
+`revoked_at`: the row stays, and as every service looks keys up on every call with no cache
+(services/common/api_keys.py), the key fails everywhere once the revocation commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.access import KNOWN_SCOPES
+from services.common.api_keys import display_prefix, new_secret, secret_hash
+from services.common.database import Database
+from services.common.errors import FieldViolation, InvalidInput, NotFound, Violations
+from services.common.schema import api_keys
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+RESOURCE_PREFIX = "apikeys/"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: uuid.UUID
+    display_name: str
+    scopes: tuple[str, ...]
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> ApiKey:
+        return cls(
+            id=row.id,
+            display_name=row.display_name,
+            scopes=tuple(row.scopes),
+            prefix=row.prefix,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+        )
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    key: ApiKey
+    # Returned this once and never stored.
+    secret: str
+
+
+def parse_key_name(name: str, field: str = "name") -> uuid.UUID:
+    """`apikeys/{id}` -> id."""
+    try:
+        if not name.startswith(RESOURCE_PREFIX):
+            raise ValueError(name)
+        return uuid.UUID(name.removeprefix(RESOURCE_PREFIX))
+    except ValueError:
+        raise InvalidInput([FieldViolation(field, "must be an API key's name, apikeys/{id}")]) from None
+
+
+def encode_page_token(key: ApiKey) -> str:
+    return base64.urlsafe_b64encode(f"{key.created_at.isoformat()}|{key.id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, _, key_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        after = datetime.fromisoformat(created), uuid.UUID(key_id)
+        if after[0].tzinfo is None:
+            raise ValueError(created)
+        return after
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
+
+
+class ApiKeyRepository:
+    """The SQL of a user's keys; every method runs in the user's tenant transaction."""
+
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        *,
+        user_id: uuid.UUID,
+        display_name: str,
+        scopes: Sequence[str],
+        secret: str,
+        expires_at: datetime | None,
+    ) -> ApiKey:
+        row = (
+            await conn.execute(
+                sa.insert(api_keys)
+                .values(
+                    id=uuid.uuid4(),
+                    user_id=user_id,
+                    display_name=display_name,
+                    prefix=display_prefix(secret),
+                    secret_hash=secret_hash(secret),
+                    scopes=list(scopes),
+                    created_at=sa.func.now(),
+                    expires_at=expires_at,
+                )
+                .returning(api_keys)
+            )
+        ).one()
+        return ApiKey.from_row(row)
+
+    async def page(
+        self,
+        conn: AsyncConnection,
+        user_id: uuid.UUID,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+    ) -> list[ApiKey]:
+        query = sa.select(api_keys).where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+        if after is not None:
+            query = query.where(sa.tuple_(api_keys.c.created_at, api_keys.c.id) < sa.tuple_(*after))
+        query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit)
+        return [ApiKey.from_row(row) for row in (await conn.execute(query)).all()]
+
+    async def revoke(self, conn: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID) -> bool:
+        """Whether this call revoked it (False: no such key of the user's, or revoked already)."""
+        revoked = await conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=sa.func.now())
+            .returning(api_keys.c.id)
+        )
+        return revoked.one_or_none() is not None
+
+
+class ApiKeys:
+    def __init__(self, database: Database, repository: ApiKeyRepository | None = None) -> None:
+        self.database = database
+        self.repository = repository or ApiKeyRepository()
+
+    async def create(
+        self,
+        user_id: uuid.UUID,
+        *,
+        display_name: str,
+        scopes: Sequence[str],
+        expires_at: datetime | None,
+        now: datetime | None = None,
+    ) -> CreatedApiKey:
+        violations = Violations()
+        if not display_name.strip():
+            violations.add("display_name", "must not be blank")
+        for index, scope in enumerate(scopes):
+            if scope not in KNOWN_SCOPES:
+                violations.add(f"scopes[{index}]", "must be one of " + ", ".join(sorted(KNOWN_SCOPES)))
+        if not scopes:
+            violations.add("scopes", "is required")
+        if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
+            violations.add("expire_time", "must be in the future")
+        violations.raise_if_any()
+        secret = new_secret()
+        async with self.database.tenant(user_id) as conn:
+            key = await self.repository.insert(
+                conn,
+                user_id=user_id,
+                display_name=display_name.strip(),
+                scopes=sorted(set(scopes)),
+                secret=secret,
+                expires_at=expires_at,
+            )
+        return CreatedApiKey(key, secret)
+
+    async def page(self, user_id: uuid.UUID, *, page_size: int, page_token: str) -> tuple[list[ApiKey], str]:
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token) if page_token else None
+        async with self.database.tenant(user_id) as conn:
+            keys = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
+        next_token = encode_page_token(keys[limit - 1]) if len(keys) > limit else ""
+        return keys[:limit], next_token
+
+    async def revoke(self, user_id: uuid.UUID, name: str) -> None:
+        key_id = parse_key_name(name)
+        async with self.database.tenant(user_id) as conn:
+            revoked = await self.repository.revoke(conn, user_id, key_id)
+        if not revoked:
+            # Another user's key, or one already revoked: the same answer as for no key at all.
+            raise NotFound(f"{name} not found")
