@@ -220,21 +220,32 @@ class OAuthSignIn:
     async def _discord_identity(self, app: _ProviderApp, token: Mapping[str, Any]) -> ProviderIdentity:
         response = await app.get("users/@me", token=dict(token))
         response.raise_for_status()
-        profile = response.json()
+        try:
+            profile = response.json()
+            subject, email, verified = profile["id"], profile.get("email"), profile.get("verified")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _answered_nonsense(DISCORD, "a user object without an id") from None
+        if not isinstance(subject, str | int) or not isinstance(email, str | None):
+            raise _answered_nonsense(DISCORD, "a user object with a malformed id or email")
         return ProviderIdentity(
-            provider=DISCORD,
-            subject=str(profile["id"]),
-            email=profile.get("email"),
-            email_verified=profile.get("verified") is True,
+            provider=DISCORD, subject=str(subject), email=email, email_verified=verified is True
         )
+
+
+def _answered_nonsense(provider: str, what: str) -> ProviderUnavailable:
+    log.warning("%s answered %s", provider, what)
+    return ProviderUnavailable(f"{provider.title()} answered {what}; retry later")
 
 
 @contextlib.asynccontextmanager
 async def _reaching(provider: str) -> AsyncIterator[None]:
-    """A provider that cannot be reached, or answers an error status where it should not, is
-    UNAVAILABLE: the caller may retry."""
+    """A provider that cannot be reached, answers an error status where it should not, or
+    answers a success that is not JSON (its discovery document, its token endpoint) is
+    UNAVAILABLE: the caller may retry, and it is the provider's fault, never an INTERNAL one."""
     try:
         yield
     except httpx2.HTTPError as error:
         log.warning("%s is unavailable: %s (%s)", provider, error, type(error).__name__)
         raise ProviderUnavailable(f"{provider.title()} is unavailable; retry later") from None
+    except json.JSONDecodeError:
+        raise _answered_nonsense(provider, "a body that is not JSON") from None

@@ -270,6 +270,22 @@ def test_an_unverified_email_is_refused_and_links_nothing(
     assert oauth_mesh.sql("SELECT count(*) AS n FROM users WHERE email = %s", existing.email) == [{"n": 1}]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>maintenance</html>", b'{"username": "no-id"}', b"[1, 2]", b'{"id": {"nested": 1}}'],
+    ids=["not-json", "no-id", "not-an-object", "malformed-id"],
+)
+def test_a_provider_answering_nonsense_is_unavailable_and_signs_nobody_in(
+    gateway: httpx.Client, discord: DiscordServer, oauth_mesh: RunningMesh, body: bytes
+) -> None:
+    """Never INTERNAL: a provider's malformed answer is its fault, and the caller may retry."""
+    user = discord_user()
+    discord.next_profile_body = body
+    reply = discord_sign_in(gateway, discord, user)
+    assert "Discord answered" in refused(reply, 503, "OAUTH_PROVIDER_UNAVAILABLE")
+    assert identities(oauth_mesh, user.id) == []
+
+
 def test_bad_input_is_invalid_argument_naming_the_field(gateway: httpx.Client) -> None:
     for body, field in [
         ({"provider": GOOGLE, "redirectUri": "https://attacker.example/callback"}, "redirect_uri"),

@@ -81,6 +81,9 @@ class DiscordServer:
         self.codes: dict[str, _Code] = {}
         self.tokens: dict[str, DiscordUser] = {}
         self.token_errors: list[str] = []
+        # When set, `users/@me` answers this body, once, in place of the user object: a Discord
+        # that misbehaves.
+        self.next_profile_body: bytes | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
 
@@ -241,6 +244,15 @@ class DiscordServer:
                 user = discord.tokens.get(authorization.removeprefix("Bearer "))
                 if not authorization.startswith("Bearer ") or user is None:
                     self._json(401, {"message": "401: Unauthorized", "code": 0})
+                    return
+                with discord.lock:
+                    body, discord.next_profile_body = discord.next_profile_body, None
+                if body is not None:
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                     return
                 self._json(200, user.profile())
 
