@@ -4,11 +4,18 @@ behind the same interface."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from aiobotocore.session import get_session
+from botocore.config import Config
+
+from services.common.settings import ObjectStoreSettings
 
 
 def image_key(user_id: uuid.UUID, generation_id: uuid.UUID, created: datetime) -> str:
@@ -50,3 +57,31 @@ class LocalImageStore:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path(key).unlink, True)
+
+
+def s3_client_config(settings: ObjectStoreSettings) -> Config:
+    return Config(
+        region_name=settings.region,
+        signature_version="s3v4",
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        # Path style works on every endpoint (SeaweedFS, VPC endpoints); AWS still accepts it
+        # for existing buckets.
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_s3_client(settings: ObjectStoreSettings) -> AsyncIterator[Any]:
+    """One aiobotocore S3 client (one connection pool) for as long as the block runs. Keys from
+    settings when given, else boto's default chain (IRSA, instance profile, AWS_* variables)."""
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=s3_client_config(settings),
+    ) as client:
+        yield client
