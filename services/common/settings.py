@@ -59,11 +59,18 @@ class CommonSettings(BaseSettings):
         description="The user service's session secret: it encrypts the private halves of the "
         "access-token signing keys in PostgreSQL and derives each refresh token's successor.",
     )
-    url_signing_secret: str = Field(min_length=32, description="HMAC key for signed image URLs.")
-    public_url: str = Field(
-        "http://127.0.0.1:8080", description="The gateway's public base URL, used in signed image URLs."
+    url_signing_secret: str = Field(
+        min_length=32, description="HMAC key of the gateway's signed image URLs (GetImageContent)."
     )
-    image_url_ttl_seconds: int = Field(3600, ge=60, description="How long a signed image URL works.")
+    public_url: str = Field(
+        "http://127.0.0.1:8080", description="The gateway's public base URL, used in its signed image URLs."
+    )
+    image_url_ttl_seconds: int = Field(
+        3600,
+        ge=1,
+        description="How long an image URL works: the S3 presigned GET URLs of an image and its "
+        "thumbnail, and the gateway's signed URLs.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     credits_per_gpu_second: float = Field(1.0, gt=0, description="Price of one GPU second, in credits.")
     hold_seconds_per_step: float = Field(
@@ -83,10 +90,6 @@ class CommonSettings(BaseSettings):
     @property
     def dev_login_enabled(self) -> bool:
         return self.env == "dev" if self.dev_login is None else self.dev_login
-
-    @property
-    def images_dir(self) -> Path:
-        return self.home / "images"
 
     @property
     def models_dir_default(self) -> Path:

@@ -1,4 +1,5 @@
-"""The image library: serves stored PNGs to holders of a valid signed URL."""
+"""The image library: serves stored PNGs, read from the images bucket, to holders of a valid
+signed gateway URL."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from services.common.database import Database
 from services.common.errors import NotFound
 from services.common.schema import generations
 from services.common.signing import ImageUrlSigner
-from services.common.storage import ImageStore
+from services.common.storage import ImageStore, ObjectMissing
 from services.generation.lifecycle import GenerationState
 
 
@@ -36,5 +37,5 @@ class ImageLibrary:
         self.signer.verify(image_id, row.user_id, expires, signature)
         try:
             return await self.store.get(row.image_key)
-        except FileNotFoundError:
+        except ObjectMissing:
             raise NotFound(f"image {image_id} is no longer stored") from None

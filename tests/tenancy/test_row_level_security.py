@@ -32,6 +32,7 @@ TENANT_TABLES = (
     "subscriptions",
     "email_outbox",
     "refresh_tokens",
+    "images",
     "webhook_deliveries",
 )
 # What each table calls its tenant.

@@ -93,8 +93,10 @@ class GalleryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetImageContent(self, request, context):
-        """Serves an image's PNG bytes to whoever holds its signed URL, until the URL expires. The
-        signature is the authorization, so browsers can use the URL in an <img> tag.
+        """Serves an image's PNG bytes, read from the images bucket, to whoever holds its signed
+        gateway URL, until the URL expires. The signature is the authorization, so browsers can use
+        the URL in an <img> tag. Generations and events carry S3 presigned URLs instead, which
+        fetch the object from S3 directly; this route remains for clients that reach only the gateway.
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
