@@ -43,6 +43,32 @@ class ImageRepository:
         """Record a stored image; its objects must already be in the bucket."""
         await conn.execute(sa.insert(images).values(**image.__dict__))
 
-    async def get(self, conn: AsyncConnection, image_id: uuid.UUID) -> ImageRecord | None:
-        row = (await conn.execute(sa.select(images).where(images.c.id == image_id))).one_or_none()
+    async def get(
+        self, conn: AsyncConnection, image_id: uuid.UUID, *, user_id: uuid.UUID | None = None
+    ) -> ImageRecord | None:
+        """One image by id: the user's (a tenant transaction), or anyone's (the system role's)."""
+        query = sa.select(images).where(images.c.id == image_id)
+        if user_id is not None:
+            query = query.where(images.c.user_id == user_id)
+        row = (await conn.execute(query)).one_or_none()
         return None if row is None else ImageRecord(**row._mapping)
+
+    async def page(
+        self,
+        conn: AsyncConnection,
+        user_id: uuid.UUID,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+    ) -> list[ImageRecord]:
+        """The user's images, newest first, after the (created_at, id) of the last one served:
+        a keyset walk of images_by_user_newest."""
+        query = (
+            sa.select(images)
+            .where(images.c.user_id == user_id)
+            .order_by(images.c.created_at.desc(), images.c.id.desc())
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(sa.tuple_(images.c.created_at, images.c.id) < sa.tuple_(*after))
+        return [ImageRecord(**row._mapping) for row in await conn.execute(query)]

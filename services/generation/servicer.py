@@ -53,6 +53,7 @@ def generation_to_proto(record: GenerationRecord, urls: ImageUrls | None) -> res
         end_time=_timestamp(record.finished_at),
         image_url=urls.image if urls else "",
         thumbnail_url=urls.thumbnail if urls else "",
+        image=f"users/{record.user_id}/images/{record.id}" if urls else "",
         gpu_seconds=record.gpu_seconds,
         credits_held=record.credits_held,
         credits_charged=record.credits_charged,

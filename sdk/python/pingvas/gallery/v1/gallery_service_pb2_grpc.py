@@ -70,14 +70,15 @@ class GalleryServiceServicer:
     """
 
     def ListImages(self, request, context):
-        """Lists the caller's images, newest first.
+        """Lists the caller's images, newest first (by when they were stored, then by id), a page at
+        a time; a page token stays valid as new images arrive, which appear only on a new listing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetImage(self, request, context):
-        """Returns one of the caller's images, itself (AIP-131).
+        """Returns one of the caller's images, itself (AIP-131). Another user's image is NOT_FOUND.
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """

@@ -27,7 +27,7 @@ GENERATION_STATE_FAILED: GenerationState
 GENERATION_STATE_CANCELLED: GenerationState
 
 class Generation(_message.Message):
-    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id", "thumbnail_url")
+    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id", "thumbnail_url", "image")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Generation(_message.Message):
     FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     state: GenerationState
@@ -74,7 +75,8 @@ class Generation(_message.Message):
     failure_code: str
     incident_id: str
     thumbnail_url: str
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ..., thumbnail_url: _Optional[str] = ...) -> None: ...
+    image: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ..., thumbnail_url: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
 
 class GenerationQueued(_message.Message):
     __slots__ = ("position",)
