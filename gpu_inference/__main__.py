@@ -18,9 +18,9 @@ from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.failpoints import Failpoints
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import SchedulerSettings, WorkerSettings
+from services.common.settings import ObjectStoreSettings, SchedulerSettings, WorkerSettings
 from services.common.startup import enforce_environment, load_settings
-from services.common.storage import LocalImageStore
+from services.common.storage import open_image_store
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog
@@ -59,6 +59,9 @@ async def main() -> None:
         threads,
         max_batch,
     )
+    images, close_images = await open_image_store(
+        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
+    )
     queue = TierQueue(redis)
     events = EventLog(redis)
     runs = Runs(
@@ -77,7 +80,7 @@ async def main() -> None:
         runs=runs,
         queue=queue,
         registry=registry,
-        store=LocalImageStore(settings.images_dir),
+        store=images,
         policy=SchedulingPolicy(
             aging_seconds=scheduler.aging_seconds,
             concurrency_caps=scheduler.concurrency_caps,
@@ -102,7 +105,7 @@ async def main() -> None:
         grace=1.0,
         background=[worker.run],
         drain_seconds=settings.shutdown_grace_seconds,
-        cleanup=[database.close, redis.aclose],
+        cleanup=[database.close, redis.aclose, close_images],
     )
 
 

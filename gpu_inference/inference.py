@@ -19,6 +19,8 @@ from gpu_inference.registry import LoadedModel
 
 # zlib level 1, as InvokeAI defaults to: on a smooth 512x512 test image it encoded in 22 ms
 # against 85 ms at PIL's default 6, for a file 24 % larger. Every level is lossless.
+THUMBNAIL_SIDE = 256
+THUMBNAIL_QUALITY = 80
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -89,6 +91,15 @@ class TextToImageResult:
         thread while the GPU runs the next call (PIL releases the GIL while compressing)."""
         buffer = io.BytesIO()
         self.image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        return buffer.getvalue()
+
+    @functools.cached_property
+    def thumbnail_webp(self) -> bytes:
+        """The gallery's thumbnail: WebP, its longest side THUMBNAIL_SIDE (never enlarged)."""
+        thumbnail = self.image.copy()
+        thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, format="WEBP", quality=THUMBNAIL_QUALITY)
         return buffer.getvalue()
 
 

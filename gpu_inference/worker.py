@@ -38,7 +38,14 @@ from gpu_inference.inference import (
 )
 from gpu_inference.registry import ModelRegistry, UnknownModelError
 from services.common.failpoints import Failpoint, Failpoints
-from services.common.storage import ImageStore, image_key
+from services.common.storage import (
+    PNG_CONTENT_TYPE,
+    THUMBNAIL_CONTENT_TYPE,
+    ImageKeys,
+    ImageStore,
+    ObjectStoreUnavailable,
+)
+from services.gallery.repository import StoredImage
 from services.generation.failures import Failure, FailureCode
 from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
@@ -535,10 +542,39 @@ class Worker:
                 await self.queue.release_lease(record.id, self.worker_id)
 
     async def _store_result(self, record: GenerationRecord, result: TextToImageResult) -> None:
-        png = await asyncio.to_thread(lambda: result.png)
-        key = image_key(record.user_id, record.id, record.created_at)
-        await self.store.put(key, png)
-        if await self.runs.finish_succeeded(record, key, WorkResult(png, result.seed, result.gpu_seconds)):
+        """Store the PNG and its thumbnail, then record the success with its image row: objects
+        first, so a row never names a missing object. S3 down fails the attempt (counted toward
+        dead-lettering, which releases the hold), never a success without its image."""
+        png, thumbnail = await asyncio.to_thread(lambda: (result.png, result.thumbnail_webp))
+        keys = ImageKeys.of(record.user_id, record.id, record.created_at)
+        try:
+            await asyncio.gather(
+                self.store.put(keys.png, png, content_type=PNG_CONTENT_TYPE),
+                self.store.put(keys.thumbnail, thumbnail, content_type=THUMBNAIL_CONTENT_TYPE),
+            )
+        except ObjectStoreUnavailable as error:
+            unstored = Failure.report(
+                FailureCode.IMAGE_STORE_UNAVAILABLE, record.run_label, str(error), logger=log
+            )
+            await self.runs.requeue(record, unstored)
+            return
+        image = StoredImage(
+            id=record.id,
+            user_id=record.user_id,
+            object_key=keys.png,
+            thumbnail_key=keys.thumbnail,
+            size_bytes=len(png),
+            thumbnail_size_bytes=len(thumbnail),
+            width=result.image.width,
+            height=result.image.height,
+            prompt=record.prompt,
+            negative_prompt=record.negative_prompt,
+            seed=result.seed,
+            model=record.model,
+            steps=record.steps,
+            guidance=record.guidance,
+        )
+        if await self.runs.finish_succeeded(record, image, WorkResult(result.seed, result.gpu_seconds)):
             log.info("succeeded %s in %.2f GPU seconds", record.id, result.gpu_seconds)
         else:
             log.warning(

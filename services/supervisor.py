@@ -1,7 +1,7 @@
 """`pingvas up`: the whole mesh on one machine, supervised.
 
-Starts PostgreSQL and Redis (embedded unless PINGVAS_ADMIN_DATABASE_URL / REDIS_URL point
-elsewhere), provisions the environment's database roles and applies migrations as its owner,
+Starts PostgreSQL, Redis and SeaweedFS, the S3 server (embedded unless PINGVAS_ADMIN_DATABASE_URL /
+REDIS_URL / S3_ENDPOINT_URL point elsewhere), configures the buckets (`pingvas storage init`), provisions the environment's database roles and applies migrations as its owner,
 starts each service and the GPU workers as their own processes, then Envoy. It logs each
 component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
 
@@ -25,16 +25,20 @@ Children get SIGTERM from the kernel if the supervisor itself is killed, so no p
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -45,6 +49,9 @@ from gateway.envoy import EdgeLimits, TokenBucket
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from services.embedded.seaweedfs import S3Credentials
 
 log = logging.getLogger("pingvas.up")
 
@@ -61,6 +68,8 @@ class MeshOptions:
     # A role that may create roles and schemas on an external PostgreSQL; embedded when None.
     admin_database_url: str | None = None
     redis_url: str | None = None
+    # An S3 endpoint (with PINGVAS_S3_* keys, or boto's default chain); embedded SeaweedFS when None.
+    s3_endpoint_url: str | None = None
     db_schema: str = DEFAULT_DB_SCHEMA
     extra_env: dict[str, str] = field(default_factory=dict)
     supervision: SupervisorSettings = field(default_factory=SupervisorSettings)
@@ -108,6 +117,23 @@ def load_or_create_secrets(home: Path) -> dict[str, str]:
         }
         write_private(path, json.dumps(stored))
     return {key: os.environ.get(key) or value for key, value in stored.items()}
+
+
+def load_or_create_s3_credentials(home: Path) -> S3Credentials:
+    """The embedded SeaweedFS's access key, secret key and encryption key, made once and kept
+    under PINGVAS_HOME with mode 0600, as the database passwords are."""
+    from services.embedded.seaweedfs import S3Credentials
+
+    path = home / "s3-credentials.json"
+    if path.exists():
+        return S3Credentials(**json.loads(path.read_text()))
+    credentials = S3Credentials(
+        access_key_id="PV" + secrets.token_hex(9).upper(),
+        secret_access_key=secrets.token_urlsafe(30),
+        sse_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+    )
+    write_private(path, json.dumps(dataclasses.asdict(credentials)))
+    return credentials
 
 
 DATABASE_PASSWORDS = ("superuser", "owner", "app", "system")
@@ -238,6 +264,10 @@ class Mesh:
             redis = EmbeddedRedis(self.home / "redis", free_port(), self.logs)
             self._start_infrastructure(redis)
             redis_url = redis.url
+        storage_env = {"S3_ENDPOINT_URL": options.s3_endpoint_url} if options.s3_endpoint_url else {}
+        if options.s3_endpoint_url is None:
+            storage_env = self._start_seaweedfs()
+        self._init_storage(storage_env)
 
         log.info("provisioning the roles of schema %s", options.db_schema)
         urls = asyncio.run(
@@ -259,6 +289,7 @@ class Mesh:
             "PINGVAS_DB_SCHEMA": options.db_schema,
             "PINGVAS_PUBLIC_URL": public_url,
             "PYTHONUNBUFFERED": "1",
+            **storage_env,
             **load_or_create_secrets(self.home),
         }
         if "PINGVAS_PRELOAD_MODELS" not in os.environ:
@@ -339,6 +370,7 @@ class Mesh:
                     "owner_database_url": urls.owner,
                     "admin_database_url": admin_url,
                     "redis_url": redis_url,
+                    "s3_endpoint_url": storage_env.get("S3_ENDPOINT_URL"),
                     "db_schema": options.db_schema,
                     "env": options.env,
                     "pid": os.getpid(),
@@ -349,6 +381,33 @@ class Mesh:
         self._started = True
         log.info("gateway listening on %s (gRPC, gRPC-Web and REST)", public_url)
         print(f"Pingvas is up: {public_url}  (logs in {self.logs})", flush=True)
+
+    def _start_seaweedfs(self) -> dict[str, str]:
+        """Embedded SeaweedFS; returns the settings that point every process at it."""
+        from services.embedded.seaweedfs import EmbeddedSeaweedFS, SeaweedPorts
+
+        credentials = load_or_create_s3_credentials(self.home)
+        seaweedfs = EmbeddedSeaweedFS(self.home / "seaweedfs", SeaweedPorts.free(), self.logs, credentials)
+        self._start_infrastructure(seaweedfs)
+        return {
+            "S3_ENDPOINT_URL": seaweedfs.url,
+            "PINGVAS_S3_ACCESS_KEY_ID": credentials.access_key_id,
+            "PINGVAS_S3_SECRET_ACCESS_KEY": credentials.secret_access_key,
+        }
+
+    def _init_storage(self, storage_env: dict[str, str]) -> None:
+        """`pingvas storage init`, as the operator would run it: safe on every start."""
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "storage", "init"],
+            env=self._child_env(storage_env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pingvas storage init failed:\n{result.stdout}{result.stderr}")
+        for line in result.stdout.splitlines():
+            log.info("storage init: %s", line)
 
     def _start_infrastructure(self, server: object) -> None:
         process = server.start()  # type: ignore[attr-defined]

@@ -1,8 +1,9 @@
 """The real mesh, once per test session: `pingvas up` in a temporary PINGVAS_HOME.
 
-Everything runs for real: embedded PostgreSQL 16 and Redis 6.2, the four services, a GPU worker
-on the tiny SD model, and Envoy. Tests reach it the ways users do (REST, gRPC and gRPC-Web
-through the gateway) and check the truth in PostgreSQL and Redis directly.
+Everything runs for real: embedded PostgreSQL 16, Redis 6.2 and SeaweedFS (S3), the four
+services, a GPU worker on the tiny SD model, and Envoy. Tests reach it the ways users do (REST,
+gRPC and gRPC-Web through the gateway) and check the truth in PostgreSQL, Redis and the
+buckets directly.
 """
 
 from __future__ import annotations

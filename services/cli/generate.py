@@ -239,7 +239,8 @@ class GatewayClient:
                 yield parse_watch_event(data)
 
     def download(self, url: str) -> bytes:
-        """Fetch a signed image URL; it authorizes itself, so no bearer token is sent."""
+        """Fetch an image URL (presigned S3, or the gateway's signed one); it authorizes itself,
+        so no bearer token is sent."""
         absolute_url = urljoin(self.base_url + "/", url)
         with _reporting_unreachable(absolute_url):
             response = self._http.get(absolute_url)

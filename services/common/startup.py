@@ -3,9 +3,9 @@
 PINGVAS_ENV must be named (`load_settings`). In prod a process refuses to start on any setting
 that is only safe on a laptop: dev login, a dev or default secret (the published Lemon Squeezy
 dev values, the signing keys `pingvas up` generated under PINGVAS_HOME, or an OAuth provider
-offered with no client secret), the embedded
-PostgreSQL or Redis of `pingvas up`, or a PostgreSQL running with fsync=off. The servers are
-asked (SHOW fsync, SHOW cluster_name, Redis INFO), not our own configuration. In every
+offered with no client secret), the embedded PostgreSQL, Redis or SeaweedFS of `pingvas up`, or
+a PostgreSQL running with fsync=off. The servers are asked (SHOW fsync, SHOW cluster_name, Redis
+INFO, the S3 endpoint's Server header), not our own configuration. In every
 environment a process refuses a database role that could escape row-level security.
 """
 
@@ -16,12 +16,17 @@ import logging
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 from redis.asyncio import Redis
 
 from services.common.database import Database
-from services.common.defaults import EMBEDDED_POSTGRES_CLUSTER_NAME, EMBEDDED_REDIS_EXECUTABLE_MARK
+from services.common.defaults import (
+    EMBEDDED_POSTGRES_CLUSTER_NAME,
+    EMBEDDED_REDIS_EXECUTABLE_MARK,
+    SEAWEEDFS_SERVER_MARK,
+)
 from services.common.server import wait_until_ready
 from services.common.settings import (
     DEV_LEMONSQUEEZY_API_KEY,
@@ -29,6 +34,7 @@ from services.common.settings import (
     CommonSettings,
     LemonSqueezySettings,
     OAuthSettings,
+    ObjectStoreSettings,
     ServerSettings,
 )
 
@@ -84,7 +90,19 @@ def settings_refusals(
     return refusals
 
 
-async def server_refusals(database: Database, redis_url: str) -> list[str]:
+async def _s3_server_name(endpoint_url: str) -> str:
+    """What the S3 endpoint calls itself (its Server header), asked without credentials; empty
+    when it does not answer (the first image store then fails, with its own reason)."""
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return str((await client.get(endpoint_url)).headers.get("server", ""))
+    except httpx.HTTPError:
+        return ""
+
+
+async def server_refusals(
+    database: Database, redis_url: str, s3_endpoint_url: str | None = None
+) -> list[str]:
     """What prod refuses in the servers this process was pointed at, as they report themselves."""
     refusals = []
     if await database.server_setting("fsync") == "off":
@@ -98,6 +116,9 @@ async def server_refusals(database: Database, redis_url: str) -> list[str]:
         await redis.aclose()
     if EMBEDDED_REDIS_EXECUTABLE_MARK in executable:
         refusals.append("REDIS_URL is the embedded Redis of `pingvas up`")
+    # Production stores images on S3 (the seed's AWS buckets); SeaweedFS is the laptop's stand-in.
+    if s3_endpoint_url and (await _s3_server_name(s3_endpoint_url)).startswith(SEAWEEDFS_SERVER_MARK):
+        refusals.append("S3_ENDPOINT_URL is the embedded SeaweedFS of `pingvas up`")
     return refusals
 
 
@@ -118,13 +139,13 @@ async def enforce_environment(settings: CommonSettings, database: Database, *, c
     await wait_until_ready(database.ping, "PostgreSQL")
     refusals = settings_refusals(settings, LemonSqueezySettings(), OAuthSettings())
     if settings.env == "prod":
-        refusals += await server_refusals(database, settings.redis_url)
+        refusals += await server_refusals(database, settings.redis_url, ObjectStoreSettings().endpoint_url)
     roles = await database.roles_in_use()
     refusals += [f"database role {role.name} {problem}" for role in roles for problem in role.problems]
     if refusals:
         raise SystemExit(f"{component}: PINGVAS_ENV={settings.env} refuses to start: " + "; ".join(refusals))
     enforced = (
-        "no dev login, no dev or default secrets, no embedded PostgreSQL or Redis, fsync on"
+        "no dev login, no dev or default secrets, no embedded PostgreSQL, Redis or SeaweedFS, fsync on"
         if settings.env == "prod"
         else f"dev login {'on' if settings.dev_login_enabled else 'off'}, dev secrets allowed"
     )

@@ -1,52 +1,172 @@
-"""Where generated images live. Embedded mode writes files under PINGVAS_HOME/images; S3 comes
-behind the same interface."""
+"""Where generated images live: S3 (AWS in production, the embedded SeaweedFS of `pingvas up` on
+a laptop), through aiobotocore, so no call blocks the event loop.
+
+An image is two objects side by side under the seed's layout: the PNG at
+`{user_id}/{yyyy}/{mm}/{id}.png` and its WebP thumbnail at `{user_id}/{yyyy}/{mm}/{id}.thumb.webp`.
+Each is written once and never changed (a new image gets a new id), so they carry a long,
+private cache lifetime. Clients read them through presigned GET URLs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from services.common.settings import ObjectStoreSettings
+
+PNG_CONTENT_TYPE = "image/png"
+THUMBNAIL_CONTENT_TYPE = "image/webp"
+# Immutable objects, each reachable only through its own presigned URL: a browser keeps them,
+# a shared cache does not.
+IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 
-def image_key(user_id: uuid.UUID, generation_id: uuid.UUID, created: datetime) -> str:
-    """The seed's layout: /{user_id}/{yyyy}/{mm}/{image}.png."""
-    return f"{user_id}/{created:%Y}/{created:%m}/{generation_id}.png"
+@dataclass(frozen=True)
+class ImageKeys:
+    """The keys of one image's objects."""
+
+    png: str
+    thumbnail: str
+
+    @classmethod
+    def of(cls, user_id: uuid.UUID, image_id: uuid.UUID, created: datetime) -> ImageKeys:
+        """The seed's layout: {user_id}/{yyyy}/{mm}/{image}.png, the thumbnail beside it."""
+        stem = f"{user_id}/{created:%Y}/{created:%m}/{image_id}"
+        return cls(png=f"{stem}.png", thumbnail=f"{stem}.thumb.webp")
+
+    @classmethod
+    def from_png_key(cls, png_key: str) -> ImageKeys:
+        return cls(png=png_key, thumbnail=png_key.removesuffix(".png") + ".thumb.webp")
+
+
+class ObjectStoreUnavailable(Exception):
+    """S3 did not answer, or refused the request: the store cannot be used now."""
+
+
+class ObjectMissing(Exception):
+    """No object under the key."""
 
 
 class ImageStore(Protocol):
-    async def put(self, key: str, data: bytes) -> None: ...
+    async def put(self, key: str, data: bytes, *, content_type: str) -> None: ...
 
     async def get(self, key: str) -> bytes: ...
 
-    async def delete(self, key: str) -> None: ...
+    async def presigned_url(self, key: str) -> str: ...
 
 
-class LocalImageStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+@dataclass(frozen=True)
+class ImageUrls:
+    """Presigned GET URLs of one image's objects."""
 
-    def path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents:
-            raise ValueError(f"image key {key!r} escapes the image directory")
-        return path
+    image: str
+    thumbnail: str
 
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._write, self.path(key), data)
 
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        # Write-then-rename: a reader never sees half an image.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)
+def s3_client_config(settings: ObjectStoreSettings) -> Config:
+    return Config(
+        region_name=settings.region,
+        signature_version="s3v4",
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        # Path style works on every endpoint (SeaweedFS, VPC endpoints); AWS still accepts it
+        # for existing buckets.
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_s3_client(settings: ObjectStoreSettings) -> AsyncIterator[Any]:
+    """One aiobotocore S3 client (one connection pool) for as long as the block runs. Keys from
+    settings when given, else boto's default chain (IRSA, instance profile, AWS_* variables)."""
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=s3_client_config(settings),
+    ) as client:
+        yield client
+
+
+def call_deadline_seconds(settings: ObjectStoreSettings) -> float:
+    """The longest one S3 call may take by its own settings: every attempt's connect and read.
+    Enforced around each call as well, because a server that accepts a connection and then
+    says nothing holds a PUT past botocore's timeouts (aiohttp waits for its `100 Continue`
+    without one), and a worker storing an image must give up well within its job's lease."""
+    return settings.max_attempts * (settings.connect_timeout_seconds + settings.read_timeout_seconds)
+
+
+class S3ImageStore:
+    """The images bucket, through one aiobotocore client."""
+
+    def __init__(
+        self, client: Any, bucket: str, *, url_ttl_seconds: int, call_deadline_seconds: float = 60.0
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.url_ttl_seconds = url_ttl_seconds
+        self.call_deadline_seconds = call_deadline_seconds
+
+    async def put(self, key: str, data: bytes, *, content_type: str) -> None:
+        try:
+            async with asyncio.timeout(self.call_deadline_seconds):
+                await self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    CacheControl=IMAGE_CACHE_CONTROL,
+                )
+        except (BotoCoreError, ClientError, TimeoutError) as error:
+            raise ObjectStoreUnavailable(f"storing s3://{self.bucket}/{key} failed: {error!r}") from error
 
     async def get(self, key: str) -> bytes:
-        return await asyncio.to_thread(self.path(key).read_bytes)
+        try:
+            async with asyncio.timeout(self.call_deadline_seconds):
+                reply = await self.client.get_object(Bucket=self.bucket, Key=key)
+                async with reply["Body"] as body:
+                    data: bytes = await body.read()
+                    return data
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectMissing(key) from None
+            raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
+        except (BotoCoreError, TimeoutError) as error:
+            raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
 
-    async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self.path(key).unlink, True)
+    async def presigned_url(self, key: str) -> str:
+        """A GET URL for the object that works for url_ttl_seconds. Signed locally, no request."""
+        url: str = await self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl_seconds
+        )
+        return url
+
+    async def image_urls(self, keys: ImageKeys) -> ImageUrls:
+        return ImageUrls(await self.presigned_url(keys.png), await self.presigned_url(keys.thumbnail))
+
+
+async def open_image_store(
+    settings: ObjectStoreSettings, *, url_ttl_seconds: int
+) -> tuple[S3ImageStore, Callable[[], Awaitable[None]]]:
+    """The images bucket for a process's lifetime, and what closes its client at shutdown."""
+    stack = contextlib.AsyncExitStack()
+    client = await stack.enter_async_context(open_s3_client(settings))
+    store = S3ImageStore(
+        client,
+        settings.images_bucket,
+        url_ttl_seconds=url_ttl_seconds,
+        call_deadline_seconds=call_deadline_seconds(settings),
+    )
+    return store, stack.aclose

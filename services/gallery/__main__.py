@@ -12,10 +12,10 @@ from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import GallerySettings, JwksSettings
+from services.common.settings import GallerySettings, JwksSettings, ObjectStoreSettings
 from services.common.signing import ImageUrlSigner
 from services.common.startup import load_settings, open_service_database
-from services.common.storage import LocalImageStore
+from services.common.storage import open_image_store
 from services.gallery.images import ImageLibrary
 from services.gallery.servicer import GalleryServicer
 
@@ -29,7 +29,10 @@ async def main() -> None:
         public_url=settings.public_url,
         ttl_seconds=settings.image_url_ttl_seconds,
     )
-    library = ImageLibrary(database, LocalImageStore(settings.images_dir), signer)
+    images, close_images = await open_image_store(
+        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
+    )
+    library = ImageLibrary(database, images, signer)
     server = GrpcServer(
         host=settings.host,
         port=settings.port,
@@ -46,7 +49,10 @@ async def main() -> None:
     )
     server.add_services([pb.DESCRIPTOR.services_by_name["GalleryService"].full_name])
     await serve_until_terminated(
-        server, ready=database.ping, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
+        server,
+        ready=database.ping,
+        grace=settings.shutdown_grace_seconds,
+        cleanup=[database.close, close_images],
     )
 
 

@@ -1,5 +1,5 @@
-"""GalleryService over gRPC. Listing and deleting land with the gallery issue; until then they
-answer UNIMPLEMENTED, never a pretend result."""
+"""GalleryService over gRPC: thin conversions around the image library. Deleting lands with the
+rest of the gallery issue; until then it answers UNIMPLEMENTED, never a pretend result."""
 
 from __future__ import annotations
 
@@ -8,18 +8,42 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.api import httpbody_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from pingvas.gallery.v1 import gallery_resources_pb2 as resources
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 
-from services.common.auth import TokenVerifier
+from services.common.auth import Principal, TokenVerifier
 from services.common.errors import FieldViolation, InvalidInput
 from services.common.rate_limits import PrincipalRateLimiter
-from services.common.rpc import Endpoint, not_implemented_yet, public_unary
-from services.gallery.images import ImageLibrary
+from services.common.rpc import Endpoint, not_implemented_yet, public_unary, unary
+from services.gallery.images import GalleryImage, ImageLibrary, parse_image_id
 
 ERROR_DOMAIN = "gallery.pingvas.studio"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+def image_to_proto(image: GalleryImage) -> resources.Image:
+    record = image.record
+    created = Timestamp()
+    created.FromDatetime(record.created_at)
+    return resources.Image(
+        name=f"users/{record.user_id}/images/{record.id}",
+        id=str(record.id),
+        url=image.urls.image,
+        thumbnail_url=image.urls.thumbnail,
+        prompt=record.prompt,
+        negative_prompt=record.negative_prompt,
+        model=record.model,
+        width=record.width,
+        height=record.height,
+        seed=record.seed,
+        steps=record.steps,
+        guidance=record.guidance,
+        size_bytes=record.size_bytes,
+        create_time=created,
+    )
 
 
 class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
@@ -35,9 +59,22 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
         )
         self.library = library
 
-    ListImages = not_implemented_yet("ListImages")
+    @unary
+    async def ListImages(
+        self, request: pb.ListImagesRequest, caller: Principal, context: Context
+    ) -> pb.ListImagesResponse:
+        images, next_token = await self.library.page(
+            caller.user_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListImagesResponse(
+            images=[image_to_proto(image) for image in images], next_page_token=next_token
+        )
 
-    GetImage = not_implemented_yet("GetImage")
+    @unary
+    async def GetImage(
+        self, request: pb.GetImageRequest, caller: Principal, context: Context
+    ) -> resources.Image:
+        return image_to_proto(await self.library.get(caller.user_id, parse_image_id(request.image_id)))
 
     DeleteImage = not_implemented_yet("DeleteImage")
 

@@ -26,11 +26,12 @@ from services.common.settings import (
     MIN_STREAMS_PER_USER,
     GenerationSettings,
     JwksSettings,
+    ObjectStoreSettings,
     SchedulerSettings,
     WatchSettings,
 )
-from services.common.signing import ImageUrlSigner
 from services.common.startup import load_settings, open_service_database
+from services.common.storage import open_image_store
 from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
@@ -60,10 +61,8 @@ async def main() -> None:
     events = EventLog(redis)
     delivery = Delivery(queue, events)
     pricing = Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step)
-    image_urls = ImageUrlSigner(
-        settings.url_signing_secret,
-        public_url=settings.public_url,
-        ttl_seconds=settings.image_url_ttl_seconds,
+    images, close_images = await open_image_store(
+        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
     )
     acceptance = Acceptance(
         database=database,
@@ -78,7 +77,7 @@ async def main() -> None:
         max_queue_depth=scheduler.max_queue_depth,
         max_live_per_user=scheduler.max_live_per_user,
     )
-    generations = Generations(database=database, repository=repository, image_urls=image_urls)
+    generations = Generations(database=database, repository=repository, images=images)
     # Each user's plan sets their limits here: open streams and request rates.
     plans = user_plans(database)
     hub = EventHub(
@@ -97,7 +96,6 @@ async def main() -> None:
     watching = Watching(
         generations=generations,
         hub=hub,
-        image_urls=image_urls,
         queued_resend_seconds=watch_settings.queued_resend_seconds,
     )
     stream_slots = StreamSlots(
@@ -157,7 +155,7 @@ async def main() -> None:
             periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
             periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
         ],
-        cleanup=[hub.stop, database.close, redis.aclose],
+        cleanup=[hub.stop, database.close, redis.aclose, close_images],
     )
 
 

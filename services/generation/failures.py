@@ -23,6 +23,7 @@ class FailureCode(enum.StrEnum):
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
     INFERENCE_FAILED = "INFERENCE_FAILED"
     WORKER_LOST = "WORKER_LOST"
+    IMAGE_STORE_UNAVAILABLE = "IMAGE_STORE_UNAVAILABLE"
     # Failures recorded before codes existed: migration 0005 dropped their raw text.
     UNKNOWN = "UNKNOWN"
 
@@ -32,6 +33,7 @@ _SENTENCES = {
     FailureCode.MODEL_LOAD_FAILED: "The GPU workers could not load the model.",
     FailureCode.INFERENCE_FAILED: "The GPU worker could not complete this generation.",
     FailureCode.WORKER_LOST: "The GPU worker running this generation stopped responding.",
+    FailureCode.IMAGE_STORE_UNAVAILABLE: "The image was made but could not be stored; no credits were charged.",
     FailureCode.UNKNOWN: "The generation failed.",
 }
 

@@ -1,4 +1,4 @@
-"""Reading a user's generations: one by id, a page of them, and the signed URL of an image.
+"""Reading a user's generations: one by id, a page of them, and the presigned URLs of an image.
 
 Page tokens are opaque to clients: the (created_at, id) of the last row served, base64-encoded.
 """
@@ -11,7 +11,7 @@ from datetime import datetime
 
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound
-from services.common.signing import ImageUrlSigner
+from services.common.storage import ImageKeys, ImageUrls, S3ImageStore
 from services.generation.lifecycle import GenerationState
 from services.generation.repository import GenerationRecord, GenerationRepository
 
@@ -40,12 +40,10 @@ def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
 
 
 class Generations:
-    def __init__(
-        self, *, database: Database, repository: GenerationRepository, image_urls: ImageUrlSigner
-    ) -> None:
+    def __init__(self, *, database: Database, repository: GenerationRepository, images: S3ImageStore) -> None:
         self.database = database
         self.repository = repository
-        self.image_urls = image_urls
+        self.images = images
 
     async def get(self, user_id: uuid.UUID, generation_id: uuid.UUID) -> GenerationRecord:
         async with self.database.tenant(user_id) as conn:
@@ -69,8 +67,9 @@ class Generations:
         next_token = encode_page_token(records[limit - 1]) if len(records) > limit else ""
         return records[:limit], next_token
 
-    def image_url(self, record: GenerationRecord) -> str:
-        """A fresh signed URL, made when read, so replayed events never carry a stale one."""
-        if record.state != GenerationState.SUCCEEDED:
-            return ""
-        return self.image_urls.url(record.id, record.user_id)
+    async def image_urls(self, record: GenerationRecord) -> ImageUrls | None:
+        """Fresh presigned URLs of a succeeded generation's image and thumbnail, made when read
+        (signed locally, no request), so replayed events never carry stale ones."""
+        if record.state != GenerationState.SUCCEEDED or record.image_key is None:
+            return None
+        return await self.images.image_urls(ImageKeys.from_png_key(record.image_key))

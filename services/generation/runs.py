@@ -20,6 +20,7 @@ from pingvas.generation.v1 import generation_resources_pb2 as resources
 from services.billing.ledger import CreditLedger, generation_reference
 from services.billing.pricing import Pricing
 from services.common.database import Database
+from services.gallery.repository import ImageRepository, StoredImage
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog, new_event
 from services.generation.failures import Failure, FailureCode
@@ -32,9 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkResult:
-    """What a successful run made."""
+    """What a successful run cost and the seed that reproduces it."""
 
-    png: bytes
     seed: int
     gpu_seconds: float
 
@@ -71,6 +71,7 @@ class Runs:
         self.delivery = delivery
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
+        self.images = ImageRepository()
 
     async def start(
         self, user_id: uuid.UUID, generation_id: uuid.UUID, worker_id: str
@@ -97,20 +98,25 @@ class Runs:
             ),
         )
 
-    async def finish_succeeded(self, record: GenerationRecord, image_key: str, result: WorkResult) -> bool:
-        """Record success and capture the charge, fenced on the attempt. False if fenced out."""
+    async def finish_succeeded(
+        self, record: GenerationRecord, image: StoredImage, result: WorkResult
+    ) -> bool:
+        """Record success, the gallery's image row and the charge in one transaction, fenced on
+        the attempt. False if fenced out. The image's objects must already be stored: a row is
+        never written without its objects (a fenced-out run leaves objects without a row)."""
         charge = min(self.pricing.charge_for(result.gpu_seconds), record.credits_held)
         async with self.database.tenant(record.user_id) as conn:
             done = await self.repository.finish_succeeded(
                 conn,
                 record,
-                image_key=image_key,
+                image_key=image.object_key,
                 seed=result.seed,
                 gpu_seconds=result.gpu_seconds,
                 credits_charged=charge,
             )
             if done is None:
                 return False
+            await self.images.insert(conn, image)
             await self.ledger.capture(conn, record.user_id, generation_reference(record.id), charge)
         await self.events.append(
             record.id,

@@ -14,6 +14,7 @@ from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, server_stream, unary
+from services.common.storage import ImageUrls
 from services.generation.acceptance import Acceptance, GenerationSpec
 from services.generation.generations import Generations, parse_generation_id
 from services.generation.repository import GenerationRecord
@@ -33,7 +34,7 @@ def _timestamp(value: Any) -> Timestamp | None:
     return stamp
 
 
-def generation_to_proto(record: GenerationRecord, image_url: str) -> resources.Generation:
+def generation_to_proto(record: GenerationRecord, urls: ImageUrls | None) -> resources.Generation:
     failure = record.failure
     return resources.Generation(
         name=f"users/{record.user_id}/generations/{record.id}",
@@ -50,7 +51,9 @@ def generation_to_proto(record: GenerationRecord, image_url: str) -> resources.G
         create_time=_timestamp(record.created_at),
         start_time=_timestamp(record.started_at),
         end_time=_timestamp(record.finished_at),
-        image_url=image_url,
+        image_url=urls.image if urls else "",
+        thumbnail_url=urls.thumbnail if urls else "",
+        image=f"users/{record.user_id}/images/{record.id}" if urls else "",
         gpu_seconds=record.gpu_seconds,
         credits_held=record.credits_held,
         credits_charged=record.credits_charged,
@@ -100,8 +103,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         self.watching = watching
         self.stream_slots = stream_slots
 
-    def _proto(self, record: GenerationRecord) -> resources.Generation:
-        return generation_to_proto(record, self.generations.image_url(record))
+    async def _proto(self, record: GenerationRecord) -> resources.Generation:
+        return generation_to_proto(record, await self.generations.image_urls(record))
 
     @unary
     async def CreateGeneration(
@@ -110,14 +113,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         record = await self.acceptance.create(
             caller.user_id, spec_from_proto(request.generation), request.request_id
         )
-        return self._proto(record)
+        return await self._proto(record)
 
     @unary
     async def GetGeneration(
         self, request: pb.GetGenerationRequest, caller: Principal, context: Context
     ) -> resources.Generation:
         record = await self.generations.get(caller.user_id, parse_generation_id(request.generation_id))
-        return self._proto(record)
+        return await self._proto(record)
 
     @unary
     async def ListGenerations(
@@ -127,14 +130,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
             caller.user_id, page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListGenerationsResponse(
-            generations=[self._proto(record) for record in records], next_page_token=next_token
+            generations=[await self._proto(record) for record in records], next_page_token=next_token
         )
 
     @unary
     async def CancelGeneration(
         self, request: pb.CancelGenerationRequest, caller: Principal, context: Context
     ) -> resources.Generation:
-        return self._proto(
+        return await self._proto(
             await self.acceptance.cancel(caller.user_id, parse_generation_id(request.generation_id))
         )
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 
-from services.common.signing import ImageUrlSigner
+from services.common.storage import ImageKeys
 from services.generation.event_hub import EventHub, Subscription
 from services.generation.events import StoredEvent, event_kind, is_terminal, new_event
 from services.generation.generations import Generations
@@ -53,12 +53,10 @@ class Watching:
         *,
         generations: Generations,
         hub: EventHub,
-        image_urls: ImageUrlSigner,
         queued_resend_seconds: float = 15.0,
     ) -> None:
         self.generations = generations
         self.hub = hub
-        self.image_urls = image_urls
         self.queued_resend_seconds = queued_resend_seconds
 
     def watch(
@@ -79,6 +77,8 @@ class GenerationWatch:
         self.generation_id = generation_id
         # The last event this watcher was given (or had before it resumed); older ones are skipped.
         self.last_sequence = after_sequence
+        # The generation's row as last read: its creation time names its image's key.
+        self.record: GenerationRecord | None = None
         # The latest `queued` event: position updates are sent under its sequence number, so a
         # resuming watcher never skips one, and while it is the latest event the job still waits.
         self.queued_sequence = 0
@@ -91,6 +91,7 @@ class GenerationWatch:
 
     async def events(self) -> AsyncIterator[pb.WatchGenerationResponse]:
         record = await self.watching.generations.get(self.user_id, self.generation_id)
+        self.record = record
         if record.is_terminal:
             # A watch that opens on a finished job gets its terminal event alone.
             yield await self._terminal_event(record, last_sequence=0)
@@ -138,7 +139,7 @@ class GenerationWatch:
             if self.still_queued:
                 self.queued_sent_at = asyncio.get_running_loop().time()
             if is_terminal(event):
-                unseen.append(self._with_image_url(event))
+                unseen.append(await self._with_image_urls(event))
                 break
             unseen.append(event)
         return unseen
@@ -188,14 +189,20 @@ class GenerationWatch:
         """The log's terminal event, or one rebuilt from the row, numbered after everything the
         watcher had and everything the log holds, when the log expired or lost its tail."""
         stored = await self.watching.hub.events.last(record.id)
+        self.record = record
         if stored is not None and is_terminal(stored):
-            return self._with_image_url(stored)
+            return await self._with_image_urls(stored)
         event = terminal_event_from_row(record)
         event.sequence = max(last_sequence + 1, stored.sequence + 1 if stored else 1)
-        return self._with_image_url(event)
+        return await self._with_image_urls(event)
 
-    def _with_image_url(self, event: pb.WatchGenerationResponse) -> pb.WatchGenerationResponse:
-        """Signed when sent, so a replayed event never carries a stale URL."""
+    async def _with_image_urls(self, event: pb.WatchGenerationResponse) -> pb.WatchGenerationResponse:
+        """Presigned when sent, so a replayed event never carries a stale URL. The image's key
+        follows from the job (user, id, creation time), the same the worker stored it under."""
         if event_kind(event) == EventKind.SUCCEEDED:
-            event.succeeded.image_url = self.watching.image_urls.url(self.generation_id, self.user_id)
+            assert self.record is not None
+            keys = ImageKeys.of(self.user_id, self.generation_id, self.record.created_at)
+            urls = await self.watching.generations.images.image_urls(keys)
+            event.succeeded.image_url = urls.image
+            event.succeeded.thumbnail_url = urls.thumbnail
         return event

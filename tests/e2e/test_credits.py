@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
+from services.common.storage import ImageKeys
+from services.gallery.repository import StoredImage
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog
 from services.generation.failures import Failure, FailureCode
@@ -68,13 +70,34 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any) -
                 cancel_requested=False,
             )
             await runs.ledger.hold(conn, user_id, f"generation:{record.id}", 3)
-        result = WorkResult(png=b"", seed=1, gpu_seconds=1.5)
+        result = WorkResult(seed=1, gpu_seconds=1.5)
         stale = type(record)(**{**record.__dict__, "attempt": 1})
+        # A success names its stored objects: they are in the bucket before any row names them.
+        keys = ImageKeys.of(user_id, record.id, record.created_at)
+        bucket = mesh.s3()
+        for key in (keys.png, keys.thumbnail):
+            bucket.put_object(Bucket="pingvas-studio-images", Key=key, Body=b"image")
+        image = StoredImage(
+            id=record.id,
+            user_id=user_id,
+            object_key=keys.png,
+            thumbnail_key=keys.thumbnail,
+            size_bytes=5,
+            thumbnail_size_bytes=5,
+            width=64,
+            height=64,
+            prompt="fox",
+            negative_prompt="",
+            seed=1,
+            model="tiny-sd",
+            steps=4,
+            guidance=7.5,
+        )
 
         outcomes = await asyncio.gather(
-            runs.finish_succeeded(record, "k", result),
-            runs.finish_succeeded(record, "k", result),
-            runs.finish_succeeded(stale, "k", result),
+            runs.finish_succeeded(record, image, result),
+            runs.finish_succeeded(record, image, result),
+            runs.finish_succeeded(stale, image, result),
             runs.finish_failed(stale, Failure(FailureCode.INFERENCE_FAILED, "late")),
         )
     finally:
@@ -92,3 +115,6 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any) -
     ]
     (row,) = mesh.sql("SELECT state, credits_charged FROM generations WHERE id = %s", str(record.id))
     assert (row["state"], row["credits_charged"]) == ("SUCCEEDED", 2)
+    assert mesh.sql("SELECT object_key FROM images WHERE id = %s", str(record.id)) == [
+        {"object_key": keys.png}
+    ]

@@ -205,13 +205,13 @@ def test_generation_sequence_through_the_gateway(mesh: Any, new_account: Any, pr
     charged = int(succeeded["creditsCharged"])
     assert charged >= 1
 
-    # The signed URL serves the PNG through the gateway.
+    # The presigned URL serves the PNG from the images bucket.
     image = httpx.get(succeeded["imageUrl"], timeout=30)
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(image.content)).size == (64, 64)
 
-    # PostgreSQL holds the truth: the job row, the stored file, the ledger.
+    # PostgreSQL holds the truth: the job row, the ledger; the object is in the images bucket.
     (row,) = mesh.sql("SELECT * FROM generations WHERE id = %s", generation["id"])
     assert row["state"] == "SUCCEEDED"
     assert row["attempt"] == 1
@@ -219,7 +219,8 @@ def test_generation_sequence_through_the_gateway(mesh: Any, new_account: Any, pr
     created = row["created_at"].astimezone(UTC)
     expected_key = f"{user['id']}/{created:%Y}/{created:%m}/{generation['id']}.png"
     assert row["image_key"] == expected_key
-    assert (mesh.home / "images" / expected_key).read_bytes() == image.content
+    stored = mesh.s3().get_object(Bucket="pingvas-studio-images", Key=expected_key)["Body"].read()
+    assert stored == image.content
     (after,) = mesh.sql("SELECT balance, held FROM credit_accounts WHERE user_id = %s", user["id"])
     assert after["balance"] == before["balance"] - charged
     assert after["held"] == before["held"] == 0

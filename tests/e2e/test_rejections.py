@@ -5,6 +5,7 @@ never charged."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
@@ -198,11 +199,12 @@ def test_later_issues_rpcs_answer_unimplemented(
 ) -> None:
     account = new_account("later")
     with pytest.raises(grpc.RpcError) as caught:
-        gallery_grpc.GalleryServiceStub(gateway_channel).ListImages(
-            gallery_pb.ListImagesRequest(), metadata=account.metadata, timeout=30
+        gallery_grpc.GalleryServiceStub(gateway_channel).DeleteImage(
+            gallery_pb.DeleteImageRequest(image_id=str(uuid.uuid4())), metadata=account.metadata, timeout=30
         )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert rest.get("/api/v1/gallery/images", headers=account.headers).status_code == 501
+    reply = rest.delete(f"/api/v1/gallery/images/{uuid.uuid4()}", headers=account.headers)
+    assert reply.status_code == 501
 
 
 @pytest.mark.parametrize(

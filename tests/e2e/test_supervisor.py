@@ -93,6 +93,7 @@ def test_background_mesh_serves_and_sigterm_leaves_no_process(tmp_path: Path, mo
     for component in (
         "postgres",
         "redis-server",
+        "weed server",
         "services.user",
         "services.billing",
         "services.generation",

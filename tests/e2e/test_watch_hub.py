@@ -26,7 +26,8 @@ from support.generations import assert_watch_order, reached_step, wait_for
 from support.mesh import MeshStarter, RunningMesh
 
 from services.common.database import Database
-from services.common.signing import ImageUrlSigner
+from services.common.settings import ObjectStoreSettings
+from services.common.storage import open_image_store
 from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub, Subscription
 from services.generation.events import EventLog, StoredEvent, new_event
 from services.generation.generations import Generations
@@ -66,7 +67,14 @@ async def make_hub(hub_mesh: RunningMesh) -> AsyncIterator[Callable[..., EventHu
     database = Database(
         hub_mesh.app_database_url, schema=hub_mesh.schema, system_url=hub_mesh.system_database_url
     )
-    signer = ImageUrlSigner("s" * 32, public_url=hub_mesh.gateway_url, ttl_seconds=3600)
+    images, close_images = await open_image_store(
+        ObjectStoreSettings(
+            S3_ENDPOINT_URL=hub_mesh.s3_env["S3_ENDPOINT_URL"],
+            access_key_id=hub_mesh.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
+            secret_access_key=hub_mesh.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
+        ),
+        url_ttl_seconds=3600,
+    )
 
     def make(**overrides: Any) -> EventHub:
         options: dict[str, Any] = {
@@ -81,11 +89,12 @@ async def make_hub(hub_mesh: RunningMesh) -> AsyncIterator[Callable[..., EventHu
             reader=Redis.from_url(hub_mesh.redis_url, max_connections=1),
             redis=redis,
             events=EventLog(redis),
-            generations=Generations(database=database, repository=GenerationRepository(), image_urls=signer),
+            generations=Generations(database=database, repository=GenerationRepository(), images=images),
             **options,
         )
 
     yield make
+    await close_images()
     await database.close()
     await redis.aclose()
 

@@ -186,6 +186,8 @@ def test_cancel_while_running_stops_within_a_step(
 def test_signed_image_urls_open_one_image_until_they_expire(
     mesh: Any, new_account: Any, rest: httpx.Client
 ) -> None:
+    """The gateway's own signed URLs (GetImageContent), served from the images bucket. The
+    presigned S3 URLs that generations carry: tests/e2e/test_image_storage.py."""
     account, other = new_account("url-owner"), new_account("url-other")
     mine = rest.post(
         "/api/v1/generation/create", json={**REQUEST, "steps": 1}, headers=account.headers
@@ -193,9 +195,19 @@ def test_signed_image_urls_open_one_image_until_they_expire(
     theirs = rest.post(
         "/api/v1/generation/create", json={**REQUEST, "steps": 1}, headers=other.headers
     ).json()
-    url = wait_for_state(rest, account, mine["id"], "SUCCEEDED")["imageUrl"]
+    wait_for_state(rest, account, mine["id"], "SUCCEEDED")
     wait_for_state(rest, other, theirs["id"], "SUCCEEDED")
-    assert httpx.get(url).status_code == 200
+    # Minted with the deployment's own key, as a client that reaches only the gateway gets it.
+    secret = json.loads((mesh.home / "secrets.json").read_text())["PINGVAS_URL_SIGNING_SECRET"]
+    signer = ImageUrlSigner(secret, public_url=mesh.gateway_url, ttl_seconds=3600)
+    url = signer.url(uuid.UUID(mine["id"]), uuid.UUID(account.user_id))
+    served = httpx.get(url)
+    assert served.status_code == 200
+    (key,) = [
+        row["object_key"] for row in mesh.sql("SELECT object_key FROM images WHERE id = %s", mine["id"])
+    ]
+    stored = mesh.s3().get_object(Bucket="pingvas-studio-images", Key=key)["Body"].read()
+    assert served.content == stored and stored.startswith(b"\x89PNG")
 
     parts = urlparse(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -212,11 +224,8 @@ def test_signed_image_urls_open_one_image_until_they_expire(
     assert unsigned.status_code == 400
     assert "signature" in unsigned.text
 
-    # A correctly signed URL whose time is up, minted with the deployment's own key.
-    secret = json.loads((mesh.home / "secrets.json").read_text())["PINGVAS_URL_SIGNING_SECRET"]
-    expired = ImageUrlSigner(secret, public_url=mesh.gateway_url, ttl_seconds=60).url(
-        uuid.UUID(mine["id"]), uuid.UUID(account.user_id), now=time.time() - 3600
-    )
+    # A correctly signed URL whose time is up.
+    expired = signer.url(uuid.UUID(mine["id"]), uuid.UUID(account.user_id), now=time.time() - 7200)
     reply = httpx.get(expired)
     assert reply.status_code == 403
     assert "expired" in reply.text

@@ -143,3 +143,14 @@ def test_a_batch_refuses_members_that_cannot_share_a_call(tiny_model: LoadedMode
         run_text_to_image_batch(tiny_model, [_request(steps=4), _request(steps=5)], lambda _: None)
     with pytest.raises(ValueError, match="at least one"):
         run_text_to_image_batch(tiny_model, [], lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("size", "thumbnail_size"), [((512, 320), (256, 160)), ((300, 900), (85, 256)), ((128, 96), (128, 96))]
+)
+def test_the_thumbnail_is_webp_with_its_longest_side_at_most_256(
+    size: tuple[int, int], thumbnail_size: tuple[int, int]
+) -> None:
+    result = TextToImageResult(image=Image.new("RGB", size, "teal"), seed=1, gpu_seconds=0.1)
+    thumbnail = Image.open(io.BytesIO(result.thumbnail_webp))
+    assert (thumbnail.format, thumbnail.size) == ("WEBP", thumbnail_size)

@@ -80,6 +80,7 @@ def workers(scheduler_mesh: Any) -> Iterator[Any]:
             "PINGVAS_ENV": "dev",  # as `pingvas up` tells its own workers
             "DATABASE_URL": scheduler_mesh.app_database_url,
             "REDIS_URL": scheduler_mesh.redis_url,
+            **scheduler_mesh.s3_env,  # the mesh's SeaweedFS and its keys, where images go
             "PINGVAS_DB_SCHEMA": scheduler_mesh.schema,
             "PINGVAS_PUBLIC_URL": scheduler_mesh.gateway_url,
             "PINGVAS_HEALTH_PORT": str(port),

@@ -70,8 +70,15 @@ def event_kinds(mesh: Any, generation_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def images_of(mesh: Any, generation_id: str) -> list[Any]:
-    return list((mesh.home / "images").rglob(f"{generation_id}.png"))
+def images_of(mesh: Any, generation_id: str) -> list[str]:
+    """The keys of the generation's PNG in the images bucket (every attempt stores it under the
+    same key), for each `images` row that names it: a row never exists without its object."""
+    (job,) = mesh.sql("SELECT user_id FROM generations WHERE id = %s", generation_id)
+    listed = mesh.s3().list_objects_v2(Bucket="pingvas-studio-images", Prefix=f"{job['user_id']}/")
+    stored = {item["Key"] for item in listed.get("Contents", [])}
+    rows = mesh.sql("SELECT object_key FROM images WHERE id = %s", generation_id)
+    assert all(row["object_key"] in stored for row in rows), "a row names a missing object"
+    return [row["object_key"] for row in rows]
 
 
 def assert_ended_once(mesh: Any, generation_id: str, *, succeeded: bool) -> None:

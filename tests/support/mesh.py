@@ -41,6 +41,8 @@ class RunningMesh:
     owner_database_url: str
     schema: str
     redis_url: str
+    # S3_ENDPOINT_URL and the keys of the mesh's SeaweedFS, as its processes get them.
+    s3_env: dict[str, str]
     env: dict[str, str]
     process: subprocess.Popen[bytes]
     output: IO[bytes]
@@ -61,6 +63,20 @@ class RunningMesh:
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
+
+    def s3(self) -> Any:
+        """A boto3 S3 client on the mesh's SeaweedFS, with the mesh's keys."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_env["S3_ENDPOINT_URL"],
+            aws_access_key_id=self.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
+            region_name="ap-northeast-2",
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+        )
 
     def pingvas(
         self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
@@ -124,6 +140,8 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
     for variable in ("DATABASE_URL", "SYSTEM_DATABASE_URL", "PINGVAS_ADMIN_DATABASE_URL"):
         env.pop(variable, None)
     env.pop("REDIS_URL", None)
+    for variable in ("S3_ENDPOINT_URL", "PINGVAS_S3_ENDPOINT_URL"):
+        env.pop(variable, None)
     home.mkdir(parents=True, exist_ok=True)
     output = open(home / "up.out", "wb")  # noqa: SIM115 - lives as long as the mesh
     process = subprocess.Popen(
@@ -143,6 +161,7 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
             raise RuntimeError(f"pingvas up failed:\n{(home / 'up.out').read_text(errors='replace')[-5000:]}")
         time.sleep(0.2)
     mesh = json.loads(runtime.read_text())
+    keys = json.loads((home / "s3-credentials.json").read_text())
     return RunningMesh(
         home=home,
         gateway_url=mesh["gateway_url"],
@@ -153,6 +172,11 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         owner_database_url=mesh["owner_database_url"],
         schema=mesh["db_schema"],
         redis_url=mesh["redis_url"],
+        s3_env={
+            "S3_ENDPOINT_URL": mesh["s3_endpoint_url"],
+            "PINGVAS_S3_ACCESS_KEY_ID": keys["access_key_id"],
+            "PINGVAS_S3_SECRET_ACCESS_KEY": keys["secret_access_key"],
+        },
         env=env,
         process=process,
         output=output,

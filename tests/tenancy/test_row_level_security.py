@@ -34,6 +34,7 @@ TENANT_TABLES = (
     "refresh_tokens",
     "oauth_identities",
     "api_keys",
+    "images",
     "webhook_deliveries",
 )
 # Tables only the system role is granted: the tenant role cannot even read them.

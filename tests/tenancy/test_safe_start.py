@@ -33,12 +33,16 @@ COMPONENTS = {
     "gallery": "services.gallery",
     "worker": "gpu_inference",
 }
-EMBEDDED = ["DATABASE_URL is the embedded PostgreSQL", "REDIS_URL is the embedded Redis"]
+EMBEDDED = [
+    "DATABASE_URL is the embedded PostgreSQL",
+    "REDIS_URL is the embedded Redis",
+    "S3_ENDPOINT_URL is the embedded SeaweedFS",
+]
 
 
 def service_env(mesh: Any, **overrides: str) -> dict[str, str]:
     """What a service needs to start against the mesh, in prod, with fresh secrets: nothing
-    unsafe but the mesh's embedded PostgreSQL and Redis."""
+    unsafe but the mesh's embedded PostgreSQL, Redis and SeaweedFS."""
     env = {
         **mesh.env,
         "PINGVAS_ENV": "prod",
@@ -47,6 +51,7 @@ def service_env(mesh: Any, **overrides: str) -> dict[str, str]:
         "DATABASE_URL": mesh.app_database_url,
         "SYSTEM_DATABASE_URL": mesh.system_database_url,
         "REDIS_URL": mesh.redis_url,
+        **mesh.s3_env,
         "PINGVAS_DB_SCHEMA": mesh.schema,
         "PINGVAS_JWT_SECRET": secrets.token_urlsafe(48),
         "PINGVAS_URL_SIGNING_SECRET": secrets.token_urlsafe(48),

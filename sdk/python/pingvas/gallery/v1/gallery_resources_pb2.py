@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*pingvas/gallery/v1/gallery_resources.proto\x12\x12pingvas.gallery.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n\x05Image\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prompt\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05width\x18\x06 \x01(\rB\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x07 \x01(\rB\x04\xe2\x41\x01\x03\x12\x12\n\x04seed\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*pingvas/gallery/v1/gallery_resources.proto\x12\x12pingvas.gallery.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n\x05Image\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prompt\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05width\x18\x06 \x01(\rB\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x07 \x01(\rB\x04\xe2\x41\x01\x03\x12\x12\n\x04seed\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnegative_prompt\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05steps\x18\x0c \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08guidance\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x0e \x01(\x03\x42\x04\xe2\x41\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +51,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE'].fields_by_name['seed']._serialized_options = b'\342A\001\003'
   _globals['_IMAGE'].fields_by_name['create_time']._loaded_options = None
   _globals['_IMAGE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['thumbnail_url']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['thumbnail_url']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['negative_prompt']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['negative_prompt']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['steps']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['steps']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['guidance']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['guidance']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['size_bytes']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\003'
   _globals['_IMAGE']._serialized_start=133
-  _globals['_IMAGE']._serialized_end=358
+  _globals['_IMAGE']._serialized_end=489
 # @@protoc_insertion_point(module_scope)

@@ -70,14 +70,15 @@ class GalleryServiceServicer:
     """
 
     def ListImages(self, request, context):
-        """Lists the caller's images, newest first.
+        """Lists the caller's images, newest first (by when they were stored, then by id), a page at
+        a time; a page token stays valid as new images arrive, which appear only on a new listing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetImage(self, request, context):
-        """Returns one of the caller's images, itself (AIP-131).
+        """Returns one of the caller's images, itself (AIP-131). Another user's image is NOT_FOUND.
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
@@ -93,8 +94,10 @@ class GalleryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetImageContent(self, request, context):
-        """Serves an image's PNG bytes to whoever holds its signed URL, until the URL expires. The
-        signature is the authorization, so browsers can use the URL in an <img> tag.
+        """Serves an image's PNG bytes, read from the images bucket, to whoever holds its signed
+        gateway URL, until the URL expires. The signature is the authorization, so browsers can use
+        the URL in an <img> tag. Generations and events carry S3 presigned URLs instead, which
+        fetch the object from S3 directly; this route remains for clients that reach only the gateway.
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE

@@ -27,7 +27,7 @@ GENERATION_STATE_FAILED: GenerationState
 GENERATION_STATE_CANCELLED: GenerationState
 
 class Generation(_message.Message):
-    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id")
+    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id", "thumbnail_url", "image")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class Generation(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     state: GenerationState
@@ -72,7 +74,9 @@ class Generation(_message.Message):
     attempt: int
     failure_code: str
     incident_id: str
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ...) -> None: ...
+    thumbnail_url: str
+    image: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ..., thumbnail_url: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
 
 class GenerationQueued(_message.Message):
     __slots__ = ("position",)
@@ -99,16 +103,18 @@ class GenerationProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview: _Optional[bytes] = ..., preview_mime_type: _Optional[str] = ...) -> None: ...
 
 class GenerationSucceeded(_message.Message):
-    __slots__ = ("image_url", "seed", "gpu_seconds", "credits_charged")
+    __slots__ = ("image_url", "seed", "gpu_seconds", "credits_charged", "thumbnail_url")
     IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
     image_url: str
     seed: int
     gpu_seconds: float
     credits_charged: int
-    def __init__(self, image_url: _Optional[str] = ..., seed: _Optional[int] = ..., gpu_seconds: _Optional[float] = ..., credits_charged: _Optional[int] = ...) -> None: ...
+    thumbnail_url: str
+    def __init__(self, image_url: _Optional[str] = ..., seed: _Optional[int] = ..., gpu_seconds: _Optional[float] = ..., credits_charged: _Optional[int] = ..., thumbnail_url: _Optional[str] = ...) -> None: ...
 
 class GenerationFailed(_message.Message):
     __slots__ = ("reason", "code", "incident_id")
