@@ -87,6 +87,19 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
 
         checks.append(check_value)
 
+    if field.type == FieldDescriptor.TYPE_STRING:
+        # Whatever its rules: PostgreSQL's text cannot hold a NUL character, and a string that
+        # reaches a query must not fail there as an internal error.
+        def check_no_nul(message: Message, path: str, violations: Violations) -> None:
+            value = getattr(message, name)
+            items = enumerate(value) if field.is_repeated else [(None, value)]
+            for index, item in items:
+                if "\x00" in item:
+                    item_path = path if index is None else f"{path}[{index}]"
+                    violations.add(item_path, "must not contain NUL characters")
+
+        checks.append(check_no_nul)
+
     if field.message_type is not None and not field.is_repeated:
         nested = _message_checks(field.message_type)
         if nested:

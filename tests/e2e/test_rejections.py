@@ -89,6 +89,8 @@ def test_out_of_credits_is_402_over_rest_and_failed_precondition_over_grpc(
         ({"prompt": ""}, "generation.prompt"),
         ({"prompt": "   "}, "generation.prompt"),
         ({"prompt": "x" * 2001}, "generation.prompt"),
+        ({"prompt": "a fox\u0000"}, "generation.prompt"),  # PostgreSQL text cannot hold NUL
+        ({"negative_prompt": "\u0000"}, "generation.negative_prompt"),
         ({"width": 60}, "generation.width"),
         ({"height": 4096}, "generation.height"),
         ({"width": 512}, "generation.width"),  # a multiple of 8, but outside tiny-sd's range
