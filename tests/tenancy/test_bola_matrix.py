@@ -48,6 +48,7 @@ from pingvas.gallery.v1 import gallery_service_pb2
 from pingvas.generation.v1 import generation_service_pb2
 from pingvas.user.v1 import api_key_service_pb2, user_service_pb2
 from support.accounts import Account, dev_login
+from support.generations import row, wait_for
 from support.mesh import RunningMesh
 from support.protocols import PROTOCOLS, Gateway, Outcome
 from support.tokens import signed_with_the_real_key
@@ -220,6 +221,14 @@ def _generation(rest: httpx.Client, account: Account) -> str:
     return str(reply.json()["id"])
 
 
+def _finished_generation(mesh: RunningMesh, rest: httpx.Client, account: Account) -> str:
+    """A generation that has succeeded, so that its image exists for the gallery's RPCs, whichever
+    protocol asks first."""
+    generation = _generation(rest, account)
+    wait_for(lambda: row(mesh, generation)["state"] == "SUCCEEDED", within=120, message="never succeeded")
+    return generation
+
+
 @pytest.fixture(scope="module")
 def cast(mesh: RunningMesh) -> Iterator[Cast]:
     owner, other = dev_login(mesh.gateway_url, "bola-owner"), dev_login(mesh.gateway_url, "bola-other")
@@ -250,7 +259,7 @@ def cast(mesh: RunningMesh) -> Iterator[Cast]:
                 ANONYMOUS: None,
             },
             owner_keys={scopes: f"Bearer {_key(rest, owner, *scopes)['secret']}" for scopes in scope_sets},
-            generation=_generation(rest, owner),
+            generation=_finished_generation(mesh, rest, owner),
             made=made,
         )
         # What the matrix queued must not keep the worker busy for the tests that follow.
