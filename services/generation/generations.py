@@ -5,18 +5,14 @@ Page tokens are opaque to clients: the (created_at, id) of the last row served, 
 
 from __future__ import annotations
 
-import base64
 import uuid
-from datetime import datetime
 
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound
+from services.common.pagination import decode_page_token, page_limit, split_page
 from services.common.storage import ImageKeys, ImageUrls, S3ImageStore
 from services.generation.lifecycle import GenerationState
 from services.generation.repository import GenerationRecord, GenerationRepository
-
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 
 
 def parse_generation_id(value: str, field: str = "generation_id") -> uuid.UUID:
@@ -24,19 +20,6 @@ def parse_generation_id(value: str, field: str = "generation_id") -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidInput([FieldViolation(field, "must be a generation id (a UUID)")]) from None
-
-
-def encode_page_token(record: GenerationRecord) -> str:
-    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, _, generation_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(generation_id)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
 
 
 class Generations:
@@ -60,12 +43,10 @@ class Generations:
     async def page(
         self, user_id: uuid.UUID, *, page_size: int, page_token: str
     ) -> tuple[list[GenerationRecord], str]:
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        limit, after = page_limit(page_size), decode_page_token(page_token)
         async with self.database.tenant(user_id) as conn:
             records = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
-        next_token = encode_page_token(records[limit - 1]) if len(records) > limit else ""
-        return records[:limit], next_token
+        return split_page(records, limit, lambda record: (record.created_at, record.id))
 
     async def image_urls(self, record: GenerationRecord) -> ImageUrls | None:
         """Fresh presigned URLs of a succeeded generation's image and thumbnail, made when read

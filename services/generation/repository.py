@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.pagination import Position
 from services.common.schema import generations, users
 from services.generation.failures import Failure, FailureCode
 from services.generation.lifecycle import LIVE_STATES, TERMINAL_STATES, GenerationState
@@ -134,7 +135,7 @@ class GenerationRepository:
         user_id: uuid.UUID,
         *,
         limit: int,
-        after: tuple[datetime, uuid.UUID] | None,
+        after: Position | None,
     ) -> list[GenerationRecord]:
         query = sa.select(generations).where(generations.c.user_id == user_id)
         if after is not None:

@@ -8,7 +8,6 @@ key is indistinguishable from one that does not exist. Revoking is a conditional
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +21,9 @@ from services.common.access import KNOWN_SCOPES
 from services.common.api_keys import display_prefix, new_secret, secret_hash
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound, Violations
+from services.common.pagination import Position, decode_page_token, page_limit, split_page
 from services.common.schema import api_keys
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 RESOURCE_PREFIX = "apikeys/"
 
 
@@ -69,21 +67,6 @@ def parse_key_name(name: str, field: str = "name") -> uuid.UUID:
         raise InvalidInput([FieldViolation(field, "must be an API key's name, apikeys/{id}")]) from None
 
 
-def encode_page_token(key: ApiKey) -> str:
-    return base64.urlsafe_b64encode(f"{key.created_at.isoformat()}|{key.id}".encode()).decode()
-
-
-def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, _, key_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        after = datetime.fromisoformat(created), uuid.UUID(key_id)
-        if after[0].tzinfo is None:
-            raise ValueError(created)
-        return after
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
-
-
 class ApiKeyRepository:
     """The SQL of a user's keys; every method runs in the user's tenant transaction."""
 
@@ -121,7 +104,7 @@ class ApiKeyRepository:
         user_id: uuid.UUID,
         *,
         limit: int,
-        after: tuple[datetime, uuid.UUID] | None,
+        after: Position | None,
     ) -> list[ApiKey]:
         query = sa.select(api_keys).where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
         if after is not None:
@@ -178,12 +161,10 @@ class ApiKeys:
         return CreatedApiKey(key, secret)
 
     async def page(self, user_id: uuid.UUID, *, page_size: int, page_token: str) -> tuple[list[ApiKey], str]:
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        limit, after = page_limit(page_size), decode_page_token(page_token)
         async with self.database.tenant(user_id) as conn:
             keys = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
-        next_token = encode_page_token(keys[limit - 1]) if len(keys) > limit else ""
-        return keys[:limit], next_token
+        return split_page(keys, limit, lambda key: (key.created_at, key.id))
 
     async def revoke(self, user_id: uuid.UUID, name: str) -> None:
         key_id = parse_key_name(name)
