@@ -9,6 +9,9 @@ For N generations of the tiny model (64x64, 20 steps by default) it reports:
   model and settings, timed in this process in the same run (target <= 1.10);
 - latency from submitting the create request to the first stream event, p50 and p99
   (target p99 <= 50 ms);
+- with `--start`, the store's cost per image as the worker logs it (encoding the PNG and its
+  WebP thumbnail, uploading both to S3, recording the success with its image row), medians. The
+  worker stores while its GPU runs the next job, so this is not on the GPU's path;
 - where the time goes, hop by hop (medians): the create call; create to `started` (the claim and
   the move to RUNNING); `started` to the first `progress` (pipeline set-up and the first step);
   first to last `progress` (denoising); last `progress` to the terminal event (VAE decode, PNG,
@@ -28,9 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -127,6 +132,28 @@ def through_mesh(
     return walls, first_events, hops
 
 
+@dataclass(frozen=True)
+class StoreCost:
+    """One image's store, in ms, as gpu_inference/worker.py logs it on success."""
+
+    total: float
+    encode: float
+    upload: float
+    record: float
+
+
+_STORED = re.compile(r"stored in ([\d.]+) ms \(encode ([\d.]+) ms, upload ([\d.]+) ms, record ([\d.]+) ms\)")
+
+
+def store_costs(home: Path) -> list[StoreCost]:
+    """Every image the mesh's workers stored, in the order they logged it."""
+    costs = []
+    for log in sorted((home / "logs").glob("worker-*.log")):
+        for match in _STORED.finditer(log.read_text(errors="replace")):
+            costs.append(StoreCost(*(float(group) for group in match.groups())))
+    return costs
+
+
 def bare_pipeline(models_dir: Path, runs: int, steps: int, size: int) -> list[float]:
     """The same model and settings, called directly: the floor the mesh is compared with."""
     import torch
@@ -170,9 +197,11 @@ def main() -> None:
     models_dir = args.models_dir.resolve()
 
     without_fsync = None
+    stores: list[StoreCost] = []
     if args.start:
         with own_mesh(models_dir) as mesh:
             walls, first_events, hops = through_mesh(mesh.gateway_url, args.runs, args.steps, args.size)
+            stores = store_costs(mesh.home)[-args.runs :]  # the warm-up's is not counted
         if args.fsync_cost:
             with own_mesh(models_dir, {"PINGVAS_POSTGRES_FSYNC": "off"}) as mesh:
                 without_fsync = through_mesh(mesh.gateway_url, args.runs, args.steps, args.size)
@@ -203,6 +232,10 @@ def main() -> None:
     print("  where it goes (median per hop):")
     for hop in HOPS:
         print(f"    {hop:<28} {statistics.median(hops[hop]) * 1000:8.1f} ms")
+    if stores:
+        print(f"  the store, per image (the worker's log, median of {len(stores)}; off the GPU's path):")
+        for part in ("encode", "upload", "record", "total"):
+            print(f"    {part:<28} {statistics.median(getattr(cost, part) for cost in stores):8.1f} ms")
     if without_fsync is not None:
         unsafe_walls, _first, unsafe_hops = without_fsync
         create, unsafe_create = statistics.median(hops[HOPS[0]]), statistics.median(unsafe_hops[HOPS[0]])
