@@ -71,7 +71,9 @@ def decode_page_token(token: str, wanted: ImageFilter) -> tuple[datetime, uuid.U
         position = json.loads(base64.urlsafe_b64decode(token.encode()))
         after = datetime.fromisoformat(position["c"]), uuid.UUID(position["i"])
         fingerprint = position["f"]
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        if after[0].tzinfo is None:
+            raise ValueError("a token's time is always UTC")
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
         raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
     if fingerprint != _fingerprint(wanted):
         raise InvalidInput(
