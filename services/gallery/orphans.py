@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.common.database import Database
-from services.common.storage import S3ImageStore
+from services.common.storage import S3ImageStore, StoredObject
 from services.gallery.repository import ImageRepository
 
 SYSTEM_PURPOSE = "storage gc: which objects have an images row"
@@ -44,15 +44,28 @@ class OrphanCollector:
         self.repository = repository or ImageRepository()
 
     async def collect(self, *, grace: timedelta, now: datetime) -> AsyncIterator[RemovedOrphan]:
-        """Remove every orphan older than `grace` at `now`, yielding each as it goes."""
+        """Remove every orphan older than `grace` at `now`, yielding each as it goes. The bucket
+        is walked once, a batch of keys at a time, so memory stays bounded however large it
+        is; deleting keys the listing has passed does not disturb it (S3 lists in key order
+        from a marker)."""
         cutoff = now - grace
-        # Listed in full before anything is deleted, so deleting never disturbs the listing.
-        old = [stored async for stored in self.store.stored_objects() if stored.last_modified <= cutoff]
-        for start in range(0, len(old), BATCH):
-            batch = old[start : start + BATCH]
-            async with self.database.system(SYSTEM_PURPOSE) as conn:
-                recorded = await self.repository.keys_with_rows(conn, [stored.key for stored in batch])
-            for stored in batch:
-                if stored.key not in recorded:
-                    versions = await self.store.delete_every_version(stored.key)
-                    yield RemovedOrphan(stored.key, stored.last_modified, versions)
+        batch: list[StoredObject] = []
+        async for stored in self.store.stored_objects():
+            if stored.last_modified <= cutoff:
+                batch.append(stored)
+            if len(batch) == BATCH:
+                async for removed in self._sweep(batch):
+                    yield removed
+                batch = []
+        async for removed in self._sweep(batch):
+            yield removed
+
+    async def _sweep(self, batch: list[StoredObject]) -> AsyncIterator[RemovedOrphan]:
+        if not batch:
+            return
+        async with self.database.system(SYSTEM_PURPOSE) as conn:
+            recorded = await self.repository.keys_with_rows(conn, [stored.key for stored in batch])
+        for stored in batch:
+            if stored.key not in recorded:
+                versions = await self.store.delete_every_version(stored.key)
+                yield RemovedOrphan(stored.key, stored.last_modified, versions)
