@@ -784,6 +784,9 @@ def _transcoder_options(descriptor_set: Path) -> dict[str, Any]:
         # Errors become a google.rpc.Status JSON body (ErrorInfo, BadRequest details) with the
         # matching HTTP status, instead of grpc-status headers a REST client cannot read.
         "convert_grpc_status": True,
+        # A space in a query parameter arrives as '+' from forms, URLSearchParams, requests and
+        # httpx alike (ListImages' prompt_query is words); '%2B' still means a plus.
+        "query_param_unescape_plus": True,
         "print_options": {
             "always_print_primitive_fields": True,
             # Server streams become Server-Sent Events (text/event-stream, `data: {json}\n\n`).

@@ -314,6 +314,59 @@ def _cmd_storage_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(value: str) -> int:
+    seconds = int(value)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return seconds
+
+
+def _cmd_storage_gc(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from services.common.database import Database
+    from services.common.settings import ObjectStoreSettings
+    from services.common.storage import ObjectStoreUnavailable, open_image_store
+    from services.gallery.orphans import OrphanCollector
+
+    os.environ.update(_object_store_env())
+    settings = ObjectStoreSettings()
+    grace = args.grace_seconds if args.grace_seconds is not None else settings.orphan_grace_seconds
+    location = _database_location("app", "system")
+
+    async def run() -> int:
+        database = Database(
+            location.urls["app"],
+            schema=location.schema,
+            system_url=location.urls["system"],
+            pool_size=1,
+            application_name="pingvas-cli",
+        )
+        store, close_store = await open_image_store(settings, url_ttl_seconds=60)
+        removed = 0
+        try:
+            collector = OrphanCollector(database, store)
+            async for orphan in collector.collect(grace=timedelta(seconds=grace), now=datetime.now(UTC)):
+                removed += 1
+                print(
+                    f"removed s3://{store.bucket}/{orphan.key} ({orphan.versions} "
+                    f"version{'' if orphan.versions == 1 else 's'}, "
+                    f"last written {orphan.last_modified.isoformat()})"
+                )
+        except (ObjectStoreUnavailable, BotoCoreError, ClientError) as error:
+            print(f"pingvas: storage gc failed: {error}", file=sys.stderr)
+            return 1
+        finally:
+            await close_store()
+            await database.close()
+        print(f"removed {removed} orphan object(s) older than {grace} seconds from s3://{store.bucket}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pingvas", description="Diffusion image generation as a service.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -388,6 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the exact S3 calls, as JSON, and send nothing"
     )
     init.set_defaults(handler=_cmd_storage_init)
+    gc = storage_commands.add_parser(
+        "gc",
+        help="remove orphan objects from the images bucket: older than the grace period and "
+        "recorded by no images row (safe to run again)",
+    )
+    gc.add_argument(
+        "--grace-seconds",
+        type=_seconds,
+        help="how old an orphan must be (default PINGVAS_S3_ORPHAN_GRACE_SECONDS, 3600)",
+    )
+    gc.set_defaults(handler=_cmd_storage_gc)
 
     proto = commands.add_parser("proto", help="contract tooling")
     proto_commands = proto.add_subparsers(dest="proto_command", required=True)

@@ -8,7 +8,7 @@ enforce that with forced row-level security.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 
 metadata = sa.MetaData()
 
@@ -201,6 +201,8 @@ api_keys = sa.Table(
 
 # A stored image (migration 0011): its objects' keys in the images bucket, their sizes, and what
 # made it. Its id is its generation's. Written in the transaction that records the success.
+# The owner stars it and puts it on a board (0012); the database derives the prompt's search
+# vector.
 images = sa.Table(
     "images",
     metadata,
@@ -219,4 +221,7 @@ images = sa.Table(
     sa.Column("steps", sa.Integer, nullable=False),
     sa.Column("guidance", sa.Float, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("starred", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("board", sa.Text, nullable=False, server_default=""),
+    sa.Column("prompt_search", TSVECTOR, sa.Computed("to_tsvector('english', prompt)", persisted=True)),
 )

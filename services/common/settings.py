@@ -133,6 +133,13 @@ class ObjectStoreSettings(BaseSettings):
     max_attempts: int = Field(
         2, ge=1, description="Attempts of one S3 call (botocore's standard retry mode) before it fails."
     )
+    orphan_grace_seconds: int = Field(
+        3600,
+        ge=0,
+        description="How old an object of the images bucket with no images row must be before "
+        "`pingvas storage gc` removes it: far longer than a worker takes between storing an "
+        "image's objects and committing its row.",
+    )
 
     @model_validator(mode="after")
     def _keys_come_in_pairs(self) -> ObjectStoreSettings:

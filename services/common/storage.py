@@ -65,6 +65,14 @@ class ImageStore(Protocol):
 
 
 @dataclass(frozen=True)
+class StoredObject:
+    """A key of the bucket and when its newest version (or delete marker) was written."""
+
+    key: str
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
 class ImageUrls:
     """Presigned GET URLs of one image's objects."""
 
@@ -145,6 +153,52 @@ class S3ImageStore:
             raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
         except (BotoCoreError, TimeoutError) as error:
             raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
+
+    async def delete_every_version(self, key: str) -> int:
+        """Remove the object under `key` with every version and delete marker the versioned
+        bucket keeps of it, so nothing under the key can be read again (a presigned URL of it
+        answers 404 at once). Returns how many versions it removed; none is not an error."""
+        try:
+            async with asyncio.timeout(self.call_deadline_seconds):
+                versions = [
+                    version["VersionId"]
+                    async for version in self._versions(prefix=key)
+                    if version["Key"] == key
+                ]
+                # One call a version: an image has a version or two, and DeleteObjects would
+                # add a checksum header some S3 servers refuse.
+                for version_id in versions:
+                    await self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+        except (BotoCoreError, ClientError, TimeoutError) as error:
+            raise ObjectStoreUnavailable(f"deleting s3://{self.bucket}/{key} failed: {error!r}") from error
+        return len(versions)
+
+    async def _versions(self, *, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """Every version and delete marker under `prefix`, each with its Key, VersionId and
+        LastModified, in key order (S3 pages in key order, but lists a page's versions and its
+        delete markers apart)."""
+        paginator = self.client.get_paginator("list_object_versions")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            entries = [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]
+            for version in sorted(entries, key=lambda entry: str(entry["Key"])):
+                yield version
+
+    async def stored_objects(self) -> AsyncIterator[StoredObject]:
+        """Every key of the bucket that holds any version or delete marker, once, with when its
+        newest one was written."""
+        current: StoredObject | None = None
+        try:
+            async for version in self._versions(prefix=""):
+                key, written = version["Key"], version["LastModified"]
+                if current is not None and current.key != key:
+                    yield current  # keys come in order: the previous one is complete
+                    current = None
+                if current is None or written > current.last_modified:
+                    current = StoredObject(key, written)
+        except (BotoCoreError, ClientError) as error:
+            raise ObjectStoreUnavailable(f"listing s3://{self.bucket} failed: {error!r}") from error
+        if current is not None:
+            yield current
 
     async def presigned_url(self, key: str) -> str:
         """A GET URL for the object that works for url_ttl_seconds. Signed locally, no request."""

@@ -1,24 +1,40 @@
-"""The image library: a user's stored images, newest first, one by id, and the PNG behind a
-signed gateway URL. Rows come from the `images` table (tenant-scoped: another user's image is
-not found), objects from the images bucket, URLs are presigned when read.
+"""The image library: a user's stored images, newest first and filtered, one by id, starred
+and put on boards, deleted, and the PNG behind a signed gateway URL. Rows come from the `images`
+table (tenant-scoped: another user's image is not found), objects from the images bucket, URLs
+are presigned when read.
 
-Page tokens are opaque to clients: the (created_at, id) of the last image served, base64. The
-listing is a keyset over (created_at, id) descending, so a token stays valid however many images
-arrive meanwhile, and a page never repeats or skips one.
+Page tokens are opaque to clients: the (created_at, id) of the last image served and a
+fingerprint of the filter, base64. The listing is a keyset over (created_at, id) descending, so
+a token stays valid however many images arrive meanwhile, and a page never repeats or skips one;
+the fingerprint refuses a token with any other filter, whose walk it does not describe.
+
+Deleting removes the row first, in its own transaction, then the objects with every version:
+never a row without an object. A crash (or S3 failing) between the two leaves orphan objects,
+which a repeated DeleteImage removes (the caller's generation still names the key) and which
+`pingvas storage gc` removes in any case.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from services.common.database import Database
-from services.common.errors import FieldViolation, InvalidInput, NotFound
+from services.common.errors import FieldViolation, InvalidInput, NotFound, Unavailable
 from services.common.signing import ImageUrlSigner
-from services.common.storage import ImageKeys, ImageUrls, ObjectMissing, S3ImageStore
-from services.gallery.repository import ImageRecord, ImageRepository
+from services.common.storage import (
+    ImageKeys,
+    ImageUrls,
+    ObjectMissing,
+    ObjectStoreUnavailable,
+    S3ImageStore,
+)
+from services.gallery.repository import ImageChange, ImageFilter, ImageRecord, ImageRepository
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -37,16 +53,58 @@ def parse_image_id(value: str) -> uuid.UUID:
         raise InvalidInput([FieldViolation("image_id", "must be an image id (a UUID)")]) from None
 
 
-def encode_page_token(record: ImageRecord) -> str:
-    return base64.urlsafe_b64encode(f"{record.created_at.isoformat()}|{record.id}".encode()).decode()
+def _fingerprint(wanted: ImageFilter) -> str:
+    fields = {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in asdict(wanted).items()
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+def encode_page_token(record: ImageRecord, wanted: ImageFilter) -> str:
+    position = {"c": record.created_at.isoformat(), "i": str(record.id), "f": _fingerprint(wanted)}
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
+
+
+def decode_page_token(token: str, wanted: ImageFilter) -> tuple[datetime, uuid.UUID]:
     try:
-        created, _, image_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(image_id)
-    except (ValueError, UnicodeDecodeError):
+        position = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = datetime.fromisoformat(position["c"]), uuid.UUID(position["i"])
+        fingerprint = position["f"]
+        if after[0].tzinfo is None:
+            raise ValueError("a token's time is always UTC")
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
         raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
+    if fingerprint != _fingerprint(wanted):
+        raise InvalidInput(
+            [FieldViolation("page_token", "was issued for another filter; list from the start with this one")]
+        )
+    return after
+
+
+UPDATABLE_FIELDS = ("starred", "board")
+
+
+def image_change(paths: Collection[str], *, starred: bool, board: str) -> ImageChange:
+    """The change an update mask selects from the request's image (AIP-134; `*` is both)."""
+    if not paths:
+        raise InvalidInput(
+            [FieldViolation("update_mask", f"name the fields to change: {', '.join(UPDATABLE_FIELDS)}")]
+        )
+    unknown = sorted(set(paths) - {*UPDATABLE_FIELDS, "*"})
+    if unknown:
+        raise InvalidInput(
+            [
+                FieldViolation(
+                    "update_mask", f"cannot change {', '.join(unknown)}; only {', '.join(UPDATABLE_FIELDS)}"
+                )
+            ]
+        )
+    every = "*" in paths
+    return ImageChange(
+        starred=starred if every or "starred" in paths else None,
+        board=board if every or "board" in paths else None,
+    )
 
 
 class ImageLibrary:
@@ -75,14 +133,43 @@ class ImageLibrary:
         return await self._with_urls(record)
 
     async def page(
-        self, user_id: uuid.UUID, *, page_size: int, page_token: str
+        self, user_id: uuid.UUID, wanted: ImageFilter, *, page_size: int, page_token: str
     ) -> tuple[list[GalleryImage], str]:
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidInput([FieldViolation("page_size", f"must be from 0 to {MAX_PAGE_SIZE}")])
+        limit = page_size or DEFAULT_PAGE_SIZE
+        after = decode_page_token(page_token, wanted) if page_token else None
         async with self.database.tenant(user_id) as conn:
-            records = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
-        next_token = encode_page_token(records[limit - 1]) if len(records) > limit else ""
+            records = await self.repository.page(conn, user_id, wanted=wanted, limit=limit + 1, after=after)
+        next_token = encode_page_token(records[limit - 1], wanted) if len(records) > limit else ""
         return [await self._with_urls(record) for record in records[:limit]], next_token
+
+    async def update(self, user_id: uuid.UUID, image_id: uuid.UUID, change: ImageChange) -> GalleryImage:
+        async with self.database.tenant(user_id) as conn:
+            record = await self.repository.update(conn, image_id, change, user_id=user_id)
+        if record is None:
+            raise NotFound(f"image {image_id} not found")
+        return await self._with_urls(record)
+
+    async def delete(self, user_id: uuid.UUID, image_id: uuid.UUID) -> None:
+        """Delete the user's image: the row, committed, then both objects with every version.
+        An image the user had and already deleted is deleted again (any object left behind goes
+        now); one the user never had is not found."""
+        async with self.database.tenant(user_id) as conn:
+            keys = await self.repository.delete(conn, image_id, user_id=user_id)
+            if keys is None:
+                png_key = await self.repository.stored_png_key(conn, image_id, user_id=user_id)
+                if png_key is None:
+                    raise NotFound(f"image {image_id} not found")
+                keys = (png_key, ImageKeys.from_png_key(png_key).thumbnail)
+        try:
+            for key in keys:
+                await self.store.delete_every_version(key)
+        except ObjectStoreUnavailable as error:
+            # The row is gone and stays gone; a retry (or `storage gc`) removes the objects.
+            raise Unavailable(
+                f"image {image_id} is deleted, but its objects could not be removed yet; retry"
+            ) from error
 
     async def signed_content(self, image_id: uuid.UUID, expires: int, signature: str) -> bytes:
         """The PNG behind a signed gateway URL. The signature names the owner, so it is checked

@@ -1,9 +1,9 @@
-"""GalleryService over gRPC: thin conversions around the image library. Deleting lands with the
-rest of the gallery issue; until then it answers UNIMPLEMENTED, never a pretend result."""
+"""GalleryService over gRPC: thin conversions around the image library."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
@@ -16,8 +16,9 @@ from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import FieldViolation, InvalidInput
 from services.common.rate_limits import PrincipalRateLimiter
-from services.common.rpc import Endpoint, not_implemented_yet, public_unary, unary
-from services.gallery.images import GalleryImage, ImageLibrary, parse_image_id
+from services.common.rpc import Endpoint, public_unary, unary
+from services.gallery.images import GalleryImage, ImageLibrary, image_change, parse_image_id
+from services.gallery.repository import ImageFilter
 
 ERROR_DOMAIN = "gallery.pingvas.studio"
 
@@ -43,6 +44,29 @@ def image_to_proto(image: GalleryImage) -> resources.Image:
         guidance=record.guidance,
         size_bytes=record.size_bytes,
         create_time=created,
+        starred=record.starred,
+        board=record.board,
+    )
+
+
+def _time(request: pb.ListImagesRequest, field: str) -> datetime | None:
+    if not request.HasField(field):
+        return None
+    try:
+        value: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput([FieldViolation(field, "is not a valid timestamp")]) from None
+    return value
+
+
+def image_filter(request: pb.ListImagesRequest) -> ImageFilter:
+    return ImageFilter(
+        model=request.model,
+        board=request.board,
+        starred_only=request.starred_only,
+        prompt_query=request.prompt_query,
+        created_after=_time(request, "create_time_after"),
+        created_before=_time(request, "create_time_before"),
     )
 
 
@@ -64,7 +88,10 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
         self, request: pb.ListImagesRequest, caller: Principal, context: Context
     ) -> pb.ListImagesResponse:
         images, next_token = await self.library.page(
-            caller.user_id, page_size=request.page_size, page_token=request.page_token
+            caller.user_id,
+            image_filter(request),
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
         return pb.ListImagesResponse(
             images=[image_to_proto(image) for image in images], next_page_token=next_token
@@ -76,7 +103,22 @@ class GalleryServicer(pb_grpc.GalleryServiceServicer, Endpoint):
     ) -> resources.Image:
         return image_to_proto(await self.library.get(caller.user_id, parse_image_id(request.image_id)))
 
-    DeleteImage = not_implemented_yet("DeleteImage")
+    @unary
+    async def UpdateImage(
+        self, request: pb.UpdateImageRequest, caller: Principal, context: Context
+    ) -> resources.Image:
+        image_id = parse_image_id(request.image_id)
+        change = image_change(
+            request.update_mask.paths, starred=request.image.starred, board=request.image.board
+        )
+        return image_to_proto(await self.library.update(caller.user_id, image_id, change))
+
+    @unary
+    async def DeleteImage(
+        self, request: pb.DeleteImageRequest, caller: Principal, context: Context
+    ) -> pb.DeleteImageResponse:
+        await self.library.delete(caller.user_id, parse_image_id(request.image_id))
+        return pb.DeleteImageResponse()
 
     @public_unary
     async def GetImageContent(

@@ -309,10 +309,11 @@ def rest_bodies(draw: st.DrawFn, body: Any) -> bytes:
     )
 
 
-_TIME_TYPES = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
+# The well-known types whose JSON is one string, which JSON cannot carry for every value.
+_STRING_JSON_TYPES = {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
 
 
-def without_time_fields(request: Message) -> Message:
+def without_string_json_fields(request: Message) -> Message:
     copy = type(request)()
     copy.CopyFrom(request)
 
@@ -320,7 +321,7 @@ def without_time_fields(request: Message) -> Message:
         for field, value in message.ListFields():
             if field.message_type is None:
                 continue
-            if field.message_type.full_name in _TIME_TYPES:
+            if field.message_type.full_name in _STRING_JSON_TYPES:
                 message.ClearField(field.name)
             elif field.is_repeated and not field.message_type.GetOptions().map_entry:
                 for item in value:
@@ -342,9 +343,9 @@ def rest_request(
     try:
         as_json = json_format.MessageToDict(request, preserving_proto_field_name=False)
     except json_format.SerializeToJsonError:
-        # JSON cannot carry an out-of-range Timestamp or Duration at all; send the rest (the
-        # hostile bodies include malformed ones).
-        request = without_time_fields(request)
+        # JSON cannot carry an out-of-range Timestamp or Duration, nor a FieldMask path that is
+        # not lower snake case, at all; send the rest (the hostile bodies include malformed ones).
+        request = without_string_json_fields(request)
         as_json = json_format.MessageToDict(request, preserving_proto_field_name=False)
     by_json_name = {f.json_name: f for f in method.input_type.fields}
     path = template
@@ -368,10 +369,14 @@ def rest_request(
             raw, body = True, getattr(request, rule.body).data
         else:
             body = as_json.get(field.json_name, {})
+    # Scalars, and the well-known types whose JSON is one string (a Timestamp, a FieldMask),
+    # go in the query, as a REST client sends them.
     query = {
         key: value if isinstance(value, str) else json.dumps(value)
         for key, value in as_json.items()
-        if key not in used and by_json_name.get(key) is not None and by_json_name[key].message_type is None
+        if key not in used
+        and (field := by_json_name.get(key)) is not None
+        and (field.message_type is None or field.message_type.full_name in _STRING_JSON_TYPES)
     }
     return verb.upper(), path, query, body, raw
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +106,10 @@ def test_a_generation_stores_its_png_and_thumbnail_under_the_seeds_layout(
         "model": "tiny-sd",
         "steps": 1,
         "guidance": 6.5,
+        # Not starred, on no board, its prompt indexed for search (English stems).
+        "starred": False,
+        "board": "",
+        "prompt_search": "'dusk':4 'lighthous':2",
     }
     assert str(row["user_id"]) == account.user_id
     (job,) = mesh.sql("SELECT image_key FROM generations WHERE id = %s", generation["id"])
@@ -324,3 +329,54 @@ def test_an_unreachable_store_fails_the_generation_and_releases_the_hold(
     assert sum(entry["amount"] for entry in entries) == 0
     (account_row,) = mesh.sql("SELECT held FROM credit_accounts WHERE user_id = %s", account.user_id)
     assert account_row["held"] == 0
+
+
+def versions_under(mesh: RunningMesh, prefix: str) -> list[str]:
+    reply = mesh.s3().list_object_versions(Bucket=IMAGES_BUCKET, Prefix=prefix)
+    return [entry["Key"] for entry in reply.get("Versions", []) + reply.get("DeleteMarkers", [])]
+
+
+def test_storage_gc_removes_old_objects_no_row_records_and_keeps_images(
+    mesh: RunningMesh, new_account: Any, rest: httpx.Client
+) -> None:
+    account = new_account("orphans")
+    image = generate(rest, account)
+    (row,) = mesh.sql("SELECT object_key, thumbnail_key FROM images WHERE id = %s", image["id"])
+    # What a crash between storing an image and committing its row leaves: objects (here the
+    # PNG in two versions, and a thumbnail) that no row records.
+    orphan = f"{account.user_id}/2026/01/{uuid.uuid4()}"
+    bucket = mesh.s3()
+    for key in (f"{orphan}.png", f"{orphan}.png", f"{orphan}.thumb.webp"):
+        bucket.put_object(Bucket=IMAGES_BUCKET, Key=key, Body=b"orphaned", ContentType="image/png")
+    assert len(versions_under(mesh, orphan)) == 3
+
+    # Within the grace period (an hour by default) it might yet get its row: kept.
+    young = mesh.pingvas("storage", "gc")
+    assert young.returncode == 0, young.stderr
+    assert orphan not in young.stdout
+    assert len(versions_under(mesh, orphan)) == 3
+
+    # Older than the grace (one second; S3 dates objects to the second), it goes, every version.
+    time.sleep(2.1)
+    collected = mesh.pingvas("storage", "gc", "--grace-seconds", "1")
+    assert collected.returncode == 0, collected.stderr
+    print(f"\n{collected.stdout}")
+    removed = [line for line in collected.stdout.splitlines() if orphan in line]
+    assert [line.split(" (")[0] for line in removed] == [
+        f"removed s3://{IMAGES_BUCKET}/{orphan}.png",
+        f"removed s3://{IMAGES_BUCKET}/{orphan}.thumb.webp",
+    ]
+    assert "(2 versions" in removed[0]
+    assert versions_under(mesh, orphan) == []
+    # The image, whose row records its objects, keeps them and its working URLs.
+    assert sorted(versions_under(mesh, row["object_key"].removesuffix(".png"))) == sorted(
+        [row["object_key"], row["thumbnail_key"]]
+    )
+    listed = rest.get(f"/api/v1/gallery/images/{image['id']}", headers=account.headers).json()
+    assert httpx.get(listed["url"]).status_code == httpx.get(listed["thumbnailUrl"]).status_code == 200
+
+    # Safe to run again: nothing of this test's is left to remove.
+    again = mesh.pingvas("storage", "gc", "--grace-seconds", "1")
+    assert again.returncode == 0, again.stderr
+    assert orphan not in again.stdout and row["object_key"] not in again.stdout
+    assert again.stdout.splitlines()[-1].startswith("removed ")

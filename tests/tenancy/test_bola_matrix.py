@@ -75,8 +75,9 @@ METHODS: dict[str, descriptor.MethodDescriptor] = {
 }
 
 # Each RPC's request, as its proto JSON. Placeholders name what the owner made for the case:
-# "{user}" (the owner's name), "{generation}", and "{fresh generation}" / "{fresh api key}" for
-# the RPCs that change what they name (made anew for each protocol).
+# "{user}" (the owner's name), "{generation}" (succeeded, so with an image), and
+# "{fresh generation}" / "{fresh image}" / "{fresh api key}" for the RPCs that change what they
+# name (made anew for each protocol).
 _GENERATION = {"prompt": "a matrix moth", "width": 64, "height": 64, "steps": 1}
 REQUESTS: dict[str, dict[str, Any]] = {
     "UserService.DevLogin": {"email": "bola-matrix@example.com"},
@@ -108,7 +109,13 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "GenerationService.WatchGeneration": {"generationId": "{generation}"},
     "GalleryService.ListImages": {},
     "GalleryService.GetImage": {"imageId": "{generation}"},
-    "GalleryService.DeleteImage": {"imageId": "{generation}"},
+    "GalleryService.UpdateImage": {
+        "imageId": "{generation}",
+        "image": {"starred": True, "board": "matrix"},
+        "updateMask": "starred,board",
+    },
+    # Its own image: the owner's delete must leave {generation}'s for the others to find.
+    "GalleryService.DeleteImage": {"imageId": "{fresh image}"},
     "GalleryService.GetImageContent": {"imageId": "{generation}", "expires": "1", "signature": "00" * 32},
 }
 
@@ -244,6 +251,8 @@ def cast(mesh: RunningMesh) -> Iterator[Cast]:
         def made(placeholder: str) -> str:
             if placeholder == "{fresh generation}":
                 return _generation(rest, owner)
+            if placeholder == "{fresh image}":
+                return _finished_generation(mesh, rest, owner)
             return str(_key(rest, owner, "read")["apiKey"]["name"])
 
         yield Cast(

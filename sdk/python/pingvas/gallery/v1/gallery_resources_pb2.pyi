@@ -2,6 +2,7 @@ import datetime
 
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from pingvas.rules.v1 import rules_pb2 as _rules_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -10,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Image(_message.Message):
-    __slots__ = ("name", "id", "url", "prompt", "model", "width", "height", "seed", "create_time", "thumbnail_url", "negative_prompt", "steps", "guidance", "size_bytes")
+    __slots__ = ("name", "id", "url", "prompt", "model", "width", "height", "seed", "create_time", "thumbnail_url", "negative_prompt", "steps", "guidance", "size_bytes", "starred", "board")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +26,8 @@ class Image(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STARRED_FIELD_NUMBER: _ClassVar[int]
+    BOARD_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     url: str
@@ -39,4 +42,6 @@ class Image(_message.Message):
     steps: int
     guidance: float
     size_bytes: int
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., url: _Optional[str] = ..., prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., thumbnail_url: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    starred: bool
+    board: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., url: _Optional[str] = ..., prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., thumbnail_url: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., size_bytes: _Optional[int] = ..., starred: _Optional[bool] = ..., board: _Optional[str] = ...) -> None: ...

@@ -25,12 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pingvas.access.v1 import access_pb2 as pingvas_dot_access_dot_v1_dot_access__pb2
 from pingvas.gallery.v1 import gallery_resources_pb2 as pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(pingvas/gallery/v1/gallery_service.proto\x12\x12pingvas.gallery.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1epingvas/access/v1/access.proto\x1a*pingvas/gallery/v1/gallery_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"N\n\x11ListImagesRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x12ListImagesResponse\x12/\n\x06images\x18\x01 \x03(\x0b\x32\x19.pingvas.gallery.v1.ImageB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"/\n\x0fGetImageRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"2\n\x12\x44\x65leteImageRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"\x15\n\x13\x44\x65leteImageResponse\"l\n\x16GetImageContentRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x15\n\x07\x65xpires\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x1d\n\tsignature\x18\x03 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x32\xa7\x04\n\x0eGalleryService\x12\x83\x01\n\nListImages\x12%.pingvas.gallery.v1.ListImagesRequest\x1a&.pingvas.gallery.v1.ListImagesResponse\"&\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/gallery/images\x12}\n\x08GetImage\x12#.pingvas.gallery.v1.GetImageRequest\x1a\x19.pingvas.gallery.v1.Image\"1\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02#\x12!/api/v1/gallery/images/{image_id}\x12\x91\x01\n\x0b\x44\x65leteImage\x12&.pingvas.gallery.v1.DeleteImageRequest\x1a\'.pingvas.gallery.v1.DeleteImageResponse\"1\xc2\xbe\x19\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02#*!/api/v1/gallery/images/{image_id}\x12|\n\x0fGetImageContent\x12*.pingvas.gallery.v1.GetImageContentRequest\x1a\x14.google.api.HttpBody\"\'\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/images/{image_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(pingvas/gallery/v1/gallery_service.proto\x12\x12pingvas.gallery.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epingvas/access/v1/access.proto\x1a*pingvas/gallery/v1/gallery_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\xbf\x02\n\x11ListImagesRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x05model\x18\x03 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\xc8\x01\x12;\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12<\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x19\n\x05\x62oard\x18\x06 \x01(\tB\n\xe2\x41\x01\x01\xa2\xb8\x19\x02\x18\x64\x12\x1a\n\x0cstarred_only\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12!\n\x0cprompt_query\x18\x08 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\xf4\x03\"d\n\x12ListImagesResponse\x12/\n\x06images\x18\x01 \x03(\x0b\x32\x19.pingvas.gallery.v1.ImageB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"/\n\x0fGetImageRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"\x99\x01\n\x12UpdateImageRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12.\n\x05image\x18\x02 \x01(\x0b\x32\x19.pingvas.gallery.v1.ImageB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\"2\n\x12\x44\x65leteImageRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"\x15\n\x13\x44\x65leteImageResponse\"l\n\x16GetImageContentRequest\x12\x1c\n\x08image_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x15\n\x07\x65xpires\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x1d\n\tsignature\x18\x03 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x32\xb4\x05\n\x0eGalleryService\x12\x83\x01\n\nListImages\x12%.pingvas.gallery.v1.ListImagesRequest\x1a&.pingvas.gallery.v1.ListImagesResponse\"&\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/api/v1/gallery/images\x12}\n\x08GetImage\x12#.pingvas.gallery.v1.GetImageRequest\x1a\x19.pingvas.gallery.v1.Image\"1\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02#\x12!/api/v1/gallery/images/{image_id}\x12\x8a\x01\n\x0bUpdateImage\x12&.pingvas.gallery.v1.UpdateImageRequest\x1a\x19.pingvas.gallery.v1.Image\"8\xc2\xbe\x19\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02*2!/api/v1/gallery/images/{image_id}:\x05image\x12\x91\x01\n\x0b\x44\x65leteImage\x12&.pingvas.gallery.v1.DeleteImageRequest\x1a\'.pingvas.gallery.v1.DeleteImageResponse\"1\xc2\xbe\x19\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02#*!/api/v1/gallery/images/{image_id}\x12|\n\x0fGetImageContent\x12*.pingvas.gallery.v1.GetImageContentRequest\x1a\x14.google.api.HttpBody\"\'\xc2\xbe\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/api/v1/images/{image_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,12 +43,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTIMAGESREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001\242\270\031\004 \000(d'
   _globals['_LISTIMAGESREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTIMAGESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['model']._loaded_options = None
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\001\242\270\031\003\030\310\001'
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['create_time_after']._loaded_options = None
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['create_time_after']._serialized_options = b'\342A\001\001'
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['create_time_before']._loaded_options = None
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['create_time_before']._serialized_options = b'\342A\001\001'
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['board']._loaded_options = None
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['board']._serialized_options = b'\342A\001\001\242\270\031\002\030d'
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['starred_only']._loaded_options = None
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['starred_only']._serialized_options = b'\342A\001\001'
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['prompt_query']._loaded_options = None
+  _globals['_LISTIMAGESREQUEST'].fields_by_name['prompt_query']._serialized_options = b'\342A\001\001\242\270\031\003\030\364\003'
   _globals['_LISTIMAGESRESPONSE'].fields_by_name['images']._loaded_options = None
   _globals['_LISTIMAGESRESPONSE'].fields_by_name['images']._serialized_options = b'\342A\001\003'
   _globals['_LISTIMAGESRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
   _globals['_LISTIMAGESRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
   _globals['_GETIMAGEREQUEST'].fields_by_name['image_id']._loaded_options = None
   _globals['_GETIMAGEREQUEST'].fields_by_name['image_id']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
+  _globals['_UPDATEIMAGEREQUEST'].fields_by_name['image_id']._loaded_options = None
+  _globals['_UPDATEIMAGEREQUEST'].fields_by_name['image_id']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
+  _globals['_UPDATEIMAGEREQUEST'].fields_by_name['image']._loaded_options = None
+  _globals['_UPDATEIMAGEREQUEST'].fields_by_name['image']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEIMAGEREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEIMAGEREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\002'
   _globals['_DELETEIMAGEREQUEST'].fields_by_name['image_id']._loaded_options = None
   _globals['_DELETEIMAGEREQUEST'].fields_by_name['image_id']._serialized_options = b'\342A\001\002\242\270\031\002\010\001'
   _globals['_GETIMAGECONTENTREQUEST'].fields_by_name['image_id']._loaded_options = None
@@ -59,22 +79,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GALLERYSERVICE'].methods_by_name['ListImages']._serialized_options = b'\302\276\031\004\010\002\020\001\202\323\344\223\002\030\022\026/api/v1/gallery/images'
   _globals['_GALLERYSERVICE'].methods_by_name['GetImage']._loaded_options = None
   _globals['_GALLERYSERVICE'].methods_by_name['GetImage']._serialized_options = b'\302\276\031\004\010\003\020\001\202\323\344\223\002#\022!/api/v1/gallery/images/{image_id}'
+  _globals['_GALLERYSERVICE'].methods_by_name['UpdateImage']._loaded_options = None
+  _globals['_GALLERYSERVICE'].methods_by_name['UpdateImage']._serialized_options = b'\302\276\031\004\010\003\020\002\202\323\344\223\002*2!/api/v1/gallery/images/{image_id}:\005image'
   _globals['_GALLERYSERVICE'].methods_by_name['DeleteImage']._loaded_options = None
   _globals['_GALLERYSERVICE'].methods_by_name['DeleteImage']._serialized_options = b'\302\276\031\004\010\003\020\002\202\323\344\223\002#*!/api/v1/gallery/images/{image_id}'
   _globals['_GALLERYSERVICE'].methods_by_name['GetImageContent']._loaded_options = None
   _globals['_GALLERYSERVICE'].methods_by_name['GetImageContent']._serialized_options = b'\302\276\031\002\010\001\202\323\344\223\002\033\022\031/api/v1/images/{image_id}'
-  _globals['_LISTIMAGESREQUEST']._serialized_start=260
-  _globals['_LISTIMAGESREQUEST']._serialized_end=338
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=340
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=440
-  _globals['_GETIMAGEREQUEST']._serialized_start=442
-  _globals['_GETIMAGEREQUEST']._serialized_end=489
-  _globals['_DELETEIMAGEREQUEST']._serialized_start=491
-  _globals['_DELETEIMAGEREQUEST']._serialized_end=541
-  _globals['_DELETEIMAGERESPONSE']._serialized_start=543
-  _globals['_DELETEIMAGERESPONSE']._serialized_end=564
-  _globals['_GETIMAGECONTENTREQUEST']._serialized_start=566
-  _globals['_GETIMAGECONTENTREQUEST']._serialized_end=674
-  _globals['_GALLERYSERVICE']._serialized_start=677
-  _globals['_GALLERYSERVICE']._serialized_end=1228
+  _globals['_LISTIMAGESREQUEST']._serialized_start=328
+  _globals['_LISTIMAGESREQUEST']._serialized_end=647
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=649
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=749
+  _globals['_GETIMAGEREQUEST']._serialized_start=751
+  _globals['_GETIMAGEREQUEST']._serialized_end=798
+  _globals['_UPDATEIMAGEREQUEST']._serialized_start=801
+  _globals['_UPDATEIMAGEREQUEST']._serialized_end=954
+  _globals['_DELETEIMAGEREQUEST']._serialized_start=956
+  _globals['_DELETEIMAGEREQUEST']._serialized_end=1006
+  _globals['_DELETEIMAGERESPONSE']._serialized_start=1008
+  _globals['_DELETEIMAGERESPONSE']._serialized_end=1029
+  _globals['_GETIMAGECONTENTREQUEST']._serialized_start=1031
+  _globals['_GETIMAGECONTENTREQUEST']._serialized_end=1139
+  _globals['_GALLERYSERVICE']._serialized_start=1142
+  _globals['_GALLERYSERVICE']._serialized_end=1834
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ if _version_not_supported:
 
 
 class GalleryServiceStub:
-    """GalleryService lists, serves and deletes a user's images.
+    """GalleryService lists, serves, updates and deletes a user's images.
 
     Every RPC but GetImageContent requires `authorization: Bearer <access token>`. Errors carry
     one `google.rpc.ErrorInfo` with domain `gallery.pingvas.studio`.
@@ -50,6 +50,11 @@ class GalleryServiceStub:
                 request_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageRequest.SerializeToString,
                 response_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.FromString,
                 _registered_method=True)
+        self.UpdateImage = channel.unary_unary(
+                '/pingvas.gallery.v1.GalleryService/UpdateImage',
+                request_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.UpdateImageRequest.SerializeToString,
+                response_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.FromString,
+                _registered_method=True)
         self.DeleteImage = channel.unary_unary(
                 '/pingvas.gallery.v1.GalleryService/DeleteImage',
                 request_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.DeleteImageRequest.SerializeToString,
@@ -63,7 +68,7 @@ class GalleryServiceStub:
 
 
 class GalleryServiceServicer:
-    """GalleryService lists, serves and deletes a user's images.
+    """GalleryService lists, serves, updates and deletes a user's images.
 
     Every RPC but GetImageContent requires `authorization: Bearer <access token>`. Errors carry
     one `google.rpc.ErrorInfo` with domain `gallery.pingvas.studio`.
@@ -71,7 +76,8 @@ class GalleryServiceServicer:
 
     def ListImages(self, request, context):
         """Lists the caller's images, newest first (by when they were stored, then by id), a page at
-        a time; a page token stays valid as new images arrive, which appear only on a new listing.
+        a time, optionally filtered; a page token stays valid as new images arrive, which appear
+        only on a new listing, and is valid only with the filter it was issued for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,13 +87,29 @@ class GalleryServiceServicer:
         """Returns one of the caller's images, itself (AIP-131). Another user's image is NOT_FOUND.
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateImage(self, request, context):
+        """Changes one of the caller's images: whether it is starred, and its board (AIP-134). Returns
+        the image as updated. Another user's image is NOT_FOUND.
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteImage(self, request, context):
-        """Deletes one of the caller's images.
+        """Deletes one of the caller's images: its row, then its PNG and thumbnail objects with every
+        stored version, so URLs issued earlier stop working at once. Credits are untouched.
+        Deleting an image of the caller's that is already deleted succeeds again (and removes any
+        object a failed earlier attempt left); another user's image, or an id that never named
+        an image of the caller's, is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +141,11 @@ def add_GalleryServiceServicer_to_server(servicer, server):
                     request_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageRequest.FromString,
                     response_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.SerializeToString,
             ),
+            'UpdateImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateImage,
+                    request_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.UpdateImageRequest.FromString,
+                    response_serializer=pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.SerializeToString,
+            ),
             'DeleteImage': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteImage,
                     request_deserializer=pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.DeleteImageRequest.FromString,
@@ -138,7 +165,7 @@ def add_GalleryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GalleryService:
-    """GalleryService lists, serves and deletes a user's images.
+    """GalleryService lists, serves, updates and deletes a user's images.
 
     Every RPC but GetImageContent requires `authorization: Bearer <access token>`. Errors carry
     one `google.rpc.ErrorInfo` with domain `gallery.pingvas.studio`.
@@ -187,6 +214,33 @@ class GalleryService:
             target,
             '/pingvas.gallery.v1.GalleryService/GetImage',
             pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.GetImageRequest.SerializeToString,
+            pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.gallery.v1.GalleryService/UpdateImage',
+            pingvas_dot_gallery_dot_v1_dot_gallery__service__pb2.UpdateImageRequest.SerializeToString,
             pingvas_dot_gallery_dot_v1_dot_gallery__resources__pb2.Image.FromString,
             options,
             channel_credentials,
