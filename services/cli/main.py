@@ -348,7 +348,10 @@ def _cmd_storage_gc(args: argparse.Namespace) -> int:
         removed = 0
         try:
             collector = OrphanCollector(database, store)
-            async for orphan in collector.collect(grace=timedelta(seconds=grace), now=datetime.now(UTC)):
+            orphans = collector.collect(
+                grace=timedelta(seconds=grace), now=datetime.now(UTC), prefix=args.prefix
+            )
+            async for orphan in orphans:
                 removed += 1
                 print(
                     f"removed s3://{store.bucket}/{orphan.key} ({orphan.versions} "
@@ -446,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove orphan objects from the images bucket: older than the grace period and "
         "recorded by no images row (safe to run again)",
     )
+    gc.add_argument("--prefix", default="", help="only keys under this prefix (one user's: USER_ID/)")
     gc.add_argument(
         "--grace-seconds",
         type=_seconds,

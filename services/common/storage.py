@@ -183,12 +183,12 @@ class S3ImageStore:
             for version in sorted(entries, key=lambda entry: str(entry["Key"])):
                 yield version
 
-    async def stored_objects(self) -> AsyncIterator[StoredObject]:
-        """Every key of the bucket that holds any version or delete marker, once, with when its
-        newest one was written."""
+    async def stored_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        """Every key of the bucket (under `prefix`) that holds any version or delete marker,
+        once, with when its newest one was written."""
         current: StoredObject | None = None
         try:
-            async for version in self._versions(prefix=""):
+            async for version in self._versions(prefix=prefix):
                 key, written = version["Key"], version["LastModified"]
                 if current is not None and current.key != key:
                     yield current  # keys come in order: the previous one is complete

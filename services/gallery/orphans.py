@@ -37,23 +37,32 @@ class RemovedOrphan:
 
 class OrphanCollector:
     def __init__(
-        self, database: Database, store: S3ImageStore, repository: ImageRepository | None = None
+        self,
+        database: Database,
+        store: S3ImageStore,
+        repository: ImageRepository | None = None,
+        *,
+        batch_size: int = BATCH,
     ) -> None:
         self.database = database
         self.store = store
         self.repository = repository or ImageRepository()
+        self.batch_size = batch_size
 
-    async def collect(self, *, grace: timedelta, now: datetime) -> AsyncIterator[RemovedOrphan]:
-        """Remove every orphan older than `grace` at `now`, yielding each as it goes. The bucket
+    async def collect(
+        self, *, grace: timedelta, now: datetime, prefix: str = ""
+    ) -> AsyncIterator[RemovedOrphan]:
+        """Remove every orphan older than `grace` at `now` (under `prefix`: one user's images
+        are `{user_id}/`), yielding each as it goes. The bucket
         is walked once, a batch of keys at a time, so memory stays bounded however large it
         is; deleting keys the listing has passed does not disturb it (S3 lists in key order
         from a marker)."""
         cutoff = now - grace
         batch: list[StoredObject] = []
-        async for stored in self.store.stored_objects():
+        async for stored in self.store.stored_objects(prefix):
             if stored.last_modified <= cutoff:
                 batch.append(stored)
-            if len(batch) == BATCH:
+            if len(batch) == self.batch_size:
                 async for removed in self._sweep(batch):
                     yield removed
                 batch = []

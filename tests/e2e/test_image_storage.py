@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -30,6 +30,11 @@ from botocore.exceptions import ClientError
 from botocore.validate import ParamValidator
 from PIL import Image
 from support.mesh import REPO_ROOT, MeshStarter, RunningMesh
+
+from services.common.database import Database
+from services.common.settings import ObjectStoreSettings
+from services.common.storage import open_image_store
+from services.gallery.orphans import OrphanCollector
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -380,3 +385,48 @@ def test_storage_gc_removes_old_objects_no_row_records_and_keeps_images(
     assert again.returncode == 0, again.stderr
     assert orphan not in again.stdout and row["object_key"] not in again.stdout
     assert again.stdout.splitlines()[-1].startswith("removed ")
+
+
+async def test_storage_gc_walks_a_bucket_larger_than_one_batch(
+    mesh: RunningMesh, new_account: Any, rest: httpx.Client
+) -> None:
+    """The collector checks keys against the rows a batch at a time, on the mesh's own SeaweedFS
+    and PostgreSQL: with batches of 3 over one user's 10 keys (an image's 2, 8 orphans: three
+    full batches and a last partial one), every orphan goes once and the image's objects stay,
+    whichever batch they fall in."""
+    account = new_account("orphan-batches")
+    image = generate(rest, account)
+    (row,) = mesh.sql("SELECT object_key, thumbnail_key FROM images WHERE id = %s", image["id"])
+    bucket = mesh.s3()
+    orphans = sorted(f"{account.user_id}/2026/01/{uuid.uuid4()}.png" for _ in range(8))
+    for key in orphans:
+        bucket.put_object(Bucket=IMAGES_BUCKET, Key=key, Body=b"orphaned", ContentType="image/png")
+
+    # As the mesh's processes read it: S3_ENDPOINT_URL and the keys.
+    settings = ObjectStoreSettings.model_validate(
+        {
+            "S3_ENDPOINT_URL": mesh.s3_env["S3_ENDPOINT_URL"],
+            "access_key_id": mesh.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
+            "secret_access_key": mesh.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
+        }
+    )
+    store, close_store = await open_image_store(settings, url_ttl_seconds=60)
+    database = Database(mesh.app_database_url, schema=mesh.schema, system_url=mesh.system_database_url)
+    try:
+        collector = OrphanCollector(database, store, batch_size=3)
+        # An hour from now, everything under the prefix is past a one-minute grace.
+        later = datetime.now(UTC) + timedelta(hours=1)
+        removed = [
+            orphan.key
+            async for orphan in collector.collect(
+                grace=timedelta(minutes=1), now=later, prefix=f"{account.user_id}/"
+            )
+        ]
+    finally:
+        await close_store()
+        await database.close()
+
+    assert removed == orphans
+    assert sorted(versions_under(mesh, f"{account.user_id}/")) == sorted(
+        [row["object_key"], row["thumbnail_key"]]
+    )
