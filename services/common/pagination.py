@@ -1,18 +1,22 @@
 """Keyset pagination, newest first (AIP-158), shared by every List RPC over rows ordered by
 (created_at DESC, id DESC).
 
-A page token is opaque to clients: the base64 of the last row's creation time and id. The next
-page starts strictly after that row, so rows inserted meanwhile (all newer) never shift it: no row
-is repeated or skipped. A token this API did not return is INVALID_ARGUMENT on `page_token`.
+A page token is opaque to clients: base64 of JSON naming the last row served (its creation time
+and id) and a fingerprint of the query it continues (a List's filter; empty when it has none).
+The next page starts strictly after that row, so rows inserted meanwhile (all newer) never shift
+it: no row is repeated or skipped. A token this API did not return, or one issued for another
+filter, whose walk it does not describe, is INVALID_ARGUMENT on `page_token`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from services.common.errors import FieldViolation, InvalidInput
 
@@ -25,31 +29,51 @@ Row = TypeVar("Row")
 
 
 def page_limit(page_size: int) -> int:
-    """The rows a page holds: the caller's size (0 for the default), at most MAX_PAGE_SIZE."""
+    """The rows a page holds: the caller's size (0 for the default), at most MAX_PAGE_SIZE (the
+    contract's rules refuse a larger or negative one before this)."""
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_page_token(position: Position) -> str:
+def query_fingerprint(query: Mapping[str, Any]) -> str:
+    """A short, stable digest of a List's filter, for its tokens."""
+    fields = {
+        name: value.isoformat() if isinstance(value, datetime) else value for name, value in query.items()
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_page_token(position: Position, query: str = "") -> str:
     created_at, row_id = position
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+    token = {"c": created_at.isoformat(), "i": str(row_id), "q": query}
+    return base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
 
 
-def decode_page_token(token: str) -> Position | None:
+def decode_page_token(token: str, query: str = "") -> Position | None:
     """Where the page starts: None for the first page (no token)."""
     if not token:
         return None
     try:
-        created, _, row_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        created_at = datetime.fromisoformat(created)
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+        created_at, row_id, issued_for = (
+            datetime.fromisoformat(decoded["c"]),
+            uuid.UUID(decoded["i"]),
+            decoded["q"],
+        )
         if created_at.tzinfo is None:  # every token we return carries its zone
-            raise ValueError(created)
-        return created_at, uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError):
+            raise ValueError(decoded["c"])
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
         raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
+    if issued_for != query:
+        raise InvalidInput(
+            [FieldViolation("page_token", "was issued for another filter; list from the start with this one")]
+        )
+    return created_at, row_id
 
 
-def split_page(rows: Sequence[Row], limit: int, position: Callable[[Row], Position]) -> tuple[list[Row], str]:
+def split_page(
+    rows: Sequence[Row], limit: int, position: Callable[[Row], Position], query: str = ""
+) -> tuple[list[Row], str]:
     """A page and the next page's token, from `rows` read with limit + 1 (the extra row only
     says whether another page exists)."""
-    next_token = encode_page_token(position(rows[limit - 1])) if len(rows) > limit else ""
+    next_token = encode_page_token(position(rows[limit - 1]), query) if len(rows) > limit else ""
     return list(rows[:limit]), next_token

@@ -94,14 +94,12 @@ class Endpoint:
         self.access: dict[str, MethodAccess] = {m.name: method_access(m) for m in service.methods}
         for name, access in self.access.items():
             implementation = getattr(type(self), name, None)
-            if isinstance(implementation, not_implemented_yet):
-                continue  # it holds callers to the declaration itself
             authenticates = getattr(implementation, _AUTHENTICATES, None)
             if authenticates is None:
                 # The generated base's method would answer UNIMPLEMENTED to anyone, unchecked.
                 raise TypeError(
                     f"{type(self).__name__}.{name} is not implemented: decorate it with one of "
-                    f"services.common.rpc's decorators, or make it not_implemented_yet"
+                    "services.common.rpc's decorators"
                 )
             if authenticates != access.authenticates_bearer:
                 raise TypeError(
@@ -250,37 +248,3 @@ def server_stream(
 
     setattr(handler, _AUTHENTICATES, True)
     return handler
-
-
-class not_implemented_yet:
-    """A servicer method for a contract RPC whose issue has not landed: it answers UNIMPLEMENTED
-    with an ErrorInfo, and never pretends. It still holds callers to the method's declared access
-    first, so an unimplemented RPC tells nothing to a caller who could not call the real one."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(
-        self, endpoint: Endpoint | None, owner: type | None = None
-    ) -> Callable[[Message, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        if endpoint is None:
-            return self  # type: ignore[return-value]  # the class attribute, as Endpoint reads it
-        return functools.partial(self._answer, endpoint)
-
-    async def _answer(
-        self, endpoint: Endpoint, request: Message, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        async with _answering_errors(endpoint, context, self.name):
-            if endpoint.access[self.name].authenticates_bearer:
-                await _caller(endpoint, context, self.name)
-        info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason="NOT_IMPLEMENTED", domain=endpoint.error_domain))
-        message = f"{self.what} is part of the v1 contract but not implemented yet"
-        status = rpc_status.to_status(
-            status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message, details=[info])
-        )
-        await context.abort(status.code, status.details, status.trailing_metadata)

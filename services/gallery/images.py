@@ -3,10 +3,9 @@ and put on boards, deleted, and the PNG behind a signed gateway URL. Rows come f
 table (tenant-scoped: another user's image is not found), objects from the images bucket, URLs
 are presigned when read.
 
-Page tokens are opaque to clients: the (created_at, id) of the last image served and a
-fingerprint of the filter, base64. The listing is a keyset over (created_at, id) descending, so
-a token stays valid however many images arrive meanwhile, and a page never repeats or skips one;
-the fingerprint refuses a token with any other filter, whose walk it does not describe.
+Listing is keyset pagination (services/common/pagination.py): a token carries the last image
+served and a fingerprint of the filter, so it stays valid however many images arrive meanwhile,
+and it is refused with any other filter.
 
 Deleting removes the row first, in its own transaction, then the objects with every version:
 never a row without an object. A crash (or S3 failing) between the two leaves orphan objects,
@@ -16,16 +15,13 @@ which a repeated DeleteImage removes (the caller's generation still names the ke
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from datetime import datetime
 
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound, Unavailable
+from services.common.pagination import decode_page_token, page_limit, query_fingerprint, split_page
 from services.common.signing import ImageUrlSigner
 from services.common.storage import (
     ImageKeys,
@@ -35,9 +31,6 @@ from services.common.storage import (
     S3ImageStore,
 )
 from services.gallery.repository import ImageChange, ImageFilter, ImageRecord, ImageRepository
-
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -51,35 +44,6 @@ def parse_image_id(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise InvalidInput([FieldViolation("image_id", "must be an image id (a UUID)")]) from None
-
-
-def _fingerprint(wanted: ImageFilter) -> str:
-    fields = {
-        name: value.isoformat() if isinstance(value, datetime) else value
-        for name, value in asdict(wanted).items()
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def encode_page_token(record: ImageRecord, wanted: ImageFilter) -> str:
-    position = {"c": record.created_at.isoformat(), "i": str(record.id), "f": _fingerprint(wanted)}
-    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
-
-
-def decode_page_token(token: str, wanted: ImageFilter) -> tuple[datetime, uuid.UUID]:
-    try:
-        position = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = datetime.fromisoformat(position["c"]), uuid.UUID(position["i"])
-        fingerprint = position["f"]
-        if after[0].tzinfo is None:
-            raise ValueError("a token's time is always UTC")
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-        raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
-    if fingerprint != _fingerprint(wanted):
-        raise InvalidInput(
-            [FieldViolation("page_token", "was issued for another filter; list from the start with this one")]
-        )
-    return after
 
 
 UPDATABLE_FIELDS = ("starred", "board")
@@ -135,14 +99,12 @@ class ImageLibrary:
     async def page(
         self, user_id: uuid.UUID, wanted: ImageFilter, *, page_size: int, page_token: str
     ) -> tuple[list[GalleryImage], str]:
-        if not 0 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidInput([FieldViolation("page_size", f"must be from 0 to {MAX_PAGE_SIZE}")])
-        limit = page_size or DEFAULT_PAGE_SIZE
-        after = decode_page_token(page_token, wanted) if page_token else None
+        query = query_fingerprint(asdict(wanted))
+        limit, after = page_limit(page_size), decode_page_token(page_token, query)
         async with self.database.tenant(user_id) as conn:
             records = await self.repository.page(conn, user_id, wanted=wanted, limit=limit + 1, after=after)
-        next_token = encode_page_token(records[limit - 1], wanted) if len(records) > limit else ""
-        return [await self._with_urls(record) for record in records[:limit]], next_token
+        page, next_token = split_page(records, limit, lambda record: (record.created_at, record.id), query)
+        return [await self._with_urls(record) for record in page], next_token
 
     async def update(self, user_id: uuid.UUID, image_id: uuid.UUID, change: ImageChange) -> GalleryImage:
         async with self.database.tenant(user_id) as conn:

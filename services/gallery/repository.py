@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.pagination import Position
 from services.common.schema import generations, images
 
 # What a record holds: every column but the search vector the database derives.
@@ -108,7 +109,7 @@ class ImageRepository:
         *,
         wanted: ImageFilter,
         limit: int,
-        after: tuple[datetime, uuid.UUID] | None,
+        after: Position | None,
     ) -> list[ImageRecord]:
         """The user's images that pass the filter, newest first, after the (created_at, id) of
         the last one served: a keyset walk of images_by_user_newest (or a filter's index)."""

@@ -1,11 +1,10 @@
 """What the mesh refuses, and how: out of credits (402 / FAILED_PRECONDITION), invalid input
-(400 / INVALID_ARGUMENT with field violations), unknown or foreign ids (404), missing tokens
-(401) and RPCs whose issue has not landed (UNIMPLEMENTED). A refused request is never queued and
+(400 / INVALID_ARGUMENT with field violations), unknown or foreign ids (404) and missing tokens
+(401). A refused request is never queued and
 never charged."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import grpc
@@ -13,8 +12,6 @@ import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pingvas.gallery.v1 import gallery_service_pb2 as gallery_pb
-from pingvas.gallery.v1 import gallery_service_pb2_grpc as gallery_grpc
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
@@ -194,19 +191,6 @@ def test_users_me_reports_plan_and_credits(new_account: Any, rest: httpx.Client)
     assert (me["id"], me["email"], me["plan"]) == (account.user_id, account.email, "PLAN_FREE")
     assert me["credits"] == {"balance": "100", "held": "0", "available": "100"}
     assert rest.get("/api/v1/users/someone-else", headers=account.headers).status_code == 404
-
-
-def test_later_issues_rpcs_answer_unimplemented(
-    new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel
-) -> None:
-    account = new_account("later")
-    with pytest.raises(grpc.RpcError) as caught:
-        gallery_grpc.GalleryServiceStub(gateway_channel).DeleteImage(
-            gallery_pb.DeleteImageRequest(image_id=str(uuid.uuid4())), metadata=account.metadata, timeout=30
-        )
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    reply = rest.delete(f"/api/v1/gallery/images/{uuid.uuid4()}", headers=account.headers)
-    assert reply.status_code == 501
 
 
 @pytest.mark.parametrize(

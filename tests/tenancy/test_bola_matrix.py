@@ -24,8 +24,7 @@ The expected answer of each follows from `pingvas.access.v1.method` alone (`expe
 
 "Served" is any answer of the RPC's own but a refusal (UNAUTHENTICATED, PERMISSION_DENIED,
 NOT_FOUND) or a server failure: UpgradeSubscription, say, answers FAILED_PRECONDITION to a user
-without a subscription. An RPC whose issue has not landed answers UNIMPLEMENTED (NOT_IMPLEMENTED)
-to whoever gets past its access check, and only to them.
+without a subscription.
 """
 
 from __future__ import annotations
@@ -170,10 +169,9 @@ SERVED = Expected(None, frozenset(REFUSALS | FAILURES), "served")
 ANSWERED = Expected(None, frozenset(FAILURES), "answered, not failed")
 
 
-def expectation(access: MethodAccess, principal: str, anonymous: Outcome, owner: Outcome) -> Expected:
+def expectation(access: MethodAccess, principal: str, anonymous: Outcome) -> Expected:
     """What `principal` must get, from the declaration alone (see the module docstring).
-    `anonymous` and `owner` are what those two got: a PUBLIC RPC owes everyone the anonymous
-    answer, and an RPC that is not implemented yet answers UNIMPLEMENTED to all it admits."""
+    `anonymous` is what the anonymous caller got: a PUBLIC RPC owes everyone that answer."""
     if access.access_class == declared.PUBLIC:
         return ANSWERED if principal == ANONYMOUS else Expected(anonymous.code)
     if access.access_class == declared.WEBHOOK:
@@ -186,8 +184,6 @@ def expectation(access: MethodAccess, principal: str, anonymous: Outcome, owner:
         principal == ANOTHER_USERS_KEY and access.api_key_scope is None
     ):
         return Expected(grpc.StatusCode.PERMISSION_DENIED)
-    if owner.code == grpc.StatusCode.UNIMPLEMENTED:
-        return Expected(grpc.StatusCode.UNIMPLEMENTED)
     if principal in (ANOTHER_USER, ANOTHER_USERS_KEY) and access.access_class == declared.OWNER:
         return Expected(grpc.StatusCode.NOT_FOUND)
     return SERVED
@@ -330,9 +326,7 @@ def test_access_matrix(name: str, protocol: str, cast: Cast, gateway: Gateway) -
     wrong = {
         principal: f"expected {expected}, got {outcome}"
         for principal, outcome in outcomes.items()
-        if not (expected := expectation(access, principal, outcomes[ANONYMOUS], outcomes[OWNER])).admits(
-            outcome
-        )
+        if not (expected := expectation(access, principal, outcomes[ANONYMOUS])).admits(outcome)
     }
     assert not wrong, f"{name} over {protocol}:\n" + json.dumps(wrong, indent=2)
     for outcome in outcomes.values():
@@ -345,19 +339,17 @@ def test_the_matrix_tells_a_refusal_from_a_served_answer() -> None:
     would pass every RPC."""
     ok, missing = Outcome(grpc.StatusCode.OK, None), Outcome(grpc.StatusCode.NOT_FOUND, None)
     owner_class = MethodAccess("x.Y.Get", declared.OWNER, "read")
-    assert expectation(owner_class, ANOTHER_USER, missing, ok) == Expected(grpc.StatusCode.NOT_FOUND)
+    assert expectation(owner_class, ANOTHER_USER, missing) == Expected(grpc.StatusCode.NOT_FOUND)
     assert not SERVED.admits(missing) and SERVED.admits(ok)
-    assert expectation(owner_class, KEY_WITHOUT_THE_SCOPE, missing, ok) == Expected(
+    assert expectation(owner_class, KEY_WITHOUT_THE_SCOPE, missing) == Expected(
         grpc.StatusCode.PERMISSION_DENIED
     )
     user_class = MethodAccess("x.Y.Make", declared.USER, None)
-    assert expectation(user_class, ANOTHER_USERS_KEY, missing, ok) == Expected(
-        grpc.StatusCode.PERMISSION_DENIED
-    )
-    assert expectation(user_class, ANOTHER_USER, missing, ok) == SERVED
-    assert expectation(MethodAccess("x.Y.Sign", declared.PUBLIC, None), EXPIRED_TOKEN, ok, ok) == Expected(
+    assert expectation(user_class, ANOTHER_USERS_KEY, missing) == Expected(grpc.StatusCode.PERMISSION_DENIED)
+    assert expectation(user_class, ANOTHER_USER, missing) == SERVED
+    assert expectation(MethodAccess("x.Y.Sign", declared.PUBLIC, None), EXPIRED_TOKEN, ok) == Expected(
         grpc.StatusCode.OK
     )
-    assert expectation(MethodAccess("x.Y.Hook", declared.WEBHOOK, None), OWNER, ok, ok) == Expected(
+    assert expectation(MethodAccess("x.Y.Hook", declared.WEBHOOK, None), OWNER, ok) == Expected(
         grpc.StatusCode.UNAUTHENTICATED
     )
