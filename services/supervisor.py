@@ -152,8 +152,10 @@ def load_or_create_database_passwords(home: Path) -> dict[str, str]:
 
 def ensure_port_free(host: str, port: int) -> None:
     """Fail before starting anything if the gateway's port is taken (Envoy would otherwise share
-    it through SO_REUSEPORT with whatever holds it)."""
+    it through SO_REUSEPORT with whatever holds it). Only a listener counts: the connections of a
+    mesh just stopped linger in TIME_WAIT for a minute, and must not keep the next from starting."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

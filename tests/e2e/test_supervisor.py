@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ import httpx
 import psutil
 import pytest
 from support.mesh import free_port
+
+from services.supervisor import ensure_port_free
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +122,31 @@ def test_a_killed_supervisor_takes_the_mesh_with_it(tmp_path: Path, models_dir: 
     os.kill(supervisor, signal.SIGKILL)  # no handler runs: the kernel's parent-death signal must act
     left = wait_until_gone(supervisor, within=120)
     assert left == [], [" ".join(p.cmdline()) for p in left]
+
+
+def _port_with_a_connection_in_time_wait() -> int:
+    """A port whose listener is gone but whose server side closed a connection first, so that
+    connection lingers in TIME_WAIT on it, as a just-stopped gateway's do."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Envoy's listeners have it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = int(listener.getsockname()[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the active close: this side waits in TIME_WAIT
+    client.close()
+    listener.close()
+    return port
+
+
+def test_the_gateway_port_check_refuses_a_listener_but_not_time_wait() -> None:
+    port = _port_with_a_connection_in_time_wait()
+    ensure_port_free("127.0.0.1", port)  # a mesh stopped a moment ago leaves only this
+
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(RuntimeError, match="already in use"):
+            ensure_port_free("127.0.0.1", port)
