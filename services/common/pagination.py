@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
+import sqlalchemy as sa
+
 from services.common.errors import FieldViolation, InvalidInput
 
 DEFAULT_PAGE_SIZE = 20
@@ -77,3 +79,13 @@ def split_page(
     says whether another page exists)."""
     next_token = encode_page_token(position(rows[limit - 1]), query) if len(rows) > limit else ""
     return list(rows[:limit]), next_token
+
+
+def newest_first(
+    query: sa.Select[Any], table: sa.Table, *, after: Position | None, limit: int
+) -> sa.Select[Any]:
+    """`query` as one page of the walk: newest first by (created_at, id), strictly after the row
+    `after` names, at most `limit` rows. The repositories' half of this module."""
+    if after is not None:
+        query = query.where(sa.tuple_(table.c.created_at, table.c.id) < sa.tuple_(*after))
+    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)

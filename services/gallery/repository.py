@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.pagination import Position
+from services.common.pagination import Position, newest_first
 from services.common.schema import generations, images
 
 # What a record holds: every column but the search vector the database derives.
@@ -113,14 +113,8 @@ class ImageRepository:
     ) -> list[ImageRecord]:
         """The user's images that pass the filter, newest first, after the (created_at, id) of
         the last one served: a keyset walk of images_by_user_newest (or a filter's index)."""
-        query = (
-            sa.select(*_RECORD_COLUMNS)
-            .where(images.c.user_id == user_id, *_conditions(wanted))
-            .order_by(images.c.created_at.desc(), images.c.id.desc())
-            .limit(limit)
-        )
-        if after is not None:
-            query = query.where(sa.tuple_(images.c.created_at, images.c.id) < sa.tuple_(*after))
+        query = sa.select(*_RECORD_COLUMNS).where(images.c.user_id == user_id, *_conditions(wanted))
+        query = newest_first(query, images, after=after, limit=limit)
         return [ImageRecord(**row._mapping) for row in await conn.execute(query)]
 
     async def update(

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.pagination import Position
+from services.common.pagination import Position, newest_first
 from services.common.schema import generations, users
 from services.generation.failures import Failure, FailureCode
 from services.generation.lifecycle import LIVE_STATES, TERMINAL_STATES, GenerationState
@@ -138,9 +138,7 @@ class GenerationRepository:
         after: Position | None,
     ) -> list[GenerationRecord]:
         query = sa.select(generations).where(generations.c.user_id == user_id)
-        if after is not None:
-            query = query.where(sa.tuple_(generations.c.created_at, generations.c.id) < sa.tuple_(*after))
-        query = query.order_by(generations.c.created_at.desc(), generations.c.id.desc()).limit(limit)
+        query = newest_first(query, generations, after=after, limit=limit)
         return [GenerationRecord.from_row(row) for row in (await conn.execute(query)).all()]
 
     # --- state changes: each a conditional UPDATE through `_transition` ----------------------

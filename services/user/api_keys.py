@@ -21,7 +21,7 @@ from services.common.access import KNOWN_SCOPES
 from services.common.api_keys import display_prefix, new_secret, secret_hash
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound, Violations
-from services.common.pagination import Position, decode_page_token, page_limit, split_page
+from services.common.pagination import Position, decode_page_token, newest_first, page_limit, split_page
 from services.common.schema import api_keys
 
 RESOURCE_PREFIX = "apikeys/"
@@ -107,9 +107,7 @@ class ApiKeyRepository:
         after: Position | None,
     ) -> list[ApiKey]:
         query = sa.select(api_keys).where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
-        if after is not None:
-            query = query.where(sa.tuple_(api_keys.c.created_at, api_keys.c.id) < sa.tuple_(*after))
-        query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit)
+        query = newest_first(query, api_keys, after=after, limit=limit)
         return [ApiKey.from_row(row) for row in (await conn.execute(query)).all()]
 
     async def revoke(self, conn: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID) -> bool:
