@@ -20,6 +20,7 @@ does not wait for PNG compression, the image store or PostgreSQL between jobs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -41,7 +42,6 @@ from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import (
     PNG_CONTENT_TYPE,
     THUMBNAIL_CONTENT_TYPE,
-    ImageKeys,
     ImageStore,
     ObjectStoreUnavailable,
 )
@@ -364,12 +364,13 @@ class Worker:
             members.append(Member(record, claim))
         return await self._execute(members, stop) if members else []
 
-    async def _renew_lease(self, claim: Claim, relay: ProgressRelay) -> None:
+    async def _keep_lease(self, generation_id: uuid.UUID, on_loss: Callable[[], None]) -> None:
+        """Renew a job's lease until cancelled; call `on_loss` once if another worker has it now."""
         while not _stop_requested():
             await asyncio.sleep(self.lease_seconds / 3)
-            if not await self.queue.renew_lease(claim.generation_id, self.worker_id, self.lease_seconds):
-                log.warning("lost the lease on %s; stopping its run", claim.generation_id)
-                relay.interrupt(LeaseLost)
+            if not await self.queue.renew_lease(generation_id, self.worker_id, self.lease_seconds):
+                log.warning("lost the lease on %s", generation_id)
+                on_loss()
                 return
 
     async def _watch_cancels(self, batch: BatchRun) -> None:
@@ -408,6 +409,16 @@ class Worker:
         log.info("failpoint %s: %s parked after step %d", Failpoint.PARK_AFTER_STEP, relay.record.id, step)
         await self.failpoints.park(Failpoint.PARK_AFTER_STEP, str(relay.record.id), step, relay.interrupted)
         log.info("failpoint %s: %s released", Failpoint.PARK_AFTER_STEP, relay.record.id)
+
+    async def _park_in_store(
+        self, failpoint: Failpoint, record: GenerationRecord, lease_lost: asyncio.Event
+    ) -> None:
+        """Hold a job at one of the store's failpoints, when a test armed it for this prompt."""
+        if self.failpoints is None or not await self.failpoints.parks(failpoint, record.prompt):
+            return
+        log.info("failpoint %s: %s parked", failpoint, record.id)
+        await self.failpoints.park(failpoint, str(record.id), 0, lease_lost)
+        log.info("failpoint %s: %s released", failpoint, record.id)
 
     async def _leave(self, relay: ProgressRelay, reason: type[RunInterrupted]) -> None:
         """A member's own end while its batch runs on."""
@@ -483,7 +494,11 @@ class Worker:
         ]
         watchers = [
             *(
-                asyncio.create_task(self._renew_lease(member.claim, relay))
+                asyncio.create_task(
+                    self._keep_lease(
+                        member.claim.generation_id, functools.partial(relay.interrupt, LeaseLost)
+                    )
+                )
                 for member, relay in zip(members, relays, strict=True)
             ),
             asyncio.create_task(self._hand_back_on_shutdown(stop, batch)),
@@ -542,13 +557,28 @@ class Worker:
                 await self.queue.release_lease(record.id, self.worker_id)
 
     async def _store_result(self, record: GenerationRecord, result: TextToImageResult) -> None:
+        """Store and record one image, its job's lease renewed meanwhile: a store that takes
+        its time (S3 retrying, a test's failpoint) must not hand the job to another worker."""
+        lease_lost = asyncio.Event()
+        keeping = asyncio.create_task(self._keep_lease(record.id, lease_lost.set))
+        try:
+            await self._store_leased_result(record, result, lease_lost)
+        finally:
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
+
+    async def _store_leased_result(
+        self, record: GenerationRecord, result: TextToImageResult, lease_lost: asyncio.Event
+    ) -> None:
         """Store the PNG and its thumbnail, then record the success with its image row: objects
         first, so a row never names a missing object. S3 down fails the attempt (counted toward
-        dead-lettering, which releases the hold), never a success without its image."""
+        dead-lettering, which releases the hold), never a success without its image. A lost
+        lease needs no check here: the fenced finish refuses this attempt's result."""
         began = time.perf_counter()
         png, thumbnail = await asyncio.to_thread(lambda: (result.png, result.thumbnail_webp))
         encoded = time.perf_counter()
-        keys = ImageKeys.of(record.user_id, record.id, record.created_at)
+        keys = record.image_keys
+        await self._park_in_store(Failpoint.PARK_BEFORE_STORE, record, lease_lost)
         try:
             await asyncio.gather(
                 self.store.put(keys.png, png, content_type=PNG_CONTENT_TYPE),
@@ -577,6 +607,7 @@ class Worker:
             guidance=record.guidance,
         )
         uploaded = time.perf_counter()
+        await self._park_in_store(Failpoint.PARK_BEFORE_RECORD, record, lease_lost)
         if await self.runs.finish_succeeded(record, image, WorkResult(result.seed, result.gpu_seconds)):
             recorded = time.perf_counter()
             # The store's cost per image, off the GPU's path (bench/mesh_overhead.py reads it).

@@ -9,8 +9,9 @@ pays one comparison per step. Disarmed, it pays only that comparison.
 Keys (the test and the worker are different processes; Redis is what they share):
 
     failpoint:{name}                    HASH prompt -> step: jobs with this prompt park at
-                                        `name` after that step (the test arms it before it
-                                        submits, so no job can get past it first)
+                                        `name` (after that step, for PARK_AFTER_STEP; the
+                                        store's failpoints ignore it). The test arms it before
+                                        it submits, so no job can get past it first
     failpoint:{name}:{job}:parked       set while the job is parked, to the step it parked at
     failpoint:{name}:{job}:release      LIST: a push lets the parked job go on
 """
@@ -35,6 +36,10 @@ class Failpoint(StrEnum):
 
     # The worker parks a job after a denoising step, its progress up to that step published.
     PARK_AFTER_STEP = "park_after_step"
+    # The worker parks a job whose image is made, before it uploads the PNG and thumbnail.
+    PARK_BEFORE_STORE = "park_before_store"
+    # The worker parks a job whose image objects are stored, before its success is recorded.
+    PARK_BEFORE_RECORD = "park_before_record"
 
 
 def armed_key(failpoint: Failpoint) -> str:
@@ -62,6 +67,10 @@ class Failpoints:
             return None
         step = await self.redis.hget(armed_key(failpoint), prompt)
         return int(step) if step is not None else None
+
+    async def parks(self, failpoint: Failpoint, prompt: str) -> bool:
+        """Whether a job with this prompt parks at `failpoint`."""
+        return await self.park_step(failpoint, prompt) is not None
 
     async def park(self, failpoint: Failpoint, job: str, step: int, interrupted: asyncio.Event) -> None:
         """Hold here until the test releases the job or its run is interrupted (cancel, lost

@@ -122,8 +122,7 @@ class ObjectStoreSettings(BaseSettings):
         description="Origins of the console, allowed to GET images from the images bucket (CORS).",
     )
     # A worker's store of an image gives up within attempts x (connect + read), 20 s by
-    # default: inside its job's lease (PINGVAS_SCHEDULER_LEASE_SECONDS, 30 s), which nothing
-    # renews while it stores.
+    # default; its job's lease is renewed meanwhile, so a slow store is not run twice.
     connect_timeout_seconds: float = Field(
         3.0, gt=0, description="How long one connection to S3 may take before the attempt fails."
     )

@@ -10,7 +10,7 @@ import uuid
 from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound
 from services.common.pagination import decode_page_token, page_limit, split_page
-from services.common.storage import ImageKeys, ImageUrls, S3ImageStore
+from services.common.storage import ImageUrls, S3ImageStore
 from services.generation.lifecycle import GenerationState
 from services.generation.repository import GenerationRecord, GenerationRepository
 
@@ -51,6 +51,6 @@ class Generations:
     async def image_urls(self, record: GenerationRecord) -> ImageUrls | None:
         """Fresh presigned URLs of a succeeded generation's image and thumbnail, made when read
         (signed locally, no request), so replayed events never carry stale ones."""
-        if record.state != GenerationState.SUCCEEDED or record.image_key is None:
+        if record.state != GenerationState.SUCCEEDED:
             return None
-        return await self.images.image_urls(ImageKeys.from_png_key(record.image_key))
+        return await self.images.image_urls(record.image_keys)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.pagination import Position, newest_first
 from services.common.schema import generations, users
+from services.common.storage import ImageKeys
 from services.generation.failures import Failure, FailureCode
 from services.generation.lifecycle import LIVE_STATES, TERMINAL_STATES, GenerationState
 
@@ -62,6 +63,12 @@ class GenerationRecord:
     @property
     def is_terminal(self) -> bool:
         return self.state.is_terminal
+
+    @property
+    def image_keys(self) -> ImageKeys:
+        """Where this job's image and thumbnail are stored once it succeeds (the seed's layout):
+        the worker stores them there, and every URL of them is signed for these keys."""
+        return ImageKeys.of(self.user_id, self.id, self.created_at)
 
     @property
     def batch_key(self) -> str:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 
-from services.common.storage import ImageKeys
 from services.generation.event_hub import EventHub, Subscription
 from services.generation.events import StoredEvent, event_kind, is_terminal, new_event
 from services.generation.generations import Generations
@@ -189,7 +188,6 @@ class GenerationWatch:
         """The log's terminal event, or one rebuilt from the row, numbered after everything the
         watcher had and everything the log holds, when the log expired or lost its tail."""
         stored = await self.watching.hub.events.last(record.id)
-        self.record = record
         if stored is not None and is_terminal(stored):
             return await self._with_image_urls(stored)
         event = terminal_event_from_row(record)
@@ -197,12 +195,11 @@ class GenerationWatch:
         return await self._with_image_urls(event)
 
     async def _with_image_urls(self, event: pb.WatchGenerationResponse) -> pb.WatchGenerationResponse:
-        """Presigned when sent, so a replayed event never carries a stale URL. The image's key
-        follows from the job (user, id, creation time), the same the worker stored it under."""
+        """Presigned when sent, so a replayed event never carries a stale URL. The record read
+        when the watch opened names the image's keys: they follow from the job, not its state."""
         if event_kind(event) == EventKind.SUCCEEDED:
             assert self.record is not None
-            keys = ImageKeys.of(self.user_id, self.generation_id, self.record.created_at)
-            urls = await self.watching.generations.images.image_urls(keys)
+            urls = await self.watching.generations.images.image_urls(self.record.image_keys)
             event.succeeded.image_url = urls.image
             event.succeeded.thumbnail_url = urls.thumbnail
         return event

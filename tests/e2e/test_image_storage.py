@@ -29,9 +29,11 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.validate import ParamValidator
 from PIL import Image
+from support.failpoints import parking_prompt, release, wait_parked
 from support.mesh import REPO_ROOT, MeshStarter, RunningMesh
 
 from services.common.database import Database
+from services.common.failpoints import Failpoint
 from services.common.settings import ObjectStoreSettings
 from services.common.storage import open_image_store
 from services.gallery.orphans import OrphanCollector
@@ -45,13 +47,21 @@ SHORT_URL_TTL_SECONDS = 15
 
 
 def generate(rest: httpx.Client, account: Any, state: str = "SUCCEEDED", **request: Any) -> dict[str, Any]:
+    return wait_finished(rest, account, submit(rest, account, **request), state)
+
+
+def submit(rest: httpx.Client, account: Any, **request: Any) -> str:
     created = rest.post(
         "/api/v1/generation/create",
         json={"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 1, **request},
         headers=account.headers,
     )
     assert created.status_code == 200, created.text
-    generation_id = created.json()["id"]
+    generation_id: str = created.json()["id"]
+    return generation_id
+
+
+def wait_finished(rest: httpx.Client, account: Any, generation_id: str, state: str) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         generation: dict[str, Any] = rest.get(
@@ -310,9 +320,7 @@ def test_an_unreachable_store_fails_the_generation_and_releases_the_hold(
 
     mesh = short_lived_mesh
     account = dev_login(mesh.gateway_url, "store-down")
-    (weed,) = [
-        child for child in psutil.Process(mesh.process.pid).children(recursive=True) if child.name() == "weed"
-    ]
+    weed = embedded_seaweedfs(mesh)
     # Stopped, not killed: the supervisor would restart a dead one. Its sockets accept and
     # never answer, as an S3 behind a broken network does.
     weed.send_signal(signal.SIGSTOP)
@@ -334,6 +342,73 @@ def test_an_unreachable_store_fails_the_generation_and_releases_the_hold(
     assert sum(entry["amount"] for entry in entries) == 0
     (account_row,) = mesh.sql("SELECT held FROM credit_accounts WHERE user_id = %s", account.user_id)
     assert account_row["held"] == 0
+
+
+def embedded_seaweedfs(mesh: RunningMesh) -> psutil.Process:
+    (weed,) = [
+        child for child in psutil.Process(mesh.process.pid).children(recursive=True) if child.name() == "weed"
+    ]
+    return weed
+
+
+def kill_seaweedfs_and_wait_for_its_restart(mesh: RunningMesh) -> None:
+    """SIGKILL, as the OOM killer or a lost node would; then wait until the supervisor's new
+    SeaweedFS takes writes again (the data directory is the same, so it must have the old
+    objects too)."""
+    killed = embedded_seaweedfs(mesh)
+    killed.kill()
+    killed.wait(timeout=30)
+    bucket = mesh.s3()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            bucket.put_object(Bucket=BUCKETS[-1], Key="probe/after-kill", Body=b"up")
+            bucket.delete_object(Bucket=BUCKETS[-1], Key="probe/after-kill")
+            return
+        except Exception as error:  # refused, reset, or a volume not yet registered
+            assert time.monotonic() < deadline, f"SeaweedFS did not come back: {error}"
+            time.sleep(0.2)
+
+
+def test_an_image_is_not_lost_when_seaweedfs_is_killed_after_storing_it(
+    mesh: RunningMesh, new_account: Any, rest: httpx.Client
+) -> None:
+    """The user is told SUCCEEDED only after S3 acknowledged both objects (the row commits after
+    them), and what SeaweedFS acknowledged survives SIGKILL. The job is held between the two
+    (its lease renewed meanwhile) while SeaweedFS is killed and restarted."""
+    account = new_account("killed-store")
+    prompt = parking_prompt(mesh, "a harbour in fog", failpoint=Failpoint.PARK_BEFORE_RECORD)
+    generation_id = submit(rest, account, prompt=prompt, width=96, height=64)
+    wait_parked(mesh, generation_id, failpoint=Failpoint.PARK_BEFORE_RECORD)
+    # Uploaded, not yet recorded: the objects exist and nothing tells the user so yet.
+    assert len(listing(mesh, f"{account.user_id}/")) == 2
+    assert rest.get(f"/api/v1/generation/{generation_id}", headers=account.headers).json()["state"] == (
+        "GENERATION_STATE_RUNNING"
+    )
+
+    leased_until = mesh.redis().zscore("leases", generation_id)
+
+    kill_seaweedfs_and_wait_for_its_restart(mesh)
+    # The held store renews its job's lease (every third of it), so no other worker runs it.
+    deadline = time.monotonic() + 60
+    while (mesh.redis().zscore("leases", generation_id) or 0) <= leased_until:
+        assert time.monotonic() < deadline, "the lease of a job being stored was never renewed"
+        time.sleep(0.2)
+    (job,) = mesh.sql("SELECT attempt FROM generations WHERE id = %s", generation_id)
+    assert job["attempt"] == 1, "the held job's lease lapsed and another attempt started"
+    release(mesh, generation_id, failpoint=Failpoint.PARK_BEFORE_RECORD)
+    generation = wait_finished(rest, account, generation_id, "SUCCEEDED")
+
+    for url, content_type in (
+        (generation["imageUrl"], "image/png"),
+        (generation["thumbnailUrl"], "image/webp"),
+    ):
+        opened = httpx.get(url)
+        assert opened.status_code == 200, opened.text
+        assert opened.headers["content-type"] == content_type
+    assert Image.open(io.BytesIO(httpx.get(generation["imageUrl"]).content)).size == (96, 64)
+    (job,) = mesh.sql("SELECT attempt FROM generations WHERE id = %s", generation_id)
+    assert job["attempt"] == 1
 
 
 def versions_under(mesh: RunningMesh, prefix: str) -> list[str]:

@@ -1,8 +1,10 @@
-"""A test's side of the worker's PARK_AFTER_STEP failpoint: hold a job mid-run, see it parked,
-let it go. Tests use it wherever they need a job still running, instead of racing a fast job."""
+"""A test's side of the worker's failpoints: hold a job at a point, see it parked, let it go.
+Tests use them wherever they need a job still running, or mid-store, instead of racing a fast
+job on the tiny model. PARK_AFTER_STEP is the default; the store's failpoints take no step."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -10,32 +12,37 @@ from typing import Any
 from services.common.failpoints import Failpoint, armed_key, parked_key, release_key
 
 # What a mesh's workers need in their environment for tests to park jobs.
-FAILPOINTS_ENV = {"PINGVAS_FAILPOINTS": f'["{Failpoint.PARK_AFTER_STEP}"]'}
+FAILPOINTS_ENV = {"PINGVAS_FAILPOINTS": json.dumps([str(failpoint) for failpoint in Failpoint])}
 
 
-def parking_prompt(mesh: Any, words: str, after_step: int) -> str:
-    """A prompt of its own, armed so that the job submitted with it parks after `after_step`.
-    Armed before the job exists, so no worker can run it past the step first."""
+def parking_prompt(
+    mesh: Any, words: str, after_step: int = 0, failpoint: Failpoint = Failpoint.PARK_AFTER_STEP
+) -> str:
+    """A prompt of its own, armed so that the job submitted with it parks at `failpoint` (after
+    `after_step`, for PARK_AFTER_STEP). Armed before the job exists, so no worker can run it
+    past the point first."""
     prompt = f"{words} {uuid.uuid4().hex[:8]}"
-    mesh.redis().hset(armed_key(Failpoint.PARK_AFTER_STEP), prompt, after_step)
+    mesh.redis().hset(armed_key(failpoint), prompt, after_step)
     return prompt
 
 
-def disarm(mesh: Any, prompt: str) -> None:
+def disarm(mesh: Any, prompt: str, failpoint: Failpoint = Failpoint.PARK_AFTER_STEP) -> None:
     """Jobs with this prompt run through from now on (e.g. the next attempt after a crash)."""
-    mesh.redis().hdel(armed_key(Failpoint.PARK_AFTER_STEP), prompt)
+    mesh.redis().hdel(armed_key(failpoint), prompt)
 
 
-def is_parked(mesh: Any, generation_id: str) -> bool:
-    return bool(mesh.redis().exists(parked_key(Failpoint.PARK_AFTER_STEP, generation_id)))
+def is_parked(mesh: Any, generation_id: str, failpoint: Failpoint = Failpoint.PARK_AFTER_STEP) -> bool:
+    return bool(mesh.redis().exists(parked_key(failpoint, generation_id)))
 
 
-def wait_parked(mesh: Any, generation_id: str, within: float = 120) -> None:
+def wait_parked(
+    mesh: Any, generation_id: str, within: float = 120, failpoint: Failpoint = Failpoint.PARK_AFTER_STEP
+) -> None:
     deadline = time.monotonic() + within
-    while not is_parked(mesh, generation_id):
-        assert time.monotonic() < deadline, f"{generation_id} never parked at the failpoint"
+    while not is_parked(mesh, generation_id, failpoint):
+        assert time.monotonic() < deadline, f"{generation_id} never parked at {failpoint}"
         time.sleep(0.05)
 
 
-def release(mesh: Any, generation_id: str) -> None:
-    mesh.redis().rpush(release_key(Failpoint.PARK_AFTER_STEP, generation_id), "go")
+def release(mesh: Any, generation_id: str, failpoint: Failpoint = Failpoint.PARK_AFTER_STEP) -> None:
+    mesh.redis().rpush(release_key(failpoint, generation_id), "go")
