@@ -96,6 +96,30 @@ class CommonSettings(BaseSettings):
         return self.home / "models"
 
 
+class CloudFrontSettings(BaseSettings):
+    """Production's option: image URLs signed for a CloudFront distribution in front of the
+    images bucket (services/common/cloudfront.py) instead of S3 presigned URLs. All three
+    settings, or none."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_CLOUDFRONT_", extra="ignore")
+
+    domain: str | None = Field(None, description="The distribution's domain, e.g. images.pingvas.studio.")
+    key_pair_id: str | None = Field(None, description="The id of the public key in its trusted key group.")
+    private_key_file: Path | None = Field(None, description="The PEM file of that key's RSA private half.")
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> CloudFrontSettings:
+        given = {
+            "domain": self.domain,
+            "key_pair_id": self.key_pair_id,
+            "private_key_file": self.private_key_file,
+        }
+        missing = [f"PINGVAS_CLOUDFRONT_{name.upper()}" for name, value in given.items() if value is None]
+        if 0 < len(missing) < len(given):
+            raise ValueError(f"CloudFront image URLs need {', '.join(missing)} as well")
+        return self
+
+
 class ObjectStoreSettings(BaseSettings):
     """S3, where images (and models) live: AWS S3 in production, the embedded SeaweedFS of
     `pingvas up` on a laptop; the same code either way. Without an endpoint and keys the client

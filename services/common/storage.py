@@ -4,7 +4,8 @@ a laptop), through aiobotocore, so no call blocks the event loop.
 An image is two objects side by side under the seed's layout: the PNG at
 `{user_id}/{yyyy}/{mm}/{id}.png` and its WebP thumbnail at `{user_id}/{yyyy}/{mm}/{id}.thumb.webp`.
 Each is written once and never changed (a new image gets a new id), so they carry a long,
-private cache lifetime. Clients read them through presigned GET URLs.
+private cache lifetime. Clients read them through presigned GET URLs, or, in production, URLs
+signed for a CloudFront distribution in front of the bucket (services/common/cloudfront.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.common.settings import ObjectStoreSettings
+from services.common.cloudfront import CloudFrontUrls
+from services.common.settings import CloudFrontSettings, ObjectStoreSettings
 
 PNG_CONTENT_TYPE = "image/png"
 THUMBNAIL_CONTENT_TYPE = "image/webp"
@@ -120,12 +122,19 @@ class S3ImageStore:
     """The images bucket, through one aiobotocore client."""
 
     def __init__(
-        self, client: Any, bucket: str, *, url_ttl_seconds: int, call_deadline_seconds: float = 60.0
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        url_ttl_seconds: int,
+        call_deadline_seconds: float = 60.0,
+        cloudfront: CloudFrontUrls | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
         self.url_ttl_seconds = url_ttl_seconds
         self.call_deadline_seconds = call_deadline_seconds
+        self.cloudfront = cloudfront
 
     async def put(self, key: str, data: bytes, *, content_type: str) -> None:
         try:
@@ -201,7 +210,10 @@ class S3ImageStore:
             yield current
 
     async def presigned_url(self, key: str) -> str:
-        """A GET URL for the object that works for url_ttl_seconds. Signed locally, no request."""
+        """A GET URL for the object that works for url_ttl_seconds: CloudFront's when configured,
+        S3's otherwise. Signed locally, no request."""
+        if self.cloudfront is not None:
+            return self.cloudfront.url(key)
         url: str = await self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl_seconds
         )
@@ -212,9 +224,10 @@ class S3ImageStore:
 
 
 async def open_image_store(
-    settings: ObjectStoreSettings, *, url_ttl_seconds: int
+    settings: ObjectStoreSettings, *, url_ttl_seconds: int, cloudfront: CloudFrontSettings | None = None
 ) -> tuple[S3ImageStore, Callable[[], Awaitable[None]]]:
-    """The images bucket for a process's lifetime, and what closes its client at shutdown."""
+    """The images bucket for a process's lifetime, and what closes its client at shutdown. Its
+    URLs are CloudFront's when `cloudfront` configures a distribution."""
     stack = contextlib.AsyncExitStack()
     client = await stack.enter_async_context(open_s3_client(settings))
     store = S3ImageStore(
@@ -222,5 +235,8 @@ async def open_image_store(
         settings.images_bucket,
         url_ttl_seconds=url_ttl_seconds,
         call_deadline_seconds=call_deadline_seconds(settings),
+        cloudfront=CloudFrontUrls.from_settings(cloudfront, ttl_seconds=url_ttl_seconds)
+        if cloudfront
+        else None,
     )
     return store, stack.aclose

@@ -12,7 +12,7 @@ from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
 from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import GallerySettings, JwksSettings, ObjectStoreSettings
+from services.common.settings import CloudFrontSettings, GallerySettings, JwksSettings, ObjectStoreSettings
 from services.common.signing import ImageUrlSigner
 from services.common.startup import load_settings, open_service_database
 from services.common.storage import open_image_store
@@ -30,7 +30,7 @@ async def main() -> None:
         ttl_seconds=settings.image_url_ttl_seconds,
     )
     images, close_images = await open_image_store(
-        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
+        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds, cloudfront=CloudFrontSettings()
     )
     library = ImageLibrary(database, images, signer)
     server = GrpcServer(

@@ -24,6 +24,7 @@ from services.common.server import (
 )
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
+    CloudFrontSettings,
     GenerationSettings,
     JwksSettings,
     ObjectStoreSettings,
@@ -62,7 +63,7 @@ async def main() -> None:
     delivery = Delivery(queue, events)
     pricing = Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step)
     images, close_images = await open_image_store(
-        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
+        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds, cloudfront=CloudFrontSettings()
     )
     acceptance = Acceptance(
         database=database,
