@@ -118,7 +118,7 @@ DEFAULT_UNARY_TIMEOUT_SECONDS = 30.0
 # and the client resumes with `after_sequence`, which the event log supports. It is far longer
 # than the generation service's 15 s re-send of `queued`, so a live watch never reaches it; it is
 # only the backstop for a silent stream, which keepalives (below) usually end first.
-STREAMING_ROUTE_IDLE_TIMEOUT = "3600s"
+DEFAULT_STREAMING_IDLE_TIMEOUT_SECONDS = 3600.0
 # Every other stream (unary calls, image downloads) idles at most this long, said here rather
 # than left to Envoy's default (300 s); the routes' own 30 s timeouts usually end them first.
 STREAM_IDLE_TIMEOUT = "300s"
@@ -219,11 +219,13 @@ MAX_TRACKED_CLIENT_IPS = 100_000
 @dataclass(frozen=True)
 class EdgeLimits:
     """What the gateway limits: per-IP rates of the routes before sign-in, whom to believe about
-    the client's IP, and how long a unary call may run whatever deadline its client sent."""
+    the client's IP, how long a unary call may run whatever deadline its client sent, and how
+    long a stream (a watch) may stay silent before the gateway resets it."""
 
     per_ip: Mapping[str, TokenBucket]
     xff_trusted_hops: int = 0
     unary_timeout_seconds: float = DEFAULT_UNARY_TIMEOUT_SECONDS
+    streaming_idle_timeout_seconds: float = DEFAULT_STREAMING_IDLE_TIMEOUT_SECONDS
 
 
 DEFAULT_EDGE_LIMITS = EdgeLimits(
@@ -585,7 +587,7 @@ def _route_config(
             "route": {
                 "cluster": PUBLIC_SERVICES[path.split("/")[1]],
                 "timeout": "0s",
-                "idle_timeout": STREAMING_ROUTE_IDLE_TIMEOUT,
+                "idle_timeout": _duration(limits.streaming_idle_timeout_seconds),
                 "max_stream_duration": {"grpc_timeout_header_max": "0s"},
             },
         }

@@ -87,6 +87,7 @@ def edge_limits() -> EdgeLimits:
         per_ip={"sign_in": bucket(rates.sign_in_per_ip), "webhook": bucket(rates.webhook_per_ip)},
         xff_trusted_hops=gateway.xff_trusted_hops,
         unary_timeout_seconds=gateway.unary_timeout_seconds,
+        streaming_idle_timeout_seconds=gateway.streaming_idle_timeout_seconds,
     )
 
 

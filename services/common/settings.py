@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.envoy import (
     DEFAULT_CORS_ALLOWED_ORIGINS,
     DEFAULT_JWKS_CACHE_SECONDS,
+    DEFAULT_STREAMING_IDLE_TIMEOUT_SECONDS,
     DEFAULT_UNARY_TIMEOUT_SECONDS,
     MAX_TRANSCODED_REQUEST_BYTES,
 )
@@ -366,6 +367,12 @@ class GatewaySettings(BaseSettings):
         gt=0,
         description="The longest a unary call runs through the gateway; a client's longer "
         "deadline (grpc-timeout) is capped to it.",
+    )
+    streaming_idle_timeout_seconds: float = Field(
+        DEFAULT_STREAMING_IDLE_TIMEOUT_SECONDS,
+        gt=0,
+        description="How long a stream (a watch) may send nothing before the gateway resets it; "
+        "a waiting watch re-sends `queued` well within it (PINGVAS_WATCH_QUEUED_RESEND_SECONDS).",
     )
 
 
