@@ -99,6 +99,8 @@ def test_lists_page_through_generations_and_images_which_are_read_and_deleted(
         client.images.delete(image.id)
         client.images.delete(image.id)  # deleting again succeeds, as the contract says
         with pytest.raises(pingvas.NotFound):
+            client.images.content(image)  # its URL stops working at once
+        with pytest.raises(pingvas.NotFound):
             client.images.get(image.id)
         assert [i.id for i in client.images.list(page_size=2)] == newest_first[:2]
 
@@ -207,3 +209,22 @@ async def test_the_async_client_generates_and_lists(mesh: RunningMesh, new_accou
         assert (await client.images.get(result.generation.id)).prompt == "an owl"
         with pytest.raises(pingvas.NotFound):
             await client.generations.cancel(str(uuid.uuid4()))
+
+
+async def test_the_async_clients_watch_resumes_after_its_stream_is_cut(
+    mesh: RunningMesh, new_account: Any
+) -> None:
+    account = new_account("sdk-async-watch")
+    steps = 3
+    with FlakyHop(mesh.gateway_target) as hop:
+        hop.cut_next_stream("WatchGeneration", after_events=2)
+        hop.cut_next_stream("WatchGeneration", after_events=2)
+        async with pingvas.AsyncClient(hop.target, access_token=account.token, retry=QUICK_RETRIES) as client:
+            generation = await client.generations.create("a wren", width=64, height=64, steps=steps)
+            events = [event async for event in client.generations.watch(generation.id)]
+        watches = hop.requests("WatchGeneration", generation_service_pb2.WatchGenerationRequest)
+
+    assert [w.after_sequence for w in watches] == [0, events[1].sequence, events[3].sequence]
+    distinct = [e for n, e in enumerate(events) if n == 0 or e.sequence != events[n - 1].sequence]
+    assert [e.sequence for e in distinct] == list(range(1, 3 + steps + 1)), "none lost, none repeated"
+    assert isinstance(events[-1], pingvas.Succeeded)

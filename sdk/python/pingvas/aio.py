@@ -15,16 +15,15 @@ from pingvas.connection import (
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_WATCH_TIMEOUT_SECONDS,
-    RESUMABLE_WATCH_ERRORS,
     Connection,
     GenerationResult,
     Page,
+    WatchResumption,
     create_request,
     raise_unless_succeeded,
-    watch_retry_delay,
 )
-from pingvas.errors import PingvasError, Unavailable, from_rpc_error
-from pingvas.events import Event, event_from_response
+from pingvas.errors import from_rpc_error
+from pingvas.events import Event
 from pingvas.gallery.v1 import gallery_resources_pb2, gallery_service_pb2, gallery_service_pb2_grpc
 from pingvas.generation.v1 import (
     generation_resources_pb2,
@@ -119,38 +118,23 @@ class AsyncGenerations:
     async def watch(self, generation_id: str, *, after_sequence: int = 0) -> AsyncIterator[Event]:
         """The generation's events through its terminal one, resumed by itself after a dropped
         stream; see `pingvas.client.Generations.watch`."""
-        policy = self._connection.retry
-        last_sequence = after_sequence
-        failures = 0
+        watch = WatchResumption(generation_id, after_sequence, self._connection.retry)
         while True:
-            request = generation_service_pb2.WatchGenerationRequest(
-                generation_id=generation_id, after_sequence=last_sequence
-            )
             call = self._stub.WatchGeneration(
-                request, metadata=self._connection.metadata, timeout=self._connection.watch_timeout
+                watch.request(), metadata=self._connection.metadata, timeout=self._connection.watch_timeout
             )
             try:
                 async for response in call:
-                    event = event_from_response(response)
-                    failures = 0
-                    last_sequence = max(last_sequence, event.sequence)
+                    event = watch.seen(response)
                     yield event
                     if event.is_terminal:
                         return
-                error: PingvasError = Unavailable(
-                    "the event stream ended before the generation did", code="UNAVAILABLE"
-                )
+                error = watch.ended_early()
             except grpc.RpcError as raw:
-                error = from_rpc_error(raw)
-                if not isinstance(error, RESUMABLE_WATCH_ERRORS):
-                    raise error from raw
+                error = watch.resumable(from_rpc_error(raw))
             finally:
-                call.cancel()
-            failures += 1
-            wait = watch_retry_delay(policy, error, failures)
-            if wait is None:
-                raise error
-            await asyncio.sleep(wait)
+                call.cancel()  # a no-op on an ended call; frees the stream if the caller stops early
+            await asyncio.sleep(watch.wait_before_reopening(error))
 
 
 class AsyncImages:

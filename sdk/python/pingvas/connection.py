@@ -1,5 +1,5 @@
 """What both clients share: where the API is, how a call authenticates, its deadlines and retry
-policy, the requests they build from keyword arguments, when a watch resumes, and fetching an
+policy, the requests they build from keyword arguments, how a watch resumes, and fetching an
 image's bytes."""
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from pingvas.errors import (
     GenerationCancelled,
     GenerationFailed,
     InvalidArgument,
+    NotFound,
+    PermissionDenied,
     PingvasError,
     ResourceExhausted,
     Unavailable,
 )
-from pingvas.events import Cancelled, Event, Failed, Succeeded
+from pingvas.events import Cancelled, Event, Failed, Succeeded, event_from_response
 from pingvas.generation.v1 import generation_resources_pb2, generation_service_pb2
 from pingvas.retries import RetryPolicy
 
@@ -97,6 +99,11 @@ class Connection:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:
                 content: bytes = response.read()
                 return content
+        except urllib.error.HTTPError as error:
+            # An image deleted since its URL was made is gone from the bucket at once; an expired
+            # presigned URL is refused (403).
+            kind = NotFound if error.code == 404 else PermissionDenied if error.code == 403 else Unavailable
+            raise kind(f"could not fetch the image: HTTP {error.code}", code=f"HTTP_{error.code}") from error
         except (urllib.error.URLError, TimeoutError) as error:
             raise Unavailable(f"could not fetch the image: {error}", code="UNAVAILABLE") from error
 
@@ -154,17 +161,53 @@ def create_request(
     )
 
 
-# Why a watch stream may end early and be resumed where it stopped: the connection dropped or
-# the service restarts (UNAVAILABLE), its deadline passed, or the user's open streams are at
-# their cap for a moment (RESOURCE_EXHAUSTED).
-RESUMABLE_WATCH_ERRORS = (Unavailable, DeadlineExceeded, ResourceExhausted)
+class WatchResumption:
+    """What a watch keeps across the streams it opens for one generation: the last sequence it
+    has seen, so that a reopened stream starts right after it (nothing repeated, nothing lost),
+    and how many streams in a row have failed without an event, so that it gives up under the
+    retry policy instead of reopening forever."""
 
+    # Why a stream may end early and be reopened: the connection dropped or the service restarts
+    # (UNAVAILABLE), its deadline passed, or the user's open streams are at their cap for a
+    # moment (RESOURCE_EXHAUSTED).
+    RESUMABLE = (Unavailable, DeadlineExceeded, ResourceExhausted)
 
-def watch_retry_delay(policy: RetryPolicy, error: PingvasError, failures: int) -> float | None:
-    """The wait before reopening a watch after `failures` failed streams in a row, or None to
-    give up. An early end or a passed deadline is retried like UNAVAILABLE."""
-    as_unavailable = error if not isinstance(error, DeadlineExceeded) else Unavailable(error.message)
-    return policy.delay(as_unavailable, failures)
+    def __init__(self, generation_id: str, after_sequence: int, policy: RetryPolicy) -> None:
+        self.generation_id = generation_id
+        self.last_sequence = after_sequence
+        self._policy = policy
+        self._failures = 0
+
+    def request(self) -> generation_service_pb2.WatchGenerationRequest:
+        """The request of the next stream: everything after the last event seen."""
+        return generation_service_pb2.WatchGenerationRequest(
+            generation_id=self.generation_id, after_sequence=self.last_sequence
+        )
+
+    def seen(self, response: generation_service_pb2.WatchGenerationResponse) -> Event:
+        self._failures = 0
+        self.last_sequence = max(self.last_sequence, response.sequence)
+        return event_from_response(response)
+
+    def ended_early(self) -> PingvasError:
+        """The error of a stream that closed before the generation's terminal event."""
+        return Unavailable("the event stream ended before the generation did", code="UNAVAILABLE")
+
+    def resumable(self, error: PingvasError) -> PingvasError:
+        """`error` if reopening the stream may help; raises it otherwise (NOT_FOUND, ...)."""
+        if not isinstance(error, self.RESUMABLE):
+            raise error
+        return error
+
+    def wait_before_reopening(self, error: PingvasError) -> float:
+        """Seconds to wait before the next stream, under the retry policy (a passed deadline
+        counts as UNAVAILABLE); raises `error` when the policy gives up."""
+        self._failures += 1
+        retried_as = Unavailable(error.message) if isinstance(error, DeadlineExceeded) else error
+        wait = self._policy.delay(retried_as, self._failures)
+        if wait is None:
+            raise error
+        return wait
 
 
 def raise_unless_succeeded(generation_id: str, terminal: Event | None) -> None:
