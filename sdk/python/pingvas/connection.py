@@ -102,10 +102,12 @@ class Connection:
         except urllib.error.HTTPError as error:
             # An image deleted since its URL was made is gone from the bucket at once; an expired
             # presigned URL is refused (403).
-            kind = NotFound if error.code == 404 else PermissionDenied if error.code == 403 else Unavailable
-            raise kind(f"could not fetch the image: HTTP {error.code}", code=f"HTTP_{error.code}") from error
+            kind = {404: NotFound, 403: PermissionDenied}.get(error.code, Unavailable)
+            raise kind(
+                f"could not fetch the image: HTTP {error.code}", metadata={"http_status": str(error.code)}
+            ) from error
         except (urllib.error.URLError, TimeoutError) as error:
-            raise Unavailable(f"could not fetch the image: {error}", code="UNAVAILABLE") from error
+            raise Unavailable(f"could not fetch the image: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def create_request(
             # refused here the way the server refuses one out of its range.
             violations.append(FieldViolation(f"generation.{name}", str(error)))
     if violations:
-        invalid = InvalidArgument("invalid request", code="INVALID_ARGUMENT", reason="INVALID_ARGUMENT")
+        invalid = InvalidArgument("invalid request", reason="INVALID_ARGUMENT")
         invalid.field_violations = violations
         raise invalid
     return generation_service_pb2.CreateGenerationRequest(
@@ -191,7 +193,7 @@ class WatchResumption:
 
     def ended_early(self) -> PingvasError:
         """The error of a stream that closed before the generation's terminal event."""
-        return Unavailable("the event stream ended before the generation did", code="UNAVAILABLE")
+        return Unavailable("the event stream ended before the generation did")
 
     def resumable(self, error: PingvasError) -> PingvasError:
         """`error` if reopening the stream may help; raises it otherwise (NOT_FOUND, ...)."""

@@ -34,23 +34,26 @@ class FieldViolation:
 class PingvasError(Exception):
     """Base of every error the SDK raises for an API call.
 
-    `code` is the gRPC status code's name (e.g. "NOT_FOUND"), `reason` the ErrorInfo reason
-    (e.g. "INSUFFICIENT_CREDITS"; empty when the server sent none, as for a transport failure)
-    and `metadata` the ErrorInfo's metadata.
+    `code` is the failed call's gRPC status code name (e.g. "NOT_FOUND"; each subclass has its
+    own), or GENERATION_FAILED / GENERATION_CANCELLED for a generation that ended without an
+    image; `reason` is the ErrorInfo's reason (e.g. "INSUFFICIENT_CREDITS"; empty when the server
+    sent none, as for a transport failure) and `metadata` the ErrorInfo's metadata.
     """
+
+    default_code = "UNKNOWN"
 
     def __init__(
         self,
         message: str,
         *,
-        code: str = "UNKNOWN",
+        code: str | None = None,
         reason: str = "",
         domain: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code
+        self.code = code or self.default_code
         self.reason = reason
         self.domain = domain
         self.metadata: dict[str, str] = dict(metadata or {})
@@ -62,23 +65,33 @@ class PingvasError(Exception):
 class InvalidArgument(PingvasError):
     """The request is invalid; `field_violations` names each field to fix."""
 
+    default_code = "INVALID_ARGUMENT"
+
     field_violations: Sequence[FieldViolation] = ()
 
 
 class NotFound(PingvasError):
     """The resource does not exist, or is not the caller's."""
 
+    default_code = "NOT_FOUND"
+
 
 class Unauthenticated(PingvasError):
     """The API key or access token is missing, invalid, revoked or expired."""
+
+    default_code = "UNAUTHENTICATED"
 
 
 class PermissionDenied(PingvasError):
     """The caller may not do this (e.g. an API key without the method's scope)."""
 
+    default_code = "PERMISSION_DENIED"
+
 
 class FailedPrecondition(PingvasError):
     """The request cannot be done in the resource's current state."""
+
+    default_code = "FAILED_PRECONDITION"
 
 
 class InsufficientCredits(FailedPrecondition):
@@ -104,6 +117,8 @@ class ResourceExhausted(PingvasError):
     (its RetryInfo), or None when it did not say.
     """
 
+    default_code = "RESOURCE_EXHAUSTED"
+
     retry_after: float | None = None
 
 
@@ -114,13 +129,19 @@ class RateLimited(ResourceExhausted):
 class Unavailable(PingvasError):
     """The service could not be reached or is restarting; the call may be retried."""
 
+    default_code = "UNAVAILABLE"
+
 
 class DeadlineExceeded(PingvasError):
     """The call did not finish within its deadline."""
 
+    default_code = "DEADLINE_EXCEEDED"
+
 
 class Internal(PingvasError):
     """An unexpected server failure; the message carries the incident id for support."""
+
+    default_code = "INTERNAL"
 
 
 class GenerationFailed(PingvasError):
@@ -138,7 +159,7 @@ class GenerationCancelled(PingvasError):
     """`Client.generate`'s generation was cancelled (by another call) before its image was made."""
 
     def __init__(self, message: str, *, generation_id: str) -> None:
-        super().__init__(message, code="CANCELLED", reason="GENERATION_CANCELLED")
+        super().__init__(message, code="GENERATION_CANCELLED")
         self.generation_id = generation_id
 
 
