@@ -3,7 +3,9 @@
 Two artifacts come out of the contract, and both are committed so that a checkout runs without
 buf or grpcio-tools; CI regenerates them and fails on any difference:
 
-- the Python SDK (messages, typing stubs and gRPC stubs) under sdk/python/pingvas;
+- the Python SDK's messages, typing stubs and gRPC stubs: the subpackages of sdk/python/pingvas
+  (`pingvas.generation.v1`, ...). The SDK's hand-written modules sit beside them at the top of
+  the package (sdk/python/pingvas/*.py) and are never touched;
 - the descriptor set Envoy's gRPC-JSON transcoder reads, gateway/pingvas.binpb.
 """
 
@@ -32,8 +34,11 @@ def generate_python_sdk() -> None:
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "pingvas").rglob("*.proto"))
     package_dir = SDK_ROOT / "pingvas"
-    shutil.rmtree(package_dir, ignore_errors=True)
-    SDK_ROOT.mkdir(parents=True, exist_ok=True)
+    # Every subpackage is generated (one per proto package, so a proto package that was removed
+    # leaves nothing stale behind); the modules at the top are the SDK's own code.
+    for generated in (d for d in package_dir.glob("*") if d.is_dir()):
+        shutil.rmtree(generated)
+    package_dir.mkdir(parents=True, exist_ok=True)
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",
