@@ -410,6 +410,11 @@ class GenerationSettings(ServerSettings):
     models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
     default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
+    metrics_port: int | None = Field(
+        None,
+        description="Port of the queue-depth endpoint KEDA scales the GPU workers on "
+        "(GET /queue-depth, services/generation/queue_metrics.py); off when unset.",
+    )
 
     @property
     def resolved_models_dir(self) -> Path:
