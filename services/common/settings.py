@@ -522,6 +522,22 @@ class BillingSettings(ServerSettings):
     email_interval_seconds: float = Field(2.0, gt=0, description="How often the email outbox is sent.")
 
 
+class MigrationSettings(BaseSettings):
+    """`pingvas db upgrade` against a database by URL (the Helm chart's migration Job). The CLI
+    reads these variables itself (services/cli/main.py `_database_location`, with DATABASE_URL
+    and PINGVAS_ENV), before any settings class is built; they are declared here so that every
+    variable a deployment sets has its one documented place."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    owner_database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OWNER_DATABASE_URL"),
+        description="PostgreSQL URL of the environment's owner role ({schema}_owner): migrations "
+        "only, never a service.",
+    )
+
+
 class SupervisorSettings(BaseSettings):
     """How `pingvas up` restarts a component that exits, as systemd's Restart=on-failure with
     StartLimitBurst, or a Kubernetes pod's CrashLoopBackOff, would."""
