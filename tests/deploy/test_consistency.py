@@ -6,6 +6,7 @@ notice."""
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -133,7 +134,7 @@ def container_environment(container: dict[str, Any]) -> dict[str, str]:
 @contextmanager
 def only_environment(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> Iterator[None]:
     with monkeypatch.context() as patch:
-        for name in list(__import__("os").environ):
+        for name in list(os.environ):
             if name.startswith(("PINGVAS_", "S3_")) or name.endswith("DATABASE_URL") or name == "REDIS_URL":
                 patch.delenv(name)
         for name, value in environment.items():
