@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
+from support.accounts import dev_login
+from support.mesh import MeshStarter
 
 from services.billing.plans import PLANS_BY_PRIORITY
 from services.embedded.process import free_port
@@ -127,3 +129,31 @@ async def test_anything_else_is_not_found(depth_url: str) -> None:
     async with httpx.AsyncClient() as client:
         assert (await client.get(depth_url.replace(QUEUE_DEPTH_PATH, "/metrics"))).status_code == 404
         assert (await client.post(depth_url)).status_code == 404
+
+
+def test_the_generation_service_serves_it_on_its_metrics_port(own_mesh: MeshStarter) -> None:
+    """The composition root wires the endpoint: a mesh without workers, whose generation
+    service is told PINGVAS_METRICS_PORT as the chart tells it, counts the jobs it accepted."""
+    port = free_port()
+    with own_mesh("depth-mesh", {"PINGVAS_WORKERS": "0", "PINGVAS_METRICS_PORT": str(port)}) as mesh:
+        url = f"http://127.0.0.1:{port}{QUEUE_DEPTH_PATH}"
+        assert httpx.get(url, timeout=10).json()["depth"] == 0
+        account = dev_login(mesh.gateway_url, "depth")
+        for seed in range(3):
+            reply = httpx.post(
+                f"{mesh.gateway_url}/api/v1/generation/create",
+                headers=account.headers,
+                json={
+                    "prompt": "a fox",
+                    "model": "tiny-sd",
+                    "width": 64,
+                    "height": 64,
+                    "steps": 2,
+                    "seed": seed,
+                },
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+        body = httpx.get(url, timeout=10).json()
+        assert (body["depth"], body["waiting"], body["leased"]) == (3, 3, 0)
+        assert body["waitingByPlan"]["free"] == 3
