@@ -14,6 +14,7 @@ from typing import Any
 import celpy
 import helm_python as helm
 import jsonschema
+import kubernetes_validate
 import yaml
 from celpy import celtypes
 
@@ -22,8 +23,8 @@ CHART = REPO_ROOT / "helm" / "pingvas"
 CLUSTER_CHART = REPO_ROOT / "helm" / "pingvas-cluster"
 ARGOCD = REPO_ROOT / "helm" / "argocd"
 CRDS = REPO_ROOT / "tests" / "deploy" / "crds"
-# The newest Kubernetes the installed kubernetes-validate knows (checked by the tests).
-KUBERNETES_VERSION = "1.37.0"
+# The newest Kubernetes the installed kubernetes-validate knows (1.37 when this was written).
+KUBERNETES_VERSION: str = kubernetes_validate.latest_version()
 
 Manifest = dict[str, Any]
 
