@@ -258,6 +258,21 @@ def _cmd_proto_generate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gateway_render(args: argparse.Namespace) -> int:
+    from gateway.cluster import render_cluster_envoy_config
+    from services.common.settings import JwksSettings
+    from services.supervisor import edge_limits
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        render_cluster_envoy_config(limits=edge_limits(), jwks_cache_seconds=JwksSettings().cache_seconds),
+        encoding="utf-8",
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_db_upgrade(_args: argparse.Namespace) -> int:
     from services.migrations import upgrade
 
@@ -462,6 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     proto_commands.add_parser(
         "generate", help="regenerate the Python SDK and Envoy descriptors"
     ).set_defaults(handler=_cmd_proto_generate)
+
+    from gateway.cluster import CHART_ENVOY_CONFIG
+
+    gateway = commands.add_parser("gateway", help="the Envoy gateway")
+    gateway_commands = gateway.add_subparsers(dest="gateway_command", required=True)
+    render = gateway_commands.add_parser(
+        "render",
+        help="render the gateway's Envoy config for Kubernetes, as the Helm chart ships it "
+        "(same code as `pingvas up`; CI fails when the committed file is stale)",
+    )
+    render.add_argument("--out", default=str(CHART_ENVOY_CONFIG), help=f"default {CHART_ENVOY_CONFIG}")
+    render.set_defaults(handler=_cmd_gateway_render)
 
     db = commands.add_parser("db", help="database tooling")
     db_commands = db.add_subparsers(dest="db_command", required=True)

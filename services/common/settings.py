@@ -440,6 +440,11 @@ class GenerationSettings(ServerSettings):
     models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
     default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
+    metrics_port: int | None = Field(
+        None,
+        description="Port of the queue-depth endpoint KEDA scales the GPU workers on "
+        "(GET /queue-depth, services/generation/queue_metrics.py); off when unset.",
+    )
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -545,6 +550,22 @@ class BillingSettings(ServerSettings):
         3600.0, gt=0, description="How often the service runs the expiry job itself (the CronJob runs daily)."
     )
     email_interval_seconds: float = Field(2.0, gt=0, description="How often the email outbox is sent.")
+
+
+class MigrationSettings(BaseSettings):
+    """`pingvas db upgrade` against a database by URL (the Helm chart's migration Job). The CLI
+    reads these variables itself (services/cli/main.py `_database_location`, with DATABASE_URL
+    and PINGVAS_ENV), before any settings class is built; they are declared here so that every
+    variable a deployment sets has its one documented place."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    owner_database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OWNER_DATABASE_URL"),
+        description="PostgreSQL URL of the environment's owner role ({schema}_owner): migrations "
+        "only, never a service.",
+    )
 
 
 class SupervisorSettings(BaseSettings):

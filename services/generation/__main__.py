@@ -40,6 +40,7 @@ from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub
 from services.generation.events import EventLog
 from services.generation.generations import Generations
 from services.generation.queue import TierQueue
+from services.generation.queue_metrics import QueueDepthEndpoint
 from services.generation.repository import GenerationRepository
 from services.generation.runs import Runs
 from services.generation.servicer import GenerationServicer
@@ -146,6 +147,11 @@ async def main() -> None:
         await redis.ping()
 
     await hub.start()
+    cleanup = [hub.stop, database.close, redis.aclose, close_images]
+    if settings.metrics_port is not None:
+        depth_endpoint = QueueDepthEndpoint(queue, host=settings.host, port=settings.metrics_port)
+        await depth_endpoint.start()
+        cleanup.insert(0, depth_endpoint.stop)
     # It holds a crowd's streams: full garbage collections would stall every one of them.
     settle_garbage_collector()
     await serve_until_terminated(
@@ -156,7 +162,7 @@ async def main() -> None:
             periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
             periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
         ],
-        cleanup=[hub.stop, database.close, redis.aclose, close_images],
+        cleanup=cleanup,
     )
 
 

@@ -371,6 +371,20 @@ class ClaimCycle:
         self._busy_since = self._claiming_at
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The work in the queue at one instant: what waits, by band, and what workers hold."""
+
+    waiting: dict[str, int]
+    leased: int
+
+    @property
+    def depth(self) -> int:
+        """Jobs that need a worker now: waiting or running. The GPU workers scale on it (KEDA),
+        so that a busy fleet with an empty queue is not scaled down under its running jobs."""
+        return sum(self.waiting.values()) + self.leased
+
+
 class TierQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -452,6 +466,18 @@ class TierQueue:
     async def depth(self, tier: str) -> int:
         """Jobs waiting in a band (not yet claimed)."""
         return int(await self.redis.zcard(f"queue:{tier}:waiting"))
+
+    async def backlog(self) -> Backlog:
+        """Every band's waiting jobs and the leased ones, read in one MULTI so that a job moving
+        from waiting to leased between two reads is never counted twice or not at all."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for tier in PLANS_BY_PRIORITY:
+                pipe.zcard(f"queue:{tier}:waiting")
+            pipe.zcard("leases")
+            *waiting, leased = await pipe.execute()
+        return Backlog(
+            waiting=dict(zip(PLANS_BY_PRIORITY, map(int, waiting), strict=True)), leased=int(leased)
+        )
 
     async def drop_expired_lease(self, generation_id: uuid.UUID) -> bool:
         """Forget a lease that lapsed; True if there was no live lease left."""

@@ -1,0 +1,59 @@
+"""The gateway's Envoy configuration for Kubernetes (helm/pingvas), rendered by the same code as
+`pingvas up`'s (gateway/envoy.py) and shipped in the chart as a ConfigMap.
+
+Helm cannot run Python, so `pingvas gateway render` writes helm/pingvas/files/envoy.json and CI
+fails when the committed file is stale, as it does for the generated stubs. Only addresses
+differ from the laptop's: Envoy listens on every interface of its pod, each backend is its
+Kubernetes Service by its short name (resolved in the release's namespace, so one file serves
+every environment), and the descriptor set is the one the image carries at a fixed path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gateway.envoy import DESCRIPTOR_SET, PUBLIC_SERVICES, EdgeLimits, Upstream, build_envoy_config
+
+# Where the chart and the images put things; the deploy tests check each against the chart
+# and the Dockerfiles.
+GATEWAY_PORT = 8080
+ADMIN_PORT = 9901
+SERVICE_GRPC_PORT = 50051
+SERVICE_NAME_PREFIX = "pingvas-"
+IMAGE_DESCRIPTOR_SET = Path("/etc/pingvas/pingvas.binpb")
+CHART_ENVOY_CONFIG = Path("helm/pingvas/files/envoy.json")
+
+
+def service_host(backend: str) -> str:
+    """A backend's Kubernetes Service name (helm/pingvas/templates/_helpers.tpl, pingvas.serviceName)."""
+    return f"{SERVICE_NAME_PREFIX}{backend}"
+
+
+def build_cluster_envoy_config(*, limits: EdgeLimits, jwks_cache_seconds: float) -> dict[str, Any]:
+    config = build_envoy_config(
+        listen_host="0.0.0.0",
+        listen_port=GATEWAY_PORT,
+        admin_port=ADMIN_PORT,
+        upstreams={
+            backend: Upstream(service_host(backend), SERVICE_GRPC_PORT)
+            for backend in sorted(set(PUBLIC_SERVICES.values()))
+        },
+        descriptor_set=DESCRIPTOR_SET,
+        limits=limits,
+        jwks_cache_seconds=jwks_cache_seconds,
+    )
+    # The routes are built from this checkout's descriptor set; Envoy reads the image's copy.
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                for http_filter in network_filter["typed_config"]["http_filters"]:
+                    if http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
+                        http_filter["typed_config"]["proto_descriptor"] = str(IMAGE_DESCRIPTOR_SET)
+    return config
+
+
+def render_cluster_envoy_config(*, limits: EdgeLimits, jwks_cache_seconds: float) -> str:
+    config = build_cluster_envoy_config(limits=limits, jwks_cache_seconds=jwks_cache_seconds)
+    return json.dumps(config, indent=2) + "\n"
