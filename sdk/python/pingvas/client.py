@@ -26,6 +26,7 @@ from pingvas.connection import (
     Page,
     WatchResumption,
     create_request,
+    list_images_request,
     raise_unless_succeeded,
 )
 from pingvas.errors import from_rpc_error
@@ -178,13 +179,13 @@ class Images:
         """The caller's images, newest first, optionally filtered."""
 
         def fetch(token: str) -> Page[gallery_resources_pb2.Image]:
-            request = gallery_service_pb2.ListImagesRequest(
-                page_size=page_size or 0,
-                page_token=token,
-                model=model or "",
-                board=board or "",
+            request = list_images_request(
+                token,
+                page_size=page_size,
+                model=model,
+                board=board,
                 starred_only=starred_only,
-                prompt_query=prompt_query or "",
+                prompt_query=prompt_query,
             )
             response = _unary(self._connection, self._stub.ListImages, request)
             return Page(list(response.images), response.next_page_token)

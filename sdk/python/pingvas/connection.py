@@ -25,6 +25,7 @@ from pingvas.errors import (
     Unavailable,
 )
 from pingvas.events import Cancelled, Event, Failed, Succeeded, event_from_response
+from pingvas.gallery.v1 import gallery_service_pb2
 from pingvas.generation.v1 import generation_resources_pb2, generation_service_pb2
 from pingvas.retries import RetryPolicy
 
@@ -124,6 +125,26 @@ class GenerationResult:
 
     generation: generation_resources_pb2.Generation
     image: bytes = field(repr=False)
+
+
+def list_images_request(
+    page_token: str,
+    *,
+    page_size: int | None,
+    model: str | None,
+    board: str | None,
+    starred_only: bool,
+    prompt_query: str | None,
+) -> gallery_service_pb2.ListImagesRequest:
+    """One page's ListImagesRequest; unset filters match every image."""
+    return gallery_service_pb2.ListImagesRequest(
+        page_size=page_size or 0,
+        page_token=page_token,
+        model=model or "",
+        board=board or "",
+        starred_only=starred_only,
+        prompt_query=prompt_query or "",
+    )
 
 
 def create_request(
