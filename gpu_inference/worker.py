@@ -47,6 +47,7 @@ from services.common.storage import (
 )
 from services.gallery.repository import StoredImage
 from services.generation.failures import Failure, FailureCode
+from services.generation.model_store import ModelDownloadFailed
 from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
 from services.generation.runs import Runs, WorkResult
@@ -445,6 +446,12 @@ class Worker:
             )
             for record in records:
                 await self.runs.finish_failed(record, missing)
+            return []
+        except ModelDownloadFailed as error:
+            undownloadable = Failure.report(
+                FailureCode.MODEL_DOWNLOAD_FAILED, _run_labels(records), str(error), logger=log
+            )
+            await self._requeue(records, undownloadable)
             return []
         except Exception:
             unloadable = Failure.report(

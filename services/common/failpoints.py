@@ -8,9 +8,10 @@ pays one comparison per step. Disarmed, it pays only that comparison.
 
 Keys (the test and the worker are different processes; Redis is what they share):
 
-    failpoint:{name}                    HASH prompt -> step: jobs with this prompt park at
-                                        `name` after that step (the test arms it before it
-                                        submits, so no job can get past it first)
+    failpoint:{name}                    HASH subject -> step: jobs with this prompt park at
+                                        `name` after that step, downloads of this model after
+                                        that many files (the test arms it before it starts
+                                        them, so none can get past it first)
     failpoint:{name}:{job}:parked       set while the job is parked, to the step it parked at
     failpoint:{name}:{job}:release      LIST: a push lets the parked job go on
 """
@@ -35,6 +36,8 @@ class Failpoint(StrEnum):
 
     # The worker parks a job after a denoising step, its progress up to that step published.
     PARK_AFTER_STEP = "park_after_step"
+    # A model download into the cache parks after that many files, holding the model's lock.
+    PARK_MID_DOWNLOAD = "park_mid_download"
 
 
 def armed_key(failpoint: Failpoint) -> str:
@@ -56,11 +59,12 @@ class Failpoints:
         self.redis = redis
         self.armed = armed
 
-    async def park_step(self, failpoint: Failpoint, prompt: str) -> int | None:
-        """After which step a job with this prompt parks; None when it does not."""
+    async def park_step(self, failpoint: Failpoint, subject: str) -> int | None:
+        """After which step a job with this prompt (or a download of this model) parks; None
+        when it does not."""
         if failpoint not in self.armed:
             return None
-        step = await self.redis.hget(armed_key(failpoint), prompt)
+        step = await self.redis.hget(armed_key(failpoint), subject)
         return int(step) if step is not None else None
 
     async def park(self, failpoint: Failpoint, job: str, step: int, interrupted: asyncio.Event) -> None:

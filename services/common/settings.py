@@ -158,6 +158,22 @@ class ObjectStoreSettings(BaseSettings):
         }
 
 
+class ModelStoreSettings(BaseSettings):
+    """The model store: models in the models bucket (ObjectStoreSettings.models_bucket), read by
+    the catalog of the generation service and of each worker (services/generation/model_store.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_MODELS_", extra="ignore")
+
+    catalog_refresh_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Least time between two reads of the bucket's manifests. A request naming a "
+        "model the catalog does not know waits for the next read (at most this long), so a model "
+        "pushed while the mesh runs is served at once, and a flood of unknown names costs one "
+        "read per interval.",
+    )
+
+
 class SchedulerSettings(BaseSettings):
     """The tier scheduler, shared by the generation service (admission, repair) and the workers
     (claiming). Maps are JSON in the environment, e.g. PINGVAS_SCHEDULER_AGING_SECONDS='{"free": 5}'."""
@@ -407,7 +423,12 @@ class UserSettings(ServerSettings):
 
 
 class GenerationSettings(ServerSettings):
-    models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
+    models_dir: Path | None = Field(
+        None,
+        description="The local model cache (the EFS mount in production); PINGVAS_HOME/models. "
+        "The generation service only names paths in it; the models themselves are the models "
+        "bucket's.",
+    )
     default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
 
@@ -558,7 +579,12 @@ class WorkerSettings(CommonSettings):
     worker_id: str = Field("", description="Stable name of this worker; hostname-pid when empty.")
     health_host: str = Field("127.0.0.1", description="Address of the worker's gRPC health server.")
     health_port: int = Field(description="Port of the worker's gRPC health server.")
-    models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
+    models_dir: Path | None = Field(
+        None,
+        description="The local model cache the worker loads from, shared by every worker on it "
+        "(the EFS mount in production); PINGVAS_HOME/models. A model not in it is downloaded "
+        "from the models bucket, once across all of them.",
+    )
     device: str | None = Field(None, description="torch device; cuda when available, else cpu.")
     torch_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; on a CPU worker all cores but one when unset."

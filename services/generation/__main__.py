@@ -26,6 +26,7 @@ from services.common.settings import (
     MIN_STREAMS_PER_USER,
     GenerationSettings,
     JwksSettings,
+    ModelStoreSettings,
     ObjectStoreSettings,
     SchedulerSettings,
     WatchSettings,
@@ -38,6 +39,7 @@ from services.generation.delivery import Delivery
 from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub
 from services.generation.events import EventLog
 from services.generation.generations import Generations
+from services.generation.model_store import open_model_store
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
 from services.generation.runs import Runs
@@ -61,15 +63,20 @@ async def main() -> None:
     events = EventLog(redis)
     delivery = Delivery(queue, events)
     pricing = Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step)
+    object_store = ObjectStoreSettings()
     images, close_images = await open_image_store(
-        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
+        object_store, url_ttl_seconds=settings.image_url_ttl_seconds
     )
+    # The models the bucket's manifests list; a name not known yet makes the catalog read them again.
+    models, close_models = await open_model_store(object_store, settings.resolved_models_dir)
+    catalog = ModelCatalog(models, refresh_interval_seconds=ModelStoreSettings().catalog_refresh_seconds)
+    await catalog.refresh()
     acceptance = Acceptance(
         database=database,
         repository=repository,
         ledger=ledger,
         pricing=pricing,
-        catalog=ModelCatalog(settings.resolved_models_dir),
+        catalog=catalog,
         default_model=settings.default_model,
         queue=queue,
         events=events,
@@ -155,7 +162,7 @@ async def main() -> None:
             periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
             periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
         ],
-        cleanup=[hub.stop, database.close, redis.aclose, close_images],
+        cleanup=[hub.stop, database.close, redis.aclose, close_images, close_models],
     )
 
 
