@@ -58,6 +58,8 @@ CACHED_MANIFEST_NAME = ".pingvas-manifest.json"
 MANIFEST_FORMAT = 1
 # Read and hash in pieces this big: a few of them in memory, never a whole weights file.
 CHUNK_BYTES = 8 * 2**20
+# Files above this go up as multipart uploads of parts this big (S3's parts are 5 MiB to 5 GiB).
+UPLOAD_PART_BYTES = 64 * 2**20
 # A name is a directory of the cache and part of object keys.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -222,11 +224,17 @@ class PushReport:
 
 
 class ModelBucket:
-    """The models bucket, through one aiobotocore client."""
+    """The models bucket, through one aiobotocore client.
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    A file larger than `part_bytes` (at least 5 MiB, S3's smallest part) is pushed as a multipart
+    upload of parts that size: one PUT
+    takes at most 5 GiB (an SDXL UNet is more), and a part at a time keeps the memory bounded.
+    """
+
+    def __init__(self, client: Any, bucket: str, *, part_bytes: int = UPLOAD_PART_BYTES) -> None:
         self.client = client
         self.bucket = bucket
+        self.part_bytes = part_bytes
 
     async def manifests(self) -> list[ModelManifest]:
         """Every model's manifest, by key order. A malformed manifest is skipped and logged."""
@@ -275,10 +283,7 @@ class ModelBucket:
                 if await self._holds(key, file):
                     unchanged += 1
                     continue
-                body = await asyncio.to_thread((directory / file.path).read_bytes)
-                await self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, Metadata={"sha256": file.sha256}
-                )
+                await self._upload(directory / file.path, key, file)
                 uploaded += 1
             await self.client.put_object(
                 Bucket=self.bucket,
@@ -289,6 +294,34 @@ class ModelBucket:
         except (BotoCoreError, ClientError) as error:
             raise ObjectStoreUnavailable(f"pushing to s3://{self.bucket} failed: {error!r}") from error
         return PushReport(manifest, uploaded=uploaded, unchanged=unchanged)
+
+    async def _upload(self, path: Path, key: str, file: ModelFile) -> None:
+        # The sha256 rides along as metadata, so a push again can tell an unchanged file by a HEAD.
+        metadata = {"sha256": file.sha256}
+        if file.size <= self.part_bytes:
+            body = await asyncio.to_thread(path.read_bytes)
+            await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata)
+            return
+        upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata)
+        upload_id = upload["UploadId"]
+        try:
+            parts: list[dict[str, Any]] = []
+            with path.open("rb") as source:
+                while chunk := await asyncio.to_thread(source.read, self.part_bytes):
+                    number = len(parts) + 1
+                    reply = await self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    )
+                    parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+            await self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            # An abandoned upload's parts would cost storage until the bucket's lifecycle rule
+            # aborts it (7 days); abort it now.
+            with contextlib.suppress(BotoCoreError, ClientError):
+                await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
 
     async def _holds(self, key: str, file: ModelFile) -> bool:
         try:

@@ -311,3 +311,36 @@ def test_a_model_pushed_while_the_mesh_runs_generates_without_a_restart(
         time.sleep(0.05)
     assert state["state"] == "GENERATION_STATE_SUCCEEDED", state
     assert (models_dir / name / CACHED_MANIFEST_NAME).is_file()
+
+
+async def test_a_file_larger_than_a_part_is_pushed_in_parts_and_fetched_whole(
+    mesh: RunningMesh, models_dir: Path, tmp_path: Path
+) -> None:
+    name = f"multipart-{uuid.uuid4().hex[:8]}"
+    source = tmp_path / "source" / name
+    shutil.copytree(models_dir / "tiny-sd", source, ignore=shutil.ignore_patterns(".*"))
+    # S3's smallest part is 5 MiB: a file of two and a bit parts.
+    part_bytes = 5 * 2**20
+    large = source / "extra" / "large.bin"
+    large.parent.mkdir()
+    large.write_bytes(os.urandom(2 * part_bytes + 4096))
+    cache_dir = tmp_path / "cache"
+
+    async with open_s3_client(object_store_settings(mesh)) as client:
+        parts: Counter[str] = Counter()
+
+        def count(params: dict[str, Any], **_: Any) -> None:
+            parts[params["Key"]] += 1
+
+        client.meta.events.register("provide-client-params.s3.UploadPart", count)
+        bucket = ModelBucket(client, MODELS_BUCKET, part_bytes=part_bytes)
+        first = await bucket.push(source, name)
+        again = await bucket.push(source, name)
+        store = ModelStore(bucket, ModelCache(cache_dir, bucket))
+        infos = await store.read_models()
+        await store.ensure_cached(infos[name])
+
+    assert parts == {f"sd15/{name}/extra/large.bin": 3}
+    files = len(first.manifest.files)
+    assert (first.uploaded, again.uploaded, again.unchanged) == (files, 0, files)
+    assert (cache_dir / name / "extra" / "large.bin").read_bytes() == large.read_bytes()
