@@ -227,8 +227,8 @@ class ModelBucket:
     """The models bucket, through one aiobotocore client.
 
     A file larger than `part_bytes` (at least 5 MiB, S3's smallest part) is pushed as a multipart
-    upload of parts that size: one PUT
-    takes at most 5 GiB (an SDXL UNet is more), and a part at a time keeps the memory bounded.
+    upload of parts that size: one PUT takes at most 5 GiB, and a part at a time keeps the
+    memory bounded.
     """
 
     def __init__(self, client: Any, bucket: str, *, part_bytes: int = UPLOAD_PART_BYTES) -> None:
