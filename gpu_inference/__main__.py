@@ -51,10 +51,11 @@ async def main() -> None:
     failpoints = Failpoints(redis, settings.failpoints) if settings.failpoints else None
     object_store = ObjectStoreSettings()
     # The bucket's models, fetched into the shared cache once across every worker using it.
+    model_store = ModelStoreSettings()
     models, close_models = await open_model_store(
-        object_store, settings.resolved_models_dir, failpoints=failpoints
+        object_store, settings.resolved_models_dir, transfers=model_store, failpoints=failpoints
     )
-    catalog = ModelCatalog(models, refresh_interval_seconds=ModelStoreSettings().catalog_refresh_seconds)
+    catalog = ModelCatalog(models, refresh_interval_seconds=model_store.catalog_refresh_seconds)
     await catalog.refresh()
     registry = ModelRegistry(
         catalog,

@@ -36,7 +36,7 @@ from gpu_inference.inference import (
     TextToImageResult,
     run_text_to_image_batch,
 )
-from gpu_inference.registry import ModelRegistry, UnknownModelError
+from gpu_inference.registry import LoadedModel, ModelRegistry, UnknownModelError
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import (
     PNG_CONTENT_TYPE,
@@ -436,7 +436,7 @@ class Worker:
             first.steps,
         )
         try:
-            model = await self.registry.acquire(first.model)
+            model = await self._acquire_holding_leases(first.model, members)
         except UnknownModelError:
             missing = Failure.report(
                 FailureCode.MODEL_NOT_INSTALLED,
@@ -528,6 +528,33 @@ class Worker:
         return [
             (relay.record, results[index]) for index, relay in enumerate(relays) if index not in batch.left
         ]
+
+    async def _acquire_holding_leases(self, name: str, members: Sequence[Member]) -> LoadedModel:
+        """The model from the registry, the members' leases renewed meanwhile: its first use on
+        this machine may download it into the cache and load it, which can take far longer than
+        a lease, and the jobs must not be redelivered to workers that would only wait for the
+        same download."""
+        acquiring = asyncio.ensure_future(self.registry.acquire(name))
+        try:
+            while True:
+                done, _ = await asyncio.wait([acquiring], timeout=self.lease_seconds / 3)
+                if done:
+                    return acquiring.result()
+                for member in members:
+                    generation_id = member.claim.generation_id
+                    try:
+                        if not await self.queue.renew_lease(
+                            generation_id, self.worker_id, self.lease_seconds
+                        ):
+                            log.warning(
+                                "lost the lease on %s while model %s was acquired", generation_id, name
+                            )
+                    except Exception:
+                        # Redis away: the lease lapses and the job is redelivered, as mid-run.
+                        log.warning("renewing the lease on %s failed", generation_id, exc_info=True)
+        finally:
+            # The registry's load goes on for the other waiters; only this wait ends.
+            acquiring.cancel()
 
     async def _requeue(self, records: Sequence[GenerationRecord], failure: Failure | None) -> None:
         """Give the jobs back to the queue; a `failure` counts the attempt towards dead-lettering,

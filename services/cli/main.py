@@ -258,7 +258,7 @@ def _models_dir(args: argparse.Namespace) -> Path:
 def _cmd_models_push(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from services.common.settings import ObjectStoreSettings
+    from services.common.settings import ModelStoreSettings, ObjectStoreSettings
     from services.common.storage import ObjectStoreUnavailable
     from services.generation.model_store import ModelStoreError, open_model_store
 
@@ -272,7 +272,7 @@ def _cmd_models_push(args: argparse.Namespace) -> int:
     ]
 
     async def run() -> int:
-        store, close = await open_model_store(settings, _models_dir(args))
+        store, close = await open_model_store(settings, _models_dir(args), transfers=ModelStoreSettings())
         try:
             if args.if_bucket_empty and not await store.bucket.is_empty():
                 print(f"s3://{settings.models_bucket} already holds models; pushed nothing")
@@ -301,7 +301,7 @@ def _cmd_models_push(args: argparse.Namespace) -> int:
 def _cmd_models_list(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from services.common.settings import ObjectStoreSettings
+    from services.common.settings import ModelStoreSettings, ObjectStoreSettings
     from services.common.storage import ObjectStoreUnavailable
     from services.generation.model_store import open_model_store
 
@@ -309,7 +309,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     settings = ObjectStoreSettings()
 
     async def run() -> int:
-        store, close = await open_model_store(settings, _models_dir(args))
+        store, close = await open_model_store(settings, _models_dir(args), transfers=ModelStoreSettings())
         try:
             manifests = {manifest.name: manifest for manifest in await store.bucket.manifests()}
         except (ObjectStoreUnavailable, BotoCoreError, ClientError) as error:

@@ -172,6 +172,18 @@ class ModelStoreSettings(BaseSettings):
         "pushed while the mesh runs is served at once, and a flood of unknown names costs one "
         "read per interval.",
     )
+    # A model's files are large and their transfer holds no job's lease (a worker renews the
+    # leases of the jobs waiting for it), so they get more patience than one image's store.
+    read_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long S3 may take to answer one read of a model transfer (a push, a "
+        "manifest, a piece of a download) before the attempt fails; PINGVAS_S3_READ_TIMEOUT_SECONDS "
+        "is for images.",
+    )
+    max_attempts: int = Field(
+        5, ge=1, description="Attempts of one S3 call of a model transfer before it fails."
+    )
 
 
 class SchedulerSettings(BaseSettings):

@@ -68,8 +68,11 @@ async def main() -> None:
         object_store, url_ttl_seconds=settings.image_url_ttl_seconds
     )
     # The models the bucket's manifests list; a name not known yet makes the catalog read them again.
-    models, close_models = await open_model_store(object_store, settings.resolved_models_dir)
-    catalog = ModelCatalog(models, refresh_interval_seconds=ModelStoreSettings().catalog_refresh_seconds)
+    model_store = ModelStoreSettings()
+    models, close_models = await open_model_store(
+        object_store, settings.resolved_models_dir, transfers=model_store
+    )
+    catalog = ModelCatalog(models, refresh_interval_seconds=model_store.catalog_refresh_seconds)
     await catalog.refresh()
     acceptance = Acceptance(
         database=database,

@@ -46,7 +46,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.common.failpoints import Failpoint, Failpoints
-from services.common.settings import ObjectStoreSettings
+from services.common.settings import ModelStoreSettings, ObjectStoreSettings
 from services.common.storage import ObjectStoreUnavailable, open_s3_client
 from services.generation.catalog import ModelInfo, read_model, size_range
 
@@ -424,10 +424,20 @@ class ModelCache:
         locks = self.cache_dir / ".locks"
         await asyncio.to_thread(locks.mkdir, parents=True, exist_ok=True)
         descriptor = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # flock, not fcntl's record locks: it excludes other descriptors of this process too.
+        # Waiting runs in a thread; the event loop goes on meanwhile.
+        acquiring = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX))
         try:
-            # flock, not fcntl's record locks: it excludes other descriptors of this process too.
-            # Waiting runs in a thread; the event loop goes on meanwhile.
-            await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The thread still waits on the descriptor: close it (and so release the lock, if it
+            # gets it) only when that wait ends, never under it.
+            acquiring.add_done_callback(lambda _: os.close(descriptor))
+            raise
+        except BaseException:
+            os.close(descriptor)
+            raise
+        try:
             yield
         finally:
             os.close(descriptor)  # releases the lock
@@ -446,8 +456,12 @@ class ModelCache:
         return False
 
     def _partials(self, name: str) -> list[Path]:
+        """What downloads of this model (and none other: names may hold dots) left staged."""
         partial = self.cache_dir / ".partial"
-        return list(partial.glob(f"{name}.*")) if partial.is_dir() else []
+        if not partial.is_dir():
+            return []
+        staged = re.compile(re.escape(name) + r"\.(stale-)?[0-9a-f]{32}")
+        return [path for path in partial.iterdir() if staged.fullmatch(path.name)]
 
     async def _download(self, manifest: ModelManifest, target: Path) -> None:
         staging = self.cache_dir / ".partial" / f"{manifest.name}.{uuid.uuid4().hex}"
@@ -584,10 +598,21 @@ class ModelStore:
 
 
 async def open_model_store(
-    settings: ObjectStoreSettings, cache_dir: Path, *, failpoints: Failpoints | None = None
+    settings: ObjectStoreSettings,
+    cache_dir: Path,
+    *,
+    transfers: ModelStoreSettings,
+    failpoints: Failpoints | None = None,
 ) -> tuple[ModelStore, Callable[[], Awaitable[None]]]:
-    """The models bucket and the cache for a process's lifetime, and what closes its client."""
+    """The models bucket and the cache for a process's lifetime, and what closes its client.
+    Its S3 calls take the model store's timeouts, not the images'."""
     stack = contextlib.AsyncExitStack()
-    client = await stack.enter_async_context(open_s3_client(settings))
+    patient = settings.model_copy(
+        update={
+            "read_timeout_seconds": transfers.read_timeout_seconds,
+            "max_attempts": transfers.max_attempts,
+        }
+    )
+    client = await stack.enter_async_context(open_s3_client(patient))
     bucket = ModelBucket(client, settings.models_bucket)
     return ModelStore(bucket, ModelCache(cache_dir, bucket, failpoints=failpoints)), stack.aclose

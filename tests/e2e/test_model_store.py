@@ -311,6 +311,8 @@ def test_a_model_pushed_while_the_mesh_runs_generates_without_a_restart(
         time.sleep(0.05)
     assert state["state"] == "GENERATION_STATE_SUCCEEDED", state
     assert (models_dir / name / CACHED_MANIFEST_NAME).is_file()
+    # The cache is the session's models folder: meshes started later would push it too.
+    shutil.rmtree(models_dir / name)
 
 
 async def test_a_file_larger_than_a_part_is_pushed_in_parts_and_fetched_whole(

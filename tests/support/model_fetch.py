@@ -17,7 +17,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from services.common.failpoints import Failpoint, Failpoints
-from services.common.settings import ObjectStoreSettings
+from services.common.settings import ModelStoreSettings, ObjectStoreSettings
 from services.generation.model_store import open_model_store
 
 
@@ -26,6 +26,7 @@ async def fetch(name: str, cache_dir: Path) -> int:
     store, close = await open_model_store(
         ObjectStoreSettings(),
         cache_dir,
+        transfers=ModelStoreSettings(),
         failpoints=Failpoints(redis, frozenset({Failpoint.PARK_MID_DOWNLOAD})),
     )
     try:
