@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any, Protocol, TypeVar
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# What a model may be called: its name is a directory of the cache and part of object keys.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _SIZE_MULTIPLE = 8  # Latent pixels cover 8x8 image pixels; sizes off this grid cannot be generated.
 
@@ -106,7 +110,8 @@ class ModelCatalog:
     async def get(self, name: str) -> ModelInfo | None:
         """The model called `name`, or None when the source does not hold it either."""
         info = self._models.get(name)
-        if info is None:
+        if info is None and MODEL_NAME.fullmatch(name):
+            # A name no model can have costs no read.
             await self._refresh_after(time.monotonic())
             info = self._models.get(name)
         return info

@@ -48,7 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.settings import ModelStoreSettings, ObjectStoreSettings
 from services.common.storage import ObjectStoreUnavailable, open_s3_client
-from services.generation.catalog import ModelInfo, read_model, size_range
+from services.generation.catalog import MODEL_NAME, ModelInfo, read_model, size_range
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ MANIFEST_FORMAT = 1
 CHUNK_BYTES = 8 * 2**20
 # Files above this go up as multipart uploads of parts this big (S3's parts are 5 MiB to 5 GiB).
 UPLOAD_PART_BYTES = 64 * 2**20
-# A name is a directory of the cache and part of object keys.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ModelStoreError(Exception):
@@ -158,7 +156,7 @@ class ModelManifest:
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed manifest: {error!r}") from None
-        if not MODEL_NAME.match(manifest.name) or not MODEL_NAME.match(manifest.family):
+        if not MODEL_NAME.fullmatch(manifest.name) or not MODEL_NAME.fullmatch(manifest.family):
             raise ValueError(f"unsafe model name or family {manifest.name!r}/{manifest.family!r}")
         for file in manifest.files:
             _check_relative_path(file.path)
@@ -193,7 +191,7 @@ def _sha256_of(path: Path) -> str:
 def manifest_of_directory(directory: Path, name: str) -> ModelManifest:
     """The manifest of the diffusers model in `directory`, to be pushed as `name`. Reads every
     file (for its sha256); run it off the event loop."""
-    if not MODEL_NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise ModelStoreError(
             f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 128, "
             "starting with a letter or digit)"

@@ -101,6 +101,9 @@ async def test_a_flood_of_unknown_names_costs_one_read_and_a_model_added_before_
 
     assert answers == [None] * 50
     assert source.reads == 2  # the start's read, then one read shared by all fifty misses
+    # A name no model can have is refused without a read.
+    assert await catalog.get("../../etc/passwd") is None
+    assert source.reads == 2
 
     # Added within the interval after the last read: the request waits for a read that starts
     # after it arrived, so it finds the model.
