@@ -105,7 +105,7 @@ from gpu_inference.inference import (  # noqa: E402
 )
 from gpu_inference.registry import LoadedModel, ModelRegistry  # noqa: E402
 from gpu_inference.tiny import byte_to_unicode  # noqa: E402
-from services.generation.catalog import ModelCatalog  # noqa: E402
+from services.generation.catalog import ModelCatalog, ModelFolder  # noqa: E402
 
 # --- Stable Diffusion 1.5, as published (runwayml/stable-diffusion-v1-5, diffusers format) ---------
 
@@ -703,7 +703,9 @@ def measure_compiled(
     finally:
         bare.unet = eager_unet
     name = compiled_worker_name(mode)
-    registry = ModelRegistry(ModelCatalog(args.model_dir), device=str(bench.device), compile_mode=mode)
+    registry = ModelRegistry(
+        ModelCatalog(ModelFolder(args.model_dir)), device=str(bench.device), compile_mode=mode
+    )
     try:
         model = asyncio.run(registry.acquire(model_name))
         for batch in batches:
@@ -811,7 +813,7 @@ def main() -> None:
 
     # The worker path: catalog + registry, exactly as the worker loads a model.
     log("loading through ModelCatalog + ModelRegistry")
-    registry = ModelRegistry(ModelCatalog(args.model_dir), device=str(device))
+    registry = ModelRegistry(ModelCatalog(ModelFolder(args.model_dir)), device=str(device))
     model = asyncio.run(registry.acquire(model_name))
     # The bare path: diffusers' defaults on the same directory and dtype.
     log("loading the bare pipeline")

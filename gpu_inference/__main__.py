@@ -18,12 +18,18 @@ from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.failpoints import Failpoints
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import ObjectStoreSettings, SchedulerSettings, WorkerSettings
+from services.common.settings import (
+    ModelStoreSettings,
+    ObjectStoreSettings,
+    SchedulerSettings,
+    WorkerSettings,
+)
 from services.common.startup import enforce_environment, load_settings
 from services.common.storage import open_image_store
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog
+from services.generation.model_store import open_model_store
 from services.generation.queue import SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRepository
 from services.generation.runs import Runs
@@ -42,13 +48,22 @@ async def main() -> None:
     )
     await enforce_environment(settings, database, component=f"worker {worker_id}")
     redis = Redis.from_url(settings.redis_url)
-    catalog = ModelCatalog(settings.resolved_models_dir)
+    failpoints = Failpoints(redis, settings.failpoints) if settings.failpoints else None
+    object_store = ObjectStoreSettings()
+    # The bucket's models, fetched into the shared cache once across every worker using it.
+    model_store = ModelStoreSettings()
+    models, close_models = await open_model_store(
+        object_store, settings.resolved_models_dir, transfers=model_store, failpoints=failpoints
+    )
+    catalog = ModelCatalog(models, refresh_interval_seconds=model_store.catalog_refresh_seconds)
+    await catalog.refresh()
     registry = ModelRegistry(
         catalog,
         device=settings.device,
         memory_budget_bytes=settings.memory_budget_bytes,
         pinned=settings.preload_models,
         compile_mode=settings.compile_mode,
+        ensure_cached=models.ensure_cached,
     )
     threads = configure_cpu_threads(registry.device, settings.torch_threads)
     max_batch = settings.resolved_max_batch(registry.device.type)
@@ -60,7 +75,7 @@ async def main() -> None:
         max_batch,
     )
     images, close_images = await open_image_store(
-        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds
+        object_store, url_ttl_seconds=settings.image_url_ttl_seconds
     )
     queue = TierQueue(redis)
     events = EventLog(redis)
@@ -90,7 +105,7 @@ async def main() -> None:
         lease_seconds=scheduler.lease_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         max_batch=max_batch,
-        failpoints=Failpoints(redis, settings.failpoints) if settings.failpoints else None,
+        failpoints=failpoints,
     )
     server = GrpcServer(host=settings.health_host, port=settings.health_port)
 
@@ -105,7 +120,7 @@ async def main() -> None:
         grace=1.0,
         background=[worker.run],
         drain_seconds=settings.shutdown_grace_seconds,
-        cleanup=[database.close, redis.aclose, close_images],
+        cleanup=[database.close, redis.aclose, close_images, close_models],
     )
 
 

@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,12 @@ class ModelRegistry:
         on_load: Callable[[str, float], None] | None = None,
         on_evict: Callable[[str], None] | None = None,
         compile_mode: str | None = None,
+        ensure_cached: Callable[[ModelInfo], Awaitable[None]] | None = None,
     ) -> None:
         self._catalog = catalog
+        # Makes a model's files present at its path before it loads (the model store's fetch
+        # into the cache); None when the catalog reads a folder that already holds them.
+        self._ensure_cached = ensure_cached
         # torch.compile mode for each loaded UNet, or None for eager. "reduce-overhead" (CUDA
         # graphs) removes the kernel-launch cost that bounds SD1.5 at batch 1 on a big GPU, but
         # compiles each new shape (batch size, resolution) on first use, tens of seconds each.
@@ -173,10 +177,12 @@ class ModelRegistry:
 
     async def _load(self, name: str) -> LoadedModel:
         try:
-            # A miss may rescan the models folder; keep that file I/O off the event loop.
-            info = await asyncio.to_thread(self._catalog.get, name)
+            info = await self._catalog.get(name)
             if info is None:
                 raise UnknownModelError(name)
+            if self._ensure_cached is not None:
+                # Before the load lock: a download must not hold up loads of cached models.
+                await self._ensure_cached(info)
             async with self._load_lock:
                 expected_bytes = await asyncio.to_thread(estimate_weight_bytes, info.path, self._dtype)
                 self._evict_to_fit(expected_bytes)

@@ -37,7 +37,7 @@ from gpu_inference.inference import (
     TextToImageResult,
     run_text_to_image_batch,
 )
-from gpu_inference.registry import ModelRegistry, UnknownModelError
+from gpu_inference.registry import LoadedModel, ModelRegistry, UnknownModelError
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import (
     PNG_CONTENT_TYPE,
@@ -47,6 +47,7 @@ from services.common.storage import (
 )
 from services.gallery.repository import StoredImage
 from services.generation.failures import Failure, FailureCode
+from services.generation.model_store import ModelDownloadFailed
 from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
 from services.generation.runs import Runs, WorkResult
@@ -446,7 +447,7 @@ class Worker:
             first.steps,
         )
         try:
-            model = await self.registry.acquire(first.model)
+            model = await self._acquire_holding_leases(first.model, members)
         except UnknownModelError:
             missing = Failure.report(
                 FailureCode.MODEL_NOT_INSTALLED,
@@ -456,6 +457,12 @@ class Worker:
             )
             for record in records:
                 await self.runs.finish_failed(record, missing)
+            return []
+        except ModelDownloadFailed as error:
+            undownloadable = Failure.report(
+                FailureCode.MODEL_DOWNLOAD_FAILED, _run_labels(records), str(error), logger=log
+            )
+            await self._requeue(records, undownloadable)
             return []
         except Exception:
             unloadable = Failure.report(
@@ -536,6 +543,33 @@ class Worker:
         return [
             (relay.record, results[index]) for index, relay in enumerate(relays) if index not in batch.left
         ]
+
+    async def _acquire_holding_leases(self, name: str, members: Sequence[Member]) -> LoadedModel:
+        """The model from the registry, the members' leases renewed meanwhile: its first use on
+        this machine may download it into the cache and load it, which can take far longer than
+        a lease, and the jobs must not be redelivered to workers that would only wait for the
+        same download."""
+        acquiring = asyncio.ensure_future(self.registry.acquire(name))
+        try:
+            while True:
+                done, _ = await asyncio.wait([acquiring], timeout=self.lease_seconds / 3)
+                if done:
+                    return acquiring.result()
+                for member in members:
+                    generation_id = member.claim.generation_id
+                    try:
+                        if not await self.queue.renew_lease(
+                            generation_id, self.worker_id, self.lease_seconds
+                        ):
+                            log.warning(
+                                "lost the lease on %s while model %s was acquired", generation_id, name
+                            )
+                    except Exception:
+                        # Redis away: the lease lapses and the job is redelivered, as mid-run.
+                        log.warning("renewing the lease on %s failed", generation_id, exc_info=True)
+        finally:
+            # The registry's load goes on for the other waiters; only this wait ends.
+            acquiring.cancel()
 
     async def _requeue(self, records: Sequence[GenerationRecord], failure: Failure | None) -> None:
         """Give the jobs back to the queue; a `failure` counts the attempt towards dead-lettering,

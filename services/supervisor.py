@@ -1,7 +1,9 @@
 """`pingvas up`: the whole mesh on one machine, supervised.
 
 Starts PostgreSQL, Redis and SeaweedFS, the S3 server (embedded unless PINGVAS_ADMIN_DATABASE_URL /
-REDIS_URL / S3_ENDPOINT_URL point elsewhere), configures the buckets (`pingvas storage init`), provisions the environment's database roles and applies migrations as its owner,
+REDIS_URL / S3_ENDPOINT_URL point elsewhere), configures the buckets (`pingvas storage init`),
+in dev pushes the local models into an empty models bucket (`pingvas models push`), provisions
+the environment's database roles and applies migrations as its owner,
 starts each service and the GPU workers as their own processes, then Envoy. It logs each
 component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
 
@@ -271,6 +273,8 @@ class Mesh:
         if options.s3_endpoint_url is None:
             storage_env = self._start_seaweedfs()
         self._init_storage(storage_env)
+        if options.env == "dev":
+            self._seed_models(storage_env)
 
         log.info("provisioning the roles of schema %s", options.db_schema)
         urls = asyncio.run(
@@ -411,6 +415,33 @@ class Mesh:
             raise RuntimeError(f"pingvas storage init failed:\n{result.stdout}{result.stderr}")
         for line in result.stdout.splitlines():
             log.info("storage init: %s", line)
+
+    def _seed_models(self, storage_env: dict[str, str]) -> None:
+        """In dev, the models of the local models directory (the tiny ones `pingvas models
+        create-tiny` builds) go into an empty models bucket with `pingvas models push`, as an
+        operator pushes production's: so the laptop serves models the way production does, from
+        the bucket through the cache (which is that same directory)."""
+        models_dir = Path(os.environ.get("PINGVAS_MODELS_DIR") or self.home / "models")
+        candidates = sorted(models_dir.iterdir()) if models_dir.is_dir() else []
+        directories = [
+            str(path)
+            for path in candidates
+            if not path.name.startswith(".") and (path / "model_index.json").is_file()
+        ]
+        if not directories:
+            log.info("no models in %s to push into the models bucket", models_dir)
+            return
+        result = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "models", "push", "--if-bucket-empty", *directories],
+            env=self._child_env(storage_env),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pingvas models push failed:\n{result.stdout}{result.stderr}")
+        for line in result.stdout.splitlines():
+            log.info("models push: %s", line)
 
     def _start_infrastructure(self, server: object) -> None:
         process = server.start()  # type: ignore[attr-defined]

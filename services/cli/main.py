@@ -251,6 +251,96 @@ def _cmd_models_create_tiny(args: argparse.Namespace) -> int:
     return subprocess.run([sys.executable, "-m", "gpu_inference.tiny", str(models_dir)]).returncode
 
 
+def _models_dir(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "dir", None) or os.environ.get("PINGVAS_MODELS_DIR") or _home() / "models")
+
+
+def _cmd_models_push(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from services.common.settings import ModelStoreSettings, ObjectStoreSettings
+    from services.common.storage import ObjectStoreUnavailable
+    from services.generation.model_store import ModelStoreError, open_model_store
+
+    if args.name and len(args.directories) > 1:
+        print("pingvas: --name names one model; push one directory with it", file=sys.stderr)
+        return 2
+    os.environ.update(_object_store_env())
+    settings = ObjectStoreSettings()
+    models = [
+        (Path(directory), args.name or Path(directory).resolve().name) for directory in args.directories
+    ]
+
+    async def run() -> int:
+        store, close = await open_model_store(settings, _models_dir(args), transfers=ModelStoreSettings())
+        try:
+            if args.if_bucket_empty and not await store.bucket.is_empty():
+                print(f"s3://{settings.models_bucket} already holds models; pushed nothing")
+                return 0
+            for directory, name in models:
+                report = await store.bucket.push(directory, name)
+                manifest = report.manifest
+                print(
+                    f"pushed {name} ({manifest.family}, {len(manifest.files)} files, "
+                    f"{manifest.total_bytes / 2**20:.1f} MiB) to s3://{settings.models_bucket}/{manifest.prefix}: "
+                    f"{report.uploaded} uploaded, {report.unchanged} unchanged"
+                )
+        except ModelStoreError as error:
+            print(f"pingvas: {error}", file=sys.stderr)
+            return 2
+        except (ObjectStoreUnavailable, BotoCoreError, ClientError) as error:
+            print(f"pingvas: models push failed: {error}", file=sys.stderr)
+            return 1
+        finally:
+            await close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from services.common.settings import ModelStoreSettings, ObjectStoreSettings
+    from services.common.storage import ObjectStoreUnavailable
+    from services.generation.model_store import open_model_store
+
+    os.environ.update(_object_store_env())
+    settings = ObjectStoreSettings()
+
+    async def run() -> int:
+        store, close = await open_model_store(settings, _models_dir(args), transfers=ModelStoreSettings())
+        try:
+            manifests = {manifest.name: manifest for manifest in await store.bucket.manifests()}
+        except (ObjectStoreUnavailable, BotoCoreError, ClientError) as error:
+            print(f"pingvas: models list failed: {error}", file=sys.stderr)
+            return 1
+        finally:
+            await close()
+        cached = {model.name: model for model in store.cache.cached()}
+        print(f"bucket s3://{settings.models_bucket}: {len(manifests)} model(s)")
+        for name, manifest in sorted(manifests.items()):
+            state = "cached" if store.cache.holds(manifest) else "not cached"
+            print(
+                f"  {name}\t{manifest.family}\t{manifest.native_size}px\t{len(manifest.files)} files\t"
+                f"{manifest.total_bytes / 2**20:.1f} MiB\t{state}"
+            )
+        print(f"cache {store.cache.cache_dir}: {len(cached)} model(s)")
+        for name, model in sorted(cached.items()):
+            if name not in manifests:
+                state = "not in the bucket"
+            elif store.cache.holds(manifests[name]):
+                state = "current"
+            elif model.complete:
+                state = "another version: replaced at its next fetch"
+            else:
+                state = "put there by hand: adopted at its next fetch if its files match"
+            print(f"  {name}\t{state}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def _cmd_proto_generate(_args: argparse.Namespace) -> int:
     from services.cli import codegen
 
@@ -442,11 +532,31 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("id", type=int, help="the delivery's id, as listed")
     billing.set_defaults(handler=_cmd_billing)
 
-    models = commands.add_parser("models", help="manage local models")
+    models = commands.add_parser("models", help="the model store: the models bucket and the local cache")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     tiny = model_commands.add_parser("create-tiny", help="build the tiny random-weight SD pipelines")
     tiny.add_argument("--dir", help="models directory (default PINGVAS_HOME/models)")
     tiny.set_defaults(handler=_cmd_models_create_tiny)
+    push = model_commands.add_parser(
+        "push",
+        help="upload diffusers model directories, each with its manifest, to the models bucket "
+        "(the running mesh's SeaweedFS unless S3_ENDPOINT_URL is set); safe to run again",
+    )
+    push.add_argument("directories", nargs="+", metavar="DIR", help="a diffusers model directory")
+    push.add_argument("--name", help="the model's name (default: the directory's name; one DIR only)")
+    push.add_argument(
+        "--if-bucket-empty",
+        action="store_true",
+        help="push only if the bucket holds no model yet (what `pingvas up` does in dev)",
+    )
+    push.set_defaults(handler=_cmd_models_push)
+    list_models = model_commands.add_parser(
+        "list", help="the models the bucket has and what the local cache holds"
+    )
+    list_models.add_argument(
+        "--dir", help="the cache directory (default PINGVAS_MODELS_DIR, PINGVAS_HOME/models)"
+    )
+    list_models.set_defaults(handler=_cmd_models_list)
 
     storage = commands.add_parser("storage", help="object storage (S3)")
     storage_commands = storage.add_subparsers(dest="storage_command", required=True)

@@ -8,10 +8,11 @@ pays one comparison per step. Disarmed, it pays only that comparison.
 
 Keys (the test and the worker are different processes; Redis is what they share):
 
-    failpoint:{name}                    HASH prompt -> step: jobs with this prompt park at
+    failpoint:{name}                    HASH subject -> step: jobs with this prompt park at
                                         `name` (after that step, for PARK_AFTER_STEP; the
-                                        store's failpoints ignore it). The test arms it before
-                                        it submits, so no job can get past it first
+                                        store's failpoints ignore it), downloads of this model
+                                        after that many files. The test arms it before it
+                                        starts them, so none can get past it first
     failpoint:{name}:{job}:parked       set while the job is parked, to the step it parked at
     failpoint:{name}:{job}:release      LIST: a push lets the parked job go on
 """
@@ -40,6 +41,8 @@ class Failpoint(StrEnum):
     PARK_BEFORE_STORE = "park_before_store"
     # The worker parks a job whose image objects are stored, before its success is recorded.
     PARK_BEFORE_RECORD = "park_before_record"
+    # A model download into the cache parks after that many files, holding the model's lock.
+    PARK_MID_DOWNLOAD = "park_mid_download"
 
 
 def armed_key(failpoint: Failpoint) -> str:
@@ -61,16 +64,17 @@ class Failpoints:
         self.redis = redis
         self.armed = armed
 
-    async def park_step(self, failpoint: Failpoint, prompt: str) -> int | None:
-        """After which step a job with this prompt parks; None when it does not."""
+    async def park_step(self, failpoint: Failpoint, subject: str) -> int | None:
+        """After which step a job with this prompt (or a download of this model) parks; None
+        when it does not."""
         if failpoint not in self.armed:
             return None
-        step = await self.redis.hget(armed_key(failpoint), prompt)
+        step = await self.redis.hget(armed_key(failpoint), subject)
         return int(step) if step is not None else None
 
-    async def parks(self, failpoint: Failpoint, prompt: str) -> bool:
-        """Whether a job with this prompt parks at `failpoint`."""
-        return await self.park_step(failpoint, prompt) is not None
+    async def parks(self, failpoint: Failpoint, subject: str) -> bool:
+        """Whether a job with this prompt (or a download of this model) parks at `failpoint`."""
+        return await self.park_step(failpoint, subject) is not None
 
     async def park(self, failpoint: Failpoint, job: str, step: int, interrupted: asyncio.Event) -> None:
         """Hold here until the test releases the job or its run is interrupted (cancel, lost

@@ -182,6 +182,34 @@ class ObjectStoreSettings(BaseSettings):
         }
 
 
+class ModelStoreSettings(BaseSettings):
+    """The model store: models in the models bucket (ObjectStoreSettings.models_bucket), read by
+    the catalog of the generation service and of each worker (services/generation/model_store.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_MODELS_", extra="ignore")
+
+    catalog_refresh_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Least time between two reads of the bucket's manifests. A request naming a "
+        "model the catalog does not know waits for the next read (at most this long), so a model "
+        "pushed while the mesh runs is served at once, and a flood of unknown names costs one "
+        "read per interval.",
+    )
+    # A model's files are large and their transfer holds no job's lease (a worker renews the
+    # leases of the jobs waiting for it), so they get more patience than one image's store.
+    read_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long S3 may take to answer one read of a model transfer (a push, a "
+        "manifest, a piece of a download) before the attempt fails; PINGVAS_S3_READ_TIMEOUT_SECONDS "
+        "is for images.",
+    )
+    max_attempts: int = Field(
+        5, ge=1, description="Attempts of one S3 call of a model transfer before it fails."
+    )
+
+
 class SchedulerSettings(BaseSettings):
     """The tier scheduler, shared by the generation service (admission, repair) and the workers
     (claiming). Maps are JSON in the environment, e.g. PINGVAS_SCHEDULER_AGING_SECONDS='{"free": 5}'."""
@@ -437,7 +465,12 @@ class UserSettings(ServerSettings):
 
 
 class GenerationSettings(ServerSettings):
-    models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
+    models_dir: Path | None = Field(
+        None,
+        description="The local model cache (the EFS mount in production); PINGVAS_HOME/models. "
+        "The generation service only names paths in it; the models themselves are the models "
+        "bucket's.",
+    )
     default_model: str = Field(DEFAULT_MODEL, description="The model used when a request names none.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="How often Redis is repaired from PG.")
     metrics_port: int | None = Field(
@@ -609,7 +642,12 @@ class WorkerSettings(CommonSettings):
     worker_id: str = Field("", description="Stable name of this worker; hostname-pid when empty.")
     health_host: str = Field("127.0.0.1", description="Address of the worker's gRPC health server.")
     health_port: int = Field(description="Port of the worker's gRPC health server.")
-    models_dir: Path | None = Field(None, description="Diffusers model directories; PINGVAS_HOME/models.")
+    models_dir: Path | None = Field(
+        None,
+        description="The local model cache the worker loads from, shared by every worker on it "
+        "(the EFS mount in production); PINGVAS_HOME/models. A model not in it is downloaded "
+        "from the models bucket, once across all of them.",
+    )
     device: str | None = Field(None, description="torch device; cuda when available, else cpu.")
     torch_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; on a CPU worker all cores but one when unset."

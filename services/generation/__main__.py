@@ -27,6 +27,7 @@ from services.common.settings import (
     CloudFrontSettings,
     GenerationSettings,
     JwksSettings,
+    ModelStoreSettings,
     ObjectStoreSettings,
     SchedulerSettings,
     WatchSettings,
@@ -39,6 +40,7 @@ from services.generation.delivery import Delivery
 from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub
 from services.generation.events import EventLog
 from services.generation.generations import Generations
+from services.generation.model_store import open_model_store
 from services.generation.queue import TierQueue
 from services.generation.queue_metrics import QueueDepthEndpoint
 from services.generation.repository import GenerationRepository
@@ -63,15 +65,23 @@ async def main() -> None:
     events = EventLog(redis)
     delivery = Delivery(queue, events)
     pricing = Pricing(settings.credits_per_gpu_second, settings.hold_seconds_per_step)
+    object_store = ObjectStoreSettings()
     images, close_images = await open_image_store(
-        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds, cloudfront=CloudFrontSettings()
+        object_store, url_ttl_seconds=settings.image_url_ttl_seconds, cloudfront=CloudFrontSettings()
     )
+    # The models the bucket's manifests list; a name not known yet makes the catalog read them again.
+    model_store = ModelStoreSettings()
+    models, close_models = await open_model_store(
+        object_store, settings.resolved_models_dir, transfers=model_store
+    )
+    catalog = ModelCatalog(models, refresh_interval_seconds=model_store.catalog_refresh_seconds)
+    await catalog.refresh()
     acceptance = Acceptance(
         database=database,
         repository=repository,
         ledger=ledger,
         pricing=pricing,
-        catalog=ModelCatalog(settings.resolved_models_dir),
+        catalog=catalog,
         default_model=settings.default_model,
         queue=queue,
         events=events,
@@ -147,7 +157,7 @@ async def main() -> None:
         await redis.ping()
 
     await hub.start()
-    cleanup = [hub.stop, database.close, redis.aclose, close_images]
+    cleanup = [hub.stop, database.close, redis.aclose, close_images, close_models]
     if settings.metrics_port is not None:
         depth_endpoint = QueueDepthEndpoint(queue, host=settings.host, port=settings.metrics_port)
         await depth_endpoint.start()

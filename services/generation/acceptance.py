@@ -95,13 +95,13 @@ class Acceptance:
         self.max_queue_depth = dict(max_queue_depth or {})
         self.max_live_per_user = dict(max_live_per_user or {})
 
-    def resolve(self, spec: GenerationSpec) -> tuple[ResolvedSpec, ModelInfo]:
+    async def resolve(self, spec: GenerationSpec) -> tuple[ResolvedSpec, ModelInfo]:
         """Apply defaults and the rules that depend on the model; field paths match the API."""
         violations = Violations()
         if not spec.prompt.strip():
             violations.add("generation.prompt", "must not be blank")
         model_name = spec.model or self.default_model
-        model = self.catalog.get(model_name)
+        model = await self.catalog.get(model_name)
         if model is None:
             known = ", ".join(self.catalog.names()) or "none installed"
             violations.add("generation.model", f"unknown model {model_name!r} (available: {known})")
@@ -140,7 +140,7 @@ class Acceptance:
     ) -> GenerationRecord:
         """Validate, then in one transaction insert the QUEUED job and hold its credits; then
         enqueue. A repeated `request_id` with the same parameters returns the first job."""
-        resolved, _model = self.resolve(spec)
+        resolved, _model = await self.resolve(spec)
         hold = self.pricing.hold_for(steps=resolved.steps, width=resolved.width, height=resolved.height)
         if request_id:
             existing = await self._same_request(user_id, request_id, resolved)

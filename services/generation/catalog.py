@@ -1,21 +1,31 @@
-"""The models the GPU workers can serve: diffusers directories under one models folder.
+"""The models the GPU workers can serve, and what the mesh knows about each without loading it.
 
 Generation-domain knowledge, shared by both sides: the generation service validates a request's
 model name and image size with it, and the workers find the models they load with it. Deliberately
 free of torch and diffusers, so the generation service stays a light process.
+
+Where the models come from is a `ModelSource`: the models bucket's manifests in every running
+process (`services/generation/model_store.py`), or a local folder of diffusers directories
+(`ModelFolder`) for tests and tools that use a cache directory directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# What a model may be called: its name is a directory of the cache and part of object keys.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _SIZE_MULTIPLE = 8  # Latent pixels cover 8x8 image pixels; sizes off this grid cannot be generated.
 
@@ -33,54 +43,117 @@ class ModelInfo:
     latent_channels: int
 
 
-class ModelCatalog:
-    """Finds diffusers models under `models_dir`; each `models_dir/<name>/model_index.json` is one.
+class ModelSource(Protocol):
+    """Where a catalog reads its models from."""
+
+    async def read_models(self) -> dict[str, ModelInfo]:
+        """Every model the source holds now, by name. Raises when the source cannot be read."""
+        ...
+
+
+class ModelFolder:
+    """Diffusers models under one local folder; each `folder/<name>/model_index.json` is one.
 
     A directory that is not a readable diffusers text-to-image model is skipped (and logged), never
     an error: the folder is shared with operators copying models in by hand.
     """
 
-    def __init__(self, models_dir: Path) -> None:
-        self._models_dir = models_dir
-        self._models: dict[str, ModelInfo] = {}
-        self.rescan()
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
 
-    @property
-    def models_dir(self) -> Path:
-        return self._models_dir
+    async def read_models(self) -> dict[str, ModelInfo]:
+        return await asyncio.to_thread(self.scan)
 
-    def get(self, name: str) -> ModelInfo | None:
-        """The model called `name`, or None.
-
-        An unknown name triggers a rescan, so a model dropped into the folder later is served
-        without a restart.
-        """
-        info = self._models.get(name)
-        if info is None:
-            self.rescan()
-            info = self._models.get(name)
-        return info
-
-    def names(self) -> list[str]:
-        """The names of the models found at the last scan, sorted."""
-        return sorted(self._models)
-
-    def rescan(self) -> None:
-        """Read the models folder again. Replaces the index in one assignment, so readers in other
-        threads see either the old or the new index, never a half-built one."""
+    def scan(self) -> dict[str, ModelInfo]:
         models: dict[str, ModelInfo] = {}
         try:
-            candidates = sorted(self._models_dir.iterdir())
+            candidates = sorted(self.folder.iterdir())
         except OSError as error:
-            logger.warning("cannot list models folder %s: %s", self._models_dir, error)
+            logger.warning("cannot list models folder %s: %s", self.folder, error)
             candidates = []
         for candidate in candidates:
             if candidate.name.startswith(".") or not candidate.is_dir():
                 continue
-            info = _read_model(candidate)
+            info = read_model(candidate)
             if info is not None:
                 models[info.name] = info
-        self._models = models
+        return models
+
+
+class ModelCatalog:
+    """The models of a `ModelSource`, read once at start (`refresh`) and again when a name it
+    does not know is asked for, so a model added later is served without a restart.
+
+    Misses are rate-limited: a miss waits for a read that starts after it arrived (so a model
+    pushed before the request is always seen), reads start at most once per
+    `refresh_interval_seconds`, and every miss waiting meanwhile shares the one read. A flood of
+    unknown names costs the source one read per interval, and each such request waits at most
+    that long.
+
+    All methods must be called from one event loop.
+    """
+
+    def __init__(self, source: ModelSource, *, refresh_interval_seconds: float = 0.0) -> None:
+        self._source = source
+        self._refresh_interval_seconds = refresh_interval_seconds
+        self._models: dict[str, ModelInfo] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+        # When the read in flight began reading (None while it waits for its turn), and when the
+        # last read began: the rate limit counts from there.
+        self._read_started: float | None = None
+        self._last_read_started = -float("inf")
+
+    @property
+    def source(self) -> ModelSource:
+        return self._source
+
+    async def get(self, name: str) -> ModelInfo | None:
+        """The model called `name`, or None when the source does not hold it either."""
+        info = self._models.get(name)
+        if info is None and MODEL_NAME.fullmatch(name):
+            # A name no model can have costs no read.
+            await self._refresh_after(time.monotonic())
+            info = self._models.get(name)
+        return info
+
+    def names(self) -> list[str]:
+        """The names of the models found at the last read, sorted."""
+        return sorted(self._models)
+
+    async def refresh(self) -> None:
+        """Read the source again now (subject to the rate limit). A source that cannot be read
+        leaves the index as it was, and is logged."""
+        await self._refresh_after(time.monotonic())
+
+    async def _refresh_after(self, asked_at: float) -> None:
+        while True:
+            task = self._refreshing
+            if task is None:
+                task = asyncio.create_task(self._read(), name="model catalog read")
+                self._refreshing = task
+            joinable = self._read_started is None or self._read_started >= asked_at
+            await asyncio.shield(task)
+            if joinable:
+                return
+
+    async def _read(self) -> None:
+        try:
+            wait = self._last_read_started + self._refresh_interval_seconds - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._read_started = self._last_read_started = time.monotonic()
+            try:
+                models = await self._source.read_models()
+            except Exception as error:
+                logger.warning(
+                    "cannot read the models of %r; keeping the last index: %s", self._source, error
+                )
+                return
+            # One assignment: readers see the old index or the new one, never a half-built one.
+            self._models = models
+        finally:
+            self._read_started = None
+            self._refreshing = None
 
 
 def size_range(native_size: int) -> tuple[int, int]:
@@ -94,7 +167,10 @@ def size_range(native_size: int) -> tuple[int, int]:
     return min_size, native_size * 2
 
 
-def _read_model(model_dir: Path) -> ModelInfo | None:
+def read_model(model_dir: Path, name: str | None = None) -> ModelInfo | None:
+    """What the mesh needs to know about the diffusers model in `model_dir` (called `name`, by
+    default the directory's name), from its configs alone; None when it is not a readable
+    diffusers text-to-image model (logged)."""
     try:
         index = _read_json_object(model_dir / "model_index.json")
         unet = _read_json_object(model_dir / "unet" / "config.json")
@@ -114,7 +190,7 @@ def _read_model(model_dir: Path) -> ModelInfo | None:
     native_size = sample_size * 2 ** (len(vae_blocks) - 1)
     min_size, max_size = size_range(native_size)
     return ModelInfo(
-        name=model_dir.name,
+        name=name or model_dir.name,
         family="sdxl" if "XL" in class_name else "sd15",
         path=model_dir,
         native_size=native_size,

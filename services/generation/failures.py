@@ -21,6 +21,9 @@ class FailureCode(enum.StrEnum):
 
     MODEL_NOT_INSTALLED = "MODEL_NOT_INSTALLED"
     MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    # The model could not be fetched from the models bucket into the cache (a file not matching
+    # its manifest's sha256, or the bucket unreachable).
+    MODEL_DOWNLOAD_FAILED = "MODEL_DOWNLOAD_FAILED"
     INFERENCE_FAILED = "INFERENCE_FAILED"
     WORKER_LOST = "WORKER_LOST"
     IMAGE_STORE_UNAVAILABLE = "IMAGE_STORE_UNAVAILABLE"
@@ -31,6 +34,7 @@ class FailureCode(enum.StrEnum):
 _SENTENCES = {
     FailureCode.MODEL_NOT_INSTALLED: "The model is not installed on the GPU workers.",
     FailureCode.MODEL_LOAD_FAILED: "The GPU workers could not load the model.",
+    FailureCode.MODEL_DOWNLOAD_FAILED: "The GPU workers could not download the model; no credits were charged.",
     FailureCode.INFERENCE_FAILED: "The GPU worker could not complete this generation.",
     FailureCode.WORKER_LOST: "The GPU worker running this generation stopped responding.",
     FailureCode.IMAGE_STORE_UNAVAILABLE: "The image was made but could not be stored; no credits were charged.",

@@ -13,7 +13,7 @@ import pytest
 
 from gpu_inference.registry import LoadedModel, ModelRegistry
 from gpu_inference.tiny import create_tiny_models
-from services.generation.catalog import ModelCatalog
+from services.generation.catalog import ModelCatalog, ModelFolder
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def catalog(models_dir: Path) -> ModelCatalog:
-    return ModelCatalog(models_dir)
+    return ModelCatalog(ModelFolder(models_dir))
 
 
 @pytest.fixture(scope="session")

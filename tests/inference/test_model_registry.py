@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpu_inference.registry import ModelRegistry, UnknownModelError, estimate_weight_bytes
-from services.generation.catalog import ModelCatalog
+from services.generation.catalog import ModelCatalog, ModelFolder
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +108,7 @@ async def test_evicts_the_least_recently_used_model_to_fit_the_budget(
 ) -> None:
     evicted: list[str] = []
     registry = ModelRegistry(
-        ModelCatalog(three_models_dir),
+        ModelCatalog(ModelFolder(three_models_dir)),
         device="cpu",
         memory_budget_bytes=int(model_bytes * 2.5),
         on_evict=evicted.append,
@@ -127,7 +127,7 @@ async def test_evicts_the_least_recently_used_model_to_fit_the_budget(
 
 async def test_never_evicts_a_pinned_model(three_models_dir: Path, model_bytes: int) -> None:
     registry = ModelRegistry(
-        ModelCatalog(three_models_dir),
+        ModelCatalog(ModelFolder(three_models_dir)),
         device="cpu",
         memory_budget_bytes=int(model_bytes * 1.5),
         pinned=["a"],
@@ -168,7 +168,7 @@ async def test_a_failed_load_is_reported_to_every_waiter_and_can_be_retried(
     shutil.copytree(models_dir / "tiny-sd", tmp_path / "broken")
     weights = tmp_path / "broken" / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(b"not a safetensors file")
-    registry = ModelRegistry(ModelCatalog(tmp_path), device="cpu")
+    registry = ModelRegistry(ModelCatalog(ModelFolder(tmp_path)), device="cpu")
 
     outcomes = await asyncio.gather(
         registry.acquire("broken"), registry.acquire("broken"), return_exceptions=True

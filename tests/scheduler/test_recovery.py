@@ -163,6 +163,9 @@ def test_a_poison_job_is_dead_lettered_and_its_hold_released(
     if not poisoned.exists():
         shutil.copytree(models_dir / "tiny-sd", poisoned)
         (poisoned / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
+    # Into the mesh's models bucket, as an operator would push it: the catalog serves what it holds.
+    pushed = scheduler_mesh.pingvas("models", "push", str(poisoned))
+    assert pushed.returncode == 0, pushed.stderr
     who = customer("pro")
     worker = workers("w-poison")
     job = submit(who, model="poison-sd")["id"]
