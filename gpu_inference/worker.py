@@ -365,11 +365,20 @@ class Worker:
             members.append(Member(record, claim))
         return await self._execute(members, stop) if members else []
 
-    async def _keep_lease(self, generation_id: uuid.UUID, on_loss: Callable[[], None]) -> None:
-        """Renew a job's lease until cancelled; call `on_loss` once if another worker has it now."""
+    async def _keep_lease(self, generation_id: uuid.UUID, on_loss: Callable[[], None] = lambda: None) -> None:
+        """Renew a job's lease until cancelled; call `on_loss` once if another worker has it now.
+        While Redis is away the renewals fail and the lease may lapse: the job is then
+        redelivered, and this attempt's fenced finish is refused."""
         while not _stop_requested():
             await asyncio.sleep(self.lease_seconds / 3)
-            if not await self.queue.renew_lease(generation_id, self.worker_id, self.lease_seconds):
+            try:
+                renewed = await self.queue.renew_lease(generation_id, self.worker_id, self.lease_seconds)
+            except Exception:
+                if _stop_requested():
+                    return
+                log.warning("renewing the lease on %s failed", generation_id, exc_info=True)
+                continue
+            if not renewed:
                 log.warning("lost the lease on %s", generation_id)
                 on_loss()
                 return
@@ -549,27 +558,14 @@ class Worker:
         this machine may download it into the cache and load it, which can take far longer than
         a lease, and the jobs must not be redelivered to workers that would only wait for the
         same download."""
-        acquiring = asyncio.ensure_future(self.registry.acquire(name))
+        keeping = [asyncio.create_task(self._keep_lease(member.claim.generation_id)) for member in members]
         try:
-            while True:
-                done, _ = await asyncio.wait([acquiring], timeout=self.lease_seconds / 3)
-                if done:
-                    return acquiring.result()
-                for member in members:
-                    generation_id = member.claim.generation_id
-                    try:
-                        if not await self.queue.renew_lease(
-                            generation_id, self.worker_id, self.lease_seconds
-                        ):
-                            log.warning(
-                                "lost the lease on %s while model %s was acquired", generation_id, name
-                            )
-                    except Exception:
-                        # Redis away: the lease lapses and the job is redelivered, as mid-run.
-                        log.warning("renewing the lease on %s failed", generation_id, exc_info=True)
+            # Cancelled, only this wait ends: the registry's load goes on for its other waiters.
+            return await self.registry.acquire(name)
         finally:
-            # The registry's load goes on for the other waiters; only this wait ends.
-            acquiring.cancel()
+            for task in keeping:
+                task.cancel()
+            await asyncio.gather(*keeping, return_exceptions=True)
 
     async def _requeue(self, records: Sequence[GenerationRecord], failure: Failure | None) -> None:
         """Give the jobs back to the queue; a `failure` counts the attempt towards dead-lettering,

@@ -116,9 +116,11 @@ class EmbeddedSeaweedFS:
                 f"-master.port={ports.master}",
                 f"-master.port.grpc={ports.master_grpc}",
                 f"-master.dir={self.data_dir / 'master'}",
-                # Small volumes, few of them: a laptop's images, not a data centre's.
+                # Small volumes, as many as the free disk holds (0: SeaweedFS counts them). Each
+                # bucket is a collection that grows 7 volumes at a time, so a fixed few would
+                # leave the fourth bucket unwritable.
                 "-master.volumeSizeLimitMB=256",
-                "-volume.max=16",
+                "-volume.max=0",
                 f"-volume.port={ports.volume}",
                 f"-volume.port.grpc={ports.volume_grpc}",
                 "-filer",

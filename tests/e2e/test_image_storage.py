@@ -156,6 +156,18 @@ def storage_state(mesh: RunningMesh) -> dict[str, dict[str, Any]]:
     return state
 
 
+def test_every_bucket_takes_writes_next_to_the_images_and_the_models(mesh: RunningMesh) -> None:
+    """Each bucket is a SeaweedFS collection with volumes of its own; the embedded server sizes
+    its volume count to the disk, so the last bucket written is not left without volumes."""
+    bucket = mesh.s3()
+    for name in BUCKETS:
+        key = f"probe/{uuid.uuid4().hex}"
+        bucket.put_object(Bucket=name, Key=key, Body=b"probe")
+        assert bucket.get_object(Bucket=name, Key=key)["Body"].read() == b"probe"
+        for version in bucket.list_object_versions(Bucket=name, Prefix=key).get("Versions", []):
+            bucket.delete_object(Bucket=name, Key=key, VersionId=version["VersionId"])
+
+
 def test_storage_init_twice_gives_the_same_state(mesh: RunningMesh) -> None:
     # `pingvas up` ran it once already; the command finds the mesh's SeaweedFS by itself.
     before = storage_state(mesh)
