@@ -149,6 +149,7 @@ async def _admin_api_keys(args: argparse.Namespace, database: Database, accounts
         )
         print(f"{RESOURCE_PREFIX}{created.key.id}\t{created.key.prefix}\t{','.join(created.key.scopes)}")
         print(f"secret (shown only now): {created.secret}")
+        print(f"webhook signing secret (shown only now): {created.webhook_signing_secret}")
     elif args.apikeys_command == "list":
         token = ""
         while True:

@@ -23,6 +23,7 @@ from services.user.api_keys import ApiKeys
 from services.user.oauth import OAuthSignIn, SignInAttempts
 from services.user.servicer import UserServicer
 from services.user.sessions import Sessions
+from services.webhooks.endpoints import WebhookUrlRules
 
 
 async def main() -> None:
@@ -73,7 +74,12 @@ async def main() -> None:
         server.server,
     )
     api_key_pb_grpc.add_ApiKeyServiceServicer_to_server(
-        ApiKeyServicer(ApiKeys(database), tokens, rate_limiter), server.server
+        ApiKeyServicer(
+            ApiKeys(database, webhook_rules=WebhookUrlRules.for_environment(settings.env)),
+            tokens,
+            rate_limiter,
+        ),
+        server.server,
     )
     server.add_services(
         [

@@ -1,4 +1,5 @@
-"""A user's API keys: create (the secret is returned once), list, revoke (migration 0010).
+"""A user's API keys: create (the secret and the webhook signing secret are returned once), list,
+revoke (migrations 0010, 0014).
 
 Keys are the user's own tenant data, reached only in the user's transaction, so another user's
 key is indistinguishable from one that does not exist. Revoking is a conditional UPDATE that sets
@@ -23,6 +24,7 @@ from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound, Violations
 from services.common.pagination import Position, decode_page_token, newest_first, page_limit, split_page
 from services.common.schema import api_keys
+from services.webhooks.endpoints import WebhookUrlRules, new_signing_secret
 
 RESOURCE_PREFIX = "apikeys/"
 
@@ -36,6 +38,7 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
+    default_webhook_url: str | None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> ApiKey:
@@ -47,6 +50,7 @@ class ApiKey:
             created_at=row.created_at,
             expires_at=row.expires_at,
             last_used_at=row.last_used_at,
+            default_webhook_url=row.default_webhook_url,
         )
 
 
@@ -55,6 +59,8 @@ class CreatedApiKey:
     key: ApiKey
     # Returned this once and never stored.
     secret: str
+    # Returned this once; stored, because signing needs it (an HMAC key cannot be a hash).
+    webhook_signing_secret: str
 
 
 def parse_key_name(name: str, field: str = "name") -> uuid.UUID:
@@ -79,6 +85,8 @@ class ApiKeyRepository:
         scopes: Sequence[str],
         secret: str,
         expires_at: datetime | None,
+        default_webhook_url: str | None,
+        webhook_signing_secret: str,
     ) -> ApiKey:
         row = (
             await conn.execute(
@@ -92,6 +100,8 @@ class ApiKeyRepository:
                     scopes=list(scopes),
                     created_at=sa.func.now(),
                     expires_at=expires_at,
+                    default_webhook_url=default_webhook_url,
+                    webhook_signing_secret=webhook_signing_secret,
                 )
                 .returning(api_keys)
             )
@@ -122,9 +132,17 @@ class ApiKeyRepository:
 
 
 class ApiKeys:
-    def __init__(self, database: Database, repository: ApiKeyRepository | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        repository: ApiKeyRepository | None = None,
+        *,
+        webhook_rules: WebhookUrlRules | None = None,
+    ) -> None:
         self.database = database
         self.repository = repository or ApiKeyRepository()
+        # None: no default webhook may be set (the admin CLI's keys).
+        self.webhook_rules = webhook_rules
 
     async def create(
         self,
@@ -133,6 +151,7 @@ class ApiKeys:
         display_name: str,
         scopes: Sequence[str],
         expires_at: datetime | None,
+        default_webhook_url: str = "",
         now: datetime | None = None,
     ) -> CreatedApiKey:
         violations = Violations()
@@ -145,8 +164,13 @@ class ApiKeys:
             violations.add("scopes", "is required")
         if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
             violations.add("expire_time", "must be in the future")
+        if default_webhook_url:
+            if self.webhook_rules is None:
+                violations.add("default_webhook_url", "cannot be set here")
+            else:
+                self.webhook_rules.check(default_webhook_url, "default_webhook_url", violations)
         violations.raise_if_any()
-        secret = new_secret()
+        secret, webhook_signing_secret = new_secret(), new_signing_secret()
         async with self.database.tenant(user_id) as conn:
             key = await self.repository.insert(
                 conn,
@@ -155,8 +179,10 @@ class ApiKeys:
                 scopes=sorted(set(scopes)),
                 secret=secret,
                 expires_at=expires_at,
+                default_webhook_url=default_webhook_url or None,
+                webhook_signing_secret=webhook_signing_secret,
             )
-        return CreatedApiKey(key, secret)
+        return CreatedApiKey(key, secret, webhook_signing_secret)
 
     async def page(self, user_id: uuid.UUID, *, page_size: int, page_token: str) -> tuple[list[ApiKey], str]:
         limit, after = page_limit(page_size), decode_page_token(page_token)
