@@ -148,8 +148,8 @@ async def _admin_api_keys(args: argparse.Namespace, database: Database, accounts
             account.id, display_name=args.name, scopes=args.scope or [], expires_at=expires_at
         )
         print(f"{RESOURCE_PREFIX}{created.key.id}\t{created.key.prefix}\t{','.join(created.key.scopes)}")
+        print(f"webhook signing secret, shown only now: {created.webhook_signing_secret}")
         print(f"secret (shown only now): {created.secret}")
-        print(f"webhook signing secret (shown only now): {created.webhook_signing_secret}")
     elif args.apikeys_command == "list":
         token = ""
         while True:
