@@ -118,8 +118,10 @@ def test_a_keys_default_webhook_reports_started_then_completed(
     generation_id = created.json()["id"]
 
     wait_for(
-        lambda: {row["state"] for row in deliveries(hooks_mesh, generation_id)} == {"delivered"}
-        and len(deliveries(hooks_mesh, generation_id)) == 2,
+        lambda: (
+            {row["state"] for row in deliveries(hooks_mesh, generation_id)} == {"delivered"}
+            and len(deliveries(hooks_mesh, generation_id)) == 2
+        ),
         within=60,
         message=str(deliveries(hooks_mesh, generation_id)),
     )
