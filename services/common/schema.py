@@ -201,7 +201,8 @@ api_keys = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("last_used_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
-    # Webhooks (migration 0014): the default endpoint, and the Standard Webhooks key that signs.
+    # Webhooks (migration 0014): the default endpoint, and the Standard Webhooks key that signs,
+    # sealed (services.webhooks.sealing).
     sa.Column("default_webhook_url", sa.Text),
     sa.Column("webhook_signing_secret", sa.Text),
 )

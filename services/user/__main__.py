@@ -24,6 +24,7 @@ from services.user.oauth import OAuthSignIn, SignInAttempts
 from services.user.servicer import UserServicer
 from services.user.sessions import Sessions
 from services.webhooks.endpoints import WebhookUrlRules
+from services.webhooks.sealing import SecretSealer
 
 
 async def main() -> None:
@@ -75,7 +76,11 @@ async def main() -> None:
     )
     api_key_pb_grpc.add_ApiKeyServiceServicer_to_server(
         ApiKeyServicer(
-            ApiKeys(database, webhook_rules=WebhookUrlRules.for_environment(settings.env)),
+            ApiKeys(
+                database,
+                webhook_rules=WebhookUrlRules.for_environment(settings.env),
+                sealer=SecretSealer(settings.jwt_secret),
+            ),
             tokens,
             rate_limiter,
         ),

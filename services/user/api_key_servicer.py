@@ -82,7 +82,7 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer, Endpoint):
         return pb.CreateApiKeyResponse(
             api_key=api_key_to_proto(created.key),
             secret=created.secret,
-            webhook_signing_secret=created.webhook_signing_secret,
+            webhook_signing_secret=created.webhook_signing_secret or "",
         )
 
     @unary

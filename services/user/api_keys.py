@@ -25,6 +25,7 @@ from services.common.errors import FieldViolation, InvalidInput, NotFound, Viola
 from services.common.pagination import Position, decode_page_token, newest_first, page_limit, split_page
 from services.common.schema import api_keys
 from services.webhooks.endpoints import WebhookUrlRules, new_signing_secret
+from services.webhooks.sealing import SecretSealer
 
 RESOURCE_PREFIX = "apikeys/"
 
@@ -59,8 +60,9 @@ class CreatedApiKey:
     key: ApiKey
     # Returned this once and never stored.
     secret: str
-    # Returned this once; stored, because signing needs it (an HMAC key cannot be a hash).
-    webhook_signing_secret: str
+    # Returned this once; stored sealed, because signing needs it (an HMAC key cannot be a
+    # hash). None when this process cannot seal one (the admin CLI without PINGVAS_JWT_SECRET).
+    webhook_signing_secret: str | None
 
 
 def parse_key_name(name: str, field: str = "name") -> uuid.UUID:
@@ -86,7 +88,7 @@ class ApiKeyRepository:
         secret: str,
         expires_at: datetime | None,
         default_webhook_url: str | None,
-        webhook_signing_secret: str,
+        sealed_webhook_signing_secret: str | None,
     ) -> ApiKey:
         row = (
             await conn.execute(
@@ -101,7 +103,7 @@ class ApiKeyRepository:
                     created_at=sa.func.now(),
                     expires_at=expires_at,
                     default_webhook_url=default_webhook_url,
-                    webhook_signing_secret=webhook_signing_secret,
+                    webhook_signing_secret=sealed_webhook_signing_secret,
                 )
                 .returning(api_keys)
             )
@@ -138,11 +140,14 @@ class ApiKeys:
         repository: ApiKeyRepository | None = None,
         *,
         webhook_rules: WebhookUrlRules | None = None,
+        sealer: SecretSealer | None = None,
     ) -> None:
         self.database = database
         self.repository = repository or ApiKeyRepository()
         # None: no default webhook may be set (the admin CLI's keys).
         self.webhook_rules = webhook_rules
+        # None: keys get no webhook signing secret, and cannot carry webhooks.
+        self.sealer = sealer
 
     async def create(
         self,
@@ -165,12 +170,13 @@ class ApiKeys:
         if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
             violations.add("expire_time", "must be in the future")
         if default_webhook_url:
-            if self.webhook_rules is None:
+            if self.webhook_rules is None or self.sealer is None:
                 violations.add("default_webhook_url", "cannot be set here")
             else:
                 self.webhook_rules.check(default_webhook_url, "default_webhook_url", violations)
         violations.raise_if_any()
-        secret, webhook_signing_secret = new_secret(), new_signing_secret()
+        secret = new_secret()
+        webhook_signing_secret = new_signing_secret() if self.sealer else None
         async with self.database.tenant(user_id) as conn:
             key = await self.repository.insert(
                 conn,
@@ -180,7 +186,11 @@ class ApiKeys:
                 secret=secret,
                 expires_at=expires_at,
                 default_webhook_url=default_webhook_url or None,
-                webhook_signing_secret=webhook_signing_secret,
+                sealed_webhook_signing_secret=(
+                    self.sealer.seal(webhook_signing_secret)
+                    if self.sealer and webhook_signing_secret
+                    else None
+                ),
             )
         return CreatedApiKey(key, secret, webhook_signing_secret)
 

@@ -13,6 +13,7 @@ from services.webhooks.deliverer import RetrySchedule, WebhookDeliverer
 from services.webhooks.endpoints import WebhookUrlRules
 from services.webhooks.guard import DestinationGuard
 from services.webhooks.outbox import WebhookOutbox
+from services.webhooks.sealing import SecretSealer
 from services.webhooks.sender import WebhookSender
 
 
@@ -27,6 +28,7 @@ async def main() -> None:
             DestinationGuard(WebhookUrlRules.for_environment(settings.env)),
             timeout_seconds=settings.webhook_timeout_seconds,
         ),
+        sealer=SecretSealer(settings.jwt_secret),
         schedule=RetrySchedule(
             delays=[timedelta(seconds=delay) for delay in settings.webhook_retry_delays_seconds],
             window=timedelta(seconds=settings.webhook_retry_window_seconds),

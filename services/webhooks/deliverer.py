@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.fernet import InvalidToken
+
 from services.common.database import Database
 from services.webhooks.outbox import ClaimedDelivery, WebhookOutbox
-from services.webhooks.sender import WebhookSender
+from services.webhooks.sealing import SecretSealer
+from services.webhooks.sender import AttemptOutcome, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class WebhookDeliverer:
         database: Database,
         outbox: WebhookOutbox,
         sender: WebhookSender,
+        sealer: SecretSealer,
         schedule: RetrySchedule,
         claim_hold: timedelta,
         batch_size: int,
@@ -53,6 +57,7 @@ class WebhookDeliverer:
         self.database = database
         self.outbox = outbox
         self.sender = sender
+        self.sealer = sealer
         self.schedule = schedule
         self.claim_hold = claim_hold
         self.batch_size = batch_size
@@ -78,12 +83,18 @@ class WebhookDeliverer:
                 await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
-        outcome = await self.sender.send(
-            delivery.url,
-            webhook_id=delivery.webhook_id,
-            payload=delivery.payload,
-            secret=delivery.signing_secret,
-        )
+        try:
+            secret = self.sealer.unseal(delivery.sealed_signing_secret)
+        except InvalidToken:
+            outcome = AttemptOutcome(
+                delivered=False,
+                status=None,
+                error="the key's signing secret does not unseal: PINGVAS_JWT_SECRET changed",
+            )
+        else:
+            outcome = await self.sender.send(
+                delivery.url, webhook_id=delivery.webhook_id, payload=delivery.payload, secret=secret
+            )
         async with self.database.system("record a webhook delivery") as conn:
             if outcome.delivered:
                 await self.outbox.record_delivered(conn, delivery, outcome.status or 0)

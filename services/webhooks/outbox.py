@@ -46,7 +46,7 @@ class ClaimedDelivery:
     event: WebhookEvent
     url: str
     payload: dict[str, Any]
-    signing_secret: str
+    sealed_signing_secret: str  # services.webhooks.sealing
     attempts: int  # including the one this claim makes
     created_at: datetime
 
@@ -138,7 +138,7 @@ class WebhookOutbox:
                 event=WebhookEvent(row.event),
                 url=row.url,
                 payload=row.payload,
-                signing_secret=row.webhook_signing_secret,
+                sealed_signing_secret=row.webhook_signing_secret,
                 attempts=row.attempts,
                 created_at=row.created_at,
             )

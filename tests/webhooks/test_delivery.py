@@ -112,6 +112,11 @@ def test_a_keys_default_webhook_reports_started_then_completed(
     owner = dev_login(hooks_mesh.gateway_url, "partner")
     created_key = create_key(hooks_mesh, owner, defaultWebhookUrl=url)
     assert created_key["apiKey"]["defaultWebhookUrl"] == url
+    (stored,) = hooks_mesh.sql(
+        "SELECT webhook_signing_secret FROM api_keys WHERE id = %s", created_key["apiKey"]["id"]
+    )
+    signing_secret = created_key["webhookSigningSecret"]
+    assert signing_secret.removeprefix("whsec_") not in stored["webhook_signing_secret"], "stored sealed"
     receiver.secrets[path] = created_key["webhookSigningSecret"]
     created = create_generation(hooks_mesh, created_key["secret"])
     assert created.status_code == 200, created.text

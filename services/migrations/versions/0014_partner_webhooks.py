@@ -3,8 +3,9 @@ the outbox that delivers them.
 
 - `api_keys` gains `default_webhook_url` and `webhook_signing_secret` (`whsec_` and base64, as the
   Standard Webhooks specification writes it). The secret must be readable to sign with (an HMAC
-  key cannot be stored as a hash); keys made before this migration have none and cannot carry
-  webhooks.
+  key cannot be stored as a hash), so it is stored sealed under a key derived from
+  PINGVAS_JWT_SECRET (services.webhooks.sealing); keys made before this migration have none and
+  cannot carry webhooks.
 - `generations` gains `webhook_url`, `webhook_events` and `api_key_id`: what CreateGeneration
   asked for (or the key's default), fixed when the job is accepted.
 - `webhook_outbox` holds one row per (generation, event), inserted in the transaction that makes
