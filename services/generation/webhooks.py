@@ -1,7 +1,7 @@
 """A generation's webhook deliveries, recorded in the transaction of the change they report: the
 job's RUNNING for `started`, its terminal state for `completed`. The payload is the generation
-as the API shows it at that moment (proto JSON, without image URLs, which expire: a receiver
-reads them with GetGeneration), under Replicate's and Standard Webhooks' `type`/`timestamp`/`data`.
+as the API shows it at that moment (proto JSON), under Replicate's and Standard Webhooks'
+`type`/`timestamp`/`data`; image URLs expire, so the deliverer adds them to each attempt.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Composition root of the webhook deliverer: settings -> database -> guard, sender, outbox ->
+"""Composition root of the webhook deliverer: settings -> database, images -> guard, sender, outbox ->
 the delivery loop, with a gRPC health server for `pingvas up` and Kubernetes' probes."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import asyncio
 from datetime import timedelta
 
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
-from services.common.settings import WebhookSettings
+from services.common.settings import CloudFrontSettings, ObjectStoreSettings, WebhookSettings
 from services.common.startup import load_settings, open_service_database
+from services.common.storage import open_image_store
 from services.webhooks.deliverer import RetrySchedule, WebhookDeliverer
 from services.webhooks.endpoints import WebhookUrlRules
 from services.webhooks.guard import DestinationGuard
@@ -21,6 +22,9 @@ async def main() -> None:
     settings = load_settings(WebhookSettings)
     configure_logging(settings.log_level, "webhooks")
     database = await open_service_database(settings, "webhooks")
+    images, close_images = await open_image_store(
+        ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds, cloudfront=CloudFrontSettings()
+    )
     deliverer = WebhookDeliverer(
         database=database,
         outbox=WebhookOutbox(),
@@ -29,6 +33,7 @@ async def main() -> None:
             timeout_seconds=settings.webhook_timeout_seconds,
         ),
         sealer=SecretSealer(settings.jwt_secret),
+        images=images,
         schedule=RetrySchedule(
             delays=[timedelta(seconds=delay) for delay in settings.webhook_retry_delays_seconds],
             window=timedelta(seconds=settings.webhook_retry_window_seconds),
@@ -53,7 +58,7 @@ async def main() -> None:
         # A send in flight finishes (its timeout bounds it); an unrecorded one is sent again.
         drain_seconds=settings.webhook_timeout_seconds,
         background=[deliver],
-        cleanup=[database.close],
+        cleanup=[database.close, close_images],
     )
 
 

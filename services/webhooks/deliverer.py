@@ -14,15 +14,22 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from cryptography.fernet import InvalidToken
 
 from services.common.database import Database
+from services.common.storage import ImageKeys, ImageUrls
+from services.webhooks.endpoints import WebhookEvent
 from services.webhooks.outbox import ClaimedDelivery, WebhookOutbox
 from services.webhooks.sealing import SecretSealer
 from services.webhooks.sender import AttemptOutcome, WebhookSender
 
 log = logging.getLogger(__name__)
+
+
+class ImageUrlSigner(Protocol):
+    async def image_urls(self, keys: ImageKeys) -> ImageUrls: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class WebhookDeliverer:
         outbox: WebhookOutbox,
         sender: WebhookSender,
         sealer: SecretSealer,
+        images: ImageUrlSigner,
         schedule: RetrySchedule,
         claim_hold: timedelta,
         batch_size: int,
@@ -58,6 +66,7 @@ class WebhookDeliverer:
         self.outbox = outbox
         self.sender = sender
         self.sealer = sealer
+        self.images = images
         self.schedule = schedule
         self.claim_hold = claim_hold
         self.batch_size = batch_size
@@ -66,7 +75,13 @@ class WebhookDeliverer:
         """Send every due delivery of one claim, concurrently; returns how many were claimed."""
         async with self.database.system("claim webhook deliveries") as conn:
             claimed = await self.outbox.claim_due(conn, limit=self.batch_size, hold=self.claim_hold)
-        await asyncio.gather(*(self._deliver(delivery) for delivery in claimed))
+        results = await asyncio.gather(
+            *(self._deliver(delivery) for delivery in claimed), return_exceptions=True
+        )
+        for delivery, result in zip(claimed, results, strict=True):
+            if isinstance(result, Exception):
+                # Unrecorded: the claim lapses and the delivery is sent again, under its id.
+                log.error("delivering %s failed", delivery.webhook_id, exc_info=result)
         return len(claimed)
 
     async def run(self, stop: asyncio.Event, poll_seconds: float) -> None:
@@ -82,6 +97,20 @@ class WebhookDeliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
 
+    async def _payload(self, delivery: ClaimedDelivery) -> dict[str, Any]:
+        """The stored payload; a completed success also gets its image's URLs, signed now (they
+        expire, so each attempt carries fresh ones), as GetGeneration would show them."""
+        if delivery.event != WebhookEvent.COMPLETED or delivery.image_keys is None:
+            return delivery.payload
+        urls = await self.images.image_urls(delivery.image_keys)
+        data = {
+            **delivery.payload["data"],
+            "imageUrl": urls.image,
+            "thumbnailUrl": urls.thumbnail,
+            "image": f"users/{delivery.user_id}/images/{delivery.generation_id}",
+        }
+        return {**delivery.payload, "data": data}
+
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
         try:
             secret = self.sealer.unseal(delivery.sealed_signing_secret)
@@ -93,7 +122,10 @@ class WebhookDeliverer:
             )
         else:
             outcome = await self.sender.send(
-                delivery.url, webhook_id=delivery.webhook_id, payload=delivery.payload, secret=secret
+                delivery.url,
+                webhook_id=delivery.webhook_id,
+                payload=await self._payload(delivery),
+                secret=secret,
             )
         async with self.database.system("record a webhook delivery") as conn:
             if outcome.delivered:

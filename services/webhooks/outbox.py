@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.schema import api_keys, webhook_outbox
+from services.common.schema import api_keys, images, webhook_outbox
+from services.common.storage import ImageKeys
 from services.webhooks.endpoints import WebhookEvent
 
 
@@ -46,9 +47,12 @@ class ClaimedDelivery:
     event: WebhookEvent
     url: str
     payload: dict[str, Any]
+    generation_id: uuid.UUID
     sealed_signing_secret: str  # services.webhooks.sealing
     attempts: int  # including the one this claim makes
     created_at: datetime
+    # The generation's stored image, once it succeeded: each attempt signs fresh URLs of it.
+    image_keys: ImageKeys | None
 
     @property
     def webhook_id(self) -> str:
@@ -127,9 +131,9 @@ class WebhookOutbox:
             .cte("claimed")
         )
         rows = await conn.execute(
-            sa.select(claimed, api_keys.c.webhook_signing_secret).join(
-                api_keys, api_keys.c.id == claimed.c.api_key_id
-            )
+            sa.select(claimed, api_keys.c.webhook_signing_secret, images.c.object_key, images.c.thumbnail_key)
+            .join(api_keys, api_keys.c.id == claimed.c.api_key_id)
+            .outerjoin(images, images.c.id == claimed.c.generation_id)
         )
         return [
             ClaimedDelivery(
@@ -138,9 +142,11 @@ class WebhookOutbox:
                 event=WebhookEvent(row.event),
                 url=row.url,
                 payload=row.payload,
+                generation_id=row.generation_id,
                 sealed_signing_secret=row.webhook_signing_secret,
                 attempts=row.attempts,
                 created_at=row.created_at,
+                image_keys=ImageKeys(row.object_key, row.thumbnail_key) if row.object_key else None,
             )
             for row in rows
         ]

@@ -97,6 +97,9 @@ def test_a_completed_generation_is_delivered_signed_and_filtered(
     assert (data["id"], data["state"]) == (generation_id, "GENERATION_STATE_SUCCEEDED")
     assert data["name"] == f"users/{data['name'].split('/')[1]}/generations/{generation_id}"
     assert request.webhook_id.startswith("msg_")
+    image = httpx.get(data["imageUrl"], timeout=30)
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), "a working image URL"
+    assert data["image"] == data["name"].replace("/generations/", "/images/")
     wait_for(lambda: deliveries(hooks_mesh, generation_id)[0]["state"] == "delivered", within=30)
     # The filter asked for `completed` only: the RUNNING transition recorded no `started`.
     (row,) = deliveries(hooks_mesh, generation_id)
