@@ -102,3 +102,10 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer, Endpoint):
     ) -> pb.DeleteApiKeyResponse:
         await self.keys.revoke(caller.user_id, request.name)
         return pb.DeleteApiKeyResponse()
+
+    @unary
+    async def RotateApiKeyWebhookSecret(
+        self, request: pb.RotateApiKeyWebhookSecretRequest, caller: Principal, context: Context
+    ) -> pb.RotateApiKeyWebhookSecretResponse:
+        secret = await self.keys.rotate_webhook_secret(caller.user_id, request.name)
+        return pb.RotateApiKeyWebhookSecretResponse(webhook_signing_secret=secret)

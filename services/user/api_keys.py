@@ -122,6 +122,18 @@ class ApiKeyRepository:
         query = newest_first(query, api_keys, after=after, limit=limit)
         return [ApiKey.from_row(row) for row in (await conn.execute(query)).all()]
 
+    async def replace_webhook_secret(
+        self, conn: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID, sealed_secret: str
+    ) -> bool:
+        """Whether the user's live key got the new sealed secret (False: no such live key)."""
+        replaced = await conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+            .values(webhook_signing_secret=sealed_secret)
+            .returning(api_keys.c.id)
+        )
+        return replaced.one_or_none() is not None
+
     async def revoke(self, conn: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID) -> bool:
         """Whether this call revoked it (False: no such key of the user's, or revoked already)."""
         revoked = await conn.execute(
@@ -199,6 +211,21 @@ class ApiKeys:
         async with self.database.tenant(user_id) as conn:
             keys = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
         return split_page(keys, limit, lambda key: (key.created_at, key.id))
+
+    async def rotate_webhook_secret(self, user_id: uuid.UUID, name: str) -> str:
+        """A new webhook signing secret for the user's key, returned this once; deliveries are
+        signed with the key's secret when sent, so pending retries use the new one."""
+        key_id = parse_key_name(name)
+        if self.sealer is None:
+            raise RuntimeError("rotating a webhook secret needs a sealer (PINGVAS_JWT_SECRET)")
+        secret = new_signing_secret()
+        async with self.database.tenant(user_id) as conn:
+            replaced = await self.repository.replace_webhook_secret(
+                conn, user_id, key_id, self.sealer.seal(secret)
+            )
+        if not replaced:
+            raise NotFound(f"{name} not found")
+        return secret
 
     async def revoke(self, user_id: uuid.UUID, name: str) -> None:
         key_id = parse_key_name(name)

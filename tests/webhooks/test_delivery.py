@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 from support.accounts import Account, dev_login
 from support.generations import wait_for
 from support.mesh import MeshStarter, RunningMesh
@@ -230,3 +232,37 @@ def test_bad_webhooks_are_invalid_arguments_naming_the_field(hooks_mesh: Running
         timeout=30,
     )
     assert bad_key.status_code == 400 and "default_webhook_url" in bad_key.text, bad_key.text
+
+
+def test_a_rotated_signing_secret_signs_what_is_sent_after_it(
+    hooks_mesh: RunningMesh, receiver: WebhookReceiver
+) -> None:
+    path = f"/rotated-{uuid.uuid4().hex[:8]}"
+    owner = dev_login(hooks_mesh.gateway_url, "partner")
+    created_key = create_key(hooks_mesh, owner, defaultWebhookUrl=receiver.url(path))
+    old_secret = created_key["webhookSigningSecret"]
+    rotated = httpx.post(
+        f"{hooks_mesh.gateway_url}/api/v1/{created_key['apiKey']['name']}:rotateWebhookSecret",
+        json={},
+        headers=owner.headers,
+        timeout=30,
+    )
+    assert rotated.status_code == 200, rotated.text
+    new_secret = rotated.json()["webhookSigningSecret"]
+    assert new_secret.startswith("whsec_") and new_secret != old_secret
+    receiver.secrets[path] = new_secret
+    # The key itself cannot rotate its secret: only its owner's access token manages keys.
+    refused = httpx.post(
+        f"{hooks_mesh.gateway_url}/api/v1/{created_key['apiKey']['name']}:rotateWebhookSecret",
+        json={},
+        headers={"authorization": f"Bearer {created_key['secret']}"},
+        timeout=30,
+    )
+    assert refused.status_code == 403, refused.text
+
+    created = create_generation(hooks_mesh, created_key["secret"])
+    assert created.status_code == 200, created.text
+    requests = receiver.wait_for(path, 2)
+    assert all(request.verified is not None for request in requests), "signed with the new secret"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old_secret).verify(requests[0].body, requests[0].headers)

@@ -61,3 +61,15 @@ class DeleteApiKeyRequest(_message.Message):
 class DeleteApiKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RotateApiKeyWebhookSecretRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RotateApiKeyWebhookSecretResponse(_message.Message):
+    __slots__ = ("webhook_signing_secret",)
+    WEBHOOK_SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
+    webhook_signing_secret: str
+    def __init__(self, webhook_signing_secret: _Optional[str] = ...) -> None: ...
