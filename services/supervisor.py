@@ -4,7 +4,7 @@ Starts PostgreSQL, Redis and SeaweedFS, the S3 server (embedded unless PINGVAS_A
 REDIS_URL / S3_ENDPOINT_URL point elsewhere), configures the buckets (`pingvas storage init`),
 in dev pushes the local models into an empty models bucket (`pingvas models push`), provisions
 the environment's database roles and applies migrations as its owner,
-starts each service and the GPU workers as their own processes, then Envoy. It logs each
+starts each service, the webhook deliverer and the GPU workers as their own processes, then Envoy. It logs each
 component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
 
 The laptop runs production's security: PostgreSQL with passwords (scram-sha-256) and fsync on,
@@ -318,6 +318,17 @@ class Mesh:
                 ),
             )
             pending.append((name, ports[name], self._start(process)))
+        # The webhook deliverer: no API, so no gateway route; its port serves gRPC health only.
+        webhooks_port = free_port()
+        deliverer = ManagedProcess(
+            "webhooks",
+            [sys.executable, "-m", "services.webhooks"],
+            log_path=self.logs / "webhooks.log",
+            env=self._child_env(
+                {**common, "SYSTEM_DATABASE_URL": urls.system, "PINGVAS_PORT": str(webhooks_port)}
+            ),
+        )
+        pending.append(("webhooks", webhooks_port, self._start(deliverer)))
         for index in range(options.workers):
             name = f"worker-{index + 1}"
             port = free_port()

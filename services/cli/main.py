@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from services.common.database import Database
     from services.user.accounts import UserAccounts
+    from services.webhooks.sealing import SecretSealer
 
 
 def _home() -> Path:
@@ -126,6 +127,20 @@ def _cmd_admin(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _webhook_sealer() -> SecretSealer | None:
+    """What seals a new key's webhook signing secret: PINGVAS_JWT_SECRET as the services have it,
+    from the environment or, for the laptop's mesh, the secrets `pingvas up` keeps."""
+    import json
+
+    from services.webhooks.sealing import SecretSealer
+
+    secret = os.environ.get("PINGVAS_JWT_SECRET")
+    stored = _home() / "secrets.json"
+    if not secret and stored.exists():
+        secret = json.loads(stored.read_text()).get("PINGVAS_JWT_SECRET")
+    return SecretSealer(secret) if secret else None
+
+
 async def _admin_api_keys(args: argparse.Namespace, database: Database, accounts: UserAccounts) -> int:
     """`pingvas admin apikeys`: a user's API keys, for the user named by email or id, as the
     ApiKeyService would manage them (the same domain, services/user/api_keys.py)."""
@@ -137,7 +152,7 @@ async def _admin_api_keys(args: argparse.Namespace, database: Database, accounts
         account = await accounts.get(uuid.UUID(args.user))
     except ValueError:
         account = await accounts.find_by_email(args.user)
-    keys = ApiKeys(database)
+    keys = ApiKeys(database, sealer=_webhook_sealer())
     if args.apikeys_command == "create":
         expires_at = (
             datetime.now(UTC) + timedelta(days=args.expires_in_days)
@@ -148,6 +163,12 @@ async def _admin_api_keys(args: argparse.Namespace, database: Database, accounts
             account.id, display_name=args.name, scopes=args.scope or [], expires_at=expires_at
         )
         print(f"{RESOURCE_PREFIX}{created.key.id}\t{created.key.prefix}\t{','.join(created.key.scopes)}")
+        if created.webhook_signing_secret:
+            print(f"webhook signing secret, shown only now: {created.webhook_signing_secret}")
+        else:
+            print(
+                "no webhook signing secret (PINGVAS_JWT_SECRET unknown here): this key cannot carry webhooks"
+            )
         print(f"secret (shown only now): {created.secret}")
     elif args.apikeys_command == "list":
         token = ""

@@ -78,6 +78,10 @@ generations = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # Where its events go (migration 0013): fixed at acceptance, from the request or its API key.
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_events", ARRAY(sa.Text)),
+    sa.Column("api_key_id", UUID(as_uuid=True), sa.ForeignKey("api_keys.id")),
 )
 
 # A user's subscriptions, one row per Lemon Squeezy subscription: a returning subscriber has
@@ -197,6 +201,32 @@ api_keys = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("last_used_at", sa.DateTime(timezone=True)),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    # Webhooks (migration 0013): the default endpoint, and the Standard Webhooks key that signs,
+    # sealed (services.webhooks.sealing).
+    sa.Column("default_webhook_url", sa.Text),
+    sa.Column("webhook_signing_secret", sa.Text),
+)
+
+# Partner webhook deliveries (migration 0013), one per (generation, event), inserted in the
+# transaction of the change it reports; its id is the stable `webhook-id` of every attempt.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("user_id", UUID(as_uuid=True), sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("generation_id", UUID(as_uuid=True), sa.ForeignKey("generations.id"), nullable=False),
+    sa.Column("api_key_id", UUID(as_uuid=True), sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("generation_id", "event"),
 )
 
 # A stored image (migration 0011): its objects' keys in the images bucket, their sizes, and what

@@ -488,6 +488,41 @@ class GallerySettings(ServerSettings):
     pass
 
 
+class WebhookSettings(ServerSettings):
+    """The webhook deliverer (`python -m services.webhooks`); `port` serves its gRPC health only."""
+
+    webhook_retry_delays_seconds: list[float] = Field(
+        [5, 300, 1800, 7200, 18000, 36000],
+        min_length=1,
+        description="The delay after each failed attempt, the last repeating (Svix's schedule: 5 s, "
+        "5 min, 30 min, 2 h, 5 h, 10 h); the retry window's end gets one last attempt.",
+    )
+    webhook_retry_window_seconds: float = Field(
+        24 * 3600, gt=0, description="How long after its event a delivery is retried before it is given up."
+    )
+    webhook_timeout_seconds: float = Field(
+        15.0, gt=0, description="How long one attempt may take, connecting and answering together."
+    )
+    webhook_claim_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How long a claimed delivery is not due again: its sender records the outcome "
+        "within it, or died, and the delivery is sent again (same webhook-id). Longer than the timeout.",
+    )
+    webhook_poll_interval_seconds: float = Field(
+        1.0, gt=0, description="How often due deliveries are sought."
+    )
+    webhook_batch_size: int = Field(
+        20, ge=1, description="Deliveries claimed, and sent concurrently, at once."
+    )
+
+    @model_validator(mode="after")
+    def _claim_outlasts_an_attempt(self) -> WebhookSettings:
+        if self.webhook_claim_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("PINGVAS_WEBHOOK_CLAIM_SECONDS must exceed PINGVAS_WEBHOOK_TIMEOUT_SECONDS")
+        return self
+
+
 class LemonSqueezySettings(BaseSettings):
     """Lemon Squeezy, the merchant of record. The dev defaults let a dev mesh start; production
     sets every value from a Secret (the billing service refuses the dev key in prod)."""

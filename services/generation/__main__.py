@@ -48,6 +48,7 @@ from services.generation.runs import Runs
 from services.generation.servicer import GenerationServicer
 from services.generation.stream_slots import StreamSlots
 from services.generation.watching import Watching
+from services.webhooks.endpoints import WebhookUrlRules
 
 log = logging.getLogger("services.generation")
 
@@ -88,6 +89,7 @@ async def main() -> None:
         delivery=delivery,
         max_queue_depth=scheduler.max_queue_depth,
         max_live_per_user=scheduler.max_live_per_user,
+        webhook_rules=WebhookUrlRules.for_environment(settings.env),
     )
     generations = Generations(database=database, repository=repository, images=images)
     # Each user's plan sets their limits here: open streams and request rates.

@@ -33,6 +33,9 @@ from services.generation.events import EventLog, new_event
 from services.generation.lifecycle import GenerationState
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRecord, GenerationRepository
+from services.generation.webhooks import GenerationWebhooks
+from services.webhooks.endpoints import WebhookEvent, WebhookUrlRules, parse_events
+from services.webhooks.outbox import WebhookOutbox
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 7.5
@@ -51,6 +54,20 @@ class GenerationSpec:
     steps: int | None = None
     seed: int | None = None
     guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """Where a caller asked this generation's events to go; empty events: all of them."""
+
+    url: str
+    events: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResolvedWebhook:
+    url: str
+    events: tuple[WebhookEvent, ...]
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,7 @@ class Acceptance:
         events: EventLog,
         delivery: Delivery,
         max_queue_depth: Mapping[str, int] | None = None,
+        webhook_rules: WebhookUrlRules,
         max_live_per_user: Mapping[str, int] | None = None,
     ) -> None:
         self.database = database
@@ -94,6 +112,9 @@ class Acceptance:
         self.delivery = delivery
         self.max_queue_depth = dict(max_queue_depth or {})
         self.max_live_per_user = dict(max_live_per_user or {})
+        self.webhook_rules = webhook_rules
+        self.webhook_outbox = WebhookOutbox()
+        self.webhooks = GenerationWebhooks(self.webhook_outbox)
 
     async def resolve(self, spec: GenerationSpec) -> tuple[ResolvedSpec, ModelInfo]:
         """Apply defaults and the rules that depend on the model; field paths match the API."""
@@ -136,11 +157,21 @@ class Acceptance:
         return resolved, model
 
     async def create(
-        self, user_id: uuid.UUID, spec: GenerationSpec, request_id: str = ""
+        self,
+        user_id: uuid.UUID,
+        spec: GenerationSpec,
+        request_id: str = "",
+        *,
+        webhook: WebhookRequest | None = None,
+        api_key_id: uuid.UUID | None = None,
     ) -> GenerationRecord:
         """Validate, then in one transaction insert the QUEUED job and hold its credits; then
-        enqueue. A repeated `request_id` with the same parameters returns the first job."""
+        enqueue. A repeated `request_id` with the same parameters returns the first job.
+
+        A webhook needs an API key (`api_key_id`, the caller's), whose secret signs it; a key's
+        default webhook applies when the call names none."""
         resolved, _model = await self.resolve(spec)
+        resolved_webhook = await self.resolve_webhook(user_id, webhook, api_key_id)
         hold = self.pricing.hold_for(steps=resolved.steps, width=resolved.width, height=resolved.height)
         if request_id:
             existing = await self._same_request(user_id, request_id, resolved)
@@ -175,6 +206,11 @@ class Acceptance:
                     credits_charged=0,
                     gpu_seconds=0.0,
                     cancel_requested=False,
+                    webhook_url=resolved_webhook.url if resolved_webhook else None,
+                    webhook_events=[str(event) for event in resolved_webhook.events]
+                    if resolved_webhook
+                    else None,
+                    api_key_id=api_key_id,
                 )
                 await self.ledger.hold(conn, user_id, generation_reference(generation_id), hold)
         except IntegrityError:
@@ -186,6 +222,37 @@ class Acceptance:
             raise
         await self.delivery.enqueue(record)
         return record
+
+    async def resolve_webhook(
+        self, user_id: uuid.UUID, webhook: WebhookRequest | None, api_key_id: uuid.UUID | None
+    ) -> ResolvedWebhook | None:
+        """The webhook asked for, else the key's default; None when neither. Field paths match
+        the API."""
+        violations = Violations()
+        if webhook is not None:
+            if api_key_id is None:
+                violations.add(
+                    "webhook.url",
+                    "needs a call authenticated with an API key, whose webhook signing secret signs "
+                    "the deliveries",
+                )
+            self.webhook_rules.check(webhook.url, "webhook.url", violations)
+            violations.raise_if_any()
+        if api_key_id is None:
+            return None
+        async with self.database.tenant(user_id) as conn:
+            key = await self.webhook_outbox.key_webhook(conn, api_key_id)
+        if webhook is None:
+            if key is None or key.default_url is None or not key.can_sign:
+                return None
+            return ResolvedWebhook(key.default_url, parse_events(()))
+        if key is None or not key.can_sign:
+            violations.add(
+                "webhook.url",
+                "this API key predates webhooks and has no signing secret; create a new key to use them",
+            )
+            violations.raise_if_any()
+        return ResolvedWebhook(webhook.url, parse_events(webhook.events))
 
     async def _admit(self, tier: str) -> None:
         """Backpressure: a full band refuses new work before anything is held or queued."""
@@ -236,6 +303,7 @@ class Acceptance:
             cancelled = await self.repository.cancel_queued(conn, user_id, generation_id)
             if cancelled is not None:
                 await self.ledger.release(conn, user_id, generation_reference(generation_id))
+                await self.webhooks.record(conn, cancelled, WebhookEvent.COMPLETED)
             else:
                 running = await self.repository.request_cancel(conn, user_id, generation_id)
         if cancelled is not None:

@@ -47,6 +47,10 @@ class GenerationRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Where its events go (services.webhooks), fixed at acceptance; None: nowhere.
+    webhook_url: str | None
+    webhook_events: tuple[str, ...] | None
+    api_key_id: uuid.UUID | None
 
     @property
     def run_label(self) -> str:
@@ -78,7 +82,14 @@ class GenerationRecord:
     @classmethod
     def from_row(cls, row: Any) -> GenerationRecord:
         values = {column: getattr(row, column) for column in cls.__dataclass_fields__}
-        return cls(**{**values, "state": GenerationState(values["state"])})
+        events = values["webhook_events"]
+        return cls(
+            **{
+                **values,
+                "state": GenerationState(values["state"]),
+                "webhook_events": None if events is None else tuple(events),
+            }
+        )
 
 
 def live_count_query(user_id: uuid.UUID, *, at_most: int) -> sa.Select[Any]:

@@ -4,7 +4,7 @@ runs whose worker was lost.
 Workers call `start`, `report_progress`, the `finish_*` methods and `requeue`; the generation
 service's reconciler calls `reconcile`. Every change is fenced on the run's attempt number (see
 GenerationRepository), so a late result from a lost worker is discarded, and money moves in the
-same transaction as the state.
+same transaction as the state, as do the webhook deliveries that report it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from services.generation.failures import Failure, FailureCode
 from services.generation.lifecycle import GenerationState
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRecord, GenerationRepository
+from services.generation.webhooks import GenerationWebhooks
+from services.webhooks.endpoints import WebhookEvent
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Runs:
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
         self.images = ImageRepository()
+        self.webhooks = GenerationWebhooks()
 
     async def start(
         self, user_id: uuid.UUID, generation_id: uuid.UUID, worker_id: str
@@ -80,6 +83,8 @@ class Runs:
         job is no longer queued (cancelled meanwhile, or already taken by a duplicate delivery)."""
         async with self.database.tenant(user_id) as conn:
             record = await self.repository.mark_running(conn, user_id, generation_id, worker_id)
+            if record is not None:
+                await self.webhooks.record(conn, record, WebhookEvent.STARTED)
         if record is not None:
             await self.events.append(
                 generation_id,
@@ -118,6 +123,7 @@ class Runs:
                 return False
             await self.images.insert(conn, image)
             await self.ledger.capture(conn, record.user_id, generation_reference(record.id), charge)
+            await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
         await self.events.append(
             record.id,
             new_event(
@@ -136,6 +142,7 @@ class Runs:
             if done is None:
                 return False
             await self.ledger.release(conn, record.user_id, generation_reference(record.id))
+            await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
         await self.events.append(record.id, new_event(record.id, failed=failure.to_proto()))
         return True
 
@@ -146,6 +153,7 @@ class Runs:
             if done is None:
                 return False
             await self.ledger.release(conn, record.user_id, generation_reference(record.id))
+            await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
         await self.events.append(
             record.id, new_event(record.id, cancelled=resources.GenerationCancelled(was_running=True))
         )

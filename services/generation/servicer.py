@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
@@ -14,54 +13,16 @@ from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, server_stream, unary
-from services.common.storage import ImageUrls
-from services.generation.acceptance import Acceptance, GenerationSpec
+from services.generation.acceptance import Acceptance, GenerationSpec, WebhookRequest
 from services.generation.generations import Generations, parse_generation_id
 from services.generation.repository import GenerationRecord
+from services.generation.representation import generation_to_proto
 from services.generation.stream_slots import StreamSlots
 from services.generation.watching import Watching
 
 ERROR_DOMAIN = "generation.pingvas.studio"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-
-
-def _timestamp(value: Any) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def generation_to_proto(record: GenerationRecord, urls: ImageUrls | None) -> resources.Generation:
-    failure = record.failure
-    return resources.Generation(
-        name=f"users/{record.user_id}/generations/{record.id}",
-        id=str(record.id),
-        state=resources.GenerationState.Value(f"GENERATION_STATE_{record.state}"),
-        prompt=record.prompt,
-        negative_prompt=record.negative_prompt,
-        model=record.model,
-        width=record.width,
-        height=record.height,
-        steps=record.steps,
-        seed=record.seed,
-        guidance=record.guidance,
-        create_time=_timestamp(record.created_at),
-        start_time=_timestamp(record.started_at),
-        end_time=_timestamp(record.finished_at),
-        image_url=urls.image if urls else "",
-        thumbnail_url=urls.thumbnail if urls else "",
-        image=f"users/{record.user_id}/images/{record.id}" if urls else "",
-        gpu_seconds=record.gpu_seconds,
-        credits_held=record.credits_held,
-        credits_charged=record.credits_charged,
-        failure_reason=failure.sentence if failure else "",
-        failure_code=failure.code if failure else "",
-        incident_id=failure.incident_id if failure else "",
-        attempt=record.attempt,
-    )
 
 
 def spec_from_proto(generation: resources.Generation) -> GenerationSpec:
@@ -78,6 +39,12 @@ def spec_from_proto(generation: resources.Generation) -> GenerationSpec:
         seed=optional("seed"),
         guidance=optional("guidance"),
     )
+
+
+def webhook_from_proto(request: pb.CreateGenerationRequest) -> WebhookRequest | None:
+    if not request.HasField("webhook"):
+        return None
+    return WebhookRequest(url=request.webhook.url, events=tuple(request.webhook.events_filter))
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
@@ -111,7 +78,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         self, request: pb.CreateGenerationRequest, caller: Principal, context: Context
     ) -> resources.Generation:
         record = await self.acceptance.create(
-            caller.user_id, spec_from_proto(request.generation), request.request_id
+            caller.user_id,
+            spec_from_proto(request.generation),
+            request.request_id,
+            webhook=webhook_from_proto(request),
+            api_key_id=caller.api_key_id,
         )
         return await self._proto(record)
 

@@ -23,6 +23,8 @@ from services.user.api_keys import ApiKeys
 from services.user.oauth import OAuthSignIn, SignInAttempts
 from services.user.servicer import UserServicer
 from services.user.sessions import Sessions
+from services.webhooks.endpoints import WebhookUrlRules
+from services.webhooks.sealing import SecretSealer
 
 
 async def main() -> None:
@@ -73,7 +75,16 @@ async def main() -> None:
         server.server,
     )
     api_key_pb_grpc.add_ApiKeyServiceServicer_to_server(
-        ApiKeyServicer(ApiKeys(database), tokens, rate_limiter), server.server
+        ApiKeyServicer(
+            ApiKeys(
+                database,
+                webhook_rules=WebhookUrlRules.for_environment(settings.env),
+                sealer=SecretSealer(settings.jwt_secret),
+            ),
+            tokens,
+            rate_limiter,
+        ),
+        server.server,
     )
     server.add_services(
         [

@@ -53,6 +53,7 @@ def api_key_to_proto(key: ApiKey) -> resources.ApiKey:
         create_time=_timestamp(key.created_at),
         last_use_time=_timestamp(key.last_used_at),
         expire_time=_timestamp(key.expires_at),
+        default_webhook_url=key.default_webhook_url or "",
     )
 
 
@@ -76,8 +77,13 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer, Endpoint):
             display_name=request.display_name,
             scopes=list(request.scopes),
             expires_at=_expiry(request),
+            default_webhook_url=request.default_webhook_url,
         )
-        return pb.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
+        return pb.CreateApiKeyResponse(
+            api_key=api_key_to_proto(created.key),
+            secret=created.secret,
+            webhook_signing_secret=created.webhook_signing_secret or "",
+        )
 
     @unary
     async def ListApiKeys(
@@ -96,3 +102,10 @@ class ApiKeyServicer(pb_grpc.ApiKeyServiceServicer, Endpoint):
     ) -> pb.DeleteApiKeyResponse:
         await self.keys.revoke(caller.user_id, request.name)
         return pb.DeleteApiKeyResponse()
+
+    @unary
+    async def RotateApiKeyWebhookSecret(
+        self, request: pb.RotateApiKeyWebhookSecretRequest, caller: Principal, context: Context
+    ) -> pb.RotateApiKeyWebhookSecretResponse:
+        secret = await self.keys.rotate_webhook_secret(caller.user_id, request.name)
+        return pb.RotateApiKeyWebhookSecretResponse(webhook_signing_secret=secret)

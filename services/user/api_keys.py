@@ -1,4 +1,5 @@
-"""A user's API keys: create (the secret is returned once), list, revoke (migration 0010).
+"""A user's API keys: create (the secret and the webhook signing secret are returned once), list,
+revoke (migrations 0010, 0013).
 
 Keys are the user's own tenant data, reached only in the user's transaction, so another user's
 key is indistinguishable from one that does not exist. Revoking is a conditional UPDATE that sets
@@ -23,6 +24,8 @@ from services.common.database import Database
 from services.common.errors import FieldViolation, InvalidInput, NotFound, Violations
 from services.common.pagination import Position, decode_page_token, newest_first, page_limit, split_page
 from services.common.schema import api_keys
+from services.webhooks.endpoints import WebhookUrlRules, new_signing_secret
+from services.webhooks.sealing import SecretSealer
 
 RESOURCE_PREFIX = "apikeys/"
 
@@ -36,6 +39,7 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
+    default_webhook_url: str | None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> ApiKey:
@@ -47,6 +51,7 @@ class ApiKey:
             created_at=row.created_at,
             expires_at=row.expires_at,
             last_used_at=row.last_used_at,
+            default_webhook_url=row.default_webhook_url,
         )
 
 
@@ -55,6 +60,9 @@ class CreatedApiKey:
     key: ApiKey
     # Returned this once and never stored.
     secret: str
+    # Returned this once; stored sealed, because signing needs it (an HMAC key cannot be a
+    # hash). None when this process cannot seal one (the admin CLI without PINGVAS_JWT_SECRET).
+    webhook_signing_secret: str | None
 
 
 def parse_key_name(name: str, field: str = "name") -> uuid.UUID:
@@ -79,6 +87,8 @@ class ApiKeyRepository:
         scopes: Sequence[str],
         secret: str,
         expires_at: datetime | None,
+        default_webhook_url: str | None,
+        sealed_webhook_signing_secret: str | None,
     ) -> ApiKey:
         row = (
             await conn.execute(
@@ -92,6 +102,8 @@ class ApiKeyRepository:
                     scopes=list(scopes),
                     created_at=sa.func.now(),
                     expires_at=expires_at,
+                    default_webhook_url=default_webhook_url,
+                    webhook_signing_secret=sealed_webhook_signing_secret,
                 )
                 .returning(api_keys)
             )
@@ -110,6 +122,18 @@ class ApiKeyRepository:
         query = newest_first(query, api_keys, after=after, limit=limit)
         return [ApiKey.from_row(row) for row in (await conn.execute(query)).all()]
 
+    async def replace_webhook_secret(
+        self, conn: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID, sealed_secret: str
+    ) -> bool:
+        """Whether the user's live key got the new sealed secret (False: no such live key)."""
+        replaced = await conn.execute(
+            sa.update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
+            .values(webhook_signing_secret=sealed_secret)
+            .returning(api_keys.c.id)
+        )
+        return replaced.one_or_none() is not None
+
     async def revoke(self, conn: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID) -> bool:
         """Whether this call revoked it (False: no such key of the user's, or revoked already)."""
         revoked = await conn.execute(
@@ -122,9 +146,20 @@ class ApiKeyRepository:
 
 
 class ApiKeys:
-    def __init__(self, database: Database, repository: ApiKeyRepository | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        repository: ApiKeyRepository | None = None,
+        *,
+        webhook_rules: WebhookUrlRules | None = None,
+        sealer: SecretSealer | None = None,
+    ) -> None:
         self.database = database
         self.repository = repository or ApiKeyRepository()
+        # None: no default webhook may be set (the admin CLI's keys).
+        self.webhook_rules = webhook_rules
+        # None: keys get no webhook signing secret, and cannot carry webhooks.
+        self.sealer = sealer
 
     async def create(
         self,
@@ -133,6 +168,7 @@ class ApiKeys:
         display_name: str,
         scopes: Sequence[str],
         expires_at: datetime | None,
+        default_webhook_url: str = "",
         now: datetime | None = None,
     ) -> CreatedApiKey:
         violations = Violations()
@@ -145,8 +181,14 @@ class ApiKeys:
             violations.add("scopes", "is required")
         if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
             violations.add("expire_time", "must be in the future")
+        if default_webhook_url:
+            if self.webhook_rules is None or self.sealer is None:
+                violations.add("default_webhook_url", "cannot be set here")
+            else:
+                self.webhook_rules.check(default_webhook_url, "default_webhook_url", violations)
         violations.raise_if_any()
         secret = new_secret()
+        webhook_signing_secret = new_signing_secret() if self.sealer else None
         async with self.database.tenant(user_id) as conn:
             key = await self.repository.insert(
                 conn,
@@ -155,14 +197,35 @@ class ApiKeys:
                 scopes=sorted(set(scopes)),
                 secret=secret,
                 expires_at=expires_at,
+                default_webhook_url=default_webhook_url or None,
+                sealed_webhook_signing_secret=(
+                    self.sealer.seal(webhook_signing_secret)
+                    if self.sealer and webhook_signing_secret
+                    else None
+                ),
             )
-        return CreatedApiKey(key, secret)
+        return CreatedApiKey(key, secret, webhook_signing_secret)
 
     async def page(self, user_id: uuid.UUID, *, page_size: int, page_token: str) -> tuple[list[ApiKey], str]:
         limit, after = page_limit(page_size), decode_page_token(page_token)
         async with self.database.tenant(user_id) as conn:
             keys = await self.repository.page(conn, user_id, limit=limit + 1, after=after)
         return split_page(keys, limit, lambda key: (key.created_at, key.id))
+
+    async def rotate_webhook_secret(self, user_id: uuid.UUID, name: str) -> str:
+        """A new webhook signing secret for the user's key, returned this once; deliveries are
+        signed with the key's secret when sent, so pending retries use the new one."""
+        key_id = parse_key_name(name)
+        if self.sealer is None:
+            raise RuntimeError("rotating a webhook secret needs a sealer (PINGVAS_JWT_SECRET)")
+        secret = new_signing_secret()
+        async with self.database.tenant(user_id) as conn:
+            replaced = await self.repository.replace_webhook_secret(
+                conn, user_id, key_id, self.sealer.seal(secret)
+            )
+        if not replaced:
+            raise NotFound(f"{name} not found")
+        return secret
 
     async def revoke(self, user_id: uuid.UUID, name: str) -> None:
         key_id = parse_key_name(name)

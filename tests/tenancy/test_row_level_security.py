@@ -36,6 +36,7 @@ TENANT_TABLES = (
     "api_keys",
     "images",
     "webhook_deliveries",
+    "webhook_outbox",
 )
 # Tables only the system role is granted: the tenant role cannot even read them.
 SYSTEM_ONLY_TABLES = ("oauth_identities", "webhook_deliveries")

@@ -15,12 +15,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateGenerationRequest(_message.Message):
-    __slots__ = ("generation", "request_id")
+    __slots__ = ("generation", "request_id", "webhook")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     generation: _generation_resources_pb2.Generation
     request_id: str
-    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    webhook: Webhook
+    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+
+class Webhook(_message.Message):
+    __slots__ = ("url", "events_filter")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FILTER_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    events_filter: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, url: _Optional[str] = ..., events_filter: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetGenerationRequest(_message.Message):
     __slots__ = ("generation_id",)

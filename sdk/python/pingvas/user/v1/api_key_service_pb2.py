@@ -30,7 +30,7 @@ from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb
 from pingvas.user.v1 import api_key_resources_pb2 as pingvas_dot_user_dot_v1_dot_api__key__resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pingvas/user/v1/api_key_service.proto\x12\x0fpingvas.user.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epingvas/access/v1/access.proto\x1a\x1cpingvas/rules/v1/rules.proto\x1a\'pingvas/user/v1/api_key_resources.proto\"\x9c\x01\n\x13\x43reateApiKeyRequest\x12\"\n\x0c\x64isplay_name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xa2\xb8\x19\x04\x08\x01\x18\x64\x12*\n\x06scopes\x18\x02 \x03(\tB\x1a\xe2\x41\x01\x02\xa2\xb8\x19\x12\x08\x01J\x04readJ\x08generate\x12\x35\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"\\\n\x14\x43reateApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.pingvas.user.v1.ApiKeyB\x04\xe2\x41\x01\x03\x12\x14\n\x06secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"V\n\x12ListApiKeysRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x1f\n\npage_token\x18\x02 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\xc8\x01\"e\n\x13ListApiKeysResponse\x12/\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x17.pingvas.user.v1.ApiKeyB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"1\n\x13\x44\x65leteApiKeyRequest\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xa2\xb8\x19\x04\x08\x01\x18\x64\"\x16\n\x14\x44\x65leteApiKeyResponse2\x8d\x03\n\rApiKeyService\x12}\n\x0c\x43reateApiKey\x12$.pingvas.user.v1.CreateApiKeyRequest\x1a%.pingvas.user.v1.CreateApiKeyResponse\" \xc2\xbe\x19\x02\x08\x02\x82\xd3\xe4\x93\x02\x14\"\x0f/api/v1/apikeys:\x01*\x12w\n\x0bListApiKeys\x12#.pingvas.user.v1.ListApiKeysRequest\x1a$.pingvas.user.v1.ListApiKeysResponse\"\x1d\xc2\xbe\x19\x02\x08\x02\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/apikeys\x12\x83\x01\n\x0c\x44\x65leteApiKey\x12$.pingvas.user.v1.DeleteApiKeyRequest\x1a%.pingvas.user.v1.DeleteApiKeyResponse\"&\xc2\xbe\x19\x02\x08\x03\x82\xd3\xe4\x93\x02\x1a*\x18/api/v1/{name=apikeys/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pingvas/user/v1/api_key_service.proto\x12\x0fpingvas.user.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epingvas/access/v1/access.proto\x1a\x1cpingvas/rules/v1/rules.proto\x1a\'pingvas/user/v1/api_key_resources.proto\"\xc6\x01\n\x13\x43reateApiKeyRequest\x12\"\n\x0c\x64isplay_name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xa2\xb8\x19\x04\x08\x01\x18\x64\x12*\n\x06scopes\x18\x02 \x03(\tB\x1a\xe2\x41\x01\x02\xa2\xb8\x19\x12\x08\x01J\x04readJ\x08generate\x12\x35\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12(\n\x13\x64\x65\x66\x61ult_webhook_url\x18\x04 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x10\"\x82\x01\n\x14\x43reateApiKeyResponse\x12.\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.pingvas.user.v1.ApiKeyB\x04\xe2\x41\x01\x03\x12\x14\n\x06secret\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12$\n\x16webhook_signing_secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"V\n\x12ListApiKeysRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x1f\n\npage_token\x18\x02 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\xc8\x01\"e\n\x13ListApiKeysResponse\x12/\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x17.pingvas.user.v1.ApiKeyB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"1\n\x13\x44\x65leteApiKeyRequest\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xa2\xb8\x19\x04\x08\x01\x18\x64\"\x16\n\x14\x44\x65leteApiKeyResponse\">\n RotateApiKeyWebhookSecretRequest\x12\x1a\n\x04name\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xa2\xb8\x19\x04\x08\x01\x18\x64\"I\n!RotateApiKeyWebhookSecretResponse\x12$\n\x16webhook_signing_secret\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x32\xd1\x04\n\rApiKeyService\x12}\n\x0c\x43reateApiKey\x12$.pingvas.user.v1.CreateApiKeyRequest\x1a%.pingvas.user.v1.CreateApiKeyResponse\" \xc2\xbe\x19\x02\x08\x02\x82\xd3\xe4\x93\x02\x14\"\x0f/api/v1/apikeys:\x01*\x12w\n\x0bListApiKeys\x12#.pingvas.user.v1.ListApiKeysRequest\x1a$.pingvas.user.v1.ListApiKeysResponse\"\x1d\xc2\xbe\x19\x02\x08\x02\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/apikeys\x12\x83\x01\n\x0c\x44\x65leteApiKey\x12$.pingvas.user.v1.DeleteApiKeyRequest\x1a%.pingvas.user.v1.DeleteApiKeyResponse\"&\xc2\xbe\x19\x02\x08\x03\x82\xd3\xe4\x93\x02\x1a*\x18/api/v1/{name=apikeys/*}\x12\xc1\x01\n\x19RotateApiKeyWebhookSecret\x12\x31.pingvas.user.v1.RotateApiKeyWebhookSecretRequest\x1a\x32.pingvas.user.v1.RotateApiKeyWebhookSecretResponse\"=\xc2\xbe\x19\x02\x08\x03\x82\xd3\xe4\x93\x02\x31\",/api/v1/{name=apikeys/*}:rotateWebhookSecret:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['scopes']._serialized_options = b'\342A\001\002\242\270\031\022\010\001J\004readJ\010generate'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['expire_time']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['expire_time']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['default_webhook_url']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['default_webhook_url']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\020'
   _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['api_key']._loaded_options = None
   _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['api_key']._serialized_options = b'\342A\001\003'
   _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['secret']._loaded_options = None
   _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['secret']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['webhook_signing_secret']._loaded_options = None
+  _globals['_CREATEAPIKEYRESPONSE'].fields_by_name['webhook_signing_secret']._serialized_options = b'\342A\001\003'
   _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001\242\270\031\004 \000(d'
   _globals['_LISTAPIKEYSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -57,24 +61,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAPIKEYSRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
   _globals['_DELETEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_DELETEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\242\270\031\004\010\001\030d'
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\242\270\031\004\010\001\030d'
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETRESPONSE'].fields_by_name['webhook_signing_secret']._loaded_options = None
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETRESPONSE'].fields_by_name['webhook_signing_secret']._serialized_options = b'\342A\001\003'
   _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\302\276\031\002\010\002\202\323\344\223\002\024\"\017/api/v1/apikeys:\001*'
   _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\302\276\031\002\010\002\202\323\344\223\002\021\022\017/api/v1/apikeys'
   _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\302\276\031\002\010\003\202\323\344\223\002\032*\030/api/v1/{name=apikeys/*}'
+  _globals['_APIKEYSERVICE'].methods_by_name['RotateApiKeyWebhookSecret']._loaded_options = None
+  _globals['_APIKEYSERVICE'].methods_by_name['RotateApiKeyWebhookSecret']._serialized_options = b'\302\276\031\002\010\003\202\323\344\223\0021\",/api/v1/{name=apikeys/*}:rotateWebhookSecret:\001*'
   _globals['_CREATEAPIKEYREQUEST']._serialized_start=258
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=414
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=416
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=508
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=510
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=596
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=598
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=699
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=701
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=750
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=752
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=774
-  _globals['_APIKEYSERVICE']._serialized_start=777
-  _globals['_APIKEYSERVICE']._serialized_end=1174
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=456
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=459
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=589
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=591
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=677
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=679
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=780
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=782
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=831
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=833
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=855
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETREQUEST']._serialized_start=857
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETREQUEST']._serialized_end=919
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETRESPONSE']._serialized_start=921
+  _globals['_ROTATEAPIKEYWEBHOOKSECRETRESPONSE']._serialized_end=994
+  _globals['_APIKEYSERVICE']._serialized_start=997
+  _globals['_APIKEYSERVICE']._serialized_end=1590
 # @@protoc_insertion_point(module_scope)

@@ -15,22 +15,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("display_name", "scopes", "expire_time")
+    __slots__ = ("display_name", "scopes", "expire_time", "default_webhook_url")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    default_webhook_url: str
+    def __init__(self, display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., default_webhook_url: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
-    __slots__ = ("api_key", "secret")
+    __slots__ = ("api_key", "secret", "webhook_signing_secret")
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
     api_key: _api_key_resources_pb2.ApiKey
     secret: str
-    def __init__(self, api_key: _Optional[_Union[_api_key_resources_pb2.ApiKey, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+    webhook_signing_secret: str
+    def __init__(self, api_key: _Optional[_Union[_api_key_resources_pb2.ApiKey, _Mapping]] = ..., secret: _Optional[str] = ..., webhook_signing_secret: _Optional[str] = ...) -> None: ...
 
 class ListApiKeysRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -57,3 +61,15 @@ class DeleteApiKeyRequest(_message.Message):
 class DeleteApiKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RotateApiKeyWebhookSecretRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RotateApiKeyWebhookSecretResponse(_message.Message):
+    __slots__ = ("webhook_signing_secret",)
+    WEBHOOK_SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
+    webhook_signing_secret: str
+    def __init__(self, webhook_signing_secret: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ApiKeyServiceStub:
-    """ApiKeyService creates, lists and revokes the caller's API keys.
+    """ApiKeyService creates, lists and revokes the caller's API keys, and rotates their webhook
+    signing secrets.
 
     Every RPC requires a user's access token: an API key cannot manage API keys (PERMISSION_DENIED),
     so a leaked key cannot mint more keys nor keep itself alive. Keys belong to the user who created
@@ -55,10 +56,16 @@ class ApiKeyServiceStub:
                 request_serializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.DeleteApiKeyRequest.SerializeToString,
                 response_deserializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.DeleteApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RotateApiKeyWebhookSecret = channel.unary_unary(
+                '/pingvas.user.v1.ApiKeyService/RotateApiKeyWebhookSecret',
+                request_serializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.RotateApiKeyWebhookSecretRequest.SerializeToString,
+                response_deserializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.RotateApiKeyWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class ApiKeyServiceServicer:
-    """ApiKeyService creates, lists and revokes the caller's API keys.
+    """ApiKeyService creates, lists and revokes the caller's API keys, and rotates their webhook
+    signing secrets.
 
     Every RPC requires a user's access token: an API key cannot manage API keys (PERMISSION_DENIED),
     so a leaked key cannot mint more keys nor keep itself alive. Keys belong to the user who created
@@ -93,6 +100,15 @@ class ApiKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateApiKeyWebhookSecret(self, request, context):
+        """Replaces one of the caller's keys' webhook signing secret and returns the new one, shown
+        only here. Every delivery sent from then on, retries of earlier ones included, is signed with
+        it. A key revoked, or another user's, is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +127,11 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
                     request_deserializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.DeleteApiKeyRequest.FromString,
                     response_serializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.DeleteApiKeyResponse.SerializeToString,
             ),
+            'RotateApiKeyWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKeyWebhookSecret,
+                    request_deserializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.RotateApiKeyWebhookSecretRequest.FromString,
+                    response_serializer=pingvas_dot_user_dot_v1_dot_api__key__service__pb2.RotateApiKeyWebhookSecretResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pingvas.user.v1.ApiKeyService', rpc_method_handlers)
@@ -120,7 +141,8 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ApiKeyService:
-    """ApiKeyService creates, lists and revokes the caller's API keys.
+    """ApiKeyService creates, lists and revokes the caller's API keys, and rotates their webhook
+    signing secrets.
 
     Every RPC requires a user's access token: an API key cannot manage API keys (PERMISSION_DENIED),
     so a leaked key cannot mint more keys nor keep itself alive. Keys belong to the user who created
@@ -199,6 +221,33 @@ class ApiKeyService:
             '/pingvas.user.v1.ApiKeyService/DeleteApiKey',
             pingvas_dot_user_dot_v1_dot_api__key__service__pb2.DeleteApiKeyRequest.SerializeToString,
             pingvas_dot_user_dot_v1_dot_api__key__service__pb2.DeleteApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKeyWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.user.v1.ApiKeyService/RotateApiKeyWebhookSecret',
+            pingvas_dot_user_dot_v1_dot_api__key__service__pb2.RotateApiKeyWebhookSecretRequest.SerializeToString,
+            pingvas_dot_user_dot_v1_dot_api__key__service__pb2.RotateApiKeyWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,
