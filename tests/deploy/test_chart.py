@@ -36,7 +36,10 @@ from services.common.settings import JwksSettings
 from services.supervisor import edge_limits
 
 CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
+# The services Envoy routes to; the webhook deliverer is a Deployment of the same kind, reached
+# by nobody.
 SERVICES = ("user", "billing", "generation", "gallery")
+DELIVERER = "webhooks"
 
 
 def by_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
@@ -137,15 +140,15 @@ def test_rendered_kinds(rendered: dict[str, list[Manifest]], cluster_rendered: l
     expected = {
         "ConfigMap": 1,
         "CronJob": 2,
-        "Deployment": 6,
-        "HorizontalPodAutoscaler": 5,
+        "Deployment": 7,
+        "HorizontalPodAutoscaler": 6,
         "Job": 1,
-        "NetworkPolicy": 11,
+        "NetworkPolicy": 12,
         "PersistentVolumeClaim": 1,
-        "PodDisruptionBudget": 6,
+        "PodDisruptionBudget": 7,
         "ScaledObject": 1,
         "Service": 5,
-        "ServiceAccount": 8,
+        "ServiceAccount": 9,
     }
     for env in ("dev", "prod"):
         assert dict(Counter(m["kind"] for m in rendered[env])) == expected, env
@@ -185,7 +188,7 @@ def test_every_deployment_is_hardened_probed_sized_spread_and_budgeted(
         "selector": budgets["pingvas-worker"]["spec"]["selector"],
     }
     hpas = by_kind(manifests, "HorizontalPodAutoscaler")
-    assert set(hpas) == {f"pingvas-{name}" for name in (*SERVICES, "envoy")}
+    assert set(hpas) == {f"pingvas-{name}" for name in (*SERVICES, DELIVERER, "envoy")}
 
 
 @pytest.mark.parametrize("env", ["dev", "prod"])
@@ -258,6 +261,11 @@ def test_network_policies(env: str, rendered: dict[str, list[Manifest]]) -> None
             p["port"] for rule in policies[f"pingvas-{service}"]["spec"]["egress"] for p in rule["ports"]
         }
         assert egress_ports == {5432, 6379, 443}
+    deliverer = policies[f"pingvas-{DELIVERER}"]["spec"]
+    assert deliverer["policyTypes"] == ["Egress"] and "ingress" not in deliverer
+    assert {p["port"] for rule in deliverer["egress"] for p in rule["ports"]} == {5432, 443}
+    envoy_peers = [peer for rule in policies["pingvas-envoy"]["spec"]["egress"] for peer in rule.get("to", [])]
+    assert len(envoy_peers) == len(SERVICES)
     assert {p["port"] for r in policies["pingvas-worker"]["spec"]["egress"] for p in r["ports"]} == {
         5432,
         6379,

@@ -32,6 +32,7 @@ from services.common.settings import (
     SchedulerSettings,
     UserSettings,
     WatchSettings,
+    WebhookSettings,
     WorkerSettings,
 )
 from services.common.startup import settings_refusals
@@ -53,6 +54,7 @@ PROCESS_SETTINGS: dict[str, type[BaseSettings]] = {
     "services.billing": BillingSettings,
     "services.generation": GenerationSettings,
     "services.gallery": GallerySettings,
+    "services.webhooks": WebhookSettings,
     "gpu_inference": WorkerSettings,
 }
 # What the CLI demands of a job run against a database by URL (services/cli/main.py).
