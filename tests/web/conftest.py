@@ -20,6 +20,7 @@ from support.google import GoogleProvider
 from support.mesh import REPO_ROOT, MeshStarter, RunningMesh, free_port
 
 WEB_DIR = REPO_ROOT / "web"
+STARTER_RATE = "5 per 600 seconds"
 
 
 @pytest.fixture(scope="package")
@@ -49,6 +50,9 @@ def console_mesh(
     settings = {
         **FAILPOINTS_ENV,
         "PINGVAS_HTTP_PORT": str(console_port),
+        # Starter users reach their rate in a few calls, for the 429 the page explains; no
+        # other test's user is on Starter.
+        "PINGVAS_RATE_LIMITS_PER_USER": json.dumps({"free": "100000/minute", "starter": STARTER_RATE}),
         "PINGVAS_OAUTH_GOOGLE_CLIENT_ID": google_support.CLIENT_ID,
         "PINGVAS_OAUTH_GOOGLE_CLIENT_SECRET": google_support.CLIENT_SECRET,
         "PINGVAS_OAUTH_GOOGLE_DISCOVERY_URL": google.discovery_url,

@@ -128,6 +128,20 @@ def test_out_of_credits_shows_the_upgrade_path_and_a_bad_field_is_named(
     assert "0 available" in browser.do("text", selector="[data-testid=credits]")
 
 
+def test_a_refused_rate_says_when_to_try_again(console_mesh: RunningMesh, browser: Browser) -> None:
+    email = sign_in(browser, console_mesh, "rate")
+    starter = console_mesh.pingvas("admin", "set-plan", email, "starter")
+    assert starter.returncode == 0, starter.stderr
+    for _ in range(20):  # the rate is 5 calls per 600 s: refused within it
+        submit(browser, "a fox", steps=5000)  # invalid, so nothing is made; refused calls count
+        browser.do("waitFor", selector="button[type=submit]:not([disabled])")
+        if browser.do("count", selector="[data-error=rate-limited]"):
+            break
+    notice = browser.do("text", selector="[data-error=rate-limited]")
+    seconds = int(notice.split("Try again in ")[1].split(" s")[0])
+    assert 0 < seconds <= 600, notice
+
+
 def test_the_gallery_pages_stars_and_deletes(console_mesh: RunningMesh, browser: Browser) -> None:
     email = sign_in(browser, console_mesh, "gallery")
     token = httpx.post(

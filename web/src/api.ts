@@ -16,6 +16,7 @@ export function hasAccessToken(): boolean {
 
 export const client = new PingvasClient(createWebTransport(), {
   bearer: () => accessToken,
-  // A person waits: fewer, shorter retries than a batch job's.
-  retry: new RetryPolicy({ maxAttempts: 3, initialBackoff: 0.3, maxBackoff: 2 }),
+  // A person waits: fewer, shorter retries than a batch job's, and a refused rate that asks
+  // for more than a few seconds is shown (with when to try again) instead of waited out.
+  retry: new RetryPolicy({ maxAttempts: 3, initialBackoff: 0.3, maxBackoff: 2, maxRetryAfter: 3 }),
 });
