@@ -8,6 +8,8 @@ reconciler enqueues every QUEUED job that Redis does not have.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -21,12 +23,15 @@ from services.billing.ledger import CreditLedger, generation_reference
 from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.errors import (
+    FieldViolation,
     IdempotencyKeyReused,
+    InvalidInput,
     NotFound,
     QueueFull,
     TooManyGenerations,
     Violations,
 )
+from services.common.pagination import page_limit
 from services.generation.catalog import ModelCatalog, ModelInfo
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog, new_event
@@ -94,6 +99,27 @@ class Acceptance:
         self.delivery = delivery
         self.max_queue_depth = dict(max_queue_depth or {})
         self.max_live_per_user = dict(max_live_per_user or {})
+
+    def catalog_page(self, *, page_size: int, page_token: str) -> tuple[list[ModelInfo], str]:
+        """One page of the models a generation may name, by name; the token names the last model
+        served (a model installed meanwhile appears where its name sorts)."""
+        after = ""
+        if page_token:
+            try:
+                after = json.loads(base64.urlsafe_b64decode(page_token.encode()))["after"]
+                if not isinstance(after, str):
+                    raise TypeError(after)
+            except (ValueError, TypeError, KeyError):
+                raise InvalidInput(
+                    [FieldViolation("page_token", "is not a token this API returned")]
+                ) from None
+        limit = page_limit(page_size)
+        names = [name for name in sorted(self.catalog.names()) if name > after][: limit + 1]
+        models = [model for name in names[:limit] if (model := self.catalog.get(name)) is not None]
+        next_token = ""
+        if len(names) > limit:
+            next_token = base64.urlsafe_b64encode(json.dumps({"after": names[limit - 1]}).encode()).decode()
+        return models, next_token
 
     def resolve(self, spec: GenerationSpec) -> tuple[ResolvedSpec, ModelInfo]:
         """Apply defaults and the rules that depend on the model; field paths match the API."""

@@ -92,6 +92,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "ApiKeyService.CreateApiKey": {"displayName": "matrix", "scopes": ["read"]},
     "ApiKeyService.ListApiKeys": {},
     "ApiKeyService.DeleteApiKey": {"name": "{fresh api key}"},
+    "GenerationService.ListModels": {},
     "BillingService.ListPlans": {},
     "BillingService.CreateCheckout": {"plan": "PLAN_STARTER"},
     "BillingService.GetSubscription": {},

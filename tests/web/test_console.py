@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.integration]
 LIVE = "[data-state]"
 
 
-def sign_in(browser: Browser, mesh: RunningMesh, prefix: str = "console") -> str:
-    email = f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
+def sign_in(browser: Browser, mesh: RunningMesh, prefix: str = "console", email: str | None = None) -> str:
+    email = email or f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
     browser.do("goto", url=mesh.gateway_url)
     browser.do("fill", selector="input[name=email]", value=email)
     browser.do("click", selector="form[aria-label='Dev login'] button")
@@ -29,7 +29,9 @@ def sign_in(browser: Browser, mesh: RunningMesh, prefix: str = "console") -> str
     return email
 
 
-def submit(browser: Browser, prompt: str, *, steps: int, size: str = "64x64") -> None:
+def submit(browser: Browser, prompt: str, *, steps: int, size: str = "64x64", model: str = "tiny-sd") -> None:
+    browser.do("waitFor", selector=f"select[name=model] option[value='{model}']", state="attached")
+    browser.do("select", selector="select[name=model]", value=model)
     browser.do("fill", selector="textarea[name=prompt]", value=prompt)
     browser.do("select", selector="select[name=size]", value=size)
     browser.do("fill", selector="input[name=steps]", value=str(steps))
@@ -62,7 +64,10 @@ def test_dev_sign_in_then_a_generation_shows_previews_of_its_steps_and_then_its_
     assert all(c["httpOnly"] and c["secure"] and c["sameSite"] == "Strict" for c in cookies), cookies
     assert browser.evaluate("return document.cookie") == ""
     browser.screenshot("create")
-    submit(browser, "a red fox in snow", steps=6)
+    # The model is chosen from the catalog (ListModels), the default one first selected.
+    browser.do("waitFor", selector="select[name=model] option[value='tiny-sd-b']", state="attached")
+    assert browser.evaluate("return document.querySelector('select[name=model]').value") == "tiny-sd"
+    submit(browser, "a red fox in snow", steps=6, model="tiny-sd-b")
     generation_id = generation_id_of(browser)
     wait_state(browser, "succeeded")
     browser.do("waitFor", selector="img.result")
@@ -73,8 +78,8 @@ def test_dev_sign_in_then_a_generation_shows_previews_of_its_steps_and_then_its_
     sources = browser.evaluate("return [...document.querySelectorAll('.strip img')].map(i => i.src)")
     assert len(set(steps)) >= 3 and len(set(sources)) == len(sources), (steps, sources)
     browser.screenshot("result")
-    state = console_mesh.sql("SELECT state FROM generations WHERE id = %s", generation_id)
-    assert [row["state"] for row in state] == ["SUCCEEDED"]
+    state = console_mesh.sql("SELECT state, model FROM generations WHERE id = %s", generation_id)
+    assert [(row["state"], row["model"]) for row in state] == [("SUCCEEDED", "tiny-sd-b")]
     assert browser.csp_violations() == []
 
 
@@ -129,9 +134,15 @@ def test_out_of_credits_shows_the_upgrade_path_and_a_bad_field_is_named(
 
 
 def test_a_refused_rate_says_when_to_try_again(console_mesh: RunningMesh, browser: Browser) -> None:
-    email = sign_in(browser, console_mesh, "rate")
+    # On Starter before its first call: the services cache a user's plan for a while.
+    email = f"rate-{uuid.uuid4().hex[:8]}@example.com"
+    signed_up = httpx.post(
+        f"{console_mesh.gateway_url}/api/v1/auth/dev-login", json={"email": email}, timeout=30
+    )
+    assert signed_up.status_code == 200, signed_up.text
     starter = console_mesh.pingvas("admin", "set-plan", email, "starter")
     assert starter.returncode == 0, starter.stderr
+    sign_in(browser, console_mesh, email=email)
     for _ in range(20):  # the rate is 5 calls per 600 s: refused within it
         submit(browser, "a fox", steps=5000)  # invalid, so nothing is made; refused calls count
         browser.do("waitFor", selector="button[type=submit]:not([disabled])")

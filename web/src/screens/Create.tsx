@@ -1,14 +1,31 @@
-import { useState } from "react";
+import { useEffect, useState } from "react";
+import type { Model } from "@pingvas/sdk/gen/pingvas/generation/v1/generation_resources_pb.js";
 import { client } from "../api";
 import type { Navigate } from "../App";
 import { ErrorNotice, fieldErrors } from "../errors";
 
-const SIZES = ["64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024"];
+const SIDES = [32, 64, 128, 256, 512, 768, 1024, 1536, 2048];
+
+/** Square sizes the model accepts, its native one among them. */
+function sizesOf(model: Model | undefined): string[] {
+  if (!model) return ["64x64"];
+  const sides = new Set([...SIDES.filter((side) => side >= model.minSize && side <= model.maxSize), model.nativeSize]);
+  return [...sides].sort((a, b) => a - b).map((side) => `${side}x${side}`);
+}
 
 export function Create({ navigate }: { navigate: Navigate }) {
   const [error, setError] = useState<unknown>();
   const [busy, setBusy] = useState(false);
+  const [models, setModels] = useState<Model[]>([]);
+  const [modelId, setModelId] = useState("");
   const fields = fieldErrors(error);
+  useEffect(() => {
+    client.call((o) => client.generationService.listModels({ pageSize: 100 }, o)).then((reply) => {
+      setModels(reply.models);
+      setModelId(reply.models.find((m) => m.default)?.id ?? reply.models[0]?.id ?? "");
+    }, setError);
+  }, []);
+  const model = models.find((m) => m.id === modelId);
   const fieldError = (name: string) =>
     fields[name] && (
       <span className="field-error" data-field={name}>
@@ -56,13 +73,19 @@ export function Create({ navigate }: { navigate: Navigate }) {
       <div className="row">
         <label>
           Model
-          <input name="model" placeholder="the default model" />
+          <select name="model" value={modelId} onChange={(e) => setModelId(e.target.value)}>
+            {models.map((m) => (
+              <option key={m.id} value={m.id}>
+                {m.id}
+              </option>
+            ))}
+          </select>
           {fieldError("model")}
         </label>
         <label>
           Size
-          <select name="size" defaultValue="64x64">
-            {SIZES.map((size) => (
+          <select name="size" key={modelId} defaultValue={model ? `${model.nativeSize}x${model.nativeSize}` : "64x64"}>
+            {sizesOf(model).map((size) => (
               <option key={size}>{size}</option>
             ))}
           </select>

@@ -3,6 +3,7 @@
 // watch with `after_sequence` instead of replaying the log.
 import { useEffect, useState } from "react";
 import type { GenerationEvent } from "@pingvas/sdk/index";
+import { GenerationState } from "@pingvas/sdk/gen/pingvas/generation/v1/generation_resources_pb.js";
 import { client } from "../api";
 import type { Navigate } from "../App";
 import { ErrorNotice } from "../errors";
@@ -61,11 +62,15 @@ export function Live({ generationId, navigate }: { generationId: string; navigat
       });
     };
     (async () => {
-      // A finished generation's page shows its result without a stream.
+      // A finished generation's page shows how it ended without a stream.
       const generation = await client.getGeneration(generationId);
-      if (generation.imageUrl) {
-        setView((before) => ({ ...before, state: "succeeded", imageUrl: generation.imageUrl }));
-        return;
+      switch (generation.state) {
+        case GenerationState.SUCCEEDED:
+          return setView((before) => ({ ...before, state: "succeeded", imageUrl: generation.imageUrl }));
+        case GenerationState.FAILED:
+          return setView((before) => ({ ...before, state: "failed", message: generation.failureReason }));
+        case GenerationState.CANCELLED:
+          return setView((before) => ({ ...before, state: "cancelled" }));
       }
       for await (const event of client.watch(generationId, { afterSequence: resumedAfter, signal: abort.signal })) {
         show(event);

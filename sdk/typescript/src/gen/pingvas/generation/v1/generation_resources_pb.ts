@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pingvas/generation/v1/generation_resources.proto.
  */
 export const file_pingvas_generation_v1_generation_resources: GenFile = /*@__PURE__*/
-  fileDesc("CjBwaW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9yZXNvdXJjZXMucHJvdG8SFXBpbmd2YXMuZ2VuZXJhdGlvbi52MSL7BgoKR2VuZXJhdGlvbhISCgRuYW1lGAEgASgJQgTiQQEDEhAKAmlkGAIgASgJQgTiQQEDEjsKBXN0YXRlGAMgASgOMiYucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdGF0ZUIE4kEBAxIfCgZwcm9tcHQYBCABKAlCD+JBAQKiuBkHCAEQARjQDxIkCg9uZWdhdGl2ZV9wcm9tcHQYBSABKAlCC+JBAQGiuBkDGNAPEhoKBW1vZGVsGAYgASgJQgviQQEBorgZAxiAARIjCgV3aWR0aBgHIAEoDUIP4kEBAaK4GQcgCCiAIDAISACIAQESJAoGaGVpZ2h0GAggASgNQg/iQQEBorgZByAIKIAgMAhIAYgBARIhCgVzdGVwcxgJIAEoDUIN4kEBAaK4GQUgASiWAUgCiAEBEiMKBHNlZWQYCiABKANCEOJBAQGiuBkIIAAo/////w9IA4gBARIxCghndWlkYW5jZRgLIAEoAkIa4kEBAaK4GRI5AAAAAAAAAABBAAAAAAAAPkBIBIgBARI1CgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSMgoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhcKCWltYWdlX3VybBgPIAEoCUIE4kEBAxIZCgtncHVfc2Vjb25kcxgQIAEoAUIE4kEBAxIaCgxjcmVkaXRzX2hlbGQYESABKANCBOJBAQMSHQoPY3JlZGl0c19jaGFyZ2VkGBIgASgDQgTiQQEDEhwKDmZhaWx1cmVfcmVhc29uGBMgASgJQgTiQQEDEhUKB2F0dGVtcHQYFCABKAVCBOJBAQMSGgoMZmFpbHVyZV9jb2RlGBUgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGBYgASgJQgTiQQEDEhsKDXRodW1ibmFpbF91cmwYFyABKAlCBOJBAQMSEwoFaW1hZ2UYGCABKAlCBOJBAQNCCAoGX3dpZHRoQgkKB19oZWlnaHRCCAoGX3N0ZXBzQgcKBV9zZWVkQgsKCV9ndWlkYW5jZSIqChBHZW5lcmF0aW9uUXVldWVkEhYKCHBvc2l0aW9uGAEgASgDQgTiQQEDIioKEUdlbmVyYXRpb25TdGFydGVkEhUKB2F0dGVtcHQYASABKAVCBOJBAQMiewoSR2VuZXJhdGlvblByb2dyZXNzEhIKBHN0ZXAYASABKA1CBOJBAQMSGQoLdG90YWxfc3RlcHMYAiABKA1CBOJBAQMSFQoHcHJldmlldxgDIAEoDEIE4kEBAxIfChFwcmV2aWV3X21pbWVfdHlwZRgEIAEoCUIE4kEBAyKZAQoTR2VuZXJhdGlvblN1Y2NlZWRlZBIXCglpbWFnZV91cmwYASABKAlCBOJBAQMSEgoEc2VlZBgCIAEoA0IE4kEBAxIZCgtncHVfc2Vjb25kcxgDIAEoAUIE4kEBAxIdCg9jcmVkaXRzX2NoYXJnZWQYBCABKANCBOJBAQMSGwoNdGh1bWJuYWlsX3VybBgFIAEoCUIE4kEBAyJXChBHZW5lcmF0aW9uRmFpbGVkEhQKBnJlYXNvbhgBIAEoCUIE4kEBAxISCgRjb2RlGAIgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGAMgASgJQgTiQQEDIjAKE0dlbmVyYXRpb25DYW5jZWxsZWQSGQoLd2FzX3J1bm5pbmcYASABKAhCBOJBAQMqywEKD0dlbmVyYXRpb25TdGF0ZRIgChxHRU5FUkFUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXR0VORVJBVElPTl9TVEFURV9RVUVVRUQQARIcChhHRU5FUkFUSU9OX1NUQVRFX1JVTk5JTkcQAhIeChpHRU5FUkFUSU9OX1NUQVRFX1NVQ0NFRURFRBADEhsKF0dFTkVSQVRJT05fU1RBVEVfRkFJTEVEEAQSHgoaR0VORVJBVElPTl9TVEFURV9DQU5DRUxMRUQQBWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_rules_v1_rules]);
+  fileDesc("CjBwaW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9yZXNvdXJjZXMucHJvdG8SFXBpbmd2YXMuZ2VuZXJhdGlvbi52MSL7BgoKR2VuZXJhdGlvbhISCgRuYW1lGAEgASgJQgTiQQEDEhAKAmlkGAIgASgJQgTiQQEDEjsKBXN0YXRlGAMgASgOMiYucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdGF0ZUIE4kEBAxIfCgZwcm9tcHQYBCABKAlCD+JBAQKiuBkHCAEQARjQDxIkCg9uZWdhdGl2ZV9wcm9tcHQYBSABKAlCC+JBAQGiuBkDGNAPEhoKBW1vZGVsGAYgASgJQgviQQEBorgZAxiAARIjCgV3aWR0aBgHIAEoDUIP4kEBAaK4GQcgCCiAIDAISACIAQESJAoGaGVpZ2h0GAggASgNQg/iQQEBorgZByAIKIAgMAhIAYgBARIhCgVzdGVwcxgJIAEoDUIN4kEBAaK4GQUgASiWAUgCiAEBEiMKBHNlZWQYCiABKANCEOJBAQGiuBkIIAAo/////w9IA4gBARIxCghndWlkYW5jZRgLIAEoAkIa4kEBAaK4GRI5AAAAAAAAAABBAAAAAAAAPkBIBIgBARI1CgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSMgoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhcKCWltYWdlX3VybBgPIAEoCUIE4kEBAxIZCgtncHVfc2Vjb25kcxgQIAEoAUIE4kEBAxIaCgxjcmVkaXRzX2hlbGQYESABKANCBOJBAQMSHQoPY3JlZGl0c19jaGFyZ2VkGBIgASgDQgTiQQEDEhwKDmZhaWx1cmVfcmVhc29uGBMgASgJQgTiQQEDEhUKB2F0dGVtcHQYFCABKAVCBOJBAQMSGgoMZmFpbHVyZV9jb2RlGBUgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGBYgASgJQgTiQQEDEhsKDXRodW1ibmFpbF91cmwYFyABKAlCBOJBAQMSEwoFaW1hZ2UYGCABKAlCBOJBAQNCCAoGX3dpZHRoQgkKB19oZWlnaHRCCAoGX3N0ZXBzQgcKBV9zZWVkQgsKCV9ndWlkYW5jZSIqChBHZW5lcmF0aW9uUXVldWVkEhYKCHBvc2l0aW9uGAEgASgDQgTiQQEDIioKEUdlbmVyYXRpb25TdGFydGVkEhUKB2F0dGVtcHQYASABKAVCBOJBAQMiewoSR2VuZXJhdGlvblByb2dyZXNzEhIKBHN0ZXAYASABKA1CBOJBAQMSGQoLdG90YWxfc3RlcHMYAiABKA1CBOJBAQMSFQoHcHJldmlldxgDIAEoDEIE4kEBAxIfChFwcmV2aWV3X21pbWVfdHlwZRgEIAEoCUIE4kEBAyKZAQoTR2VuZXJhdGlvblN1Y2NlZWRlZBIXCglpbWFnZV91cmwYASABKAlCBOJBAQMSEgoEc2VlZBgCIAEoA0IE4kEBAxIZCgtncHVfc2Vjb25kcxgDIAEoAUIE4kEBAxIdCg9jcmVkaXRzX2NoYXJnZWQYBCABKANCBOJBAQMSGwoNdGh1bWJuYWlsX3VybBgFIAEoCUIE4kEBAyJXChBHZW5lcmF0aW9uRmFpbGVkEhQKBnJlYXNvbhgBIAEoCUIE4kEBAxISCgRjb2RlGAIgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGAMgASgJQgTiQQEDIjAKE0dlbmVyYXRpb25DYW5jZWxsZWQSGQoLd2FzX3J1bm5pbmcYASABKAhCBOJBAQMijwEKBU1vZGVsEhIKBG5hbWUYASABKAlCBOJBAQMSEAoCaWQYAiABKAlCBOJBAQMSGQoLbmF0aXZlX3NpemUYAyABKA1CBOJBAQMSFgoIbWluX3NpemUYBCABKA1CBOJBAQMSFgoIbWF4X3NpemUYBSABKA1CBOJBAQMSFQoHZGVmYXVsdBgGIAEoCEIE4kEBAyrLAQoPR2VuZXJhdGlvblN0YXRlEiAKHEdFTkVSQVRJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIbChdHRU5FUkFUSU9OX1NUQVRFX1FVRVVFRBABEhwKGEdFTkVSQVRJT05fU1RBVEVfUlVOTklORxACEh4KGkdFTkVSQVRJT05fU1RBVEVfU1VDQ0VFREVEEAMSGwoXR0VORVJBVElPTl9TVEFURV9GQUlMRUQQBBIeChpHRU5FUkFUSU9OX1NUQVRFX0NBTkNFTExFRBAFYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_rules_v1_rules]);
 
 /**
  * Generation is one text-to-image job and, once it succeeds, its image.
@@ -401,6 +401,62 @@ export type GenerationCancelled = Message<"pingvas.generation.v1.GenerationCance
  */
 export const GenerationCancelledSchema: GenMessage<GenerationCancelled> = /*@__PURE__*/
   messageDesc(file_pingvas_generation_v1_generation_resources, 6);
+
+/**
+ * Model is one model of the catalog that a generation may name.
+ *
+ * @generated from message pingvas.generation.v1.Model
+ */
+export type Model = Message<"pingvas.generation.v1.Model"> & {
+  /**
+   * Output only. The model's resource name: `models/{model}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Output only. The model's id, what `Generation.model` names.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * Output only. The image side the model was trained at, in pixels.
+   *
+   * @generated from field: uint32 native_size = 3;
+   */
+  nativeSize: number;
+
+  /**
+   * Output only. The smallest image side it accepts, in pixels (a multiple of 8).
+   *
+   * @generated from field: uint32 min_size = 4;
+   */
+  minSize: number;
+
+  /**
+   * Output only. The largest image side it accepts, in pixels.
+   *
+   * @generated from field: uint32 max_size = 5;
+   */
+  maxSize: number;
+
+  /**
+   * Output only. Whether a generation that names no model gets this one.
+   *
+   * @generated from field: bool default = 6;
+   */
+  default: boolean;
+};
+
+/**
+ * Describes the message pingvas.generation.v1.Model.
+ * Use `create(ModelSchema)` to create a new message.
+ */
+export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_resources, 7);
 
 /**
  * GenerationState is where a generation stands. QUEUED and RUNNING are live; the others are

@@ -9,7 +9,7 @@ import { file_google_api_field_behavior } from "../../../google/api/field_behavi
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_pingvas_access_v1_access } from "../../access/v1/access_pb.js";
-import type { Generation, GenerationCancelled, GenerationFailed, GenerationProgress, GenerationQueued, GenerationSchema, GenerationStarted, GenerationSucceeded } from "./generation_resources_pb.js";
+import type { Generation, GenerationCancelled, GenerationFailed, GenerationProgress, GenerationQueued, GenerationSchema, GenerationStarted, GenerationSucceeded, Model } from "./generation_resources_pb.js";
 import { file_pingvas_generation_v1_generation_resources } from "./generation_resources_pb.js";
 import { file_pingvas_rules_v1_rules } from "../../rules/v1/rules_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pingvas/generation/v1/generation_service.proto.
  */
 export const file_pingvas_generation_v1_generation_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci5waW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9zZXJ2aWNlLnByb3RvEhVwaW5ndmFzLmdlbmVyYXRpb24udjEifQoXQ3JlYXRlR2VuZXJhdGlvblJlcXVlc3QSQQoKZ2VuZXJhdGlvbhgBIAEoCzIhLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uQgriQQECorgZAggBEh8KCnJlcXVlc3RfaWQYAiABKAlCC+JBAQGiuBkDGIABIjkKFEdldEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAEiUwoWTGlzdEdlbmVyYXRpb25zUmVxdWVzdBIfCglwYWdlX3NpemUYASABKAVCDOJBAQGiuBkEIAAoZBIYCgpwYWdlX3Rva2VuGAIgASgJQgTiQQEBInYKF0xpc3RHZW5lcmF0aW9uc1Jlc3BvbnNlEjwKC2dlbmVyYXRpb25zGAEgAygLMiEucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25CBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDIjwKF0NhbmNlbEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAEiXwoWV2F0Y2hHZW5lcmF0aW9uUmVxdWVzdBIhCg1nZW5lcmF0aW9uX2lkGAEgASgJQgriQQECorgZAggBEiIKDmFmdGVyX3NlcXVlbmNlGAIgASgDQgriQQEBorgZAiAAIvsDChdXYXRjaEdlbmVyYXRpb25SZXNwb25zZRIWCghzZXF1ZW5jZRgBIAEoA0IE4kEBAxIbCg1nZW5lcmF0aW9uX2lkGAIgASgJQgTiQQEDEi4KBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjkKBnF1ZXVlZBgKIAEoCzInLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uUXVldWVkSAASOwoHc3RhcnRlZBgLIAEoCzIoLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uU3RhcnRlZEgAEj0KCHByb2dyZXNzGAwgASgLMikucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25Qcm9ncmVzc0gAEj8KCXN1Y2NlZWRlZBgNIAEoCzIqLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uU3VjY2VlZGVkSAASOQoGZmFpbGVkGA4gASgLMicucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25GYWlsZWRIABI/CgljYW5jZWxsZWQYDyABKAsyKi5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkNhbmNlbGxlZEgAQgcKBWV2ZW50MrUGChFHZW5lcmF0aW9uU2VydmljZRKcAQoQQ3JlYXRlR2VuZXJhdGlvbhIuLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5DcmVhdGVHZW5lcmF0aW9uUmVxdWVzdBohLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uIjXCvhkECAIQAoLT5JMCJzoKZ2VuZXJhdGlvbiIZL2FwaS92MS9nZW5lcmF0aW9uL2NyZWF0ZRKTAQoNR2V0R2VuZXJhdGlvbhIrLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZXRHZW5lcmF0aW9uUmVxdWVzdBohLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uIjLCvhkECAMQAYLT5JMCJBIiL2FwaS92MS9nZW5lcmF0aW9uL3tnZW5lcmF0aW9uX2lkfRKUAQoPTGlzdEdlbmVyYXRpb25zEi0ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkxpc3RHZW5lcmF0aW9uc1JlcXVlc3QaLi5waW5ndmFzLmdlbmVyYXRpb24udjEuTGlzdEdlbmVyYXRpb25zUmVzcG9uc2UiIsK+GQQIAhABgtPkkwIUEhIvYXBpL3YxL2dlbmVyYXRpb24SowEKEENhbmNlbEdlbmVyYXRpb24SLi5waW5ndmFzLmdlbmVyYXRpb24udjEuQ2FuY2VsR2VuZXJhdGlvblJlcXVlc3QaIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbiI8wr4ZBAgDEAKC0+STAi46ASoiKS9hcGkvdjEvZ2VuZXJhdGlvbi97Z2VuZXJhdGlvbl9pZH0vY2FuY2VsEq0BCg9XYXRjaEdlbmVyYXRpb24SLS5waW5ndmFzLmdlbmVyYXRpb24udjEuV2F0Y2hHZW5lcmF0aW9uUmVxdWVzdBouLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5XYXRjaEdlbmVyYXRpb25SZXNwb25zZSI5wr4ZBAgDEAGC0+STAisSKS9hcGkvdjEvZ2VuZXJhdGlvbi97Z2VuZXJhdGlvbl9pZH0vZXZlbnRzMAFiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_access_v1_access, file_pingvas_generation_v1_generation_resources, file_pingvas_rules_v1_rules]);
+  fileDesc("Ci5waW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9zZXJ2aWNlLnByb3RvEhVwaW5ndmFzLmdlbmVyYXRpb24udjEifQoXQ3JlYXRlR2VuZXJhdGlvblJlcXVlc3QSQQoKZ2VuZXJhdGlvbhgBIAEoCzIhLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uQgriQQECorgZAggBEh8KCnJlcXVlc3RfaWQYAiABKAlCC+JBAQGiuBkDGIABIjkKFEdldEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAEiTgoRTGlzdE1vZGVsc1JlcXVlc3QSHwoJcGFnZV9zaXplGAEgASgFQgziQQEBorgZBCAAKGQSGAoKcGFnZV90b2tlbhgCIAEoCUIE4kEBASJnChJMaXN0TW9kZWxzUmVzcG9uc2USMgoGbW9kZWxzGAEgAygLMhwucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLk1vZGVsQgTiQQEDEh0KD25leHRfcGFnZV90b2tlbhgCIAEoCUIE4kEBAyJTChZMaXN0R2VuZXJhdGlvbnNSZXF1ZXN0Eh8KCXBhZ2Vfc2l6ZRgBIAEoBUIM4kEBAaK4GQQgAChkEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQEidgoXTGlzdEdlbmVyYXRpb25zUmVzcG9uc2USPAoLZ2VuZXJhdGlvbnMYASADKAsyIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkIE4kEBAxIdCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCBOJBAQMiPAoXQ2FuY2VsR2VuZXJhdGlvblJlcXVlc3QSIQoNZ2VuZXJhdGlvbl9pZBgBIAEoCUIK4kEBAqK4GQIIASJfChZXYXRjaEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAESIgoOYWZ0ZXJfc2VxdWVuY2UYAiABKANCCuJBAQGiuBkCIAAi+wMKF1dhdGNoR2VuZXJhdGlvblJlc3BvbnNlEhYKCHNlcXVlbmNlGAEgASgDQgTiQQEDEhsKDWdlbmVyYXRpb25faWQYAiABKAlCBOJBAQMSLgoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSOQoGcXVldWVkGAogASgLMicucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25RdWV1ZWRIABI7CgdzdGFydGVkGAsgASgLMigucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdGFydGVkSAASPQoIcHJvZ3Jlc3MYDCABKAsyKS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvblByb2dyZXNzSAASPwoJc3VjY2VlZGVkGA0gASgLMioucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdWNjZWVkZWRIABI5CgZmYWlsZWQYDiABKAsyJy5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkZhaWxlZEgAEj8KCWNhbmNlbGxlZBgPIAEoCzIqLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uQ2FuY2VsbGVkSABCBwoFZXZlbnQyuQcKEUdlbmVyYXRpb25TZXJ2aWNlEpwBChBDcmVhdGVHZW5lcmF0aW9uEi4ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkNyZWF0ZUdlbmVyYXRpb25SZXF1ZXN0GiEucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb24iNcK+GQQIAhACgtPkkwInOgpnZW5lcmF0aW9uIhkvYXBpL3YxL2dlbmVyYXRpb24vY3JlYXRlEpMBCg1HZXRHZW5lcmF0aW9uEisucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdldEdlbmVyYXRpb25SZXF1ZXN0GiEucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb24iMsK+GQQIAxABgtPkkwIkEiIvYXBpL3YxL2dlbmVyYXRpb24ve2dlbmVyYXRpb25faWR9EoEBCgpMaXN0TW9kZWxzEigucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GikucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIewr4ZBAgCEAGC0+STAhASDi9hcGkvdjEvbW9kZWxzEpQBCg9MaXN0R2VuZXJhdGlvbnMSLS5waW5ndmFzLmdlbmVyYXRpb24udjEuTGlzdEdlbmVyYXRpb25zUmVxdWVzdBouLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5MaXN0R2VuZXJhdGlvbnNSZXNwb25zZSIiwr4ZBAgCEAGC0+STAhQSEi9hcGkvdjEvZ2VuZXJhdGlvbhKjAQoQQ2FuY2VsR2VuZXJhdGlvbhIuLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5DYW5jZWxHZW5lcmF0aW9uUmVxdWVzdBohLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uIjzCvhkECAMQAoLT5JMCLjoBKiIpL2FwaS92MS9nZW5lcmF0aW9uL3tnZW5lcmF0aW9uX2lkfS9jYW5jZWwSrQEKD1dhdGNoR2VuZXJhdGlvbhItLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5XYXRjaEdlbmVyYXRpb25SZXF1ZXN0Gi4ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLldhdGNoR2VuZXJhdGlvblJlc3BvbnNlIjnCvhkECAMQAYLT5JMCKxIpL2FwaS92MS9nZW5lcmF0aW9uL3tnZW5lcmF0aW9uX2lkfS9ldmVudHMwAWIGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_access_v1_access, file_pingvas_generation_v1_generation_resources, file_pingvas_rules_v1_rules]);
 
 /**
  * CreateGenerationRequest carries the generation to create.
@@ -71,6 +71,62 @@ export const GetGenerationRequestSchema: GenMessage<GetGenerationRequest> = /*@_
   messageDesc(file_pingvas_generation_v1_generation_service, 1);
 
 /**
+ * ListModelsRequest pages through the catalog.
+ *
+ * @generated from message pingvas.generation.v1.ListModelsRequest
+ */
+export type ListModelsRequest = Message<"pingvas.generation.v1.ListModelsRequest"> & {
+  /**
+   * Optional. The most models to return, at most 100; 20 when unset.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. The `next_page_token` of a previous call.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pingvas.generation.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_service, 2);
+
+/**
+ * ListModelsResponse is one page of the catalog, by name.
+ *
+ * @generated from message pingvas.generation.v1.ListModelsResponse
+ */
+export type ListModelsResponse = Message<"pingvas.generation.v1.ListModelsResponse"> & {
+  /**
+   * Output only. The models.
+   *
+   * @generated from field: repeated pingvas.generation.v1.Model models = 1;
+   */
+  models: Model[];
+
+  /**
+   * Output only. The token of the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pingvas.generation.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_service, 3);
+
+/**
  * ListGenerationsRequest pages through the caller's generations.
  *
  * @generated from message pingvas.generation.v1.ListGenerationsRequest
@@ -96,7 +152,7 @@ export type ListGenerationsRequest = Message<"pingvas.generation.v1.ListGenerati
  * Use `create(ListGenerationsRequestSchema)` to create a new message.
  */
 export const ListGenerationsRequestSchema: GenMessage<ListGenerationsRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 2);
+  messageDesc(file_pingvas_generation_v1_generation_service, 4);
 
 /**
  * ListGenerationsResponse is one page of generations.
@@ -124,7 +180,7 @@ export type ListGenerationsResponse = Message<"pingvas.generation.v1.ListGenerat
  * Use `create(ListGenerationsResponseSchema)` to create a new message.
  */
 export const ListGenerationsResponseSchema: GenMessage<ListGenerationsResponse> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 3);
+  messageDesc(file_pingvas_generation_v1_generation_service, 5);
 
 /**
  * CancelGenerationRequest names the generation to cancel.
@@ -145,7 +201,7 @@ export type CancelGenerationRequest = Message<"pingvas.generation.v1.CancelGener
  * Use `create(CancelGenerationRequestSchema)` to create a new message.
  */
 export const CancelGenerationRequestSchema: GenMessage<CancelGenerationRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 4);
+  messageDesc(file_pingvas_generation_v1_generation_service, 6);
 
 /**
  * WatchGenerationRequest names the generation to follow.
@@ -173,7 +229,7 @@ export type WatchGenerationRequest = Message<"pingvas.generation.v1.WatchGenerat
  * Use `create(WatchGenerationRequestSchema)` to create a new message.
  */
 export const WatchGenerationRequestSchema: GenMessage<WatchGenerationRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 5);
+  messageDesc(file_pingvas_generation_v1_generation_service, 7);
 
 /**
  * WatchGenerationResponse is one event of a generation.
@@ -263,7 +319,7 @@ export type WatchGenerationResponse = Message<"pingvas.generation.v1.WatchGenera
  * Use `create(WatchGenerationResponseSchema)` to create a new message.
  */
 export const WatchGenerationResponseSchema: GenMessage<WatchGenerationResponse> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 6);
+  messageDesc(file_pingvas_generation_v1_generation_service, 8);
 
 /**
  * GenerationService accepts text-to-image jobs, streams their progress and cancels them.
@@ -303,6 +359,17 @@ export const GenerationService: GenService<{
     methodKind: "unary";
     input: typeof GetGenerationRequestSchema;
     output: typeof GenerationSchema;
+  },
+  /**
+   * Lists the models a generation may name (the deployment's catalog), by name, with the image
+   * sizes each accepts.
+   *
+   * @generated from rpc pingvas.generation.v1.GenerationService.ListModels
+   */
+  listModels: {
+    methodKind: "unary";
+    input: typeof ListModelsRequestSchema;
+    output: typeof ListModelsResponseSchema;
   },
   /**
    * Lists the caller's generations, newest first.
