@@ -59,6 +59,11 @@ PUBLIC_SERVICES: dict[str, str] = {
     "pingvas.user.v1.ApiKeyService": "user",
 }
 
+# The web console's static-file process (services/console), an optional upstream: with it, every
+# path that is not the API's (REST under /api/, the JWKS, the gRPC services, any gRPC or
+# gRPC-Web call) goes to it, over HTTP/1.1, by the last route.
+CONSOLE_BACKEND = "console"
+
 # The descriptor set `pingvas proto generate` builds from proto/ (shipped as package data).
 DESCRIPTOR_SET = Path(__file__).with_name("pingvas.binpb")
 
@@ -345,7 +350,12 @@ def build_envoy_config(
                 },
             }
         ],
-        "route_config": _route_config(_streaming_method_paths(descriptors), cors_allowed_origins, limits),
+        "route_config": _route_config(
+            _streaming_method_paths(descriptors),
+            cors_allowed_origins,
+            limits,
+            with_console=CONSOLE_BACKEND in upstreams,
+        ),
         "http_filters": [
             _http_filter("envoy.filters.http.cors", "envoy.extensions.filters.http.cors.v3.Cors"),
             _http_filter("envoy.filters.http.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
@@ -382,6 +392,8 @@ def build_envoy_config(
 
     clusters = [_backend_cluster(name, upstreams[name]) for name in backends]
     clusters.append({"name": NO_UPSTREAM_CLUSTER, "type": "STATIC", "connect_timeout": "1s"})
+    if CONSOLE_BACKEND in upstreams:
+        clusters.append(_console_cluster(upstreams[CONSOLE_BACKEND]))
     clusters.append(_jwks_cluster(listen_host, listen_port))
 
     return {
@@ -572,7 +584,11 @@ def _messages_by_full_name(
 
 
 def _route_config(
-    streaming_method_paths: Sequence[str], cors_allowed_origins: Sequence[str], limits: EdgeLimits
+    streaming_method_paths: Sequence[str],
+    cors_allowed_origins: Sequence[str],
+    limits: EdgeLimits,
+    *,
+    with_console: bool = False,
 ) -> dict[str, Any]:
     # Streams get no overall deadline (a watch lasts as long as its job), so each streaming method
     # has an exact-path route ahead of its service's prefix, honouring a gRPC client's
@@ -654,10 +670,57 @@ def _route_config(
             {
                 "name": "pingvas",
                 "domains": ["*"],
-                "routes": [*streaming_routes, *per_ip_routes, *service_routes, rest_cors_route],
+                "routes": [
+                    *streaming_routes,
+                    *per_ip_routes,
+                    *service_routes,
+                    rest_cors_route,
+                    *(_console_routes(unary_timeout) if with_console else []),
+                ],
                 "typed_per_filter_config": {"envoy.filters.http.cors": _cors_policy(cors_allowed_origins)},
             }
         ],
+    }
+
+
+def _console_routes(timeout: str) -> list[dict[str, Any]]:
+    """The routes after the API's: what the API owns but no route above forwards never reaches
+    the console (a gRPC call of an unrouted service, a gRPC-typed request under /api/, the JWKS,
+    which the transcoder re-routes), and every other path is a page or file of the console."""
+    not_found = {"direct_response": {"status": 404}}
+    grpc_content = {"name": "content-type", "string_match": {"prefix": _GRPC_CONTENT_TYPE_PREFIX}}
+    return [
+        {"match": {"prefix": REST_PATH_PREFIX}, **not_found},
+        {"match": {"path": JWKS_PATH}, "route": {"cluster": NO_UPSTREAM_CLUSTER}},
+        {"match": {"prefix": "/", "headers": [grpc_content]}, **not_found},
+        {
+            "match": {"prefix": "/"},
+            "route": {"cluster": CONSOLE_BACKEND, "timeout": timeout},
+            # Not the API: no REST mapping (which would refuse every page as an unknown method).
+            "typed_per_filter_config": {
+                "envoy.filters.http.grpc_json_transcoder": {
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "disabled": True,
+                }
+            },
+        },
+    ]
+
+
+def _console_cluster(upstream: Upstream) -> dict[str, Any]:
+    """The static-file process, over HTTP/1.1 (Envoy's default upstream protocol)."""
+    return {
+        "name": CONSOLE_BACKEND,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": UPSTREAM_CONNECT_TIMEOUT,
+        "load_assignment": {
+            "cluster_name": CONSOLE_BACKEND,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream.host, upstream.port)}}]}
+            ],
+        },
     }
 
 

@@ -3,8 +3,9 @@
 Starts PostgreSQL, Redis and SeaweedFS, the S3 server (embedded unless PINGVAS_ADMIN_DATABASE_URL /
 REDIS_URL / S3_ENDPOINT_URL point elsewhere), configures the buckets (`pingvas storage init`),
 in dev pushes the local models into an empty models bucket (`pingvas models push`), provisions
-the environment's database roles and applies migrations as its owner,
-starts each service, the webhook deliverer and the GPU workers as their own processes, then Envoy. It logs each
+the environment's database roles and applies migrations as its owner, starts each service, the
+webhook deliverer, the GPU workers and the web console's static-file server as their own
+processes, then Envoy. It logs each
 component's state and stops everything in reverse order on SIGTERM or Ctrl-C.
 
 The laptop runs production's security: PostgreSQL with passwords (scram-sha-256) and fsync on,
@@ -237,6 +238,7 @@ class Mesh:
 
     def start(self) -> None:
         from gateway.envoy import (
+            CONSOLE_BACKEND,
             DESCRIPTOR_SET,
             Upstream,
             envoy_executable,
@@ -345,16 +347,41 @@ class Mesh:
                 stop_timeout=100,
             )
             pending.append((name, port, self._start(process)))
+        console_port = free_port()
+        console = self._start(
+            ManagedProcess(
+                CONSOLE_BACKEND,
+                [sys.executable, "-m", "services.console"],
+                log_path=self.logs / "console.log",
+                # Only what it serves by: no database, keys or secrets. The S3 endpoint names
+                # the image host its Content-Security-Policy allows.
+                env=self._child_env(
+                    {
+                        "PINGVAS_HOME": str(self.home),
+                        "PYTHONUNBUFFERED": "1",
+                        "PINGVAS_CONSOLE_PORT": str(console_port),
+                        **{k: v for k, v in storage_env.items() if k == "S3_ENDPOINT_URL"},
+                    },
+                    drop=("DATABASE_URL", "SYSTEM_DATABASE_URL", "PINGVAS_SYSTEM_DATABASE_URL"),
+                ),
+            )
+        )
         for name, port, process in pending:
             wait_serving(name, port, process, timeout=180)
             log.info("%s SERVING on 127.0.0.1:%d", name, port)
+        assert console.popen is not None
+        wait_for_port("127.0.0.1", console_port, 30, console.popen)
+        log.info("console serving on 127.0.0.1:%d", console_port)
 
         config = write_envoy_config(
             self.home / "run" / "envoy.yaml",
             listen_host=options.http_host,
             listen_port=options.http_port,
             admin_port=free_port(),
-            upstreams={name: Upstream("127.0.0.1", ports[name]) for name in SERVICES},
+            upstreams={
+                **{name: Upstream("127.0.0.1", ports[name]) for name in SERVICES},
+                CONSOLE_BACKEND: Upstream("127.0.0.1", console_port),
+            },
             descriptor_set=DESCRIPTOR_SET,
             limits=edge_limits(),
             jwks_cache_seconds=JwksSettings().cache_seconds,
@@ -397,7 +424,7 @@ class Mesh:
             ),
         )
         self._started = True
-        log.info("gateway listening on %s (gRPC, gRPC-Web and REST)", public_url)
+        log.info("gateway listening on %s (gRPC, gRPC-Web, REST and the web console)", public_url)
         print(f"Pingvas is up: {public_url}  (logs in {self.logs})", flush=True)
 
     def _start_seaweedfs(self) -> dict[str, str]:

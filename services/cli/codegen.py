@@ -1,11 +1,13 @@
 """`pingvas proto generate`: regenerate everything that is derived from proto/.
 
-Two artifacts come out of the contract, and both are committed so that a checkout runs without
+Three artifacts come out of the contract, and all are committed so that a checkout runs without
 buf or grpcio-tools; CI regenerates them and fails on any difference:
 
 - the Python SDK's messages, typing stubs and gRPC stubs: the subpackages of sdk/python/pingvas
   (`pingvas.generation.v1`, ...). The SDK's hand-written modules sit beside them at the top of
   the package (sdk/python/pingvas/*.py) and are never touched;
+- the TypeScript SDK's messages and Connect service descriptors, sdk/typescript/src/gen
+  (protoc-gen-es, as buf.gen.yaml says), which the SDK's wrapper and the web console import;
 - the descriptor set Envoy's gRPC-JSON transcoder reads, gateway/pingvas.binpb.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "proto"
 SDK_ROOT = REPO_ROOT / "sdk" / "python"
+TYPESCRIPT_SDK_ROOT = REPO_ROOT / "sdk" / "typescript"
 DESCRIPTOR_SET = REPO_ROOT / "gateway" / "pingvas.binpb"
 
 
@@ -56,14 +59,27 @@ def generate_python_sdk() -> None:
         (directory / "__init__.py").touch()
 
 
+def generate_typescript_sdk() -> None:
+    """buf generate with buf.gen.yaml: protoc-gen-es, pinned in sdk/typescript's lock file, run
+    from its node_modules (buf's remote plugins are out of reach)."""
+    plugin = TYPESCRIPT_SDK_ROOT / "node_modules" / ".bin" / "protoc-gen-es"
+    if not plugin.exists():
+        raise SystemExit("protoc-gen-es is not installed: run `npm ci` in sdk/typescript")
+    subprocess.run([str(buf_executable()), "generate"], cwd=REPO_ROOT, check=True)
+
+
 def build_descriptor_set() -> None:
     subprocess.run([str(buf_executable()), "build", "-o", str(DESCRIPTOR_SET)], cwd=REPO_ROOT, check=True)
 
 
 def main() -> None:
     generate_python_sdk()
+    generate_typescript_sdk()
     build_descriptor_set()
-    print(f"generated {SDK_ROOT.relative_to(REPO_ROOT)}/pingvas and {DESCRIPTOR_SET.relative_to(REPO_ROOT)}")
+    print(
+        f"generated {SDK_ROOT.relative_to(REPO_ROOT)}/pingvas, "
+        f"{TYPESCRIPT_SDK_ROOT.relative_to(REPO_ROOT)}/src/gen and {DESCRIPTOR_SET.relative_to(REPO_ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Keyset pagination, newest first (AIP-158), shared by every List RPC over rows ordered by
-(created_at DESC, id DESC).
+"""Keyset pagination (AIP-158), shared by every List RPC: newest first over rows ordered by
+(created_at DESC, id DESC), or by name for a list keyed by a unique name.
 
 A page token is opaque to clients: base64 of JSON naming the last row served (its creation time
 and id) and a fingerprint of the query it continues (a List's filter; empty when it has none).
@@ -70,6 +70,25 @@ def decode_page_token(token: str, query: str = "") -> Position | None:
             [FieldViolation("page_token", "was issued for another filter; list from the start with this one")]
         )
     return created_at, row_id
+
+
+def encode_name_token(name: str) -> str:
+    """A token for a List ordered by a unique name (the model catalog): the next page starts
+    strictly after `name`, so an entry added meanwhile appears where its name sorts."""
+    return base64.urlsafe_b64encode(json.dumps({"after": name}).encode()).decode()
+
+
+def decode_name_token(token: str) -> str:
+    """The name a page starts after: "" for the first page (no token)."""
+    if not token:
+        return ""
+    try:
+        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+        if not isinstance(after, str):
+            raise TypeError(after)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise InvalidInput([FieldViolation("page_token", "is not a token this API returned")]) from None
+    return after
 
 
 def split_page(

@@ -673,6 +673,25 @@ class SupervisorSettings(BaseSettings):
         )
 
 
+class ConsoleSettings(BaseSettings):
+    """The web console's static-file process (`python -m services.console`), which serves the
+    built single-page app (web/dist) behind the gateway's catch-all route."""
+
+    model_config = SettingsConfigDict(env_prefix="PINGVAS_CONSOLE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the static-file server listens on.")
+    port: int = Field(8090, ge=1, le=65535, description="Port the static-file server listens on.")
+    assets_dir: Path = Field(
+        Path(__file__).resolve().parents[2] / "web" / "dist",
+        description="The console's built assets (`npm run build` in web/), index.html at the top.",
+    )
+    image_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins image URLs point at, allowed by the Content-Security-Policy's img-src; "
+        "when empty, the origin of the S3 endpoint (PINGVAS_S3_ENDPOINT_URL) or CloudFront domain.",
+    )
+
+
 class WorkerSettings(CommonSettings):
     worker_id: str = Field("", description="Stable name of this worker; hostname-pid when empty.")
     health_host: str = Field("127.0.0.1", description="Address of the worker's gRPC health server.")

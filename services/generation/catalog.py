@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from services.common.pagination import decode_name_token, encode_name_token, page_limit
+
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -119,6 +121,13 @@ class ModelCatalog:
     def names(self) -> list[str]:
         """The names of the models found at the last read, sorted."""
         return sorted(self._models)
+
+    def page(self, *, page_size: int, page_token: str) -> tuple[list[ModelInfo], str]:
+        """One page of the models found at the last read, by name, and the next page's token."""
+        after, limit = decode_name_token(page_token), page_limit(page_size)
+        following = [self._models[name] for name in self.names() if name > after][: limit + 1]
+        next_token = encode_name_token(following[limit - 1].name) if len(following) > limit else ""
+        return following[:limit], next_token
 
     async def refresh(self) -> None:
         """Read the source again now (subject to the rate limit). A source that cannot be read

@@ -94,6 +94,28 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
         return await self._proto(record)
 
     @unary
+    async def ListModels(
+        self, request: pb.ListModelsRequest, caller: Principal, context: Context
+    ) -> pb.ListModelsResponse:
+        models, next_token = self.acceptance.catalog.page(
+            page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListModelsResponse(
+            models=[
+                resources.Model(
+                    name=f"models/{model.name}",
+                    id=model.name,
+                    native_size=model.native_size,
+                    min_size=model.min_size,
+                    max_size=model.max_size,
+                    default=model.name == self.acceptance.default_model,
+                )
+                for model in models
+            ],
+            next_page_token=next_token,
+        )
+
+    @unary
     async def ListGenerations(
         self, request: pb.ListGenerationsRequest, caller: Principal, context: Context
     ) -> pb.ListGenerationsResponse:

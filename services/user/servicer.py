@@ -18,6 +18,7 @@ from services.common.errors import FieldViolation, InvalidInput, NotFound, Permi
 from services.common.keyring import SigningKeyring, TokenIssuer
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, public_unary, unary
+from services.user import session_cookie
 from services.user.accounts import Account, UserAccounts
 from services.user.oauth import DISCORD, GOOGLE, OAuthSignIn
 from services.user.sessions import Sessions
@@ -86,29 +87,52 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
     async def DevLogin(self, request: pb.DevLoginRequest, context: Context) -> pb.DevLoginResponse:
         if not self.dev_login_enabled:
             raise PermissionDenied("dev login is not enabled on this deployment")
-        return pb.DevLoginResponse(**await self._signed_in(await self.accounts.sign_in(request.email)))
+        account = await self.accounts.sign_in(request.email)
+        return pb.DevLoginResponse(**await self._signed_in(account, context))
 
-    async def _signed_in(self, account: Account) -> dict[str, Any]:
+    async def _signed_in(self, account: Account, context: Context) -> dict[str, Any]:
         """A sign-in's answer: a new session's access and refresh tokens, and the user."""
         refresh = await self.sessions.start(account.id)
         return {
             "access_token": await self.issuer.issue(account.id, account.email),
             "expires_in": self.issuer.ttl_seconds,
             "user": account_to_proto(account),
-            "refresh_token": refresh.token,
+            "refresh_token": await self._hand_over(refresh.token, refresh.expires_in, context),
             "refresh_expires_in": refresh.expires_in,
         }
+
+    @staticmethod
+    async def _hand_over(refresh_token: str, expires_in: int, context: Context) -> str:
+        """The refresh token for the response body, or "" when it goes into the browser's
+        HttpOnly cookie instead (services/user/session_cookie.py)."""
+        if not session_cookie.wants_cookie(context.invocation_metadata() or ()):
+            return refresh_token
+        await context.send_initial_metadata(session_cookie.set_cookie_headers(refresh_token, expires_in))
+        return ""
+
+    @staticmethod
+    def _presented_refresh_token(body_token: str, context: Context) -> str:
+        """The refresh token of a request: its body's, or a browser's cookie."""
+        metadata = context.invocation_metadata() or ()
+        token = body_token or (
+            session_cookie.token_from(metadata) if session_cookie.wants_cookie(metadata) else ""
+        )
+        if not token:
+            raise InvalidInput(
+                [FieldViolation("refresh_token", "required (or the browser's session cookie)")]
+            )
+        return token
 
     @public_unary
     async def RefreshSession(
         self, request: pb.RefreshSessionRequest, context: Context
     ) -> pb.RefreshSessionResponse:
-        refresh = await self.sessions.refresh(request.refresh_token)
+        refresh = await self.sessions.refresh(self._presented_refresh_token(request.refresh_token, context))
         account = await self.accounts.get(refresh.user_id)
         return pb.RefreshSessionResponse(
             access_token=await self.issuer.issue(account.id, account.email),
             expires_in=self.issuer.ttl_seconds,
-            refresh_token=refresh.token,
+            refresh_token=await self._hand_over(refresh.token, refresh.expires_in, context),
             refresh_expires_in=refresh.expires_in,
         )
 
@@ -116,7 +140,9 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
     async def Logout(self, request: pb.LogoutRequest, context: Context) -> pb.LogoutResponse:
         # Authenticated by the refresh token itself: signing out must work after the access
         # token expired.
-        await self.sessions.end(request.refresh_token)
+        await self.sessions.end(self._presented_refresh_token(request.refresh_token, context))
+        if session_cookie.wants_cookie(context.invocation_metadata() or ()):
+            await context.send_initial_metadata(session_cookie.set_cookie_headers("", 0))
         return pb.LogoutResponse()
 
     @public_unary
@@ -140,9 +166,8 @@ class UserServicer(pb_grpc.UserServiceServicer, Endpoint):
         identity = await self.oauth.complete(
             provider_from_proto(request.provider), request.code, request.state
         )
-        return pb.CompleteOAuthLoginResponse(
-            **await self._signed_in(await self.accounts.sign_in_with(identity))
-        )
+        account = await self.accounts.sign_in_with(identity)
+        return pb.CompleteOAuthLoginResponse(**await self._signed_in(account, context))
 
     @unary
     async def GetUser(

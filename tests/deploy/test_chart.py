@@ -264,7 +264,9 @@ def test_network_policies(env: str, rendered: dict[str, list[Manifest]]) -> None
     deliverer = policies[f"pingvas-{DELIVERER}"]["spec"]
     assert deliverer["policyTypes"] == ["Egress"] and "ingress" not in deliverer
     assert {p["port"] for rule in deliverer["egress"] for p in rule["ports"]} == {5432, 443}
-    envoy_peers = [peer for rule in policies["pingvas-envoy"]["spec"]["egress"] for peer in rule.get("to", [])]
+    envoy_peers = [
+        peer for rule in policies["pingvas-envoy"]["spec"]["egress"] for peer in rule.get("to", [])
+    ]
     assert len(envoy_peers) == len(SERVICES)
     assert {p["port"] for r in policies["pingvas-worker"]["spec"]["egress"] for p in r["ports"]} == {
         5432,

@@ -66,13 +66,14 @@ def redirected_to(client: httpx.Client, response: httpx.Response, redirect_uri: 
 
 
 class GoogleProvider:
-    def __init__(self) -> None:
+    def __init__(self, redirect_uri: str = REDIRECT_URI) -> None:
         self.process: subprocess.Popen[str] | None = None
         self.issuer = ""
+        self.redirect_uri = redirect_uri
 
     def __enter__(self) -> GoogleProvider:
         clients = [
-            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [REDIRECT_URI]},
+            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [self.redirect_uri]},
             {
                 "client_id": OTHER_CLIENT_ID,
                 "client_secret": OTHER_CLIENT_SECRET,

@@ -93,6 +93,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "ApiKeyService.ListApiKeys": {},
     "ApiKeyService.DeleteApiKey": {"name": "{fresh api key}"},
     "ApiKeyService.RotateApiKeyWebhookSecret": {"name": "{fresh api key}"},
+    "GenerationService.ListModels": {},
     "BillingService.ListPlans": {},
     "BillingService.CreateCheckout": {"plan": "PLAN_STARTER"},
     "BillingService.GetSubscription": {},

@@ -131,3 +131,19 @@ class GenerationCancelled(_message.Message):
     WAS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     was_running: bool
     def __init__(self, was_running: _Optional[bool] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "id", "native_size", "min_size", "max_size", "default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    native_size: int
+    min_size: int
+    max_size: int
+    default: bool
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., native_size: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., default: _Optional[bool] = ...) -> None: ...

@@ -51,6 +51,11 @@ class GenerationServiceStub:
                 request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.SerializeToString,
                 response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/pingvas.generation.v1.GenerationService/ListModels',
+                request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.ListGenerations = channel.unary_unary(
                 '/pingvas.generation.v1.GenerationService/ListGenerations',
                 request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListGenerationsRequest.SerializeToString,
@@ -94,6 +99,14 @@ class GenerationServiceServicer:
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Lists the models a generation may name (the deployment's catalog), by name, with the image
+        sizes each accepts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +178,11 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     servicer.GetGeneration,
                     request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.FromString,
                     response_serializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListModelsResponse.SerializeToString,
             ),
             'ListGenerations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGenerations,
@@ -242,6 +260,33 @@ class GenerationService:
             '/pingvas.generation.v1.GenerationService/GetGeneration',
             pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.SerializeToString,
             pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.generation.v1.GenerationService/ListModels',
+            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListModelsRequest.SerializeToString,
+            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
