@@ -5,11 +5,13 @@ hop that cuts a watch stream prepared by this test, so that the README's test co
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pingvas.generation.v1 import generation_service_pb2
 from support.flaky_hop import FlakyHop
@@ -17,7 +19,8 @@ from support.mesh import RunningMesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
-SDK_DIR = Path(__file__).resolve().parents[2] / "sdk" / "typescript"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SDK_DIR = REPO_ROOT / "sdk" / "typescript"
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +57,47 @@ def test_the_node_tests_pass_against_the_mesh(built_sdk: Path, mesh: RunningMesh
     # The cut stream was reopened after the last event its watch had seen.
     assert [w.after_sequence for w in watches] == [0, 2]
     assert mesh.sql("SELECT id FROM generations WHERE user_id = %s", broke.user_id) == []
+
+
+def readme_typescript_example() -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("\n## TypeScript SDK\n", 1)[1]
+    match = re.search(r"```ts\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the TypeScript SDK section has no ts example"
+    return match.group(1)
+
+
+def test_the_readme_example_runs_as_written(built_sdk: Path, mesh: RunningMesh, new_account: Any) -> None:
+    """The README's example, its gateway address the test mesh's, run by Node as a module of the
+    SDK's package (so `@pingvas/sdk` resolves to it, as for a user who installed it)."""
+    account = new_account("ts-readme")
+    created = httpx.post(
+        f"{mesh.gateway_url}/api/v1/apikeys",
+        json={"displayName": "ts readme", "scopes": ["read", "generate"]},
+        headers=account.headers,
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    example = readme_typescript_example()
+    assert '"http://127.0.0.1:8080"' in example, "the example names the local gateway"
+    script = SDK_DIR / f".readme-example-{os.getpid()}.mjs"
+    script.write_text(example.replace('"http://127.0.0.1:8080"', repr(mesh.gateway_url)))
+    try:
+        ran = subprocess.run(
+            [shutil.which("node") or "node", script.name],
+            cwd=SDK_DIR,
+            env={**os.environ, "PINGVAS_API_KEY": created.json()["secret"]},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        script.unlink()
+    assert ran.returncode == 0, ran.stderr
+    (generation,) = mesh.sql("SELECT id, steps FROM generations WHERE user_id = %s", account.user_id)
+    lines = ran.stdout.splitlines()
+    # A progress line per step at most (a newer step may replace an unread one), then the image.
+    assert lines[-1].startswith(mesh.s3_env["S3_ENDPOINT_URL"] + "/"), lines
+    assert f"/{generation['id']}.png?" in lines[-1]
+    steps = lines[:-1]
+    assert steps and steps[-1] == "4/4" and all(re.fullmatch(r"[1-4]/4", line) for line in steps), lines
