@@ -355,6 +355,14 @@ def versions_under(mesh: RunningMesh, prefix: str) -> list[str]:
     ]
 
 
+def print_versions(mesh: RunningMesh, prefix: str, when: str) -> None:
+    """What SeaweedFS holds under `prefix`, every version, as `pytest -s` shows it."""
+    reply = mesh.s3().list_object_versions(Bucket=IMAGES_BUCKET, Prefix=prefix)
+    print(f"\ns3://{IMAGES_BUCKET}/{prefix} {when}:")
+    for version in reply.get("Versions", []):
+        print(f"  {version['Key']}  {version['Size']} bytes  version {version['VersionId']}")
+
+
 def test_delete_removes_the_row_and_every_version_of_both_objects_and_leaves_credits(
     mesh: RunningMesh, new_account: Any, rest: httpx.Client, gateway_channel: grpc.Channel
 ) -> None:
@@ -384,8 +392,10 @@ def test_delete_removes_the_row_and_every_version_of_both_objects_and_leaves_cre
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(versions_under(mesh, stem)) == 3
 
+    print_versions(mesh, f"{account.user_id}/", "before the delete")
     deleted = rest.delete(path, headers=account.headers)
     assert deleted.status_code == 200, deleted.text
+    print_versions(mesh, f"{account.user_id}/", "after the delete")
     assert versions_under(mesh, stem) == []
     assert mesh.sql("SELECT id FROM images WHERE id = %s", doomed["id"]) == []
     # The URLs issued before stop working at once, well within their lifetime.
