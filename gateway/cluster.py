@@ -5,7 +5,9 @@ Helm cannot run Python, so `pingvas gateway render` writes helm/pingvas/files/en
 fails when the committed file is stale, as it does for the generated stubs. Only addresses
 differ from the laptop's: Envoy listens on every interface of its pod, each backend is its
 Kubernetes Service by its short name (resolved in the release's namespace, so one file serves
-every environment), and the descriptor set is the one the image carries at a fixed path.
+every environment), and the descriptor set is the one the image carries at a fixed path. The web
+console's static-file process is an upstream too, so every path the API does not own reaches it
+(gateway/envoy.py's catch-all route).
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.envoy import DESCRIPTOR_SET, PUBLIC_SERVICES, EdgeLimits, Upstream, build_envoy_config
+from gateway.envoy import (
+    CONSOLE_BACKEND,
+    DESCRIPTOR_SET,
+    PUBLIC_SERVICES,
+    EdgeLimits,
+    Upstream,
+    build_envoy_config,
+)
 
 # Where the chart and the images put things; the deploy tests check each against the chart
 # and the Dockerfiles.
 GATEWAY_PORT = 8080
 ADMIN_PORT = 9901
 SERVICE_GRPC_PORT = 50051
+# The console's HTTP port (PINGVAS_CONSOLE_PORT in the chart, ConsoleSettings' default).
+CONSOLE_HTTP_PORT = 8090
 SERVICE_NAME_PREFIX = "pingvas-"
 IMAGE_DESCRIPTOR_SET = Path("/etc/pingvas/pingvas.binpb")
 CHART_ENVOY_CONFIG = Path("helm/pingvas/files/envoy.json")
@@ -37,8 +48,11 @@ def build_cluster_envoy_config(*, limits: EdgeLimits, jwks_cache_seconds: float)
         listen_port=GATEWAY_PORT,
         admin_port=ADMIN_PORT,
         upstreams={
-            backend: Upstream(service_host(backend), SERVICE_GRPC_PORT)
-            for backend in sorted(set(PUBLIC_SERVICES.values()))
+            **{
+                backend: Upstream(service_host(backend), SERVICE_GRPC_PORT)
+                for backend in sorted(set(PUBLIC_SERVICES.values()))
+            },
+            CONSOLE_BACKEND: Upstream(service_host(CONSOLE_BACKEND), CONSOLE_HTTP_PORT),
         },
         descriptor_set=DESCRIPTOR_SET,
         limits=limits,

@@ -30,8 +30,15 @@ from support.kubernetes import (
     pod_spec,
 )
 
-from gateway.cluster import CHART_ENVOY_CONFIG, IMAGE_DESCRIPTOR_SET, render_cluster_envoy_config
-from gateway.envoy import DESCRIPTOR_SET, validate_envoy_config
+from gateway.cluster import (
+    CHART_ENVOY_CONFIG,
+    CONSOLE_HTTP_PORT,
+    IMAGE_DESCRIPTOR_SET,
+    build_cluster_envoy_config,
+    render_cluster_envoy_config,
+    service_host,
+)
+from gateway.envoy import CONSOLE_BACKEND, DESCRIPTOR_SET, validate_envoy_config
 from services.common.settings import JwksSettings
 from services.supervisor import edge_limits
 
@@ -40,6 +47,7 @@ CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
 # by nobody.
 SERVICES = ("user", "billing", "generation", "gallery")
 DELIVERER = "webhooks"
+CONSOLE = "pingvas-console"
 
 
 def by_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
@@ -140,15 +148,15 @@ def test_rendered_kinds(rendered: dict[str, list[Manifest]], cluster_rendered: l
     expected = {
         "ConfigMap": 1,
         "CronJob": 2,
-        "Deployment": 7,
-        "HorizontalPodAutoscaler": 6,
+        "Deployment": 8,
+        "HorizontalPodAutoscaler": 7,
         "Job": 1,
-        "NetworkPolicy": 12,
+        "NetworkPolicy": 13,
         "PersistentVolumeClaim": 1,
-        "PodDisruptionBudget": 7,
+        "PodDisruptionBudget": 8,
         "ScaledObject": 1,
-        "Service": 5,
-        "ServiceAccount": 9,
+        "Service": 6,
+        "ServiceAccount": 10,
     }
     for env in ("dev", "prod"):
         assert dict(Counter(m["kind"] for m in rendered[env])) == expected, env
@@ -177,7 +185,13 @@ def test_every_deployment_is_hardened_probed_sized_spread_and_budgeted(
             assert context["capabilities"]["drop"] == ["ALL"], name
             assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
             assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
-            if name != "pingvas-envoy":
+            if name == CONSOLE:
+                # The console is HTTP: its page, which is a 503 until the assets are there.
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    assert container[probe]["httpGet"] == {"path": "/", "port": "http"}, probe
+                # It writes nothing, so it has no writable volume at all.
+                assert "volumeMounts" not in container
+            elif name != "pingvas-envoy":
                 # Native gRPC probes on the standard health service.
                 for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                     assert "grpc" in container[probe], (name, probe)
@@ -188,7 +202,7 @@ def test_every_deployment_is_hardened_probed_sized_spread_and_budgeted(
         "selector": budgets["pingvas-worker"]["spec"]["selector"],
     }
     hpas = by_kind(manifests, "HorizontalPodAutoscaler")
-    assert set(hpas) == {f"pingvas-{name}" for name in (*SERVICES, DELIVERER, "envoy")}
+    assert set(hpas) == {f"pingvas-{name}" for name in (*SERVICES, DELIVERER, "envoy", "console")}
 
 
 @pytest.mark.parametrize("env", ["dev", "prod"])
@@ -267,7 +281,7 @@ def test_network_policies(env: str, rendered: dict[str, list[Manifest]]) -> None
     envoy_peers = [
         peer for rule in policies["pingvas-envoy"]["spec"]["egress"] for peer in rule.get("to", [])
     ]
-    assert len(envoy_peers) == len(SERVICES)
+    assert len(envoy_peers) == len(SERVICES) + 1  # and the console
     assert {p["port"] for r in policies["pingvas-worker"]["spec"]["egress"] for p in r["ports"]} == {
         5432,
         6379,
@@ -275,9 +289,46 @@ def test_network_policies(env: str, rendered: dict[str, list[Manifest]]) -> None
     }
     assert {p["port"] for r in policies["pingvas-migrate"]["spec"]["egress"] for p in r["ports"]} == {5432}
     envoy_egress = policies["pingvas-envoy"]["spec"]["egress"]
-    assert [p["port"] for r in envoy_egress for p in r["ports"]] == [50051]
+    assert [p["port"] for r in envoy_egress for p in r["ports"]] == [50051, CONSOLE_HTTP_PORT]
+    # The console: Envoy in, on its port alone; nothing out but DNS (pingvas-dns).
+    console = policies[CONSOLE]["spec"]
+    assert console["policyTypes"] == ["Ingress", "Egress"]
+    (console_ingress,) = console["ingress"]
+    assert console_ingress == {
+        "from": [envoy_peer],
+        "ports": [{"protocol": "TCP", "port": CONSOLE_HTTP_PORT}],
+    }
+    assert console["egress"] == []
+    envoy_to_console = envoy_egress[1]
+    assert envoy_to_console["to"] == [{"podSelector": console["podSelector"]}]
     dns = policies["pingvas-dns"]["spec"]["egress"][0]["ports"]
     assert {(p["protocol"], p["port"]) for p in dns} == {("UDP", 53), ("TCP", 53)}
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_the_gateway_sends_every_page_to_the_console(env: str, rendered: dict[str, list[Manifest]]) -> None:
+    """The rendered config's last route is the catch-all to the console's cluster, which reaches
+    the console's Service on the port its pods serve."""
+    config = build_cluster_envoy_config(limits=edge_limits(), jwks_cache_seconds=JwksSettings().cache_seconds)
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (manager,) = chain["filters"]
+    (virtual_host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
+    assert virtual_host["routes"][-1]["match"] == {"prefix": "/"}
+    assert virtual_host["routes"][-1]["route"]["cluster"] == CONSOLE_BACKEND
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    (endpoint,) = clusters[CONSOLE_BACKEND]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    assert (address["address"], address["port_value"]) == (service_host("console"), CONSOLE_HTTP_PORT)
+    service = by_kind(rendered[env], "Service")[CONSOLE]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": CONSOLE_HTTP_PORT, "targetPort": "http", "appProtocol": "http"}
+    ]
+    (container,) = containers(by_kind(rendered[env], "Deployment")[CONSOLE])
+    assert container["args"] == ["services.console"]
+    assert container["ports"] == [{"name": "http", "containerPort": CONSOLE_HTTP_PORT}]
+    assert "annotations" not in by_kind(rendered[env], "ServiceAccount")[CONSOLE]["metadata"]
 
 
 def test_prod_reaches_envoy_through_a_tls_nlb(rendered: dict[str, list[Manifest]]) -> None:

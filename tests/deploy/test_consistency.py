@@ -16,10 +16,11 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 from support.kubernetes import WORKLOAD_KINDS, Manifest, containers, pod_spec
 
-from gateway.cluster import SERVICE_GRPC_PORT, service_host
+from gateway.cluster import CONSOLE_HTTP_PORT, SERVICE_GRPC_PORT, service_host
 from services.common import settings as settings_module
 from services.common.settings import (
     BillingSettings,
+    ConsoleSettings,
     EmailSettings,
     GallerySettings,
     GenerationSettings,
@@ -36,6 +37,7 @@ from services.common.settings import (
     WorkerSettings,
 )
 from services.common.startup import settings_refusals
+from services.console.__main__ import image_origins
 
 # Read by every process beside its own class (services/common/startup.py and the composition roots).
 SHARED_SETTINGS = (
@@ -55,8 +57,15 @@ PROCESS_SETTINGS: dict[str, type[BaseSettings]] = {
     "services.generation": GenerationSettings,
     "services.gallery": GallerySettings,
     "services.webhooks": WebhookSettings,
+    "services.console": ConsoleSettings,
     "gpu_inference": WorkerSettings,
 }
+# The images host the prod console's Content-Security-Policy allows (values-prod.yaml): the
+# images bucket as S3 presigns its URLs.
+PROD_IMAGES_BUCKET_ORIGINS = [
+    "https://pingvas-studio-images.s3.amazonaws.com",
+    "https://pingvas-studio-images.s3.ap-northeast-2.amazonaws.com",
+]
 # What the CLI demands of a job run against a database by URL (services/cli/main.py).
 JOB_VARIABLES = {
     ("db", "upgrade"): {"DATABASE_URL", "OWNER_DATABASE_URL", "PINGVAS_ENV"},
@@ -175,6 +184,22 @@ def test_each_process_loads_its_settings_from_what_the_chart_gives_it(
             assert environment["PINGVAS_ENV"] == env
             seen.add(" ".join(command))
             continue
+        if process == "services.console":
+            # A static-file server: no PINGVAS_ENV, no secrets; it needs its images host.
+            with only_environment(monkeypatch, environment):
+                origins = image_origins(ConsoleSettings())
+                bucket = ObjectStoreSettings().images_bucket
+            assert not any(name.endswith(("_URL", "SECRET")) for name in environment)
+            assert origins == (
+                PROD_IMAGES_BUCKET_ORIGINS
+                if env == "prod"
+                else [
+                    f"https://{bucket}.s3.amazonaws.com",
+                    f"https://{bucket}.s3.ap-northeast-2.amazonaws.com",
+                ]
+            )
+            seen.add(process)
+            continue
         with only_environment(monkeypatch, environment):
             settings = PROCESS_SETTINGS[process]()
             shared = {cls: cls() for cls in SHARED_SETTINGS}
@@ -203,6 +228,11 @@ def test_services_listen_where_envoy_looks(
             with only_environment(monkeypatch, container_environment(container)):
                 settings = PROCESS_SETTINGS[container["args"][0]]()
             assert (settings.host, settings.port) == ("0.0.0.0", SERVICE_GRPC_PORT)  # type: ignore[attr-defined]
+        if process_of(manifest, container) == "services.console":
+            with only_environment(monkeypatch, container_environment(container)):
+                console = ConsoleSettings()
+            assert (console.host, console.port) == ("0.0.0.0", CONSOLE_HTTP_PORT)
+            assert services[service_host("console")]["spec"]["ports"][0]["port"] == CONSOLE_HTTP_PORT
 
 
 @pytest.mark.parametrize("env", ["dev", "prod"])

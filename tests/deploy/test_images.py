@@ -1,6 +1,7 @@
 """The container images, checked without a Docker daemon: exact base image versions, multi-stage
 builds, a non-root user that is the chart's, entrypoints and chart commands that name modules
-that exist, and the worker's torch pinned as pyproject.toml pins it."""
+that exist, the worker's torch pinned as pyproject.toml pins it, and the web console built from
+its lockfiles into the services image where its process looks."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def parse_dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
         keyword, _, argument = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
+            # `--platform=...` chooses where a stage runs, not what it starts from.
+            argument = re.sub(r"^--platform=\S+\s+", "", argument)
             base, _, name = argument.partition(" AS ")
             current = stages[name.strip()] = Stage(name.strip(), base.strip())
         elif current is None and keyword == "ARG":
@@ -72,12 +75,14 @@ def test_base_images_are_pinned_to_exact_versions() -> None:
         arguments["PYTHON_IMAGE"],
         arguments["CUDA_IMAGE"],
         arguments["UV_IMAGE"],
+        arguments["NODE_IMAGE"],
     }
     for base in bases:
         _, _, tag = base.rpartition(":")
         assert re.match(r"^v?\d+\.\d+\.\d+", tag), f"{base} is not pinned to an exact version"
     assert arguments["CUDA_IMAGE"].startswith("nvidia/cuda:") and "runtime" in arguments["CUDA_IMAGE"]
     assert "slim" in arguments["PYTHON_IMAGE"]
+    assert arguments["NODE_IMAGE"].startswith("node:")
 
 
 @pytest.mark.parametrize("target", ["services", "worker"])
@@ -111,6 +116,8 @@ def test_each_entrypoint_names_a_module_that_exists() -> None:
     assert services == ["/opt/venv/bin/python", "-m"]
     (default,) = json.loads(stages["services"].all("CMD")[0])
     assert module_exists(default)
+    # The chart's console Deployment runs `python -m services.console` in the same image.
+    assert module_exists("services.console.__main__")
     worker = entrypoint(stages["worker"])
     assert worker[:2] == ["/opt/venv/bin/python", "-m"]
     assert module_exists(worker[2]) and worker[2] == "gpu_inference"
@@ -159,6 +166,27 @@ def test_the_services_image_carries_what_the_chart_expects() -> None:
     runs = stages["services-build"].all("RUN")
     assert any('"torch==${TORCH_VERSION}"' in run and "${TORCH_CPU_INDEX}" in run for run in runs)
     assert shlex.split(runs[-1])[-1] == "."
+
+
+def image_environment(stage: Stage) -> dict[str, str]:
+    """The stage's ENV, in its `NAME=value ...` form."""
+    return dict(pair.split("=", 1) for env in stage.all("ENV") for pair in shlex.split(env))
+
+
+def test_the_services_image_carries_the_built_console_where_its_process_looks() -> None:
+    _, stages = parse_dockerfile()
+    runs = stages["console-build"].all("RUN")
+    # From the lockfiles: the SDK (whose sources the console compiles in), then the console.
+    assert "npm ci --prefix sdk/typescript" in runs[0]
+    assert "npm ci --prefix web" in runs[-1] and "npm run --prefix web build" in runs[-1]
+    (console,) = [copy for copy in stages["services"].all("COPY") if "--from=console-build" in copy]
+    source, target = shlex.split(console)[1:]
+    assert source == "/src/web/dist"
+    assert image_environment(stages["services"])["PINGVAS_CONSOLE_ASSETS_DIR"] == target
+    # The build context carries the console's sources but none of a checkout's builds.
+    ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
+    assert "web" not in ignored
+    assert {"**/node_modules", "web/dist", "sdk/typescript/dist"} <= ignored
 
 
 def test_the_build_context_leaves_out_local_state() -> None:
