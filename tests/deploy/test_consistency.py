@@ -6,6 +6,7 @@ notice."""
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
-from support.kubernetes import WORKLOAD_KINDS, Manifest, containers, pod_spec
+from support.kubernetes import REPO_ROOT, WORKLOAD_KINDS, Manifest, containers, pod_spec
 
 from gateway.cluster import CONSOLE_HTTP_PORT, SERVICE_GRPC_PORT, service_host
 from services.common import settings as settings_module
@@ -254,3 +255,30 @@ def test_the_worker_outlasts_its_sigterm_budget_inside_a_spot_notice(
     for pool in (m for m in cluster_rendered if m["kind"] == "NodePool" and "gpu" in m["metadata"]["name"]):
         forced = pool["spec"]["template"]["spec"]["terminationGracePeriod"]
         assert forced.endswith("m") and int(forced[:-1]) * 60 >= grace
+
+
+# Where the console sends the provider back to (web/src/session.ts, oauthRedirectUri).
+CONSOLE_OAUTH_CALLBACK_PATH = "/oauth/callback"
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_sign_in_and_images_name_the_host_that_serves_the_console(
+    env: str, rendered: dict[str, list[Manifest]], environment_values: dict[str, dict[str, Any]]
+) -> None:
+    """The gateway's host serves the console (its catch-all route), so the OAuth redirect the
+    user service accepts, and the origin S3 lets read images, are that host's."""
+    session = (REPO_ROOT / "web" / "src" / "session.ts").read_text()
+    assert f"`${{location.origin}}{CONSOLE_OAUTH_CALLBACK_PATH}`" in session
+    public_url = str(environment_values[env]["publicUrl"])
+    (user,) = [
+        m for m in rendered[env] if m["kind"] == "Deployment" and m["metadata"]["name"] == "pingvas-user"
+    ]
+    (container,) = containers(user)
+    environment = container_environment(container)
+    assert json.loads(environment["PINGVAS_OAUTH_REDIRECT_URIS"]) == [
+        public_url + CONSOLE_OAUTH_CALLBACK_PATH
+    ]
+    for manifest, workload in workload_containers(rendered[env]):
+        origins = container_environment(workload).get("PINGVAS_S3_CORS_ORIGINS")
+        if origins is not None:
+            assert json.loads(origins) == [public_url], manifest["metadata"]["name"]
