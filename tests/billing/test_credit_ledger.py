@@ -57,13 +57,15 @@ def test_a_hundred_concurrent_creates_with_credits_for_ten(mesh: Any, new_accoun
 
 
 def test_a_failed_generation_releases_its_hold(
-    mesh: Any, new_account: Any, rest: httpx.Client, models_dir: Path
+    mesh: Any, new_account: Any, rest: httpx.Client, models_dir: Path, tmp_path: Path
 ) -> None:
-    broken = models_dir / "broken-sd"
-    if not broken.exists():
-        shutil.copytree(models_dir / "tiny-sd", broken)
-        # Valid configs, so the model is listed and accepted; unreadable weights, so loading fails.
-        (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    broken = tmp_path / "broken-sd"
+    shutil.copytree(models_dir / "tiny-sd", broken, ignore=shutil.ignore_patterns(".*"))
+    # Valid configs, so the model is listed and accepted; unreadable weights, so loading fails.
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    # Into the mesh's models bucket, as an operator would push it: the catalog serves what it holds.
+    pushed = mesh.pingvas("models", "push", str(broken))
+    assert pushed.returncode == 0, pushed.stderr
     account = new_account("fails")
     created = rest.post(
         "/api/v1/generation/create", json={**TINY, "model": "broken-sd"}, headers=account.headers
