@@ -21,6 +21,7 @@ from services.common.server import GrpcServer, configure_logging, serve_until_te
 from services.common.settings import ObjectStoreSettings, SchedulerSettings, WorkerSettings
 from services.common.startup import enforce_environment, load_settings
 from services.common.storage import open_image_store
+from services.common.telemetry import start_telemetry
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog
@@ -35,6 +36,7 @@ async def main() -> None:
     settings = load_settings(WorkerSettings)
     scheduler = SchedulerSettings()
     configure_logging(settings.log_level, "worker")
+    telemetry = start_telemetry("pingvas-worker")
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     # The tenant role only: a worker changes nothing but its job's user's rows.
     database = Database(
@@ -105,7 +107,7 @@ async def main() -> None:
         grace=1.0,
         background=[worker.run],
         drain_seconds=settings.shutdown_grace_seconds,
-        cleanup=[database.close, redis.aclose, close_images],
+        cleanup=[database.close, redis.aclose, close_images, telemetry.shutdown],
     )
 
 
