@@ -142,6 +142,12 @@ class ProgressRelay:
         loop.call_soon_threadsafe(self.updates.put_nowait, update)
 
     async def _publish(self) -> None:
+        # Untraced: the denoise span's step events stand for the progress events, and a span per
+        # step would be most of a traced job's cost.
+        with suppress_instrumentation():
+            await self._publish_updates()
+
+    async def _publish_updates(self) -> None:
         while (update := await self.updates.get()) is not self._DONE:
             # Encoded off the event loop: on CUDA it first waits for the step's pixels.
             preview_jpeg = await asyncio.to_thread(lambda: update.preview_jpeg)

@@ -71,7 +71,7 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
     resource = Resource.create({"service.name": service_name, "service.namespace": "pingvas"})
     tracer_provider = TracerProvider(
         resource=resource,
-        sampler=None if settings.traces_sampler else ParentBased(root=_NoRootClientSpans()),
+        sampler=None if settings.traces_sampler else PingvasSampler(),
     )
     tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(tracer_provider)
@@ -99,6 +99,40 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
         await asyncio.to_thread(meter_provider.shutdown)
 
     return Telemetry(enabled=True, shutdown=shutdown)
+
+
+# What SQLAlchemy's pool and transactions say around every transaction's own statements: the
+# connection's liveness ping, BEGIN, and the ROLLBACK that resets a returned connection. Three of
+# them per transaction would be a third of a generation's spans and tell nothing the
+# transaction's statements and its COMMIT do not.
+TRANSACTION_PLUMBING = frozenset({";", "BEGIN;", "ROLLBACK;"})
+
+
+class PingvasSampler(Sampler):
+    """Spans follow their parent's decision, except the database's transaction plumbing, which
+    is never recorded; with no parent, see `_NoRootClientSpans`."""
+
+    def __init__(self) -> None:
+        self._by_parent = ParentBased(root=_NoRootClientSpans())
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        if kind == trace.SpanKind.CLIENT and name in TRANSACTION_PLUMBING:
+            return SamplingResult(Decision.DROP)
+        return self._by_parent.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "PingvasSampler"
 
 
 class _NoRootClientSpans(Sampler):
