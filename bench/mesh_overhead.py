@@ -1,6 +1,7 @@
 """How much the mesh adds to a generation, measured side by side in one run.
 
     python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start [--fsync-cost]]
+    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1]
 
 For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
@@ -23,6 +24,13 @@ benchmark brings up its own mesh (`pingvas up` in a temporary PINGVAS_HOME) and 
 PostgreSQL runs with fsync on, as `pingvas up` runs it; `--fsync-cost` also runs the same
 generations on a second mesh with fsync off (PINGVAS_POSTGRES_FSYNC=off, which production
 refuses) and prints what durability costs, create call and end to end.
+
+`--tracing` measures what OpenTelemetry costs instead: CPU seconds per generation summed over
+every process of the mesh (psutil, the supervisor's whole process tree: PostgreSQL, Redis,
+SeaweedFS, the services, the worker, Envoy), not wall time, on a mesh with tracing off and on a
+mesh exporting traces and metrics (Envoy's and every process's) to an OTLP/gRPC receiver in this
+process, which counts and drops them. Each round runs both meshes one after the other, off first;
+the ratio on / off is printed (target <= 1.03). Each mesh first runs two warm-up generations.
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -40,7 +48,13 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from benchmesh import add_models_dir_argument, own_mesh, percentile
+from benchmesh import (
+    add_models_dir_argument,
+    cpu_seconds_by_process,
+    cpu_seconds_since,
+    own_mesh,
+    percentile,
+)
 
 HOPS = (
     "create call",
@@ -182,6 +196,57 @@ def bare_pipeline(models_dir: Path, runs: int, steps: int, size: int) -> list[fl
     return seconds
 
 
+def cpu_per_generation(
+    models_dir: Path, runs: int, steps: int, size: int, extra_env: dict[str, str]
+) -> dict[str, float]:
+    """CPU seconds per generation of each component of the mesh, on a mesh of its own with
+    `extra_env`."""
+    with own_mesh(models_dir, extra_env) as mesh:
+        through_mesh(mesh.gateway_url, 1, steps, size)  # warm-up: connections, pipelines, caches
+        before = cpu_seconds_by_process(mesh.pid)
+        through_mesh(mesh.gateway_url, runs, steps, size)  # runs + 1 generations
+        spent = cpu_seconds_since(mesh.pid, before)
+    return {component: seconds / (runs + 1) for component, seconds in spent.items()}
+
+
+def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int) -> None:
+    from otlp_sink import OtlpSink
+
+    off: list[dict[str, float]] = []
+    on: list[dict[str, float]] = []
+    spans = 0
+    for _ in range(rounds):
+        off.append(cpu_per_generation(models_dir, runs, steps, size, {}))
+        with OtlpSink() as sink:
+            on.append(
+                cpu_per_generation(
+                    models_dir, runs, steps, size, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+                )
+            )
+            spans += sink.spans
+    generations = rounds * (runs + 3)
+    print(
+        f"tracing cost: {rounds} round(s) of {runs + 1} generations per mesh, tiny-sd {size}x{size}, {steps} steps"
+    )
+    print("  CPU seconds per generation, all mesh processes (user + system):")
+    for index, (without, with_tracing) in enumerate(zip(off, on, strict=True), start=1):
+        total_off, total_on = sum(without.values()), sum(with_tracing.values())
+        print(
+            f"    round {index}: tracing off {total_off * 1000:8.1f} ms   on {total_on * 1000:8.1f} ms   "
+            f"ratio {total_on / total_off:.3f}"
+        )
+    print("  by component (mean ms, off -> on):")
+    for component in sorted({name for spent in off + on for name in spent}):
+        component_off = statistics.mean(spent.get(component, 0.0) for spent in off)
+        component_on = statistics.mean(spent.get(component, 0.0) for spent in on)
+        print(f"    {component:<12} {component_off * 1000:8.1f} -> {component_on * 1000:8.1f}")
+    mean_off = statistics.mean(sum(spent.values()) for spent in off)
+    mean_on = statistics.mean(sum(spent.values()) for spent in on)
+    print(f"  mean: off {mean_off * 1000:.1f} ms, on {mean_on * 1000:.1f} ms")
+    print(f"  ratio on / off               {mean_on / mean_off:.3f}   (target <= 1.03)")
+    print(f"  spans exported               {spans / generations:.0f} per generation (warm-ups included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--runs", type=int, default=20)
@@ -192,9 +257,18 @@ def main() -> None:
     parser.add_argument(
         "--fsync-cost", action="store_true", help="with --start: also run a mesh with fsync off, and compare"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="compare the mesh's CPU seconds per generation with OpenTelemetry off and on",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --tracing: off/on pairs of meshes")
     add_models_dir_argument(parser)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
+    if args.tracing:
+        compare_tracing(models_dir, args.runs, args.steps, args.size, args.rounds)
+        return
 
     without_fsync = None
     stores: list[StoreCost] = []
