@@ -28,6 +28,7 @@ from support.kubernetes import (
     containers,
     load_manifests,
     pod_spec,
+    render,
 )
 
 from gateway.cluster import CHART_ENVOY_CONFIG, IMAGE_DESCRIPTOR_SET, render_cluster_envoy_config
@@ -268,6 +269,25 @@ def test_network_policies(env: str, rendered: dict[str, list[Manifest]]) -> None
     assert [p["port"] for r in envoy_egress for p in r["ports"]] == [50051]
     dns = policies["pingvas-dns"]["spec"]["egress"][0]["ports"]
     assert {(p["protocol"], p["port"]) for p in dns} == {("UDP", 53), ("TCP", 53)}
+
+
+def test_telemetry_reaches_only_the_collector_and_only_when_configured(
+    environment_values: dict[str, dict[str, Any]],
+) -> None:
+    values = copy.deepcopy(environment_values["prod"])
+    values["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otel-collector.observability:4317"
+    values["networkPolicy"]["otlpCollectorCidrs"] = ["10.20.0.0/16"]
+    with_collector = by_kind(render(CHART, values, namespace="pingvas-prod"), "NetworkPolicy")
+    for component in (*SERVICES, "worker"):
+        rules = with_collector[f"pingvas-{component}"]["spec"]["egress"]
+        assert {
+            "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+            "ports": [{"protocol": "TCP", "port": 4317}],
+        } in rules
+    migrate = with_collector["pingvas-migrate"]["spec"]["egress"]
+    assert {p["port"] for rule in migrate for p in rule["ports"]} == {5432}
+    report = helm.lint(CHART, values, strict=True, namespace="pingvas-prod")
+    assert report["errors"] == []
 
 
 def test_prod_reaches_envoy_through_a_tls_nlb(rendered: dict[str, list[Manifest]]) -> None:
