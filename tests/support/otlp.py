@@ -26,6 +26,7 @@ class ReceivedSpan:
     end_ns: int
     events: tuple[str, ...]
     links: tuple[str, ...]  # the trace ids linked to
+    attributes: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class OtlpReceiver(
                         end_ns=span.end_time_unix_nano,
                         events=tuple(event.name for event in span.events),
                         links=tuple(link.trace_id.hex() for link in span.links),
+                        attributes={a.key: _attribute_value(a.value) for a in span.attributes},
                     )
 
     @staticmethod
