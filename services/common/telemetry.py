@@ -102,10 +102,10 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
 
 
 # What SQLAlchemy's pool and transactions say around every transaction's own statements: the
-# connection's liveness ping, BEGIN, and the ROLLBACK that resets a returned connection. Three of
-# them per transaction would be a third of a generation's spans and tell nothing the
-# transaction's statements and its COMMIT do not.
-TRANSACTION_PLUMBING = frozenset({";", "BEGIN;", "ROLLBACK;"})
+# connection's liveness ping, BEGIN, the ROLLBACK that resets a returned connection, and a nested
+# transaction's SAVEPOINT and RELEASE. They would be a third of a generation's spans and tell
+# nothing the transaction's statements and its COMMIT do not.
+TRANSACTION_PLUMBING = frozenset({";", "BEGIN;", "ROLLBACK;", "SAVEPOINT", "RELEASE"})
 
 
 class PingvasSampler(Sampler):
