@@ -1,7 +1,7 @@
 """How much the mesh adds to a generation, measured side by side in one run.
 
     python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start [--fsync-cost]]
-    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1]
+    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1] [--steps 20] [--size 64]
 
 For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
@@ -26,11 +26,12 @@ generations on a second mesh with fsync off (PINGVAS_POSTGRES_FSYNC=off, which p
 refuses) and prints what durability costs, create call and end to end.
 
 `--tracing` measures what OpenTelemetry costs instead: CPU seconds per generation summed over
-every process of the mesh (psutil, the supervisor's whole process tree: PostgreSQL, Redis,
-SeaweedFS, the services, the worker, Envoy), not wall time, on a mesh with tracing off and on a
-mesh exporting traces and metrics (Envoy's and every process's) to an OTLP/gRPC receiver in this
-process, which counts and drops them. Each round runs both meshes one after the other, off first;
-the ratio on / off is printed (target <= 1.03). Each mesh first runs two warm-up generations.
+every process of a mesh (psutil, the supervisor's whole process tree: PostgreSQL, Redis,
+SeaweedFS, the services, the worker, Envoy), not wall time. Two meshes run side by side, one with
+tracing off and one exporting traces and metrics (Envoy's and every process's) to an OTLP/gRPC
+receiver in this process, which counts and drops them; they take turns, one generation at a
+time, so both see the same machine. Each round of -n generations per mesh is measured on its
+own (`--rounds`); the ratio on / off is printed (target <= 1.03).
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -46,6 +47,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from benchmesh import (
@@ -196,37 +198,79 @@ def bare_pipeline(models_dir: Path, runs: int, steps: int, size: int) -> list[fl
     return seconds
 
 
-def cpu_per_generation(
-    models_dir: Path, runs: int, steps: int, size: int, extra_env: dict[str, str]
-) -> dict[str, float]:
-    """CPU seconds per generation of each component of the mesh, on a mesh of its own with
-    `extra_env`."""
-    with own_mesh(models_dir, extra_env) as mesh:
-        through_mesh(mesh.gateway_url, 1, steps, size)  # warm-up: connections, pipelines, caches
-        before = cpu_seconds_by_process(mesh.pid)
-        through_mesh(mesh.gateway_url, runs, steps, size)  # runs + 1 generations
-        spent = cpu_seconds_since(mesh.pid, before)
-    return {component: seconds / (runs + 1) for component, seconds in spent.items()}
+class Generator:
+    """One account on one mesh, making one generation at a time as a client does: create, watch
+    over SSE to the terminal event, download the PNG."""
+
+    def __init__(self, gateway: str, steps: int, size: int) -> None:
+        self.client = httpx.Client(base_url=gateway, timeout=120)
+        login = self.client.post("/api/v1/auth/dev-login", json={"email": "bench@pingvas.local"})
+        login.raise_for_status()
+        self.headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
+        self.body = {
+            "prompt": "a red fox in snow",
+            "model": "tiny-sd",
+            "width": size,
+            "height": size,
+            "steps": steps,
+        }
+        self.made = 0
+
+    def generate(self) -> None:
+        self.made += 1
+        created = self.client.post(
+            "/api/v1/generation/create", json={**self.body, "seed": self.made}, headers=self.headers
+        )
+        created.raise_for_status()
+        terminal: dict[str, Any] = {}
+        with self.client.stream(
+            "GET", f"/api/v1/generation/{created.json()['id']}/events", headers=self.headers
+        ) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if {"succeeded", "failed", "cancelled"} & event.keys():
+                        terminal = event
+                        break
+        if "succeeded" not in terminal:
+            raise SystemExit(f"generation did not succeed: {terminal}")
+        self.client.get(terminal["succeeded"]["imageUrl"]).raise_for_status()
 
 
 def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int) -> None:
+    """Two meshes up side by side, tracing off and on, taking turns one generation at a time (who
+    goes first alternates), so that both see the same machine: the other work on it, its clock
+    speed, its caches. Each mesh's CPU is summed over its own process tree."""
     from otlp_sink import OtlpSink
 
     off: list[dict[str, float]] = []
     on: list[dict[str, float]] = []
-    spans = 0
-    for _ in range(rounds):
-        off.append(cpu_per_generation(models_dir, runs, steps, size, {}))
-        with OtlpSink() as sink:
-            on.append(
-                cpu_per_generation(
-                    models_dir, runs, steps, size, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
-                )
-            )
-            spans += sink.spans
-    generations = rounds * (runs + 3)
+    with (
+        OtlpSink() as sink,
+        own_mesh(models_dir) as plain,
+        own_mesh(models_dir, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}) as traced,
+    ):
+        meshes = {
+            "off": (plain, Generator(plain.gateway_url, steps, size)),
+            "on": (traced, Generator(traced.gateway_url, steps, size)),
+        }
+        for _mesh, generator in meshes.values():  # warm-up: connections, pipelines, caches
+            generator.generate()
+            generator.generate()
+        spans_before = sink.spans
+        for _ in range(rounds):
+            before = {name: cpu_seconds_by_process(mesh.pid) for name, (mesh, _g) in meshes.items()}
+            for index in range(runs):
+                order = ("off", "on") if index % 2 == 0 else ("on", "off")
+                for name in order:
+                    meshes[name][1].generate()
+            for name, spent in (("off", off), ("on", on)):
+                used = cpu_seconds_since(meshes[name][0].pid, before[name])
+                spent.append({component: seconds / runs for component, seconds in used.items()})
+        spans = sink.spans - spans_before
     print(
-        f"tracing cost: {rounds} round(s) of {runs + 1} generations per mesh, tiny-sd {size}x{size}, {steps} steps"
+        f"tracing cost: {rounds} round(s) of {runs} generations per mesh, two meshes side by side, "
+        f"tiny-sd {size}x{size}, {steps} steps"
     )
     print("  CPU seconds per generation, all mesh processes (user + system):")
     for index, (without, with_tracing) in enumerate(zip(off, on, strict=True), start=1):
@@ -244,7 +288,7 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
     mean_on = statistics.mean(sum(spent.values()) for spent in on)
     print(f"  mean: off {mean_off * 1000:.1f} ms, on {mean_on * 1000:.1f} ms")
     print(f"  ratio on / off               {mean_on / mean_off:.3f}   (target <= 1.03)")
-    print(f"  spans exported               {spans / generations:.0f} per generation (warm-ups included)")
+    print(f"  spans exported               {spans / (rounds * runs):.0f} per generation")
 
 
 def main() -> None:
@@ -262,7 +306,12 @@ def main() -> None:
         action="store_true",
         help="compare the mesh's CPU seconds per generation with OpenTelemetry off and on",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="with --tracing: off/on pairs of meshes")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --tracing: rounds of -n generations per mesh, each measured",
+    )
     add_models_dir_argument(parser)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
