@@ -20,6 +20,51 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+MESH_COMPONENTS = (
+    ("services.user", "user"),
+    ("services.billing", "billing"),
+    ("services.generation", "generation"),
+    ("services.gallery", "gallery"),
+    ("gpu_inference", "worker"),
+    ("envoy", "envoy"),
+    ("postgres", "postgres"),
+    ("redis", "redis"),
+    ("weed", "seaweedfs"),
+    ("services.cli.main", "supervisor"),
+)
+
+
+def _component(command_line: str) -> str:
+    return next((name for mark, name in MESH_COMPONENTS if mark in command_line), "other")
+
+
+def cpu_seconds_by_process(pid: int) -> dict[int, tuple[str, float]]:
+    """User plus system CPU seconds of a process and every descendant (the whole mesh, from its
+    supervisor: PostgreSQL, Redis, SeaweedFS, the services, the workers, Envoy), with the
+    component each is, by pid."""
+    import psutil
+
+    root = psutil.Process(pid)
+    seconds = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            component = _component(" ".join(process.cmdline()))
+        except psutil.NoSuchProcess:
+            continue
+        seconds[process.pid] = (component, times.user + times.system)
+    return seconds
+
+
+def cpu_seconds_since(pid: int, before: Mapping[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each component of the mesh spent since `before` (`cpu_seconds_by_process`);
+    a process started meanwhile counts from zero."""
+    spent: dict[str, float] = {}
+    for child, (component, seconds) in cpu_seconds_by_process(pid).items():
+        spent[component] = spent.get(component, 0.0) + seconds - before.get(child, (component, 0.0))[1]
+    return spent
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -50,6 +95,7 @@ class BenchMesh:
     gateway_url: str
     gateway_target: str  # host:port, for native gRPC
     env: dict[str, str]  # what `pingvas` commands need to reach this mesh
+    pid: int  # the supervisor's (`pingvas up`); every process of the mesh descends from it
 
     def runtime(self) -> dict[str, object]:
         return dict(json.loads((self.home / "run" / "mesh.json").read_text()))
@@ -103,7 +149,7 @@ def own_mesh(models_dir: Path, extra_env: Mapping[str, str] | None = None) -> It
                     if process.poll() is not None:
                         raise SystemExit(f"pingvas up failed; see {home}/up.log")
                     time.sleep(0.2)
-                yield BenchMesh(Path(home), f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", env)
+                yield BenchMesh(Path(home), f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", env, process.pid)
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(120)

@@ -1,6 +1,7 @@
 """How much the mesh adds to a generation, measured side by side in one run.
 
     python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start [--fsync-cost]]
+    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1] [--steps 20] [--size 64]
 
 For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
@@ -23,6 +24,14 @@ benchmark brings up its own mesh (`pingvas up` in a temporary PINGVAS_HOME) and 
 PostgreSQL runs with fsync on, as `pingvas up` runs it; `--fsync-cost` also runs the same
 generations on a second mesh with fsync off (PINGVAS_POSTGRES_FSYNC=off, which production
 refuses) and prints what durability costs, create call and end to end.
+
+`--tracing` measures what OpenTelemetry costs instead: CPU seconds per generation summed over
+every process of a mesh (psutil, the supervisor's whole process tree: PostgreSQL, Redis,
+SeaweedFS, the services, the worker, Envoy), not wall time. Two meshes run side by side, one with
+tracing off and one exporting traces and metrics (Envoy's and every process's) to an OTLP/gRPC
+receiver in this process, which counts and drops them; they take turns, one generation at a
+time, so both see the same machine. Each round of -n generations per mesh is measured on its
+own (`--rounds`); the ratio on / off is printed (target <= 1.03).
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -38,9 +47,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
-from benchmesh import add_models_dir_argument, own_mesh, percentile
+from benchmesh import (
+    add_models_dir_argument,
+    cpu_seconds_by_process,
+    cpu_seconds_since,
+    own_mesh,
+    percentile,
+)
 
 HOPS = (
     "create call",
@@ -182,6 +198,99 @@ def bare_pipeline(models_dir: Path, runs: int, steps: int, size: int) -> list[fl
     return seconds
 
 
+class Generator:
+    """One account on one mesh, making one generation at a time as a client does: create, watch
+    over SSE to the terminal event, download the PNG."""
+
+    def __init__(self, gateway: str, steps: int, size: int) -> None:
+        self.client = httpx.Client(base_url=gateway, timeout=120)
+        login = self.client.post("/api/v1/auth/dev-login", json={"email": "bench@pingvas.local"})
+        login.raise_for_status()
+        self.headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
+        self.body = {
+            "prompt": "a red fox in snow",
+            "model": "tiny-sd",
+            "width": size,
+            "height": size,
+            "steps": steps,
+        }
+        self.made = 0
+
+    def generate(self) -> None:
+        self.made += 1
+        created = self.client.post(
+            "/api/v1/generation/create", json={**self.body, "seed": self.made}, headers=self.headers
+        )
+        created.raise_for_status()
+        terminal: dict[str, Any] = {}
+        with self.client.stream(
+            "GET", f"/api/v1/generation/{created.json()['id']}/events", headers=self.headers
+        ) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if {"succeeded", "failed", "cancelled"} & event.keys():
+                        terminal = event
+                        break
+        if "succeeded" not in terminal:
+            raise SystemExit(f"generation did not succeed: {terminal}")
+        self.client.get(terminal["succeeded"]["imageUrl"]).raise_for_status()
+
+
+def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int) -> None:
+    """Two meshes up side by side, tracing off and on, taking turns one generation at a time (who
+    goes first alternates), so that both see the same machine: the other work on it, its clock
+    speed, its caches. Each mesh's CPU is summed over its own process tree."""
+    from otlp_sink import OtlpSink
+
+    off: list[dict[str, float]] = []
+    on: list[dict[str, float]] = []
+    with (
+        OtlpSink() as sink,
+        own_mesh(models_dir) as plain,
+        own_mesh(models_dir, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}) as traced,
+    ):
+        meshes = {
+            "off": (plain, Generator(plain.gateway_url, steps, size)),
+            "on": (traced, Generator(traced.gateway_url, steps, size)),
+        }
+        for _mesh, generator in meshes.values():  # warm-up: connections, pipelines, caches
+            generator.generate()
+            generator.generate()
+        spans_before = sink.spans
+        for _ in range(rounds):
+            before = {name: cpu_seconds_by_process(mesh.pid) for name, (mesh, _g) in meshes.items()}
+            for index in range(runs):
+                order = ("off", "on") if index % 2 == 0 else ("on", "off")
+                for name in order:
+                    meshes[name][1].generate()
+            for name, spent in (("off", off), ("on", on)):
+                used = cpu_seconds_since(meshes[name][0].pid, before[name])
+                spent.append({component: seconds / runs for component, seconds in used.items()})
+        spans = sink.spans - spans_before
+    print(
+        f"tracing cost: {rounds} round(s) of {runs} generations per mesh, two meshes side by side, "
+        f"tiny-sd {size}x{size}, {steps} steps"
+    )
+    print("  CPU seconds per generation, all mesh processes (user + system):")
+    for index, (without, with_tracing) in enumerate(zip(off, on, strict=True), start=1):
+        total_off, total_on = sum(without.values()), sum(with_tracing.values())
+        print(
+            f"    round {index}: tracing off {total_off * 1000:8.1f} ms   on {total_on * 1000:8.1f} ms   "
+            f"ratio {total_on / total_off:.3f}"
+        )
+    print("  by component (mean ms, off -> on):")
+    for component in sorted({name for spent in off + on for name in spent}):
+        component_off = statistics.mean(spent.get(component, 0.0) for spent in off)
+        component_on = statistics.mean(spent.get(component, 0.0) for spent in on)
+        print(f"    {component:<12} {component_off * 1000:8.1f} -> {component_on * 1000:8.1f}")
+    mean_off = statistics.mean(sum(spent.values()) for spent in off)
+    mean_on = statistics.mean(sum(spent.values()) for spent in on)
+    print(f"  mean: off {mean_off * 1000:.1f} ms, on {mean_on * 1000:.1f} ms")
+    print(f"  ratio on / off               {mean_on / mean_off:.3f}   (target <= 1.03)")
+    print(f"  spans exported               {spans / (rounds * runs):.0f} per generation")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--runs", type=int, default=20)
@@ -192,9 +301,23 @@ def main() -> None:
     parser.add_argument(
         "--fsync-cost", action="store_true", help="with --start: also run a mesh with fsync off, and compare"
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="compare the mesh's CPU seconds per generation with OpenTelemetry off and on",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --tracing: rounds of -n generations per mesh, each measured",
+    )
     add_models_dir_argument(parser)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
+    if args.tracing:
+        compare_tracing(models_dir, args.runs, args.steps, args.size, args.rounds)
+        return
 
     without_fsync = None
     stores: list[StoreCost] = []

@@ -157,6 +157,9 @@ MAX_TRANSCODED_RESPONSE_BYTES = 64 * 1024 * 1024
 # A cluster without endpoints, named by the REST CORS route: if a REST request the transcoder did
 # not map ever reached the router, Envoy would answer 503 rather than forward it anywhere.
 NO_UPSTREAM_CLUSTER = "no_upstream"
+# The OTLP/gRPC receiver the gateway's spans go to, when tracing is on.
+OTLP_CLUSTER = "otlp_collector"
+GATEWAY_SERVICE_NAME = "pingvas-gateway"
 
 _GRPC_CONTENT_TYPE_PREFIX = "application/grpc"
 _HTTP_BODY_TYPE = ".google.api.HttpBody"
@@ -257,6 +260,7 @@ class EnvoyConfigOptions(TypedDict):
     cors_allowed_origins: NotRequired[Sequence[str]]
     limits: NotRequired[EdgeLimits]
     jwks_cache_seconds: NotRequired[float]
+    otlp_collector: NotRequired[Upstream | None]
 
 
 class EnvoyConfigError(RuntimeError):
@@ -273,6 +277,7 @@ def render_envoy_config(
     cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
     limits: EdgeLimits = DEFAULT_EDGE_LIMITS,
     jwks_cache_seconds: float = DEFAULT_JWKS_CACHE_SECONDS,
+    otlp_collector: Upstream | None = None,
 ) -> str:
     """The gateway's Envoy v3 bootstrap as YAML (in JSON syntax, which YAML includes)."""
     config = build_envoy_config(
@@ -284,6 +289,7 @@ def render_envoy_config(
         cors_allowed_origins=cors_allowed_origins,
         limits=limits,
         jwks_cache_seconds=jwks_cache_seconds,
+        otlp_collector=otlp_collector,
     )
     return json.dumps(config, indent=2) + "\n"
 
@@ -298,8 +304,11 @@ def build_envoy_config(
     cors_allowed_origins: Sequence[str] = DEFAULT_CORS_ALLOWED_ORIGINS,
     limits: EdgeLimits = DEFAULT_EDGE_LIMITS,
     jwks_cache_seconds: float = DEFAULT_JWKS_CACHE_SECONDS,
+    otlp_collector: Upstream | None = None,
 ) -> dict[str, Any]:
-    """The gateway's Envoy v3 bootstrap as a plain dict, `upstreams` keyed by backend name."""
+    """The gateway's Envoy v3 bootstrap as a plain dict, `upstreams` keyed by backend name.
+    With `otlp_collector` (an OTLP/gRPC receiver), Envoy's OpenTelemetry tracer starts each
+    request's trace, or continues the caller's `traceparent`, and passes it to the services."""
     backends = sorted(set(PUBLIC_SERVICES.values()))
     missing = [name for name in backends if name not in upstreams]
     if missing:
@@ -395,6 +404,9 @@ def build_envoy_config(
     if CONSOLE_BACKEND in upstreams:
         clusters.append(_console_cluster(upstreams[CONSOLE_BACKEND]))
     clusters.append(_jwks_cluster(listen_host, listen_port))
+    if otlp_collector is not None:
+        http_connection_manager["tracing"] = _opentelemetry_tracing()
+        clusters.append(_otlp_cluster(otlp_collector))
 
     return {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
@@ -913,6 +925,40 @@ def _circuit_breaker(backend: str) -> dict[str, Any]:
 
 def _http_filter(name: str, config_type: str, **options: Any) -> dict[str, Any]:
     return {"name": name, "typed_config": {"@type": f"type.googleapis.com/{config_type}", **options}}
+
+
+def _opentelemetry_tracing() -> dict[str, Any]:
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": GATEWAY_SERVICE_NAME,
+            },
+        }
+    }
+
+
+def _otlp_cluster(collector: Upstream) -> dict[str, Any]:
+    return {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": UPSTREAM_CONNECT_TIMEOUT,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(collector.host, collector.port)}}]}
+            ],
+        },
+    }
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:

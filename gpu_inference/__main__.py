@@ -26,6 +26,7 @@ from services.common.settings import (
 )
 from services.common.startup import enforce_environment, load_settings
 from services.common.storage import open_image_store
+from services.common.telemetry import start_telemetry
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog
@@ -41,6 +42,7 @@ async def main() -> None:
     settings = load_settings(WorkerSettings)
     scheduler = SchedulerSettings()
     configure_logging(settings.log_level, "worker")
+    telemetry = start_telemetry("pingvas-worker")
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     # The tenant role only: a worker changes nothing but its job's user's rows.
     database = Database(
@@ -120,7 +122,7 @@ async def main() -> None:
         grace=1.0,
         background=[worker.run],
         drain_seconds=settings.shutdown_grace_seconds,
-        cleanup=[database.close, redis.aclose, close_images, close_models],
+        cleanup=[database.close, redis.aclose, close_images, close_models, telemetry.shutdown],
     )
 
 

@@ -24,10 +24,12 @@ from typing import Any
 
 import torch
 from diffusers import AutoPipelineForText2Image
+from opentelemetry import trace
 
 from services.generation.catalog import ModelCatalog, ModelInfo
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 class UnknownModelError(LookupError):
@@ -146,15 +148,20 @@ class ModelRegistry:
         if model is not None:
             self._metrics.hits += 1
             self._touch(model)
-            logger.info("model %s already loaded", name)
+            # A span of its own all the same: a trace shows which runs paid for a load.
+            with tracer.start_as_current_span("model cache hit", attributes={"pingvas.model": name}):
+                logger.info("model %s already loaded", name)
             return model
         self._metrics.misses += 1
-        task = self._loads.get(name)
-        if task is None:
-            task = asyncio.create_task(self._load(name), name=f"load model {name}")
-            self._loads[name] = task
-            task.add_done_callback(self._load_done)
-        return await asyncio.shield(task)
+        with tracer.start_as_current_span(
+            "model load", attributes={"pingvas.model": name, "pingvas.joined_load": name in self._loads}
+        ):
+            task = self._loads.get(name)
+            if task is None:
+                task = asyncio.create_task(self._load(name), name=f"load model {name}")
+                self._loads[name] = task
+                task.add_done_callback(self._load_done)
+            return await asyncio.shield(task)
 
     async def preload(self, names: Iterable[str]) -> None:
         """Load `names` (typically the pinned models) before the worker reports ready."""

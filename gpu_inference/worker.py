@@ -30,6 +30,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.metrics import CallbackOptions, Observation
+
 from gpu_inference.inference import (
     BatchStep,
     StepUpdate,
@@ -45,6 +50,7 @@ from services.common.storage import (
     ImageStore,
     ObjectStoreUnavailable,
 )
+from services.common.telemetry import job_link, trace_context
 from services.gallery.repository import StoredImage
 from services.generation.failures import Failure, FailureCode
 from services.generation.model_store import ModelDownloadFailed
@@ -53,6 +59,8 @@ from services.generation.repository import GenerationRecord
 from services.generation.runs import Runs, WorkResult
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+meter = metrics.get_meter(__name__)
 
 # How often a running batch looks for cancel requests: a cancel stops its job within this and one
 # denoising step.
@@ -135,6 +143,12 @@ class ProgressRelay:
         loop.call_soon_threadsafe(self.updates.put_nowait, update)
 
     async def _publish(self) -> None:
+        # Untraced: the denoise span's step events stand for the progress events, and a span per
+        # step would be most of a traced job's cost.
+        with suppress_instrumentation():
+            await self._publish_updates()
+
+    async def _publish_updates(self) -> None:
         while (update := await self.updates.get()) is not self._DONE:
             # Encoded off the event loop: on CUDA it first waits for the step's pixels.
             preview_jpeg = await asyncio.to_thread(lambda: update.preview_jpeg)
@@ -231,6 +245,41 @@ class Member:
     record: GenerationRecord
     claim: Claim
 
+    @property
+    def trace(self) -> Context:
+        """The trace of the request that queued the job: the worker's spans for it join it."""
+        return trace_context(self.claim.trace_context)
+
+
+class WorkerMetrics:
+    """What a worker counts for OpenTelemetry (no-ops while telemetry is off): the queue wait it
+    found per band, the GPU time it spent, its denoising speed, and its model cache."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.queue_wait = meter.create_histogram(
+            "pingvas.queue.wait",
+            unit="s",
+            description="How long a job waited in its band before a worker claimed it.",
+        )
+        self.gpu_seconds = meter.create_counter(
+            "pingvas.worker.gpu_seconds", unit="s", description="GPU time spent on succeeded jobs."
+        )
+        self.iterations_per_second = meter.create_histogram(
+            "pingvas.worker.iterations_per_second",
+            unit="{it}/s",
+            description="Denoising steps per second of each pipeline call (all members of a batch).",
+        )
+
+        def cache(counter: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            return lambda _options: [Observation(getattr(registry.metrics, counter))]
+
+        for counter in ("hits", "misses", "evictions"):
+            meter.create_observable_counter(
+                f"pingvas.model_cache.{counter}",
+                callbacks=[cache(counter)],
+                description=f"Model registry {counter} since the worker started.",
+            )
+
 
 class Worker:
     def __init__(
@@ -259,6 +308,7 @@ class Worker:
         self.max_batch = max_batch
         self.idle_wait_seconds = idle_wait_seconds
         self.failpoints = failpoints
+        self.metrics = WorkerMetrics(registry)
         self._advertised_state: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._advertised_at = 0.0
         # Every pipeline call runs on this one thread: one GPU runs one call at a time anyway, and
@@ -280,6 +330,7 @@ class Worker:
         while not stop.is_set():
             try:
                 await self.advertise()
+                claimed_from = time.time_ns()
                 claims = await self.queue.claim_batch(
                     self.worker_id,
                     self.lease_seconds,
@@ -307,14 +358,14 @@ class Worker:
                 log.exception("claiming failed; retrying")
                 await asyncio.sleep(self.idle_wait_seconds)
                 continue
-            succeeded: list[tuple[GenerationRecord, TextToImageResult]] = []
+            succeeded: list[tuple[Member, TextToImageResult]] = []
             try:
-                succeeded = await self.run_claims(claims, stop)
+                succeeded = await self.run_claims(claims, stop, claimed_from=claimed_from)
             except Exception:
                 # PostgreSQL or Redis trouble mid-job: the leases lapse and the jobs are redelivered.
                 log.exception("jobs %s abandoned", ", ".join(str(claim.generation_id) for claim in claims))
             finally:
-                to_store = {record.id for record, _ in succeeded}
+                to_store = {member.record.id for member, _ in succeeded}
                 finished = [claim.generation_id for claim in claims if claim.generation_id not in to_store]
             if storing is not None:
                 await storing
@@ -351,16 +402,34 @@ class Worker:
         )
 
     async def run_claims(
-        self, claims: Sequence[Claim], stop: asyncio.Event
-    ) -> list[tuple[GenerationRecord, TextToImageResult]]:
+        self, claims: Sequence[Claim], stop: asyncio.Event, *, claimed_from: int | None = None
+    ) -> list[tuple[Member, TextToImageResult]]:
         """Run claimed jobs as one batch and return the images made, for `_store_results`. Every
-        other outcome is recorded here; the caller ends the leases."""
+        other outcome is recorded here; the caller ends the leases. `claimed_from` (ns since the
+        epoch) is when the claim was asked for: each job's claim span starts there."""
         members = []
         for claim in claims:
-            record = await self.runs.start(claim.user_id, claim.generation_id, self.worker_id)
-            if record is None:
-                log.info("job %s is no longer queued; skipped", claim.generation_id)
-                continue
+            self.metrics.queue_wait.record(claim.waited_seconds, {"band": claim.tier})
+            # The claim joins the trace of the request that queued the job, from the claim's
+            # round trip to the job's fenced start.
+            with tracer.start_as_current_span(
+                "claim",
+                context=trace_context(claim.trace_context),
+                start_time=claimed_from,
+                attributes={
+                    "pingvas.generation_id": str(claim.generation_id),
+                    "pingvas.band": claim.tier,
+                    "pingvas.claim_reason": claim.reason,
+                    "pingvas.queue_wait_seconds": claim.waited_seconds,
+                    "pingvas.worker_id": self.worker_id,
+                },
+            ) as span:
+                record = await self.runs.start(claim.user_id, claim.generation_id, self.worker_id)
+                if record is None:
+                    span.set_attribute("pingvas.skipped", True)
+                    log.info("job %s is no longer queued; skipped", claim.generation_id)
+                    continue
+                span.set_attribute("pingvas.attempt", record.attempt)
             log.info("claimed %s (%s band, %s)", record.id, claim.tier, claim.reason)
             members.append(Member(record, claim))
         return await self._execute(members, stop) if members else []
@@ -369,6 +438,12 @@ class Worker:
         """Renew a job's lease until cancelled; call `on_loss` once if another worker has it now.
         While Redis is away the renewals fail and the lease may lapse: the job is then
         redelivered, and this attempt's fenced finish is refused."""
+        # Untraced: a poll every few seconds is no step of the job, and its spans would only
+        # cost CPU.
+        with suppress_instrumentation():
+            await self._renew_lease(generation_id, on_loss)
+
+    async def _renew_lease(self, generation_id: uuid.UUID, on_loss: Callable[[], None]) -> None:
         while not _stop_requested():
             await asyncio.sleep(self.lease_seconds / 3)
             try:
@@ -387,6 +462,11 @@ class Worker:
         """Interrupt the members whose cancel was requested. Polled on its own clock, not after
         each progress event: a progress stream that lags behind a fast GPU (or a busy CPU) must
         not delay a cancel, and one round trip serves the whole batch."""
+        # Untraced: twenty polls a second would be most of a traced job's spans.
+        with suppress_instrumentation():
+            await self._poll_cancels(batch)
+
+    async def _poll_cancels(self, batch: BatchRun) -> None:
         while not _stop_requested():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             staying = batch.staying
@@ -444,7 +524,24 @@ class Worker:
 
     async def _execute(
         self, members: Sequence[Member], stop: asyncio.Event
-    ) -> list[tuple[GenerationRecord, TextToImageResult]]:
+    ) -> list[tuple[Member, TextToImageResult]]:
+        """Run a batch under its spans: one call serves every member, so its model and denoise
+        spans belong to the first member's trace and link to each member's."""
+        links = [link for member in members if (link := job_link(member.claim.trace_context))]
+        with tracer.start_as_current_span(
+            "run batch",
+            context=members[0].trace,
+            links=links,
+            attributes={
+                "pingvas.generation_ids": [str(member.record.id) for member in members],
+                "pingvas.batch_size": len(members),
+            },
+        ):
+            return await self._execute_batch(members, stop, links)
+
+    async def _execute_batch(
+        self, members: Sequence[Member], stop: asyncio.Event, links: Sequence[trace.Link]
+    ) -> list[tuple[Member, TextToImageResult]]:
         records = [member.record for member in members]
         first = records[0]
         log.info(
@@ -520,12 +617,38 @@ class Worker:
             asyncio.create_task(self._hand_back_on_shutdown(stop, batch)),
             asyncio.create_task(self._watch_cancels(batch)),
         ]
+        denoise = tracer.start_span(
+            "denoise",
+            links=links,
+            attributes={
+                "pingvas.model": first.model,
+                "pingvas.steps": first.steps,
+                "pingvas.width": first.width,
+                "pingvas.height": first.height,
+                "pingvas.batch_size": len(members),
+            },
+        )
+
+        def on_traced_step(batch_step: BatchStep) -> None:
+            denoise.add_event("step", {"step": batch_step.step, "total_steps": first.steps})
+            batch.on_step(batch_step)
+
+        on_step = on_traced_step if denoise.is_recording() else batch.on_step
+        started = time.perf_counter()
         try:
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self._inference_thread, run_text_to_image_batch, model, requests, batch.on_step
+                    self._inference_thread, run_text_to_image_batch, model, requests, on_step
                 )
+                self.metrics.iterations_per_second.record(
+                    first.steps / (time.perf_counter() - started), {"model": first.model}
+                )
+            except Exception as error:
+                denoise.record_exception(error)
+                denoise.set_status(trace.StatusCode.ERROR, type(error).__name__)
+                raise
             finally:
+                denoise.end()
                 for watcher in watchers:
                     watcher.cancel()
                 # A Redis error a watcher met as it was cancelled is of no interest any more.
@@ -549,9 +672,7 @@ class Worker:
             )
             await self._requeue(staying, crashed)
             return []
-        return [
-            (relay.record, results[index]) for index, relay in enumerate(relays) if index not in batch.left
-        ]
+        return [(member, results[index]) for index, member in enumerate(members) if index not in batch.left]
 
     async def _acquire_holding_leases(self, name: str, members: Sequence[Member]) -> LoadedModel:
         """The model from the registry, the members' leases renewed meanwhile: its first use on
@@ -573,26 +694,31 @@ class Worker:
         for record in records:
             await self.runs.requeue(record, failure)
 
-    async def _store_results(self, succeeded: Sequence[tuple[GenerationRecord, TextToImageResult]]) -> None:
+    async def _store_results(self, succeeded: Sequence[tuple[Member, TextToImageResult]]) -> None:
         """Encode, store and record a call's images, then end their leases."""
         try:
-            await asyncio.gather(*(self._store_result(record, result) for record, result in succeeded))
+            await asyncio.gather(*(self._store_result(member, result) for member, result in succeeded))
         except Exception:
             # The leases end below all the same: the reconciler gives the jobs another attempt.
             log.exception(
-                "storing the results of %s failed", ", ".join(str(record.id) for record, _ in succeeded)
+                "storing the results of %s failed",
+                ", ".join(str(member.record.id) for member, _ in succeeded),
             )
         finally:
-            for record, _ in succeeded:
-                await self.queue.release_lease(record.id, self.worker_id)
+            for member, _ in succeeded:
+                await self.queue.release_lease(member.record.id, self.worker_id)
 
-    async def _store_result(self, record: GenerationRecord, result: TextToImageResult) -> None:
+    async def _store_result(self, member: Member, result: TextToImageResult) -> None:
         """Store and record one image, its job's lease renewed meanwhile: a store that takes
         its time (S3 retrying, a test's failpoint) must not hand the job to another worker."""
+        record = member.record
         lease_lost = asyncio.Event()
         keeping = asyncio.create_task(self._keep_lease(record.id, lease_lost.set))
         try:
-            await self._store_leased_result(record, result, lease_lost)
+            with tracer.start_as_current_span(
+                "store", context=member.trace, attributes={"pingvas.generation_id": str(record.id)}
+            ):
+                await self._store_leased_result(record, result, lease_lost)
         finally:
             keeping.cancel()
             await asyncio.gather(keeping, return_exceptions=True)
@@ -640,6 +766,7 @@ class Worker:
         await self._park_in_store(Failpoint.PARK_BEFORE_RECORD, record, lease_lost)
         if await self.runs.finish_succeeded(record, image, WorkResult(result.seed, result.gpu_seconds)):
             recorded = time.perf_counter()
+            self.metrics.gpu_seconds.add(result.gpu_seconds, {"model": record.model})
             # The store's cost per image, off the GPU's path (bench/mesh_overhead.py reads it).
             log.info(
                 "succeeded %s in %.2f GPU seconds; stored in %.1f ms "

@@ -48,7 +48,7 @@ import grpc
 import limits
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.envoy import EdgeLimits, TokenBucket
+from gateway.envoy import EdgeLimits, TokenBucket, Upstream
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
@@ -74,6 +74,9 @@ class MeshOptions:
     # An S3 endpoint (with PINGVAS_S3_* keys, or boto's default chain); embedded SeaweedFS when None.
     s3_endpoint_url: str | None = None
     db_schema: str = DEFAULT_DB_SCHEMA
+    # An OTLP/gRPC collector (http://host:4317) for the traces and metrics of Envoy and every
+    # process; no telemetry when None.
+    otlp_endpoint: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     supervision: SupervisorSettings = field(default_factory=SupervisorSettings)
 
@@ -92,6 +95,16 @@ def edge_limits() -> EdgeLimits:
         unary_timeout_seconds=gateway.unary_timeout_seconds,
         streaming_idle_timeout_seconds=gateway.streaming_idle_timeout_seconds,
     )
+
+
+def otlp_collector(endpoint: str | None) -> Upstream | None:
+    """The gateway's OTLP/gRPC receiver, from the URL the processes export to."""
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if parts.hostname is None:
+        raise ValueError(f"the OTLP endpoint {endpoint!r} names no host")
+    return Upstream(parts.hostname, parts.port or 4317)
 
 
 def runtime_file(home: Path) -> Path:
@@ -240,7 +253,6 @@ class Mesh:
         from gateway.envoy import (
             CONSOLE_BACKEND,
             DESCRIPTOR_SET,
-            Upstream,
             envoy_executable,
             validate_envoy_config,
             write_envoy_config,
@@ -300,6 +312,8 @@ class Mesh:
             "PYTHONUNBUFFERED": "1",
             **storage_env,
             **load_or_create_secrets(self.home),
+            # Set or emptied: a child never exports where `pingvas up` was not told to.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": options.otlp_endpoint or "",
         }
         if "PINGVAS_PRELOAD_MODELS" not in os.environ:
             # Warm the default model before the worker reports SERVING, so the first job is fast.
@@ -385,6 +399,7 @@ class Mesh:
             descriptor_set=DESCRIPTOR_SET,
             limits=edge_limits(),
             jwks_cache_seconds=JwksSettings().cache_seconds,
+            otlp_collector=otlp_collector(options.otlp_endpoint),
         )
         validate_envoy_config(config)
         envoy = self._start(

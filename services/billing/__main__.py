@@ -19,11 +19,13 @@ from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, periodically, serve_until_terminated
 from services.common.settings import BillingSettings, EmailSettings, JwksSettings
 from services.common.startup import enforce_environment, load_settings
+from services.common.telemetry import start_telemetry
 
 
 async def main() -> None:
     settings = load_settings(BillingSettings)
     configure_logging(settings.log_level, "billing")
+    telemetry = start_telemetry("pingvas-billing")
     parts = build_billing(
         env=settings.env,
         database_url=settings.database_url,
@@ -62,7 +64,7 @@ async def main() -> None:
             periodically(settings.expire_interval_seconds, parts.billing.expire_lapsed, "expiry"),
             send_emails,
         ],
-        cleanup=[parts.close],
+        cleanup=[parts.close, telemetry.shutdown],
     )
 
 

@@ -38,6 +38,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             redis_url=os.environ.get("REDIS_URL"),
             s3_endpoint_url=os.environ.get("S3_ENDPOINT_URL") or os.environ.get("PINGVAS_S3_ENDPOINT_URL"),
             db_schema=os.environ.get("PINGVAS_DB_SCHEMA", DEFAULT_DB_SCHEMA),
+            otlp_endpoint=args.otlp_endpoint or None,
         )
     )
 
@@ -502,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the whole mesh on this machine")
     up.add_argument("--workers", type=int, default=int(os.environ.get("PINGVAS_WORKERS", "1")))
+    up.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="export traces and metrics of Envoy and every process over OTLP/gRPC to URL "
+        "(http://host:4317); off by default (OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
     up.set_defaults(handler=_cmd_up)
 
     from services.cli import generate

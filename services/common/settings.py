@@ -478,6 +478,12 @@ class GenerationSettings(ServerSettings):
         description="Port of the queue-depth endpoint KEDA scales the GPU workers on "
         "(GET /queue-depth, services/generation/queue_metrics.py); off when unset.",
     )
+    queue_metrics_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the queue's depth per band is read for the OpenTelemetry gauge "
+        "(only while telemetry is on).",
+    )
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -747,3 +753,26 @@ class WorkerSettings(CommonSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.models_dir_default
+
+
+class TelemetrySettings(BaseSettings):
+    """The standard OpenTelemetry variables that decide whether a process exports telemetry
+    (services/common/telemetry.py); the SDK's exporters read the rest of OTEL_* themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore")
+
+    exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="The OTLP/gRPC collector (http://host:4317). Unset: no telemetry at all, the "
+        "default on a laptop.",
+    )
+    sdk_disabled: bool = Field(False, description="The standard switch that turns the SDK off anyway.")
+    traces_sampler: str | None = Field(
+        None,
+        description="A standard sampler name; unset, spans follow their parent, and a client call "
+        "with no parent (a poll in a background loop) is not recorded.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.exporter_otlp_endpoint) and not self.sdk_disabled

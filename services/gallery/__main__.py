@@ -16,6 +16,7 @@ from services.common.settings import CloudFrontSettings, GallerySettings, JwksSe
 from services.common.signing import ImageUrlSigner
 from services.common.startup import load_settings, open_service_database
 from services.common.storage import open_image_store
+from services.common.telemetry import start_telemetry
 from services.gallery.images import ImageLibrary
 from services.gallery.servicer import GalleryServicer
 
@@ -23,6 +24,7 @@ from services.gallery.servicer import GalleryServicer
 async def main() -> None:
     settings = load_settings(GallerySettings)
     configure_logging(settings.log_level, "gallery")
+    telemetry = start_telemetry("pingvas-gallery")
     database = await open_service_database(settings, "gallery")
     signer = ImageUrlSigner(
         settings.url_signing_secret,
@@ -52,7 +54,7 @@ async def main() -> None:
         server,
         ready=database.ping,
         grace=settings.shutdown_grace_seconds,
-        cleanup=[database.close, close_images],
+        cleanup=[database.close, close_images, telemetry.shutdown],
     )
 
 

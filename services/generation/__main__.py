@@ -34,6 +34,7 @@ from services.common.settings import (
 )
 from services.common.startup import load_settings, open_service_database
 from services.common.storage import open_image_store
+from services.common.telemetry import start_telemetry
 from services.generation.acceptance import Acceptance
 from services.generation.catalog import ModelCatalog
 from services.generation.delivery import Delivery
@@ -42,7 +43,7 @@ from services.generation.events import EventLog
 from services.generation.generations import Generations
 from services.generation.model_store import open_model_store
 from services.generation.queue import TierQueue
-from services.generation.queue_metrics import QueueDepthEndpoint
+from services.generation.queue_metrics import QueueDepthEndpoint, QueueDepthGauge
 from services.generation.repository import GenerationRepository
 from services.generation.runs import Runs
 from services.generation.servicer import GenerationServicer
@@ -58,6 +59,7 @@ async def main() -> None:
     scheduler = SchedulerSettings()
     watch_settings = WatchSettings()
     configure_logging(settings.log_level, "generation")
+    telemetry = start_telemetry("pingvas-generation")
     database = await open_service_database(settings, "generation")
     redis = shared_redis(settings)
     repository = GenerationRepository()
@@ -159,7 +161,17 @@ async def main() -> None:
         await redis.ping()
 
     await hub.start()
-    cleanup = [hub.stop, database.close, redis.aclose, close_images, close_models]
+    cleanup = [hub.stop, database.close, redis.aclose, close_images, close_models, telemetry.shutdown]
+    background = [
+        periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
+        periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
+    ]
+    if telemetry.enabled:
+        background.append(
+            periodically(
+                settings.queue_metrics_interval_seconds, QueueDepthGauge(queue).observe, "queue depth metric"
+            )
+        )
     if settings.metrics_port is not None:
         depth_endpoint = QueueDepthEndpoint(queue, host=settings.host, port=settings.metrics_port)
         await depth_endpoint.start()
@@ -170,10 +182,7 @@ async def main() -> None:
         server,
         ready=ready,
         grace=settings.shutdown_grace_seconds,
-        background=[
-            periodically(settings.reconcile_interval_seconds, runs.reconcile, "reconcile"),
-            periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
-        ],
+        background=background,
         cleanup=cleanup,
     )
 

@@ -33,6 +33,7 @@ from services.generation.events import EventLog, new_event
 from services.generation.lifecycle import GenerationState
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRecord, GenerationRepository
+from services.generation.runs import jobs_by_outcome
 from services.generation.webhooks import GenerationWebhooks
 from services.webhooks.endpoints import WebhookEvent, WebhookUrlRules, parse_events
 from services.webhooks.outbox import WebhookOutbox
@@ -312,6 +313,7 @@ class Acceptance:
                 generation_id,
                 new_event(generation_id, cancelled=resources.GenerationCancelled(was_running=False)),
             )
+            jobs_by_outcome.add(1, {"outcome": GenerationState.CANCELLED.lower()})
             return cancelled
         if running is not None:
             # The worker checks this flag between denoising steps.

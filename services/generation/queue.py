@@ -8,7 +8,9 @@ Cluster would need hash tags):
                                 served (Redis TIME in microseconds), so the least recently served
                                 user goes next
     queue:{tier}:waiting        ZSET of waiting jobs by enqueue time (aging, depth)
-    job:{generation_id}         HASH user, tier, model, batch key, skips of a waiting or leased job
+    job:{generation_id}         HASH user, tier, model, batch key, skips and trace (the W3C
+                                traceparent of the request that queued it) of a waiting or
+                                leased job
     running:{user_id}           how many of the user's jobs are leased (concurrency caps); absent
                                 when none
     queue:{tier}:last_served    HASH user -> when last served, for users who left the ring (no
@@ -28,13 +30,15 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from services.billing.plans import PLANS_BY_PRIORITY
+from services.common.telemetry import current_trace_context
 
-# ARGV: tier, user, job, model, batch key ('' when the job never shares a batch).
+# ARGV: tier, user, job, model, batch key ('' when the job never shares a batch), traceparent
+# ('' when no trace is recorded).
 _ENQUEUE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
 local ring = 'queue:' .. ARGV[1] .. ':ring'
@@ -42,7 +46,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('RPUSH', list, ARGV[3])
 redis.call('ZADD', 'queue:' .. ARGV[1] .. ':waiting', 'NX', now, ARGV[3])
-redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'batch', ARGV[5], 'skips', 0)
+redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'batch', ARGV[5], 'skips', 0, 'trace', ARGV[6])
 if not redis.call('ZSCORE', ring, ARGV[2]) then
   local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
   redis.call('ZADD', ring, served, ARGV[2])
@@ -57,8 +61,9 @@ _CLAIM_BODY = """
 -- "caps": {...}, "warm": [...], "lookahead": n, "max_skips": n}, ARGV[4] the worker's previous
 -- jobs, space-separated, released first ('' for none), ARGV[5] the most jobs to claim as one
 -- batch, ARGV[6] the worker's horizon: how many ms until it expects to claim again. Returns job,
--- user, tier, reason for each claimed job, the first chosen by the policy, as one space-separated
--- string (one bulk reply is cheaper for the client to read than an array of them).
+-- user, tier, reason, traceparent ('-' for none) and ms waited for each claimed job, the first
+-- chosen by the policy, as one space-separated string (one bulk reply is cheaper for the client
+-- to read than an array of them).
 local worker, lease_ms, max_batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local horizon_ms = tonumber(ARGV[6])
 local cfg = cjson.decode(ARGV[3])
@@ -87,11 +92,15 @@ local function take(tier, user, job, reason)
     redis.call('ZREM', ring, user)
     redis.call('HSET', 'queue:' .. tier .. ':last_served', user, served_at)
   end
-  redis.call('ZREM', 'queue:' .. tier .. ':waiting', job)
+  local waiting = 'queue:' .. tier .. ':waiting'
+  local waited_ms = now - tonumber(redis.call('ZSCORE', waiting, job) or now)
+  redis.call('ZREM', waiting, job)
   redis.call('INCR', 'running:' .. user)
   redis.call('HSET', 'lease:' .. job, 'worker', worker, 'user', user, 'tier', tier)
   redis.call('ZADD', 'leases', now + lease_ms, job)
-  return {job, user, tier, reason}
+  local trace = redis.call('HGET', 'job:' .. job, 'trace')
+  if not trace or trace == '' then trace = '-' end
+  return {job, user, tier, reason, trace, waited_ms}
 end
 
 -- The next job under the policy: tier, user, job, reason; nil when none is eligible.
@@ -314,6 +323,11 @@ class Claim:
     # (no warm job within the lookahead), starved (passed over max_skips times), next (no
     # preference given), batched (rides in the batch of the job claimed with it).
     reason: str = "next"
+    # The W3C traceparent of the request that queued the job ('' when none was recorded), so
+    # that the worker's spans join its trace.
+    trace_context: str = field(default="", compare=False)
+    # How long the job waited in its band, from its enqueue to this claim.
+    waited_seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -401,7 +415,9 @@ class TierQueue:
     ) -> None:
         """`batch_key` names the run settings a batch shares; jobs with equal keys may be claimed
         together ('' keeps the job out of batches)."""
-        await self._enqueue(args=[tier, str(user_id), str(generation_id), model, batch_key])
+        await self._enqueue(
+            args=[tier, str(user_id), str(generation_id), model, batch_key, current_trace_context()]
+        )
 
     async def claim(
         self,
@@ -457,9 +473,16 @@ class TierQueue:
             return []
         parts = (claimed.decode() if isinstance(claimed, bytes) else claimed).split()
         return [
-            Claim(uuid.UUID(job), uuid.UUID(user), tier, reason)
-            for job, user, tier, reason in zip(
-                parts[0::4], parts[1::4], parts[2::4], parts[3::4], strict=True
+            Claim(
+                uuid.UUID(job),
+                uuid.UUID(user),
+                tier,
+                reason,
+                trace_context="" if trace == "-" else trace,
+                waited_seconds=int(waited_ms) / 1000,
+            )
+            for job, user, tier, reason, trace, waited_ms in zip(
+                *(parts[index::6] for index in range(6)), strict=True
             )
         ]
 

@@ -14,6 +14,8 @@ import asyncio
 import json
 import logging
 
+from opentelemetry import metrics
+
 from services.generation.queue import TierQueue
 
 log = logging.getLogger(__name__)
@@ -82,3 +84,26 @@ async def _reply(writer: asyncio.StreamWriter, status: int, body: dict[str, obje
         + payload
     )
     await writer.drain()
+
+
+class QueueDepthGauge:
+    """The same backlog as an OpenTelemetry gauge, per band (`pingvas.queue.depth`, waiting jobs)
+    and leased (`pingvas.queue.leased`): `observe` runs on a timer in the generation service
+    while telemetry is on. A read of Redis cannot run in the SDK's collection thread, which has
+    no event loop."""
+
+    def __init__(self, queue: TierQueue) -> None:
+        self.queue = queue
+        meter = metrics.get_meter(__name__)
+        self.depth = meter.create_gauge(
+            "pingvas.queue.depth", unit="{job}", description="Jobs waiting for a worker, by band."
+        )
+        self.leased = meter.create_gauge(
+            "pingvas.queue.leased", unit="{job}", description="Jobs a worker holds (running)."
+        )
+
+    async def observe(self) -> None:
+        backlog = await self.queue.backlog()
+        for band, waiting in backlog.waiting.items():
+            self.depth.set(waiting, {"band": band})
+        self.leased.set(backlog.leased)

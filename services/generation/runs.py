@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
+from opentelemetry import metrics, trace
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 
 from services.billing.ledger import CreditLedger, generation_reference
@@ -31,6 +34,12 @@ from services.generation.webhooks import GenerationWebhooks
 from services.webhooks.endpoints import WebhookEvent
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+meter = metrics.get_meter(__name__)
+# Jobs by outcome: succeeded, failed, cancelled (terminal), requeued (given another attempt).
+jobs_by_outcome = meter.create_counter(
+    "pingvas.generation.jobs", unit="{job}", description="Generations that reached an outcome, by outcome."
+)
 
 
 @dataclass(frozen=True)
@@ -110,54 +119,80 @@ class Runs:
         the attempt. False if fenced out. The image's objects must already be stored: a row is
         never written without its objects (a fenced-out run leaves objects without a row)."""
         charge = min(self.pricing.charge_for(result.gpu_seconds), record.credits_held)
-        async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.finish_succeeded(
-                conn,
-                record,
-                image_key=image.object_key,
-                seed=result.seed,
-                gpu_seconds=result.gpu_seconds,
-                credits_charged=charge,
-            )
-            if done is None:
-                return False
-            await self.images.insert(conn, image)
-            await self.ledger.capture(conn, record.user_id, generation_reference(record.id), charge)
-            await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
-        await self.events.append(
-            record.id,
-            new_event(
-                record.id,
-                succeeded=resources.GenerationSucceeded(
-                    seed=result.seed, gpu_seconds=result.gpu_seconds, credits_charged=charge
-                ),
+        with self._fenced_finish(record, GenerationState.SUCCEEDED) as span:
+            async with self.database.tenant(record.user_id) as conn:
+                done = await self.repository.finish_succeeded(
+                    conn,
+                    record,
+                    image_key=image.object_key,
+                    seed=result.seed,
+                    gpu_seconds=result.gpu_seconds,
+                    credits_charged=charge,
+                )
+                if done is None:
+                    span.set_attribute("pingvas.fenced_out", True)
+                    return False
+                await self.images.insert(conn, image)
+                await self.ledger.capture(conn, record.user_id, generation_reference(record.id), charge)
+                await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
+        await self._append_terminal(
+            record,
+            GenerationState.SUCCEEDED,
+            succeeded=resources.GenerationSucceeded(
+                seed=result.seed, gpu_seconds=result.gpu_seconds, credits_charged=charge
             ),
         )
         return True
 
     async def finish_failed(self, record: GenerationRecord, failure: Failure) -> bool:
         """Record the failure and release the hold, fenced on the attempt. False if fenced out."""
-        async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.finish_failed(conn, record, failure)
-            if done is None:
-                return False
-            await self.ledger.release(conn, record.user_id, generation_reference(record.id))
-            await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
-        await self.events.append(record.id, new_event(record.id, failed=failure.to_proto()))
+        with self._fenced_finish(record, GenerationState.FAILED) as span:
+            async with self.database.tenant(record.user_id) as conn:
+                done = await self.repository.finish_failed(conn, record, failure)
+                if done is None:
+                    span.set_attribute("pingvas.fenced_out", True)
+                    return False
+                await self.ledger.release(conn, record.user_id, generation_reference(record.id))
+                await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
+        await self._append_terminal(record, GenerationState.FAILED, failed=failure.to_proto())
         return True
 
     async def finish_cancelled(self, record: GenerationRecord) -> bool:
         """Record the cancel and release the hold, fenced on the attempt. False if fenced out."""
-        async with self.database.tenant(record.user_id) as conn:
-            done = await self.repository.finish_cancelled(conn, record)
-            if done is None:
-                return False
-            await self.ledger.release(conn, record.user_id, generation_reference(record.id))
-            await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
-        await self.events.append(
-            record.id, new_event(record.id, cancelled=resources.GenerationCancelled(was_running=True))
+        with self._fenced_finish(record, GenerationState.CANCELLED) as span:
+            async with self.database.tenant(record.user_id) as conn:
+                done = await self.repository.finish_cancelled(conn, record)
+                if done is None:
+                    span.set_attribute("pingvas.fenced_out", True)
+                    return False
+                await self.ledger.release(conn, record.user_id, generation_reference(record.id))
+                await self.webhooks.record(conn, done, WebhookEvent.COMPLETED)
+        await self._append_terminal(
+            record, GenerationState.CANCELLED, cancelled=resources.GenerationCancelled(was_running=True)
         )
         return True
+
+    def _fenced_finish(
+        self, record: GenerationRecord, state: GenerationState
+    ) -> AbstractContextManager[trace.Span]:
+        """The span of a terminal transaction (fenced on the attempt), as a context manager."""
+        return tracer.start_as_current_span(
+            "fenced finish",
+            attributes={
+                "pingvas.generation_id": str(record.id),
+                "pingvas.attempt": record.attempt,
+                "pingvas.state": state.name,
+            },
+        )
+
+    async def _append_terminal(self, record: GenerationRecord, state: GenerationState, **event: Any) -> None:
+        """Append the terminal event for watchers, and count the outcome."""
+        with tracer.start_as_current_span(
+            "terminal event",
+            attributes={"pingvas.generation_id": str(record.id), "pingvas.state": state.name},
+        ):
+            await self.events.append(record.id, new_event(record.id, **event))
+        jobs_by_outcome.add(1, {"outcome": state.lower()})
 
     async def requeue(self, record: GenerationRecord, failure: Failure | None) -> RequeueOutcome:
         """Give a RUNNING job back to the queue, fenced on its attempt: after a lost worker or a
@@ -178,6 +213,7 @@ class Runs:
         if back is None:
             return RequeueOutcome.FENCED
         await self.delivery.enqueue(back)
+        jobs_by_outcome.add(1, {"outcome": "requeued"})
         log.warning(
             "requeued %s after attempt %d: %s",
             record.id,

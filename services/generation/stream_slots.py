@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
+from opentelemetry import metrics
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -31,6 +32,9 @@ from services.common.errors import TooManyStreams
 from services.common.plans import PlanReader
 
 log = logging.getLogger(__name__)
+open_watch_streams = metrics.get_meter(__name__).create_up_down_counter(
+    "pingvas.watch.open_streams", unit="{stream}", description="WatchGeneration streams open in this process."
+)
 
 # KEYS[1] the user's set; ARGV: now, the new slot's expiry, the cap, the slot id, the key's TTL (ms).
 # The key's TTL always reaches past every member's expiry, so an idle user's set disappears.
@@ -89,9 +93,11 @@ class StreamSlots:
         """A slot for one stream of `user_id` for as long as the block runs, however it ends (the
         client cancelling included); TooManyStreams when a cap is reached."""
         slot = await self.acquire(user_id)
+        open_watch_streams.add(1)
         try:
             yield
         finally:
+            open_watch_streams.add(-1)
             await self.release(slot)
 
     async def acquire(self, user_id: uuid.UUID) -> StreamSlot:

@@ -17,6 +17,7 @@ from services.common.redis_pool import shared_redis
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import JwksSettings, OAuthSettings, PlanSettings, UserSettings
 from services.common.startup import load_settings, open_service_database
+from services.common.telemetry import start_telemetry
 from services.user.accounts import UserAccounts
 from services.user.api_key_servicer import ApiKeyServicer
 from services.user.api_keys import ApiKeys
@@ -30,6 +31,7 @@ from services.webhooks.sealing import SecretSealer
 async def main() -> None:
     settings = load_settings(UserSettings)
     configure_logging(settings.log_level, "user")
+    telemetry = start_telemetry("pingvas-user")
     database = await open_service_database(settings, "user")
     accounts = UserAccounts(database, CreditLedger(), free_grant_credits=PlanSettings().free_grant_credits)
     oauth = load_settings(OAuthSettings)
@@ -93,7 +95,10 @@ async def main() -> None:
         ]
     )
     await serve_until_terminated(
-        server, ready=ready, grace=settings.shutdown_grace_seconds, cleanup=[database.close]
+        server,
+        ready=ready,
+        grace=settings.shutdown_grace_seconds,
+        cleanup=[database.close, telemetry.shutdown],
     )
 
 

@@ -10,6 +10,7 @@ from services.common.server import GrpcServer, configure_logging, serve_until_te
 from services.common.settings import CloudFrontSettings, ObjectStoreSettings, WebhookSettings
 from services.common.startup import load_settings, open_service_database
 from services.common.storage import open_image_store
+from services.common.telemetry import start_telemetry
 from services.webhooks.deliverer import RetrySchedule, WebhookDeliverer
 from services.webhooks.endpoints import WebhookUrlRules
 from services.webhooks.guard import DestinationGuard
@@ -21,6 +22,7 @@ from services.webhooks.sender import WebhookSender
 async def main() -> None:
     settings = load_settings(WebhookSettings)
     configure_logging(settings.log_level, "webhooks")
+    telemetry = start_telemetry("pingvas-webhooks")
     database = await open_service_database(settings, "webhooks")
     images, close_images = await open_image_store(
         ObjectStoreSettings(), url_ttl_seconds=settings.image_url_ttl_seconds, cloudfront=CloudFrontSettings()
@@ -58,7 +60,7 @@ async def main() -> None:
         # A send in flight finishes (its timeout bounds it); an unrecorded one is sent again.
         drain_seconds=settings.webhook_timeout_seconds,
         background=[deliver],
-        cleanup=[database.close, close_images],
+        cleanup=[database.close, close_images, telemetry.shutdown],
     )
 
 

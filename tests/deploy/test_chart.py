@@ -28,6 +28,7 @@ from support.kubernetes import (
     containers,
     load_manifests,
     pod_spec,
+    render,
 )
 
 from gateway.cluster import (
@@ -329,6 +330,25 @@ def test_the_gateway_sends_every_page_to_the_console(env: str, rendered: dict[st
     assert container["args"] == ["services.console"]
     assert container["ports"] == [{"name": "http", "containerPort": CONSOLE_HTTP_PORT}]
     assert "annotations" not in by_kind(rendered[env], "ServiceAccount")[CONSOLE]["metadata"]
+
+
+def test_telemetry_reaches_only_the_collector_and_only_when_configured(
+    environment_values: dict[str, dict[str, Any]],
+) -> None:
+    values = copy.deepcopy(environment_values["prod"])
+    values["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otel-collector.observability:4317"
+    values["networkPolicy"]["otlpCollectorCidrs"] = ["10.20.0.0/16"]
+    with_collector = by_kind(render(CHART, values, namespace="pingvas-prod"), "NetworkPolicy")
+    for component in (*SERVICES, DELIVERER, "worker"):
+        rules = with_collector[f"pingvas-{component}"]["spec"]["egress"]
+        assert {
+            "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+            "ports": [{"protocol": "TCP", "port": 4317}],
+        } in rules
+    migrate = with_collector["pingvas-migrate"]["spec"]["egress"]
+    assert {p["port"] for rule in migrate for p in rule["ports"]} == {5432}
+    report = helm.lint(CHART, values, strict=True, namespace="pingvas-prod")
+    assert report["errors"] == []
 
 
 def test_prod_reaches_envoy_through_a_tls_nlb(rendered: dict[str, list[Manifest]]) -> None:

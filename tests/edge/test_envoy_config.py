@@ -27,6 +27,7 @@ from gateway.envoy import (
     DESCRIPTOR_SET,
     JWKS_CLUSTER,
     NO_UPSTREAM_CLUSTER,
+    OTLP_CLUSTER,
     PER_IP_LIMITED_METHODS,
     PUBLIC_SERVICES,
     EdgeLimits,
@@ -114,6 +115,26 @@ def test_envoy_accepts_the_rendered_config(tmp_path: Path) -> None:
 
     assert json.loads(path.read_text()) == build_envoy_config(**options)
     assert render_envoy_config(**options) == path.read_text()
+
+
+def test_tracing_is_off_unless_a_collector_is_given(config: dict[str, Any]) -> None:
+    assert "tracing" not in _http_connection_manager(config)
+    assert OTLP_CLUSTER not in _clusters(config)
+
+
+def test_envoy_accepts_the_config_with_its_opentelemetry_tracer(tmp_path: Path) -> None:
+    options = _options()
+    path = write_envoy_config(
+        tmp_path / "envoy.yaml", **options, otlp_collector=Upstream("127.0.0.1", _free_port())
+    )
+
+    validate_envoy_config(path)
+
+    config = json.loads(path.read_text())
+    provider = _http_connection_manager(config)["tracing"]["provider"]
+    assert provider["name"] == "envoy.tracers.opentelemetry"
+    assert provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == OTLP_CLUSTER
+    assert OTLP_CLUSTER in _clusters(config)
 
 
 def test_validation_failure_carries_envoys_reason(tmp_path: Path, config: dict[str, Any]) -> None:
