@@ -42,6 +42,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from typing import Any
 
 import httpx
 from benchmesh import (
+    REPO_ROOT,
     add_models_dir_argument,
     cpu_seconds_by_process,
     cpu_seconds_since,
@@ -241,12 +243,13 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
     """Two meshes up side by side, tracing off and on, taking turns one generation at a time (who
     goes first alternates), so that both see the same machine: the other work on it, its clock
     speed, its caches. Each mesh's CPU is summed over its own process tree."""
-    from otlp_sink import OtlpSink
+    sys.path.insert(0, str(REPO_ROOT / "tests"))  # the tests' OTLP receiver, counting only
+    from support.otlp import OtlpReceiver
 
     off: list[dict[str, float]] = []
     on: list[dict[str, float]] = []
     with (
-        OtlpSink() as sink,
+        OtlpReceiver(keep=False) as sink,
         own_mesh(models_dir) as plain,
         own_mesh(models_dir, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}) as traced,
     ):
@@ -257,7 +260,7 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
         for _mesh, generator in meshes.values():  # warm-up: connections, pipelines, caches
             generator.generate()
             generator.generate()
-        spans_before = sink.spans
+        spans_before = sink.span_count
         for _ in range(rounds):
             before = {name: cpu_seconds_by_process(mesh.pid) for name, (mesh, _g) in meshes.items()}
             for index in range(runs):
@@ -267,7 +270,7 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
             for name, spent in (("off", off), ("on", on)):
                 used = cpu_seconds_since(meshes[name][0].pid, before[name])
                 spent.append({component: seconds / runs for component, seconds in used.items()})
-        spans = sink.spans - spans_before
+        spans = sink.span_count - spans_before
     print(
         f"tracing cost: {rounds} round(s) of {runs} generations per mesh, two meshes side by side, "
         f"tiny-sd {size}x{size}, {steps} steps"

@@ -1,5 +1,7 @@
-"""A real OTLP/gRPC receiver for tests: the collector's TraceService and MetricsService, on the
-`opentelemetry-proto` service definitions, keeping what Envoy and the mesh's processes export."""
+"""A real OTLP/gRPC receiver: the collector's TraceService and MetricsService, on the
+`opentelemetry-proto` service definitions, keeping what Envoy and the mesh's processes export
+(tests/telemetry), or only counting the spans (bench/mesh_overhead.py --tracing, so the mesh
+pays the full export while the bench keeps nothing)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ def _service_of(resource: Any) -> str:
 class OtlpReceiver(
     trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
 ):
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep
+        self.span_count = 0
         self._lock = threading.Lock()
         self._spans: list[ReceivedSpan] = []
         self._points: list[ReceivedPoint] = []
@@ -75,11 +79,14 @@ class OtlpReceiver(
         if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
             spans = list(self._spans_of(request))
             with self._lock:
-                self._spans.extend(spans)
+                self.span_count += len(spans)
+                if self.keep:
+                    self._spans.extend(spans)
             return trace_service_pb2.ExportTraceServiceResponse()
-        points = list(self._points_of(request))
-        with self._lock:
-            self._points.extend(points)
+        if self.keep:
+            points = list(self._points_of(request))
+            with self._lock:
+                self._points.extend(points)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
     def spans(self) -> list[ReceivedSpan]:
