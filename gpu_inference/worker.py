@@ -121,9 +121,9 @@ class ProgressRelay:
         self.interrupted = asyncio.Event()
         self._publisher = asyncio.create_task(self._publish())
         self._closed = False
-        # The step after which a test's failpoint parks this job; None (always, in production)
+        # The steps after which a test's failpoint parks this job; none (always, in production)
         # when it runs through.
-        self.park_after_step: int | None = None
+        self.park_after_steps: frozenset[int] = frozenset()
 
     def interrupt(self, reason: type[RunInterrupted]) -> None:
         """Runs on the event loop."""
@@ -228,7 +228,7 @@ class BatchRun:
                 self._departures.append(asyncio.run_coroutine_threadsafe(departure, self.loop))
                 continue
             relay.hand_over(batch_step.update_for(index), self.loop)
-            if relay.park_after_step == batch_step.step and self.park is not None:
+            if batch_step.step in relay.park_after_steps and self.park is not None:
                 # A test's failpoint: the whole call waits here, its leases renewed meanwhile.
                 asyncio.run_coroutine_threadsafe(self.park(relay, batch_step.step), self.loop).result()
         if len(self.left) == len(self.relays):
@@ -583,7 +583,7 @@ class Worker:
         relays = [ProgressRelay(self.runs, member.record) for member in members]
         if self.failpoints is not None:
             for relay in relays:
-                relay.park_after_step = await self.failpoints.park_step(
+                relay.park_after_steps = await self.failpoints.park_steps(
                     Failpoint.PARK_AFTER_STEP, relay.record.prompt
                 )
         batch = BatchRun(

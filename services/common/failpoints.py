@@ -64,13 +64,22 @@ class Failpoints:
         self.redis = redis
         self.armed = armed
 
-    async def park_step(self, failpoint: Failpoint, subject: str) -> int | None:
-        """After which step a job with this prompt (or a download of this model) parks; None
-        when it does not."""
+    async def park_steps(self, failpoint: Failpoint, subject: str) -> frozenset[int]:
+        """After which steps a job with this prompt (or a download of this model, after how many
+        files) parks; none when it does not. The armed value is one number or several,
+        comma-separated: a job parks, and waits for its release, after each."""
         if failpoint not in self.armed:
-            return None
-        step = await self.redis.hget(armed_key(failpoint), subject)
-        return int(step) if step is not None else None
+            return frozenset()
+        armed = await self.redis.hget(armed_key(failpoint), subject)
+        if armed is None:
+            return frozenset()
+        text = armed.decode() if isinstance(armed, bytes) else str(armed)
+        return frozenset(int(step) for step in text.split(","))
+
+    async def park_step(self, failpoint: Failpoint, subject: str) -> int | None:
+        """The first step (or file count) at which it parks; None when it does not."""
+        steps = await self.park_steps(failpoint, subject)
+        return min(steps) if steps else None
 
     async def parks(self, failpoint: Failpoint, subject: str) -> bool:
         """Whether a job with this prompt (or a download of this model) parks at `failpoint`."""

@@ -67,8 +67,16 @@ def test_dev_sign_in_then_a_generation_shows_previews_of_its_steps_and_then_its_
     # The model is chosen from the catalog (ListModels), the default one first selected.
     browser.do("waitFor", selector="select[name=model] option[value='tiny-sd-b']", state="attached")
     assert browser.evaluate("return document.querySelector('select[name=model]').value") == "tiny-sd"
-    submit(browser, "a red fox in snow", steps=6, model="tiny-sd-b")
+    # Held after each of the first three steps until the page shows that step's preview: a
+    # tiny job would otherwise finish before the page's stream opens, or a preview give way to
+    # the next one before it is read.
+    prompt = parking_prompt(console_mesh, "a red fox in snow", after_step=[1, 2, 3])
+    submit(browser, prompt, steps=6, model="tiny-sd-b")
     generation_id = generation_id_of(browser)
+    for step in (1, 2, 3):
+        wait_parked(console_mesh, generation_id, step=step)
+        wait_step(browser, step)
+        release(console_mesh, generation_id)
     wait_state(browser, "succeeded")
     browser.do("waitFor", selector="img.result")
     assert browser.wait_until(
