@@ -17,10 +17,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from services.common.pagination import decode_name_token, encode_name_token, page_limit
+from services.generation.samplers import ModelFamily, Sampler, samplers_for
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +34,37 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SIZE_MULTIPLE = 8  # Latent pixels cover 8x8 image pixels; sizes off this grid cannot be generated.
 
 
+class ModelKind(StrEnum):
+    PIPELINE = "pipeline"  # A whole text-to-image pipeline a generation names as its `model`.
+    LORA = "lora"  # A low-rank adapter a generation applies to a pipeline of its family.
+
+
+class ModelFormat(StrEnum):
+    DIFFUSERS = "diffusers"  # A diffusers directory (model_index.json and one folder per part).
+    SINGLE_FILE = "single_file"  # One .safetensors checkpoint, loaded with `from_single_file`.
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the mesh needs to know about a model without loading it."""
 
     name: str
-    family: str  # "sd15" or "sdxl": selects the preview projection and the pipeline class.
+    family: ModelFamily
     path: Path
     native_size: int  # The image side the model was trained at, in pixels.
     min_size: int  # The smallest image side accepted, in pixels; a multiple of 8.
     max_size: int  # The largest image side accepted, in pixels.
     latent_channels: int
+    kind: ModelKind = ModelKind.PIPELINE
+    format: ModelFormat = ModelFormat.DIFFUSERS
+    # The model's inpainting variant (a pipeline whose UNet also takes the mask and the masked
+    # image), by name; empty when it has none and inpainting blends masked img2img instead.
+    inpainting_variant: str = ""
+
+    @property
+    def samplers(self) -> tuple[Sampler, ...]:
+        """The samplers a generation on this model may name."""
+        return samplers_for(self.family)
 
 
 class ModelSource(Protocol):
@@ -200,7 +222,7 @@ def read_model(model_dir: Path, name: str | None = None) -> ModelInfo | None:
     min_size, max_size = size_range(native_size)
     return ModelInfo(
         name=name or model_dir.name,
-        family="sdxl" if "XL" in class_name else "sd15",
+        family=ModelFamily.SDXL if "XL" in class_name else ModelFamily.SD15,
         path=model_dir,
         native_size=native_size,
         min_size=min_size,

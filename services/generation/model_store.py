@@ -49,6 +49,7 @@ from services.common.failpoints import Failpoint, Failpoints
 from services.common.settings import ModelStoreSettings, ObjectStoreSettings
 from services.common.storage import ObjectStoreUnavailable, open_s3_client
 from services.generation.catalog import MODEL_NAME, ModelInfo, read_model, size_range
+from services.generation.samplers import ModelFamily
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ModelManifest:
         min_size, max_size = size_range(self.native_size)
         return ModelInfo(
             name=self.name,
-            family=self.family,
+            family=ModelFamily(self.family),
             path=cache_dir / self.name,
             native_size=self.native_size,
             min_size=min_size,
