@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from cryptography.fernet import InvalidToken
+from opentelemetry import metrics
 
 from services.common.database import Database
 from services.common.storage import ImageKeys, ImageUrls
@@ -26,6 +27,13 @@ from services.webhooks.sealing import SecretSealer
 from services.webhooks.sender import AttemptOutcome, WebhookSender
 
 log = logging.getLogger(__name__)
+# Attempts by outcome: delivered, retrying (failed, another attempt is scheduled) or given_up
+# (failed, and the delivery's window is over), and by event type.
+delivery_attempts = metrics.get_meter(__name__).create_counter(
+    "pingvas.webhook.deliveries",
+    unit="{attempt}",
+    description="Webhook delivery attempts, by outcome and event.",
+)
 
 
 class ImageUrlSigner(Protocol):
@@ -130,6 +138,7 @@ class WebhookDeliverer:
         async with self.database.system("record a webhook delivery") as conn:
             if outcome.delivered:
                 await self.outbox.record_delivered(conn, delivery, outcome.status or 0)
+                delivery_attempts.add(1, {"outcome": "delivered", "event": delivery.event.type})
                 log.info(
                     "delivered %s (%s) on attempt %d",
                     delivery.webhook_id,
@@ -144,6 +153,9 @@ class WebhookDeliverer:
             await self.outbox.record_failure(
                 conn, delivery, status=outcome.status, error=outcome.error, retry_at=retry_at
             )
+        delivery_attempts.add(
+            1, {"outcome": "retrying" if retry_at else "given_up", "event": delivery.event.type}
+        )
         if retry_at is None:
             log.error(
                 "giving up on %s (%s) after %d attempts: %s",

@@ -16,6 +16,7 @@ from support.accounts import Account, dev_login
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.mesh import MeshStarter, RunningMesh
 from support.otlp import OtlpReceiver, ReceivedSpan, trace_tree
+from support.webhook_receiver import WebhookReceiver
 
 REQUEST = {"prompt": "a lighthouse at dusk", "model": "tiny-sd", "width": 64, "height": 64, "steps": 4}
 
@@ -26,6 +27,9 @@ TRACED_MESH_ENV = {
     "PINGVAS_QUEUE_METRICS_INTERVAL_SECONDS": "0.5",
     # Batches on the CPU too, for the batch's links.
     "PINGVAS_MAX_BATCH": "2",
+    # A refused webhook is retried at once, for the deliveries metric.
+    "PINGVAS_WEBHOOK_RETRY_DELAYS_SECONDS": "[0.2]",
+    "PINGVAS_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
     **FAILPOINTS_ENV,
 }
 
@@ -181,3 +185,41 @@ def test_a_batchs_denoise_links_to_each_jobs_trace(traced: tuple[RunningMesh, Ot
     (denoise,) = [span for span in first_trace + second_trace if span.name == "denoise"]
     assert sorted(denoise.links) == sorted([first_trace[0].trace_id, second_trace[0].trace_id])
     assert any(span.name == "store" for span in second_trace), "each job's store is in its own trace"
+
+
+def test_webhook_delivery_attempts_are_counted_by_outcome(traced: tuple[RunningMesh, OtlpReceiver]) -> None:
+    mesh, receiver = traced
+    owner = dev_login(mesh.gateway_url, "otel-partner")
+    key = httpx.post(
+        f"{mesh.gateway_url}/api/v1/apikeys",
+        json={"displayName": "partner", "scopes": ["generate", "read"]},
+        headers=owner.headers,
+        timeout=30,
+    )
+    assert key.status_code == 200, key.text
+    with WebhookReceiver() as partner:
+        path = "/otel-hook"
+        partner.secrets[path] = key.json()["webhookSigningSecret"]
+        # The first attempt is refused, so the delivery is retried once, then delivered.
+        partner.script(path, 500)
+        created = httpx.post(
+            f"{mesh.gateway_url}/api/v1/generation/create",
+            params={"webhook.url": partner.url(path), "webhook.events_filter": "completed"},
+            json=REQUEST,
+            headers={"authorization": f"Bearer {key.json()['secret']}"},
+            timeout=60,
+        )
+        assert created.status_code == 200, created.text
+        attempts = partner.wait_for(path, 2)
+    assert [attempt.answered for attempt in attempts] == [500, 200]
+
+    def counted(outcome: str) -> float:
+        return total(
+            receiver.points(), "pingvas.webhook.deliveries", outcome=outcome, event="generation.completed"
+        )
+
+    deadline = time.monotonic() + 60
+    while not (counted("retrying") >= 1 and counted("delivered") >= 1):
+        assert time.monotonic() < deadline, [p for p in receiver.points() if "webhook" in p.metric]
+        time.sleep(0.2)
+    assert counted("given_up") == 0
