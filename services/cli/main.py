@@ -371,17 +371,19 @@ def _cmd_proto_generate(_args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway_render(args: argparse.Namespace) -> int:
-    from gateway.cluster import render_cluster_envoy_config
+    from gateway.cluster import CHART_FILES, render_cluster_envoy_configs
     from services.common.settings import JwksSettings
     from services.supervisor import edge_limits
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        render_cluster_envoy_config(limits=edge_limits(), jwks_cache_seconds=JwksSettings().cache_seconds),
-        encoding="utf-8",
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configs = render_cluster_envoy_configs(
+        limits=edge_limits(), jwks_cache_seconds=JwksSettings().cache_seconds
     )
-    print(f"wrote {out}")
+    for path, text in configs.items():
+        out = out_dir / path.relative_to(CHART_FILES)
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
     return 0
 
 
@@ -617,16 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="regenerate the Python SDK and Envoy descriptors"
     ).set_defaults(handler=_cmd_proto_generate)
 
-    from gateway.cluster import CHART_ENVOY_CONFIG
+    from gateway.cluster import CHART_FILES
 
     gateway = commands.add_parser("gateway", help="the Envoy gateway")
     gateway_commands = gateway.add_subparsers(dest="gateway_command", required=True)
     render = gateway_commands.add_parser(
         "render",
-        help="render the gateway's Envoy config for Kubernetes, as the Helm chart ships it "
-        "(same code as `pingvas up`; CI fails when the committed file is stale)",
+        help="render the gateway's Envoy configs for Kubernetes, without and with the tracer, as the "
+        "Helm chart ships them (same code as `pingvas up`; CI fails when a committed file is stale)",
     )
-    render.add_argument("--out", default=str(CHART_ENVOY_CONFIG), help=f"default {CHART_ENVOY_CONFIG}")
+    render.add_argument("--out-dir", default=str(CHART_FILES), help=f"default {CHART_FILES}")
     render.set_defaults(handler=_cmd_gateway_render)
 
     db = commands.add_parser("db", help="database tooling")

@@ -33,13 +33,14 @@ from support.kubernetes import (
 
 from gateway.cluster import (
     CHART_ENVOY_CONFIG,
+    CHART_TRACED_ENVOY_CONFIG,
     CONSOLE_HTTP_PORT,
     IMAGE_DESCRIPTOR_SET,
     build_cluster_envoy_config,
-    render_cluster_envoy_config,
+    render_cluster_envoy_configs,
     service_host,
 )
-from gateway.envoy import CONSOLE_BACKEND, DESCRIPTOR_SET, validate_envoy_config
+from gateway.envoy import CONSOLE_BACKEND, DESCRIPTOR_SET, OTLP_CLUSTER, validate_envoy_config
 from services.common.settings import JwksSettings
 from services.supervisor import edge_limits
 
@@ -332,18 +333,57 @@ def test_the_gateway_sends_every_page_to_the_console(env: str, rendered: dict[st
     assert "annotations" not in by_kind(rendered[env], "ServiceAccount")[CONSOLE]["metadata"]
 
 
+def _check_envoy_config(text: str, directory: Path) -> None:
+    """Envoy accepts `text`, checked with this checkout's descriptor set in the image's place."""
+    local = directory / "envoy.json"
+    local.write_text(text.replace(str(IMAGE_DESCRIPTOR_SET), str(DESCRIPTOR_SET.resolve())))
+    validate_envoy_config(local)
+
+
+def _gateway_tracing(envoy_config: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """The HTTP connection manager's tracing and the OTLP cluster's address, or (None, None)."""
+    (listener,) = envoy_config["static_resources"]["listeners"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    clusters = {c["name"]: c for c in envoy_config["static_resources"]["clusters"]}
+    if OTLP_CLUSTER not in clusters:
+        return manager.get("tracing"), None
+    (endpoint,) = clusters[OTLP_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    return manager.get("tracing"), endpoint["endpoint"]["address"]["socket_address"]
+
+
 def test_telemetry_reaches_only_the_collector_and_only_when_configured(
-    environment_values: dict[str, dict[str, Any]],
+    environment_values: dict[str, dict[str, Any]], rendered: dict[str, list[Manifest]], tmp_path: Path
 ) -> None:
     values = copy.deepcopy(environment_values["prod"])
-    values["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otel-collector.observability:4317"
+    values["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otel-collector.observability:4318"
     values["networkPolicy"]["otlpCollectorCidrs"] = ["10.20.0.0/16"]
-    with_collector = by_kind(render(CHART, values, namespace="pingvas-prod"), "NetworkPolicy")
-    for component in (*SERVICES, DELIVERER, "worker"):
+    values["networkPolicy"]["otlpCollectorPort"] = 4318
+    manifests = render(CHART, values, namespace="pingvas-prod")
+
+    # Envoy's tracer exports to the endpoint's host and port, and Envoy accepts the config.
+    envoy_text = by_kind(manifests, "ConfigMap")["pingvas-envoy"]["data"]["envoy.json"]
+    tracing, collector = _gateway_tracing(json.loads(envoy_text))
+    assert tracing is not None and tracing["provider"]["name"] == "envoy.tracers.opentelemetry"
+    assert collector == {"address": "otel-collector.observability", "port_value": 4318}
+    _check_envoy_config(envoy_text, tmp_path)
+    # Without a collector, no tracer (and no cluster for one).
+    untraced = json.loads(by_kind(rendered["prod"], "ConfigMap")["pingvas-envoy"]["data"]["envoy.json"])
+    assert _gateway_tracing(untraced) == (None, None)
+    # A new config rolls the gateway.
+    traced_checksum, plain_checksum = (
+        by_kind(m, "Deployment")["pingvas-envoy"]["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
+        for m in (manifests, rendered["prod"])
+    )
+    assert traced_checksum != plain_checksum
+
+    with_collector = by_kind(manifests, "NetworkPolicy")
+    for component in ("envoy", *SERVICES, DELIVERER, "worker"):
         rules = with_collector[f"pingvas-{component}"]["spec"]["egress"]
         assert {
             "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
-            "ports": [{"protocol": "TCP", "port": 4317}],
+            "ports": [{"protocol": "TCP", "port": 4318}],
         } in rules
     migrate = with_collector["pingvas-migrate"]["spec"]["egress"]
     assert {p["port"] for rule in migrate for p in rule["ports"]} == {5432}
@@ -385,15 +425,17 @@ def test_no_secret_value_is_rendered(rendered: dict[str, list[Manifest]]) -> Non
 def test_the_shipped_envoy_config_is_current_and_valid(
     rendered: dict[str, list[Manifest]], tmp_path: Path
 ) -> None:
-    """The ConfigMap carries what `pingvas gateway render` makes now, and Envoy accepts it."""
-    fresh = render_cluster_envoy_config(limits=edge_limits(), jwks_cache_seconds=JwksSettings().cache_seconds)
-    assert (REPO_ROOT / CHART_ENVOY_CONFIG).read_text() == fresh, "run `pingvas gateway render`"
+    """The chart ships what `pingvas gateway render` makes now, and Envoy accepts it."""
+    configs = render_cluster_envoy_configs(
+        limits=edge_limits(), jwks_cache_seconds=JwksSettings().cache_seconds
+    )
+    assert set(configs) == {CHART_ENVOY_CONFIG, CHART_TRACED_ENVOY_CONFIG}
+    for path, fresh in configs.items():
+        assert (REPO_ROOT / path).read_text() == fresh, f"{path} is stale: run `pingvas gateway render`"
+    fresh = configs[CHART_ENVOY_CONFIG]
     config_map = by_kind(rendered["prod"], "ConfigMap")["pingvas-envoy"]
     assert json.loads(config_map["data"]["envoy.json"]) == json.loads(fresh)
-    # Envoy checks it with this checkout's descriptor set in the place of the image's.
-    local = tmp_path / "envoy.json"
-    local.write_text(fresh.replace(str(IMAGE_DESCRIPTOR_SET), str(DESCRIPTOR_SET.resolve())))
-    validate_envoy_config(local)
+    _check_envoy_config(fresh, tmp_path)
 
 
 def _checkov(directory: Path) -> dict[str, Any]:

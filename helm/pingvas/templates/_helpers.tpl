@@ -122,3 +122,24 @@ checkov.io/skip1: CKV_K8S_43=Images are pinned by tag here; the release pipeline
 checkov.io/skip2: CKV_K8S_35=Settings are environment variables by design (pydantic-settings); secrets come from existingSecrets via secretKeyRef, never from values
 checkov.io/skip3: CKV_K8S_15=Tags are immutable in the release registry, so IfNotPresent pulls the same image and spares a pull per start
 {{- end -}}
+
+{{/*
+The gateway's Envoy config (files/, rendered by `pingvas gateway render`). With
+env.OTEL_EXPORTER_OTLP_ENDPOINT set, the traced rendering, its collector placeholders
+(gateway/cluster.py) replaced by the endpoint's host and port, so that Envoy starts each
+request's trace as it does under `pingvas up`; without it, the config without a tracer.
+*/}}
+{{- define "pingvas.envoyConfig" -}}
+{{- $endpoint := .Values.env.OTEL_EXPORTER_OTLP_ENDPOINT | default "" -}}
+{{- if $endpoint -}}
+{{- $url := urlParse $endpoint -}}
+{{- $hostPort := splitList ":" $url.host -}}
+{{- if or (not $url.scheme) (not (first $hostPort)) -}}
+{{- fail (printf "env.OTEL_EXPORTER_OTLP_ENDPOINT must be a URL such as http://otel-collector.observability:4317, not %q" $endpoint) -}}
+{{- end -}}
+{{- $port := ternary (last $hostPort) "4317" (eq (len $hostPort) 2) -}}
+{{- .Files.Get "files/envoy-traced.json" | replace "\"otlp-collector.pingvas.invalid\"" (quote (first $hostPort)) | replace "\"port_value\": 64317" (printf "\"port_value\": %s" $port) -}}
+{{- else -}}
+{{- .Files.Get "files/envoy.json" -}}
+{{- end -}}
+{{- end -}}
