@@ -436,9 +436,9 @@ class ModelRegistry:
     async def _evict_to_fit(
         self, incoming_bytes: int, *, keep: str | None = None, keep_adapters: AbstractSet[str] = frozenset()
     ) -> None:
-        """Make `incoming_bytes` more fit the budget: least recently used adapters go first
-        (those of `keep` named in `keep_adapters` stay), then least recently used unpinned
-        models, with their adapters.
+        """Make `incoming_bytes` more fit the budget: least recently used adapters go first (not
+        those other pipelines run with now, nor those of `keep` named in `keep_adapters`), then
+        least recently used unpinned models, with their adapters.
 
         If only pinned models (and `keep`) remain, stop: a model larger than the budget still loads.
         """
@@ -450,8 +450,9 @@ class ModelRegistry:
                 (
                     adapter
                     for (model_name, lora_name), adapter in self._adapters.items()
-                    if not (model_name == keep and lora_name in keep_adapters)
-                    and (model_name, lora_name) not in self._active_adapters()
+                    if (model_name != keep and (model_name, lora_name) not in self._active_adapters())
+                    # `keep` is being given a new set: of its adapters, only that set must stay.
+                    or (model_name == keep and lora_name not in keep_adapters)
                 ),
                 None,
             )
@@ -483,7 +484,7 @@ class ModelRegistry:
         del self._adapters[(model.info.name, adapter.lora.name)]
         del model.adapters[adapter.lora.name]
         self._metrics.adapter_evictions += 1
-        await asyncio.to_thread(self._delete_adapter, model, adapter.adapter_name)
+        await asyncio.to_thread(self._delete_adapter, model, adapter.lora.name, adapter.adapter_name)
         logger.info(
             "evicted LoRA %s from %s (%.1f KiB)",
             adapter.lora.name,
@@ -491,10 +492,13 @@ class ModelRegistry:
             adapter.memory_bytes / 2**10,
         )
 
-    @staticmethod
-    def _delete_adapter(model: LoadedModel, adapter_name: str) -> None:
+    def _delete_adapter(self, model: LoadedModel, lora_name: str, adapter_name: str) -> None:
         with model.run_lock:
             model.pipeline.delete_adapters(adapter_name)
+            # Only the pipeline being given a new set loses an active adapter; it runs the rest
+            # until that set is applied.
+            model.active_loras = tuple(lora for lora in model.active_loras if lora[0] != lora_name)
+            self._set_adapters(model, model.active_loras)
 
     def _evict(self, name: str) -> None:
         model = self._models.pop(name)

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
-from services.generation.catalog import ModelCatalog, ModelFolder, ModelInfo, size_range
+from services.generation.catalog import (
+    ModelCatalog,
+    ModelFolder,
+    ModelInfo,
+    ModelKind,
+    read_model,
+    size_range,
+)
+from services.generation.samplers import ModelFamily
 
 
 async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
@@ -20,7 +30,61 @@ async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
     # unet sample_size 8 x VAE scale factor 8 (four VAE blocks).
     assert (info.native_size, info.min_size, info.max_size) == (64, 32, 128)
     assert info.latent_channels == 4
-    assert catalog.names() == ["tiny-sd", "tiny-sd-b"]
+    assert catalog.names() == ["tiny-flux", "tiny-sd", "tiny-sd-b", "tiny-sd-single", "tiny-sdxl"]
+
+
+async def test_reads_every_kind_of_model_directory_and_lists_only_pipelines(
+    catalog: ModelCatalog, models_dir: Path
+) -> None:
+    seen = {
+        name: (info.family, info.kind, info.format, info.native_size, info.latent_channels)
+        for name in (
+            "tiny-sdxl",
+            "tiny-flux",
+            "tiny-sd-single",
+            "tiny-sd-lora",
+            "tiny-sdxl-lora",
+            "tiny-flux-lora",
+        )
+        if (info := await catalog.get(name)) is not None
+    }
+
+    assert seen == {
+        "tiny-sdxl": ("sdxl", "pipeline", "diffusers", 64, 4),
+        # Flux's size and channels are its VAE's: the transformer packs 2x2 latent patches.
+        "tiny-flux": ("flux", "pipeline", "diffusers", 64, 16),
+        # The single file's sizes come from the configs beside it, its family from its tensors.
+        "tiny-sd-single": ("sd15", "pipeline", "single_file", 64, 4),
+        # A LoRA's family from the base model its metadata names.
+        "tiny-sd-lora": ("sd15", "lora", "diffusers", 0, 0),
+        "tiny-sdxl-lora": ("sdxl", "lora", "diffusers", 0, 0),
+        "tiny-flux-lora": ("flux", "lora", "diffusers", 0, 0),
+    }
+    assert catalog.names(ModelKind.LORA) == ["tiny-flux-lora", "tiny-sd-lora", "tiny-sdxl-lora"]
+    page, _ = catalog.page(page_size=100, page_token="")
+    assert [info.name for info in page] == catalog.names()
+
+
+def test_a_checkpoint_of_no_known_architecture_needs_its_family_declared(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    (tmp_path / "mystery").mkdir()
+    (tmp_path / "mystery" / "weights.safetensors").write_bytes(_safetensors({"some.weight": [2, 2]}))
+    (tmp_path / "not-safetensors").mkdir()
+    (tmp_path / "not-safetensors" / "x.safetensors").write_bytes(b"\xff" * 16)
+
+    assert read_model(tmp_path / "mystery") is None
+    declared = read_model(tmp_path / "mystery", family=ModelFamily.SDXL)
+    assert declared is not None and (declared.family, declared.native_size) == ("sdxl", 1024)
+    assert read_model(tmp_path / "not-safetensors", family=ModelFamily.SD15) is None
+
+
+def _safetensors(tensors: dict[str, list[int]]) -> bytes:
+    header = {
+        name: {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]} for name, shape in tensors.items()
+    }
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded
 
 
 def test_size_range_matches_real_checkpoints() -> None:
