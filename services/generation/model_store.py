@@ -255,14 +255,12 @@ def manifest_of_source(
             raise ModelStoreError(f"{source}: a model file must be a .safetensors checkpoint or LoRA")
         if kind is None:
             kind = ModelKind.LORA if source.parent.name == LORAS_PREFIX else ModelKind.PIPELINE
-        if kind == ModelKind.LORA:
-            info = read_lora(source, name, path=source, family=family)
-            local_files[LORA_WEIGHTS_NAME] = source
-        else:
-            info = read_single_file(source, name, path=source, family=family)
-            local_files[source.name] = source
+        read_file = read_lora if kind == ModelKind.LORA else read_single_file
+        # Detected first: a declared family only fills in what the tensors do not tell.
+        info = read_file(source, name, path=source) or read_file(source, name, path=source, family=family)
+        local_files[LORA_WEIGHTS_NAME if kind == ModelKind.LORA else source.name] = source
     else:
-        info = read_model(source, name, family=family)
+        info = read_model(source, name) or read_model(source, name, family=family)
         if info is not None:
             for path in _model_files(source):
                 relative = path.relative_to(source).as_posix()
