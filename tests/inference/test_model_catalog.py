@@ -13,6 +13,9 @@ from services.generation.catalog import (
     ModelFolder,
     ModelInfo,
     ModelKind,
+    SafetensorsHeader,
+    checkpoint_family,
+    lora_family,
     read_model,
     size_range,
 )
@@ -175,3 +178,26 @@ async def test_a_flood_of_unknown_names_costs_one_read_and_a_model_added_before_
     info = await catalog.get("added")
     assert info is not None and info.name == "added"
     assert source.reads == 3
+
+
+def test_architectures_are_told_from_tensor_names_and_lora_metadata() -> None:
+    def header(*names: str, shape: tuple[int, ...] = (4, 4), **metadata: str) -> SafetensorsHeader:
+        return SafetensorsHeader({name: ("F16", shape) for name in names}, metadata)
+
+    unet = "model.diffusion_model.input_blocks.0.0.weight"
+    assert (
+        checkpoint_family(header(unet, "cond_stage_model.transformer.text_model.final_layer_norm.weight"))
+        == "sd15"
+    )
+    assert checkpoint_family(header(unet, "conditioner.embedders.1.model.text_projection")) == "sdxl"
+    assert checkpoint_family(header("double_blocks.0.img_attn.qkv.weight")) == "flux"
+    assert checkpoint_family(header("model.diffusion_model.double_blocks.0.img_attn.qkv.weight")) == "flux"
+    assert checkpoint_family(header("first_stage_model.decoder.conv_in.weight")) is None
+
+    assert lora_family(header("unet.x.lora_A.weight", ss_base_model_version="sdxl_base_v1-0")) == "sdxl"
+    assert lora_family(header("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight")) == "flux"
+    assert lora_family(header("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight")) == "sdxl"
+    cross_attention = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"
+    assert lora_family(header(cross_attention, shape=(4, 768))) == "sd15"
+    assert lora_family(header(cross_attention, shape=(4, 2048))) == "sdxl"
+    assert lora_family(header("unet.x.lora_A.weight")) is None  # Neither tells: declare it.
