@@ -46,7 +46,15 @@ It reports, measured side by side in the same process and run, median of `--runs
 3. the share of the GPU's dense fp16/bf16 peak reached, counting 1.36 TFLOP per classifier-free-
    guidance step of SD1.5 at 512x512, scaled by pixels and batch;
 4. the targets: worker/bare >= 1.0 (steady images/s) and >= 120 it/s at batch 1 on an H100 (best
-   published 104.6).
+   published 104.6);
+5. one pair of rows (worker path, bare call) per architecture (SD1.5, SDXL, Flux) and mode, with
+   and without a LoRA, at batch 1: the worker applies the LoRA through `ModelRegistry.apply_loras`
+   (a PEFT adapter), the bare call through `load_lora_weights` + `set_adapters`; printed with each
+   row's worker/bare ratio and the LoRA's it/s cost against the same path without it (target: at
+   most 10 %). The models are those `pingvas models create-tiny` builds (tiny-sd, tiny-sdxl,
+   tiny-flux and their LoRAs, built under `--model-dir`/tiny), or the directories of the same
+   names in `--family-models`. Only txt2img: img2img rows need the modes part's inference API,
+   not on this branch. Flux runs with its distilled guidance (3.5) and no negative prompt.
 
 Set PYTHONUNBUFFERED=1 to see the progress lines as they happen when the output is piped.
 
@@ -104,7 +112,7 @@ from gpu_inference.inference import (  # noqa: E402
     run_text_to_image_batch,
 )
 from gpu_inference.registry import LoadedModel, ModelRegistry  # noqa: E402
-from gpu_inference.tiny import byte_to_unicode  # noqa: E402
+from gpu_inference.tiny import byte_to_unicode, create_tiny_models  # noqa: E402
 from services.generation.catalog import ModelCatalog, ModelFolder  # noqa: E402
 
 # --- Stable Diffusion 1.5, as published (runwayml/stable-diffusion-v1-5, diffusers format) ---------
@@ -506,7 +514,9 @@ def preview_jpeg(update: StepUpdate) -> bytes:
     return update.preview_jpeg
 
 
-def worker_run(model: LoadedModel, args: argparse.Namespace, batch: int) -> Run:
+def worker_run(
+    model: LoadedModel, args: argparse.Namespace, batch: int, guidance: float | None = None
+) -> Run:
     """`run_text_to_image_batch` as the worker calls it, `--calls` times back to back, `batch` jobs
     with their own prompts and seeds each time. As in the worker, the step callback starts each
     member's preview and a second thread encodes the JPEGs meanwhile (the progress relays), and a
@@ -543,7 +553,7 @@ def worker_run(model: LoadedModel, args: argparse.Namespace, batch: int) -> Run:
                         height=args.size,
                         steps=args.steps,
                         seed=(seed * args.calls + call) * batch + index,
-                        guidance=args.guidance,
+                        guidance=args.guidance if guidance is None else guidance,
                     )
                     for index in range(batch)
                 ]
@@ -566,9 +576,18 @@ def png_bytes(result: TextToImageResult) -> bytes:
     return result.png
 
 
-def bare_run(pipeline: Any, device: torch.device, args: argparse.Namespace, batch: int) -> Run:
+def bare_run(
+    pipeline: Any,
+    device: torch.device,
+    args: argparse.Namespace,
+    batch: int,
+    guidance: float | None = None,
+    *,
+    negative_prompt: bool = True,
+) -> Run:
     """A plain diffusers call, `--calls` times back to back; its step callback only records the
-    step clock's mark."""
+    step clock's mark. Flux takes no negative prompt (`negative_prompt=False`)."""
+    negative = {"negative_prompt": NEGATIVE_PROMPT} if negative_prompt else {}
 
     def run(clock: StepClock, seed: int) -> int:
         steps = 0
@@ -584,11 +603,11 @@ def bare_run(pipeline: Any, device: torch.device, args: argparse.Namespace, batc
             with torch.inference_mode():
                 pipeline(
                     prompt=PROMPT,
-                    negative_prompt=NEGATIVE_PROMPT,
+                    **negative,
                     width=args.size,
                     height=args.size,
                     num_inference_steps=args.steps,
-                    guidance_scale=args.guidance,
+                    guidance_scale=args.guidance if guidance is None else guidance,
                     num_images_per_prompt=batch,
                     generator=torch.Generator(device=device).manual_seed(seed * args.calls + call),
                     callback_on_step_end=on_step_end,
@@ -744,6 +763,83 @@ def compiled_worker_name(mode: str) -> str:
     return f'worker path, ModelRegistry(compile_mode="{mode}")'
 
 
+@dataclass(frozen=True)
+class LoraChoice:
+    name: str
+    weight: float
+
+
+# Section 5's models by architecture: (model, its LoRA, guidance). Flux-dev's distilled guidance
+# is conditioning, not classifier-free guidance; 3.5 is its usual value.
+ARCHITECTURES = {
+    "SD1.5": ("tiny-sd", "tiny-sd-lora", None),
+    "SDXL": ("tiny-sdxl", "tiny-sdxl-lora", None),
+    "Flux": ("tiny-flux", "tiny-flux-lora", 3.5),
+}
+TARGET_LORA_COST = 0.10  # A LoRA may cost at most 10 % it/s.
+
+
+def measure_architectures(bench: Bench, args: argparse.Namespace, device: torch.device) -> list[Row]:
+    """Section 5: worker path and bare call per architecture, without and with its LoRA."""
+    models_dir = args.family_models or args.model_dir / "tiny"
+    if args.family_models is None:
+        log(f"building the tiny models of every architecture under {models_dir} (once)")
+        create_tiny_models(models_dir)
+    registry = ModelRegistry(ModelCatalog(ModelFolder(models_dir)), device=str(device))
+    print(
+        "\n5. architectures (txt2img; img2img rows need the modes part's API), worker path vs bare"
+        f" call, batch 1, {args.size}x{args.size}, {args.steps} steps, models from {models_dir}",
+        flush=True,
+    )
+    bench.print_header()
+    rows: list[Row] = []
+    summary = []
+    for label, (model_name, lora_name, guidance) in ARCHITECTURES.items():
+        model = asyncio.run(registry.acquire(model_name))
+        flux = model.info.family == "flux"
+        bare: Any = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+            model.info.path, dtype=registry.dtype
+        ).to(device)
+        bare.set_progress_bar_config(disable=True)
+        worker_plain, bare_plain = bench.measure(
+            {
+                f"{label}: worker": (worker_run(model, args, 1, guidance), 1),
+                f"{label}: bare": (bare_run(bare, device, args, 1, guidance, negative_prompt=not flux), 1),
+            }
+        )
+        asyncio.run(registry.apply_loras(model, [LoraChoice(lora_name, 0.8)]))
+        bare.load_lora_weights(str(models_dir / lora_name), adapter_name="bench")
+        bare.set_adapters(["bench"], adapter_weights=[0.8])
+        worker_lora, bare_lora = bench.measure(
+            {
+                f"{label} + LoRA: worker (apply_loras)": (worker_run(model, args, 1, guidance), 1),
+                f"{label} + LoRA: bare (load_lora_weights)": (
+                    bare_run(bare, device, args, 1, guidance, negative_prompt=not flux),
+                    1,
+                ),
+            }
+        )
+        asyncio.run(registry.apply_loras(model, []))
+        for row in (worker_plain, bare_plain):
+            bench.print_row(row)
+        bench.print_row(worker_lora, worker_plain)
+        bench.print_row(bare_lora, bare_plain)
+        rows += [worker_plain, bare_plain, worker_lora, bare_lora]
+        summary.append((label, worker_plain, bare_plain, worker_lora, bare_lora))
+        del bare
+        gc.collect()
+    print(f"  pipeline loads {registry.metrics.loads}, adapter loads {registry.metrics.adapter_loads}")
+    for label, worker_plain, bare_plain, worker_lora, bare_lora in summary:
+        cost = 1 - (worker_lora.loop_its or 0.0) / (worker_plain.loop_its or float("nan"))
+        print(
+            f"  {label}: worker/bare steady images/s {steady_ratio(worker_plain, bare_plain):.3f},"
+            f" with LoRA {steady_ratio(worker_lora, bare_lora):.3f} (target >= {TARGET_WORKER_OVER_BARE:.1f});"
+            f" LoRA cost {100 * cost:+.1f}% loop it/s (target <= {100 * TARGET_LORA_COST:.0f}%)",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size_group = parser.add_mutually_exclusive_group()
@@ -783,6 +879,16 @@ def main() -> None:
     )
     parser.add_argument("--compile-on-cpu", action="store_true", help="smoke-test the compile rows on CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak")
+    parser.add_argument(
+        "--no-architectures", action="store_true", help="skip section 5's rows per architecture and LoRA"
+    )
+    parser.add_argument(
+        "--family-models",
+        type=Path,
+        default=None,
+        help="section 5's models folder (tiny-sd, tiny-sdxl, tiny-flux and their -lora directories);"
+        " default: the tiny ones, built under --model-dir/tiny",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -947,6 +1053,14 @@ def main() -> None:
         )
     best = max((row for row in rows if row.batch == 1 and row.loop_its), key=lambda row: row.loop_its or 0.0)
     print(f"  best batch-1 row: {best.name}, {best.loop_its or 0.0:.2f} loop it/s{applies}", flush=True)
+
+    # 5. Architectures and LoRAs.
+    if args.no_architectures:
+        bench.print_skipped("\n5. architectures", "skipped (--no-architectures)")
+    else:
+        del bare
+        gc.collect()
+        measure_architectures(bench, args, device)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from gpu_inference.preview import PreviewFrame
+from gpu_inference.preview import PreviewFrame, unpack_flux_latents
 from gpu_inference.registry import LoadedModel
+from services.generation.samplers import ModelFamily
 
 # zlib level 1, as InvokeAI defaults to: on a smooth 512x512 test image it encoded in 22 ms
 # against 85 ms at PIL's default 6, for a file 24 % larger. Every level is lossless.
@@ -126,7 +127,11 @@ def run_text_to_image_batch(
     family = model.info.family
 
     def on_step_end(pipe: Any, step_index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(BatchStep(step_index + 1, pipe.num_timesteps, tensors["latents"], family))
+        latents = tensors["latents"]
+        if family == ModelFamily.FLUX:
+            # Flux's loop holds its latents packed in 2x2 patches; previews need them as images.
+            latents = unpack_flux_latents(latents, first.width, first.height)
+        on_step(BatchStep(step_index + 1, pipe.num_timesteps, latents, family))
         return tensors
 
     # One run per pipeline at a time: the scheduler holds the run's timesteps and step index.
@@ -134,9 +139,16 @@ def run_text_to_image_batch(
         # Seeded on the model's device so a seed reproduces the same image on the same hardware.
         generators = [torch.Generator(device=model.device).manual_seed(r.seed) for r in requests]
         started = time.perf_counter()
+        if family == ModelFamily.FLUX:
+            # FLUX.1-dev is guidance-distilled: `guidance_scale` conditions the transformer (one
+            # pass per step) instead of classifier-free guidance, so there is no negative branch
+            # and no negative prompt (that would take FluxPipeline's `true_cfg_scale`, a second pass).
+            family_arguments: dict[str, Any] = {}
+        else:
+            family_arguments = {"negative_prompt": [r.negative_prompt for r in requests]}
         output = pipeline(
             prompt=[r.prompt for r in requests],
-            negative_prompt=[r.negative_prompt for r in requests],
+            **family_arguments,
             width=first.width,
             height=first.height,
             num_inference_steps=first.steps,

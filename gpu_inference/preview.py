@@ -2,8 +2,9 @@
 
 A Stable Diffusion latent pixel stands for an 8x8 image patch and its four channels correlate
 strongly with the patch's average colour, so a 4x3 matrix (plus a bias) fitted by least squares
-against VAE-decoded images gives a recognisable thumbnail for the cost of one small matmul. A VAE
-decode per step would cost about as much as a denoising step.
+against VAE-decoded images gives a recognisable thumbnail for the cost of one small matmul. Flux's
+VAE has 16 channels, so a 16x3 matrix. A VAE decode per step would cost about as much as a
+denoising step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class _LatentProjection:
 
 # Community least-squares fits of (VAE-decoded RGB in [-1, 1]) on (scaled latents), as used by the
 # well-known UIs' "latent2rgb" previews. SD1.5 and SD2 share the SD1.5 VAE; SDXL retrained its VAE,
-# hence different factors and a colour bias.
+# hence different factors and a colour bias. Flux's fit is of its 16-channel latents as the
+# transformer sees them (shifted and scaled, `(z - shift) * scale`), as diffusers' loop holds them.
 _PROJECTIONS: dict[str, _LatentProjection] = {
     "sd15": _LatentProjection(
         factors=(
@@ -45,7 +47,42 @@ _PROJECTIONS: dict[str, _LatentProjection] = {
         ),
         bias=(0.1084, -0.0175, -0.0011),
     ),
+    "flux": _LatentProjection(
+        factors=(
+            (-0.0346, 0.0244, 0.0681),
+            (0.0034, 0.0210, 0.0687),
+            (0.0275, -0.0668, -0.0433),
+            (-0.0174, 0.0160, 0.0617),
+            (0.0859, 0.0721, 0.0329),
+            (0.0004, 0.0383, 0.0115),
+            (0.0405, 0.0861, 0.0915),
+            (-0.0236, -0.0185, -0.0259),
+            (-0.0245, 0.0250, 0.1180),
+            (0.1008, 0.0755, -0.0421),
+            (-0.0515, 0.0201, 0.0011),
+            (0.0428, -0.0012, -0.0036),
+            (0.0817, 0.0765, 0.0749),
+            (-0.1264, -0.0522, -0.1103),
+            (-0.0280, -0.0881, -0.0499),
+            (-0.1262, -0.0982, -0.0778),
+        ),
+        bias=(-0.0329, -0.0718, -0.0851),
+    ),
 }
+
+FLUX_VAE_SCALE_FACTOR = 8  # Image pixels per latent pixel, each way, in FLUX.1's VAE.
+
+
+def unpack_flux_latents(latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Flux's packed latents `(batch, tokens, channels * 4)`, one token per 2x2 patch of latent
+    pixels, as `(batch, channels, height / 8, width / 8)`: a view, no copy (as diffusers'
+    `FluxPipeline._unpack_latents`, which decodes them the same way)."""
+    batch, tokens, packed = latents.shape
+    rows, columns = height // (FLUX_VAE_SCALE_FACTOR * 2), width // (FLUX_VAE_SCALE_FACTOR * 2)
+    if rows * columns != tokens or packed % 4:
+        raise ValueError(f"packed latents {tuple(latents.shape)} do not fit a {width}x{height} image")
+    patches = latents.view(batch, rows, columns, packed // 4, 2, 2)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, packed // 4, rows * 2, columns * 2)
 
 
 class PreviewFrame:

@@ -52,6 +52,7 @@ from gateway.envoy import EdgeLimits, TokenBucket, Upstream
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
 from services.embedded.process import ManagedProcess, free_port, wait_for_port
+from services.generation.catalog import read_model
 
 if TYPE_CHECKING:
     from services.embedded.seaweedfs import S3Credentials
@@ -479,7 +480,8 @@ class Mesh:
         directories = [
             str(path)
             for path in candidates
-            if not path.name.startswith(".") and (path / "model_index.json").is_file()
+            # Diffusers pipelines, single-file checkpoints and LoRAs alike.
+            if not path.name.startswith(".") and path.is_dir() and read_model(path) is not None
         ]
         if not directories:
             log.info("no models in %s to push into the models bucket", models_dir)

@@ -34,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder holding `tiny-sd` and `tiny-sd-b`, built by the product's own command."""
+    """A models folder holding every tiny model (`tiny-sd`, `tiny-sd-b`, `tiny-sdxl`, `tiny-flux`,
+    `tiny-sd-single` and the LoRAs), built by the product's own code."""
     from gpu_inference.tiny import create_tiny_models
 
     directory = tmp_path_factory.mktemp("models")

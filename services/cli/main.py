@@ -277,21 +277,30 @@ def _models_dir(args: argparse.Namespace) -> Path:
     return Path(getattr(args, "dir", None) or os.environ.get("PINGVAS_MODELS_DIR") or _home() / "models")
 
 
+def _default_model_name(source: Path) -> str:
+    """A directory's name, or a checkpoint or LoRA file's name without `.safetensors`."""
+    source = source.resolve()
+    return source.stem if source.is_file() else source.name
+
+
 def _cmd_models_push(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from services.common.settings import ModelStoreSettings, ObjectStoreSettings
     from services.common.storage import ObjectStoreUnavailable
+    from services.generation.catalog import ModelKind
     from services.generation.model_store import ModelStoreError, open_model_store
+    from services.generation.samplers import ModelFamily
 
-    if args.name and len(args.directories) > 1:
-        print("pingvas: --name names one model; push one directory with it", file=sys.stderr)
+    if args.name and len(args.sources) > 1:
+        print("pingvas: --name names one model; push one source with it", file=sys.stderr)
         return 2
     os.environ.update(_object_store_env())
     settings = ObjectStoreSettings()
-    models = [
-        (Path(directory), args.name or Path(directory).resolve().name) for directory in args.directories
-    ]
+    # A checkpoint or LoRA file is named after its file (without .safetensors) by default.
+    models = [(Path(source), args.name or _default_model_name(Path(source))) for source in args.sources]
+    family = ModelFamily(args.family) if args.family else None
+    kind = ModelKind(args.kind) if args.kind else None
 
     async def run() -> int:
         store, close = await open_model_store(settings, _models_dir(args), transfers=ModelStoreSettings())
@@ -299,11 +308,12 @@ def _cmd_models_push(args: argparse.Namespace) -> int:
             if args.if_bucket_empty and not await store.bucket.is_empty():
                 print(f"s3://{settings.models_bucket} already holds models; pushed nothing")
                 return 0
-            for directory, name in models:
-                report = await store.bucket.push(directory, name)
+            for source, name in models:
+                report = await store.bucket.push(source, name, family=family, kind=kind)
                 manifest = report.manifest
+                what = "LoRA" if manifest.kind == ModelKind.LORA else manifest.weight_format
                 print(
-                    f"pushed {name} ({manifest.family}, {len(manifest.files)} files, "
+                    f"pushed {name} ({manifest.family}, {what}, {len(manifest.files)} files, "
                     f"{manifest.total_bytes / 2**20:.1f} MiB) to s3://{settings.models_bucket}/{manifest.prefix}: "
                     f"{report.uploaded} uploaded, {report.unchanged} unchanged"
                 )
@@ -343,8 +353,11 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         print(f"bucket s3://{settings.models_bucket}: {len(manifests)} model(s)")
         for name, manifest in sorted(manifests.items()):
             state = "cached" if store.cache.holds(manifest) else "not cached"
+            size = (
+                "LoRA" if manifest.kind == "lora" else f"{manifest.native_size}px\t{manifest.weight_format}"
+            )
             print(
-                f"  {name}\t{manifest.family}\t{manifest.native_size}px\t{len(manifest.files)} files\t"
+                f"  {name}\t{manifest.family}\t{size}\t{len(manifest.files)} files\t"
                 f"{manifest.total_bytes / 2**20:.1f} MiB\t{state}"
             )
         print(f"cache {store.cache.cache_dir}: {len(cached)} model(s)")
@@ -565,16 +578,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="the model store: the models bucket and the local cache")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    tiny = model_commands.add_parser("create-tiny", help="build the tiny random-weight SD pipelines")
+    tiny = model_commands.add_parser(
+        "create-tiny",
+        help="build the tiny random-weight models: SD1.5, SDXL, Flux, a single-file checkpoint and LoRAs",
+    )
     tiny.add_argument("--dir", help="models directory (default PINGVAS_HOME/models)")
     tiny.set_defaults(handler=_cmd_models_create_tiny)
     push = model_commands.add_parser(
         "push",
-        help="upload diffusers model directories, each with its manifest, to the models bucket "
-        "(the running mesh's SeaweedFS unless S3_ENDPOINT_URL is set); safe to run again",
+        help="upload models, each with its manifest, to the models bucket (the running mesh's "
+        "SeaweedFS unless S3_ENDPOINT_URL is set) under sd15/, sdxl/, flux/ or loras/; safe to run again",
     )
-    push.add_argument("directories", nargs="+", metavar="DIR", help="a diffusers model directory")
-    push.add_argument("--name", help="the model's name (default: the directory's name; one DIR only)")
+    push.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="a diffusers model directory, a single-file .safetensors checkpoint (or a directory "
+        "holding one and its diffusers configs in config/), or a LoRA (a .safetensors file, a "
+        "file in a loras/ folder, or a directory holding pytorch_lora_weights.safetensors)",
+    )
+    push.add_argument(
+        "--name", help="the model's name (default: the directory's name or the file's stem; one SOURCE only)"
+    )
+    push.add_argument(
+        "--family",
+        choices=["sd15", "sdxl", "flux"],
+        help="declare the architecture of a checkpoint or LoRA (default: detected from its tensors)",
+    )
+    push.add_argument(
+        "--kind",
+        choices=["pipeline", "lora"],
+        help="declare a .safetensors file a LoRA or a checkpoint (default: a LoRA if in a loras/ folder)",
+    )
     push.add_argument(
         "--if-bucket-empty",
         action="store_true",

@@ -2,8 +2,11 @@
 from (the seed's "EFS with S3 fallback").
 
 The bucket is the truth. Each model lives under the seed's layout, `{family}/{name}/` (`sd15/`,
-`sdxl/`, ...), its diffusers files beside a `manifest.json` that lists each file's path, size
-and sha256 and what the catalog needs without downloading weights. A push writes the files
+`sdxl/`, `flux/`) for a pipeline and `loras/{name}/` for a LoRA, its files (a diffusers
+directory's, or one single-file checkpoint with its optional `config/`, or a LoRA's
+`pytorch_lora_weights.safetensors`) beside a `manifest.json` that lists each file's path, size
+and sha256 and what the catalog needs without downloading weights (family, kind, weight format,
+sizes). A push writes the files
 first and the manifest last, so a half-pushed model is invisible; the catalog reads only
 manifests.
 
@@ -48,7 +51,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.settings import ModelStoreSettings, ObjectStoreSettings
 from services.common.storage import ObjectStoreUnavailable, open_s3_client
-from services.generation.catalog import MODEL_NAME, ModelInfo, read_model, size_range
+from services.generation.catalog import (
+    LORA_WEIGHTS_NAME,
+    MODEL_NAME,
+    ModelFormat,
+    ModelInfo,
+    ModelKind,
+    read_lora,
+    read_model,
+    read_single_file,
+    size_range,
+)
 from services.generation.samplers import ModelFamily
 
 logger = logging.getLogger(__name__)
@@ -56,7 +69,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 # The cache's copy of the manifest a model directory was made from, written last.
 CACHED_MANIFEST_NAME = ".pingvas-manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 1  # The manifest's own version; `kind` and `weight_format` were added compatibly.
+LORAS_PREFIX = "loras"  # The seed's folder of LoRAs, beside the families' folders of pipelines.
 # Read and hash in pieces this big: a few of them in memory, never a whole weights file.
 CHUNK_BYTES = 8 * 2**20
 # Files above this go up as multipart uploads of parts this big (S3's parts are 5 MiB to 5 GiB).
@@ -91,14 +105,17 @@ class ModelManifest:
 
     name: str
     family: str
-    native_size: int
-    latent_channels: int
+    native_size: int  # 0 for a LoRA.
+    latent_channels: int  # 0 for a LoRA.
     files: tuple[ModelFile, ...]
+    kind: str = ModelKind.PIPELINE
+    weight_format: str = ModelFormat.DIFFUSERS
 
     @property
     def prefix(self) -> str:
-        """Where the model's objects live: the seed's `{family}/{name}/`."""
-        return f"{self.family}/{self.name}/"
+        """Where the model's objects live: the seed's `{family}/{name}/`, `loras/{name}/` for a LoRA."""
+        folder = LORAS_PREFIX if self.kind == ModelKind.LORA else self.family
+        return f"{folder}/{self.name}/"
 
     @property
     def key(self) -> str:
@@ -113,7 +130,7 @@ class ModelManifest:
 
     def info(self, cache_dir: Path) -> ModelInfo:
         """The catalog's view of the model, its path in the cache (present there or not yet)."""
-        min_size, max_size = size_range(self.native_size)
+        min_size, max_size = size_range(self.native_size) if self.native_size > 0 else (0, 0)
         return ModelInfo(
             name=self.name,
             family=ModelFamily(self.family),
@@ -122,6 +139,8 @@ class ModelManifest:
             min_size=min_size,
             max_size=max_size,
             latent_channels=self.latent_channels,
+            kind=ModelKind(self.kind),
+            format=ModelFormat(self.weight_format),
         )
 
     def to_json(self) -> str:
@@ -130,6 +149,8 @@ class ModelManifest:
                 "format": MANIFEST_FORMAT,
                 "name": self.name,
                 "family": self.family,
+                "kind": self.kind,
+                "weight_format": self.weight_format,
                 "native_size": self.native_size,
                 "latent_channels": self.latent_channels,
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
@@ -154,11 +175,21 @@ class ModelManifest:
                     ModelFile(path=str(f["path"]), size=int(f["size"]), sha256=str(f["sha256"]))
                     for f in data["files"]
                 ),
+                # Manifests written before LoRAs and single files were all diffusers pipelines.
+                kind=str(data.get("kind", ModelKind.PIPELINE)),
+                weight_format=str(data.get("weight_format", ModelFormat.DIFFUSERS)),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed manifest: {error!r}") from None
-        if not MODEL_NAME.fullmatch(manifest.name) or not MODEL_NAME.fullmatch(manifest.family):
-            raise ValueError(f"unsafe model name or family {manifest.name!r}/{manifest.family!r}")
+        if not MODEL_NAME.fullmatch(manifest.name):
+            raise ValueError(f"unsafe model name {manifest.name!r}")
+        for value, vocabulary in (
+            (manifest.family, ModelFamily),
+            (manifest.kind, ModelKind),
+            (manifest.weight_format, ModelFormat),
+        ):
+            if value not in set(vocabulary):
+                raise ValueError(f"unknown {vocabulary.__name__} {value!r}")
         for file in manifest.files:
             _check_relative_path(file.path)
         return manifest
@@ -189,30 +220,78 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_of_directory(directory: Path, name: str) -> ModelManifest:
-    """The manifest of the diffusers model in `directory`, to be pushed as `name`. Reads every
-    file (for its sha256); run it off the event loop."""
+@dataclass(frozen=True)
+class PushSource:
+    """What a push uploads: the manifest, and the local file behind each of its paths."""
+
+    manifest: ModelManifest
+    local_files: dict[str, Path]
+
+
+def manifest_of_source(
+    source: Path,
+    name: str,
+    *,
+    family: ModelFamily | None = None,
+    kind: ModelKind | None = None,
+) -> PushSource:
+    """The manifest of the model at `source`, to be pushed as `name`. Reads every file (for its
+    sha256); run it off the event loop.
+
+    `source` is a model directory (a diffusers pipeline, a single-file checkpoint's directory or a
+    LoRA's, see `services/generation/catalog.py`), or one `.safetensors` file: a single-file
+    checkpoint, or a LoRA when `kind` says so or the file sits in a `loras/` folder (the seed's
+    layout), stored as `pytorch_lora_weights.safetensors`. `family` declares the architecture of
+    a checkpoint or LoRA whose tensor names do not tell it.
+    """
     if not MODEL_NAME.fullmatch(name):
         raise ModelStoreError(
             f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 128, "
             "starting with a letter or digit)"
         )
-    info = read_model(directory, name)
+    local_files: dict[str, Path] = {}
+    if source.is_file():
+        if source.suffix != ".safetensors":
+            raise ModelStoreError(f"{source}: a model file must be a .safetensors checkpoint or LoRA")
+        if kind is None:
+            kind = ModelKind.LORA if source.parent.name == LORAS_PREFIX else ModelKind.PIPELINE
+        read_file = read_lora if kind == ModelKind.LORA else read_single_file
+        # Detected first: a declared family only fills in what the tensors do not tell.
+        info = read_file(source, name, path=source) or read_file(source, name, path=source, family=family)
+        local_files[LORA_WEIGHTS_NAME if kind == ModelKind.LORA else source.name] = source
+    else:
+        info = read_model(source, name) or read_model(source, name, family=family)
+        if info is not None:
+            for path in _model_files(source):
+                relative = path.relative_to(source).as_posix()
+                if relative == MANIFEST_NAME:
+                    raise ModelStoreError(
+                        f"{path}: a model may not hold a file named {MANIFEST_NAME} at its top"
+                    )
+                local_files[relative] = path
     if info is None:
-        raise ModelStoreError(f"{directory} is not a diffusers text-to-image model (see the log)")
-    files = []
-    for path in _model_files(directory):
-        relative = path.relative_to(directory).as_posix()
-        if relative == MANIFEST_NAME:
-            raise ModelStoreError(f"{path}: a model may not hold a file named {MANIFEST_NAME} at its top")
-        files.append(ModelFile(relative, path.stat().st_size, _sha256_of(path)))
-    return ModelManifest(
+        raise ModelStoreError(
+            f"{source} is not a model: a diffusers directory, a single-file checkpoint or a LoRA "
+            "whose architecture is detected or declared with --family (see the log)"
+        )
+    if kind is not None and info.kind != kind:
+        raise ModelStoreError(f"{source} is a {info.kind}, not a {kind}")
+    if family is not None and info.family != family:
+        raise ModelStoreError(f"{source} is a {info.family} model, not {family}")
+    files = tuple(
+        ModelFile(relative, path.stat().st_size, _sha256_of(path))
+        for relative, path in sorted(local_files.items())
+    )
+    manifest = ModelManifest(
         name=name,
         family=info.family,
         native_size=info.native_size,
         latent_channels=info.latent_channels,
-        files=tuple(files),
+        files=files,
+        kind=info.kind,
+        weight_format=info.format,
     )
+    return PushSource(manifest, local_files)
 
 
 @dataclass(frozen=True)
@@ -265,15 +344,24 @@ class ModelBucket:
         """Whether the bucket holds no model at all."""
         return not await self.manifests()
 
-    async def push(self, directory: Path, name: str) -> PushReport:
-        """Upload the diffusers model in `directory` as `name`: every file whose content the
-        bucket does not already hold under its key, then the manifest, last. Safe to repeat."""
-        manifest = await asyncio.to_thread(manifest_of_directory, directory, name)
+    async def push(
+        self,
+        source: Path,
+        name: str,
+        *,
+        family: ModelFamily | None = None,
+        kind: ModelKind | None = None,
+    ) -> PushReport:
+        """Upload the model at `source` (see `manifest_of_source`) as `name`: every file whose
+        content the bucket does not already hold under its key, then the manifest, last. Safe to
+        repeat."""
+        pushed = await asyncio.to_thread(manifest_of_source, source, name, family=family, kind=kind)
+        manifest = pushed.manifest
         for other in await self.manifests():
-            if other.name == name and other.family != manifest.family:
+            if other.name == name and other.prefix != manifest.prefix:
                 raise ModelStoreError(
-                    f"the bucket already holds a model {name!r} as {other.family}; "
-                    f"this one is {manifest.family}: push it under another name"
+                    f"the bucket already holds a model {name!r} at {other.prefix}; "
+                    f"this one belongs at {manifest.prefix}: push it under another name"
                 )
         uploaded = unchanged = 0
         try:
@@ -282,7 +370,7 @@ class ModelBucket:
                 if await self._holds(key, file):
                     unchanged += 1
                     continue
-                await self._upload(directory / file.path, key, file)
+                await self._upload(pushed.local_files[file.path], key, file)
                 uploaded += 1
             await self.client.put_object(
                 Bucket=self.bucket,

@@ -30,7 +30,7 @@ from support.mesh import REPO_ROOT, RunningMesh
 from services.common.failpoints import Failpoint, Failpoints, armed_key, parked_key, release_key
 from services.common.settings import ObjectStoreSettings
 from services.common.storage import open_s3_client
-from services.generation.catalog import ModelCatalog, ModelFolder
+from services.generation.catalog import LORA_WEIGHTS_NAME, ModelCatalog, ModelFolder, ModelFormat, ModelKind
 from services.generation.model_store import (
     CACHED_MANIFEST_NAME,
     CorruptModelFile,
@@ -346,3 +346,62 @@ async def test_a_file_larger_than_a_part_is_pushed_in_parts_and_fetched_whole(
     files = len(first.manifest.files)
     assert (first.uploaded, again.uploaded, again.unchanged) == (files, 0, files)
     assert (cache_dir / name / "extra" / "large.bin").read_bytes() == large.read_bytes()
+
+
+async def test_a_single_file_checkpoint_and_a_lora_are_pushed_listed_and_fetched(
+    mesh: RunningMesh, models_dir: Path, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    checkpoint, lora = f"single-{suffix}", f"lora-{suffix}"
+    # As a user has them: a bare checkpoint file (its family detected from its tensors), and a
+    # LoRA file in a loras/ folder (the seed's layout, which makes it a LoRA).
+    shutil.copy(
+        models_dir / "tiny-sd-single" / "tiny-sd-single.safetensors", tmp_path / f"{checkpoint}.safetensors"
+    )
+    (tmp_path / "loras").mkdir()
+    shutil.copy(models_dir / "tiny-sdxl-lora" / LORA_WEIGHTS_NAME, tmp_path / "loras" / f"{lora}.safetensors")
+
+    pushed = mesh.pingvas(
+        "models",
+        "push",
+        str(tmp_path / f"{checkpoint}.safetensors"),
+        str(tmp_path / "loras" / f"{lora}.safetensors"),
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"pushed {checkpoint} (sd15, single_file, 1 files, " in pushed.stdout
+    assert f"to s3://{MODELS_BUCKET}/sd15/{checkpoint}/" in pushed.stdout
+    assert f"pushed {lora} (sdxl, LoRA, 1 files, " in pushed.stdout
+    assert f"to s3://{MODELS_BUCKET}/loras/{lora}/" in pushed.stdout
+    listed = mesh.pingvas("models", "list")
+    assert listed.returncode == 0, listed.stderr
+    # Without its configs beside it, a checkpoint is taken for its family's stock model.
+    assert f"\n  {checkpoint}\tsd15\t512px\tsingle_file\t1 files\t" in listed.stdout
+    assert f"\n  {lora}\tsdxl\tLoRA\t1 files\t" in listed.stdout
+    declared = mesh.pingvas(
+        "models", "push", str(tmp_path / "loras" / f"{lora}.safetensors"), "--family", "sd15"
+    )
+    assert declared.returncode == 2 and "is a sdxl model, not sd15" in declared.stderr
+
+    cache_dir = tmp_path / "cache"
+    async with counted_store(mesh, cache_dir) as (store, _gets):
+        infos = await store.read_models()
+        for name in (checkpoint, lora):
+            await store.ensure_cached(infos[name])
+        catalog = ModelCatalog(store)
+        await catalog.refresh()
+
+    assert (cache_dir / checkpoint / f"{checkpoint}.safetensors").is_file()
+    assert (cache_dir / lora / LORA_WEIGHTS_NAME).is_file()
+    # The cache's directories read as the bucket's manifests describe them.
+    for name in (checkpoint, lora):
+        from_cache = ModelFolder(cache_dir).scan()[name]
+        assert (from_cache.family, from_cache.kind, from_cache.format) == (
+            infos[name].family,
+            infos[name].kind,
+            infos[name].format,
+        )
+    assert (infos[checkpoint].kind, infos[checkpoint].format) == (ModelKind.PIPELINE, ModelFormat.SINGLE_FILE)
+    assert (infos[lora].kind, infos[lora].family) == (ModelKind.LORA, "sdxl")
+    # ListModels' page offers the checkpoint as a model, never the LoRA.
+    names = [info.name for info in catalog.page(page_size=1000, page_token="")[0]]
+    assert checkpoint in names and lora not in names

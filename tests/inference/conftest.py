@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5-architecture models, built once per test session."""
+"""Tiny random-weight models of every architecture, built once per test session."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from services.generation.catalog import ModelCatalog, ModelFolder
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder holding `tiny-sd` and `tiny-sd-b`. Tests must not modify it."""
+    """A models folder holding every tiny model (`gpu_inference.tiny.create_tiny_models`). Tests
+    must not modify it."""
     directory = tmp_path_factory.mktemp("models")
     create_tiny_models(directory)
     return directory

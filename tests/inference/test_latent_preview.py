@@ -43,11 +43,25 @@ def test_sdxl_previews_include_its_colour_bias() -> None:
     assert red > 135  # 0.1084 red bias lifts grey toward red.
 
 
+def test_flux_previews_project_its_16_channels() -> None:
+    latents = torch.zeros(1, 16, 8, 8)
+    # Flux's 10th channel weighs most on red, least on blue.
+    latents[0, 9] = 3.0
+
+    jpeg, width, height = PreviewFrame(latents, "flux").jpeg(min_side=8)
+
+    red, green, blue = _rgb_at(jpeg, 4, 4)
+    assert (width, height) == (8, 8)
+    assert red > green > blue
+
+
 def test_rejects_unknown_families_and_channel_counts() -> None:
     with pytest.raises(ValueError, match="family"):
-        PreviewFrame(torch.zeros(1, 4, 8, 8), "flux")
+        PreviewFrame(torch.zeros(1, 16, 8, 8), "sd3")
     with pytest.raises(ValueError, match="channels"):
         PreviewFrame(torch.zeros(1, 16, 8, 8), "sd15")
+    with pytest.raises(ValueError, match="flux previews need 16 latent channels"):
+        PreviewFrame(torch.zeros(1, 4, 8, 8), "flux")
 
 
 def _rgb_at(jpeg: bytes, x: int, y: int) -> tuple[int, int, int]:

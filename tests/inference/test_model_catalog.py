@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
-from services.generation.catalog import ModelCatalog, ModelFolder, ModelInfo, size_range
+from services.generation.catalog import (
+    ModelCatalog,
+    ModelFolder,
+    ModelInfo,
+    ModelKind,
+    SafetensorsHeader,
+    checkpoint_family,
+    lora_family,
+    read_model,
+    size_range,
+)
+from services.generation.samplers import ModelFamily
 
 
 async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
@@ -20,7 +33,61 @@ async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
     # unet sample_size 8 x VAE scale factor 8 (four VAE blocks).
     assert (info.native_size, info.min_size, info.max_size) == (64, 32, 128)
     assert info.latent_channels == 4
-    assert catalog.names() == ["tiny-sd", "tiny-sd-b"]
+    assert catalog.names() == ["tiny-flux", "tiny-sd", "tiny-sd-b", "tiny-sd-single", "tiny-sdxl"]
+
+
+async def test_reads_every_kind_of_model_directory_and_lists_only_pipelines(
+    catalog: ModelCatalog, models_dir: Path
+) -> None:
+    seen = {
+        name: (info.family, info.kind, info.format, info.native_size, info.latent_channels)
+        for name in (
+            "tiny-sdxl",
+            "tiny-flux",
+            "tiny-sd-single",
+            "tiny-sd-lora",
+            "tiny-sdxl-lora",
+            "tiny-flux-lora",
+        )
+        if (info := await catalog.get(name)) is not None
+    }
+
+    assert seen == {
+        "tiny-sdxl": ("sdxl", "pipeline", "diffusers", 64, 4),
+        # Flux's size and channels are its VAE's: the transformer packs 2x2 latent patches.
+        "tiny-flux": ("flux", "pipeline", "diffusers", 64, 16),
+        # The single file's sizes come from the configs beside it, its family from its tensors.
+        "tiny-sd-single": ("sd15", "pipeline", "single_file", 64, 4),
+        # A LoRA's family from the base model its metadata names.
+        "tiny-sd-lora": ("sd15", "lora", "diffusers", 0, 0),
+        "tiny-sdxl-lora": ("sdxl", "lora", "diffusers", 0, 0),
+        "tiny-flux-lora": ("flux", "lora", "diffusers", 0, 0),
+    }
+    assert catalog.names(ModelKind.LORA) == ["tiny-flux-lora", "tiny-sd-lora", "tiny-sdxl-lora"]
+    page, _ = catalog.page(page_size=100, page_token="")
+    assert [info.name for info in page] == catalog.names()
+
+
+def test_a_checkpoint_of_no_known_architecture_needs_its_family_declared(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    (tmp_path / "mystery").mkdir()
+    (tmp_path / "mystery" / "weights.safetensors").write_bytes(_safetensors({"some.weight": [2, 2]}))
+    (tmp_path / "not-safetensors").mkdir()
+    (tmp_path / "not-safetensors" / "x.safetensors").write_bytes(b"\xff" * 16)
+
+    assert read_model(tmp_path / "mystery") is None
+    declared = read_model(tmp_path / "mystery", family=ModelFamily.SDXL)
+    assert declared is not None and (declared.family, declared.native_size) == ("sdxl", 1024)
+    assert read_model(tmp_path / "not-safetensors", family=ModelFamily.SD15) is None
+
+
+def _safetensors(tensors: dict[str, list[int]]) -> bytes:
+    header = {
+        name: {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]} for name, shape in tensors.items()
+    }
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded
 
 
 def test_size_range_matches_real_checkpoints() -> None:
@@ -111,3 +178,26 @@ async def test_a_flood_of_unknown_names_costs_one_read_and_a_model_added_before_
     info = await catalog.get("added")
     assert info is not None and info.name == "added"
     assert source.reads == 3
+
+
+def test_architectures_are_told_from_tensor_names_and_lora_metadata() -> None:
+    def header(*names: str, shape: tuple[int, ...] = (4, 4), **metadata: str) -> SafetensorsHeader:
+        return SafetensorsHeader({name: ("F16", shape) for name in names}, metadata)
+
+    unet = "model.diffusion_model.input_blocks.0.0.weight"
+    assert (
+        checkpoint_family(header(unet, "cond_stage_model.transformer.text_model.final_layer_norm.weight"))
+        == "sd15"
+    )
+    assert checkpoint_family(header(unet, "conditioner.embedders.1.model.text_projection")) == "sdxl"
+    assert checkpoint_family(header("double_blocks.0.img_attn.qkv.weight")) == "flux"
+    assert checkpoint_family(header("model.diffusion_model.double_blocks.0.img_attn.qkv.weight")) == "flux"
+    assert checkpoint_family(header("first_stage_model.decoder.conv_in.weight")) is None
+
+    assert lora_family(header("unet.x.lora_A.weight", ss_base_model_version="sdxl_base_v1-0")) == "sdxl"
+    assert lora_family(header("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight")) == "flux"
+    assert lora_family(header("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight")) == "sdxl"
+    cross_attention = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"
+    assert lora_family(header(cross_attention, shape=(4, 768))) == "sd15"
+    assert lora_family(header(cross_attention, shape=(4, 2048))) == "sdxl"
+    assert lora_family(header("unet.x.lora_A.weight")) is None  # Neither tells: declare it.

@@ -47,3 +47,39 @@ def _unet_weights(model_dir: Path) -> dict[str, bytes]:
     path = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
     with safe_open(str(path), framework="pt") as weights:
         return {key: weights.get_tensor(key).numpy().tobytes() for key in weights.keys()}  # noqa: SIM118
+
+
+def test_the_single_file_checkpoint_has_the_original_key_layout_of_every_tiny_sd_weight(
+    models_dir: Path,
+) -> None:
+    with safe_open(str(models_dir / "tiny-sd-single" / "tiny-sd-single.safetensors"), framework="pt") as file:
+        keys = list(file.keys())
+    source_counts = {}
+    for component, weights in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
+        with safe_open(
+            str(models_dir / "tiny-sd" / component / f"{weights}.safetensors"), framework="pt"
+        ) as file:
+            source_counts[component] = len(list(file.keys()))
+
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
+    assert [sum(key.startswith(prefix) for key in keys) for prefix in prefixes] == list(
+        source_counts.values()
+    )
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys  # The original's conv_in.
+    assert "first_stage_model.encoder.mid.attn_1.q.weight" in keys
+    assert (models_dir / "tiny-sd-single" / "config" / "unet" / "config.json").is_file()
+    assert not list((models_dir / "tiny-sd-single" / "config").rglob("*.safetensors"))
+
+
+def test_flux_text_encoders_have_local_clip_and_t5_tokenizers(models_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    t5 = AutoTokenizer.from_pretrained(models_dir / "tiny-flux" / "tokenizer_2")
+
+    tokens = t5("a red fox").input_ids
+    assert tokens[-1] == t5.eos_token_id
+    assert t5.decode(tokens, skip_special_tokens=True) == "a red fox"
