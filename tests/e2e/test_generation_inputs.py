@@ -272,6 +272,14 @@ def test_gallery_images_are_inputs_and_use_again_copies_their_parameters(
         message="the original generation did not succeed",
     )
     image_id = original["id"]  # an image's id is its generation's
+    # GetImage shows the whole recipe, the generation's own fields included.
+    shown = rest.get(f"/api/v1/gallery/images/{image_id}", headers=owner.headers).json()
+    assert (shown["sampler"], shown["mode"], shown["seed"], shown["negativePrompt"]) == (
+        "ddim",
+        "GENERATION_MODE_TEXT_TO_IMAGE",
+        "77",
+        "blur",
+    )
 
     # REST: the body is the generation, so the request's other fields are query parameters.
     again = rest.post(
