@@ -16,8 +16,10 @@ its size, its magic bytes (PNG, JPEG or WebP) and that its dimensions decode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,12 +27,21 @@ from PIL import Image, UnidentifiedImageError
 
 from services.common.buckets import UPLOADS_EXPIRE_DAYS
 from services.common.database import Database
-from services.common.errors import NotFound, Violations
-from services.common.storage import INPUTS_PREFIX, UPLOADS_PREFIX, ObjectMissing, S3ImageStore
+from services.common.errors import NotFound, Unavailable, Violations
+from services.common.storage import (
+    INPUTS_PREFIX,
+    UPLOADS_PREFIX,
+    ObjectMissing,
+    ObjectStoreUnavailable,
+    S3ImageStore,
+)
 from services.generation.repository import GenerationRepository, StoredInput
 
 # What CreateUpload accepts (the contract's rules say the same) and what the bytes must be.
 MAX_INPUT_BYTES = 10 * 1024 * 1024
+# The largest side an input may have: the contract's largest image side. Checked from the header
+# before the pixels are decoded, so a small file of a huge, flat image cannot take gigabytes.
+MAX_INPUT_SIDE = 4096
 CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 
@@ -45,14 +56,22 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decoded_size(data: bytes) -> tuple[int, int] | None:
-    """The image's width and height, from a full decode (a truncated or corrupt file fails)."""
+class Undecodable(Exception):
+    """The bytes are not an image this service can decode; the message says why, for the caller."""
+
+
+def decoded_size(data: bytes) -> tuple[int, int]:
+    """The image's width and height, from a full decode (a truncated or corrupt file fails), of
+    an image no larger than MAX_INPUT_SIDE a side (read from its header first)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if max(width, height) > MAX_INPUT_SIDE:
+                raise Undecodable(f"is {width}x{height}, more than {MAX_INPUT_SIDE} pixels a side")
             image.load()
-            return image.size
+            return width, height
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
+        raise Undecodable("cannot be decoded as an image") from None
 
 
 def upload_key(user_id: uuid.UUID, upload_id: uuid.UUID) -> str:
@@ -145,21 +164,26 @@ class InputImages:
             stored = await self.repository.image_object(conn, user_id, parsed)
         if stored is not None:
             return InputImage(image_id, stored.key, stored.key, stored.width, stored.height)
-        stored = await self._uploaded(user_id, parsed)
-        if stored is None:
-            raise NotFound(f"{field}: you have no image or upload {image_id}")
-        if stored.size_bytes > MAX_INPUT_BYTES:
-            violations.add(field, f"is {stored.size_bytes} bytes, more than the 10 MB limit")
-            return None
-        data = await self.images.get(stored.key)
+        async with _store_answering():
+            stored = await self._uploaded(user_id, parsed)
+            if stored is None:
+                raise NotFound(f"{field}: you have no image or upload {image_id}")
+            if stored.size_bytes > MAX_INPUT_BYTES:
+                violations.add(field, f"is {stored.size_bytes} bytes, more than the 10 MB limit")
+                return None
+            try:
+                data = await self.images.get(stored.key)
+            except ObjectMissing:
+                raise NotFound(f"{field}: you have no image or upload {image_id}") from None
         if sniff_format(data) is None:
             violations.add(field, "is not a PNG, JPEG or WebP image")
             return None
-        size = await asyncio.to_thread(decoded_size, data)
-        if size is None:
-            violations.add(field, "cannot be decoded as an image")
+        try:
+            width, height = await asyncio.to_thread(decoded_size, data)
+        except Undecodable as undecodable:
+            violations.add(field, str(undecodable))
             return None
-        return InputImage(image_id, kept_input_key(user_id, parsed), stored.key, *size)
+        return InputImage(image_id, kept_input_key(user_id, parsed), stored.key, width, height)
 
     async def _uploaded(self, user_id: uuid.UUID, upload_id: uuid.UUID) -> StoredInput | None:
         """The upload's object: where it was PUT, or, once the upload has expired, the copy an
@@ -175,4 +199,14 @@ class InputImages:
         """Make the object the worker will read outlive the upload's expiry: copy an upload
         to its kept key (a gallery image is read where it is)."""
         if image.source_key != image.key:
-            await self.images.copy(image.source_key, image.key)
+            async with _store_answering():
+                await self.images.copy(image.source_key, image.key)
+
+
+@contextlib.asynccontextmanager
+async def _store_answering() -> AsyncIterator[None]:
+    """The images bucket not answering is a retryable refusal (UNAVAILABLE), not an internal error."""
+    try:
+        yield
+    except ObjectStoreUnavailable as error:
+        raise Unavailable("the image store is unavailable; retry shortly") from error

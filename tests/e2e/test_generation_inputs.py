@@ -243,12 +243,14 @@ def test_uploads_refuse_other_types_sizes_and_bytes_naming_the_field(
     # Bytes of the declared length that are no image of an allowed format, or do not decode.
     garbage = upload(rest, account, b"\x00" * 4096)
     truncated = upload(rest, account, png()[:60])
+    # A few bytes that would decode to a huge image are refused from the header, before decoding.
+    too_wide = upload(rest, account, png(5000, 8))
     # More than 10 MB, written behind the API's back: the stored object is what is checked.
     oversize = str(uuid.uuid4())
     mesh.s3().put_object(
         Bucket=IMAGES_BUCKET, Key=f"uploads/{account.user_id}/{oversize}", Body=png() + b"\x00" * TEN_MB
     )
-    for upload_id in (garbage, truncated, oversize):
+    for upload_id in (garbage, truncated, too_wide, oversize):
         reply = rest.post(
             "/api/v1/generation/create", json={**TEXT, "initImageId": upload_id}, headers=account.headers
         )
