@@ -411,7 +411,10 @@ class Acceptance:
             except InvalidInput as invalid:
                 violations.items.extend(invalid.violations)
                 continue
-            resolved_items.append((resolved, await self.resolve_webhook(user_id, item.webhook, api_key_id)))
+            webhook = await self.resolve_webhook(
+                user_id, item.webhook, api_key_id, field=f"{path}.webhook.url"
+            )
+            resolved_items.append((resolved, webhook))
         violations.raise_if_any()
         first_seed = resolved_items[0][0].seed
         base_seed = first_seed if first_seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -515,19 +518,24 @@ class Acceptance:
         return records
 
     async def resolve_webhook(
-        self, user_id: uuid.UUID, webhook: WebhookRequest | None, api_key_id: uuid.UUID | None
+        self,
+        user_id: uuid.UUID,
+        webhook: WebhookRequest | None,
+        api_key_id: uuid.UUID | None,
+        *,
+        field: str = "webhook.url",
     ) -> ResolvedWebhook | None:
-        """The webhook asked for, else the key's default; None when neither. Field paths match
-        the API."""
+        """The webhook asked for, else the key's default; None when neither. Violations name
+        `field`, the webhook's URL in the request."""
         violations = Violations()
         if webhook is not None:
             if api_key_id is None:
                 violations.add(
-                    "webhook.url",
+                    field,
                     "needs a call authenticated with an API key, whose webhook signing secret signs "
                     "the deliveries",
                 )
-            self.webhook_rules.check(webhook.url, "webhook.url", violations)
+            self.webhook_rules.check(webhook.url, field, violations)
             violations.raise_if_any()
         if api_key_id is None:
             return None
@@ -539,7 +547,7 @@ class Acceptance:
             return ResolvedWebhook(key.default_url, parse_events(()))
         if key is None or not key.can_sign:
             violations.add(
-                "webhook.url",
+                field,
                 "this API key predates webhooks and has no signing secret; create a new key to use them",
             )
             violations.raise_if_any()
