@@ -11,6 +11,8 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,6 +20,9 @@ import pytest
 from PIL import Image
 from support.generations import wait_for
 from support.mesh import RunningMesh
+
+from services.generation.modes import LoraWeight
+from services.generation.repository import GenerationRecord
 
 pytestmark = pytest.mark.integration
 
@@ -328,3 +333,33 @@ def test_gallery_images_are_inputs_and_use_again_copies_their_parameters(
     )
     assert recalled.status_code == 404, recalled.text
     nothing_queued_or_held(mesh, stranger.user_id)
+
+
+def test_the_batch_key_splits_on_sampler_mode_and_lora_set_only(
+    mesh: RunningMesh, new_account: Any, rest: httpx.Client
+) -> None:
+    account = new_account("batch-key")
+    init = upload(rest, account, png())
+    base = {**TEXT, "sampler": "euler"}
+    requests = [
+        base,
+        {**base, "prompt": "another prompt", "seed": 99},  # prompts and seeds share a batch
+        {**base, "sampler": "euler_a"},
+        {**base, "initImageId": init, "strength": 1.0},
+    ]
+    reply = rest.post(
+        "/api/v1/generation/batch-create",
+        json={"requests": [{"generation": generation} for generation in requests]},
+        headers=account.headers,
+    )
+    assert reply.status_code == 200, reply.text
+    records = [
+        GenerationRecord.from_row(SimpleNamespace(**generation_row(mesh, g["id"])))
+        for g in reply.json()["generations"]
+    ]
+    same, other_prompt, other_sampler, image_to_image = (record.batch_key for record in records)
+    assert same == other_prompt
+    assert len({same, other_sampler, image_to_image}) == 3
+    with_lora = replace(records[0], loras=(LoraWeight("tiny-sd-lora", 0.8),))
+    assert with_lora.batch_key != same
+    assert replace(with_lora, loras=(LoraWeight("tiny-sd-lora", 0.5),)).batch_key != with_lora.batch_key
