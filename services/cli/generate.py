@@ -1,11 +1,14 @@
-"""`pingvas generate`: draw one image through the gateway's REST API and save it as a PNG.
+"""`pingvas generate`: draw images through the gateway's REST API and save them as PNGs.
 
     pingvas generate "a red fox in snow" --size 64x64 --steps 4 --out fox.png
+    pingvas generate "a fox, oil painting" --init fox.png --strength 0.6 --count 4 --out oil.png
 
 It speaks only REST/JSON to the gateway, like any third-party client would: log in (unless
-PINGVAS_TOKEN is set), create the generation, follow its Server-Sent Events with a progress bar
-on stderr, download the signed image URL, and print one summary line on stdout. A dropped event
-stream is resumed from the last sequence number seen, as the contract allows.
+PINGVAS_TOKEN is set), upload the input images (`--init`, `--mask`) through CreateUpload and
+its presigned PUT, create the generation (BatchCreateGenerations for `--count` above 1), follow
+each one's Server-Sent Events with a progress bar on stderr, download the signed image URL, and
+print one summary line per image on stdout. A dropped event stream is resumed from the last
+sequence number seen, as the contract allows.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from urllib.parse import urljoin
 import httpx
 
 from services.common.defaults import DEFAULT_HTTP_PORT
+from services.generation.inputs import sniff_format
 from services.generation.lifecycle import EventKind
 
 
@@ -55,6 +59,9 @@ REQUEST_TIMEOUT = httpx.Timeout(30.0)
 # not the client's, decides when to reset it (and the client then resumes).
 WATCH_TIMEOUT = httpx.Timeout(30.0, read=None)
 
+# A batch holds at most this many generations (BatchCreateGenerations).
+MAX_COUNT = 4
+_LORA_PATTERN = re.compile(r"(?P<name>[^:\s]+):(?P<weight>[-+]?(\d+(\.\d*)?|\.\d+))", re.ASCII)
 _SIZE_PATTERN = re.compile(r"(?P<width>\d+)[xX](?P<height>\d+)", re.ASCII)
 _BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 _ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -91,7 +98,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance", type=float, metavar="F", help="classifier-free guidance scale (default: 7.5)"
     )
     parser.add_argument(
-        "--out", type=Path, metavar="PATH", help="where to write the PNG (default: <generation id>.png)"
+        "--sampler",
+        metavar="NAME",
+        help="sampler, as InvokeAI names it, e.g. dpmpp_2m (default: the model's)",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        metavar="PATH",
+        help="image-to-image: start from this PNG, JPEG or WebP (<= 10 MB)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=parse_strength,
+        metavar="F",
+        help="with --init: how much of it is repainted, 0 to 1 (default: 0.75)",
+    )
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        metavar="PATH",
+        help="with --init: inpaint where this mask, of the init image's size, is white",
+    )
+    parser.add_argument(
+        "--lora",
+        type=parse_lora,
+        action="append",
+        metavar="NAME:WEIGHT",
+        help="apply a LoRA of the model's family with a weight, e.g. detail:0.8 (repeatable, at most 5)",
+    )
+    parser.add_argument(
+        "--count",
+        type=parse_count,
+        default=1,
+        metavar="N",
+        help=f"images to make, 1 to {MAX_COUNT}, with seeds seed, seed+1, ... (default: 1)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="where to write the PNG; with --count, NAME-1.png, NAME-2.png, ... (default: <generation id>.png)",
     )
     parser.add_argument(
         "--gateway",
@@ -108,40 +155,51 @@ def run(args: argparse.Namespace) -> int:
     """Run `pingvas generate`; return the process exit status."""
     base_url = gateway_url(args.gateway, os.environ)
     size: tuple[int, int] | None = args.size
-    request = GenerationRequest(
-        prompt=args.prompt,
-        model=args.model,
-        width=size[0] if size else None,
-        height=size[1] if size else None,
-        steps=args.steps,
-        seed=args.seed,
-        negative_prompt=args.negative,
-        guidance=args.guidance,
-    )
-    progress = ProgressDisplay(sys.stderr)
     generation_id: str | None = None
+    progress = ProgressDisplay(sys.stderr)
     try:
+        if (args.strength is not None or args.mask is not None) and args.init is None:
+            raise CommandError(
+                "--strength and --mask need --init, the image they apply to", ExitCode.INVALID_INPUT
+            )
         with GatewayClient(base_url, token=os.environ.get("PINGVAS_TOKEN") or None) as gateway:
             if gateway.token is None:
                 gateway.dev_login(args.email or os.environ.get("PINGVAS_EMAIL") or DEFAULT_EMAIL)
             started_at = time.monotonic()
-            generation = gateway.create_generation(request)
-            generation_id = str(generation["id"])
-            outcome = _follow(gateway, generation_id, progress)
-            progress.finish()
-            if outcome.kind != EventKind.SUCCEEDED:
-                raise CommandError(
-                    describe_unsuccessful_end(generation_id, outcome), ExitCode.GENERATION_FAILED
+            request = GenerationRequest(
+                prompt=args.prompt,
+                model=args.model,
+                width=size[0] if size else None,
+                height=size[1] if size else None,
+                steps=args.steps,
+                seed=args.seed,
+                negative_prompt=args.negative,
+                guidance=args.guidance,
+                sampler=args.sampler,
+                strength=args.strength,
+                init_image_id=gateway.upload(args.init) if args.init else None,
+                mask_image_id=gateway.upload(args.mask) if args.mask else None,
+                loras=tuple(args.lora or ()),
+            )
+            if args.count == 1:
+                generations = [gateway.create_generation(request)]
+            else:
+                generations = gateway.create_generations(request, args.count)
+            ids = [str(generation["id"]) for generation in generations]
+            for generation_id, output in zip(ids, output_paths(args.out, ids), strict=True):
+                outcome = _follow(gateway, generation_id, progress)
+                progress.finish()
+                if outcome.kind != EventKind.SUCCEEDED:
+                    raise CommandError(
+                        describe_unsuccessful_end(generation_id, outcome), ExitCode.GENERATION_FAILED
+                    )
+                _write_image(output, gateway.download(str(outcome.payload["imageUrl"])))
+                elapsed = time.monotonic() - started_at
+                print(
+                    f"{generation_id}: wrote {output} in {elapsed:.1f}s "
+                    f"(seed {_as_int(outcome.payload.get('seed'))}, "
+                    f"{_as_int(outcome.payload.get('creditsCharged'))} credits charged)"
                 )
-            image = gateway.download(str(outcome.payload["imageUrl"]))
-            output = args.out or Path(f"{generation_id}.png")
-            _write_image(output, image)
-            elapsed = time.monotonic() - started_at
-        print(
-            f"{generation_id}: wrote {output} in {elapsed:.1f}s "
-            f"(seed {_as_int(outcome.payload.get('seed'))}, "
-            f"{_as_int(outcome.payload.get('creditsCharged'))} credits charged)"
-        )
         return ExitCode.OK
     except CommandError as error:
         progress.finish()
@@ -166,6 +224,11 @@ class GenerationRequest:
     seed: int | None = None
     negative_prompt: str | None = None
     guidance: float | None = None
+    sampler: str | None = None
+    strength: float | None = None
+    init_image_id: str | None = None
+    mask_image_id: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The `Generation` message as proto3 JSON (camelCase), the create call's body."""
@@ -178,8 +241,20 @@ class GenerationRequest:
             "seed": self.seed,
             "negativePrompt": self.negative_prompt,
             "guidance": self.guidance,
+            "sampler": self.sampler,
+            "strength": self.strength,
+            "initImageId": self.init_image_id,
+            "maskImageId": self.mask_image_id,
+            "loras": [{"name": name, "weight": weight} for name, weight in self.loras] or None,
         }
         return {name: value for name, value in fields.items() if value is not None}
+
+    def batch_json(self, count: int) -> dict[str, Any]:
+        """A BatchCreateGenerations body of `count` copies: only the first names the seed, so the
+        server gives the others seed+1, seed+2, ..."""
+        first = self.to_json()
+        others = {name: value for name, value in first.items() if name != "seed"}
+        return {"requests": [{"generation": first}] + [{"generation": others}] * (count - 1)}
 
 
 @dataclass(frozen=True)
@@ -216,6 +291,36 @@ class GatewayClient:
     def create_generation(self, request: GenerationRequest) -> Mapping[str, Any]:
         body = self._call("POST", "/api/v1/generation/create", json=request.to_json())
         return generation_from_response(body)
+
+    def create_generations(self, request: GenerationRequest, count: int) -> list[Mapping[str, Any]]:
+        body = self._call("POST", "/api/v1/generation/batch-create", json=request.batch_json(count))
+        generations = body.get("generations")
+        if not isinstance(generations, list) or len(generations) != count:
+            raise CommandError(
+                "the gateway's batch response does not hold every generation", ExitCode.GENERATION_FAILED
+            )
+        return [generation_from_response(generation) for generation in generations]
+
+    def upload(self, path: Path) -> str:
+        """Upload a local image (CreateUpload, then the PUT to its presigned URL); its upload id."""
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise CommandError(f"cannot read {path}: {error.strerror}", ExitCode.INVALID_INPUT) from error
+        content_type = sniff_format(data)
+        if content_type is None:
+            raise CommandError(f"{path} is not a PNG, JPEG or WebP image", ExitCode.INVALID_INPUT)
+        upload = self._call(
+            "POST", "/api/v1/uploads", json={"contentType": content_type, "sizeBytes": len(data)}
+        )
+        url = str(upload.get("uploadUrl", ""))
+        with _reporting_unreachable(url):
+            response = self._http.put(url, content=data, headers={"content-type": content_type})
+        if response.status_code != httpx.codes.OK:
+            raise CommandError(
+                f"uploading {path} failed: HTTP {response.status_code}", ExitCode.GENERATION_FAILED
+            )
+        return str(upload["id"])
 
     def watch_generation(self, generation_id: str, *, after_sequence: int) -> Iterator[WatchEvent]:
         """The generation's events after `after_sequence`, until the server ends the stream."""
@@ -325,6 +430,43 @@ def parse_size(text: str) -> tuple[int, int]:
     if match is None or int(match["width"]) == 0 or int(match["height"]) == 0:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: expected WIDTHxHEIGHT, e.g. 64x64")
     return int(match["width"]), int(match["height"])
+
+
+def parse_strength(text: str) -> float:
+    """A strength between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"invalid strength {text!r}: expected a number from 0 to 1")
+    return value
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """`NAME:WEIGHT` (e.g. `detail:0.8`) as a LoRA's name and weight."""
+    match = _LORA_PATTERN.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"invalid LoRA {text!r}: expected NAME:WEIGHT, e.g. detail:0.8")
+    return match["name"], float(match["weight"])
+
+
+def parse_count(text: str) -> int:
+    """How many images, 1 to MAX_COUNT."""
+    value = _positive_int(text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: at most {MAX_COUNT} images per call")
+    return value
+
+
+def output_paths(out: Path | None, generation_ids: list[str]) -> list[Path]:
+    """Where each image goes: `out` for one image, `out`'s stem with -1, -2, ... for several,
+    `<generation id>.png` when `out` is unset."""
+    if out is None:
+        return [Path(f"{generation_id}.png") for generation_id in generation_ids]
+    if len(generation_ids) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{index}{out.suffix}") for index in range(1, len(generation_ids) + 1)]
 
 
 def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:

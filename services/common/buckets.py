@@ -11,7 +11,8 @@ caller already owns is success. Each bucket:
 - has the seed's lifecycle: images go to Standard-IA at 30 days and to Glacier Instant Retrieval
   at 90 (Instant Retrieval, not the seed's Deep Archive, so that presigned GETs of old images
   keep working); old versions of every versioned bucket expire after 30 days; logs expire
-  after 30 days and backups after 90 (the seed's retention);
+  after 30 days and backups after 90 (the seed's retention); input images uploaded to the
+  images bucket's `uploads/` expire after a day (a generation that uses one keeps a copy);
 - the images bucket allows the console's origins to GET (CORS), for <img> and fetch.
 
 A call the server does not implement (SeaweedFS has no public access block and no lifecycle
@@ -28,11 +29,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from services.common.settings import ObjectStoreSettings
-from services.common.storage import open_s3_client
+from services.common.storage import UPLOADS_PREFIX, open_s3_client
 
 OLD_VERSIONS_EXPIRE_DAYS = 30
 LOGS_EXPIRE_DAYS = 30
 BACKUPS_EXPIRE_DAYS = 90
+# Input images uploaded for a generation (CreateUpload); a generation that uses one copies it.
+UPLOADS_EXPIRE_DAYS = 1
 UNFINISHED_UPLOADS_ABORT_DAYS = 7
 VERSIONED = ("images", "models", "backups")
 
@@ -73,6 +76,15 @@ def _lifecycle_rules(role: str) -> list[dict[str, Any]]:
                     {"Days": 30, "StorageClass": "STANDARD_IA"},
                     {"Days": 90, "StorageClass": "GLACIER_IR"},
                 ],
+            }
+        )
+    if role == "images":
+        rules.append(
+            {
+                "ID": "uploads-expire",
+                "Status": "Enabled",
+                "Filter": {"Prefix": UPLOADS_PREFIX},
+                "Expiration": {"Days": UPLOADS_EXPIRE_DAYS},
             }
         )
     if role == "logs":

@@ -82,6 +82,16 @@ generations = sa.Table(
     sa.Column("webhook_url", sa.Text),
     sa.Column("webhook_events", ARRAY(sa.Text)),
     sa.Column("api_key_id", UUID(as_uuid=True), sa.ForeignKey("api_keys.id")),
+    # What it runs with beyond text-to-image (migration 0014): the sampler, the input images
+    # (the ids as named, the objects the worker reads), the LoRA set and the mode.
+    sa.Column("sampler", sa.Text, nullable=False, server_default="euler"),
+    sa.Column("strength", sa.Float),
+    sa.Column("init_image_id", sa.Text),
+    sa.Column("init_image_key", sa.Text),
+    sa.Column("mask_image_id", sa.Text),
+    sa.Column("mask_image_key", sa.Text),
+    sa.Column("loras", JSONB, nullable=False, server_default="[]"),
+    sa.Column("mode", sa.Text, nullable=False, server_default="text_to_image"),
 )
 
 # A user's subscriptions, one row per Lemon Squeezy subscription: a returning subscriber has

@@ -484,6 +484,13 @@ class GenerationSettings(ServerSettings):
         description="How often the queue's depth per band is read for the OpenTelemetry gauge "
         "(only while telemetry is on).",
     )
+    upload_url_ttl_seconds: int = Field(
+        900,
+        gt=0,
+        le=24 * 3600,
+        description="How long a CreateUpload's presigned PUT URL works; the object itself expires "
+        "a day after the upload unless a generation uses it (the images bucket's lifecycle).",
+    )
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -25,6 +25,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from services.common.cloudfront import CloudFrontUrls
 from services.common.settings import CloudFrontSettings, ObjectStoreSettings
 
+# Input images (CreateUpload) sit beside the generated ones: an upload under `uploads/`, which
+# the bucket's lifecycle expires after a day, and, once a generation uses it, its copy under
+# `inputs/`, kept. Neither is an image with an `images` row, so `storage gc` leaves both alone.
+UPLOADS_PREFIX = "uploads/"
+INPUTS_PREFIX = "inputs/"
+INPUT_IMAGE_PREFIXES = (UPLOADS_PREFIX, INPUTS_PREFIX)
 PNG_CONTENT_TYPE = "image/png"
 THUMBNAIL_CONTENT_TYPE = "image/webp"
 # Immutable objects, each reachable only through its own presigned URL: a browser keeps them,
@@ -162,6 +168,41 @@ class S3ImageStore:
             raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
         except (BotoCoreError, TimeoutError) as error:
             raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
+
+    async def size(self, key: str) -> int:
+        """The size in bytes of the object under `key`, without reading it (HEAD)."""
+        try:
+            async with asyncio.timeout(self.call_deadline_seconds):
+                reply = await self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectMissing(key) from None
+            raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
+        except (BotoCoreError, TimeoutError) as error:
+            raise ObjectStoreUnavailable(f"reading s3://{self.bucket}/{key} failed: {error!r}") from error
+        return int(reply["ContentLength"])
+
+    async def copy(self, source_key: str, key: str) -> None:
+        """Copy the object under `source_key` to `key`, inside the bucket (no bytes pass here)."""
+        try:
+            async with asyncio.timeout(self.call_deadline_seconds):
+                await self.client.copy_object(
+                    Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}
+                )
+        except (BotoCoreError, ClientError, TimeoutError) as error:
+            raise ObjectStoreUnavailable(
+                f"copying s3://{self.bucket}/{source_key} to {key} failed: {error!r}"
+            ) from error
+
+    async def presigned_put_url(self, key: str, *, content_type: str, size: int, ttl_seconds: int) -> str:
+        """A PUT URL for `key` that works for `ttl_seconds` and only for a body of `size` bytes
+        sent as `content_type`: both headers are signed. Signed locally, no request."""
+        url: str = await self.client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
+            ExpiresIn=ttl_seconds,
+        )
+        return url
 
     async def delete_every_version(self, key: str) -> int:
         """Remove the object under `key` with every version and delete marker the versioned

@@ -15,11 +15,21 @@ from pingvas.rules.v1 import rules_pb2
 
 from services.common.errors import Violations
 
-_Check = Callable[[Message, str, Violations], None]
+# A check of one message at one path; the last argument is the message that holds it (its
+# enclosing request), None at the top, for the rules that look there (`waived_by`).
+_Check = Callable[[Message, str, Violations, Message | None], None]
 
 
 def _has_presence(field: FieldDescriptor) -> bool:
     return field.has_presence and not field.is_repeated
+
+
+def is_set_in(message: Message, name: str) -> bool:
+    """Whether `message`'s field `name` holds a value: present, or non-default without presence."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    if _has_presence(field):
+        return bool(message.HasField(name))
+    return bool(getattr(message, name))
 
 
 def _field_checks(field: FieldDescriptor) -> list[_Check]:
@@ -36,8 +46,15 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
 
     if rules is not None:
 
-        def check_string(value: str, path: str, violations: Violations) -> None:
-            if rules.HasField("min_len") and len(value) < rules.min_len:
+        def waived(container: Message | None) -> bool:
+            return (
+                container is not None
+                and rules.waived_by in container.DESCRIPTOR.fields_by_name
+                and is_set_in(container, rules.waived_by)
+            )
+
+        def check_string(value: str, path: str, violations: Violations, waive: bool) -> None:
+            if rules.HasField("min_len") and len(value) < rules.min_len and not waive:
                 violations.add(path, f"must be at least {rules.min_len} characters")
             if rules.HasField("max_len") and len(value) > rules.max_len:
                 violations.add(path, f"must be at most {rules.max_len} characters")
@@ -45,9 +62,18 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
             if allowed and value and value not in allowed:
                 violations.add(path, "must be one of " + ", ".join(allowed))
 
-        def check_value(message: Message, path: str, violations: Violations) -> None:
+        def check_value(
+            message: Message, path: str, violations: Violations, container: Message | None
+        ) -> None:
+            waive = waived(container)
+            if (
+                field.is_repeated
+                and rules.HasField("max_items")
+                and len(getattr(message, name)) > rules.max_items
+            ):
+                violations.add(path, f"must have at most {rules.max_items} items")
             if not is_set(message):
-                if rules.required:
+                if rules.required and not waive:
                     violations.add(path, "is required")
                     return
                 # An absent optional field takes its documented default; only values the caller
@@ -63,7 +89,7 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
                     else [(path, value)]
                 )
                 for item_path, item in items:
-                    check_string(item, item_path, violations)
+                    check_string(item, item_path, violations, waive)
             elif field.cpp_type in (
                 FieldDescriptor.CPPTYPE_INT32,
                 FieldDescriptor.CPPTYPE_INT64,
@@ -90,7 +116,9 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
     if field.type == FieldDescriptor.TYPE_STRING:
         # Whatever its rules: PostgreSQL's text cannot hold a NUL character, and a string that
         # reaches a query must not fail there as an internal error.
-        def check_no_nul(message: Message, path: str, violations: Violations) -> None:
+        def check_no_nul(
+            message: Message, path: str, violations: Violations, container: Message | None
+        ) -> None:
             value = getattr(message, name)
             items = enumerate(value) if field.is_repeated else [(None, value)]
             for index, item in items:
@@ -100,15 +128,20 @@ def _field_checks(field: FieldDescriptor) -> list[_Check]:
 
         checks.append(check_no_nul)
 
-    if field.message_type is not None and not field.is_repeated:
+    if field.message_type is not None and not field.message_type.GetOptions().map_entry:
         nested = _message_checks(field.message_type)
         if nested:
 
-            def check_nested(message: Message, path: str, violations: Violations) -> None:
-                if message.HasField(name):
-                    sub = getattr(message, name)
+            def check_nested(
+                message: Message, path: str, violations: Violations, container: Message | None
+            ) -> None:
+                if field.is_repeated:
+                    items = [(f"{path}[{index}]", item) for index, item in enumerate(getattr(message, name))]
+                else:
+                    items = [(path, getattr(message, name))] if message.HasField(name) else []
+                for item_path, sub in items:
                     for nested_check in nested:
-                        nested_check(sub, path, violations)
+                        nested_check(sub, item_path, violations, message)
 
             checks.append(check_nested)
     return checks
@@ -124,11 +157,12 @@ def _message_checks(descriptor: Descriptor) -> tuple[_Check, ...]:
                 message: Message,
                 path: str,
                 violations: Violations,
+                container: Message | None,
                 *,
                 _c: _Check = check,
                 _f: FieldDescriptor = field,
             ) -> None:
-                _c(message, f"{path}.{_f.name}" if path else _f.name, violations)
+                _c(message, f"{path}.{_f.name}" if path else _f.name, violations, container)
 
             checks.append(at_field)
     return tuple(checks)
@@ -138,5 +172,5 @@ def validate(message: Message) -> None:
     """Raise InvalidInput listing every broken rule of `message` (and its nested messages)."""
     violations = Violations()
     for check in _message_checks(message.DESCRIPTOR):
-        check(message, "", violations)
+        check(message, "", violations, None)
     violations.raise_if_any()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.common.database import Database
-from services.common.storage import S3ImageStore, StoredObject
+from services.common.storage import INPUT_IMAGE_PREFIXES, S3ImageStore, StoredObject
 from services.gallery.repository import ImageRepository
 
 SYSTEM_PURPOSE = "storage gc: which objects have an images row"
@@ -60,6 +60,8 @@ class OrphanCollector:
         cutoff = now - grace
         batch: list[StoredObject] = []
         async for stored in self.store.stored_objects(prefix):
+            if stored.key.startswith(INPUT_IMAGE_PREFIXES):
+                continue  # input images, not gallery images: no row records them
             if stored.last_modified <= cutoff:
                 batch.append(stored)
             if len(batch) == self.batch_size:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import REGCONFIG
@@ -15,8 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.pagination import Position, newest_first
 from services.common.schema import generations, images
 
-# What a record holds: every column but the search vector the database derives.
-_RECORD_COLUMNS = [column for column in images.c if column.name != "prompt_search"]
+# What a record holds: every column but the search vector the database derives, and the rest of
+# the recipe, which its generation's row keeps (an image's id is its generation's).
+_RECIPE_COLUMNS = ("sampler", "strength", "mode", "loras", "init_image_id", "mask_image_id")
+_RECORD_COLUMNS = [
+    *(column for column in images.c if column.name != "prompt_search"),
+    *(generations.c[name] for name in _RECIPE_COLUMNS),
+]
+_WITH_RECIPE = images.join(generations, generations.c.id == images.c.id)
 SEARCH_CONFIGURATION = "english"  # the configuration prompt_search is built with (0012)
 
 
@@ -45,6 +52,13 @@ class ImageRecord(StoredImage):
     created_at: datetime
     starred: bool
     board: str
+    # The rest of the recipe, from its generation's row (migration 0014).
+    sampler: str
+    strength: float | None
+    mode: str
+    loras: list[dict[str, Any]]
+    init_image_id: str | None
+    mask_image_id: str | None
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ class ImageRepository:
         self, conn: AsyncConnection, image_id: uuid.UUID, *, user_id: uuid.UUID | None = None
     ) -> ImageRecord | None:
         """One image by id: the user's (a tenant transaction), or anyone's (the system role's)."""
-        query = sa.select(*_RECORD_COLUMNS).where(images.c.id == image_id)
+        query = sa.select(*_RECORD_COLUMNS).select_from(_WITH_RECIPE).where(images.c.id == image_id)
         if user_id is not None:
             query = query.where(images.c.user_id == user_id)
         row = (await conn.execute(query)).one_or_none()
@@ -113,7 +127,11 @@ class ImageRepository:
     ) -> list[ImageRecord]:
         """The user's images that pass the filter, newest first, after the (created_at, id) of
         the last one served: a keyset walk of images_by_user_newest (or a filter's index)."""
-        query = sa.select(*_RECORD_COLUMNS).where(images.c.user_id == user_id, *_conditions(wanted))
+        query = (
+            sa.select(*_RECORD_COLUMNS)
+            .select_from(_WITH_RECIPE)
+            .where(images.c.user_id == user_id, *_conditions(wanted))
+        )
         query = newest_first(query, images, after=after, limit=limit)
         return [ImageRecord(**row._mapping) for row in await conn.execute(query)]
 
@@ -124,15 +142,10 @@ class ImageRepository:
         values = {name: value for name, value in change.__dict__.items() if value is not None}
         if not values:
             return await self.get(conn, image_id, user_id=user_id)
-        row = (
-            await conn.execute(
-                sa.update(images)
-                .where(images.c.id == image_id, images.c.user_id == user_id)
-                .values(**values)
-                .returning(*_RECORD_COLUMNS)
-            )
-        ).one_or_none()
-        return None if row is None else ImageRecord(**row._mapping)
+        await conn.execute(
+            sa.update(images).where(images.c.id == image_id, images.c.user_id == user_id).values(**values)
+        )
+        return await self.get(conn, image_id, user_id=user_id)
 
     async def delete(
         self, conn: AsyncConnection, image_id: uuid.UUID, *, user_id: uuid.UUID

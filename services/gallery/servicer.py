@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.gallery.v1 import gallery_resources_pb2 as resources
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
+from pingvas.generation.v1.generation_resources_pb2 import GenerationMode, LoraWeight
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import FieldViolation, InvalidInput
@@ -46,6 +47,12 @@ def image_to_proto(image: GalleryImage) -> resources.Image:
         create_time=created,
         starred=record.starred,
         board=record.board,
+        sampler=record.sampler,
+        mode=GenerationMode.Value(f"GENERATION_MODE_{record.mode.upper()}"),
+        strength=record.strength,
+        loras=[LoraWeight(name=lora["name"], weight=lora["weight"]) for lora in record.loras],
+        init_image_id=record.init_image_id or "",
+        mask_image_id=record.mask_image_id or "",
     )
 
 

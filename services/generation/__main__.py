@@ -41,6 +41,7 @@ from services.generation.delivery import Delivery
 from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub
 from services.generation.events import EventLog
 from services.generation.generations import Generations
+from services.generation.inputs import InputImages
 from services.generation.model_store import open_model_store
 from services.generation.queue import TierQueue
 from services.generation.queue_metrics import QueueDepthEndpoint, QueueDepthGauge
@@ -79,12 +80,19 @@ async def main() -> None:
     )
     catalog = ModelCatalog(models, refresh_interval_seconds=model_store.catalog_refresh_seconds)
     await catalog.refresh()
+    inputs = InputImages(
+        database=database,
+        repository=repository,
+        images=images,
+        upload_url_ttl_seconds=settings.upload_url_ttl_seconds,
+    )
     acceptance = Acceptance(
         database=database,
         repository=repository,
         ledger=ledger,
         pricing=pricing,
         catalog=catalog,
+        inputs=inputs,
         default_model=settings.default_model,
         queue=queue,
         events=events,

@@ -13,10 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.pagination import Position, newest_first
-from services.common.schema import generations, users
+from services.common.schema import generations, images, users
 from services.common.storage import ImageKeys
 from services.generation.failures import Failure, FailureCode
 from services.generation.lifecycle import LIVE_STATES, TERMINAL_STATES, GenerationState
+from services.generation.modes import GenerationMode, LoraWeight, lora_set_key, steps_run
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,16 @@ class GenerationRecord:
     webhook_url: str | None
     webhook_events: tuple[str, ...] | None
     api_key_id: uuid.UUID | None
+    # Beyond text-to-image (migration 0014): the sampler used, the img2img strength (None for
+    # text-to-image), the input images as named and the objects the worker reads, the LoRAs.
+    sampler: str
+    strength: float | None
+    init_image_id: str | None
+    init_image_key: str | None
+    mask_image_id: str | None
+    mask_image_key: str | None
+    loras: tuple[LoraWeight, ...]
+    mode: GenerationMode
 
     @property
     def run_label(self) -> str:
@@ -76,8 +87,20 @@ class GenerationRecord:
 
     @property
     def batch_key(self) -> str:
-        """The run settings one pipeline call shares across a batch; prompts and seeds may differ."""
-        return f"{self.model}|{self.width}x{self.height}|{self.steps}|{self.guidance:g}"
+        """The run settings one pipeline call shares across a batch; prompts, seeds and input
+        images may differ. The sampler, the mode (with its strength, which sets the steps run)
+        and the LoRA set are the pipeline's own configuration, so they split batches."""
+        strength = "" if self.strength is None else f"{self.strength:g}"
+        return (
+            f"{self.model}|{self.width}x{self.height}|{self.steps}|{self.guidance:g}"
+            f"|{self.sampler}|{self.mode}{strength and '@' + strength}|{lora_set_key(self.loras)}"
+        )
+
+    @property
+    def steps_run(self) -> int:
+        """The denoising steps the run takes: img2img and inpainting skip the first
+        (1 - strength) of the schedule."""
+        return steps_run(self.steps, self.strength)
 
     @classmethod
     def from_row(cls, row: Any) -> GenerationRecord:
@@ -88,8 +111,20 @@ class GenerationRecord:
                 **values,
                 "state": GenerationState(values["state"]),
                 "webhook_events": None if events is None else tuple(events),
+                "loras": tuple(LoraWeight.from_json(lora) for lora in values["loras"]),
+                "mode": GenerationMode(values["mode"]),
             }
         )
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    """An object of the images bucket a generation may start from, with what its row says."""
+
+    key: str
+    size_bytes: int
+    width: int
+    height: int
 
 
 def live_count_query(user_id: uuid.UUID, *, at_most: int) -> sa.Select[Any]:
@@ -141,6 +176,33 @@ class GenerationRepository:
         self, conn: AsyncConnection, user_id: uuid.UUID, request_id: str
     ) -> GenerationRecord | None:
         return await self._one(conn, generations.c.user_id == user_id, generations.c.request_id == request_id)
+
+    async def image_object(
+        self, conn: AsyncConnection, user_id: uuid.UUID, image_id: uuid.UUID
+    ) -> StoredInput | None:
+        """The PNG of one of the user's gallery images, as an input of a new generation."""
+        row = (
+            await conn.execute(
+                sa.select(images.c.object_key, images.c.size_bytes, images.c.width, images.c.height).where(
+                    images.c.id == image_id, images.c.user_id == user_id
+                )
+            )
+        ).one_or_none()
+        return None if row is None else StoredInput(row.object_key, row.size_bytes, row.width, row.height)
+
+    async def made_image(
+        self, conn: AsyncConnection, user_id: uuid.UUID, image_id: uuid.UUID
+    ) -> GenerationRecord | None:
+        """The generation that made one of the user's gallery images (an image's id is its
+        generation's), for "use again"; None once the image is deleted."""
+        row = (
+            await conn.execute(
+                sa.select(generations)
+                .join(images, images.c.id == generations.c.id)
+                .where(images.c.id == image_id, images.c.user_id == user_id)
+            )
+        ).one_or_none()
+        return None if row is None else GenerationRecord.from_row(row)
 
     @staticmethod
     async def _one(conn: AsyncConnection, *where: sa.ColumnElement[bool]) -> GenerationRecord | None:

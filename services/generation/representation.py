@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 
 from services.common.storage import ImageUrls
+from services.generation.inputs import Upload
 from services.generation.repository import GenerationRecord
 
 
@@ -47,4 +48,22 @@ def generation_to_proto(record: GenerationRecord, urls: ImageUrls | None) -> res
         failure_code=failure.code if failure else "",
         incident_id=failure.incident_id if failure else "",
         attempt=record.attempt,
+        sampler=record.sampler,
+        strength=record.strength,
+        init_image_id=record.init_image_id or "",
+        mask_image_id=record.mask_image_id or "",
+        loras=[resources.LoraWeight(name=lora.name, weight=lora.weight) for lora in record.loras],
+        mode=resources.GenerationMode.Value(f"GENERATION_MODE_{record.mode.upper()}"),
+    )
+
+
+def upload_to_proto(upload: Upload) -> resources.Upload:
+    return resources.Upload(
+        name=f"users/{upload.user_id}/uploads/{upload.id}",
+        id=str(upload.id),
+        upload_url=upload.url,
+        content_type=upload.content_type,
+        size_bytes=upload.size_bytes,
+        upload_expire_time=_timestamp(upload.url_expires_at),
+        expire_time=_timestamp(upload.expires_at),
     )

@@ -13,10 +13,12 @@ from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from services.common.auth import Principal, TokenVerifier
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, server_stream, unary
-from services.generation.acceptance import Acceptance, GenerationSpec, WebhookRequest
+from services.generation.acceptance import Acceptance, BatchItem, GenerationSpec, WebhookRequest
+from services.generation.catalog import ModelKind
 from services.generation.generations import Generations, parse_generation_id
+from services.generation.modes import LoraWeight
 from services.generation.repository import GenerationRecord
-from services.generation.representation import generation_to_proto
+from services.generation.representation import generation_to_proto, upload_to_proto
 from services.generation.stream_slots import StreamSlots
 from services.generation.watching import Watching
 
@@ -38,6 +40,11 @@ def spec_from_proto(generation: resources.Generation) -> GenerationSpec:
         steps=optional("steps"),
         seed=optional("seed"),
         guidance=optional("guidance"),
+        sampler=generation.sampler,
+        strength=optional("strength"),
+        init_image_id=generation.init_image_id,
+        mask_image_id=generation.mask_image_id,
+        loras=tuple(LoraWeight(name=lora.name, weight=lora.weight) for lora in generation.loras),
     )
 
 
@@ -83,8 +90,40 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
             request.request_id,
             webhook=webhook_from_proto(request),
             api_key_id=caller.api_key_id,
+            from_image_id=request.from_image_id,
         )
         return await self._proto(record)
+
+    @unary
+    async def BatchCreateGenerations(
+        self, request: pb.BatchCreateGenerationsRequest, caller: Principal, context: Context
+    ) -> pb.BatchCreateGenerationsResponse:
+        records = await self.acceptance.create_batch(
+            caller.user_id,
+            [
+                BatchItem(
+                    spec=spec_from_proto(item.generation),
+                    webhook=webhook_from_proto(item),
+                    from_image_id=item.from_image_id,
+                    request_id=item.request_id,
+                )
+                for item in request.requests
+            ],
+            parent=request.parent,
+            api_key_id=caller.api_key_id,
+        )
+        return pb.BatchCreateGenerationsResponse(
+            generations=[await self._proto(record) for record in records]
+        )
+
+    @unary
+    async def CreateUpload(
+        self, request: pb.CreateUploadRequest, caller: Principal, context: Context
+    ) -> resources.Upload:
+        upload = await self.acceptance.inputs.create_upload(
+            caller.user_id, content_type=request.content_type, size_bytes=request.size_bytes
+        )
+        return upload_to_proto(upload)
 
     @unary
     async def GetGeneration(
@@ -109,6 +148,11 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer, Endpoint):
                     min_size=model.min_size,
                     max_size=model.max_size,
                     default=model.name == self.acceptance.default_model,
+                    family=model.family,
+                    samplers=[str(sampler) for sampler in model.samplers]
+                    if model.kind == ModelKind.PIPELINE
+                    else [],
+                    kind=model.kind,
                 )
                 for model in models
             ],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,8 @@ from services.cli.generate import (
     gateway_url,
     generation_from_response,
     iter_sse_data,
+    output_paths,
+    parse_lora,
     parse_size,
     parse_watch_event,
     render_progress,
@@ -96,7 +99,61 @@ def test_arguments_parse_into_a_generation_request() -> None:
     assert (args.steps, args.seed, args.negative, args.guidance, args.out) == (4, 7, "blur", None, None)
 
 
-@pytest.mark.parametrize("argv", [["fox", "--steps", "0"], ["fox", "--seed", "-1"], ["fox", "--size", "big"]])
+def test_image_to_image_lora_sampler_and_count_arguments() -> None:
+    args = _parser().parse_args(
+        [
+            "a fox, oil painting",
+            "--init",
+            "fox.png",
+            "--strength",
+            "0.6",
+            "--mask",
+            "mask.png",
+            "--sampler",
+            "dpmpp_2m",
+            "--lora",
+            "detail:0.8",
+            "--lora",
+            "tiny-lora:-1.5",
+            "--count",
+            "4",
+        ]
+    )
+
+    assert (args.init, args.strength, args.mask, args.sampler) == (
+        Path("fox.png"),
+        0.6,
+        Path("mask.png"),
+        "dpmpp_2m",
+    )
+    assert (args.lora, args.count) == ([("detail", 0.8), ("tiny-lora", -1.5)], 4)
+    assert _parser().parse_args(["fox"]).count == 1
+
+
+@pytest.mark.parametrize(("text", "lora"), [("detail:0.8", ("detail", 0.8)), ("a.b-c:1", ("a.b-c", 1.0))])
+def test_lora_is_name_colon_weight(text: str, lora: tuple[str, float]) -> None:
+    assert parse_lora(text) == lora
+
+
+@pytest.mark.parametrize("text", ["detail", "detail:", ":0.8", "detail:heavy", "a b:1", "detail:0.8:1"])
+def test_malformed_loras_are_rejected(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME:WEIGHT"):
+        parse_lora(text)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fox", "--steps", "0"],
+        ["fox", "--seed", "-1"],
+        ["fox", "--size", "big"],
+        ["fox", "--count", "0"],
+        ["fox", "--count", "5"],
+        ["fox", "--strength", "1.5"],
+        ["fox", "--strength", "much"],
+        ["fox", "--lora", "detail"],
+    ],
+)
 def test_invalid_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         _parser().parse_args(argv)
@@ -115,6 +172,44 @@ def test_request_body_is_camel_case_and_leaves_unset_options_to_the_server() -> 
         "seed": 0,
         "negativePrompt": "blur",
     }
+
+
+def test_image_to_image_request_body_names_inputs_sampler_and_loras() -> None:
+    request = GenerationRequest(
+        prompt="fox",
+        sampler="dpmpp_2m",
+        strength=0.0,
+        init_image_id="u1",
+        mask_image_id="u2",
+        loras=(("detail", 0.8),),
+    )
+
+    assert request.to_json() == {
+        "prompt": "fox",
+        "sampler": "dpmpp_2m",
+        "strength": 0.0,
+        "initImageId": "u1",
+        "maskImageId": "u2",
+        "loras": [{"name": "detail", "weight": 0.8}],
+    }
+
+
+def test_a_batch_names_the_seed_once_so_the_server_counts_up_from_it() -> None:
+    body = GenerationRequest(prompt="fox", seed=7).batch_json(3)
+
+    assert body == {
+        "requests": [
+            {"generation": {"prompt": "fox", "seed": 7}},
+            {"generation": {"prompt": "fox"}},
+            {"generation": {"prompt": "fox"}},
+        ]
+    }
+
+
+def test_several_images_are_written_beside_the_out_name() -> None:
+    assert output_paths(Path("out/fox.png"), ["a", "b"]) == [Path("out/fox-1.png"), Path("out/fox-2.png")]
+    assert output_paths(Path("fox.png"), ["a"]) == [Path("fox.png")]
+    assert output_paths(None, ["a", "b"]) == [Path("a.png"), Path("b.png")]
 
 
 @pytest.mark.parametrize(

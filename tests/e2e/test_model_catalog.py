@@ -26,6 +26,9 @@ def test_the_catalog_lists_the_installed_models_page_by_page(rest: httpx.Client,
         "minSize": 32,
         "maxSize": 128,
         "default": True,
+        "family": "sd15",
+        "samplers": ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_k", "ddim", "unipc", "lms", "heun"],
+        "kind": "pipeline",
     }
     assert by_id["tiny-sd-b"] == {
         **by_id["tiny-sd"],

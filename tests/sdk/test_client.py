@@ -121,6 +121,19 @@ def test_errors_are_typed_from_the_servers_rich_status(mesh: RunningMesh, new_ac
             client.generations.get(str(uuid.uuid4()))
         assert missing.value.reason == "NOT_FOUND"
 
+        # Issue 15's options reach the server: each refusal names its field.
+        with pytest.raises(pingvas.InvalidArgument) as img2img:
+            client.generations.create(
+                "a fox", sampler="no-such-sampler", strength=0.5, loras=[("no-such-lora", 0.8)]
+            )
+        assert sorted(v.field for v in img2img.value.field_violations) == [
+            "generation.loras[0].name",
+            "generation.sampler",
+            "generation.strength",
+        ]
+        with pytest.raises(pingvas.NotFound):
+            client.generations.create("", from_image_id=str(uuid.uuid4()))
+
         drained = mesh.pingvas("admin", "grant-credits", account.email, "-100")
         assert drained.returncode == 0, drained.stderr
         with pytest.raises(pingvas.InsufficientCredits) as broke:

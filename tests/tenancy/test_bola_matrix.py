@@ -104,6 +104,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "BillingService.GetCreditBalance": {},
     "BillingService.ListCreditEntries": {},
     "GenerationService.CreateGeneration": {"generation": _GENERATION},
+    "GenerationService.BatchCreateGenerations": {"requests": [{"generation": _GENERATION}]},
+    "GenerationService.CreateUpload": {"contentType": "image/png", "sizeBytes": "100"},
     "GenerationService.GetGeneration": {"generationId": "{generation}"},
     "GenerationService.ListGenerations": {},
     "GenerationService.CancelGeneration": {"generationId": "{fresh generation}"},

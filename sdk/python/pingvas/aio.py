@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import grpc
@@ -82,6 +82,12 @@ class AsyncGenerations:
         negative_prompt: str | None = None,
         guidance: float | None = None,
         request_id: str | None = None,
+        sampler: str | None = None,
+        strength: float | None = None,
+        init_image_id: str | None = None,
+        mask_image_id: str | None = None,
+        loras: Sequence[tuple[str, float]] = (),
+        from_image_id: str | None = None,
     ) -> generation_resources_pb2.Generation:
         request = create_request(
             prompt,
@@ -93,6 +99,12 @@ class AsyncGenerations:
             negative_prompt=negative_prompt,
             guidance=guidance,
             request_id=request_id,
+            sampler=sampler,
+            strength=strength,
+            init_image_id=init_image_id,
+            mask_image_id=mask_image_id,
+            loras=loras,
+            from_image_id=from_image_id,
         )
         return await _unary(self._connection, self._stub.CreateGeneration, request)
 

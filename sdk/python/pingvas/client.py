@@ -12,7 +12,7 @@ typed methods do not cover: `pingvas.generation.v1`, `pingvas.gallery.v1`, ...
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import grpc
@@ -84,6 +84,12 @@ class Generations:
         negative_prompt: str | None = None,
         guidance: float | None = None,
         request_id: str | None = None,
+        sampler: str | None = None,
+        strength: float | None = None,
+        init_image_id: str | None = None,
+        mask_image_id: str | None = None,
+        loras: Sequence[tuple[str, float]] = (),
+        from_image_id: str | None = None,
     ) -> generation_resources_pb2.Generation:
         """Queue a generation and return it (QUEUED). `request_id` is the idempotency key; the
         SDK makes one when it is not given, so a retried create never makes a second one."""
@@ -97,6 +103,12 @@ class Generations:
             negative_prompt=negative_prompt,
             guidance=guidance,
             request_id=request_id,
+            sampler=sampler,
+            strength=strength,
+            init_image_id=init_image_id,
+            mask_image_id=mask_image_id,
+            loras=loras,
+            from_image_id=from_image_id,
         )
         generation: generation_resources_pb2.Generation = _unary(
             self._connection, self._stub.CreateGeneration, request

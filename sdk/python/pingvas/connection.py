@@ -7,6 +7,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -158,13 +159,33 @@ def create_request(
     negative_prompt: str | None,
     guidance: float | None,
     request_id: str | None,
+    sampler: str | None = None,
+    strength: float | None = None,
+    init_image_id: str | None = None,
+    mask_image_id: str | None = None,
+    loras: Sequence[tuple[str, float]] = (),
+    from_image_id: str | None = None,
 ) -> generation_service_pb2.CreateGenerationRequest:
     """A CreateGenerationRequest; unset options are left to the server's documented defaults,
-    and the idempotency key is a new one unless the caller brings its own."""
+    and the idempotency key is a new one unless the caller brings its own. `loras` are
+    (name, weight) pairs; `from_image_id` starts from a gallery image's parameters."""
     generation = generation_resources_pb2.Generation(
-        prompt=prompt, model=model or "", negative_prompt=negative_prompt or ""
+        prompt=prompt,
+        model=model or "",
+        negative_prompt=negative_prompt or "",
+        sampler=sampler or "",
+        init_image_id=init_image_id or "",
+        mask_image_id=mask_image_id or "",
+        loras=[generation_resources_pb2.LoraWeight(name=name, weight=weight) for name, weight in loras],
     )
-    options = {"width": width, "height": height, "steps": steps, "seed": seed, "guidance": guidance}
+    options = {
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "seed": seed,
+        "guidance": guidance,
+        "strength": strength,
+    }
     violations = []
     for name, value in options.items():
         if value is None:
@@ -180,7 +201,7 @@ def create_request(
         invalid.field_violations = violations
         raise invalid
     return generation_service_pb2.CreateGenerationRequest(
-        generation=generation, request_id=request_id or str(uuid.uuid4())
+        generation=generation, request_id=request_id or str(uuid.uuid4()), from_image_id=from_image_id or ""
     )
 
 

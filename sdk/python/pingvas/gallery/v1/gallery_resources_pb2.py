@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from pingvas.generation.v1 import generation_resources_pb2 as pingvas_dot_generation_dot_v1_dot_generation__resources__pb2
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*pingvas/gallery/v1/gallery_resources.proto\x12\x12pingvas.gallery.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\x96\x03\n\x05Image\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prompt\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05width\x18\x06 \x01(\rB\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x07 \x01(\rB\x04\xe2\x41\x01\x03\x12\x12\n\x04seed\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnegative_prompt\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05steps\x18\x0c \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08guidance\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x0e \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07starred\x18\x0f \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x19\n\x05\x62oard\x18\x10 \x01(\tB\n\xe2\x41\x01\x01\xa2\xb8\x19\x02\x18\x64\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*pingvas/gallery/v1/gallery_resources.proto\x12\x12pingvas.gallery.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x30pingvas/generation/v1/generation_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\x84\x05\n\x05Image\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06prompt\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05width\x18\x06 \x01(\rB\x04\xe2\x41\x01\x03\x12\x14\n\x06height\x18\x07 \x01(\rB\x04\xe2\x41\x01\x03\x12\x12\n\x04seed\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnegative_prompt\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05steps\x18\x0c \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08guidance\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x0e \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07starred\x18\x0f \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x19\n\x05\x62oard\x18\x10 \x01(\tB\n\xe2\x41\x01\x01\xa2\xb8\x19\x02\x18\x64\x12\x15\n\x07sampler\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x04mode\x18\x12 \x01(\x0e\x32%.pingvas.generation.v1.GenerationModeB\x04\xe2\x41\x01\x03\x12\x1b\n\x08strength\x18\x13 \x01(\x02\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x36\n\x05loras\x18\x14 \x03(\x0b\x32!.pingvas.generation.v1.LoraWeightB\x04\xe2\x41\x01\x03\x12\x1b\n\rinit_image_id\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rmask_image_id\x18\x16 \x01(\tB\x04\xe2\x41\x01\x03\x42\x0b\n\t_strengthb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,6 +67,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE'].fields_by_name['starred']._serialized_options = b'\342A\001\001'
   _globals['_IMAGE'].fields_by_name['board']._loaded_options = None
   _globals['_IMAGE'].fields_by_name['board']._serialized_options = b'\342A\001\001\242\270\031\002\030d'
-  _globals['_IMAGE']._serialized_start=163
-  _globals['_IMAGE']._serialized_end=569
+  _globals['_IMAGE'].fields_by_name['sampler']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['sampler']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['mode']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['mode']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['strength']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['strength']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['loras']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['loras']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['init_image_id']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['init_image_id']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE'].fields_by_name['mask_image_id']._loaded_options = None
+  _globals['_IMAGE'].fields_by_name['mask_image_id']._serialized_options = b'\342A\001\003'
+  _globals['_IMAGE']._serialized_start=213
+  _globals['_IMAGE']._serialized_end=857
 # @@protoc_insertion_point(module_scope)

@@ -27,13 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0pingvas/generation/v1/generation_resources.proto\x12\x15pingvas.generation.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\xfb\x06\n\nGeneration\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x05state\x18\x03 \x01(\x0e\x32&.pingvas.generation.v1.GenerationStateB\x04\xe2\x41\x01\x03\x12\x1f\n\x06prompt\x18\x04 \x01(\tB\x0f\xe2\x41\x01\x02\xa2\xb8\x19\x07\x08\x01\x10\x01\x18\xd0\x0f\x12$\n\x0fnegative_prompt\x18\x05 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\xd0\x0f\x12\x1a\n\x05model\x18\x06 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12#\n\x05width\x18\x07 \x01(\rB\x0f\xe2\x41\x01\x01\xa2\xb8\x19\x07 \x08(\x80 0\x08H\x00\x88\x01\x01\x12$\n\x06height\x18\x08 \x01(\rB\x0f\xe2\x41\x01\x01\xa2\xb8\x19\x07 \x08(\x80 0\x08H\x01\x88\x01\x01\x12!\n\x05steps\x18\t \x01(\rB\r\xe2\x41\x01\x01\xa2\xb8\x19\x05 \x01(\x96\x01H\x02\x88\x01\x01\x12#\n\x04seed\x18\n \x01(\x03\x42\x10\xe2\x41\x01\x01\xa2\xb8\x19\x08 \x00(\xff\xff\xff\xff\x0fH\x03\x88\x01\x01\x12\x31\n\x08guidance\x18\x0b \x01(\x02\x42\x1a\xe2\x41\x01\x01\xa2\xb8\x19\x12\x39\x00\x00\x00\x00\x00\x00\x00\x00\x41\x00\x00\x00\x00\x00\x00>@H\x04\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\timage_url\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bgpu_seconds\x18\x10 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63redits_held\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63redits_charged\x18\x12 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x14 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66\x61ilure_code\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bincident_id\x18\x16 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\x17 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05image\x18\x18 \x01(\tB\x04\xe2\x41\x01\x03\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x07\n\x05_seedB\x0b\n\t_guidance\"*\n\x10GenerationQueued\x12\x16\n\x08position\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\"*\n\x11GenerationStarted\x12\x15\n\x07\x61ttempt\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\"{\n\x12GenerationProgress\x12\x12\n\x04step\x18\x01 \x01(\rB\x04\xe2\x41\x01\x03\x12\x19\n\x0btotal_steps\x18\x02 \x01(\rB\x04\xe2\x41\x01\x03\x12\x15\n\x07preview\x18\x03 \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11preview_mime_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\"\x99\x01\n\x13GenerationSucceeded\x12\x17\n\timage_url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04seed\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bgpu_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63redits_charged\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\"W\n\x10GenerationFailed\x12\x14\n\x06reason\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x63ode\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bincident_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"0\n\x13GenerationCancelled\x12\x19\n\x0bwas_running\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x03\"\x8f\x01\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bnative_size\x18\x03 \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08min_size\x18\x04 \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08max_size\x18\x05 \x01(\rB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x65\x66\x61ult\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03*\xcb\x01\n\x0fGenerationState\x12 \n\x1cGENERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17GENERATION_STATE_QUEUED\x10\x01\x12\x1c\n\x18GENERATION_STATE_RUNNING\x10\x02\x12\x1e\n\x1aGENERATION_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17GENERATION_STATE_FAILED\x10\x04\x12\x1e\n\x1aGENERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0pingvas/generation/v1/generation_resources.proto\x12\x15pingvas.generation.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpingvas/rules/v1/rules.proto\"U\n\nLoraWeight\x12\x1b\n\x04name\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x01\x12*\n\x06weight\x18\x02 \x01(\x02\x42\x1a\xe2\x41\x01\x01\xa2\xb8\x19\x12\x39\x00\x00\x00\x00\x00\x00$\xc0\x41\x00\x00\x00\x00\x00\x00$@\"\xa8\t\n\nGeneration\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x05state\x18\x03 \x01(\x0e\x32&.pingvas.generation.v1.GenerationStateB\x04\xe2\x41\x01\x03\x12.\n\x06prompt\x18\x04 \x01(\tB\x1e\xe2\x41\x01\x02\xa2\xb8\x19\x16\x08\x01\x10\x01\x18\xd0\x0fZ\rfrom_image_id\x12$\n\x0fnegative_prompt\x18\x05 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\xd0\x0f\x12\x1a\n\x05model\x18\x06 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12#\n\x05width\x18\x07 \x01(\rB\x0f\xe2\x41\x01\x01\xa2\xb8\x19\x07 \x08(\x80 0\x08H\x00\x88\x01\x01\x12$\n\x06height\x18\x08 \x01(\rB\x0f\xe2\x41\x01\x01\xa2\xb8\x19\x07 \x08(\x80 0\x08H\x01\x88\x01\x01\x12!\n\x05steps\x18\t \x01(\rB\r\xe2\x41\x01\x01\xa2\xb8\x19\x05 \x01(\x96\x01H\x02\x88\x01\x01\x12#\n\x04seed\x18\n \x01(\x03\x42\x10\xe2\x41\x01\x01\xa2\xb8\x19\x08 \x00(\xff\xff\xff\xff\x0fH\x03\x88\x01\x01\x12\x31\n\x08guidance\x18\x0b \x01(\x02\x42\x1a\xe2\x41\x01\x01\xa2\xb8\x19\x12\x39\x00\x00\x00\x00\x00\x00\x00\x00\x41\x00\x00\x00\x00\x00\x00>@H\x04\x88\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\timage_url\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bgpu_seconds\x18\x10 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63redits_held\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63redits_charged\x18\x12 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x13 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x14 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66\x61ilure_code\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bincident_id\x18\x16 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\x17 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05image\x18\x18 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\x07sampler\x18\x19 \x01(\tB\n\xe2\x41\x01\x01\xa2\xb8\x19\x02\x18 \x12\x31\n\x08strength\x18\x1a \x01(\x02\x42\x1a\xe2\x41\x01\x01\xa2\xb8\x19\x12\x39\x00\x00\x00\x00\x00\x00\x00\x00\x41\x00\x00\x00\x00\x00\x00\xf0?H\x05\x88\x01\x01\x12\"\n\rinit_image_id\x18\x1b \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12\"\n\rmask_image_id\x18\x1c \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12<\n\x05loras\x18\x1d \x03(\x0b\x32!.pingvas.generation.v1.LoraWeightB\n\xe2\x41\x01\x01\xa2\xb8\x19\x02P\x05\x12\x39\n\x04mode\x18\x1e \x01(\x0e\x32%.pingvas.generation.v1.GenerationModeB\x04\xe2\x41\x01\x03\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x07\n\x05_seedB\x0b\n\t_guidanceB\x0b\n\t_strength\"*\n\x10GenerationQueued\x12\x16\n\x08position\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\"*\n\x11GenerationStarted\x12\x15\n\x07\x61ttempt\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\"{\n\x12GenerationProgress\x12\x12\n\x04step\x18\x01 \x01(\rB\x04\xe2\x41\x01\x03\x12\x19\n\x0btotal_steps\x18\x02 \x01(\rB\x04\xe2\x41\x01\x03\x12\x15\n\x07preview\x18\x03 \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11preview_mime_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\"\x99\x01\n\x13GenerationSucceeded\x12\x17\n\timage_url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04seed\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bgpu_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63redits_charged\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\"W\n\x10GenerationFailed\x12\x14\n\x06reason\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04\x63ode\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bincident_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"0\n\x13GenerationCancelled\x12\x19\n\x0bwas_running\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x03\"\xd1\x01\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bnative_size\x18\x03 \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08min_size\x18\x04 \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08max_size\x18\x05 \x01(\rB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x65\x66\x61ult\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x66\x61mily\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08samplers\x18\x08 \x03(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04kind\x18\t \x01(\tB\x04\xe2\x41\x01\x03\"\xf3\x01\n\x06Upload\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nupload_url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63ontent_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12<\n\x12upload_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03*\xcb\x01\n\x0fGenerationState\x12 \n\x1cGENERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17GENERATION_STATE_QUEUED\x10\x01\x12\x1c\n\x18GENERATION_STATE_RUNNING\x10\x02\x12\x1e\n\x1aGENERATION_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17GENERATION_STATE_FAILED\x10\x04\x12\x1e\n\x1aGENERATION_STATE_CANCELLED\x10\x05*\x98\x01\n\x0eGenerationMode\x12\x1f\n\x1bGENERATION_MODE_UNSPECIFIED\x10\x00\x12!\n\x1dGENERATION_MODE_TEXT_TO_IMAGE\x10\x01\x12\"\n\x1eGENERATION_MODE_IMAGE_TO_IMAGE\x10\x02\x12\x1e\n\x1aGENERATION_MODE_INPAINTING\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pingvas.generation.v1.generation_resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LORAWEIGHT'].fields_by_name['name']._loaded_options = None
+  _globals['_LORAWEIGHT'].fields_by_name['name']._serialized_options = b'\342A\001\002\242\270\031\005\010\001\030\200\001'
+  _globals['_LORAWEIGHT'].fields_by_name['weight']._loaded_options = None
+  _globals['_LORAWEIGHT'].fields_by_name['weight']._serialized_options = b'\342A\001\001\242\270\031\0229\000\000\000\000\000\000$\300A\000\000\000\000\000\000$@'
   _globals['_GENERATION'].fields_by_name['name']._loaded_options = None
   _globals['_GENERATION'].fields_by_name['name']._serialized_options = b'\342A\001\003'
   _globals['_GENERATION'].fields_by_name['id']._loaded_options = None
@@ -41,7 +45,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATION'].fields_by_name['state']._loaded_options = None
   _globals['_GENERATION'].fields_by_name['state']._serialized_options = b'\342A\001\003'
   _globals['_GENERATION'].fields_by_name['prompt']._loaded_options = None
-  _globals['_GENERATION'].fields_by_name['prompt']._serialized_options = b'\342A\001\002\242\270\031\007\010\001\020\001\030\320\017'
+  _globals['_GENERATION'].fields_by_name['prompt']._serialized_options = b'\342A\001\002\242\270\031\026\010\001\020\001\030\320\017Z\rfrom_image_id'
   _globals['_GENERATION'].fields_by_name['negative_prompt']._loaded_options = None
   _globals['_GENERATION'].fields_by_name['negative_prompt']._serialized_options = b'\342A\001\001\242\270\031\003\030\320\017'
   _globals['_GENERATION'].fields_by_name['model']._loaded_options = None
@@ -82,6 +86,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATION'].fields_by_name['thumbnail_url']._serialized_options = b'\342A\001\003'
   _globals['_GENERATION'].fields_by_name['image']._loaded_options = None
   _globals['_GENERATION'].fields_by_name['image']._serialized_options = b'\342A\001\003'
+  _globals['_GENERATION'].fields_by_name['sampler']._loaded_options = None
+  _globals['_GENERATION'].fields_by_name['sampler']._serialized_options = b'\342A\001\001\242\270\031\002\030 '
+  _globals['_GENERATION'].fields_by_name['strength']._loaded_options = None
+  _globals['_GENERATION'].fields_by_name['strength']._serialized_options = b'\342A\001\001\242\270\031\0229\000\000\000\000\000\000\000\000A\000\000\000\000\000\000\360?'
+  _globals['_GENERATION'].fields_by_name['init_image_id']._loaded_options = None
+  _globals['_GENERATION'].fields_by_name['init_image_id']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\001'
+  _globals['_GENERATION'].fields_by_name['mask_image_id']._loaded_options = None
+  _globals['_GENERATION'].fields_by_name['mask_image_id']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\001'
+  _globals['_GENERATION'].fields_by_name['loras']._loaded_options = None
+  _globals['_GENERATION'].fields_by_name['loras']._serialized_options = b'\342A\001\001\242\270\031\002P\005'
+  _globals['_GENERATION'].fields_by_name['mode']._loaded_options = None
+  _globals['_GENERATION'].fields_by_name['mode']._serialized_options = b'\342A\001\003'
   _globals['_GENERATIONQUEUED'].fields_by_name['position']._loaded_options = None
   _globals['_GENERATIONQUEUED'].fields_by_name['position']._serialized_options = b'\342A\001\003'
   _globals['_GENERATIONSTARTED'].fields_by_name['attempt']._loaded_options = None
@@ -124,22 +140,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODEL'].fields_by_name['max_size']._serialized_options = b'\342A\001\003'
   _globals['_MODEL'].fields_by_name['default']._loaded_options = None
   _globals['_MODEL'].fields_by_name['default']._serialized_options = b'\342A\001\003'
-  _globals['_GENERATIONSTATE']._serialized_start=1720
-  _globals['_GENERATIONSTATE']._serialized_end=1923
-  _globals['_GENERATION']._serialized_start=172
-  _globals['_GENERATION']._serialized_end=1063
-  _globals['_GENERATIONQUEUED']._serialized_start=1065
-  _globals['_GENERATIONQUEUED']._serialized_end=1107
-  _globals['_GENERATIONSTARTED']._serialized_start=1109
-  _globals['_GENERATIONSTARTED']._serialized_end=1151
-  _globals['_GENERATIONPROGRESS']._serialized_start=1153
-  _globals['_GENERATIONPROGRESS']._serialized_end=1276
-  _globals['_GENERATIONSUCCEEDED']._serialized_start=1279
-  _globals['_GENERATIONSUCCEEDED']._serialized_end=1432
-  _globals['_GENERATIONFAILED']._serialized_start=1434
-  _globals['_GENERATIONFAILED']._serialized_end=1521
-  _globals['_GENERATIONCANCELLED']._serialized_start=1523
-  _globals['_GENERATIONCANCELLED']._serialized_end=1571
-  _globals['_MODEL']._serialized_start=1574
-  _globals['_MODEL']._serialized_end=1717
+  _globals['_MODEL'].fields_by_name['family']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['family']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['samplers']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['samplers']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['kind']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['kind']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['name']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['name']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['id']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['upload_url']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['upload_url']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['content_type']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['content_type']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['size_bytes']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['upload_expire_time']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['upload_expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_UPLOAD'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_GENERATIONSTATE']._serialized_start=2420
+  _globals['_GENERATIONSTATE']._serialized_end=2623
+  _globals['_GENERATIONMODE']._serialized_start=2626
+  _globals['_GENERATIONMODE']._serialized_end=2778
+  _globals['_LORAWEIGHT']._serialized_start=171
+  _globals['_LORAWEIGHT']._serialized_end=256
+  _globals['_GENERATION']._serialized_start=259
+  _globals['_GENERATION']._serialized_end=1451
+  _globals['_GENERATIONQUEUED']._serialized_start=1453
+  _globals['_GENERATIONQUEUED']._serialized_end=1495
+  _globals['_GENERATIONSTARTED']._serialized_start=1497
+  _globals['_GENERATIONSTARTED']._serialized_end=1539
+  _globals['_GENERATIONPROGRESS']._serialized_start=1541
+  _globals['_GENERATIONPROGRESS']._serialized_end=1664
+  _globals['_GENERATIONSUCCEEDED']._serialized_start=1667
+  _globals['_GENERATIONSUCCEEDED']._serialized_end=1820
+  _globals['_GENERATIONFAILED']._serialized_start=1822
+  _globals['_GENERATIONFAILED']._serialized_end=1909
+  _globals['_GENERATIONCANCELLED']._serialized_start=1911
+  _globals['_GENERATIONCANCELLED']._serialized_end=1959
+  _globals['_MODEL']._serialized_start=1962
+  _globals['_MODEL']._serialized_end=2171
+  _globals['_UPLOAD']._serialized_start=2174
+  _globals['_UPLOAD']._serialized_end=2417
 # @@protoc_insertion_point(module_scope)

@@ -3,10 +3,11 @@ import datetime
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from pingvas.rules.v1 import rules_pb2 as _rules_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,15 +20,34 @@ class GenerationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GENERATION_STATE_SUCCEEDED: _ClassVar[GenerationState]
     GENERATION_STATE_FAILED: _ClassVar[GenerationState]
     GENERATION_STATE_CANCELLED: _ClassVar[GenerationState]
+
+class GenerationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GENERATION_MODE_UNSPECIFIED: _ClassVar[GenerationMode]
+    GENERATION_MODE_TEXT_TO_IMAGE: _ClassVar[GenerationMode]
+    GENERATION_MODE_IMAGE_TO_IMAGE: _ClassVar[GenerationMode]
+    GENERATION_MODE_INPAINTING: _ClassVar[GenerationMode]
 GENERATION_STATE_UNSPECIFIED: GenerationState
 GENERATION_STATE_QUEUED: GenerationState
 GENERATION_STATE_RUNNING: GenerationState
 GENERATION_STATE_SUCCEEDED: GenerationState
 GENERATION_STATE_FAILED: GenerationState
 GENERATION_STATE_CANCELLED: GenerationState
+GENERATION_MODE_UNSPECIFIED: GenerationMode
+GENERATION_MODE_TEXT_TO_IMAGE: GenerationMode
+GENERATION_MODE_IMAGE_TO_IMAGE: GenerationMode
+GENERATION_MODE_INPAINTING: GenerationMode
+
+class LoraWeight(_message.Message):
+    __slots__ = ("name", "weight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Generation(_message.Message):
-    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id", "thumbnail_url", "image")
+    __slots__ = ("name", "id", "state", "prompt", "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "create_time", "start_time", "end_time", "image_url", "gpu_seconds", "credits_held", "credits_charged", "failure_reason", "attempt", "failure_code", "incident_id", "thumbnail_url", "image", "sampler", "strength", "init_image_id", "mask_image_id", "loras", "mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +72,12 @@ class Generation(_message.Message):
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    INIT_IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MASK_IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     state: GenerationState
@@ -76,7 +102,13 @@ class Generation(_message.Message):
     incident_id: str
     thumbnail_url: str
     image: str
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ..., thumbnail_url: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
+    sampler: str
+    strength: float
+    init_image_id: str
+    mask_image_id: str
+    loras: _containers.RepeatedCompositeFieldContainer[LoraWeight]
+    mode: GenerationMode
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[GenerationState, str]] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., guidance: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_url: _Optional[str] = ..., gpu_seconds: _Optional[float] = ..., credits_held: _Optional[int] = ..., credits_charged: _Optional[int] = ..., failure_reason: _Optional[str] = ..., attempt: _Optional[int] = ..., failure_code: _Optional[str] = ..., incident_id: _Optional[str] = ..., thumbnail_url: _Optional[str] = ..., image: _Optional[str] = ..., sampler: _Optional[str] = ..., strength: _Optional[float] = ..., init_image_id: _Optional[str] = ..., mask_image_id: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[LoraWeight, _Mapping]]] = ..., mode: _Optional[_Union[GenerationMode, str]] = ...) -> None: ...
 
 class GenerationQueued(_message.Message):
     __slots__ = ("position",)
@@ -133,17 +165,41 @@ class GenerationCancelled(_message.Message):
     def __init__(self, was_running: _Optional[bool] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "id", "native_size", "min_size", "max_size", "default")
+    __slots__ = ("name", "id", "native_size", "min_size", "max_size", "default", "family", "samplers", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     NATIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLERS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     native_size: int
     min_size: int
     max_size: int
     default: bool
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., native_size: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., default: _Optional[bool] = ...) -> None: ...
+    family: str
+    samplers: _containers.RepeatedScalarFieldContainer[str]
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., native_size: _Optional[int] = ..., min_size: _Optional[int] = ..., max_size: _Optional[int] = ..., default: _Optional[bool] = ..., family: _Optional[str] = ..., samplers: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class Upload(_message.Message):
+    __slots__ = ("name", "id", "upload_url", "content_type", "size_bytes", "upload_expire_time", "expire_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_URL_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    upload_url: str
+    content_type: str
+    size_bytes: int
+    upload_expire_time: _timestamp_pb2.Timestamp
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., upload_url: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., upload_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -30,7 +30,7 @@ from pingvas.generation.v1 import generation_resources_pb2 as pingvas_dot_genera
 from pingvas.rules.v1 import rules_pb2 as pingvas_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.pingvas/generation/v1/generation_service.proto\x12\x15pingvas.generation.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epingvas/access/v1/access.proto\x1a\x30pingvas/generation/v1/generation_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\xb4\x01\n\x17\x43reateGenerationRequest\x12\x41\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12\x35\n\x07webhook\x18\x03 \x01(\x0b\x32\x1e.pingvas.generation.v1.WebhookB\x04\xe2\x41\x01\x01\"Z\n\x07Webhook\x12\x1a\n\x03url\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x10\x12\x33\n\revents_filter\x18\x02 \x03(\tB\x1c\xe2\x41\x01\x01\xa2\xb8\x19\x14J\x07startedJ\tcompleted\"9\n\x14GetGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"N\n\x11ListModelsRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"g\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\x1c.pingvas.generation.v1.ModelB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"S\n\x16ListGenerationsRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x17ListGenerationsResponse\x12<\n\x0bgenerations\x18\x01 \x03(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"<\n\x17\x43\x61ncelGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"_\n\x16WatchGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\"\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\n\xe2\x41\x01\x01\xa2\xb8\x19\x02 \x00\"\xfb\x03\n\x17WatchGenerationResponse\x12\x16\n\x08sequence\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rgeneration_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x06queued\x18\n \x01(\x0b\x32\'.pingvas.generation.v1.GenerationQueuedH\x00\x12;\n\x07started\x18\x0b \x01(\x0b\x32(.pingvas.generation.v1.GenerationStartedH\x00\x12=\n\x08progress\x18\x0c \x01(\x0b\x32).pingvas.generation.v1.GenerationProgressH\x00\x12?\n\tsucceeded\x18\r \x01(\x0b\x32*.pingvas.generation.v1.GenerationSucceededH\x00\x12\x39\n\x06\x66\x61iled\x18\x0e \x01(\x0b\x32\'.pingvas.generation.v1.GenerationFailedH\x00\x12?\n\tcancelled\x18\x0f \x01(\x0b\x32*.pingvas.generation.v1.GenerationCancelledH\x00\x42\x07\n\x05\x65vent2\xb9\x07\n\x11GenerationService\x12\x9c\x01\n\x10\x43reateGeneration\x12..pingvas.generation.v1.CreateGenerationRequest\x1a!.pingvas.generation.v1.Generation\"5\xc2\xbe\x19\x04\x08\x02\x10\x02\x82\xd3\xe4\x93\x02\'\"\x19/api/v1/generation/create:\ngeneration\x12\x93\x01\n\rGetGeneration\x12+.pingvas.generation.v1.GetGenerationRequest\x1a!.pingvas.generation.v1.Generation\"2\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02$\x12\"/api/v1/generation/{generation_id}\x12\x81\x01\n\nListModels\x12(.pingvas.generation.v1.ListModelsRequest\x1a).pingvas.generation.v1.ListModelsResponse\"\x1e\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/models\x12\x94\x01\n\x0fListGenerations\x12-.pingvas.generation.v1.ListGenerationsRequest\x1a..pingvas.generation.v1.ListGenerationsResponse\"\"\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/generation\x12\xa3\x01\n\x10\x43\x61ncelGeneration\x12..pingvas.generation.v1.CancelGenerationRequest\x1a!.pingvas.generation.v1.Generation\"<\xc2\xbe\x19\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02.\")/api/v1/generation/{generation_id}/cancel:\x01*\x12\xad\x01\n\x0fWatchGeneration\x12-.pingvas.generation.v1.WatchGenerationRequest\x1a..pingvas.generation.v1.WatchGenerationResponse\"9\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02+\x12)/api/v1/generation/{generation_id}/events0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.pingvas/generation/v1/generation_service.proto\x12\x15pingvas.generation.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epingvas/access/v1/access.proto\x1a\x30pingvas/generation/v1/generation_resources.proto\x1a\x1cpingvas/rules/v1/rules.proto\"\xd8\x01\n\x17\x43reateGenerationRequest\x12\x41\n\ngeneration\x18\x01 \x01(\x0b\x32!.pingvas.generation.v1.GenerationB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\x1f\n\nrequest_id\x18\x02 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12\x35\n\x07webhook\x18\x03 \x01(\x0b\x32\x1e.pingvas.generation.v1.WebhookB\x04\xe2\x41\x01\x01\x12\"\n\rfrom_image_id\x18\x04 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\"\x8c\x01\n\x1d\x42\x61tchCreateGenerationsRequest\x12\x1b\n\x06parent\x18\x01 \x01(\tB\x0b\xe2\x41\x01\x01\xa2\xb8\x19\x03\x18\x80\x01\x12N\n\x08requests\x18\x02 \x03(\x0b\x32..pingvas.generation.v1.CreateGenerationRequestB\x0c\xe2\x41\x01\x02\xa2\xb8\x19\x04\x08\x01P\x04\"^\n\x1e\x42\x61tchCreateGenerationsResponse\x12<\n\x0bgenerations\x18\x01 \x03(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\"\x81\x01\n\x13\x43reateUploadRequest\x12\x43\n\x0c\x63ontent_type\x18\x01 \x01(\tB-\xe2\x41\x01\x02\xa2\xb8\x19%\x08\x01J\timage/pngJ\nimage/jpegJ\nimage/webp\x12%\n\nsize_bytes\x18\x02 \x01(\x03\x42\x11\xe2\x41\x01\x02\xa2\xb8\x19\t\x08\x01 \x01(\x80\x80\x80\x05\"Z\n\x07Webhook\x12\x1a\n\x03url\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xa2\xb8\x19\x05\x08\x01\x18\x80\x10\x12\x33\n\revents_filter\x18\x02 \x03(\tB\x1c\xe2\x41\x01\x01\xa2\xb8\x19\x14J\x07startedJ\tcompleted\"9\n\x14GetGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"N\n\x11ListModelsRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"g\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\x1c.pingvas.generation.v1.ModelB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"S\n\x16ListGenerationsRequest\x12\x1f\n\tpage_size\x18\x01 \x01(\x05\x42\x0c\xe2\x41\x01\x01\xa2\xb8\x19\x04 \x00(d\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"v\n\x17ListGenerationsResponse\x12<\n\x0bgenerations\x18\x01 \x03(\x0b\x32!.pingvas.generation.v1.GenerationB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"<\n\x17\x43\x61ncelGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\"_\n\x16WatchGenerationRequest\x12!\n\rgeneration_id\x18\x01 \x01(\tB\n\xe2\x41\x01\x02\xa2\xb8\x19\x02\x08\x01\x12\"\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\n\xe2\x41\x01\x01\xa2\xb8\x19\x02 \x00\"\xfb\x03\n\x17WatchGenerationResponse\x12\x16\n\x08sequence\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rgeneration_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x06queued\x18\n \x01(\x0b\x32\'.pingvas.generation.v1.GenerationQueuedH\x00\x12;\n\x07started\x18\x0b \x01(\x0b\x32(.pingvas.generation.v1.GenerationStartedH\x00\x12=\n\x08progress\x18\x0c \x01(\x0b\x32).pingvas.generation.v1.GenerationProgressH\x00\x12?\n\tsucceeded\x18\r \x01(\x0b\x32*.pingvas.generation.v1.GenerationSucceededH\x00\x12\x39\n\x06\x66\x61iled\x18\x0e \x01(\x0b\x32\'.pingvas.generation.v1.GenerationFailedH\x00\x12?\n\tcancelled\x18\x0f \x01(\x0b\x32*.pingvas.generation.v1.GenerationCancelledH\x00\x42\x07\n\x05\x65vent2\xf4\t\n\x11GenerationService\x12\x9c\x01\n\x10\x43reateGeneration\x12..pingvas.generation.v1.CreateGenerationRequest\x1a!.pingvas.generation.v1.Generation\"5\xc2\xbe\x19\x04\x08\x02\x10\x02\x82\xd3\xe4\x93\x02\'\"\x19/api/v1/generation/create:\ngeneration\x12\xb9\x01\n\x16\x42\x61tchCreateGenerations\x12\x34.pingvas.generation.v1.BatchCreateGenerationsRequest\x1a\x35.pingvas.generation.v1.BatchCreateGenerationsResponse\"2\xc2\xbe\x19\x04\x08\x02\x10\x02\x82\xd3\xe4\x93\x02$\"\x1f/api/v1/generation/batch-create:\x01*\x12}\n\x0c\x43reateUpload\x12*.pingvas.generation.v1.CreateUploadRequest\x1a\x1d.pingvas.generation.v1.Upload\"\"\xc2\xbe\x19\x04\x08\x02\x10\x02\x82\xd3\xe4\x93\x02\x14\"\x0f/api/v1/uploads:\x01*\x12\x93\x01\n\rGetGeneration\x12+.pingvas.generation.v1.GetGenerationRequest\x1a!.pingvas.generation.v1.Generation\"2\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02$\x12\"/api/v1/generation/{generation_id}\x12\x81\x01\n\nListModels\x12(.pingvas.generation.v1.ListModelsRequest\x1a).pingvas.generation.v1.ListModelsResponse\"\x1e\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/models\x12\x94\x01\n\x0fListGenerations\x12-.pingvas.generation.v1.ListGenerationsRequest\x1a..pingvas.generation.v1.ListGenerationsResponse\"\"\xc2\xbe\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/generation\x12\xa3\x01\n\x10\x43\x61ncelGeneration\x12..pingvas.generation.v1.CancelGenerationRequest\x1a!.pingvas.generation.v1.Generation\"<\xc2\xbe\x19\x04\x08\x03\x10\x02\x82\xd3\xe4\x93\x02.\")/api/v1/generation/{generation_id}/cancel:\x01*\x12\xad\x01\n\x0fWatchGeneration\x12-.pingvas.generation.v1.WatchGenerationRequest\x1a..pingvas.generation.v1.WatchGenerationResponse\"9\xc2\xbe\x19\x04\x08\x03\x10\x01\x82\xd3\xe4\x93\x02+\x12)/api/v1/generation/{generation_id}/events0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEGENERATIONREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\001'
   _globals['_CREATEGENERATIONREQUEST'].fields_by_name['webhook']._loaded_options = None
   _globals['_CREATEGENERATIONREQUEST'].fields_by_name['webhook']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEGENERATIONREQUEST'].fields_by_name['from_image_id']._loaded_options = None
+  _globals['_CREATEGENERATIONREQUEST'].fields_by_name['from_image_id']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\001'
+  _globals['_BATCHCREATEGENERATIONSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_BATCHCREATEGENERATIONSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\001\242\270\031\003\030\200\001'
+  _globals['_BATCHCREATEGENERATIONSREQUEST'].fields_by_name['requests']._loaded_options = None
+  _globals['_BATCHCREATEGENERATIONSREQUEST'].fields_by_name['requests']._serialized_options = b'\342A\001\002\242\270\031\004\010\001P\004'
+  _globals['_BATCHCREATEGENERATIONSRESPONSE'].fields_by_name['generations']._loaded_options = None
+  _globals['_BATCHCREATEGENERATIONSRESPONSE'].fields_by_name['generations']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEUPLOADREQUEST'].fields_by_name['content_type']._loaded_options = None
+  _globals['_CREATEUPLOADREQUEST'].fields_by_name['content_type']._serialized_options = b'\342A\001\002\242\270\031%\010\001J\timage/pngJ\nimage/jpegJ\nimage/webp'
+  _globals['_CREATEUPLOADREQUEST'].fields_by_name['size_bytes']._loaded_options = None
+  _globals['_CREATEUPLOADREQUEST'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\002\242\270\031\t\010\001 \001(\200\200\200\005'
   _globals['_WEBHOOK'].fields_by_name['url']._loaded_options = None
   _globals['_WEBHOOK'].fields_by_name['url']._serialized_options = b'\342A\001\002\242\270\031\005\010\001\030\200\020'
   _globals['_WEBHOOK'].fields_by_name['events_filter']._loaded_options = None
@@ -79,6 +91,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHGENERATIONRESPONSE'].fields_by_name['time']._serialized_options = b'\342A\001\003'
   _globals['_GENERATIONSERVICE'].methods_by_name['CreateGeneration']._loaded_options = None
   _globals['_GENERATIONSERVICE'].methods_by_name['CreateGeneration']._serialized_options = b'\302\276\031\004\010\002\020\002\202\323\344\223\002\'\"\031/api/v1/generation/create:\ngeneration'
+  _globals['_GENERATIONSERVICE'].methods_by_name['BatchCreateGenerations']._loaded_options = None
+  _globals['_GENERATIONSERVICE'].methods_by_name['BatchCreateGenerations']._serialized_options = b'\302\276\031\004\010\002\020\002\202\323\344\223\002$\"\037/api/v1/generation/batch-create:\001*'
+  _globals['_GENERATIONSERVICE'].methods_by_name['CreateUpload']._loaded_options = None
+  _globals['_GENERATIONSERVICE'].methods_by_name['CreateUpload']._serialized_options = b'\302\276\031\004\010\002\020\002\202\323\344\223\002\024\"\017/api/v1/uploads:\001*'
   _globals['_GENERATIONSERVICE'].methods_by_name['GetGeneration']._loaded_options = None
   _globals['_GENERATIONSERVICE'].methods_by_name['GetGeneration']._serialized_options = b'\302\276\031\004\010\003\020\001\202\323\344\223\002$\022\"/api/v1/generation/{generation_id}'
   _globals['_GENERATIONSERVICE'].methods_by_name['ListModels']._loaded_options = None
@@ -90,25 +106,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONSERVICE'].methods_by_name['WatchGeneration']._loaded_options = None
   _globals['_GENERATIONSERVICE'].methods_by_name['WatchGeneration']._serialized_options = b'\302\276\031\004\010\003\020\001\202\323\344\223\002+\022)/api/v1/generation/{generation_id}/events'
   _globals['_CREATEGENERATIONREQUEST']._serialized_start=282
-  _globals['_CREATEGENERATIONREQUEST']._serialized_end=462
-  _globals['_WEBHOOK']._serialized_start=464
-  _globals['_WEBHOOK']._serialized_end=554
-  _globals['_GETGENERATIONREQUEST']._serialized_start=556
-  _globals['_GETGENERATIONREQUEST']._serialized_end=613
-  _globals['_LISTMODELSREQUEST']._serialized_start=615
-  _globals['_LISTMODELSREQUEST']._serialized_end=693
-  _globals['_LISTMODELSRESPONSE']._serialized_start=695
-  _globals['_LISTMODELSRESPONSE']._serialized_end=798
-  _globals['_LISTGENERATIONSREQUEST']._serialized_start=800
-  _globals['_LISTGENERATIONSREQUEST']._serialized_end=883
-  _globals['_LISTGENERATIONSRESPONSE']._serialized_start=885
-  _globals['_LISTGENERATIONSRESPONSE']._serialized_end=1003
-  _globals['_CANCELGENERATIONREQUEST']._serialized_start=1005
-  _globals['_CANCELGENERATIONREQUEST']._serialized_end=1065
-  _globals['_WATCHGENERATIONREQUEST']._serialized_start=1067
-  _globals['_WATCHGENERATIONREQUEST']._serialized_end=1162
-  _globals['_WATCHGENERATIONRESPONSE']._serialized_start=1165
-  _globals['_WATCHGENERATIONRESPONSE']._serialized_end=1672
-  _globals['_GENERATIONSERVICE']._serialized_start=1675
-  _globals['_GENERATIONSERVICE']._serialized_end=2628
+  _globals['_CREATEGENERATIONREQUEST']._serialized_end=498
+  _globals['_BATCHCREATEGENERATIONSREQUEST']._serialized_start=501
+  _globals['_BATCHCREATEGENERATIONSREQUEST']._serialized_end=641
+  _globals['_BATCHCREATEGENERATIONSRESPONSE']._serialized_start=643
+  _globals['_BATCHCREATEGENERATIONSRESPONSE']._serialized_end=737
+  _globals['_CREATEUPLOADREQUEST']._serialized_start=740
+  _globals['_CREATEUPLOADREQUEST']._serialized_end=869
+  _globals['_WEBHOOK']._serialized_start=871
+  _globals['_WEBHOOK']._serialized_end=961
+  _globals['_GETGENERATIONREQUEST']._serialized_start=963
+  _globals['_GETGENERATIONREQUEST']._serialized_end=1020
+  _globals['_LISTMODELSREQUEST']._serialized_start=1022
+  _globals['_LISTMODELSREQUEST']._serialized_end=1100
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1102
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1205
+  _globals['_LISTGENERATIONSREQUEST']._serialized_start=1207
+  _globals['_LISTGENERATIONSREQUEST']._serialized_end=1290
+  _globals['_LISTGENERATIONSRESPONSE']._serialized_start=1292
+  _globals['_LISTGENERATIONSRESPONSE']._serialized_end=1410
+  _globals['_CANCELGENERATIONREQUEST']._serialized_start=1412
+  _globals['_CANCELGENERATIONREQUEST']._serialized_end=1472
+  _globals['_WATCHGENERATIONREQUEST']._serialized_start=1474
+  _globals['_WATCHGENERATIONREQUEST']._serialized_end=1569
+  _globals['_WATCHGENERATIONRESPONSE']._serialized_start=1572
+  _globals['_WATCHGENERATIONRESPONSE']._serialized_end=2079
+  _globals['_GENERATIONSERVICE']._serialized_start=2082
+  _globals['_GENERATIONSERVICE']._serialized_end=3350
 # @@protoc_insertion_point(module_scope)

@@ -15,14 +15,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateGenerationRequest(_message.Message):
-    __slots__ = ("generation", "request_id", "webhook")
+    __slots__ = ("generation", "request_id", "webhook", "from_image_id")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    FROM_IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     generation: _generation_resources_pb2.Generation
     request_id: str
     webhook: Webhook
-    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+    from_image_id: str
+    def __init__(self, generation: _Optional[_Union[_generation_resources_pb2.Generation, _Mapping]] = ..., request_id: _Optional[str] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ..., from_image_id: _Optional[str] = ...) -> None: ...
+
+class BatchCreateGenerationsRequest(_message.Message):
+    __slots__ = ("parent", "requests")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    requests: _containers.RepeatedCompositeFieldContainer[CreateGenerationRequest]
+    def __init__(self, parent: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[CreateGenerationRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchCreateGenerationsResponse(_message.Message):
+    __slots__ = ("generations",)
+    GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    generations: _containers.RepeatedCompositeFieldContainer[_generation_resources_pb2.Generation]
+    def __init__(self, generations: _Optional[_Iterable[_Union[_generation_resources_pb2.Generation, _Mapping]]] = ...) -> None: ...
+
+class CreateUploadRequest(_message.Message):
+    __slots__ = ("content_type", "size_bytes")
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    size_bytes: int
+    def __init__(self, content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Webhook(_message.Message):
     __slots__ = ("url", "events_filter")

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class GenerationServiceStub:
-    """GenerationService accepts text-to-image jobs, streams their progress and cancels them.
+    """GenerationService accepts image jobs (text-to-image, image-to-image, inpainting), takes their
+    input images, streams their progress and cancels them.
 
     Every RPC requires `authorization: Bearer <access token>`; a caller only ever sees their own
     generations (another user's id answers NOT_FOUND). Errors carry one `google.rpc.ErrorInfo`
@@ -45,6 +46,16 @@ class GenerationServiceStub:
                 '/pingvas.generation.v1.GenerationService/CreateGeneration',
                 request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationRequest.SerializeToString,
                 response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
+                _registered_method=True)
+        self.BatchCreateGenerations = channel.unary_unary(
+                '/pingvas.generation.v1.GenerationService/BatchCreateGenerations',
+                request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.BatchCreateGenerationsRequest.SerializeToString,
+                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.BatchCreateGenerationsResponse.FromString,
+                _registered_method=True)
+        self.CreateUpload = channel.unary_unary(
+                '/pingvas.generation.v1.GenerationService/CreateUpload',
+                request_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateUploadRequest.SerializeToString,
+                response_deserializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Upload.FromString,
                 _registered_method=True)
         self.GetGeneration = channel.unary_unary(
                 '/pingvas.generation.v1.GenerationService/GetGeneration',
@@ -74,7 +85,8 @@ class GenerationServiceStub:
 
 
 class GenerationServiceServicer:
-    """GenerationService accepts text-to-image jobs, streams their progress and cancels them.
+    """GenerationService accepts image jobs (text-to-image, image-to-image, inpainting), takes their
+    input images, streams their progress and cancels them.
 
     Every RPC requires `authorization: Bearer <access token>`; a caller only ever sees their own
     generations (another user's id answers NOT_FOUND). Errors carry one `google.rpc.ErrorInfo`
@@ -86,6 +98,30 @@ class GenerationServiceServicer:
         """Accepts a generation: validates it, holds its estimated credits and queues it.
 
         Returns the resource itself (AIP-133), so REST clients get the bare resource.
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateGenerations(self, request, context):
+        """Accepts 1 to 4 generations at once (AIP-233), all or none: each is validated and held as
+        `CreateGeneration` does, in one transaction, so a refusal of any (invalid input, or
+        credits that cover fewer than all: INSUFFICIENT_CREDITS, HTTP 402) accepts none and holds
+        nothing. Seeds: a request that sets no seed gets the first request's seed (chosen by the
+        server when unset) plus its index, so identical requests draw `seed`, `seed+1`, and so on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUpload(self, request, context):
+        """Hands out a presigned S3 PUT URL for one input image (AIP-133: returns the resource). The
+        declared content type must be `image/png`, `image/jpeg` or `image/webp` and the size at
+        most 10 MB. The object expires a day after the upload unless a generation uses it; a
+        generation that names it checks the stored bytes (size, format, decodable dimensions).
 
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -174,6 +210,16 @@ def add_GenerationServiceServicer_to_server(servicer, server):
                     request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationRequest.FromString,
                     response_serializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.SerializeToString,
             ),
+            'BatchCreateGenerations': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateGenerations,
+                    request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.BatchCreateGenerationsRequest.FromString,
+                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.BatchCreateGenerationsResponse.SerializeToString,
+            ),
+            'CreateUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUpload,
+                    request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateUploadRequest.FromString,
+                    response_serializer=pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Upload.SerializeToString,
+            ),
             'GetGeneration': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGeneration,
                     request_deserializer=pingvas_dot_generation_dot_v1_dot_generation__service__pb2.GetGenerationRequest.FromString,
@@ -208,7 +254,8 @@ def add_GenerationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GenerationService:
-    """GenerationService accepts text-to-image jobs, streams their progress and cancels them.
+    """GenerationService accepts image jobs (text-to-image, image-to-image, inpainting), takes their
+    input images, streams their progress and cancels them.
 
     Every RPC requires `authorization: Bearer <access token>`; a caller only ever sees their own
     generations (another user's id answers NOT_FOUND). Errors carry one `google.rpc.ErrorInfo`
@@ -233,6 +280,60 @@ class GenerationService:
             '/pingvas.generation.v1.GenerationService/CreateGeneration',
             pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateGenerationRequest.SerializeToString,
             pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Generation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateGenerations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.generation.v1.GenerationService/BatchCreateGenerations',
+            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.BatchCreateGenerationsRequest.SerializeToString,
+            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.BatchCreateGenerationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pingvas.generation.v1.GenerationService/CreateUpload',
+            pingvas_dot_generation_dot_v1_dot_generation__service__pb2.CreateUploadRequest.SerializeToString,
+            pingvas_dot_generation_dot_v1_dot_generation__resources__pb2.Upload.FromString,
             options,
             channel_credentials,
             insecure,

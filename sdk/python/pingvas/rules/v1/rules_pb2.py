@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpingvas/rules/v1/rules.proto\x12\x10pingvas.rules.v1\x1a google/protobuf/descriptor.proto\"\xac\x02\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x14\n\x07min_len\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07max_len\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x07int_gte\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x14\n\x07int_lte\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x18\n\x0bmultiple_of\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x17\n\ndouble_gte\x18\x07 \x01(\x01H\x05\x88\x01\x01\x12\x17\n\ndouble_lte\x18\x08 \x01(\x01H\x06\x88\x01\x01\x12\n\n\x02in\x18\t \x03(\tB\n\n\x08_min_lenB\n\n\x08_max_lenB\n\n\x08_int_gteB\n\n\x08_int_lteB\x0e\n\x0c_multiple_ofB\r\n\x0b_double_gteB\r\n\x0b_double_lte:L\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\x84\x97\x03 \x01(\x0b\x32\x1c.pingvas.rules.v1.FieldRulesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpingvas/rules/v1/rules.proto\x12\x10pingvas.rules.v1\x1a google/protobuf/descriptor.proto\"\xe5\x02\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x14\n\x07min_len\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07max_len\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x07int_gte\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x14\n\x07int_lte\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x18\n\x0bmultiple_of\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x17\n\ndouble_gte\x18\x07 \x01(\x01H\x05\x88\x01\x01\x12\x17\n\ndouble_lte\x18\x08 \x01(\x01H\x06\x88\x01\x01\x12\n\n\x02in\x18\t \x03(\t\x12\x16\n\tmax_items\x18\n \x01(\rH\x07\x88\x01\x01\x12\x11\n\twaived_by\x18\x0b \x01(\tB\n\n\x08_min_lenB\n\n\x08_max_lenB\n\n\x08_int_gteB\n\n\x08_int_lteB\x0e\n\x0c_multiple_ofB\r\n\x0b_double_gteB\r\n\x0b_double_lteB\x0c\n\n_max_items:L\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\x84\x97\x03 \x01(\x0b\x32\x1c.pingvas.rules.v1.FieldRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pingvas.rules.v1.rules_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FIELDRULES']._serialized_start=85
-  _globals['_FIELDRULES']._serialized_end=385
+  _globals['_FIELDRULES']._serialized_end=442
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,8 @@ import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { GenerationMode, LoraWeight } from "../../generation/v1/generation_resources_pb.js";
+import { file_pingvas_generation_v1_generation_resources } from "../../generation/v1/generation_resources_pb.js";
 import { file_pingvas_rules_v1_rules } from "../../rules/v1/rules_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,10 +16,11 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pingvas/gallery/v1/gallery_resources.proto.
  */
 export const file_pingvas_gallery_v1_gallery_resources: GenFile = /*@__PURE__*/
-  fileDesc("CipwaW5ndmFzL2dhbGxlcnkvdjEvZ2FsbGVyeV9yZXNvdXJjZXMucHJvdG8SEnBpbmd2YXMuZ2FsbGVyeS52MSKWAwoFSW1hZ2USEgoEbmFtZRgBIAEoCUIE4kEBAxIQCgJpZBgCIAEoCUIE4kEBAxIRCgN1cmwYAyABKAlCBOJBAQMSFAoGcHJvbXB0GAQgASgJQgTiQQEDEhMKBW1vZGVsGAUgASgJQgTiQQEDEhMKBXdpZHRoGAYgASgNQgTiQQEDEhQKBmhlaWdodBgHIAEoDUIE4kEBAxISCgRzZWVkGAggASgDQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIbCg10aHVtYm5haWxfdXJsGAogASgJQgTiQQEDEh0KD25lZ2F0aXZlX3Byb21wdBgLIAEoCUIE4kEBAxITCgVzdGVwcxgMIAEoDUIE4kEBAxIWCghndWlkYW5jZRgNIAEoAUIE4kEBAxIYCgpzaXplX2J5dGVzGA4gASgDQgTiQQEDEhUKB3N0YXJyZWQYDyABKAhCBOJBAQESGQoFYm9hcmQYECABKAlCCuJBAQGiuBkCGGRiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_rules_v1_rules]);
+  fileDesc("CipwaW5ndmFzL2dhbGxlcnkvdjEvZ2FsbGVyeV9yZXNvdXJjZXMucHJvdG8SEnBpbmd2YXMuZ2FsbGVyeS52MSKEBQoFSW1hZ2USEgoEbmFtZRgBIAEoCUIE4kEBAxIQCgJpZBgCIAEoCUIE4kEBAxIRCgN1cmwYAyABKAlCBOJBAQMSFAoGcHJvbXB0GAQgASgJQgTiQQEDEhMKBW1vZGVsGAUgASgJQgTiQQEDEhMKBXdpZHRoGAYgASgNQgTiQQEDEhQKBmhlaWdodBgHIAEoDUIE4kEBAxISCgRzZWVkGAggASgDQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIbCg10aHVtYm5haWxfdXJsGAogASgJQgTiQQEDEh0KD25lZ2F0aXZlX3Byb21wdBgLIAEoCUIE4kEBAxITCgVzdGVwcxgMIAEoDUIE4kEBAxIWCghndWlkYW5jZRgNIAEoAUIE4kEBAxIYCgpzaXplX2J5dGVzGA4gASgDQgTiQQEDEhUKB3N0YXJyZWQYDyABKAhCBOJBAQESGQoFYm9hcmQYECABKAlCCuJBAQGiuBkCGGQSFQoHc2FtcGxlchgRIAEoCUIE4kEBAxI5CgRtb2RlGBIgASgOMiUucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25Nb2RlQgTiQQEDEhsKCHN0cmVuZ3RoGBMgASgCQgTiQQEDSACIAQESNgoFbG9yYXMYFCADKAsyIS5waW5ndmFzLmdlbmVyYXRpb24udjEuTG9yYVdlaWdodEIE4kEBAxIbCg1pbml0X2ltYWdlX2lkGBUgASgJQgTiQQEDEhsKDW1hc2tfaW1hZ2VfaWQYFiABKAlCBOJBAQNCCwoJX3N0cmVuZ3RoYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_generation_v1_generation_resources, file_pingvas_rules_v1_rules]);
 
 /**
- * Image is one stored output of a successful generation.
+ * Image is one stored output of a successful generation, with the parameters that made it
+ * (what `CreateGenerationRequest.from_image_id` copies).
  *
  * @generated from message pingvas.gallery.v1.Image
  */
@@ -136,6 +139,49 @@ export type Image = Message<"pingvas.gallery.v1.Image"> & {
    * @generated from field: string board = 16;
    */
   board: string;
+
+  /**
+   * Output only. The sampler it was made with, as InvokeAI names it.
+   *
+   * @generated from field: string sampler = 17;
+   */
+  sampler: string;
+
+  /**
+   * Output only. What its generation started from.
+   *
+   * @generated from field: pingvas.generation.v1.GenerationMode mode = 18;
+   */
+  mode: GenerationMode;
+
+  /**
+   * Output only. How much of the init image was repainted; unset for text-to-image.
+   *
+   * @generated from field: optional float strength = 19;
+   */
+  strength?: number | undefined;
+
+  /**
+   * Output only. The LoRAs applied, with their weights.
+   *
+   * @generated from field: repeated pingvas.generation.v1.LoraWeight loras = 20;
+   */
+  loras: LoraWeight[];
+
+  /**
+   * Output only. The init image its generation named (a gallery image or an upload id); empty
+   * for text-to-image.
+   *
+   * @generated from field: string init_image_id = 21;
+   */
+  initImageId: string;
+
+  /**
+   * Output only. The inpainting mask its generation named; empty unless inpainting.
+   *
+   * @generated from field: string mask_image_id = 22;
+   */
+  maskImageId: string;
 };
 
 /**

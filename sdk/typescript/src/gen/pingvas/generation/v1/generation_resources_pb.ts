@@ -14,10 +14,41 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pingvas/generation/v1/generation_resources.proto.
  */
 export const file_pingvas_generation_v1_generation_resources: GenFile = /*@__PURE__*/
-  fileDesc("CjBwaW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9yZXNvdXJjZXMucHJvdG8SFXBpbmd2YXMuZ2VuZXJhdGlvbi52MSL7BgoKR2VuZXJhdGlvbhISCgRuYW1lGAEgASgJQgTiQQEDEhAKAmlkGAIgASgJQgTiQQEDEjsKBXN0YXRlGAMgASgOMiYucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdGF0ZUIE4kEBAxIfCgZwcm9tcHQYBCABKAlCD+JBAQKiuBkHCAEQARjQDxIkCg9uZWdhdGl2ZV9wcm9tcHQYBSABKAlCC+JBAQGiuBkDGNAPEhoKBW1vZGVsGAYgASgJQgviQQEBorgZAxiAARIjCgV3aWR0aBgHIAEoDUIP4kEBAaK4GQcgCCiAIDAISACIAQESJAoGaGVpZ2h0GAggASgNQg/iQQEBorgZByAIKIAgMAhIAYgBARIhCgVzdGVwcxgJIAEoDUIN4kEBAaK4GQUgASiWAUgCiAEBEiMKBHNlZWQYCiABKANCEOJBAQGiuBkIIAAo/////w9IA4gBARIxCghndWlkYW5jZRgLIAEoAkIa4kEBAaK4GRI5AAAAAAAAAABBAAAAAAAAPkBIBIgBARI1CgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSMgoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhcKCWltYWdlX3VybBgPIAEoCUIE4kEBAxIZCgtncHVfc2Vjb25kcxgQIAEoAUIE4kEBAxIaCgxjcmVkaXRzX2hlbGQYESABKANCBOJBAQMSHQoPY3JlZGl0c19jaGFyZ2VkGBIgASgDQgTiQQEDEhwKDmZhaWx1cmVfcmVhc29uGBMgASgJQgTiQQEDEhUKB2F0dGVtcHQYFCABKAVCBOJBAQMSGgoMZmFpbHVyZV9jb2RlGBUgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGBYgASgJQgTiQQEDEhsKDXRodW1ibmFpbF91cmwYFyABKAlCBOJBAQMSEwoFaW1hZ2UYGCABKAlCBOJBAQNCCAoGX3dpZHRoQgkKB19oZWlnaHRCCAoGX3N0ZXBzQgcKBV9zZWVkQgsKCV9ndWlkYW5jZSIqChBHZW5lcmF0aW9uUXVldWVkEhYKCHBvc2l0aW9uGAEgASgDQgTiQQEDIioKEUdlbmVyYXRpb25TdGFydGVkEhUKB2F0dGVtcHQYASABKAVCBOJBAQMiewoSR2VuZXJhdGlvblByb2dyZXNzEhIKBHN0ZXAYASABKA1CBOJBAQMSGQoLdG90YWxfc3RlcHMYAiABKA1CBOJBAQMSFQoHcHJldmlldxgDIAEoDEIE4kEBAxIfChFwcmV2aWV3X21pbWVfdHlwZRgEIAEoCUIE4kEBAyKZAQoTR2VuZXJhdGlvblN1Y2NlZWRlZBIXCglpbWFnZV91cmwYASABKAlCBOJBAQMSEgoEc2VlZBgCIAEoA0IE4kEBAxIZCgtncHVfc2Vjb25kcxgDIAEoAUIE4kEBAxIdCg9jcmVkaXRzX2NoYXJnZWQYBCABKANCBOJBAQMSGwoNdGh1bWJuYWlsX3VybBgFIAEoCUIE4kEBAyJXChBHZW5lcmF0aW9uRmFpbGVkEhQKBnJlYXNvbhgBIAEoCUIE4kEBAxISCgRjb2RlGAIgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGAMgASgJQgTiQQEDIjAKE0dlbmVyYXRpb25DYW5jZWxsZWQSGQoLd2FzX3J1bm5pbmcYASABKAhCBOJBAQMijwEKBU1vZGVsEhIKBG5hbWUYASABKAlCBOJBAQMSEAoCaWQYAiABKAlCBOJBAQMSGQoLbmF0aXZlX3NpemUYAyABKA1CBOJBAQMSFgoIbWluX3NpemUYBCABKA1CBOJBAQMSFgoIbWF4X3NpemUYBSABKA1CBOJBAQMSFQoHZGVmYXVsdBgGIAEoCEIE4kEBAyrLAQoPR2VuZXJhdGlvblN0YXRlEiAKHEdFTkVSQVRJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIbChdHRU5FUkFUSU9OX1NUQVRFX1FVRVVFRBABEhwKGEdFTkVSQVRJT05fU1RBVEVfUlVOTklORxACEh4KGkdFTkVSQVRJT05fU1RBVEVfU1VDQ0VFREVEEAMSGwoXR0VORVJBVElPTl9TVEFURV9GQUlMRUQQBBIeChpHRU5FUkFUSU9OX1NUQVRFX0NBTkNFTExFRBAFYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_rules_v1_rules]);
+  fileDesc("CjBwaW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9yZXNvdXJjZXMucHJvdG8SFXBpbmd2YXMuZ2VuZXJhdGlvbi52MSJVCgpMb3JhV2VpZ2h0EhsKBG5hbWUYASABKAlCDeJBAQKiuBkFCAEYgAESKgoGd2VpZ2h0GAIgASgCQhriQQEBorgZEjkAAAAAAAAkwEEAAAAAAAAkQCKoCQoKR2VuZXJhdGlvbhISCgRuYW1lGAEgASgJQgTiQQEDEhAKAmlkGAIgASgJQgTiQQEDEjsKBXN0YXRlGAMgASgOMiYucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdGF0ZUIE4kEBAxIuCgZwcm9tcHQYBCABKAlCHuJBAQKiuBkWCAEQARjQD1oNZnJvbV9pbWFnZV9pZBIkCg9uZWdhdGl2ZV9wcm9tcHQYBSABKAlCC+JBAQGiuBkDGNAPEhoKBW1vZGVsGAYgASgJQgviQQEBorgZAxiAARIjCgV3aWR0aBgHIAEoDUIP4kEBAaK4GQcgCCiAIDAISACIAQESJAoGaGVpZ2h0GAggASgNQg/iQQEBorgZByAIKIAgMAhIAYgBARIhCgVzdGVwcxgJIAEoDUIN4kEBAaK4GQUgASiWAUgCiAEBEiMKBHNlZWQYCiABKANCEOJBAQGiuBkIIAAo/////w9IA4gBARIxCghndWlkYW5jZRgLIAEoAkIa4kEBAaK4GRI5AAAAAAAAAABBAAAAAAAAPkBIBIgBARI1CgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKc3RhcnRfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSMgoIZW5kX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhcKCWltYWdlX3VybBgPIAEoCUIE4kEBAxIZCgtncHVfc2Vjb25kcxgQIAEoAUIE4kEBAxIaCgxjcmVkaXRzX2hlbGQYESABKANCBOJBAQMSHQoPY3JlZGl0c19jaGFyZ2VkGBIgASgDQgTiQQEDEhwKDmZhaWx1cmVfcmVhc29uGBMgASgJQgTiQQEDEhUKB2F0dGVtcHQYFCABKAVCBOJBAQMSGgoMZmFpbHVyZV9jb2RlGBUgASgJQgTiQQEDEhkKC2luY2lkZW50X2lkGBYgASgJQgTiQQEDEhsKDXRodW1ibmFpbF91cmwYFyABKAlCBOJBAQMSEwoFaW1hZ2UYGCABKAlCBOJBAQMSGwoHc2FtcGxlchgZIAEoCUIK4kEBAaK4GQIYIBIxCghzdHJlbmd0aBgaIAEoAkIa4kEBAaK4GRI5AAAAAAAAAABBAAAAAAAA8D9IBYgBARIiCg1pbml0X2ltYWdlX2lkGBsgASgJQgviQQEBorgZAxiAARIiCg1tYXNrX2ltYWdlX2lkGBwgASgJQgviQQEBorgZAxiAARI8CgVsb3JhcxgdIAMoCzIhLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5Mb3JhV2VpZ2h0QgriQQEBorgZAlAFEjkKBG1vZGUYHiABKA4yJS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbk1vZGVCBOJBAQNCCAoGX3dpZHRoQgkKB19oZWlnaHRCCAoGX3N0ZXBzQgcKBV9zZWVkQgsKCV9ndWlkYW5jZUILCglfc3RyZW5ndGgiKgoQR2VuZXJhdGlvblF1ZXVlZBIWCghwb3NpdGlvbhgBIAEoA0IE4kEBAyIqChFHZW5lcmF0aW9uU3RhcnRlZBIVCgdhdHRlbXB0GAEgASgFQgTiQQEDInsKEkdlbmVyYXRpb25Qcm9ncmVzcxISCgRzdGVwGAEgASgNQgTiQQEDEhkKC3RvdGFsX3N0ZXBzGAIgASgNQgTiQQEDEhUKB3ByZXZpZXcYAyABKAxCBOJBAQMSHwoRcHJldmlld19taW1lX3R5cGUYBCABKAlCBOJBAQMimQEKE0dlbmVyYXRpb25TdWNjZWVkZWQSFwoJaW1hZ2VfdXJsGAEgASgJQgTiQQEDEhIKBHNlZWQYAiABKANCBOJBAQMSGQoLZ3B1X3NlY29uZHMYAyABKAFCBOJBAQMSHQoPY3JlZGl0c19jaGFyZ2VkGAQgASgDQgTiQQEDEhsKDXRodW1ibmFpbF91cmwYBSABKAlCBOJBAQMiVwoQR2VuZXJhdGlvbkZhaWxlZBIUCgZyZWFzb24YASABKAlCBOJBAQMSEgoEY29kZRgCIAEoCUIE4kEBAxIZCgtpbmNpZGVudF9pZBgDIAEoCUIE4kEBAyIwChNHZW5lcmF0aW9uQ2FuY2VsbGVkEhkKC3dhc19ydW5uaW5nGAEgASgIQgTiQQEDItEBCgVNb2RlbBISCgRuYW1lGAEgASgJQgTiQQEDEhAKAmlkGAIgASgJQgTiQQEDEhkKC25hdGl2ZV9zaXplGAMgASgNQgTiQQEDEhYKCG1pbl9zaXplGAQgASgNQgTiQQEDEhYKCG1heF9zaXplGAUgASgNQgTiQQEDEhUKB2RlZmF1bHQYBiABKAhCBOJBAQMSFAoGZmFtaWx5GAcgASgJQgTiQQEDEhYKCHNhbXBsZXJzGAggAygJQgTiQQEDEhIKBGtpbmQYCSABKAlCBOJBAQMi8wEKBlVwbG9hZBISCgRuYW1lGAEgASgJQgTiQQEDEhAKAmlkGAIgASgJQgTiQQEDEhgKCnVwbG9hZF91cmwYAyABKAlCBOJBAQMSGgoMY29udGVudF90eXBlGAQgASgJQgTiQQEDEhgKCnNpemVfYnl0ZXMYBSABKANCBOJBAQMSPAoSdXBsb2FkX2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMqywEKD0dlbmVyYXRpb25TdGF0ZRIgChxHRU5FUkFUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXR0VORVJBVElPTl9TVEFURV9RVUVVRUQQARIcChhHRU5FUkFUSU9OX1NUQVRFX1JVTk5JTkcQAhIeChpHRU5FUkFUSU9OX1NUQVRFX1NVQ0NFRURFRBADEhsKF0dFTkVSQVRJT05fU1RBVEVfRkFJTEVEEAQSHgoaR0VORVJBVElPTl9TVEFURV9DQU5DRUxMRUQQBSqYAQoOR2VuZXJhdGlvbk1vZGUSHwobR0VORVJBVElPTl9NT0RFX1VOU1BFQ0lGSUVEEAASIQodR0VORVJBVElPTl9NT0RFX1RFWFRfVE9fSU1BR0UQARIiCh5HRU5FUkFUSU9OX01PREVfSU1BR0VfVE9fSU1BR0UQAhIeChpHRU5FUkFUSU9OX01PREVfSU5QQUlOVElORxADYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_rules_v1_rules]);
 
 /**
- * Generation is one text-to-image job and, once it succeeds, its image.
+ * LoraWeight applies one LoRA (a low-rank adapter of the catalog) to the generation's model.
+ *
+ * @generated from message pingvas.generation.v1.LoraWeight
+ */
+export type LoraWeight = Message<"pingvas.generation.v1.LoraWeight"> & {
+  /**
+   * Required. The LoRA's id in the catalog (`Model.id` of a model of kind `lora`), for the
+   * generation model's family.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional. How strongly it applies, -10 to 10; 0 when unset (which leaves the model as it
+   * is), 1 being the adapter's full strength.
+   *
+   * @generated from field: float weight = 2;
+   */
+  weight: number;
+};
+
+/**
+ * Describes the message pingvas.generation.v1.LoraWeight.
+ * Use `create(LoraWeightSchema)` to create a new message.
+ */
+export const LoraWeightSchema: GenMessage<LoraWeight> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_resources, 0);
+
+/**
+ * Generation is one image job (text-to-image, image-to-image or inpainting) and, once it
+ * succeeds, its image.
  *
  * @generated from message pingvas.generation.v1.Generation
  */
@@ -44,7 +75,8 @@ export type Generation = Message<"pingvas.generation.v1.Generation"> & {
   state: GenerationState;
 
   /**
-   * Required. What to draw, 1 to 2000 characters.
+   * Required. What to draw, 1 to 2000 characters, in InvokeAI's prompt syntax. A
+   * `CreateGenerationRequest` with `from_image_id` may leave it empty to reuse the image's.
    *
    * @generated from field: string prompt = 4;
    */
@@ -202,6 +234,56 @@ export type Generation = Message<"pingvas.generation.v1.Generation"> & {
    * @generated from field: string image = 24;
    */
   image: string;
+
+  /**
+   * Optional. The sampler, as InvokeAI names it (`euler`, `euler_a`, `dpmpp_2m`, `dpmpp_2m_k`,
+   * `ddim`, `unipc`, `lms`, `heun`), one of the model's `samplers`; the model's default when
+   * empty. The sampler used is always reported back.
+   *
+   * @generated from field: string sampler = 25;
+   */
+  sampler: string;
+
+  /**
+   * Optional. How much of the init image is repainted, 0 (kept) to 1 (replaced); only with
+   * `init_image_id`, and 0.75 when unset there. The steps run, and held for, are
+   * ceil(strength x steps), at least 1.
+   *
+   * @generated from field: optional float strength = 26;
+   */
+  strength?: number | undefined;
+
+  /**
+   * Optional. The image to start from (image-to-image, or inpainting with `mask_image_id`): the
+   * id of one of the caller's gallery images, or an upload id from `CreateUpload` (a PNG, JPEG
+   * or WebP of at most 10 MB). Unset `width` and `height` take its size. Another user's id
+   * answers NOT_FOUND.
+   *
+   * @generated from field: string init_image_id = 27;
+   */
+  initImageId: string;
+
+  /**
+   * Optional. The inpainting mask, named as `init_image_id` is and of the init image's size:
+   * white is repainted, black kept. Only with `init_image_id`.
+   *
+   * @generated from field: string mask_image_id = 28;
+   */
+  maskImageId: string;
+
+  /**
+   * Optional. Up to 5 LoRAs of the model's family, each named once, applied with their weights.
+   *
+   * @generated from field: repeated pingvas.generation.v1.LoraWeight loras = 29;
+   */
+  loras: LoraWeight[];
+
+  /**
+   * Output only. What the generation starts from, following from its input images.
+   *
+   * @generated from field: pingvas.generation.v1.GenerationMode mode = 30;
+   */
+  mode: GenerationMode;
 };
 
 /**
@@ -209,7 +291,7 @@ export type Generation = Message<"pingvas.generation.v1.Generation"> & {
  * Use `create(GenerationSchema)` to create a new message.
  */
 export const GenerationSchema: GenMessage<Generation> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 0);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 1);
 
 /**
  * GenerationQueued says the generation waits for a worker. It is sent first, and again whenever
@@ -231,7 +313,7 @@ export type GenerationQueued = Message<"pingvas.generation.v1.GenerationQueued">
  * Use `create(GenerationQueuedSchema)` to create a new message.
  */
 export const GenerationQueuedSchema: GenMessage<GenerationQueued> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 1);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 2);
 
 /**
  * GenerationStarted says a worker picked the generation up.
@@ -252,7 +334,7 @@ export type GenerationStarted = Message<"pingvas.generation.v1.GenerationStarted
  * Use `create(GenerationStartedSchema)` to create a new message.
  */
 export const GenerationStartedSchema: GenMessage<GenerationStarted> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 2);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 3);
 
 /**
  * GenerationProgress reports one finished denoising step with a low-resolution preview.
@@ -294,7 +376,7 @@ export type GenerationProgress = Message<"pingvas.generation.v1.GenerationProgre
  * Use `create(GenerationProgressSchema)` to create a new message.
  */
 export const GenerationProgressSchema: GenMessage<GenerationProgress> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 3);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 4);
 
 /**
  * GenerationSucceeded is the terminal event of a generation whose image is stored.
@@ -344,7 +426,7 @@ export type GenerationSucceeded = Message<"pingvas.generation.v1.GenerationSucce
  * Use `create(GenerationSucceededSchema)` to create a new message.
  */
 export const GenerationSucceededSchema: GenMessage<GenerationSucceeded> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 4);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 5);
 
 /**
  * GenerationFailed is the terminal event of a generation that could not be completed.
@@ -380,7 +462,7 @@ export type GenerationFailed = Message<"pingvas.generation.v1.GenerationFailed">
  * Use `create(GenerationFailedSchema)` to create a new message.
  */
 export const GenerationFailedSchema: GenMessage<GenerationFailed> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 5);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 6);
 
 /**
  * GenerationCancelled is the terminal event of a cancelled generation.
@@ -401,7 +483,7 @@ export type GenerationCancelled = Message<"pingvas.generation.v1.GenerationCance
  * Use `create(GenerationCancelledSchema)` to create a new message.
  */
 export const GenerationCancelledSchema: GenMessage<GenerationCancelled> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 6);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 7);
 
 /**
  * Model is one model of the catalog that a generation may name.
@@ -450,6 +532,30 @@ export type Model = Message<"pingvas.generation.v1.Model"> & {
    * @generated from field: bool default = 6;
    */
   default: boolean;
+
+  /**
+   * Output only. The model's architecture: `sd15`, `sdxl` or `flux`. A LoRA fits the pipelines
+   * of its family only.
+   *
+   * @generated from field: string family = 7;
+   */
+  family: string;
+
+  /**
+   * Output only. The samplers a generation on this model may name (`Generation.sampler`), the
+   * default first; empty for a LoRA.
+   *
+   * @generated from field: repeated string samplers = 8;
+   */
+  samplers: string[];
+
+  /**
+   * Output only. What it is: `pipeline` (a `Generation.model`) or `lora` (a
+   * `Generation.loras` name).
+   *
+   * @generated from field: string kind = 9;
+   */
+  kind: string;
 };
 
 /**
@@ -457,7 +563,74 @@ export type Model = Message<"pingvas.generation.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_resources, 7);
+  messageDesc(file_pingvas_generation_v1_generation_resources, 8);
+
+/**
+ * Upload is a place to PUT one input image (an init image or a mask) for later generations.
+ *
+ * @generated from message pingvas.generation.v1.Upload
+ */
+export type Upload = Message<"pingvas.generation.v1.Upload"> & {
+  /**
+   * Output only. The resource name, `users/{user}/uploads/{upload}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Output only. The upload's id (a UUID): what `Generation.init_image_id` and
+   * `Generation.mask_image_id` name.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * Output only. A presigned S3 PUT URL for the bytes. The PUT must send the declared
+   * `Content-Type` and exactly `size_bytes` bytes (`Content-Length`); it works until
+   * `upload_expire_time`.
+   *
+   * @generated from field: string upload_url = 3;
+   */
+  uploadUrl: string;
+
+  /**
+   * Output only. The declared media type.
+   *
+   * @generated from field: string content_type = 4;
+   */
+  contentType: string;
+
+  /**
+   * Output only. The declared size in bytes.
+   *
+   * @generated from field: int64 size_bytes = 5;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Output only. When `upload_url` stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp upload_expire_time = 6;
+   */
+  uploadExpireTime?: Timestamp | undefined;
+
+  /**
+   * Output only. When the uploaded object is deleted unless a generation has used it first
+   * (a day after the upload).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 7;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message pingvas.generation.v1.Upload.
+ * Use `create(UploadSchema)` to create a new message.
+ */
+export const UploadSchema: GenMessage<Upload> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_resources, 9);
 
 /**
  * GenerationState is where a generation stands. QUEUED and RUNNING are live; the others are
@@ -514,4 +687,45 @@ export enum GenerationState {
  */
 export const GenerationStateSchema: GenEnum<GenerationState> = /*@__PURE__*/
   enumDesc(file_pingvas_generation_v1_generation_resources, 0);
+
+/**
+ * GenerationMode is what a generation starts from; it follows from the input images it names.
+ *
+ * @generated from enum pingvas.generation.v1.GenerationMode
+ */
+export enum GenerationMode {
+  /**
+   * The mode is not known; never stored.
+   *
+   * @generated from enum value: GENERATION_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * From noise and the prompt alone (no init image).
+   *
+   * @generated from enum value: GENERATION_MODE_TEXT_TO_IMAGE = 1;
+   */
+  TEXT_TO_IMAGE = 1,
+
+  /**
+   * From an init image, re-noised by `strength` (an init image and no mask).
+   *
+   * @generated from enum value: GENERATION_MODE_IMAGE_TO_IMAGE = 2;
+   */
+  IMAGE_TO_IMAGE = 2,
+
+  /**
+   * From an init image whose masked part (white in the mask) is repainted.
+   *
+   * @generated from enum value: GENERATION_MODE_INPAINTING = 3;
+   */
+  INPAINTING = 3,
+}
+
+/**
+ * Describes the enum pingvas.generation.v1.GenerationMode.
+ */
+export const GenerationModeSchema: GenEnum<GenerationMode> = /*@__PURE__*/
+  enumDesc(file_pingvas_generation_v1_generation_resources, 1);
 

@@ -9,7 +9,7 @@ import { file_google_api_field_behavior } from "../../../google/api/field_behavi
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_pingvas_access_v1_access } from "../../access/v1/access_pb.js";
-import type { Generation, GenerationCancelled, GenerationFailed, GenerationProgress, GenerationQueued, GenerationSchema, GenerationStarted, GenerationSucceeded, Model } from "./generation_resources_pb.js";
+import type { Generation, GenerationCancelled, GenerationFailed, GenerationProgress, GenerationQueued, GenerationSchema, GenerationStarted, GenerationSucceeded, Model, UploadSchema } from "./generation_resources_pb.js";
 import { file_pingvas_generation_v1_generation_resources } from "./generation_resources_pb.js";
 import { file_pingvas_rules_v1_rules } from "../../rules/v1/rules_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pingvas/generation/v1/generation_service.proto.
  */
 export const file_pingvas_generation_v1_generation_service: GenFile = /*@__PURE__*/
-  fileDesc("Ci5waW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9zZXJ2aWNlLnByb3RvEhVwaW5ndmFzLmdlbmVyYXRpb24udjEitAEKF0NyZWF0ZUdlbmVyYXRpb25SZXF1ZXN0EkEKCmdlbmVyYXRpb24YASABKAsyIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkIK4kEBAqK4GQIIARIfCgpyZXF1ZXN0X2lkGAIgASgJQgviQQEBorgZAxiAARI1Cgd3ZWJob29rGAMgASgLMh4ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLldlYmhvb2tCBOJBAQEiWgoHV2ViaG9vaxIaCgN1cmwYASABKAlCDeJBAQKiuBkFCAEYgBASMwoNZXZlbnRzX2ZpbHRlchgCIAMoCUIc4kEBAaK4GRRKB3N0YXJ0ZWRKCWNvbXBsZXRlZCI5ChRHZXRHZW5lcmF0aW9uUmVxdWVzdBIhCg1nZW5lcmF0aW9uX2lkGAEgASgJQgriQQECorgZAggBIk4KEUxpc3RNb2RlbHNSZXF1ZXN0Eh8KCXBhZ2Vfc2l6ZRgBIAEoBUIM4kEBAaK4GQQgAChkEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQEiZwoSTGlzdE1vZGVsc1Jlc3BvbnNlEjIKBm1vZGVscxgBIAMoCzIcLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5Nb2RlbEIE4kEBAxIdCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCBOJBAQMiUwoWTGlzdEdlbmVyYXRpb25zUmVxdWVzdBIfCglwYWdlX3NpemUYASABKAVCDOJBAQGiuBkEIAAoZBIYCgpwYWdlX3Rva2VuGAIgASgJQgTiQQEBInYKF0xpc3RHZW5lcmF0aW9uc1Jlc3BvbnNlEjwKC2dlbmVyYXRpb25zGAEgAygLMiEucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25CBOJBAQMSHQoPbmV4dF9wYWdlX3Rva2VuGAIgASgJQgTiQQEDIjwKF0NhbmNlbEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAEiXwoWV2F0Y2hHZW5lcmF0aW9uUmVxdWVzdBIhCg1nZW5lcmF0aW9uX2lkGAEgASgJQgriQQECorgZAggBEiIKDmFmdGVyX3NlcXVlbmNlGAIgASgDQgriQQEBorgZAiAAIvsDChdXYXRjaEdlbmVyYXRpb25SZXNwb25zZRIWCghzZXF1ZW5jZRgBIAEoA0IE4kEBAxIbCg1nZW5lcmF0aW9uX2lkGAIgASgJQgTiQQEDEi4KBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjkKBnF1ZXVlZBgKIAEoCzInLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uUXVldWVkSAASOwoHc3RhcnRlZBgLIAEoCzIoLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uU3RhcnRlZEgAEj0KCHByb2dyZXNzGAwgASgLMikucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25Qcm9ncmVzc0gAEj8KCXN1Y2NlZWRlZBgNIAEoCzIqLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uU3VjY2VlZGVkSAASOQoGZmFpbGVkGA4gASgLMicucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25GYWlsZWRIABI/CgljYW5jZWxsZWQYDyABKAsyKi5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkNhbmNlbGxlZEgAQgcKBWV2ZW50MrkHChFHZW5lcmF0aW9uU2VydmljZRKcAQoQQ3JlYXRlR2VuZXJhdGlvbhIuLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5DcmVhdGVHZW5lcmF0aW9uUmVxdWVzdBohLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uIjXCvhkECAIQAoLT5JMCJzoKZ2VuZXJhdGlvbiIZL2FwaS92MS9nZW5lcmF0aW9uL2NyZWF0ZRKTAQoNR2V0R2VuZXJhdGlvbhIrLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZXRHZW5lcmF0aW9uUmVxdWVzdBohLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uIjLCvhkECAMQAYLT5JMCJBIiL2FwaS92MS9nZW5lcmF0aW9uL3tnZW5lcmF0aW9uX2lkfRKBAQoKTGlzdE1vZGVscxIoLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5MaXN0TW9kZWxzUmVxdWVzdBopLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5MaXN0TW9kZWxzUmVzcG9uc2UiHsK+GQQIAhABgtPkkwIQEg4vYXBpL3YxL21vZGVscxKUAQoPTGlzdEdlbmVyYXRpb25zEi0ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkxpc3RHZW5lcmF0aW9uc1JlcXVlc3QaLi5waW5ndmFzLmdlbmVyYXRpb24udjEuTGlzdEdlbmVyYXRpb25zUmVzcG9uc2UiIsK+GQQIAhABgtPkkwIUEhIvYXBpL3YxL2dlbmVyYXRpb24SowEKEENhbmNlbEdlbmVyYXRpb24SLi5waW5ndmFzLmdlbmVyYXRpb24udjEuQ2FuY2VsR2VuZXJhdGlvblJlcXVlc3QaIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbiI8wr4ZBAgDEAKC0+STAi46ASoiKS9hcGkvdjEvZ2VuZXJhdGlvbi97Z2VuZXJhdGlvbl9pZH0vY2FuY2VsEq0BCg9XYXRjaEdlbmVyYXRpb24SLS5waW5ndmFzLmdlbmVyYXRpb24udjEuV2F0Y2hHZW5lcmF0aW9uUmVxdWVzdBouLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5XYXRjaEdlbmVyYXRpb25SZXNwb25zZSI5wr4ZBAgDEAGC0+STAisSKS9hcGkvdjEvZ2VuZXJhdGlvbi97Z2VuZXJhdGlvbl9pZH0vZXZlbnRzMAFiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_access_v1_access, file_pingvas_generation_v1_generation_resources, file_pingvas_rules_v1_rules]);
+  fileDesc("Ci5waW5ndmFzL2dlbmVyYXRpb24vdjEvZ2VuZXJhdGlvbl9zZXJ2aWNlLnByb3RvEhVwaW5ndmFzLmdlbmVyYXRpb24udjEi2AEKF0NyZWF0ZUdlbmVyYXRpb25SZXF1ZXN0EkEKCmdlbmVyYXRpb24YASABKAsyIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkIK4kEBAqK4GQIIARIfCgpyZXF1ZXN0X2lkGAIgASgJQgviQQEBorgZAxiAARI1Cgd3ZWJob29rGAMgASgLMh4ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLldlYmhvb2tCBOJBAQESIgoNZnJvbV9pbWFnZV9pZBgEIAEoCUIL4kEBAaK4GQMYgAEijAEKHUJhdGNoQ3JlYXRlR2VuZXJhdGlvbnNSZXF1ZXN0EhsKBnBhcmVudBgBIAEoCUIL4kEBAaK4GQMYgAESTgoIcmVxdWVzdHMYAiADKAsyLi5waW5ndmFzLmdlbmVyYXRpb24udjEuQ3JlYXRlR2VuZXJhdGlvblJlcXVlc3RCDOJBAQKiuBkECAFQBCJeCh5CYXRjaENyZWF0ZUdlbmVyYXRpb25zUmVzcG9uc2USPAoLZ2VuZXJhdGlvbnMYASADKAsyIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkIE4kEBAyKBAQoTQ3JlYXRlVXBsb2FkUmVxdWVzdBJDCgxjb250ZW50X3R5cGUYASABKAlCLeJBAQKiuBklCAFKCWltYWdlL3BuZ0oKaW1hZ2UvanBlZ0oKaW1hZ2Uvd2VicBIlCgpzaXplX2J5dGVzGAIgASgDQhHiQQECorgZCQgBIAEogICABSJaCgdXZWJob29rEhoKA3VybBgBIAEoCUIN4kEBAqK4GQUIARiAEBIzCg1ldmVudHNfZmlsdGVyGAIgAygJQhziQQEBorgZFEoHc3RhcnRlZEoJY29tcGxldGVkIjkKFEdldEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAEiTgoRTGlzdE1vZGVsc1JlcXVlc3QSHwoJcGFnZV9zaXplGAEgASgFQgziQQEBorgZBCAAKGQSGAoKcGFnZV90b2tlbhgCIAEoCUIE4kEBASJnChJMaXN0TW9kZWxzUmVzcG9uc2USMgoGbW9kZWxzGAEgAygLMhwucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLk1vZGVsQgTiQQEDEh0KD25leHRfcGFnZV90b2tlbhgCIAEoCUIE4kEBAyJTChZMaXN0R2VuZXJhdGlvbnNSZXF1ZXN0Eh8KCXBhZ2Vfc2l6ZRgBIAEoBUIM4kEBAaK4GQQgAChkEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQEidgoXTGlzdEdlbmVyYXRpb25zUmVzcG9uc2USPAoLZ2VuZXJhdGlvbnMYASADKAsyIS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkIE4kEBAxIdCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCBOJBAQMiPAoXQ2FuY2VsR2VuZXJhdGlvblJlcXVlc3QSIQoNZ2VuZXJhdGlvbl9pZBgBIAEoCUIK4kEBAqK4GQIIASJfChZXYXRjaEdlbmVyYXRpb25SZXF1ZXN0EiEKDWdlbmVyYXRpb25faWQYASABKAlCCuJBAQKiuBkCCAESIgoOYWZ0ZXJfc2VxdWVuY2UYAiABKANCCuJBAQGiuBkCIAAi+wMKF1dhdGNoR2VuZXJhdGlvblJlc3BvbnNlEhYKCHNlcXVlbmNlGAEgASgDQgTiQQEDEhsKDWdlbmVyYXRpb25faWQYAiABKAlCBOJBAQMSLgoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSOQoGcXVldWVkGAogASgLMicucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25RdWV1ZWRIABI7CgdzdGFydGVkGAsgASgLMigucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdGFydGVkSAASPQoIcHJvZ3Jlc3MYDCABKAsyKS5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvblByb2dyZXNzSAASPwoJc3VjY2VlZGVkGA0gASgLMioucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb25TdWNjZWVkZWRIABI5CgZmYWlsZWQYDiABKAsyJy5waW5ndmFzLmdlbmVyYXRpb24udjEuR2VuZXJhdGlvbkZhaWxlZEgAEj8KCWNhbmNlbGxlZBgPIAEoCzIqLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uQ2FuY2VsbGVkSABCBwoFZXZlbnQy9AkKEUdlbmVyYXRpb25TZXJ2aWNlEpwBChBDcmVhdGVHZW5lcmF0aW9uEi4ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkNyZWF0ZUdlbmVyYXRpb25SZXF1ZXN0GiEucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb24iNcK+GQQIAhACgtPkkwInOgpnZW5lcmF0aW9uIhkvYXBpL3YxL2dlbmVyYXRpb24vY3JlYXRlErkBChZCYXRjaENyZWF0ZUdlbmVyYXRpb25zEjQucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkJhdGNoQ3JlYXRlR2VuZXJhdGlvbnNSZXF1ZXN0GjUucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkJhdGNoQ3JlYXRlR2VuZXJhdGlvbnNSZXNwb25zZSIywr4ZBAgCEAKC0+STAiQ6ASoiHy9hcGkvdjEvZ2VuZXJhdGlvbi9iYXRjaC1jcmVhdGUSfQoMQ3JlYXRlVXBsb2FkEioucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkNyZWF0ZVVwbG9hZFJlcXVlc3QaHS5waW5ndmFzLmdlbmVyYXRpb24udjEuVXBsb2FkIiLCvhkECAIQAoLT5JMCFDoBKiIPL2FwaS92MS91cGxvYWRzEpMBCg1HZXRHZW5lcmF0aW9uEisucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdldEdlbmVyYXRpb25SZXF1ZXN0GiEucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkdlbmVyYXRpb24iMsK+GQQIAxABgtPkkwIkEiIvYXBpL3YxL2dlbmVyYXRpb24ve2dlbmVyYXRpb25faWR9EoEBCgpMaXN0TW9kZWxzEigucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GikucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIewr4ZBAgCEAGC0+STAhASDi9hcGkvdjEvbW9kZWxzEpQBCg9MaXN0R2VuZXJhdGlvbnMSLS5waW5ndmFzLmdlbmVyYXRpb24udjEuTGlzdEdlbmVyYXRpb25zUmVxdWVzdBouLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5MaXN0R2VuZXJhdGlvbnNSZXNwb25zZSIiwr4ZBAgCEAGC0+STAhQSEi9hcGkvdjEvZ2VuZXJhdGlvbhKjAQoQQ2FuY2VsR2VuZXJhdGlvbhIuLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5DYW5jZWxHZW5lcmF0aW9uUmVxdWVzdBohLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5HZW5lcmF0aW9uIjzCvhkECAMQAoLT5JMCLjoBKiIpL2FwaS92MS9nZW5lcmF0aW9uL3tnZW5lcmF0aW9uX2lkfS9jYW5jZWwSrQEKD1dhdGNoR2VuZXJhdGlvbhItLnBpbmd2YXMuZ2VuZXJhdGlvbi52MS5XYXRjaEdlbmVyYXRpb25SZXF1ZXN0Gi4ucGluZ3Zhcy5nZW5lcmF0aW9uLnYxLldhdGNoR2VuZXJhdGlvblJlc3BvbnNlIjnCvhkECAMQAYLT5JMCKxIpL2FwaS92MS9nZW5lcmF0aW9uL3tnZW5lcmF0aW9uX2lkfS9ldmVudHMwAWIGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp, file_pingvas_access_v1_access, file_pingvas_generation_v1_generation_resources, file_pingvas_rules_v1_rules]);
 
 /**
  * CreateGenerationRequest carries the generation to create.
@@ -49,6 +49,17 @@ export type CreateGenerationRequest = Message<"pingvas.generation.v1.CreateGener
    * @generated from field: pingvas.generation.v1.Webhook webhook = 3;
    */
   webhook?: Webhook | undefined;
+
+  /**
+   * Optional. "Use again": the id of one of the caller's gallery images, whose recorded
+   * parameters (prompt, negative prompt, model, size, steps, seed, guidance, sampler,
+   * strength, input images and LoRAs) the generation copies; every field `generation` sets
+   * overrides the copy (strings when non-empty, `loras` when it names any). Another user's
+   * image answers NOT_FOUND.
+   *
+   * @generated from field: string from_image_id = 4;
+   */
+  fromImageId: string;
 };
 
 /**
@@ -57,6 +68,84 @@ export type CreateGenerationRequest = Message<"pingvas.generation.v1.CreateGener
  */
 export const CreateGenerationRequestSchema: GenMessage<CreateGenerationRequest> = /*@__PURE__*/
   messageDesc(file_pingvas_generation_v1_generation_service, 0);
+
+/**
+ * BatchCreateGenerationsRequest carries 1 to 4 generations to create together.
+ *
+ * @generated from message pingvas.generation.v1.BatchCreateGenerationsRequest
+ */
+export type BatchCreateGenerationsRequest = Message<"pingvas.generation.v1.BatchCreateGenerationsRequest"> & {
+  /**
+   * Optional. The owner of the generations, `users/{user}`: the caller; empty means the caller.
+   *
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * Required. The generations, 1 to 4. Their `request_id` must be empty (a batch is retried as
+   * a whole, and each item is created afresh).
+   *
+   * @generated from field: repeated pingvas.generation.v1.CreateGenerationRequest requests = 2;
+   */
+  requests: CreateGenerationRequest[];
+};
+
+/**
+ * Describes the message pingvas.generation.v1.BatchCreateGenerationsRequest.
+ * Use `create(BatchCreateGenerationsRequestSchema)` to create a new message.
+ */
+export const BatchCreateGenerationsRequestSchema: GenMessage<BatchCreateGenerationsRequest> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_service, 1);
+
+/**
+ * BatchCreateGenerationsResponse holds the generations created, in the requests' order.
+ *
+ * @generated from message pingvas.generation.v1.BatchCreateGenerationsResponse
+ */
+export type BatchCreateGenerationsResponse = Message<"pingvas.generation.v1.BatchCreateGenerationsResponse"> & {
+  /**
+   * Output only. The generations, one per request, in order.
+   *
+   * @generated from field: repeated pingvas.generation.v1.Generation generations = 1;
+   */
+  generations: Generation[];
+};
+
+/**
+ * Describes the message pingvas.generation.v1.BatchCreateGenerationsResponse.
+ * Use `create(BatchCreateGenerationsResponseSchema)` to create a new message.
+ */
+export const BatchCreateGenerationsResponseSchema: GenMessage<BatchCreateGenerationsResponse> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_service, 2);
+
+/**
+ * CreateUploadRequest declares the image about to be uploaded.
+ *
+ * @generated from message pingvas.generation.v1.CreateUploadRequest
+ */
+export type CreateUploadRequest = Message<"pingvas.generation.v1.CreateUploadRequest"> & {
+  /**
+   * Required. The media type: `image/png`, `image/jpeg` or `image/webp`.
+   *
+   * @generated from field: string content_type = 1;
+   */
+  contentType: string;
+
+  /**
+   * Required. The size in bytes, 1 to 10485760 (10 MB).
+   *
+   * @generated from field: int64 size_bytes = 2;
+   */
+  sizeBytes: bigint;
+};
+
+/**
+ * Describes the message pingvas.generation.v1.CreateUploadRequest.
+ * Use `create(CreateUploadRequestSchema)` to create a new message.
+ */
+export const CreateUploadRequestSchema: GenMessage<CreateUploadRequest> = /*@__PURE__*/
+  messageDesc(file_pingvas_generation_v1_generation_service, 3);
 
 /**
  * Webhook asks for a generation's events to be POSTed to a partner's endpoint.
@@ -93,7 +182,7 @@ export type Webhook = Message<"pingvas.generation.v1.Webhook"> & {
  * Use `create(WebhookSchema)` to create a new message.
  */
 export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 1);
+  messageDesc(file_pingvas_generation_v1_generation_service, 4);
 
 /**
  * GetGenerationRequest names the generation to read.
@@ -114,7 +203,7 @@ export type GetGenerationRequest = Message<"pingvas.generation.v1.GetGenerationR
  * Use `create(GetGenerationRequestSchema)` to create a new message.
  */
 export const GetGenerationRequestSchema: GenMessage<GetGenerationRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 2);
+  messageDesc(file_pingvas_generation_v1_generation_service, 5);
 
 /**
  * ListModelsRequest pages through the catalog.
@@ -142,7 +231,7 @@ export type ListModelsRequest = Message<"pingvas.generation.v1.ListModelsRequest
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 3);
+  messageDesc(file_pingvas_generation_v1_generation_service, 6);
 
 /**
  * ListModelsResponse is one page of the catalog, by name.
@@ -170,7 +259,7 @@ export type ListModelsResponse = Message<"pingvas.generation.v1.ListModelsRespon
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 4);
+  messageDesc(file_pingvas_generation_v1_generation_service, 7);
 
 /**
  * ListGenerationsRequest pages through the caller's generations.
@@ -198,7 +287,7 @@ export type ListGenerationsRequest = Message<"pingvas.generation.v1.ListGenerati
  * Use `create(ListGenerationsRequestSchema)` to create a new message.
  */
 export const ListGenerationsRequestSchema: GenMessage<ListGenerationsRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 5);
+  messageDesc(file_pingvas_generation_v1_generation_service, 8);
 
 /**
  * ListGenerationsResponse is one page of generations.
@@ -226,7 +315,7 @@ export type ListGenerationsResponse = Message<"pingvas.generation.v1.ListGenerat
  * Use `create(ListGenerationsResponseSchema)` to create a new message.
  */
 export const ListGenerationsResponseSchema: GenMessage<ListGenerationsResponse> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 6);
+  messageDesc(file_pingvas_generation_v1_generation_service, 9);
 
 /**
  * CancelGenerationRequest names the generation to cancel.
@@ -247,7 +336,7 @@ export type CancelGenerationRequest = Message<"pingvas.generation.v1.CancelGener
  * Use `create(CancelGenerationRequestSchema)` to create a new message.
  */
 export const CancelGenerationRequestSchema: GenMessage<CancelGenerationRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 7);
+  messageDesc(file_pingvas_generation_v1_generation_service, 10);
 
 /**
  * WatchGenerationRequest names the generation to follow.
@@ -275,7 +364,7 @@ export type WatchGenerationRequest = Message<"pingvas.generation.v1.WatchGenerat
  * Use `create(WatchGenerationRequestSchema)` to create a new message.
  */
 export const WatchGenerationRequestSchema: GenMessage<WatchGenerationRequest> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 8);
+  messageDesc(file_pingvas_generation_v1_generation_service, 11);
 
 /**
  * WatchGenerationResponse is one event of a generation.
@@ -365,10 +454,11 @@ export type WatchGenerationResponse = Message<"pingvas.generation.v1.WatchGenera
  * Use `create(WatchGenerationResponseSchema)` to create a new message.
  */
 export const WatchGenerationResponseSchema: GenMessage<WatchGenerationResponse> = /*@__PURE__*/
-  messageDesc(file_pingvas_generation_v1_generation_service, 9);
+  messageDesc(file_pingvas_generation_v1_generation_service, 12);
 
 /**
- * GenerationService accepts text-to-image jobs, streams their progress and cancels them.
+ * GenerationService accepts image jobs (text-to-image, image-to-image, inpainting), takes their
+ * input images, streams their progress and cancels them.
  *
  * Every RPC requires `authorization: Bearer <access token>`; a caller only ever sees their own
  * generations (another user's id answers NOT_FOUND). Errors carry one `google.rpc.ErrorInfo`
@@ -392,6 +482,36 @@ export const GenerationService: GenService<{
     methodKind: "unary";
     input: typeof CreateGenerationRequestSchema;
     output: typeof GenerationSchema;
+  },
+  /**
+   * Accepts 1 to 4 generations at once (AIP-233), all or none: each is validated and held as
+   * `CreateGeneration` does, in one transaction, so a refusal of any (invalid input, or
+   * credits that cover fewer than all: INSUFFICIENT_CREDITS, HTTP 402) accepts none and holds
+   * nothing. Seeds: a request that sets no seed gets the first request's seed (chosen by the
+   * server when unset) plus its index, so identical requests draw `seed`, `seed+1`, and so on.
+   *
+   * @generated from rpc pingvas.generation.v1.GenerationService.BatchCreateGenerations
+   */
+  batchCreateGenerations: {
+    methodKind: "unary";
+    input: typeof BatchCreateGenerationsRequestSchema;
+    output: typeof BatchCreateGenerationsResponseSchema;
+  },
+  /**
+   * Hands out a presigned S3 PUT URL for one input image (AIP-133: returns the resource). The
+   * declared content type must be `image/png`, `image/jpeg` or `image/webp` and the size at
+   * most 10 MB. The object expires a day after the upload unless a generation uses it; a
+   * generation that names it checks the stored bytes (size, format, decodable dimensions).
+   *
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc pingvas.generation.v1.GenerationService.CreateUpload
+   */
+  createUpload: {
+    methodKind: "unary";
+    input: typeof CreateUploadRequestSchema;
+    output: typeof UploadSchema;
   },
   /**
    * Returns one of the caller's generations, itself (AIP-131).

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pingvas/rules/v1/rules.proto.
  */
 export const file_pingvas_rules_v1_rules: GenFile = /*@__PURE__*/
-  fileDesc("ChxwaW5ndmFzL3J1bGVzL3YxL3J1bGVzLnByb3RvEhBwaW5ndmFzLnJ1bGVzLnYxIqwCCgpGaWVsZFJ1bGVzEhAKCHJlcXVpcmVkGAEgASgIEhQKB21pbl9sZW4YAiABKA1IAIgBARIUCgdtYXhfbGVuGAMgASgNSAGIAQESFAoHaW50X2d0ZRgEIAEoA0gCiAEBEhQKB2ludF9sdGUYBSABKANIA4gBARIYCgttdWx0aXBsZV9vZhgGIAEoDUgEiAEBEhcKCmRvdWJsZV9ndGUYByABKAFIBYgBARIXCgpkb3VibGVfbHRlGAggASgBSAaIAQESCgoCaW4YCSADKAlCCgoIX21pbl9sZW5CCgoIX21heF9sZW5CCgoIX2ludF9ndGVCCgoIX2ludF9sdGVCDgoMX211bHRpcGxlX29mQg0KC19kb3VibGVfZ3RlQg0KC19kb3VibGVfbHRlOlMKBWZpZWxkEh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxiElwMgASgLMhwucGluZ3Zhcy5ydWxlcy52MS5GaWVsZFJ1bGVzUgVmaWVsZGIGcHJvdG8z", [file_google_protobuf_descriptor]);
+  fileDesc("ChxwaW5ndmFzL3J1bGVzL3YxL3J1bGVzLnByb3RvEhBwaW5ndmFzLnJ1bGVzLnYxIuUCCgpGaWVsZFJ1bGVzEhAKCHJlcXVpcmVkGAEgASgIEhQKB21pbl9sZW4YAiABKA1IAIgBARIUCgdtYXhfbGVuGAMgASgNSAGIAQESFAoHaW50X2d0ZRgEIAEoA0gCiAEBEhQKB2ludF9sdGUYBSABKANIA4gBARIYCgttdWx0aXBsZV9vZhgGIAEoDUgEiAEBEhcKCmRvdWJsZV9ndGUYByABKAFIBYgBARIXCgpkb3VibGVfbHRlGAggASgBSAaIAQESCgoCaW4YCSADKAkSFgoJbWF4X2l0ZW1zGAogASgNSAeIAQESEQoJd2FpdmVkX2J5GAsgASgJQgoKCF9taW5fbGVuQgoKCF9tYXhfbGVuQgoKCF9pbnRfZ3RlQgoKCF9pbnRfbHRlQg4KDF9tdWx0aXBsZV9vZkINCgtfZG91YmxlX2d0ZUINCgtfZG91YmxlX2x0ZUIMCgpfbWF4X2l0ZW1zOlMKBWZpZWxkEh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxiElwMgASgLMhwucGluZ3Zhcy5ydWxlcy52MS5GaWVsZFJ1bGVzUgVmaWVsZGIGcHJvdG8z", [file_google_protobuf_descriptor]);
 
 /**
  * FieldRules declares the input rules of one request field, next to the field itself.
@@ -87,6 +87,22 @@ export type FieldRules = Message<"pingvas.rules.v1.FieldRules"> & {
    * @generated from field: repeated string in = 9;
    */
   in: string[];
+
+  /**
+   * Optional. The largest accepted number of items of a repeated field.
+   *
+   * @generated from field: optional uint32 max_items = 10;
+   */
+  maxItems?: number | undefined;
+
+  /**
+   * Optional. The name of a field of the message that holds this field's message (its
+   * enclosing request): while that field is set, `required` and `min_len` are waived, because
+   * the value comes from elsewhere (`CreateGenerationRequest.from_image_id` supplies the prompt).
+   *
+   * @generated from field: string waived_by = 11;
+   */
+  waivedBy: string;
 };
 
 /**
