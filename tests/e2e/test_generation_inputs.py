@@ -120,6 +120,20 @@ def test_bad_input_names_the_field_and_holds_nothing(
     nothing_queued_or_held(mesh, account.user_id)
 
 
+def test_a_lora_of_another_family_is_refused_naming_both(
+    mesh: RunningMesh, new_account: Any, rest: httpx.Client
+) -> None:
+    account = new_account("other-family-lora")
+    change = {"model": "tiny-sd", "loras": [{"name": "tiny-sdxl-lora", "weight": 1}]}
+    reply = rest.post("/api/v1/generation/create", json={**TEXT, **change}, headers=account.headers)
+    assert reply.status_code == 400, reply.text
+    details = {detail["@type"].rsplit("/", 1)[-1]: detail for detail in reply.json()["details"]}
+    (violation,) = details["google.rpc.BadRequest"]["fieldViolations"]
+    assert violation["field"] == "generation.loras[0].name"
+    assert "sdxl" in violation["description"] and "sd15" in violation["description"], violation
+    nothing_queued_or_held(mesh, account.user_id)
+
+
 def test_the_catalog_says_which_samplers_each_model_allows(
     new_account: Any, rest: httpx.Client, flux_model: str
 ) -> None:
