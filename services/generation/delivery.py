@@ -27,7 +27,10 @@ class Delivery:
             await self.queue.enqueue(record.tier, record.user_id, record.id, record.model, record.batch_key)
             position = await self.queue.position(record.tier, record.user_id, record.id)
             await self.events.append(
-                record.id, new_event(record.id, queued=resources.GenerationQueued(position=position or 1))
+                record.id,
+                new_event(record.id, queued=resources.GenerationQueued(position=position or 1)),
+                # Never started: a worker that claimed it meanwhile wrote `queued` before `started`.
+                only_first=record.attempt == 0,
             )
         except Exception:
             log.warning("enqueue of %s failed; the reconciler will retry", record.id, exc_info=True)

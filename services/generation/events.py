@@ -35,16 +35,23 @@ EVENT_FEED_KEY = "event-feed"
 EVENT_FEED_LENGTH = 10_000
 
 # KEYS: the log, its sequence counter, the feed. ARGV: the event, the log's length, the TTL after a
-# terminal event (0 for none), the generation id, the feed's length.
+# terminal event (0 for none), the generation id, the feed's length, '1' to append only to a log
+# that holds no event yet, and an event to append first when it holds none ('' for none).
 _APPEND = """
-local seq = redis.call('INCR', KEYS[2])
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'g', ARGV[4], 'i', id, 's', seq, 'e', ARGV[1])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+local function append(event, ttl)
+  local seq = redis.call('INCR', KEYS[2])
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', seq, 'e', event)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'g', ARGV[4], 'i', id, 's', seq, 'e', event)
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('EXPIRE', KEYS[2], ttl)
+  end
+  return seq
 end
-return seq
+local empty = redis.call('EXISTS', KEYS[2]) == 0
+if ARGV[6] == '1' and not empty then return 0 end
+if ARGV[7] ~= '' and empty then append(ARGV[7], 0) end
+return append(ARGV[1], tonumber(ARGV[3]))
 """
 
 
@@ -113,15 +120,37 @@ class EventLog:
                 decoded.append(FeedEntry(feed_id.decode(), generation_id, stored))
         return decoded
 
-    async def append(self, generation_id: uuid.UUID, event: pb.WatchGenerationResponse) -> int:
-        """Store an event in its log and the feed, and return its sequence number."""
+    async def append(
+        self,
+        generation_id: uuid.UUID,
+        event: pb.WatchGenerationResponse,
+        *,
+        only_first: bool = False,
+        after_first: pb.WatchGenerationResponse | None = None,
+    ) -> int:
+        """Store an event in its log and the feed, and return its sequence number.
+
+        A job's first `queued` and its `started` race: a worker may claim the job between its
+        enqueue and the `queued` append. So the first `queued` is appended `only_first` (0 is
+        returned when the log already holds an event), and `started` brings an `after_first`
+        event (`queued`) that goes first when the log holds none: either way `queued` is first.
+        """
         key = self.key(generation_id)
         ttl = self.ttl_after_terminal_seconds if is_terminal(event) else 0
         payload = event.SerializeToString()
+        prelude = after_first.SerializeToString() if after_first is not None else b""
         return int(
             await self._append(
                 keys=[key, f"{key}:seq", self.feed_key],
-                args=[payload, self.max_events, ttl, str(generation_id), EVENT_FEED_LENGTH],
+                args=[
+                    payload,
+                    self.max_events,
+                    ttl,
+                    str(generation_id),
+                    EVENT_FEED_LENGTH,
+                    "1" if only_first else "0",
+                    prelude,
+                ],
             )
         )
 

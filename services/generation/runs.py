@@ -98,6 +98,8 @@ class Runs:
             await self.events.append(
                 generation_id,
                 new_event(generation_id, started=resources.GenerationStarted(attempt=record.attempt)),
+                # Claimed before its `queued` was appended: it was next in line.
+                after_first=new_event(generation_id, queued=resources.GenerationQueued(position=1)),
             )
         return record
 

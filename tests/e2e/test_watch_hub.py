@@ -386,3 +386,43 @@ async def test_a_move_is_told_at_once_near_the_front_and_less_often_further_back
     finally:
         await queue_redis.flushdb()
         await queue_redis.aclose()
+
+
+async def test_queued_comes_before_started_whichever_is_appended_first(hub_mesh: RunningMesh) -> None:
+    """A worker may claim a job between its enqueue and its first `queued` append. Its `started`
+    then brings `queued` along, and the late first `queued` is not appended again; when the
+    `queued` wins the race, `started` is appended alone. Either way a watcher reads `queued`
+    first, then `started`, with gap-free sequences."""
+    redis = Redis.from_url(hub_mesh.redis_url)
+    events = EventLog(redis)
+
+    def queued(position: int) -> pb.WatchGenerationResponse:
+        return new_event(generation_id, queued=resources.GenerationQueued(position=position))
+
+    def started() -> pb.WatchGenerationResponse:
+        return new_event(generation_id, started=resources.GenerationStarted(attempt=1))
+
+    try:
+        # The worker first: its `started` carries `queued`, and the delivery's late one is dropped.
+        generation_id = uuid.uuid4()
+        assert await events.append(generation_id, started(), after_first=queued(1)) == 2
+        assert await events.append(generation_id, queued(3), only_first=True) == 0
+        log = await events.read_all(generation_id, "0")
+        assert [(e.event.WhichOneof("event"), e.event.sequence) for e in log] == [
+            ("queued", 1),
+            ("started", 2),
+        ]
+        assert log[0].event.queued.position == 1
+
+        # The delivery first: `started` comes alone after it.
+        generation_id = uuid.uuid4()
+        assert await events.append(generation_id, queued(3), only_first=True) == 1
+        assert await events.append(generation_id, started(), after_first=queued(1)) == 2
+        log = await events.read_all(generation_id, "0")
+        assert [(e.event.WhichOneof("event"), e.event.sequence) for e in log] == [
+            ("queued", 1),
+            ("started", 2),
+        ]
+        assert log[0].event.queued.position == 3
+    finally:
+        await redis.aclose()
