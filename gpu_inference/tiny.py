@@ -5,6 +5,9 @@ real checkpoint uses (`AutoPipelineForText2Image.from_pretrained` on a diffusers
 well under a second on a CPU and without touching a model hub. The architecture is SD1.5's (CLIP text
 encoder, cross-attention UNet, four-block KL VAE with scale factor 8, SD1.5's beta schedule); only
 the widths are shrunk and the weights are random, so images are noise but every shape is real.
+
+`tiny-sd` also has an inpainting variant, `tiny-sd-inpainting`: its text encoder and VAE, and a UNet
+that takes SD1.5 inpainting's 9 input channels (latents, mask, masked image's latents).
 """
 
 from __future__ import annotations
@@ -16,13 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from services.generation.catalog import write_model_settings
 
 logger = logging.getLogger(__name__)
 
 TINY_MODEL_SEEDS: dict[str, int] = {"tiny-sd": 0, "tiny-sd-b": 1}
 """The tiny models `create_tiny_models` builds; two distinct ones so model affinity can be tested."""
+
+TINY_INPAINTING_VARIANTS: dict[str, str] = {"tiny-sd": "tiny-sd-inpainting"}
+"""The inpainting variants `create_tiny_models` builds beside their models, by model."""
+
+_LATENT_CHANNELS = 4
+# SD inpainting's UNet input: the noisy latents, the mask (one channel) and the masked image's latents.
+_INPAINTING_UNET_CHANNELS = 2 * _LATENT_CHANNELS + 1
 
 _START_TOKEN = "<|startoftext|>"
 _END_TOKEN = "<|endoftext|>"
@@ -92,14 +110,14 @@ def _build_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def _build_unet(seed: int) -> UNet2DConditionModel:
+def _build_unet(seed: int, *, in_channels: int = _LATENT_CHANNELS) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     # SD1.5's block layout (cross-attention at high resolution, a plain block at the bottom),
     # with two levels instead of four.
     unet: UNet2DConditionModel = UNet2DConditionModel(  # type: ignore[no-untyped-call]
         sample_size=8,
-        in_channels=4,
-        out_channels=4,
+        in_channels=in_channels,
+        out_channels=_LATENT_CHANNELS,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64),
@@ -121,7 +139,7 @@ def _build_vae(seed: int) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 16, 16, 16),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=_LATENT_CHANNELS,
         norm_num_groups=8,
         sample_size=64,
     )
@@ -143,8 +161,10 @@ def _build_scheduler() -> EulerDiscreteScheduler:
     return scheduler
 
 
-def create_tiny_sd(target_dir: Path, *, seed: int = 0) -> Path:
-    """Build a tiny random-weight SD1.5-architecture pipeline and save it in diffusers format.
+def create_tiny_sd(target_dir: Path, *, seed: int = 0, inpainting: bool = False) -> Path:
+    """Build a tiny random-weight SD1.5-architecture pipeline and save it in diffusers format;
+    with `inpainting`, the inpainting pipeline (the same text encoder and VAE for a seed, and a
+    9-channel UNet).
 
     Deterministic for a given seed. Idempotent: an existing `model_index.json` means the model is
     already there and nothing is rebuilt.
@@ -153,25 +173,35 @@ def create_tiny_sd(target_dir: Path, *, seed: int = 0) -> Path:
         return target_dir
     target_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(target_dir / "tokenizer")
+    pipeline_class: Any = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    unet_channels = _INPAINTING_UNET_CHANNELS if inpainting else _LATENT_CHANNELS
     # Typed as Any: diffusers' lazy imports hide the pipeline's base class from type checkers.
-    pipeline: Any = StableDiffusionPipeline(  # type: ignore[no-untyped-call]
+    pipeline: Any = pipeline_class(
         vae=_build_vae(seed),
         text_encoder=_build_text_encoder(tokenizer, seed),
         tokenizer=tokenizer,
-        unet=_build_unet(seed),
+        unet=_build_unet(seed, in_channels=unet_channels),
         scheduler=_build_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(target_dir, safe_serialization=True)
-    logger.info("created tiny model at %s (seed %d)", target_dir, seed)
+    logger.info("created tiny %smodel at %s (seed %d)", "inpainting " if inpainting else "", target_dir, seed)
     return target_dir
 
 
 def create_tiny_models(models_dir: Path) -> list[Path]:
-    """Create `tiny-sd` and `tiny-sd-b` under `models_dir`; returns their directories."""
-    return [create_tiny_sd(models_dir / name, seed=seed) for name, seed in TINY_MODEL_SEEDS.items()]
+    """Create `tiny-sd`, `tiny-sd-b` and `tiny-sd-inpainting` under `models_dir`, each model
+    naming its variant in its settings file; returns their directories."""
+    paths = []
+    for name, seed in TINY_MODEL_SEEDS.items():
+        paths.append(create_tiny_sd(models_dir / name, seed=seed))
+        variant = TINY_INPAINTING_VARIANTS.get(name)
+        if variant is not None:
+            paths.append(create_tiny_sd(models_dir / variant, seed=seed, inpainting=True))
+            write_model_settings(models_dir / name, inpainting_variant=variant)
+    return paths
 
 
 def main(argv: list[str]) -> int:

@@ -33,6 +33,10 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _SIZE_MULTIPLE = 8  # Latent pixels cover 8x8 image pixels; sizes off this grid cannot be generated.
 
+# An optional JSON object beside a diffusers model's `model_index.json` with what its configs cannot
+# say: `{"inpainting_variant": "<model name>"}` names the model's inpainting variant.
+MODEL_SETTINGS_FILE = "pingvas.json"
+
 
 class ModelKind(StrEnum):
     PIPELINE = "pipeline"  # A whole text-to-image pipeline a generation names as its `model`.
@@ -208,7 +212,9 @@ def read_model(model_dir: Path, name: str | None = None) -> ModelInfo | None:
         vae = _read_json_object(model_dir / "vae" / "config.json")
         class_name = _require(index, "_class_name", str)
         sample_size = _require(unet, "sample_size", int)
-        latent_channels = _require(unet, "in_channels", int)
+        # What the UNet predicts is the latent; an inpainting UNet also takes the mask and the
+        # masked image's latents as input channels.
+        latent_channels = _require(unet, "out_channels", int)
         vae_blocks = _require(vae, "block_out_channels", list)
     except (OSError, ValueError) as error:
         # ValueError covers malformed JSON (json.JSONDecodeError) and missing or mistyped keys.
@@ -228,7 +234,33 @@ def read_model(model_dir: Path, name: str | None = None) -> ModelInfo | None:
         min_size=min_size,
         max_size=max_size,
         latent_channels=latent_channels,
+        inpainting_variant=_read_inpainting_variant(model_dir),
     )
+
+
+def write_model_settings(model_dir: Path, *, inpainting_variant: str) -> None:
+    """Write `model_dir`'s MODEL_SETTINGS_FILE, naming its inpainting variant."""
+    if not MODEL_NAME.fullmatch(inpainting_variant):
+        raise ValueError(f"{inpainting_variant!r} is not a model name")
+    settings = {"inpainting_variant": inpainting_variant}
+    (model_dir / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_inpainting_variant(model_dir: Path) -> str:
+    """The inpainting variant MODEL_SETTINGS_FILE names, or "" when there is none. A malformed
+    file is logged and ignored: the model itself still serves."""
+    path = model_dir / MODEL_SETTINGS_FILE
+    if not path.is_file():
+        return ""
+    try:
+        variant = _read_json_object(path).get("inpainting_variant", "")
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring %s: %s", path, error)
+        return ""
+    if not isinstance(variant, str) or (variant and not MODEL_NAME.fullmatch(variant)):
+        logger.warning("ignoring %s: inpainting_variant %r is not a model name", path, variant)
+        return ""
+    return variant
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

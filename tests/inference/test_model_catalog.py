@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.generation.catalog import ModelCatalog, ModelFolder, ModelInfo, size_range
+from services.generation.catalog import (
+    MODEL_SETTINGS_FILE,
+    ModelCatalog,
+    ModelFolder,
+    ModelInfo,
+    size_range,
+)
 
 
 async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
@@ -20,7 +26,29 @@ async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
     # unet sample_size 8 x VAE scale factor 8 (four VAE blocks).
     assert (info.native_size, info.min_size, info.max_size) == (64, 32, 128)
     assert info.latent_channels == 4
-    assert catalog.names() == ["tiny-sd", "tiny-sd-b"]
+    assert catalog.names() == ["tiny-sd", "tiny-sd-b", "tiny-sd-inpainting"]
+
+
+async def test_a_model_names_its_inpainting_variant_in_its_settings_file(catalog: ModelCatalog) -> None:
+    base, other, variant = [await catalog.get(name) for name in ("tiny-sd", "tiny-sd-b", "tiny-sd-inpainting")]
+
+    assert base is not None and other is not None and variant is not None
+    assert base.inpainting_variant == "tiny-sd-inpainting"
+    assert other.inpainting_variant == ""
+    # The variant's UNet takes 9 channels, but its latents are SD's 4.
+    assert (variant.family, variant.latent_channels, variant.native_size) == ("sd15", 4, 64)
+
+
+async def test_a_malformed_settings_file_is_ignored_and_the_model_still_serves(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    for name, settings in (("garbage", "{not json"), ("bad-name", '{"inpainting_variant": "../x"}')):
+        shutil.copytree(models_dir / "tiny-sd", tmp_path / name)
+        (tmp_path / name / MODEL_SETTINGS_FILE).write_text(settings)
+
+    models = ModelFolder(tmp_path).scan()
+
+    assert {name: info.inpainting_variant for name, info in models.items()} == {"bad-name": "", "garbage": ""}
 
 
 def test_size_range_matches_real_checkpoints() -> None:
