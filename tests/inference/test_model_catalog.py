@@ -30,7 +30,9 @@ async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
 
 
 async def test_a_model_names_its_inpainting_variant_in_its_settings_file(catalog: ModelCatalog) -> None:
-    base, other, variant = [await catalog.get(name) for name in ("tiny-sd", "tiny-sd-b", "tiny-sd-inpainting")]
+    base, other, variant = [
+        await catalog.get(name) for name in ("tiny-sd", "tiny-sd-b", "tiny-sd-inpainting")
+    ]
 
     assert base is not None and other is not None and variant is not None
     assert base.inpainting_variant == "tiny-sd-inpainting"
