@@ -30,7 +30,7 @@ class SamplerNotAllowedError(ValueError):
     the worker against a job that slipped past)."""
 
     def __init__(self, sampler: str, family: str) -> None:
-        super().__init__(f"sampler {sampler!r} is not allowed for {family} models")
+        super().__init__(f"sampler {str(sampler)!r} is not allowed for {family} models")
         self.sampler = sampler
         self.family = family
 
