@@ -119,7 +119,7 @@ class TextToImageRequest:
 @dataclass(frozen=True)
 class StepUpdate:
     step: int  # 1-based.
-    total_steps: int  # The scheduler's step count; equals the requested steps for most schedulers.
+    total_steps: int  # The sampler steps this run takes: the requested steps, img2img's share of them.
     preview: PreviewFrame
 
     @functools.cached_property
@@ -286,8 +286,17 @@ def run_text_to_image_batch(
         pipeline_class = AutoPipelineForText2Image
         inputs = {"width": first.width, "height": first.height}
 
+    reported = 0
+
     def on_step_end(pipe: Any, step_index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(BatchStep(step_index + 1, pipe.num_timesteps, tensors["latents"], family))
+        # A second-order sampler (Heun) evaluates the model twice per step, and diffusers calls
+        # back after each evaluation: report sampler steps, as many as the request's.
+        nonlocal reported
+        order = pipe.scheduler.order
+        step = -(-(step_index + 1) // order)
+        if step > reported:
+            reported = step
+            on_step(BatchStep(step, -(-pipe.num_timesteps // order), tensors["latents"], family))
         return tensors
 
     # One run per pipeline at a time: the run's pipeline shares the loaded model's modules, and
