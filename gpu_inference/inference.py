@@ -303,11 +303,10 @@ def run_text_to_image_batch(
     # LoRA adapters are set on them between runs.
     with model.run_lock, torch.inference_mode():
         started = time.perf_counter()
+        # The auto classes' from_pipe takes the modules as they are; a pipeline class's own
+        # from_pipe would cast them all to one dtype, modules a model keeps in float32 included.
         pipeline = pipeline_class.from_pipe(
-            model.pipeline,
-            scheduler=scheduler_for(first.sampler, family, model.pipeline.scheduler.config),
-            # from_pipe casts every module to this (float32 by default): keep the loaded dtype.
-            dtype=model.dtype,
+            model.pipeline, scheduler=scheduler_for(first.sampler, family, model.pipeline.scheduler.config)
         )
         pipeline.set_progress_bar_config(disable=True)
         # Seeded on the model's device so a seed reproduces the same image on the same hardware.
