@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+import pyparsing
 import pytest
 import torch
 from compel import Compel
@@ -23,6 +24,7 @@ from gpu_inference.inference import (
     BatchStep,
     GenerationMode,
     LoraWeight,
+    PromptSyntaxError,
     TextToImageRequest,
     TextToImageResult,
     run_text_to_image_batch,
@@ -381,3 +383,36 @@ def test_the_png_carries_its_recipe_and_invokeai_metadata(tiny_model: LoadedMode
         "model": {"name": "tiny-sd", "base": "sd-1"},
         "loras": [{"model": {"name": "tiny-lora"}, "weight": 0.8}],
     }
+
+
+# --- prompt syntax
+
+
+def test_deeply_nested_parentheses_parse_at_once_and_too_deep_ones_are_refused(
+    tiny_model: LoadedModel,
+) -> None:
+    # Without pyparsing's packrat memo compel's grammar backtracks exponentially: this prompt
+    # alone held a CPU for minutes.
+    nested = "(" * 9 + "a lighthouse" + ")" * 9
+
+    result = _run(tiny_model, _request(prompt=nested))
+
+    assert pyparsing.ParserElement._packratEnabled
+    assert Image.open(io.BytesIO(result.png)).size == (SIZE, SIZE)
+    with pytest.raises(PromptSyntaxError, match="nested too deeply") as refused:
+        _request(prompt="(" * 200 + "a lighthouse")
+    assert refused.value.field_name == "prompt"
+
+
+def test_a_prompt_compel_cannot_read_is_refused_naming_its_field() -> None:
+    with pytest.raises(PromptSyntaxError, match="mismatched") as refused:
+        TextToImageRequest(
+            prompt="a lighthouse",
+            negative_prompt='("blurry", "dark").blend(0.5, 0.3, 0.2)',
+            width=SIZE,
+            height=SIZE,
+            steps=4,
+            seed=1,
+            guidance=7.5,
+        )
+    assert refused.value.field_name == "negative_prompt"
