@@ -394,10 +394,10 @@ def test_deeply_nested_parentheses_parse_at_once_and_too_deep_ones_are_refused(
     # Without pyparsing's packrat memo compel's grammar backtracks exponentially: this prompt
     # alone held a CPU for minutes.
     nested = "(" * 9 + "a lighthouse" + ")" * 9
+    assert pyparsing.ParserElement._packratEnabled  # First: without it the run below takes minutes.
 
     result = _run(tiny_model, _request(prompt=nested))
 
-    assert pyparsing.ParserElement._packratEnabled
     assert Image.open(io.BytesIO(result.png)).size == (SIZE, SIZE)
     with pytest.raises(PromptSyntaxError, match="nested too deeply") as refused:
         _request(prompt="(" * 200 + "a lighthouse")
