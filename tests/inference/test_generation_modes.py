@@ -404,11 +404,15 @@ def test_deeply_nested_parentheses_parse_at_once_and_too_deep_ones_are_refused(
     assert refused.value.field_name == "prompt"
 
 
-def test_a_prompt_compel_cannot_read_is_refused_naming_its_field() -> None:
-    with pytest.raises(PromptSyntaxError, match="mismatched") as refused:
+@pytest.mark.parametrize(
+    ("negative_prompt", "reason"),
+    [('("blurry", "dark").blend(0.5, 0.3, 0.2)', "mismatched"), ("blurry\x0bdark", "Expected end of text")],
+)
+def test_a_prompt_compel_cannot_read_is_refused_naming_its_field(negative_prompt: str, reason: str) -> None:
+    with pytest.raises(PromptSyntaxError, match=reason) as refused:
         TextToImageRequest(
             prompt="a lighthouse",
-            negative_prompt='("blurry", "dark").blend(0.5, 0.3, 0.2)',
+            negative_prompt=negative_prompt,
             width=SIZE,
             height=SIZE,
             steps=4,
