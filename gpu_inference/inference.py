@@ -60,7 +60,8 @@ def configure_cpu_threads(device: torch.device, threads: int | None) -> int:
 
 class PromptSyntaxError(ValueError):
     """A prompt compel cannot read: a `.blend()` or `.and()` with more or fewer weights than
-    parts, or parentheses nested past what the parser's recursion allows."""
+    parts, parentheses nested past what the parser's recursion allows, or a control character
+    its grammar has no place for."""
 
     def __init__(self, field_name: str, reason: str) -> None:
         super().__init__(f"{field_name}: {reason}")
@@ -72,7 +73,8 @@ def check_prompt_syntax(field_name: str, prompt: str) -> None:
     """Raise `PromptSyntaxError` naming `field_name` when compel cannot parse `prompt`."""
     try:
         Compel.parse_prompt_string(prompt)
-    except PromptParser.ParsingException as error:
+    except (PromptParser.ParsingException, pyparsing.ParseBaseException) as error:
+        # pyparsing's own error: a character its grammar has no place for (a vertical tab).
         raise PromptSyntaxError(field_name, str(error)) from None
     except RecursionError:
         raise PromptSyntaxError(field_name, "parentheses nested too deeply") from None
