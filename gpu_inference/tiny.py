@@ -9,6 +9,9 @@ UNet, four-block KL VAE with scale factor 8, SD1.5's beta schedule; SDXL: two CL
 the UNet's size/crop conditioning; Flux: CLIP and T5 text encoders, an MMDiT transformer over packed
 16-channel latents, a flow-matching scheduler); only the widths are shrunk and the weights are random,
 so images are noise but every shape is real.
+
+`tiny-sd` also has an inpainting variant, `tiny-sd-inpainting`: its text encoder and VAE, and a UNet
+that takes SD1.5 inpainting's 9 input channels (latents, mask, masked image's latents).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -43,10 +47,19 @@ from transformers import (
     T5Tokenizer,
 )
 
+from services.generation.catalog import write_model_settings
+
 logger = logging.getLogger(__name__)
 
 TINY_MODEL_SEEDS: dict[str, int] = {"tiny-sd": 0, "tiny-sd-b": 1}
 """The tiny models `create_tiny_models` builds; two distinct ones so model affinity can be tested."""
+
+TINY_INPAINTING_VARIANTS: dict[str, str] = {"tiny-sd": "tiny-sd-inpainting"}
+"""The inpainting variants `create_tiny_models` builds beside their models, by model."""
+
+_LATENT_CHANNELS = 4
+# SD inpainting's UNet input: the noisy latents, the mask (one channel) and the masked image's latents.
+_INPAINTING_UNET_CHANNELS = 2 * _LATENT_CHANNELS + 1
 
 _START_TOKEN = "<|startoftext|>"
 _END_TOKEN = "<|endoftext|>"
@@ -116,14 +129,14 @@ def _build_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def _build_unet(seed: int) -> UNet2DConditionModel:
+def _build_unet(seed: int, *, in_channels: int = _LATENT_CHANNELS) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     # SD1.5's block layout (cross-attention at high resolution, a plain block at the bottom),
     # with two levels instead of four.
     unet: UNet2DConditionModel = UNet2DConditionModel(  # type: ignore[no-untyped-call]
         sample_size=8,
-        in_channels=4,
-        out_channels=4,
+        in_channels=in_channels,
+        out_channels=_LATENT_CHANNELS,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64),
@@ -145,7 +158,7 @@ def _build_vae(seed: int, *, scaling_factor: float = 0.18215) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 16, 16, 16),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=_LATENT_CHANNELS,
         norm_num_groups=8,
         sample_size=64,
         scaling_factor=scaling_factor,
@@ -168,8 +181,10 @@ def _build_scheduler() -> EulerDiscreteScheduler:
     return scheduler
 
 
-def create_tiny_sd(target_dir: Path, *, seed: int = 0) -> Path:
-    """Build a tiny random-weight SD1.5-architecture pipeline and save it in diffusers format.
+def create_tiny_sd(target_dir: Path, *, seed: int = 0, inpainting: bool = False) -> Path:
+    """Build a tiny random-weight SD1.5-architecture pipeline and save it in diffusers format;
+    with `inpainting`, the inpainting pipeline (the same text encoder and VAE for a seed, and a
+    9-channel UNet).
 
     Deterministic for a given seed. Idempotent: an existing `model_index.json` means the model is
     already there and nothing is rebuilt.
@@ -178,19 +193,21 @@ def create_tiny_sd(target_dir: Path, *, seed: int = 0) -> Path:
         return target_dir
     target_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(target_dir / "tokenizer")
+    pipeline_class: Any = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    unet_channels = _INPAINTING_UNET_CHANNELS if inpainting else _LATENT_CHANNELS
     # Typed as Any: diffusers' lazy imports hide the pipeline's base class from type checkers.
-    pipeline: Any = StableDiffusionPipeline(  # type: ignore[no-untyped-call]
+    pipeline: Any = pipeline_class(
         vae=_build_vae(seed),
         text_encoder=_build_text_encoder(tokenizer, seed),
         tokenizer=tokenizer,
-        unet=_build_unet(seed),
+        unet=_build_unet(seed, in_channels=unet_channels),
         scheduler=_build_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(target_dir, safe_serialization=True)
-    logger.info("created tiny model at %s (seed %d)", target_dir, seed)
+    logger.info("created tiny %smodel at %s (seed %d)", "inpainting " if inpainting else "", target_dir, seed)
     return target_dir
 
 
@@ -522,11 +539,18 @@ def create_tiny_lora(target_dir: Path, base_dir: Path, *, family: str, seed: int
 def create_tiny_models(models_dir: Path) -> list[Path]:
     """Create every tiny model under `models_dir`; returns their directories.
 
-    `tiny-sd` and `tiny-sd-b` (SD1.5, distinct, so model affinity can be tested), `tiny-sdxl`,
+    `tiny-sd` and `tiny-sd-b` (SD1.5, distinct, so model affinity can be tested), `tiny-sd`'s
+    inpainting variant `tiny-sd-inpainting` (named in tiny-sd's settings file), `tiny-sdxl`,
     `tiny-flux`, `tiny-sd-single` (tiny-sd as a single-file checkpoint) and the LoRAs
     `tiny-sd-lora`, `tiny-sdxl-lora` and `tiny-flux-lora`.
     """
-    built = [create_tiny_sd(models_dir / name, seed=seed) for name, seed in TINY_MODEL_SEEDS.items()]
+    built = []
+    for name, seed in TINY_MODEL_SEEDS.items():
+        built.append(create_tiny_sd(models_dir / name, seed=seed))
+        variant = TINY_INPAINTING_VARIANTS.get(name)
+        if variant is not None:
+            built.append(create_tiny_sd(models_dir / variant, seed=seed, inpainting=True))
+            write_model_settings(models_dir / name, inpainting_variant=variant)
     sdxl = create_tiny_sdxl(models_dir / "tiny-sdxl")
     flux = create_tiny_flux(models_dir / "tiny-flux")
     built += [

@@ -37,6 +37,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from gpu_inference.inference import (
     BatchStep,
+    PromptSyntaxError,
     StepUpdate,
     TextToImageRequest,
     TextToImageResult,
@@ -542,6 +543,11 @@ class Worker:
     async def _execute_batch(
         self, members: Sequence[Member], stop: asyncio.Event, links: Sequence[trace.Link]
     ) -> list[tuple[Member, TextToImageResult]]:
+        readable = await self._readable(members)
+        if not readable:
+            return []
+        members = [member for member, _ in readable]
+        requests = [request for _, request in readable]
         records = [member.record for member in members]
         first = records[0]
         log.info(
@@ -593,18 +599,6 @@ class Worker:
             self._leave,
             park=self._park if self.failpoints is not None else None,
         )
-        requests = [
-            TextToImageRequest(
-                prompt=member.record.prompt,
-                negative_prompt=member.record.negative_prompt,
-                width=member.record.width,
-                height=member.record.height,
-                steps=member.record.steps,
-                seed=member.record.seed,
-                guidance=member.record.guidance,
-            )
-            for member in members
-        ]
         watchers = [
             *(
                 asyncio.create_task(
@@ -673,6 +667,31 @@ class Worker:
             await self._requeue(staying, crashed)
             return []
         return [(member, results[index]) for index, member in enumerate(members) if index not in batch.left]
+
+    async def _readable(self, members: Sequence[Member]) -> list[tuple[Member, TextToImageRequest]]:
+        """Each member with its inference request. A member whose prompt compel cannot read
+        fails for good, alone: no retry reads it better, and its batch runs without it."""
+        readable = []
+        for member in members:
+            record = member.record
+            try:
+                request = TextToImageRequest(
+                    prompt=record.prompt,
+                    negative_prompt=record.negative_prompt,
+                    width=record.width,
+                    height=record.height,
+                    steps=record.steps,
+                    seed=record.seed,
+                    guidance=record.guidance,
+                )
+            except PromptSyntaxError as error:
+                unreadable = Failure.report(
+                    FailureCode.INFERENCE_FAILED, _run_labels([record]), f"unreadable {error}", logger=log
+                )
+                await self.runs.finish_failed(record, unreadable)
+                continue
+            readable.append((member, request))
+        return readable
 
     async def _acquire_holding_leases(self, name: str, members: Sequence[Member]) -> LoadedModel:
         """The model from the registry, the members' leases renewed meanwhile: its first use on

@@ -45,6 +45,10 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 _SIZE_MULTIPLE = 8  # Latent pixels cover 8x8 image pixels; sizes off this grid cannot be generated.
 
+# An optional JSON object beside a diffusers model's `model_index.json` with what its configs cannot
+# say: `{"inpainting_variant": "<model name>"}` names the model's inpainting variant.
+MODEL_SETTINGS_FILE = "pingvas.json"
+
 
 class ModelKind(StrEnum):
     PIPELINE = "pipeline"  # A whole text-to-image pipeline a generation names as its `model`.
@@ -289,7 +293,9 @@ def _diffusers_sizes(model_dir: Path) -> tuple[ModelFamily, int, int] | None:
         family = ModelFamily.SDXL if "XL" in class_name else ModelFamily.SD15
         unet = _read_json_object(model_dir / "unet" / "config.json")
         native_size = _require(unet, "sample_size", int) * 2 ** (len(vae_blocks) - 1)
-        latent_channels = _require(unet, "in_channels", int)
+        # What the UNet predicts is the latent; an inpainting UNet also takes the mask and the
+        # masked image's latents as input channels.
+        latent_channels = _require(unet, "out_channels", int)
     if native_size <= 0 or latent_channels <= 0 or not vae_blocks:
         return None
     return family, native_size, latent_channels
@@ -308,6 +314,7 @@ def _pipeline_info(
         max_size=max_size,
         latent_channels=latent_channels,
         format=weights,
+        inpainting_variant=_read_inpainting_variant(path),
     )
 
 
@@ -443,6 +450,31 @@ def lora_family(header: SafetensorsHeader) -> ModelFamily | None:
         if ("attn2.to_k.lora_A" in key or "attn2_to_k.lora_down" in key) and len(shape) == 2:
             return {768: ModelFamily.SD15, 2048: ModelFamily.SDXL}.get(shape[1])
     return None
+
+
+def write_model_settings(model_dir: Path, *, inpainting_variant: str) -> None:
+    """Write `model_dir`'s MODEL_SETTINGS_FILE, naming its inpainting variant."""
+    if not MODEL_NAME.fullmatch(inpainting_variant):
+        raise ValueError(f"{inpainting_variant!r} is not a model name")
+    settings = {"inpainting_variant": inpainting_variant}
+    (model_dir / MODEL_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_inpainting_variant(model_dir: Path) -> str:
+    """The inpainting variant MODEL_SETTINGS_FILE names, or "" when there is none. A malformed
+    file is logged and ignored: the model itself still serves."""
+    path = model_dir / MODEL_SETTINGS_FILE
+    if not path.is_file():
+        return ""
+    try:
+        variant = _read_json_object(path).get("inpainting_variant", "")
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring %s: %s", path, error)
+        return ""
+    if not isinstance(variant, str) or (variant and not MODEL_NAME.fullmatch(variant)):
+        logger.warning("ignoring %s: inpainting_variant %r is not a model name", path, variant)
+        return ""
+    return variant
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

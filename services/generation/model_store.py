@@ -110,6 +110,7 @@ class ModelManifest:
     files: tuple[ModelFile, ...]
     kind: str = ModelKind.PIPELINE
     weight_format: str = ModelFormat.DIFFUSERS
+    inpainting_variant: str = ""  # The model's inpainting variant, by name; "" for none.
 
     @property
     def prefix(self) -> str:
@@ -141,6 +142,7 @@ class ModelManifest:
             latent_channels=self.latent_channels,
             kind=ModelKind(self.kind),
             format=ModelFormat(self.weight_format),
+            inpainting_variant=self.inpainting_variant,
         )
 
     def to_json(self) -> str:
@@ -153,6 +155,7 @@ class ModelManifest:
                 "weight_format": self.weight_format,
                 "native_size": self.native_size,
                 "latent_channels": self.latent_channels,
+                "inpainting_variant": self.inpainting_variant,
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
             },
             indent=2,
@@ -178,11 +181,13 @@ class ModelManifest:
                 # Manifests written before LoRAs and single files were all diffusers pipelines.
                 kind=str(data.get("kind", ModelKind.PIPELINE)),
                 weight_format=str(data.get("weight_format", ModelFormat.DIFFUSERS)),
+                inpainting_variant=str(data.get("inpainting_variant", "")),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed manifest: {error!r}") from None
-        if not MODEL_NAME.fullmatch(manifest.name):
-            raise ValueError(f"unsafe model name {manifest.name!r}")
+        for model_name in (manifest.name, manifest.inpainting_variant or manifest.name):
+            if not MODEL_NAME.fullmatch(model_name):
+                raise ValueError(f"unsafe model name {model_name!r}")
         for value, vocabulary in (
             (manifest.family, ModelFamily),
             (manifest.kind, ModelKind),
@@ -290,6 +295,7 @@ def manifest_of_source(
         files=files,
         kind=info.kind,
         weight_format=info.format,
+        inpainting_variant=info.inpainting_variant,
     )
     return PushSource(manifest, local_files)
 

@@ -250,3 +250,27 @@ def test_second_generation_on_the_same_model_loads_nothing(
     worker_log = mesh.log("worker-1")
     assert worker_log.count("loaded model tiny-sd in") == 1
     assert "model tiny-sd already loaded" in worker_log
+
+
+def test_a_prompt_compel_cannot_read_fails_alone_and_charges_nothing(
+    mesh: Any, new_account: Any, rest: httpx.Client
+) -> None:
+    account = new_account("unreadable")
+    # A blend with three weights for one prompt: compel refuses it, and no retry reads it better.
+    created = rest.post(
+        "/api/v1/generation/create",
+        json={**REQUEST, "prompt": '("a red fox").blend(1, 2, 3)', "steps": 2},
+        headers=account.headers,
+    ).json()
+    with rest.stream("GET", f"/api/v1/generation/{created['id']}/events", headers=account.headers) as stream:
+        events = sse_events(stream)
+
+    assert "failed" in events[-1] and not any("progress" in event for event in events), events
+    generation = rest.get(f"/api/v1/generation/{created['id']}", headers=account.headers).json()
+    assert (generation["state"], generation["failureCode"]) == ("GENERATION_STATE_FAILED", "INFERENCE_FAILED")
+    assert generation["attempt"] == 1  # Failed for good at once, not retried.
+    entries = mesh.sql(
+        "SELECT kind FROM credit_entries WHERE reference = %s ORDER BY id", f"generation:{created['id']}"
+    )
+    assert [entry["kind"] for entry in entries] == ["hold", "release"]
+    assert "unreadable prompt: while parsing Blend: mismatched" in mesh.log("worker-1")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from services.generation.catalog import (
+    MODEL_SETTINGS_FILE,
     ModelCatalog,
     ModelFolder,
     ModelInfo,
@@ -19,6 +20,7 @@ from services.generation.catalog import (
     read_model,
     size_range,
 )
+from services.generation.model_store import ModelManifest, manifest_of_source
 from services.generation.samplers import ModelFamily
 
 
@@ -33,7 +35,14 @@ async def test_reads_family_sizes_and_channels_from_the_diffusers_configs(
     # unet sample_size 8 x VAE scale factor 8 (four VAE blocks).
     assert (info.native_size, info.min_size, info.max_size) == (64, 32, 128)
     assert info.latent_channels == 4
-    assert catalog.names() == ["tiny-flux", "tiny-sd", "tiny-sd-b", "tiny-sd-single", "tiny-sdxl"]
+    assert catalog.names() == [
+        "tiny-flux",
+        "tiny-sd",
+        "tiny-sd-b",
+        "tiny-sd-inpainting",
+        "tiny-sd-single",
+        "tiny-sdxl",
+    ]
 
 
 async def test_reads_every_kind_of_model_directory_and_lists_only_pipelines(
@@ -88,6 +97,30 @@ def _safetensors(tensors: dict[str, list[int]]) -> bytes:
     }
     encoded = json.dumps(header).encode()
     return struct.pack("<Q", len(encoded)) + encoded
+
+
+async def test_a_model_names_its_inpainting_variant_in_its_settings_file(catalog: ModelCatalog) -> None:
+    base, other, variant = [
+        await catalog.get(name) for name in ("tiny-sd", "tiny-sd-b", "tiny-sd-inpainting")
+    ]
+
+    assert base is not None and other is not None and variant is not None
+    assert base.inpainting_variant == "tiny-sd-inpainting"
+    assert other.inpainting_variant == ""
+    # The variant's UNet takes 9 channels, but its latents are SD's 4.
+    assert (variant.family, variant.latent_channels, variant.native_size) == ("sd15", 4, 64)
+
+
+async def test_a_malformed_settings_file_is_ignored_and_the_model_still_serves(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    for name, settings in (("garbage", "{not json"), ("bad-name", '{"inpainting_variant": "../x"}')):
+        shutil.copytree(models_dir / "tiny-sd", tmp_path / name)
+        (tmp_path / name / MODEL_SETTINGS_FILE).write_text(settings)
+
+    models = ModelFolder(tmp_path).scan()
+
+    assert {name: info.inpainting_variant for name, info in models.items()} == {"bad-name": "", "garbage": ""}
 
 
 def test_size_range_matches_real_checkpoints() -> None:
@@ -201,3 +234,12 @@ def test_architectures_are_told_from_tensor_names_and_lora_metadata() -> None:
     assert lora_family(header(cross_attention, shape=(4, 768))) == "sd15"
     assert lora_family(header(cross_attention, shape=(4, 2048))) == "sdxl"
     assert lora_family(header("unet.x.lora_A.weight")) is None  # Neither tells: declare it.
+
+
+def test_a_push_records_the_inpainting_variant_in_the_manifest(models_dir: Path, tmp_path: Path) -> None:
+    """The mesh's catalog reads the bucket's manifests, not the files: the variant must travel."""
+    manifest = manifest_of_source(models_dir / "tiny-sd", name="tiny-sd").manifest
+    assert manifest.inpainting_variant == "tiny-sd-inpainting"
+    read_back = ModelManifest.from_json(manifest.to_json())
+    assert read_back.info(tmp_path).inpainting_variant == "tiny-sd-inpainting"
+    assert manifest_of_source(models_dir / "tiny-sd-b", name="tiny-sd-b").manifest.inpainting_variant == ""

@@ -43,6 +43,19 @@ def test_same_seed_builds_identical_weights_and_rebuilding_is_a_no_op(
     assert (rebuilt / "model_index.json").stat().st_mtime_ns == index_mtime
 
 
+def test_the_inpainting_variant_shares_text_encoder_and_vae_and_takes_nine_unet_channels(
+    models_dir: Path,
+) -> None:
+    variant = models_dir / "tiny-sd-inpainting"
+    index = json.loads((variant / "model_index.json").read_text())
+    unet = json.loads((variant / "unet" / "config.json").read_text())
+
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+    assert (unet["in_channels"], unet["out_channels"]) == (9, 4)
+    for part in ("text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        assert (variant / part).read_bytes() == (models_dir / "tiny-sd" / part).read_bytes()
+
+
 def _unet_weights(model_dir: Path) -> dict[str, bytes]:
     path = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
     with safe_open(str(path), framework="pt") as weights:
