@@ -148,7 +148,13 @@ def _build_unet(seed: int, *, in_channels: int = _LATENT_CHANNELS) -> UNet2DCond
     return unet
 
 
-def _build_vae(seed: int, *, scaling_factor: float = 0.18215) -> AutoencoderKL:
+def _build_vae(
+    seed: int,
+    *,
+    latent_channels: int = _LATENT_CHANNELS,
+    scaling_factor: float = 0.18215,
+    **architecture: Any,
+) -> AutoencoderKL:
     torch.manual_seed(seed)
     # Four blocks, so three downsamplings and SD's VAE scale factor of 8.
     vae: AutoencoderKL = AutoencoderKL(  # type: ignore[no-untyped-call]
@@ -158,10 +164,11 @@ def _build_vae(seed: int, *, scaling_factor: float = 0.18215) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 16, 16, 16),
         layers_per_block=1,
-        latent_channels=_LATENT_CHANNELS,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=64,
         scaling_factor=scaling_factor,
+        **architecture,
     )
     return vae
 
@@ -316,17 +323,9 @@ def create_tiny_flux(target_dir: Path, *, seed: int = 3) -> Path:
         guidance_embeds=True,
         axes_dims_rope=(4, 4, 8),  # Sums to the head dimension.
     )
-    torch.manual_seed(seed)
-    vae: AutoencoderKL = AutoencoderKL(  # type: ignore[no-untyped-call]
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
+    vae = _build_vae(
+        seed,
         latent_channels=_FLUX_LATENT_CHANNELS,
-        norm_num_groups=8,
-        sample_size=64,
         # FLUX.1's VAE: no quantisation convolutions, and its latents' shift and scale.
         use_quant_conv=False,
         use_post_quant_conv=False,
