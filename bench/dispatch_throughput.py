@@ -479,12 +479,13 @@ def run_celery(run: Run) -> Result:
 
 async def serial_profile(
     url: str, count: int, users: int
-) -> list[tuple[str, float, float | None, float | None]]:
-    """(what, client round trip p50 us, mean us, Lua time per call that Redis reports in us)."""
+) -> list[tuple[str, float, float | None, float | None, float | None]]:
+    """(what, client round trip p50 us, mean us, Lua time per call that Redis reports in us, Redis
+    commands per call, those run inside a script included)."""
     client = AsyncRedis.from_url(url)
     sync = redis.Redis.from_url(url)
     queue, policy, warm = TierQueue(client), bench_policy(), [MODEL]
-    rows: list[tuple[str, float, float | None, float | None]] = []
+    rows: list[tuple[str, float, float | None, float | None, float | None]] = []
 
     async def timed(what: str, calls: Sequence[Callable[[], Awaitable[Any]]], lua: bool = False) -> list[Any]:
         before, times, results = RedisStats.take(sync), [], []
@@ -496,8 +497,16 @@ async def serial_profile(
         script = (after.evalsha_usec - before.evalsha_usec) / max(
             1, after.evalsha_calls - before.evalsha_calls
         )
+        # Less the three INFO calls between the two reads of the count (RedisStats.take).
+        commands = (after.commands - before.commands - 3) / len(calls)
         rows.append(
-            (what, percentile(times, 0.5) * 1e6, statistics.fmean(times) * 1e6, script if lua else None)
+            (
+                what,
+                percentile(times, 0.5) * 1e6,
+                statistics.fmean(times) * 1e6,
+                script if lua else None,
+                commands,
+            )
         )
         return results
 
@@ -525,7 +534,13 @@ async def serial_profile(
         for _ in range(count):
             policy.script_config(warm)
         rows.append(
-            ("  policy JSON built by each claim", (time.perf_counter() - started) / count * 1e6, None, None)
+            (
+                "  policy JSON built by each claim",
+                (time.perf_counter() - started) / count * 1e6,
+                None,
+                None,
+                None,
+            )
         )
         await timed("LPUSH (raw)", [lambda: client.lpush(RAW_KEY, "x" * 80)] * count)
         await timed("RPOP (raw)", [lambda: client.rpop(RAW_KEY)] * count)
@@ -671,13 +686,17 @@ def main_run(args: argparse.Namespace) -> None:
             print(
                 f"Pingvas one call at a time ({args.profile_calls} calls each, one connection, db {args.db}):"
             )
-            print(f"  {'call':<36} {'round trip p50 us':>18} {'mean us':>9} {'Lua in Redis us':>16}")
-            for what, p50, mean, lua in asyncio.run(
+            print(
+                f"  {'call':<36} {'round trip p50 us':>18} {'mean us':>9} {'Lua in Redis us':>16}"
+                f" {'redis cmds/call':>16}"
+            )
+            for what, p50, mean, lua, commands in asyncio.run(
                 serial_profile(urls["pingvas"], args.profile_calls, args.users)
             ):
                 mean_text = "-" if mean is None else f"{mean:.1f}"
                 lua_text = "-" if lua is None else f"{lua:.1f}"
-                print(f"  {what:<36} {p50:>18.1f} {mean_text:>9} {lua_text:>16}")
+                commands_text = "-" if commands is None else f"{commands:.1f}"
+                print(f"  {what:<36} {p50:>18.1f} {mean_text:>9} {lua_text:>16} {commands_text:>16}")
             print(f"\ntotal {time.monotonic() - began:.1f}s")
         finally:
             if embedded and embedded.process:
