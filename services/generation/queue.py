@@ -54,17 +54,17 @@ if redis.call('ZADD', waiting, 'NX', now, ARGV[3]) == 0 then
   since = tonumber(redis.call('ZSCORE', waiting, ARGV[3]))
 end
 redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'batch', ARGV[5], 'skips', 0, 'trace', ARGV[6], 'since', since)
--- A user is in the ring exactly while their list holds a job (every script keeps it so): only a
--- first job can need the ring.
+-- A user is in the ring exactly while their list holds a job (every script keeps it so), and a
+-- band loses its floor only when its ring is empty: only a user's first job can need either.
 if redis.call('RPUSH', list, ARGV[3]) == 1 then
   local ring = 'queue:' .. ARGV[1] .. ':ring'
   if not redis.call('ZSCORE', ring, ARGV[2]) then
     local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
     redis.call('ZADD', ring, served, ARGV[2])
   end
+  -- The band's floor, when it has none: this job is then the band's only one.
+  redis.call('HSETNX', 'queue:floors', ARGV[1], since)
 end
--- The band's floor, when it has none: this job is the band's only one.
-redis.call('HSETNX', 'queue:floors', ARGV[1], since)
 -- Under load the list is full and nobody waits on it: a read instead of two writes.
 if redis.call('LLEN', 'queue:signal') < 64 then redis.call('LPUSH', 'queue:signal', '1') end
 return 1
