@@ -39,8 +39,8 @@ clock runs from the first enqueue of the timed jobs to the completion of the las
 the last job's completion for Pingvas). Over that window the script reports, per job, the CPU time of Redis,
 of the consumers and of the producers, and the commands Redis executed (those run inside Lua
 scripts included), plus the latency of Pingvas's successful claims as its workers saw them. A last
-section times Pingvas's three scripts one call at a time (client round trip and the Lua time Redis
-reports) next to a PING.
+section times Pingvas's three scripts one call at a time (client round trip, the Lua time Redis
+reports and the Redis commands each call costs, those inside the script included) next to a PING.
 
 It is not a test: it prints figures and asserts nothing.
 """
