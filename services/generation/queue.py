@@ -8,9 +8,13 @@ Cluster would need hash tags):
                                 served (Redis TIME in microseconds), so the least recently served
                                 user goes next
     queue:{tier}:waiting        ZSET of waiting jobs by enqueue time (aging, depth)
-    job:{generation_id}         HASH user, tier, model, batch key, skips and trace (the W3C
-                                traceparent of the request that queued it) of a waiting or
-                                leased job
+    job:{generation_id}         HASH user, tier, model, batch key, skips, trace (the W3C
+                                traceparent of the request that queued it) and since (its
+                                enqueue time, ms) of a waiting or leased job
+    queue:floors                HASH tier -> a time (ms) no later than the enqueue of any job
+                                waiting in that band, absent when the band holds nothing, so
+                                that a claim reads only bands that may hold a job, and ages
+                                only those that may hold a due one; '*' marks it whole
     running:{user_id}           how many of the user's jobs are leased (concurrency caps); absent
                                 when none
     queue:{tier}:last_served    HASH user -> when last served, for users who left the ring (no
@@ -41,15 +45,25 @@ from services.common.telemetry import current_trace_context
 # ('' when no trace is recorded).
 _ENQUEUE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
-local ring = 'queue:' .. ARGV[1] .. ':ring'
+local waiting = 'queue:' .. ARGV[1] .. ':waiting'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('RPUSH', list, ARGV[3])
-redis.call('ZADD', 'queue:' .. ARGV[1] .. ':waiting', 'NX', now, ARGV[3])
-redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'batch', ARGV[5], 'skips', 0, 'trace', ARGV[6])
-if not redis.call('ZSCORE', ring, ARGV[2]) then
-  local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
-  redis.call('ZADD', ring, served, ARGV[2])
+-- A job still waiting (its delivery was lost from its user's list) keeps its place in aging.
+local since = now
+if redis.call('ZADD', waiting, 'NX', now, ARGV[3]) == 0 then
+  since = tonumber(redis.call('ZSCORE', waiting, ARGV[3]))
+end
+redis.call('HSET', 'job:' .. ARGV[3], 'user', ARGV[2], 'tier', ARGV[1], 'model', ARGV[4], 'batch', ARGV[5], 'skips', 0, 'trace', ARGV[6], 'since', since)
+-- A user is in the ring exactly while their list holds a job (every script keeps it so), and a
+-- band loses its floor only when its ring is empty: only a user's first job can need either.
+if redis.call('RPUSH', list, ARGV[3]) == 1 then
+  local ring = 'queue:' .. ARGV[1] .. ':ring'
+  if not redis.call('ZSCORE', ring, ARGV[2]) then
+    local served = redis.call('HGET', 'queue:' .. ARGV[1] .. ':last_served', ARGV[2]) or 0
+    redis.call('ZADD', ring, served, ARGV[2])
+  end
+  -- The band's floor, when it has none: this job is then the band's only one.
+  redis.call('HSETNX', 'queue:floors', ARGV[1], since)
 end
 -- Under load the list is full and nobody waits on it: a read instead of two writes.
 if redis.call('LLEN', 'queue:signal') < 64 then redis.call('LPUSH', 'queue:signal', '1') end
@@ -76,44 +90,96 @@ local served_at = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local warm = {}
 for _, model in ipairs(cfg.warm) do warm[model] = true end
 
+-- Each band's floor (queue:floors): no later than the enqueue of any job waiting in it, and
+-- absent only when the band holds no job. A job leaving leaves the floor where it was, so it
+-- only ever errs early; it is raised to the band's true head when an aging check reads that.
+-- The field '*' says the hash is whole; without it (Redis lost it, or jobs queued before floors
+-- were kept) every band's floor is read again.
+local floors = {}
+local flat = redis.call('HGETALL', 'queue:floors')
+for i = 1, #flat, 2 do floors[flat[i]] = flat[i + 1] end
+if not floors['*'] then
+  floors = {['*'] = '1'}
+  for _, tier in ipairs(cfg.tiers) do
+    local head = redis.call('ZRANGE', 'queue:' .. tier .. ':waiting', 0, 0, 'WITHSCORES')
+    if #head > 0 then
+      floors[tier] = head[2]
+    elseif redis.call('ZCARD', 'queue:' .. tier .. ':ring') > 0 then
+      floors[tier] = now  -- Nothing waits to age, but users are queued: the band is not empty.
+    end
+  end
+  flat = {}
+  for name, floor in pairs(floors) do
+    table.insert(flat, name)
+    table.insert(flat, floor)
+  end
+  redis.call('DEL', 'queue:floors')
+  redis.call('HSET', 'queue:floors', unpack(flat))
+end
+
+-- A band found empty (no job waiting, no user queued) loses its floor, so claims skip it until
+-- a job is enqueued there.
+local function forget_if_empty(tier)
+  if redis.call('ZCARD', 'queue:' .. tier .. ':waiting') == 0
+    and redis.call('ZCARD', 'queue:' .. tier .. ':ring') == 0 then
+    redis.call('HDEL', 'queue:floors', tier)
+    floors[tier] = nil
+  end
+end
+
 local function eligible(tier, user)
   local running = tonumber(redis.call('GET', 'running:' .. user) or 0)
   return running < tonumber(cfg.caps[tier] or 1000000)
 end
 
-local function take(tier, user, job, reason)
+-- `fields`: what whoever chose the job read of it: its hash's trace and since, and whether its
+-- user's list holds more jobs than it (nil when not read).
+local function take(tier, user, job, reason, fields)
   local list = 'queue:' .. tier .. ':' .. user
   local ring = 'queue:' .. tier .. ':ring'
   redis.call('LREM', list, 1, job)
   served_at = served_at + 1  -- A batch serves its members' users in turn.
-  if redis.call('LLEN', list) > 0 then
+  local more = fields[3]
+  if more == nil then more = redis.call('LLEN', list) > 0 end
+  if more then
     redis.call('ZADD', ring, served_at, user)
   else
     redis.call('ZREM', ring, user)
     redis.call('HSET', 'queue:' .. tier .. ':last_served', user, served_at)
   end
   local waiting = 'queue:' .. tier .. ':waiting'
-  local waited_ms = now - tonumber(redis.call('ZSCORE', waiting, job) or now)
+  -- A job queued before its hash kept its enqueue time has it only in the band's waiting set.
+  local since = fields[2] or redis.call('ZSCORE', waiting, job)
+  local waited_ms = now - tonumber(since or now)
   redis.call('ZREM', waiting, job)
   redis.call('INCR', 'running:' .. user)
   redis.call('HSET', 'lease:' .. job, 'worker', worker, 'user', user, 'tier', tier)
   redis.call('ZADD', 'leases', now + lease_ms, job)
-  local trace = redis.call('HGET', 'job:' .. job, 'trace')
+  local trace = fields[1]
   if not trace or trace == '' then trace = '-' end
   return {job, user, tier, reason, trace, waited_ms}
 end
 
--- The next job under the policy: tier, user, job, reason; nil when none is eligible.
+-- The next job under the policy: tier, user, job, reason and its hash's trace and since; nil
+-- when none is eligible.
 local function choose()
   -- 1. Aging: the most overdue job of any band. A job is due once its wait would pass its band's
-  -- bound before this worker claims again: taken any later, it would start late.
+  -- bound before this worker claims again: taken any later, it would start late. A band whose
+  -- floor is not due holds no due job: only the others are read.
   local best, best_overdue = nil, -1
   for _, tier in ipairs(cfg.tiers) do
     local bound = tonumber(cfg.aging_ms[tier] or -1)
-    if bound >= 0 then
+    local floor = floors[tier]
+    if bound >= 0 and floor and now + horizon_ms - tonumber(floor) - bound >= 0 then
       local waiting = 'queue:' .. tier .. ':waiting'
       -- Usually the head is not overdue: look at it alone, and deeper only when it is.
       local oldest = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+      if #oldest == 0 then
+        forget_if_empty(tier)
+      elseif oldest[2] ~= floor then
+        redis.call('HSET', 'queue:floors', tier, oldest[2])
+        floors[tier] = oldest[2]
+      end
       if #oldest > 0 and now + horizon_ms - tonumber(oldest[2]) - bound >= 0 then
         oldest = redis.call('ZRANGE', waiting, 0, 15, 'WITHSCORES')
       end
@@ -121,39 +187,48 @@ local function choose()
         local job, since = oldest[i], tonumber(oldest[i + 1])
         local overdue = now + horizon_ms - since - bound
         if overdue < 0 then break end
-        local user = redis.call('HGET', 'job:' .. job, 'user')
+        local fields = redis.call('HMGET', 'job:' .. job, 'user', 'trace', 'since')
+        local user = fields[1]
         if user and eligible(tier, user) then
-          if overdue > best_overdue then best, best_overdue = {tier, user, job}, overdue end
+          if overdue > best_overdue then
+            best, best_overdue = {tier, user, job, {fields[2], fields[3]}}, overdue
+          end
           break
         end
       end
     end
   end
-  if best then return best[1], best[2], best[3], 'aged' end
+  if best then return best[1], best[2], best[3], 'aged', best[4] end
 
   -- 2. Strict bands; round robin over users; a warm model preferred within a bounded lookahead.
   for _, tier in ipairs(cfg.tiers) do
-    local ring = 'queue:' .. tier .. ':ring'
-    local users = redis.call('ZRANGE', ring, 0, tonumber(cfg.lookahead) - 1)
-    local first, passed = nil, {}
-    for _, user in ipairs(users) do
-      local head = redis.call('LINDEX', 'queue:' .. tier .. ':' .. user, 0)
-      if not head then
-        redis.call('ZREM', ring, user)
-      elseif eligible(tier, user) then
-        local fields = redis.call('HMGET', 'job:' .. head, 'skips', 'model')
-        local skips, model = tonumber(fields[1] or 0), fields[2]
-        if not first then first = {user, head} end
-        -- A job passed over often enough is taken now: a cold model waits a bounded number of swaps.
-        if skips >= tonumber(cfg.max_skips) then return tier, user, head, 'starved' end
-        if next(cfg.warm) == nil or (model and warm[model]) then
-          for _, job in ipairs(passed) do redis.call('HINCRBY', 'job:' .. job, 'skips', 1) end
-          return tier, user, head, (next(cfg.warm) == nil) and 'next' or 'warm'
+    if floors[tier] then
+      local ring = 'queue:' .. tier .. ':ring'
+      local users = redis.call('ZRANGE', ring, 0, tonumber(cfg.lookahead) - 1)
+      if #users == 0 then forget_if_empty(tier) end
+      local first, passed = nil, {}
+      for _, user in ipairs(users) do
+        -- The head, and whether a job follows it (so the ring knows this user's next turn).
+        local heads = redis.call('LRANGE', 'queue:' .. tier .. ':' .. user, 0, 1)
+        local head = heads[1]
+        if not head then
+          redis.call('ZREM', ring, user)
+        elseif eligible(tier, user) then
+          local fields = redis.call('HMGET', 'job:' .. head, 'skips', 'model', 'trace', 'since')
+          local skips, model = tonumber(fields[1] or 0), fields[2]
+          local kept = {fields[3], fields[4], #heads > 1}
+          if not first then first = {user, head, kept} end
+          -- A job passed over often enough is taken now: a cold model waits a bounded number of swaps.
+          if skips >= tonumber(cfg.max_skips) then return tier, user, head, 'starved', kept end
+          if next(cfg.warm) == nil or (model and warm[model]) then
+            for _, job in ipairs(passed) do redis.call('HINCRBY', 'job:' .. job, 'skips', 1) end
+            return tier, user, head, (next(cfg.warm) == nil) and 'next' or 'warm', kept
+          end
+          table.insert(passed, head)
         end
-        table.insert(passed, head)
       end
+      if first then return tier, first[1], first[2], 'cold', first[3] end
     end
-    if first then return tier, first[1], first[2], 'cold' end
   end
   return nil
 end
@@ -174,8 +249,10 @@ local function add_companions(tier, leader, claimed)
       if size < max_batch and eligible(tier, user) then
         local list = 'queue:' .. tier .. ':' .. user
         for _, job in ipairs(redis.call('LRANGE', list, 0, BATCH_SCAN_DEPTH - 1)) do
-          if redis.call('HGET', 'job:' .. job, 'batch') == key then
-            for _, part in ipairs(take(tier, user, job, 'batched')) do table.insert(claimed, part) end
+          local fields = redis.call('HMGET', 'job:' .. job, 'batch', 'trace', 'since')
+          if fields[1] == key then
+            local parts = take(tier, user, job, 'batched', {fields[2], fields[3]})
+            for _, part in ipairs(parts) do table.insert(claimed, part) end
             size, grew = size + 1, true
             break
           end
@@ -185,14 +262,14 @@ local function add_companions(tier, leader, claimed)
   end
 end
 
-local tier, user, job, reason = choose()
+local tier, user, job, reason, fields = choose()
 if not tier then
   -- Nothing is eligible for any worker (caps and bounds are the same for all; warm models only
   -- order): the wake tokens left from busier times would only wake idle workers to claim nothing.
   redis.call('DEL', 'queue:signal')
   return false
 end
-local claimed = take(tier, user, job, reason)
+local claimed = take(tier, user, job, reason, fields)
 if max_batch > 1 then add_companions(tier, job, claimed) end
 return table.concat(claimed, ' ')
 """

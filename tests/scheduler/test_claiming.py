@@ -297,3 +297,45 @@ async def test_queue_positions_are_the_order_claims_serve(queue: TierQueue) -> N
 
     assert {job: served.index(job) + 1 for job in served} == positions
     assert await queue.positions("pro", heavy, jobs[heavy]) == dict.fromkeys(jobs[heavy])
+
+
+async def test_a_claim_reads_only_the_bands_that_may_hold_work(queue: TierQueue) -> None:
+    # The cost of dispatch: with work only in the lowest band and no job near its aging bound, a
+    # claim (ending the worker's previous lease) reads that band's ring alone, not every band's
+    # oldest job and every empty band's ring.
+    users = [uuid.uuid4() for _ in range(3)]
+    for index, job in enumerate(ids(12)):
+        await queue.enqueue("free", users[index % 3], job, "m")
+    previous = await queue.claim("w", 30, POLICY)  # also rebuilds the bands' floors, once
+    assert previous is not None
+    await queue.redis.config_resetstat()
+    claims = 10
+    for _ in range(claims):
+        claim = await queue.claim("w", 30, POLICY, release=previous.generation_id)
+        assert claim is not None and claim.tier == "free"
+        previous = claim
+    stats = await queue.redis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+    assert calls["zrange"] == claims
+    commands = sum(count for name, count in calls.items() if name not in ("config", "info"))
+    assert commands <= 19 * claims  # the script itself and 18 calls inside it
+
+
+async def test_an_aged_job_is_found_after_the_bands_floors_are_lost(queue: TierQueue) -> None:
+    # Redis lost the floors (or jobs were queued before they were kept): the claim reads every
+    # band again rather than take a band with no floor for an empty one.
+    policy, free_job, _ = await free_job_behind_studio_jobs(queue, 30, studio=2)
+    await queue.redis.delete("queue:floors")
+    aged = await queue.claim("w", 30, policy, horizon_seconds=40)
+    assert aged is not None and (aged.generation_id, aged.reason) == (free_job, "aged")
+
+
+async def test_a_band_found_empty_is_served_again_once_a_job_arrives(queue: TierQueue) -> None:
+    first, second = ids(2)
+    await queue.enqueue("pro", uuid.uuid4(), first, "m")
+    claim = await queue.claim("w", 30, POLICY)
+    assert claim is not None and claim.generation_id == first
+    assert await queue.claim("w", 30, POLICY) is None  # finds the band empty and forgets it
+    await queue.enqueue("pro", uuid.uuid4(), second, "m")
+    claim = await queue.claim("w", 30, POLICY)
+    assert claim is not None and claim.generation_id == second
