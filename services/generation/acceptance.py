@@ -259,6 +259,11 @@ class Acceptance:
             violations.add(f"{path}.strength", "must be between 0 and 1")
         elif spec.init_image_id:
             strength = spec.strength if spec.strength is not None else DEFAULT_STRENGTH
+        if model.inpainting_only and not spec.mask_image_id:
+            violations.add(
+                f"{path}.model",
+                f"{model.name} is an inpainting model: it needs an init_image_id and a mask_image_id",
+            )
         await self._check_loras(spec.loras, model, f"{path}.loras", violations)
         violations.raise_if_any()
         resolved = ResolvedSpec(

@@ -23,6 +23,7 @@ metadata), never by loading weights.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -76,6 +77,9 @@ class ModelInfo:
     # The model's inpainting variant (a pipeline whose UNet also takes the mask and the masked
     # image), by name; empty when it has none and inpainting blends masked img2img instead.
     inpainting_variant: str = ""
+    # An inpainting pipeline itself (its UNet takes the mask and the masked image's latents as
+    # input channels besides the latents): it can only inpaint.
+    inpainting_only: bool = False
 
     @property
     def samplers(self) -> tuple[Sampler, ...]:
@@ -271,7 +275,18 @@ def _read_diffusers(model_dir: Path, name: str) -> ModelInfo | None:
         logger.info("skipping %s: implausible unet/vae config", model_dir)
         return None
     family, native_size, latent_channels = sizes
-    return _pipeline_info(name, model_dir, family, native_size, latent_channels, ModelFormat.DIFFUSERS)
+    info = _pipeline_info(name, model_dir, family, native_size, latent_channels, ModelFormat.DIFFUSERS)
+    return dataclasses.replace(info, inpainting_only=_unet_takes_mask(model_dir))
+
+
+def _unet_takes_mask(model_dir: Path) -> bool:
+    """Whether the UNet takes more input channels than it predicts: SD inpainting's 9 (latents,
+    mask, masked image's latents) against 4. Flux has no UNet; a missing config says no."""
+    try:
+        unet = _read_json_object(model_dir / "unet" / "config.json")
+    except (OSError, ValueError):
+        return False
+    return _require(unet, "in_channels", int) > _require(unet, "out_channels", int)
 
 
 def _diffusers_sizes(model_dir: Path) -> tuple[ModelFamily, int, int] | None:

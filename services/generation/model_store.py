@@ -111,6 +111,7 @@ class ModelManifest:
     kind: str = ModelKind.PIPELINE
     weight_format: str = ModelFormat.DIFFUSERS
     inpainting_variant: str = ""  # The model's inpainting variant, by name; "" for none.
+    inpainting_only: bool = False  # An inpainting pipeline, which can only inpaint.
 
     @property
     def prefix(self) -> str:
@@ -143,6 +144,7 @@ class ModelManifest:
             kind=ModelKind(self.kind),
             format=ModelFormat(self.weight_format),
             inpainting_variant=self.inpainting_variant,
+            inpainting_only=self.inpainting_only,
         )
 
     def to_json(self) -> str:
@@ -156,6 +158,7 @@ class ModelManifest:
                 "native_size": self.native_size,
                 "latent_channels": self.latent_channels,
                 "inpainting_variant": self.inpainting_variant,
+                "inpainting_only": self.inpainting_only,
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
             },
             indent=2,
@@ -182,6 +185,7 @@ class ModelManifest:
                 kind=str(data.get("kind", ModelKind.PIPELINE)),
                 weight_format=str(data.get("weight_format", ModelFormat.DIFFUSERS)),
                 inpainting_variant=str(data.get("inpainting_variant", "")),
+                inpainting_only=data.get("inpainting_only", False) is True,
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed manifest: {error!r}") from None
@@ -296,6 +300,7 @@ def manifest_of_source(
         kind=info.kind,
         weight_format=info.format,
         inpainting_variant=info.inpainting_variant,
+        inpainting_only=info.inpainting_only,
     )
     return PushSource(manifest, local_files)
 

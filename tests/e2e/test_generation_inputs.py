@@ -103,6 +103,7 @@ def generation_row(mesh: RunningMesh, generation_id: str) -> dict[str, Any]:
         ({"loras": [{"name": f"lora-{n}", "weight": 1} for n in range(6)]}, "generation.loras"),
         ({"maskImageId": str(uuid.uuid4())}, "generation.mask_image_id"),  # no init image
         ({"initImageId": "not-an-id"}, "generation.init_image_id"),
+        ({"model": "tiny-sd-inpainting"}, "generation.model"),  # an inpainting model, no mask
     ],
 )
 def test_bad_input_names_the_field_and_holds_nothing(

@@ -107,6 +107,7 @@ async def test_a_model_names_its_inpainting_variant_in_its_settings_file(catalog
     assert base is not None and other is not None and variant is not None
     assert base.inpainting_variant == "tiny-sd-inpainting"
     assert other.inpainting_variant == ""
+    assert (base.inpainting_only, other.inpainting_only, variant.inpainting_only) == (False, False, True)
     # The variant's UNet takes 9 channels, but its latents are SD's 4.
     assert (variant.family, variant.latent_channels, variant.native_size) == ("sd15", 4, 64)
 
@@ -242,4 +243,7 @@ def test_a_push_records_the_inpainting_variant_in_the_manifest(models_dir: Path,
     assert manifest.inpainting_variant == "tiny-sd-inpainting"
     read_back = ModelManifest.from_json(manifest.to_json())
     assert read_back.info(tmp_path).inpainting_variant == "tiny-sd-inpainting"
+    variant = manifest_of_source(models_dir / "tiny-sd-inpainting", name="tiny-sd-inpainting").manifest
+    assert ModelManifest.from_json(variant.to_json()).info(tmp_path).inpainting_only
+    assert not read_back.info(tmp_path).inpainting_only
     assert manifest_of_source(models_dir / "tiny-sd-b", name="tiny-sd-b").manifest.inpainting_variant == ""
