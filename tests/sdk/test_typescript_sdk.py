@@ -1,6 +1,7 @@
 """The TypeScript SDK (sdk/typescript) against the real mesh: its Node tests (`node --test`,
-over connect-node's native gRPC to Envoy) run here, with the mesh, a user without credits and a
-hop that cuts a watch stream prepared by this test, so that the README's test command runs them."""
+over connect-node's native gRPC to Envoy) run here, with the mesh, a user without credits, a PNG to
+upload and a hop that cuts a watch stream prepared by this test, so that the README's test
+command runs them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from pingvas.generation.v1 import generation_service_pb2
 from support.flaky_hop import FlakyHop
 from support.mesh import RunningMesh
@@ -32,10 +34,14 @@ def built_sdk() -> Path:
     return SDK_DIR / "dist"
 
 
-def test_the_node_tests_pass_against_the_mesh(built_sdk: Path, mesh: RunningMesh, new_account: Any) -> None:
+def test_the_node_tests_pass_against_the_mesh(
+    built_sdk: Path, mesh: RunningMesh, new_account: Any, tmp_path: Path
+) -> None:
     broke = new_account("ts-sdk-broke")
     drained = mesh.pingvas("admin", "grant-credits", broke.email, "-100")
     assert drained.returncode == 0, drained.stderr
+    init_png = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(init_png, format="PNG")
     with FlakyHop(mesh.gateway_target) as hop:
         hop.cut_next_stream("WatchGeneration", after_events=2)
         result = subprocess.run(
@@ -46,6 +52,7 @@ def test_the_node_tests_pass_against_the_mesh(built_sdk: Path, mesh: RunningMesh
                 "PINGVAS_GATEWAY_URL": mesh.gateway_url,
                 "PINGVAS_CUT_STREAM_URL": f"http://{hop.target}",
                 "PINGVAS_BROKE_TOKEN": broke.token,
+                "PINGVAS_INIT_PNG": str(init_png),
             },
             capture_output=True,
             text=True,
@@ -53,7 +60,7 @@ def test_the_node_tests_pass_against_the_mesh(built_sdk: Path, mesh: RunningMesh
         )
         watches = hop.requests("WatchGeneration", generation_service_pb2.WatchGenerationRequest)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "# fail 0" in result.stdout and "# pass 3" in result.stdout, result.stdout
+    assert "# fail 0" in result.stdout and "# pass 6" in result.stdout, result.stdout
     # The cut stream was reopened after the last event its watch had seen.
     assert [w.after_sequence for w in watches] == [0, 2]
     assert mesh.sql("SELECT id FROM generations WHERE user_id = %s", broke.user_id) == []
