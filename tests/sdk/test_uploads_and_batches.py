@@ -1,7 +1,7 @@
 """Issue 15's calls in the Python SDK, against the real mesh: an image uploaded through
 CreateUpload and its presigned PUT is named by an img2img generation, a batch made from a template
-gets consecutive seeds (and from a list, all or none against the credits), and a refused upload
-raises the SDK's typed errors naming the field. The generations are checked as the API stores
+gets consecutive seeds (and from a list, all or none against the credits), a batch whose reply
+is lost is not made twice, and a refused upload raises the SDK's typed errors naming the field. The generations are checked as the API stores
 them (GetGeneration), not by their images."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import pingvas
 import pytest
 from PIL import Image
-from pingvas.generation.v1 import generation_resources_pb2
+from pingvas.generation.v1 import generation_resources_pb2, generation_service_pb2
 from support.accounts import Account
+from support.flaky_hop import FlakyHop
 from support.mesh import RunningMesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
@@ -61,6 +62,26 @@ def test_a_batch_from_a_template_gets_consecutive_seeds(mesh: RunningMesh, new_a
     assert [g.seed for g in batch] == [11, 12, 13]
     assert [(g.id, g.seed, g.prompt) for g in stored] == [(g.id, g.seed, "a lighthouse") for g in batch]
     assert len({g.id for g in batch}) == 3
+
+
+def test_a_batch_whose_reply_is_lost_is_not_retried_so_it_is_made_once(
+    mesh: RunningMesh, new_account: Any
+) -> None:
+    account = new_account("sdk-batch-lost")
+    # A batch carries no idempotency key: a retry after the lost reply would make it again.
+    with FlakyHop(mesh.gateway_target) as hop:
+        hop.lose_next_reply("BatchCreateGenerations")
+        with (
+            pingvas.Client(hop.target, access_token=account.token) as client,
+            pytest.raises(pingvas.Unavailable),
+        ):
+            client.generations.batch_create(
+                pingvas.generation_request("a heron", width=64, height=64, steps=1), count=2
+            )
+        sent = hop.requests("BatchCreateGenerations", generation_service_pb2.BatchCreateGenerationsRequest)
+    assert len(sent) == 1
+    made = mesh.sql("SELECT prompt FROM generations WHERE user_id = %s", account.user_id)
+    assert [row["prompt"] for row in made] == ["a heron", "a heron"]
 
 
 def test_a_bad_upload_and_an_unaffordable_batch_raise_typed_errors(
