@@ -1,4 +1,5 @@
-"""The README's Python SDK example runs as written, against the mesh, with an API key."""
+"""The README's Python SDK examples run as written, against the mesh, with an API key: the first
+draws a fox and lists it, the second uploads an init image and makes a batch."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
+from support.accounts import Account
 from support.mesh import RunningMesh
 
 pytestmark = pytest.mark.integration
@@ -18,18 +21,18 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_example() -> str:
+def readme_examples() -> list[str]:
     readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("\n## Python SDK\n", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the Python SDK section has no python example"
-    return match.group(1)
+    section = readme.split("\n## Python SDK\n", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(examples) == 2, "the Python SDK section has its two python examples"
+    return examples
 
 
-def test_the_readme_example_draws_a_fox_and_lists_it(
-    mesh: RunningMesh, new_account: Any, tmp_path: Path
-) -> None:
-    account = new_account("sdk-readme")
+def run_example(
+    example: str, mesh: RunningMesh, account: Account, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """The example as written, its gateway address the test mesh's, with an API key of `account`."""
     created = httpx.post(
         f"{mesh.gateway_url}/api/v1/apikeys",
         json={"displayName": "readme", "scopes": ["read", "generate"]},
@@ -37,11 +40,10 @@ def test_the_readme_example_draws_a_fox_and_lists_it(
         timeout=30,
     )
     assert created.status_code == 200, created.text
-    example = readme_example()
     assert '"127.0.0.1:8080"' in example, "the example names the local gateway"
     ran = subprocess.run(
         [sys.executable, "-c", example.replace('"127.0.0.1:8080"', repr(mesh.gateway_target))],
-        cwd=tmp_path,
+        cwd=cwd,
         env={
             **os.environ,
             "PINGVAS_API_KEY": created.json()["secret"],
@@ -52,6 +54,14 @@ def test_the_readme_example_draws_a_fox_and_lists_it(
         timeout=300,
     )
     assert ran.returncode == 0, ran.stderr
+    return ran
+
+
+def test_the_readme_example_draws_a_fox_and_lists_it(
+    mesh: RunningMesh, new_account: Any, tmp_path: Path
+) -> None:
+    account = new_account("sdk-readme")
+    ran = run_example(readme_examples()[0], mesh, account, tmp_path)
     assert (tmp_path / "fox.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     lines = ran.stdout.splitlines()
     assert lines[:2] == ["Queued 1", "Started 2"] and lines[6] == "Succeeded 7", lines
@@ -60,3 +70,22 @@ def test_the_readme_example_draws_a_fox_and_lists_it(
     )
     assert lines[7] == f"{generation['id']} {generation['credits_charged']} credits"
     assert lines[8] == f"{generation['id']} a red fox in snow"
+
+
+def test_the_readme_example_uploads_an_init_image_and_makes_a_batch(
+    mesh: RunningMesh, new_account: Any, tmp_path: Path
+) -> None:
+    account = new_account("sdk-readme-inputs")
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(tmp_path / "fox.png", format="PNG")
+    ran = run_example(readme_examples()[1], mesh, account, tmp_path)
+
+    made = mesh.sql(
+        "SELECT id, prompt, seed, init_image_id FROM generations WHERE user_id = %s ORDER BY seed",
+        account.user_id,
+    )
+    oil = next(row for row in made if row["prompt"] == "a fox, oil painting")
+    lighthouses = [row for row in made if row["prompt"] == "a lighthouse at dusk"]
+    assert [row["seed"] for row in lighthouses] == [7, 8, 9]
+    assert ran.stdout.splitlines() == [f"{oil['id']} {oil['init_image_id']}"] + [
+        f"{row['id']} {row['seed']}" for row in lighthouses
+    ]

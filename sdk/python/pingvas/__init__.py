@@ -1,5 +1,5 @@
-"""The Pingvas Python SDK: text-to-image generations, their live progress and the gallery, over
-gRPC.
+"""The Pingvas Python SDK: generations (text-to-image, img2img and inpainting from uploaded
+images, batches), their live progress and the gallery, over gRPC.
 
     import pingvas
 
@@ -13,7 +13,7 @@ and stubs are its subpackages (`pingvas.generation.v1`, `pingvas.gallery.v1`, ..
 
 from pingvas.aio import AsyncClient, AsyncPager
 from pingvas.client import Client, Pager
-from pingvas.connection import GenerationResult, Page
+from pingvas.connection import GenerationResult, Page, generation_request
 from pingvas.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -64,4 +64,5 @@ __all__ = [
     "Succeeded",
     "Unauthenticated",
     "Unavailable",
+    "generation_request",
 ]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -19,9 +20,11 @@ from pingvas.connection import (
     GenerationResult,
     Page,
     WatchResumption,
+    batch_request,
     create_request,
     list_images_request,
     raise_unless_succeeded,
+    upload_bytes,
 )
 from pingvas.errors import from_rpc_error
 from pingvas.events import Event
@@ -108,6 +111,20 @@ class AsyncGenerations:
         )
         return await _unary(self._connection, self._stub.CreateGeneration, request)
 
+    async def batch_create(
+        self,
+        requests: generation_service_pb2.CreateGenerationRequest
+        | Sequence[generation_service_pb2.CreateGenerationRequest],
+        *,
+        count: int | None = None,
+    ) -> list[generation_resources_pb2.Generation]:
+        """See `pingvas.client.Generations.batch_create` (not retried after UNAVAILABLE)."""
+        request = batch_request(requests, count)
+        response = await _unary(
+            self._connection, self._stub.BatchCreateGenerations, request, repeatable=False
+        )
+        return list(response.generations)
+
     async def get(self, generation_id: str) -> generation_resources_pb2.Generation:
         request = generation_service_pb2.GetGenerationRequest(generation_id=generation_id)
         return await _unary(self._connection, self._stub.GetGeneration, request)
@@ -148,6 +165,24 @@ class AsyncGenerations:
             finally:
                 call.cancel()  # a no-op on an ended call; frees the stream if the caller stops early
             await asyncio.sleep(watch.wait_before_reopening(error))
+
+
+class AsyncUploads:
+    """`client.uploads` of an AsyncClient; see `pingvas.client.Uploads`."""
+
+    def __init__(self, connection: Connection, channel: grpc.aio.Channel) -> None:
+        self._connection = connection
+        self._stub = generation_service_pb2_grpc.GenerationServiceStub(channel)
+
+    async def create(self, source: bytes | str | os.PathLike[str], content_type: str) -> str:
+        """Upload an image and return its upload id; see `pingvas.client.Uploads.create`."""
+        data = await asyncio.to_thread(upload_bytes, source)
+        request = generation_service_pb2.CreateUploadRequest(content_type=content_type, size_bytes=len(data))
+        upload: generation_resources_pb2.Upload = await _unary(
+            self._connection, self._stub.CreateUpload, request
+        )
+        await asyncio.to_thread(self._connection.put_upload, upload.upload_url, data, content_type)
+        return upload.id
 
 
 class AsyncImages:
@@ -219,6 +254,7 @@ class AsyncClient:
         )
         self._channel = self._connection.aio_channel()
         self.generations = AsyncGenerations(self._connection, self._channel)
+        self.uploads = AsyncUploads(self._connection, self._channel)
         self.images = AsyncImages(self._connection, self._channel)
 
     async def generate(
@@ -269,8 +305,14 @@ class AsyncClient:
 
 
 async def _unary(
-    connection: Connection, method: Callable[..., Awaitable[Response]], request: object
+    connection: Connection,
+    method: Callable[..., Awaitable[Response]],
+    request: object,
+    *,
+    repeatable: bool = True,
 ) -> Response:
     return await call_with_retries_async(
-        connection.retry, lambda: method(request, metadata=connection.metadata, timeout=connection.timeout)
+        connection.retry,
+        lambda: method(request, metadata=connection.metadata, timeout=connection.timeout),
+        repeatable=repeatable,
     )

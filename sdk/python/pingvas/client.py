@@ -11,6 +11,7 @@ typed methods do not cover: `pingvas.generation.v1`, `pingvas.gallery.v1`, ...
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -25,9 +26,11 @@ from pingvas.connection import (
     GenerationResult,
     Page,
     WatchResumption,
+    batch_request,
     create_request,
     list_images_request,
     raise_unless_succeeded,
+    upload_bytes,
 )
 from pingvas.errors import from_rpc_error
 from pingvas.events import Event
@@ -115,6 +118,24 @@ class Generations:
         )
         return generation
 
+    def batch_create(
+        self,
+        requests: generation_service_pb2.CreateGenerationRequest
+        | Sequence[generation_service_pb2.CreateGenerationRequest],
+        *,
+        count: int | None = None,
+    ) -> list[generation_resources_pb2.Generation]:
+        """Queue 1 to 4 generations at once, all or none, and return them in order: a list of
+        requests (`pingvas.generation_request(...)` each), or one request and a `count` of copies
+        of it with consecutive seeds (the template's seed, or the server's choice, then +1, ...).
+
+        Raises InsufficientCredits when the credits do not cover them all (nothing is held). A
+        batch has no idempotency key, so a call whose reply is lost (UNAVAILABLE) is not retried:
+        it may have been made, and `generations.list()` shows whether it was."""
+        request = batch_request(requests, count)
+        response = _unary(self._connection, self._stub.BatchCreateGenerations, request, repeatable=False)
+        return list(response.generations)
+
     def get(self, generation_id: str) -> generation_resources_pb2.Generation:
         request = generation_service_pb2.GetGenerationRequest(generation_id=generation_id)
         generation: generation_resources_pb2.Generation = _unary(
@@ -169,6 +190,27 @@ class Generations:
             finally:
                 call.cancel()  # a no-op on an ended call; frees the stream if the caller stops early
             time.sleep(watch.wait_before_reopening(error))
+
+
+class Uploads:
+    """`client.uploads`: input images for img2img and inpainting, uploaded for a generation to
+    name as its `init_image_id` or `mask_image_id`."""
+
+    def __init__(self, connection: Connection, channel: grpc.Channel) -> None:
+        self._connection = connection
+        self._stub = generation_service_pb2_grpc.GenerationServiceStub(channel)
+
+    def create(self, source: bytes | str | os.PathLike[str], content_type: str) -> str:
+        """Upload an image (its bytes, or a file's path) of `content_type` (`image/png`,
+        `image/jpeg` or `image/webp`, at most 10 MB) and return its upload id: CreateUpload,
+        then a PUT of the bytes to the presigned URL it hands out. A type or size the API does
+        not take raises InvalidArgument naming `content_type` or `size_bytes`; the bytes
+        themselves are checked when a generation names the upload."""
+        data = upload_bytes(source)
+        request = generation_service_pb2.CreateUploadRequest(content_type=content_type, size_bytes=len(data))
+        upload: generation_resources_pb2.Upload = _unary(self._connection, self._stub.CreateUpload, request)
+        self._connection.put_upload(upload.upload_url, data, content_type)
+        return upload.id
 
 
 class Images:
@@ -249,6 +291,7 @@ class Client:
         )
         self._channel = self._connection.channel()
         self.generations = Generations(self._connection, self._channel)
+        self.uploads = Uploads(self._connection, self._channel)
         self.images = Images(self._connection, self._channel)
 
     def generate(
@@ -296,7 +339,11 @@ class Client:
         self.close()
 
 
-def _unary(connection: Connection, method: Callable[..., Response], request: object) -> Response:
+def _unary(
+    connection: Connection, method: Callable[..., Response], request: object, *, repeatable: bool = True
+) -> Response:
     return call_with_retries(
-        connection.retry, lambda: method(request, metadata=connection.metadata, timeout=connection.timeout)
+        connection.retry,
+        lambda: method(request, metadata=connection.metadata, timeout=connection.timeout),
+        repeatable=repeatable,
     )

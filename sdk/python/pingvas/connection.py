@@ -1,15 +1,16 @@
 """What both clients share: where the API is, how a call authenticates, its deadlines and retry
-policy, the requests they build from keyword arguments, how a watch resumes, and fetching an
-image's bytes."""
+policy, the requests they build from keyword arguments, how a watch resumes, fetching an image's
+bytes and putting an upload's."""
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -111,6 +112,22 @@ class Connection:
         except (urllib.error.URLError, TimeoutError) as error:
             raise Unavailable(f"could not fetch the image: {error}") from error
 
+    def put_upload(self, url: str, data: bytes, content_type: str) -> None:
+        """PUT an upload's bytes to its presigned URL, with the declared content type (the URL's
+        signature binds it and the length). Like a fetch, it sends no bearer."""
+        request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout):
+                return
+        except urllib.error.HTTPError as error:
+            # S3 answers 403 to an expired URL or to bytes that are not what was declared.
+            kind = PermissionDenied if error.code == 403 else Unavailable
+            raise kind(
+                f"could not upload the image: HTTP {error.code}", metadata={"http_status": str(error.code)}
+            ) from error
+        except (urllib.error.URLError, TimeoutError) as error:
+            raise Unavailable(f"could not upload the image: {error}") from error
+
 
 @dataclass(frozen=True)
 class Page(Generic[Resource]):
@@ -148,17 +165,16 @@ def list_images_request(
     )
 
 
-def create_request(
+def generation_request(
     prompt: str,
     *,
-    model: str | None,
-    width: int | None,
-    height: int | None,
-    steps: int | None,
-    seed: int | None,
-    negative_prompt: str | None,
-    guidance: float | None,
-    request_id: str | None,
+    model: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    negative_prompt: str | None = None,
+    guidance: float | None = None,
     sampler: str | None = None,
     strength: float | None = None,
     init_image_id: str | None = None,
@@ -166,9 +182,11 @@ def create_request(
     loras: Sequence[tuple[str, float]] = (),
     from_image_id: str | None = None,
 ) -> generation_service_pb2.CreateGenerationRequest:
-    """A CreateGenerationRequest; unset options are left to the server's documented defaults,
-    and the idempotency key is a new one unless the caller brings its own. `loras` are
-    (name, weight) pairs; `from_image_id` starts from a gallery image's parameters."""
+    """A CreateGenerationRequest without an idempotency key, as an item of
+    `generations.batch_create`; the options are those of `generations.create`. Unset options are
+    left to the server's documented defaults; `loras` are (name, weight) pairs; `from_image_id`
+    starts from a gallery image's parameters. A value a field cannot hold (a negative width)
+    raises InvalidArgument naming it, the way the server refuses one out of its range."""
     generation = generation_resources_pb2.Generation(
         prompt=prompt,
         model=model or "",
@@ -201,8 +219,49 @@ def create_request(
         invalid.field_violations = violations
         raise invalid
     return generation_service_pb2.CreateGenerationRequest(
-        generation=generation, request_id=request_id or str(uuid.uuid4()), from_image_id=from_image_id or ""
+        generation=generation, from_image_id=from_image_id or ""
     )
+
+
+def create_request(
+    prompt: str, *, request_id: str | None, **options: Any
+) -> generation_service_pb2.CreateGenerationRequest:
+    """`generation_request`'s request with an idempotency key: a new one unless the caller
+    brings its own."""
+    request = generation_request(prompt, **options)
+    request.request_id = request_id or str(uuid.uuid4())
+    return request
+
+
+def batch_request(
+    requests: generation_service_pb2.CreateGenerationRequest
+    | Sequence[generation_service_pb2.CreateGenerationRequest],
+    count: int | None,
+) -> generation_service_pb2.BatchCreateGenerationsRequest:
+    """A BatchCreateGenerationsRequest of the given requests, or of `count` copies of one. Only
+    the first copy keeps the seed: the server gives each item without one the first item's seed
+    plus its index, so the copies get consecutive seeds. Sizes out of 1 to 4 are left to the
+    server to refuse, naming the field."""
+    if isinstance(requests, generation_service_pb2.CreateGenerationRequest):
+        template = requests
+        copy = generation_service_pb2.CreateGenerationRequest()
+        copy.CopyFrom(template)
+        copy.generation.ClearField("seed")
+        copies = 1 if count is None else count
+        items = [template, *[copy] * (copies - 1)] if copies > 0 else []
+    else:
+        if count is not None:
+            raise ValueError("count applies to one template request, not to a list of requests")
+        items = list(requests)
+    return generation_service_pb2.BatchCreateGenerationsRequest(requests=items)
+
+
+def upload_bytes(source: bytes | str | os.PathLike[str]) -> bytes:
+    """The bytes of an upload given as bytes or as a file's path."""
+    if isinstance(source, bytes):
+        return source
+    with open(source, "rb") as file:
+        return file.read()
 
 
 class WatchResumption:

@@ -1,10 +1,12 @@
 """Retries: exponential backoff with full jitter on UNAVAILABLE and RESOURCE_EXHAUSTED, waiting
 at least what the server asks for in a RetryInfo.
 
-Every call the SDK makes is safe to repeat: reads, cancels and deletes are idempotent by the
-contract, and a create always carries an idempotency key (`request_id`) that the SDK generates
-once per create, so a retried create returns the generation the first attempt made instead of
-making a second one.
+Reads, cancels and deletes are idempotent by the contract, and a create always carries an
+idempotency key (`request_id`) that the SDK generates once per create, so a retried create
+returns the generation the first attempt made instead of making a second one. A batch create has
+no key (the contract refuses one in a batch), so it is not `repeatable`: an UNAVAILABLE, whose
+first attempt may have been made, is raised at once, and only a RESOURCE_EXHAUSTED refusal,
+which made nothing, is retried.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ class RetryPolicy:
         return random.uniform(0, ceiling)
 
 
-def call_with_retries(policy: RetryPolicy, attempt_call: Callable[[], T]) -> T:
+def _delay(policy: RetryPolicy, error: PingvasError, attempt: int, repeatable: bool) -> float | None:
+    if not repeatable and isinstance(error, Unavailable):
+        return None
+    return policy.delay(error, attempt)
+
+
+def call_with_retries(policy: RetryPolicy, attempt_call: Callable[[], T], *, repeatable: bool = True) -> T:
     """`attempt_call()`'s result, retried under `policy`; a failure raises a typed PingvasError."""
     attempt = 1
     while True:
@@ -61,14 +69,16 @@ def call_with_retries(policy: RetryPolicy, attempt_call: Callable[[], T]) -> T:
             return attempt_call()
         except grpc.RpcError as raw:
             error = from_rpc_error(raw)
-            wait = policy.delay(error, attempt)
+            wait = _delay(policy, error, attempt, repeatable)
             if wait is None:
                 raise error from raw
         time.sleep(wait)
         attempt += 1
 
 
-async def call_with_retries_async(policy: RetryPolicy, attempt_call: Callable[[], Awaitable[T]]) -> T:
+async def call_with_retries_async(
+    policy: RetryPolicy, attempt_call: Callable[[], Awaitable[T]], *, repeatable: bool = True
+) -> T:
     """`call_with_retries` for `grpc.aio` calls."""
     attempt = 1
     while True:
@@ -76,7 +86,7 @@ async def call_with_retries_async(policy: RetryPolicy, attempt_call: Callable[[]
             return await attempt_call()
         except grpc.RpcError as raw:
             error = from_rpc_error(raw)
-            wait = policy.delay(error, attempt)
+            wait = _delay(policy, error, attempt, repeatable)
             if wait is None:
                 raise error from raw
         await asyncio.sleep(wait)

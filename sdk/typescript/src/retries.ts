@@ -1,8 +1,9 @@
 /**
  * Retries, by the Python SDK's rules: exponential backoff with full jitter on UNAVAILABLE and
- * RESOURCE_EXHAUSTED, waiting at least what the server asks for in a RetryInfo. Every call the
- * SDK makes is safe to repeat: reads, cancels and deletes are idempotent by the contract, and a
- * create carries an idempotency key (`requestId`) made once per create.
+ * RESOURCE_EXHAUSTED, waiting at least what the server asks for in a RetryInfo. Reads, cancels
+ * and deletes are idempotent by the contract, and a create carries an idempotency key
+ * (`requestId`) made once per create; a batch create has none and is not retried after
+ * UNAVAILABLE.
  */
 import { fromConnectError, PingvasError, ResourceExhausted, Unavailable } from "./errors.js";
 
@@ -51,8 +52,16 @@ export function sleep(seconds: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** `attemptCall()`'s result, retried under `policy`; a failure throws a typed PingvasError. */
-export async function callWithRetries<T>(policy: RetryPolicy, attemptCall: () => Promise<T>): Promise<T> {
+/**
+ * `attemptCall()`'s result, retried under `policy`; a failure throws a typed PingvasError. A call
+ * that is not `repeatable` (a batch create, which has no idempotency key) is not retried after
+ * UNAVAILABLE, since its first attempt may have been made; a RESOURCE_EXHAUSTED made nothing.
+ */
+export async function callWithRetries<T>(
+  policy: RetryPolicy,
+  attemptCall: () => Promise<T>,
+  options: { repeatable?: boolean } = {},
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     let error: PingvasError;
     try {
@@ -60,7 +69,8 @@ export async function callWithRetries<T>(policy: RetryPolicy, attemptCall: () =>
     } catch (raw) {
       error = fromConnectError(raw);
     }
-    const wait = policy.delay(error, attempt);
+    const repeatable = options.repeatable ?? true;
+    const wait = !repeatable && error instanceof Unavailable ? undefined : policy.delay(error, attempt);
     if (wait === undefined) throw error;
     await sleep(wait);
   }

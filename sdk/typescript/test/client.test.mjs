@@ -1,9 +1,11 @@
 // The TypeScript SDK against the real mesh, over native gRPC (connect-node, HTTP/2 h2c to Envoy).
 // Run by tests/sdk/test_typescript_sdk.py, which starts the mesh and passes, in the environment:
 // PINGVAS_GATEWAY_URL, PINGVAS_CUT_STREAM_URL (a hop that cuts the next WatchGeneration after two
-// events) and PINGVAS_BROKE_TOKEN (a user whose credits were all taken back).
+// events), PINGVAS_BROKE_TOKEN (a user whose credits were all taken back) and PINGVAS_INIT_PNG (a
+// 64x64 PNG file to upload).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import {
   InsufficientCredits,
@@ -13,6 +15,7 @@ import {
   RetryPolicy,
   Unauthenticated,
 } from "../dist/index.js";
+import { GenerationMode } from "../dist/gen/pingvas/generation/v1/generation_resources_pb.js";
 import { createNodeTransport } from "../dist/node.js";
 
 const gatewayUrl = process.env.PINGVAS_GATEWAY_URL;
@@ -94,4 +97,44 @@ test("a watch whose stream is cut resumes after the last event it saw", async ()
   const generation = await client.createGeneration({ prompt: "a kestrel", width: 64, height: 64, steps: 4 });
   const events = await collect(client.watch(generation.id));
   assertWholeAndInOrder(events, 4);
+});
+
+test("an uploaded PNG is the init image of an img2img generation", async () => {
+  const client = await signedIn();
+  const uploadId = await client.createUpload(readFileSync(process.env.PINGVAS_INIT_PNG), "image/png");
+  const created = await client.createGeneration({
+    prompt: "a fox, oil painting",
+    initImageId: uploadId,
+    strength: 0.6,
+    steps: 2,
+    sampler: "euler",
+  });
+  const stored = await client.getGeneration(created.id);
+  assert.deepEqual(
+    [stored.initImageId, stored.mode, stored.sampler, stored.width, stored.height],
+    [uploadId, GenerationMode.IMAGE_TO_IMAGE, "euler", 64, 64],
+  );
+  assert.ok(Math.abs(stored.strength - 0.6) < 1e-6, String(stored.strength));
+});
+
+test("a batch from a template gets consecutive seeds", async () => {
+  const client = await signedIn();
+  const batch = await client.batchCreateGenerations({ prompt: "a lighthouse", width: 64, height: 64, steps: 1, seed: 11 }, 3);
+  assert.deepEqual(batch.map((g) => g.seed), [11n, 12n, 13n]);
+  const stored = await Promise.all(batch.map((g) => client.getGeneration(g.id)));
+  assert.deepEqual(stored.map((g) => [g.id, g.seed, g.prompt]), batch.map((g) => [g.id, g.seed, "a lighthouse"]));
+});
+
+test("a bad upload and an unaffordable batch throw typed errors", async () => {
+  const client = await signedIn();
+  const wrongType = await client.createUpload(readFileSync(process.env.PINGVAS_INIT_PNG), "image/gif").catch((e) => e);
+  assert.ok(wrongType instanceof InvalidArgument, String(wrongType));
+  assert.deepEqual(wrongType.fieldViolations.map((v) => v.field), ["content_type"]);
+
+  const broke = new PingvasClient(createNodeTransport(gatewayUrl), { bearer: process.env.PINGVAS_BROKE_TOKEN });
+  const short = await broke
+    .batchCreateGenerations([1, 2].map((n) => ({ prompt: `a fox ${n}`, width: 64, height: 64, steps: 1 })))
+    .catch((e) => e);
+  assert.ok(short instanceof InsufficientCredits, String(short));
+  assert.equal(short.available, 0);
 });
