@@ -76,7 +76,7 @@ class LoraFamilyMismatch(ValueError):
 
 
 class LoraChoice(Protocol):
-    """A LoRA a run applies, and its weight (inference's `LoraWeight` is one)."""
+    """A LoRA a run applies, and its weight (`services.generation.modes.LoraWeight` is one)."""
 
     @property
     def name(self) -> str: ...
