@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from support.generations import upload, wait_for
+from support.failpoints import parking_prompt, release, wait_parked
+from support.generations import resolutions, upload, wait_for
 from support.mesh import RunningMesh
 
 pytestmark = pytest.mark.integration
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 SIZE = 64
 TEXT = {"prompt": "a red fox in snow", "model": "tiny-sd", "width": SIZE, "height": SIZE, "steps": 2}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+IMAGES_BUCKET = "pingvas-studio-images"
 SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_k", "ddim", "unipc", "lms", "heun")
 # What the issue says the PNG's recipe holds, as GetImage's JSON names it.
 RECIPE_KEYS = {
@@ -182,8 +184,7 @@ def test_a_lora_changes_the_image_without_reloading_the_base_pipeline(
     # The LoRA was loaded as an adapter, and the model was found resident since: no miss, no load.
     wait_for(
         lambda: (
-            (metrics := worker_metrics(mesh))["adapter_loads"] >= 1
-            and metrics["hits"] >= before["hits"] + 2
+            (metrics := worker_metrics(mesh))["adapter_loads"] >= 1 and metrics["hits"] >= before["hits"] + 2
         ),
         within=30,
         message="the worker's heartbeat did not count the runs",
@@ -257,3 +258,41 @@ def test_a_batch_of_four_makes_four_images_with_consecutive_seeds(
     pngs = [image_png(finished(mesh, rest, account, g["id"])) for g in reply.json()["generations"]]
     assert [text_chunks(png)["pingvas"]["seed"] for png in pngs] == ["40", "41", "42", "43"]
     assert len({png for png in pngs}) == 4
+
+
+def test_an_init_image_gone_or_undecodable_fails_its_job_with_nothing_charged(
+    mesh: RunningMesh, new_account: Any, rest: httpx.Client
+) -> None:
+    account = new_account("input-gone")
+    # The worker is held on another job while the inputs are spoilt, so it reads them spoilt.
+    holder = create(rest, account, prompt=parking_prompt(mesh, "a holder", after_step=1))
+    wait_parked(mesh, holder["id"])
+    gone, garbled = (
+        create(rest, account, initImageId=upload(rest, account, png_bytes(gradient())), strength=0.5)
+        for _ in range(2)
+    )
+    s3 = mesh.s3()
+    keys = {
+        g["id"]: mesh.sql("SELECT init_image_key FROM generations WHERE id = %s", g["id"])[0][
+            "init_image_key"
+        ]
+        for g in (gone, garbled)
+    }
+    s3.delete_object(Bucket=IMAGES_BUCKET, Key=keys[gone["id"]])
+    s3.put_object(Bucket=IMAGES_BUCKET, Key=keys[garbled["id"]], Body=b"\x89PNG not really")
+    release(mesh, holder["id"])
+
+    for generation in (gone, garbled):
+        wait_for(
+            lambda g=generation: (
+                mesh.sql("SELECT state FROM generations WHERE id = %s", g["id"])[0]["state"] in TERMINAL
+            ),
+            within=120,
+            message="the job did not end",
+        )
+        failed = rest.get(f"/api/v1/generation/{generation['id']}", headers=account.headers).json()
+        assert (failed["state"], failed["failureCode"]) == (
+            "GENERATION_STATE_FAILED",
+            "INPUT_IMAGE_UNAVAILABLE",
+        )
+        assert resolutions(mesh, generation["id"]) == ["hold", "release"]
