@@ -9,9 +9,9 @@ it, the worker lost its lease (another worker now owns the job, so this one walk
 a word), or the worker is shutting down and the job would not finish within the grace budget
 (it is handed back to the queue at once).
 
-Jobs that share model, size, steps and guidance may be claimed together and run as one batch,
-one pipeline call (`max_batch`; off on CPU, where a batch is no faster than its members in
-turn). Each member keeps its own seed, progress stream, lease, cancellation and bill.
+Jobs that share model, size, steps, guidance, sampler, mode and LoRA set (the batch key) may be
+claimed together and run as one batch, one pipeline call (`max_batch`; off on CPU, where a batch
+is no faster than its members in turn). Each member keeps its own seed, progress stream, lease, cancellation and bill.
 
 A call's images are encoded, stored and recorded while the GPU runs the next call, so the GPU
 does not wait for PNG compression, the image store or PostgreSQL between jobs.
