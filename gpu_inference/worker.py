@@ -11,7 +11,8 @@ a word), or the worker is shutting down and the job would not finish within the 
 
 Jobs that share model, size, steps, guidance, sampler, mode and LoRA set (the batch key) may be
 claimed together and run as one batch, one pipeline call (`max_batch`; off on CPU, where a batch
-is no faster than its members in turn). Each member keeps its own seed, progress stream, lease, cancellation and bill.
+is no faster than its members in turn). Each member keeps its own seed, progress stream, lease,
+cancellation and bill.
 
 A call's images are encoded, stored and recorded while the GPU runs the next call, so the GPU
 does not wait for PNG compression, the image store or PostgreSQL between jobs.
