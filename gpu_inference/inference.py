@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import pyparsing
@@ -28,6 +27,7 @@ from PIL import Image, PngImagePlugin
 from gpu_inference.preview import PreviewFrame, unpack_flux_latents
 from gpu_inference.registry import LoadedModel
 from gpu_inference.samplers import scheduler_for
+from services.generation.modes import GenerationMode, LoraWeight
 from services.generation.samplers import DEFAULT_SAMPLER, ModelFamily
 
 # compel's prompt grammar backtracks exponentially on nested parentheses without pyparsing's
@@ -80,23 +80,6 @@ def check_prompt_syntax(field_name: str, prompt: str) -> None:
         raise PromptSyntaxError(field_name, "parentheses nested too deeply") from None
 
 
-class GenerationMode(StrEnum):
-    """What a request starts from; its inputs decide it (`TextToImageRequest.mode`)."""
-
-    TXT2IMG = "txt2img"  # Noise.
-    IMG2IMG = "img2img"  # An init image, noised as far as its strength says.
-    INPAINT = "inpaint"  # An init image and a mask: only the mask's white area is repainted.
-
-
-@dataclass(frozen=True)
-class LoraWeight:
-    """A LoRA a generation applies, by catalog name, and its weight. The worker has the registry
-    apply the set before the call; inference only records it in the image's metadata."""
-
-    name: str
-    weight: float
-
-
 @dataclass(frozen=True)
 class TextToImageRequest:
     """One job of a batch, in any `GenerationMode`."""
@@ -114,6 +97,8 @@ class TextToImageRequest:
     strength: float | None = None
     init_image: Image.Image | None = None  # Resized to width x height when it differs.
     mask_image: Image.Image | None = None  # White is repainted; needs an init image.
+    # The LoRAs the worker has the registry apply before the call; inference only records them
+    # in the image's metadata.
     loras: tuple[LoraWeight, ...] = ()
     # The generation's parameters as GetImage returns them: embedded in the PNG, so a downloaded
     # image carries its recipe. None writes no recipe.
@@ -133,8 +118,8 @@ class TextToImageRequest:
     @property
     def mode(self) -> GenerationMode:
         if self.init_image is None:
-            return GenerationMode.TXT2IMG
-        return GenerationMode.IMG2IMG if self.mask_image is None else GenerationMode.INPAINT
+            return GenerationMode.TEXT_TO_IMAGE
+        return GenerationMode.IMAGE_TO_IMAGE if self.mask_image is None else GenerationMode.INPAINTING
 
     @property
     def effective_strength(self) -> float:
@@ -210,7 +195,12 @@ class TextToImageResult:
 RECIPE_CHUNK = "pingvas"
 INVOKEAI_CHUNK = "invokeai_metadata"
 
-# InvokeAI's names for the model bases, in its `invokeai_metadata`.
+# InvokeAI's names for the generation modes and the model bases, in its `invokeai_metadata`.
+_INVOKEAI_MODES = {
+    GenerationMode.TEXT_TO_IMAGE: "txt2img",
+    GenerationMode.IMAGE_TO_IMAGE: "img2img",
+    GenerationMode.INPAINTING: "inpaint",
+}
 _INVOKEAI_BASES = {ModelFamily.SD15: "sd-1", ModelFamily.SDXL: "sdxl", ModelFamily.FLUX: "flux"}
 
 
@@ -222,7 +212,7 @@ def text_chunks(model_name: str, family: str, request: TextToImageRequest) -> di
     if request.recipe is not None:
         chunks[RECIPE_CHUNK] = json.dumps(request.recipe, sort_keys=True)
     invokeai: dict[str, Any] = {
-        "generation_mode": str(request.mode),
+        "generation_mode": _INVOKEAI_MODES[request.mode],
         "positive_prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
         "width": request.width,
@@ -289,10 +279,10 @@ def run_text_to_image_batch(
     # The mode is shared: every member has an init image (and a mask) or none has.
     init_images = [_fit(r.init_image, r.width, r.height, "RGB") for r in requests if r.init_image is not None]
     mask_images = [_fit(r.mask_image, r.width, r.height, "L") for r in requests if r.mask_image is not None]
-    if _is_inpainting_model(model.pipeline) and mode is not GenerationMode.INPAINT:
+    if _is_inpainting_model(model.pipeline) and mode is not GenerationMode.INPAINTING:
         raise ValueError(f"{model.info.name} is an inpainting model: it needs an init image and a mask")
 
-    if mode is not GenerationMode.TXT2IMG and first.denoising_steps == 0:
+    if mode is not GenerationMode.TEXT_TO_IMAGE and first.denoising_steps == 0:
         # Nothing to denoise: diffusers would fail on an empty schedule, and the answer is known.
         return [
             TextToImageResult(image=image.copy(), seed=request.seed, gpu_seconds=0.0, text_chunks=chunk)
@@ -300,10 +290,10 @@ def run_text_to_image_batch(
         ]
 
     inputs: dict[str, Any] = {}
-    if mode is GenerationMode.IMG2IMG and first.effective_strength < 1.0:
+    if mode is GenerationMode.IMAGE_TO_IMAGE and first.effective_strength < 1.0:
         pipeline_class: Any = AutoPipelineForImage2Image
         inputs = {"image": init_images, "strength": first.effective_strength}
-    elif mode is GenerationMode.INPAINT:
+    elif mode is GenerationMode.INPAINTING:
         pipeline_class = AutoPipelineForInpainting
         inputs = {
             "image": init_images,
@@ -362,7 +352,7 @@ def run_text_to_image_batch(
         gpu_seconds = (time.perf_counter() - started) / len(requests)
 
     images: list[Image.Image] = output.images
-    if mode is GenerationMode.INPAINT:
+    if mode is GenerationMode.INPAINTING:
         images = [
             Image.composite(generated, init, mask)
             for generated, init, mask in zip(images, init_images, mask_images, strict=True)

@@ -76,7 +76,7 @@ class LoraFamilyMismatch(ValueError):
 
 
 class LoraChoice(Protocol):
-    """A LoRA a run applies, and its weight (inference's `LoraWeight` is one)."""
+    """A LoRA a run applies, and its weight (`services.generation.modes.LoraWeight` is one)."""
 
     @property
     def name(self) -> str: ...
@@ -219,6 +219,13 @@ class ModelRegistry:
             adapter.memory_bytes for adapter in self._adapters.values()
         )
 
+    async def info(self, name: str) -> ModelInfo:
+        """The catalog's entry for the model `name`, loaded or not; `UnknownModelError` if none."""
+        info = await self._catalog.get(name)
+        if info is None or info.kind != ModelKind.PIPELINE:
+            raise UnknownModelError(name)
+        return info
+
     async def acquire(self, name: str) -> LoadedModel:
         """The model `name`, loading it first if it is not resident.
 
@@ -265,9 +272,7 @@ class ModelRegistry:
 
     async def _load(self, name: str) -> LoadedModel:
         try:
-            info = await self._catalog.get(name)
-            if info is None or info.kind != ModelKind.PIPELINE:
-                raise UnknownModelError(name)
+            info = await self.info(name)
             if self._ensure_cached is not None:
                 # Before the load lock: a download must not hold up loads of cached models.
                 await self._ensure_cached(info)

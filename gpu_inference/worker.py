@@ -9,9 +9,10 @@ it, the worker lost its lease (another worker now owns the job, so this one walk
 a word), or the worker is shutting down and the job would not finish within the grace budget
 (it is handed back to the queue at once).
 
-Jobs that share model, size, steps and guidance may be claimed together and run as one batch,
-one pipeline call (`max_batch`; off on CPU, where a batch is no faster than its members in
-turn). Each member keeps its own seed, progress stream, lease, cancellation and bill.
+Jobs that share model, size, steps, guidance, sampler, mode and LoRA set (the batch key) may be
+claimed together and run as one batch, one pipeline call (`max_batch`; off on CPU, where a batch
+is no faster than its members in turn). Each member keeps its own seed, progress stream, lease,
+cancellation and bill.
 
 A call's images are encoded, stored and recorded while the GPU runs the next call, so the GPU
 does not wait for PNG compression, the image store or PostgreSQL between jobs.
@@ -21,19 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, Observation
+from PIL import Image
 
 from gpu_inference.inference import (
     BatchStep,
@@ -43,21 +46,33 @@ from gpu_inference.inference import (
     TextToImageResult,
     run_text_to_image_batch,
 )
-from gpu_inference.registry import LoadedModel, ModelRegistry, UnknownModelError
+from gpu_inference.registry import (
+    LoadedModel,
+    LoraFamilyMismatch,
+    ModelRegistry,
+    UnknownLoraError,
+    UnknownModelError,
+)
+from gpu_inference.samplers import SamplerNotAllowedError
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import (
     PNG_CONTENT_TYPE,
     THUMBNAIL_CONTENT_TYPE,
     ImageStore,
+    ObjectMissing,
     ObjectStoreUnavailable,
 )
 from services.common.telemetry import job_link, trace_context
+from services.gallery.recipe import recipe_json
 from services.gallery.repository import StoredImage
 from services.generation.failures import Failure, FailureCode
 from services.generation.model_store import ModelDownloadFailed
+from services.generation.modes import GenerationMode
 from services.generation.queue import Claim, ClaimCycle, SchedulingPolicy, TierQueue
 from services.generation.repository import GenerationRecord
 from services.generation.runs import Runs, WorkResult
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -81,6 +96,12 @@ def _run_labels(records: Iterable[GenerationRecord]) -> str:
     return ", ".join(record.run_label for record in records)
 
 
+def _decoded(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
 class RunInterrupted(Exception):
     """Raised from the step callback to stop a run at a step boundary."""
 
@@ -99,6 +120,11 @@ class HandedBack(RunInterrupted):
 
 class EveryMemberLeft(RunInterrupted):
     """Every member of a batch left it (cancelled, or its lease lost): nothing to compute for."""
+
+
+class InputImageUnreadable(Exception):
+    """A job's init image or mask is not in the images bucket, or does not decode: no attempt
+    reads it better."""
 
 
 class ProgressRelay:
@@ -398,6 +424,7 @@ class Worker:
                 "misses": metrics.misses,
                 "evictions": metrics.evictions,
                 "load_seconds": round(metrics.load_seconds, 3),
+                "adapter_loads": metrics.adapter_loads,
             },
             ttl_seconds=max(10.0, self.idle_wait_seconds * 5),
         )
@@ -550,25 +577,38 @@ class Worker:
         requests = [request for _, request in readable]
         records = [member.record for member in members]
         first = records[0]
+        # A batch shares its model, mode, sampler and LoRA set (the batch key), so its first
+        # member's say for all.
+        total_steps = requests[0].denoising_steps
         log.info(
-            "running %s: model %s %dx%d %d steps",
+            "running %s: model %s %dx%d %d steps (%s, %s)",
             _run_labels(records),
             first.model,
             first.width,
             first.height,
-            first.steps,
+            total_steps,
+            first.mode,
+            first.sampler,
         )
         try:
-            model = await self._acquire_holding_leases(first.model, members)
-        except UnknownModelError:
+            model = await self._holding_leases(members, self._ready_model(first))
+        except (UnknownModelError, UnknownLoraError) as error:
             missing = Failure.report(
                 FailureCode.MODEL_NOT_INSTALLED,
                 _run_labels(records),
-                f"model {first.model!r} is not installed on this worker",
+                f"{error} is not installed on this worker",
                 logger=log,
             )
             for record in records:
                 await self.runs.finish_failed(record, missing)
+            return []
+        except (LoraFamilyMismatch, SamplerNotAllowedError) as error:
+            # Acceptance refuses these; a catalog changed since can still bring one here.
+            refused = Failure.report(
+                FailureCode.INFERENCE_FAILED, _run_labels(records), str(error), logger=log
+            )
+            for record in records:
+                await self.runs.finish_failed(record, refused)
             return []
         except ModelDownloadFailed as error:
             undownloadable = Failure.report(
@@ -580,7 +620,7 @@ class Worker:
             unloadable = Failure.report(
                 FailureCode.MODEL_LOAD_FAILED,
                 _run_labels(records),
-                f"loading model {first.model!r} failed",
+                f"loading model {first.model!r} (LoRAs {first.loras}) failed",
                 logger=log,
                 exc_info=True,
             )
@@ -594,7 +634,7 @@ class Worker:
                 )
         batch = BatchRun(
             relays,
-            first.steps,
+            total_steps,
             asyncio.get_running_loop(),
             self._leave,
             park=self._park if self.failpoints is not None else None,
@@ -615,8 +655,10 @@ class Worker:
             "denoise",
             links=links,
             attributes={
-                "pingvas.model": first.model,
-                "pingvas.steps": first.steps,
+                "pingvas.model": model.info.name,
+                "pingvas.mode": str(first.mode),
+                "pingvas.sampler": first.sampler,
+                "pingvas.steps": total_steps,
                 "pingvas.width": first.width,
                 "pingvas.height": first.height,
                 "pingvas.batch_size": len(members),
@@ -624,7 +666,7 @@ class Worker:
         )
 
         def on_traced_step(batch_step: BatchStep) -> None:
-            denoise.add_event("step", {"step": batch_step.step, "total_steps": first.steps})
+            denoise.add_event("step", {"step": batch_step.step, "total_steps": total_steps})
             batch.on_step(batch_step)
 
         on_step = on_traced_step if denoise.is_recording() else batch.on_step
@@ -635,7 +677,7 @@ class Worker:
                     self._inference_thread, run_text_to_image_batch, model, requests, on_step
                 )
                 self.metrics.iterations_per_second.record(
-                    first.steps / (time.perf_counter() - started), {"model": first.model}
+                    total_steps / (time.perf_counter() - started), {"model": model.info.name}
                 )
             except Exception as error:
                 denoise.record_exception(error)
@@ -669,39 +711,94 @@ class Worker:
         return [(member, results[index]) for index, member in enumerate(members) if index not in batch.left]
 
     async def _readable(self, members: Sequence[Member]) -> list[tuple[Member, TextToImageRequest]]:
-        """Each member with its inference request. A member whose prompt compel cannot read
-        fails for good, alone: no retry reads it better, and its batch runs without it."""
+        """Each member with its inference request, its input images read from the images bucket.
+        A member whose prompt compel cannot read, or whose input image is gone or does not
+        decode, fails for good, alone: no retry reads it better, and its batch runs without it.
+        One whose images the bucket cannot serve now goes back to the queue."""
         readable = []
         for member in members:
             record = member.record
             try:
-                request = TextToImageRequest(
-                    prompt=record.prompt,
-                    negative_prompt=record.negative_prompt,
-                    width=record.width,
-                    height=record.height,
-                    steps=record.steps,
-                    seed=record.seed,
-                    guidance=record.guidance,
-                )
+                request = await self._request(record)
             except PromptSyntaxError as error:
                 unreadable = Failure.report(
                     FailureCode.INFERENCE_FAILED, _run_labels([record]), f"unreadable {error}", logger=log
                 )
                 await self.runs.finish_failed(record, unreadable)
                 continue
+            except InputImageUnreadable as error:
+                unreadable = Failure.report(
+                    FailureCode.INPUT_IMAGE_UNAVAILABLE, _run_labels([record]), str(error), logger=log
+                )
+                await self.runs.finish_failed(record, unreadable)
+                continue
+            except ObjectStoreUnavailable as error:
+                unavailable = Failure.report(
+                    FailureCode.INPUT_IMAGE_UNAVAILABLE, _run_labels([record]), str(error), logger=log
+                )
+                await self.runs.requeue(record, unavailable)
+                continue
             readable.append((member, request))
         return readable
 
-    async def _acquire_holding_leases(self, name: str, members: Sequence[Member]) -> LoadedModel:
-        """The model from the registry, the members' leases renewed meanwhile: its first use on
-        this machine may download it into the cache and load it, which can take far longer than
-        a lease, and the jobs must not be redelivered to workers that would only wait for the
-        same download."""
+    async def _request(self, record: GenerationRecord) -> TextToImageRequest:
+        """The inference request a stored generation asks for."""
+        init_image = mask_image = None
+        if record.mode is not GenerationMode.TEXT_TO_IMAGE:
+            init_image = await self._input_image(record.init_image_key, "init image")
+        if record.mode is GenerationMode.INPAINTING:
+            mask_image = await self._input_image(record.mask_image_key, "mask")
+        return TextToImageRequest(
+            prompt=record.prompt,
+            negative_prompt=record.negative_prompt,
+            width=record.width,
+            height=record.height,
+            steps=record.steps,
+            seed=record.seed,
+            guidance=record.guidance,
+            sampler=record.sampler,
+            strength=record.strength,
+            init_image=init_image,
+            mask_image=mask_image,
+            loras=record.loras,
+            # What GetImage will show for the image, so the PNG carries its recipe.
+            recipe=recipe_json(record, record.loras),
+        )
+
+    async def _input_image(self, key: str | None, what: str) -> Image.Image:
+        """An input image from the images bucket, decoded off the event loop."""
+        if key is None:
+            raise InputImageUnreadable(f"the generation names no {what} object")
+        try:
+            data = await self.store.get(key)
+        except ObjectMissing:
+            raise InputImageUnreadable(f"{what} {key} is not in the images bucket") from None
+        try:
+            return await asyncio.to_thread(_decoded, data)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise InputImageUnreadable(f"{what} {key} does not decode: {error}") from None
+
+    async def _ready_model(self, record: GenerationRecord) -> LoadedModel:
+        """The pipeline a batch like `record` runs on, carrying exactly its LoRAs: the model's
+        inpainting variant for inpainting when it has one, else the model itself."""
+        name = record.model
+        if record.mode is GenerationMode.INPAINTING:
+            name = (await self.registry.info(record.model)).inpainting_variant or name
+        model = await self.registry.acquire(name)
+        if record.sampler not in model.info.samplers:
+            raise SamplerNotAllowedError(record.sampler, model.info.family)
+        await self.registry.apply_loras(model, record.loras)
+        return model
+
+    async def _holding_leases(self, members: Sequence[Member], work: Awaitable[T]) -> T:
+        """`work` awaited with the members' leases renewed meanwhile: a model's first use on
+        this machine may download it into the cache and load it (a LoRA too), which can take
+        far longer than a lease, and the jobs must not be redelivered to workers that would
+        only wait for the same download."""
         keeping = [asyncio.create_task(self._keep_lease(member.claim.generation_id)) for member in members]
         try:
             # Cancelled, only this wait ends: the registry's load goes on for its other waiters.
-            return await self.registry.acquire(name)
+            return await work
         finally:
             for task in keeping:
                 task.cancel()

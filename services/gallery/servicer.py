@@ -12,14 +12,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pingvas.gallery.v1 import gallery_resources_pb2 as resources
 from pingvas.gallery.v1 import gallery_service_pb2 as pb
 from pingvas.gallery.v1 import gallery_service_pb2_grpc as pb_grpc
-from pingvas.generation.v1.generation_resources_pb2 import GenerationMode, LoraWeight
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import FieldViolation, InvalidInput
 from services.common.rate_limits import PrincipalRateLimiter
 from services.common.rpc import Endpoint, public_unary, unary
 from services.gallery.images import GalleryImage, ImageLibrary, image_change, parse_image_id
+from services.gallery.recipe import image_recipe
 from services.gallery.repository import ImageFilter
+from services.generation.modes import LoraWeight
 
 ERROR_DOMAIN = "gallery.pingvas.studio"
 
@@ -30,30 +31,19 @@ def image_to_proto(image: GalleryImage) -> resources.Image:
     record = image.record
     created = Timestamp()
     created.FromDatetime(record.created_at)
-    return resources.Image(
+    image_proto = resources.Image(
         name=f"users/{record.user_id}/images/{record.id}",
         id=str(record.id),
         url=image.urls.image,
         thumbnail_url=image.urls.thumbnail,
-        prompt=record.prompt,
-        negative_prompt=record.negative_prompt,
-        model=record.model,
-        width=record.width,
-        height=record.height,
-        seed=record.seed,
-        steps=record.steps,
-        guidance=record.guidance,
         size_bytes=record.size_bytes,
         create_time=created,
         starred=record.starred,
         board=record.board,
-        sampler=record.sampler,
-        mode=GenerationMode.Value(f"GENERATION_MODE_{record.mode.upper()}"),
-        strength=record.strength,
-        loras=[LoraWeight(name=lora["name"], weight=lora["weight"]) for lora in record.loras],
-        init_image_id=record.init_image_id or "",
-        mask_image_id=record.mask_image_id or "",
     )
+    # The recipe as the worker embedded it in the PNG.
+    image_proto.MergeFrom(image_recipe(record, [LoraWeight.from_json(lora) for lora in record.loras]))
+    return image_proto
 
 
 def _time(request: pb.ListImagesRequest, field: str) -> datetime | None:

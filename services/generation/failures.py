@@ -27,6 +27,8 @@ class FailureCode(enum.StrEnum):
     INFERENCE_FAILED = "INFERENCE_FAILED"
     WORKER_LOST = "WORKER_LOST"
     IMAGE_STORE_UNAVAILABLE = "IMAGE_STORE_UNAVAILABLE"
+    # The init image or mask could not be read from the images bucket, or did not decode.
+    INPUT_IMAGE_UNAVAILABLE = "INPUT_IMAGE_UNAVAILABLE"
     # Failures recorded before codes existed: migration 0005 dropped their raw text.
     UNKNOWN = "UNKNOWN"
 
@@ -38,6 +40,9 @@ _SENTENCES = {
     FailureCode.INFERENCE_FAILED: "The GPU worker could not complete this generation.",
     FailureCode.WORKER_LOST: "The GPU worker running this generation stopped responding.",
     FailureCode.IMAGE_STORE_UNAVAILABLE: "The image was made but could not be stored; no credits were charged.",
+    FailureCode.INPUT_IMAGE_UNAVAILABLE: (
+        "The GPU workers could not read the init image or mask; no credits were charged."
+    ),
     FailureCode.UNKNOWN: "The generation failed.",
 }
 

@@ -2,8 +2,8 @@
 uploads through a presigned PUT), LoRAs, "use again" and batches of up to four, each refusal
 naming its field with nothing queued or held.
 
-The worker does not run image-to-image yet, so these tests check what acceptance recorded (the
-generations row) and what it held, not the images."""
+These tests check what acceptance recorded (the generations row) and what it held; the images
+the worker makes from them are test_generation_modes_e2e.py's."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from support.generations import wait_for
+from support.generations import upload, wait_for
 from support.mesh import RunningMesh
 
 from services.generation.modes import LoraWeight
@@ -68,21 +68,6 @@ def nothing_queued_or_held(mesh: RunningMesh, user_id: str) -> None:
     (account,) = mesh.sql("SELECT held FROM credit_accounts WHERE user_id = %s", user_id)
     assert account["held"] == 0
     assert mesh.sql("SELECT kind FROM credit_entries WHERE user_id = %s AND kind = 'hold'", user_id) == []
-
-
-def upload(rest: httpx.Client, account: Any, data: bytes, content_type: str = "image/png") -> str:
-    """CreateUpload, then the PUT of `data` to its presigned URL; the upload's id."""
-    created = rest.post(
-        "/api/v1/uploads",
-        json={"contentType": content_type, "sizeBytes": len(data)},
-        headers=account.headers,
-    )
-    assert created.status_code == 200, created.text
-    body = created.json()
-    assert body["name"] == f"users/{account.user_id}/uploads/{body['id']}"
-    put = httpx.put(body["uploadUrl"], content=data, headers={"content-type": content_type}, timeout=30)
-    assert put.status_code == 200, put.text
-    return str(body["id"])
 
 
 def generation_row(mesh: RunningMesh, generation_id: str) -> dict[str, Any]:

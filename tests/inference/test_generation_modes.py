@@ -22,8 +22,6 @@ from gpu_inference.inference import (
     INVOKEAI_CHUNK,
     RECIPE_CHUNK,
     BatchStep,
-    GenerationMode,
-    LoraWeight,
     PromptSyntaxError,
     TextToImageRequest,
     TextToImageResult,
@@ -31,6 +29,7 @@ from gpu_inference.inference import (
 )
 from gpu_inference.registry import LoadedModel, ModelRegistry
 from services.generation.catalog import ModelCatalog
+from services.generation.modes import GenerationMode, LoraWeight
 from services.generation.samplers import Sampler
 
 SIZE = 64
@@ -225,7 +224,7 @@ def test_img2img_runs_its_strength_share_of_the_steps_with_previews(tiny_model: 
 
     _run(tiny_model, request, steps)
 
-    assert request.mode is GenerationMode.IMG2IMG and request.denoising_steps == 2
+    assert request.mode is GenerationMode.IMAGE_TO_IMAGE and request.denoising_steps == 2
     assert [(step.step, step.total_steps) for step in steps] == [(1, 2), (2, 2)]
     preview = Image.open(io.BytesIO(steps[-1].update_for(0).preview_jpeg))
     assert (preview.format, preview.size) == ("JPEG", (SIZE, SIZE))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 from google.protobuf import json_format
 from pingvas.generation.v1 import generation_service_pb2 as pb
 
@@ -93,3 +94,18 @@ def running_on(mesh: Any, generation_id: str, workers: Any) -> Any:
     """Which of `workers` (anything with a `name`) holds the generation now."""
     worker_id = row(mesh, generation_id)["worker_id"]
     return next(worker for worker in workers if worker.name == worker_id)
+
+
+def upload(rest: httpx.Client, account: Any, data: bytes, content_type: str = "image/png") -> str:
+    """CreateUpload, then the PUT of `data` to its presigned URL; the upload's id."""
+    created = rest.post(
+        "/api/v1/uploads",
+        json={"contentType": content_type, "sizeBytes": len(data)},
+        headers=account.headers,
+    )
+    assert created.status_code == 200, created.text
+    body = created.json()
+    assert body["name"] == f"users/{account.user_id}/uploads/{body['id']}"
+    put = httpx.put(body["uploadUrl"], content=data, headers={"content-type": content_type}, timeout=30)
+    assert put.status_code == 200, put.text
+    return str(body["id"])

@@ -204,8 +204,9 @@ export type Generation = Message<"pingvas.generation.v1.Generation"> & {
    * Output only. Why it failed, as a stable UPPER_SNAKE code clients may branch on:
    * MODEL_NOT_INSTALLED, MODEL_LOAD_FAILED, MODEL_DOWNLOAD_FAILED (the model could not be
    * fetched from the model store, nothing was charged), INFERENCE_FAILED, WORKER_LOST,
-   * IMAGE_STORE_UNAVAILABLE (the image could not be stored, nothing was charged) or UNKNOWN;
-   * set once FAILED.
+   * IMAGE_STORE_UNAVAILABLE (the image could not be stored, nothing was charged),
+   * INPUT_IMAGE_UNAVAILABLE (its init image or mask could not be read or decoded, nothing was
+   * charged) or UNKNOWN; set once FAILED.
    *
    * @generated from field: string failure_code = 21;
    */
