@@ -53,8 +53,9 @@ It reports, measured side by side in the same process and run, median of `--runs
    row's worker/bare ratio and the LoRA's it/s cost against the same path without it (target: at
    most 10 %). The models are those `pingvas models create-tiny` builds (tiny-sd, tiny-sdxl,
    tiny-flux and their LoRAs, built under `--model-dir`/tiny), or the directories of the same
-   names in `--family-models`. Only txt2img: img2img rows need the modes part's inference API,
-   not on this branch. Flux runs with its distilled guidance (3.5) and no negative prompt.
+   names in `--family-models`. Each in txt2img and in img2img (a flat grey init image at strength
+   0.6, so both paths run 60 % of the steps; the bare call is `AutoPipelineForImage2Image` on the
+   same modules). Flux runs with its distilled guidance (3.5) and no negative prompt.
 
 Set PYTHONUNBUFFERED=1 to see the progress lines as they happen when the output is piped.
 
@@ -95,12 +96,14 @@ import torch  # noqa: E402
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     AutoencoderTiny,
+    AutoPipelineForImage2Image,
     AutoPipelineForText2Image,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0  # noqa: E402
+from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from gpu_inference.inference import (  # noqa: E402
@@ -114,6 +117,7 @@ from gpu_inference.inference import (  # noqa: E402
 from gpu_inference.registry import LoadedModel, ModelRegistry  # noqa: E402
 from gpu_inference.tiny import byte_to_unicode, create_tiny_models  # noqa: E402
 from services.generation.catalog import ModelCatalog, ModelFolder  # noqa: E402
+from services.generation.modes import LoraWeight  # noqa: E402
 
 # --- Stable Diffusion 1.5, as published (runwayml/stable-diffusion-v1-5, diffusers format) ---------
 
@@ -515,7 +519,13 @@ def preview_jpeg(update: StepUpdate) -> bytes:
 
 
 def worker_run(
-    model: LoadedModel, args: argparse.Namespace, batch: int, guidance: float | None = None
+    model: LoadedModel,
+    args: argparse.Namespace,
+    batch: int,
+    guidance: float | None = None,
+    *,
+    init_image: Image.Image | None = None,
+    strength: float | None = None,
 ) -> Run:
     """`run_text_to_image_batch` as the worker calls it, `--calls` times back to back, `batch` jobs
     with their own prompts and seeds each time. As in the worker, the step callback starts each
@@ -554,6 +564,8 @@ def worker_run(
                         steps=args.steps,
                         seed=(seed * args.calls + call) * batch + index,
                         guidance=args.guidance if guidance is None else guidance,
+                        init_image=init_image,
+                        strength=strength,
                     )
                     for index in range(batch)
                 ]
@@ -583,11 +595,19 @@ def bare_run(
     batch: int,
     guidance: float | None = None,
     *,
-    negative_prompt: bool = True,
+    flux: bool = False,
+    init_image: Image.Image | None = None,
+    strength: float | None = None,
 ) -> Run:
     """A plain diffusers call, `--calls` times back to back; its step callback only records the
-    step clock's mark. Flux takes no negative prompt (`negative_prompt=False`)."""
-    negative = {"negative_prompt": NEGATIVE_PROMPT} if negative_prompt else {}
+    step clock's mark. Flux takes no negative prompt. With an
+    `init_image`, `pipeline` is an image-to-image one and runs at `strength`."""
+    negative = {} if flux else {"negative_prompt": NEGATIVE_PROMPT}
+    inputs: dict[str, Any] = {"width": args.size, "height": args.size}
+    if init_image is not None:
+        inputs = {"image": init_image, "strength": strength}
+        if flux:  # Its img2img works at 1024x1024 unless given the size.
+            inputs |= {"width": args.size, "height": args.size}
 
     def run(clock: StepClock, seed: int) -> int:
         steps = 0
@@ -604,8 +624,7 @@ def bare_run(
                 pipeline(
                     prompt=PROMPT,
                     **negative,
-                    width=args.size,
-                    height=args.size,
+                    **inputs,
                     num_inference_steps=args.steps,
                     guidance_scale=args.guidance if guidance is None else guidance,
                     num_images_per_prompt=batch,
@@ -763,12 +782,6 @@ def compiled_worker_name(mode: str) -> str:
     return f'worker path, ModelRegistry(compile_mode="{mode}")'
 
 
-@dataclass(frozen=True)
-class LoraChoice:
-    name: str
-    weight: float
-
-
 # Section 5's models by architecture: (model, its LoRA, guidance). Flux-dev's distilled guidance
 # is conditioning, not classifier-free guidance; 3.5 is its usual value.
 ARCHITECTURES = {
@@ -777,6 +790,37 @@ ARCHITECTURES = {
     "Flux": ("tiny-flux", "tiny-flux-lora", 3.5),
 }
 TARGET_LORA_COST = 0.10  # A LoRA may cost at most 10 % it/s.
+IMG2IMG_STRENGTH = 0.6
+
+
+def measure_pair(
+    bench: Bench,
+    args: argparse.Namespace,
+    device: torch.device,
+    label: str,
+    paths: tuple[LoadedModel, Any, float | None, bool, dict[str, Any]],
+    *,
+    with_lora: bool,
+) -> tuple[Row, Row]:
+    """The worker path and the bare call of one architecture and mode, side by side: `paths` is
+    the registry's model, the bare pipeline, the guidance, whether it is Flux (no negative
+    prompt), and the img2img inputs ({} for txt2img)."""
+    model, bare, guidance, flux, start = paths
+    suffix, worker_name, bare_name = (
+        (" + LoRA", "worker (apply_loras)", "bare (load_lora_weights)")
+        if with_lora
+        else ("", "worker", "bare")
+    )
+    worker_row, bare_row = bench.measure(
+        {
+            f"{label}{suffix}: {worker_name}": (worker_run(model, args, 1, guidance, **start), 1),
+            f"{label}{suffix}: {bare_name}": (
+                bare_run(bare, device, args, 1, guidance, flux=flux, **start),
+                1,
+            ),
+        }
+    )
+    return worker_row, bare_row
 
 
 def measure_architectures(bench: Bench, args: argparse.Namespace, device: torch.device) -> list[Row]:
@@ -787,46 +831,44 @@ def measure_architectures(bench: Bench, args: argparse.Namespace, device: torch.
         create_tiny_models(models_dir)
     registry = ModelRegistry(ModelCatalog(ModelFolder(models_dir)), device=str(device))
     print(
-        "\n5. architectures (txt2img; img2img rows need the modes part's API), worker path vs bare"
+        "\n5. architectures and modes (txt2img, img2img at strength 0.6), worker path vs bare"
         f" call, batch 1, {args.size}x{args.size}, {args.steps} steps, models from {models_dir}",
         flush=True,
     )
     bench.print_header()
     rows: list[Row] = []
     summary = []
-    for label, (model_name, lora_name, guidance) in ARCHITECTURES.items():
+    # img2img starts from a flat grey picture at strength 0.6: both paths run 60 % of the steps.
+    init_image = Image.new("RGB", (args.size, args.size), (128, 128, 128))
+    for architecture, (model_name, lora_name, guidance) in ARCHITECTURES.items():
         model = asyncio.run(registry.acquire(model_name))
         flux = model.info.family == "flux"
-        bare: Any = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
+        text_to_image: Any = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
             model.info.path, dtype=registry.dtype
         ).to(device)
-        bare.set_progress_bar_config(disable=True)
-        worker_plain, bare_plain = bench.measure(
-            {
-                f"{label}: worker": (worker_run(model, args, 1, guidance), 1),
-                f"{label}: bare": (bare_run(bare, device, args, 1, guidance, negative_prompt=not flux), 1),
-            }
-        )
-        asyncio.run(registry.apply_loras(model, [LoraChoice(lora_name, 0.8)]))
-        bare.load_lora_weights(str(models_dir / lora_name), adapter_name="bench")
-        bare.set_adapters(["bench"], adapter_weights=[0.8])
-        worker_lora, bare_lora = bench.measure(
-            {
-                f"{label} + LoRA: worker (apply_loras)": (worker_run(model, args, 1, guidance), 1),
-                f"{label} + LoRA: bare (load_lora_weights)": (
-                    bare_run(bare, device, args, 1, guidance, negative_prompt=not flux),
-                    1,
-                ),
-            }
-        )
-        asyncio.run(registry.apply_loras(model, []))
-        for row in (worker_plain, bare_plain):
-            bench.print_row(row)
-        bench.print_row(worker_lora, worker_plain)
-        bench.print_row(bare_lora, bare_plain)
-        rows += [worker_plain, bare_plain, worker_lora, bare_lora]
-        summary.append((label, worker_plain, bare_plain, worker_lora, bare_lora))
-        del bare
+        text_to_image.set_progress_bar_config(disable=True)
+        image_to_image: Any = AutoPipelineForImage2Image.from_pipe(text_to_image)
+        image_to_image.set_progress_bar_config(disable=True)
+        for mode, bare, start in (
+            ("txt2img", text_to_image, {}),
+            ("img2img", image_to_image, {"init_image": init_image, "strength": IMG2IMG_STRENGTH}),
+        ):
+            label = f"{architecture} {mode}"
+            paths = (model, bare, guidance, flux, start)
+            worker_plain, bare_plain = measure_pair(bench, args, device, label, paths, with_lora=False)
+            asyncio.run(registry.apply_loras(model, [LoraWeight(lora_name, 0.8)]))
+            bare.load_lora_weights(str(models_dir / lora_name), adapter_name="bench")
+            bare.set_adapters(["bench"], adapter_weights=[0.8])
+            worker_lora, bare_lora = measure_pair(bench, args, device, label, paths, with_lora=True)
+            asyncio.run(registry.apply_loras(model, []))
+            bare.delete_adapters("bench")
+            for row in (worker_plain, bare_plain):
+                bench.print_row(row)
+            bench.print_row(worker_lora, worker_plain)
+            bench.print_row(bare_lora, bare_plain)
+            rows += [worker_plain, bare_plain, worker_lora, bare_lora]
+            summary.append((label, worker_plain, bare_plain, worker_lora, bare_lora))
+        del text_to_image, image_to_image
         gc.collect()
     print(f"  pipeline loads {registry.metrics.loads}, adapter loads {registry.metrics.adapter_loads}")
     for label, worker_plain, bare_plain, worker_lora, bare_lora in summary:

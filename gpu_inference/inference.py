@@ -293,6 +293,9 @@ def run_text_to_image_batch(
     if mode is GenerationMode.IMAGE_TO_IMAGE and first.effective_strength < 1.0:
         pipeline_class: Any = AutoPipelineForImage2Image
         inputs = {"image": init_images, "strength": first.effective_strength}
+        if family == ModelFamily.FLUX:
+            # SD's img2img works at its init image's size; Flux's at its default 1024x1024 unless told.
+            inputs |= {"width": first.width, "height": first.height}
     elif mode is GenerationMode.INPAINTING:
         pipeline_class = AutoPipelineForInpainting
         inputs = {

@@ -3,6 +3,7 @@ tiny random-weight models `pingvas models create-tiny` builds."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -68,6 +69,18 @@ async def test_a_flux_generation_streams_16_channel_previews_and_completes(regis
         assert tuple(step.latents.shape) == (1, 16, 8, 8)
         preview = Image.open(io.BytesIO(step.update_for(0).preview_jpeg))
         assert (preview.format, preview.size) == ("JPEG", (64, 64))
+
+
+async def test_flux_img2img_keeps_the_requested_size_and_previews_it(registry: ModelRegistry) -> None:
+    model = await registry.acquire("tiny-flux")
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+
+    image, steps = _run(model, dataclasses.replace(_request(steps=4), init_image=init, strength=0.5))
+
+    # Flux's img2img pipeline works at 1024x1024 unless given the size: 64x64 it must stay.
+    assert image.shape == (64, 64, 3)
+    assert [step.step for step in steps] == [1, 2]  # strength 0.5 of 4 steps
+    assert all(tuple(step.latents.shape) == (1, 16, 8, 8) for step in steps)
 
 
 async def test_flux_guidance_is_the_distilled_guidance_embedding(registry: ModelRegistry) -> None:
