@@ -235,6 +235,10 @@ def test_storage_init_dry_run_prints_what_botocore_would_send(tmp_path: Path) ->
         "Rules"
     ]
     (tiering,) = [rule for rule in images_rules if "Transitions" in rule]
+    # Input images uploaded for image-to-image expire after a day unless a generation used them
+    # (it keeps its own copy under inputs/).
+    (uploads,) = [rule for rule in images_rules if rule["ID"] == "uploads-expire"]
+    assert (uploads["Filter"], uploads["Expiration"]) == ({"Prefix": "uploads/"}, {"Days": 1})
     assert tiering["Transitions"] == [
         {"Days": 30, "StorageClass": "STANDARD_IA"},
         {"Days": 90, "StorageClass": "GLACIER_IR"},
