@@ -393,6 +393,22 @@ def _prompt_inputs(pipeline: Any, family: str, requests: Sequence[TextToImageReq
         raise PromptSyntaxError("prompt", "parentheses nested too deeply") from None
 
 
+def conditioning_length(model: LoadedModel, request: TextToImageRequest) -> int:
+    """The tokens `request`'s prompt conditioning takes on its own: its prompt and negative
+    prompt in 77-token chunks as compel makes them, padded to each other.
+
+    One call pads every member to its longest, and a padded conditioning draws another image:
+    the worker runs only members of one length together, so an image never depends on what it
+    was batched with. Flux's text goes to its pipeline as text, padded to a fixed length: 0.
+    """
+    family = model.info.family
+    if family == ModelFamily.FLUX:
+        return 0
+    with model.run_lock, torch.inference_mode():
+        inputs = _prompt_inputs(model.pipeline, family, [request])
+    return int(inputs["prompt_embeds"].shape[1])
+
+
 def _prompt_embeddings(pipeline: Any, family: str, requests: Sequence[TextToImageRequest]) -> dict[str, Any]:
     prompts = [r.prompt for r in requests]
     negative_prompts = [r.negative_prompt for r in requests]

@@ -12,7 +12,8 @@ a word), or the worker is shutting down and the job would not finish within the 
 Jobs that share model, size, steps, guidance, sampler, mode and LoRA set (the batch key) may be
 claimed together and run as one batch, one pipeline call (`max_batch`; off on CPU, where a batch
 is no faster than its members in turn). Each member keeps its own seed, progress stream, lease,
-cancellation and bill.
+cancellation and bill. Members whose prompt conditioning is longer or shorter than the first's
+are handed back: one call pads every member to the longest, which would change their images.
 
 A call's images are encoded, stored and recorded while the GPU runs the next call, so the GPU
 does not wait for PNG compression, the image store or PostgreSQL between jobs.
@@ -44,6 +45,7 @@ from gpu_inference.inference import (
     StepUpdate,
     TextToImageRequest,
     TextToImageResult,
+    conditioning_length,
     run_text_to_image_batch,
 )
 from gpu_inference.registry import (
@@ -626,6 +628,8 @@ class Worker:
             )
             await self._requeue(records, unloadable)
             return []
+        if len(members) > 1:
+            members, requests = await self._one_conditioning_length(model, members, requests)
         relays = [ProgressRelay(self.runs, member.record) for member in members]
         if self.failpoints is not None:
             for relay in relays:
@@ -709,6 +713,33 @@ class Worker:
             await self._requeue(staying, crashed)
             return []
         return [(member, results[index]) for index, member in enumerate(members) if index not in batch.left]
+
+    async def _one_conditioning_length(
+        self, model: LoadedModel, members: Sequence[Member], requests: Sequence[TextToImageRequest]
+    ) -> tuple[list[Member], list[TextToImageRequest]]:
+        """The members whose prompt conditioning is as long as the first's; the others are handed
+        back (no attempt counted) for a later call, since one call pads its members' conditioning
+        to the longest and would change their images. Every call runs at least its first member."""
+        try:
+            lengths = await asyncio.get_running_loop().run_in_executor(
+                self._inference_thread, lambda: [conditioning_length(model, request) for request in requests]
+            )
+        except Exception:
+            # The run meets the same error where its failures are handled.
+            log.warning(
+                "measuring the prompts of %s failed", _run_labels([member.record for member in members])
+            )
+            return list(members), list(requests)
+        kept = [index for index, length in enumerate(lengths) if length == lengths[0]]
+        handed_back = [member.record for index, member in enumerate(members) if index not in kept]
+        if handed_back:
+            log.info(
+                "handing back %s: their prompts condition at other lengths than %s's",
+                _run_labels(handed_back),
+                members[0].record.id,
+            )
+            await self._requeue(handed_back, None)
+        return [members[index] for index in kept], [requests[index] for index in kept]
 
     async def _readable(self, members: Sequence[Member]) -> list[tuple[Member, TextToImageRequest]]:
         """Each member with its inference request, its input images read from the images bucket.

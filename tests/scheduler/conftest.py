@@ -129,11 +129,18 @@ def customer(scheduler_mesh: Any) -> Any:
 @pytest.fixture
 def submit(scheduler_mesh: Any) -> Any:
     def create(
-        who: Account, *, steps: int = 2, model: str = "tiny-sd", expect: int = 200, prompt: str = "fox"
+        who: Account,
+        *,
+        steps: int = 2,
+        model: str = "tiny-sd",
+        expect: int = 200,
+        prompt: str = "fox",
+        seed: int | None = None,
     ) -> dict[str, Any]:
+        seeded = {} if seed is None else {"seed": seed}
         reply = httpx.post(
             f"{scheduler_mesh.gateway_url}/api/v1/generation/create",
-            json={"prompt": prompt, "width": 64, "height": 64, "steps": steps, "model": model},
+            json={"prompt": prompt, "width": 64, "height": 64, "steps": steps, "model": model, **seeded},
             headers=who.headers,
             timeout=30,
         )

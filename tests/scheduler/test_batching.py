@@ -3,12 +3,14 @@ worker allowed to batch, and each member keeps its own progress stream, cancella
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from support.failpoints import parking_prompt, wait_parked
-from support.generations import assert_ended_once, event_kinds
+from support.generations import assert_ended_once, event_kinds, images_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -73,6 +75,35 @@ def test_cancelling_one_member_leaves_the_rest_of_the_batch_running(
         assert progress_events(scheduler_mesh, job) == 150
         assert_ended_once(scheduler_mesh, job, succeeded=True)
     assert rows[jobs[0]]["gpu_seconds"] == rows[jobs[2]]["gpu_seconds"]
+
+
+def test_an_image_does_not_depend_on_a_long_prompt_it_could_be_batched_with(
+    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+) -> None:
+    """One call pads every member's prompt conditioning to the longest; a prompt past 77 tokens
+    would so change the images of the short ones batched with it. The worker runs members of
+    one conditioning length together and hands the others back for a call of their own."""
+    alice, bob, carol = customer("studio"), customer("studio"), customer("studio")
+    short = submit(alice, steps=2, prompt="a fox", seed=5)["id"]
+    long = submit(bob, steps=2, prompt=", ".join(["a red fox asleep in deep fresh snow"] * 12), seed=6)["id"]
+    worker = workers("w-batch-lengths", PINGVAS_MAX_BATCH="4")
+    rows = {str(r["id"]): r for r in wait_done([short, long])}
+    alone = submit(carol, steps=2, prompt="a fox", seed=5)["id"]
+    rows |= {str(r["id"]): r for r in wait_done([alone])}
+
+    assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+    # Claimed together, run apart: the long prompt was handed back without counting an attempt.
+    assert "their prompts condition at other lengths" in worker.log()
+    assert sorted([rows[long]["attempt"], rows[short]["attempt"]]) == [1, 2]
+    assert rows[short]["gpu_seconds"] != rows[long]["gpu_seconds"]
+    bucket = scheduler_mesh.s3()
+
+    def pixels(generation_id: str) -> bytes:
+        (key,) = images_of(scheduler_mesh, generation_id)
+        png = bucket.get_object(Bucket="pingvas-studio-images", Key=key)["Body"].read()
+        return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+
+    assert pixels(short) == pixels(alone), "the short prompt's image is the one it makes alone"
 
 
 def stream_time(entry_id: str) -> tuple[int, int]:
