@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.embedded.process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,12 +82,6 @@ def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
             or Path(os.environ.get("PINGVAS_HOME", ".pingvas")) / "models"
         ),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import ctypes
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,7 +28,31 @@ def _die_with_parent(stop_signal: int) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, stop_signal)
 
 
+# Where listening ports are picked: below the kernel's ephemeral range. A port the kernel hands out
+# for port 0 comes from that range, and an outbound connection may take it as its source port
+# between the probe and the service's bind ("Address already in use"); below the range, none can.
+_LISTEN_PORTS_FLOOR = 15000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default.
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a child process to bind."""
+    ceiling = _ephemeral_floor()
+    for _ in range(200) if ceiling - _LISTEN_PORTS_FLOOR > 1000 else ():
+        port = random.randrange(_LISTEN_PORTS_FLOOR, ceiling)
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
