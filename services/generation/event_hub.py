@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -192,16 +193,20 @@ class EventHub:
 
     async def start(self) -> None:
         self._feed_id = await self.events.feed_end()
-        self._tasks = [
-            asyncio.create_task(self._read_forever(), name="event-hub-read"),
-            asyncio.create_task(
-                self._every(self.position_refresh_seconds, self._refresh_positions),
-                name="event-hub-positions",
-            ),
-            asyncio.create_task(
-                self._every(self.truth_check_seconds, self._check_truth), name="event-hub-truth"
-            ),
-        ]
+        # Untraced, like every loop that serves all watchers at once: no request is behind a read
+        # of the feed (one per event of every followed generation), and even dropped spans cost
+        # each read the instrumentation's work. A task keeps the context it was created in.
+        with suppress_instrumentation():
+            self._tasks = [
+                asyncio.create_task(self._read_forever(), name="event-hub-read"),
+                asyncio.create_task(
+                    self._every(self.position_refresh_seconds, self._refresh_positions),
+                    name="event-hub-positions",
+                ),
+                asyncio.create_task(
+                    self._every(self.truth_check_seconds, self._check_truth), name="event-hub-truth"
+                ),
+            ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -246,7 +251,8 @@ class EventHub:
     async def _positions_computed(self) -> None:
         """Single-flight: a computation already under way is joined, not repeated."""
         if self._positions_task is None or self._positions_task.done():
-            self._positions_task = asyncio.ensure_future(self._compute_positions())
+            with suppress_instrumentation():  # shared by every watcher: no one request's work
+                self._positions_task = asyncio.ensure_future(self._compute_positions())
         await asyncio.shield(self._positions_task)
 
     async def _compute_positions(self) -> None:

@@ -34,6 +34,9 @@ from services.generation.lifecycle import TERMINAL_EVENTS, EventKind
 EVENT_FEED_KEY = "event-feed"
 EVENT_FEED_LENGTH = 10_000
 
+# Events one read of a generation's log returns; a longer log takes more reads.
+LOG_READ_COUNT = 500
+
 # KEYS: the log, its sequence counter, the feed. ARGV: the event, the log's length, the TTL after a
 # terminal event (0 for none), the generation id, the feed's length, '1' to append only to a log
 # that holds no event yet, and an event to append first when it holds none ('' for none).
@@ -166,16 +169,18 @@ class EventLog:
         """Events after `after_stream_id` ("0" for all), waiting up to `block_ms` for the next
         (None returns at once; note that Redis reads BLOCK 0 as "forever")."""
         key = self.key(generation_id)
-        response: Any = await self.redis.xread({key: after_stream_id}, block=block_ms, count=500)
+        response: Any = await self.redis.xread({key: after_stream_id}, block=block_ms, count=LOG_READ_COUNT)
         return [stored for _stream, entries in response or () for stored in self.decode_entries(entries)]
 
     async def read_all(self, generation_id: uuid.UUID, after_stream_id: str) -> list[StoredEvent]:
         """Every stored event after `after_stream_id`, without waiting."""
         stored: list[StoredEvent] = []
-        while batch := await self.read(generation_id, after_stream_id, block_ms=None):
+        while True:
+            batch = await self.read(generation_id, after_stream_id, block_ms=None)
             stored.extend(batch)
+            if len(batch) < LOG_READ_COUNT:  # a short read reached the end: no round trip to see so
+                return stored
             after_stream_id = batch[-1].stream_id
-        return stored
 
     async def last_stream_id(self, generation_id: uuid.UUID) -> str:
         """The id of the log's newest entry, or "0-0" when it has none."""

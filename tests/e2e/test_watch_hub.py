@@ -16,6 +16,10 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
@@ -29,7 +33,7 @@ from services.common.database import Database
 from services.common.settings import ObjectStoreSettings
 from services.common.storage import open_image_store
 from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub, Subscription
-from services.generation.events import EventLog, StoredEvent, new_event
+from services.generation.events import LOG_READ_COUNT, EventLog, StoredEvent, new_event
 from services.generation.generations import Generations
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
@@ -426,3 +430,84 @@ async def test_queued_comes_before_started_whichever_is_appended_first(hub_mesh:
         assert log[0].event.queued.position == 3
     finally:
         await redis.aclose()
+
+
+class XreadCountingRedis(Redis):
+    """A real Redis client that counts its XREADs: the round trips a log read took."""
+
+    xreads = 0
+
+    async def xread(self, *args: Any, **kwargs: Any) -> Any:
+        self.xreads += 1
+        return await super().xread(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("length", "reads"),
+    [(3, 1), (LOG_READ_COUNT - 1, 1), (LOG_READ_COUNT, 2), (LOG_READ_COUNT + 2, 2)],
+)
+async def test_reading_a_whole_log_stops_at_a_short_read(
+    hub_mesh: RunningMesh, length: int, reads: int
+) -> None:
+    """A watch replays a generation's log with `read_all`: a read that comes back short has
+    reached the end, so a short log costs one round trip, not one more to find nothing."""
+    redis = XreadCountingRedis.from_url(hub_mesh.redis_url)
+    events = EventLog(redis)
+    generation_id = uuid.uuid4()
+    try:
+        for position in range(length, 0, -1):
+            await events.append(
+                generation_id, new_event(generation_id, queued=resources.GenerationQueued(position=position))
+            )
+        log = await events.read_all(generation_id, "0")
+        assert [stored.event.sequence for stored in log] == list(range(1, length + 1))
+        assert redis.xreads == reads
+    finally:
+        await redis.aclose()
+
+
+class CommandsAskedAbout(Sampler):
+    """Records the name of every span the instrumentation starts, and records none of them."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any
+    ) -> SamplingResult:
+        self.names.append(name)
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return "CommandsAskedAbout"
+
+
+async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
+    make_hub: Callable[..., EventHub],
+) -> None:
+    """The hub reads the feed once per event of every followed generation and recomputes queue
+    positions for all watchers together: no request is behind that work, and with tracing on,
+    even a span the sampler drops costs each read the instrumentation's work."""
+    sampler = CommandsAskedAbout()
+    instrumentor = RedisInstrumentor()
+    instrumentor.instrument(tracer_provider=TracerProvider(sampler=sampler))
+    try:
+        running = make_hub()
+        await running.start()
+        try:
+            generation_id = uuid.uuid4()
+            async with running.subscribe(
+                generation_id, user_id=uuid.uuid4(), tier="free", queued=True
+            ) as watcher:
+                await running.position(watcher.followed)  # asked from a request: computed for all
+                with suppress_instrumentation():  # a worker's appends, and the watcher's replay
+                    await append_run(running.events, generation_id, steps=3)
+                    read = await read_through_terminal(watcher)
+        finally:
+            await running.stop()
+    finally:
+        instrumentor.uninstrument()
+    assert read[-1].event.WhichOneof("event") == "succeeded"
+    # Only the feed's end, read once as the hub starts; no read of the feed, and no position
+    # computation (a script, as the appends are).
+    assert sampler.names == ["XREVRANGE"]
