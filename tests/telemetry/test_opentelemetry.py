@@ -18,6 +18,8 @@ from support.mesh import MeshStarter, RunningMesh
 from support.otlp import OtlpReceiver, ReceivedSpan, trace_tree
 from support.webhook_receiver import WebhookReceiver
 
+from services.common.telemetry import TENANCY_PLUMBING, TRANSACTION_PLUMBING
+
 REQUEST = {"prompt": "a lighthouse at dusk", "model": "tiny-sd", "width": 64, "height": 64, "steps": 4}
 
 TRACED_MESH_ENV = {
@@ -139,6 +141,10 @@ def test_one_generation_is_one_trace_across_envoy_services_and_worker(
     store = next(span for span in trace if span.name == "store")
     finish = next(span for span in trace if span.name == "fenced finish")
     assert by_id[finish.parent_span_id] is store
+    statements = [str(span.attributes.get("db.statement", "")) for span in trace]
+    assert any(statement.startswith("INSERT INTO generations") for statement in statements)
+    plumbing = [s for s in statements if s.startswith(TENANCY_PLUMBING) or s in TRANSACTION_PLUMBING]
+    assert not plumbing, "BEGIN, whose tenant the transaction is, the pool's ping: the same everywhere"
 
     deadline = time.monotonic() + 60
     while not (
