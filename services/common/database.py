@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -90,6 +91,23 @@ _ROLE_CHECK = text(
 )
 
 
+_SET_CONFIG = text("SELECT set_config(:setting, :value, true)")
+
+
+@asynccontextmanager
+async def _transaction(engine: AsyncEngine, setting: str, value: str) -> AsyncIterator[AsyncConnection]:
+    """A transaction that first sets `setting` (whom it is for, which row-level security reads),
+    transaction-local (true): a pooled connection carries no tenant into its next use."""
+    async with AsyncExitStack() as transaction:
+        # Untraced: the pool's ping, BEGIN and this set_config open every transaction alike. Their
+        # spans would say nothing its statements and COMMIT do not, and even a span the sampler
+        # drops costs each of them the instrumentation's work.
+        with suppress_instrumentation():
+            connection = await transaction.enter_async_context(engine.begin())
+            await connection.execute(_SET_CONFIG, {"setting": setting, "value": value})
+        yield connection
+
+
 class Database:
     """The tenant engine (DATABASE_URL, the `app` role) and, in processes that do cross-tenant
     work, the system engine (SYSTEM_DATABASE_URL, the `system` role). A GPU worker has only the
@@ -120,11 +138,7 @@ class Database:
 
     @asynccontextmanager
     async def tenant(self, user_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as connection:
-            # Transaction-local (true): a pooled connection carries no tenant into its next use.
-            await connection.execute(
-                text("SELECT set_config('pingvas.user_id', :user_id, true)"), {"user_id": str(user_id)}
-            )
+        async with _transaction(self.engine, "pingvas.user_id", str(user_id)) as connection:
             yield connection
 
     @asynccontextmanager
@@ -140,10 +154,7 @@ class Database:
         policies) so such access stays deliberate and auditable."""
         if self.system_engine is None:
             raise RuntimeError(f"{purpose}: this process has no system database role (SYSTEM_DATABASE_URL)")
-        async with self.system_engine.begin() as connection:
-            await connection.execute(
-                text("SELECT set_config('pingvas.system_purpose', :purpose, true)"), {"purpose": purpose}
-            )
+        async with _transaction(self.system_engine, "pingvas.system_purpose", purpose) as connection:
             yield connection
 
     async def server_setting(self, name: str) -> str:

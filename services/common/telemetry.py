@@ -107,18 +107,10 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
 # nothing the transaction's statements and its COMMIT do not.
 TRANSACTION_PLUMBING = frozenset({";", "BEGIN;", "ROLLBACK;", "SAVEPOINT", "RELEASE"})
 
-# The statement that opens every tenant (and system) transaction, naming who it is for
-# (services/common/database.py). It is the same in every transaction, as BEGIN is.
-TENANCY_PLUMBING = "SELECT set_config('pingvas."
-
-# Where the asyncpg instrumentation puts a span's SQL, before and after the database semantic
-# conventions were renamed; it sets them before the span starts so that a sampler can see them.
-STATEMENT_ATTRIBUTES = ("db.statement", "db.query.text")
-
 
 class PingvasSampler(Sampler):
-    """Spans follow their parent's decision, except the database's transaction and tenancy
-    plumbing, which is never recorded; with no parent, see `_NoRootClientSpans`."""
+    """Spans follow their parent's decision, except the database's transaction plumbing, which
+    is never recorded; with no parent, see `_NoRootClientSpans`."""
 
     def __init__(self) -> None:
         self._by_parent = ParentBased(root=_NoRootClientSpans())
@@ -133,9 +125,7 @@ class PingvasSampler(Sampler):
         links: Sequence[trace.Link] | None = None,
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
-        if kind == trace.SpanKind.CLIENT and (
-            name in TRANSACTION_PLUMBING or _is_tenancy_plumbing(attributes)
-        ):
+        if kind == trace.SpanKind.CLIENT and name in TRANSACTION_PLUMBING:
             return SamplingResult(Decision.DROP)
         return self._by_parent.should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
@@ -167,16 +157,6 @@ class _NoRootClientSpans(Sampler):
 
     def get_description(self) -> str:
         return "NoRootClientSpans"
-
-
-def _is_tenancy_plumbing(attributes: Attributes) -> bool:
-    if not attributes:
-        return False
-    for key in STATEMENT_ATTRIBUTES:
-        statement = attributes.get(key)
-        if isinstance(statement, str):
-            return statement.startswith(TENANCY_PLUMBING)
-    return False
 
 
 def current_trace_context() -> str:
