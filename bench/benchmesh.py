@@ -142,7 +142,9 @@ def own_mesh(models_dir: Path, extra_env: Mapping[str, str] | None = None) -> It
             try:
                 while not (Path(home) / "run" / "mesh.json").exists():
                     if process.poll() is not None:
-                        raise SystemExit(f"pingvas up failed; see {home}/up.log")
+                        # The home is removed on the way out: say what the log said.
+                        said = (Path(home) / "up.log").read_text(errors="replace")[-4000:]
+                        raise SystemExit(f"pingvas up failed:\n{said}")
                     time.sleep(0.2)
                 yield BenchMesh(Path(home), f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", env, process.pid)
             finally:
