@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.embedded.process import free_port
 
@@ -35,8 +36,20 @@ MESH_COMPONENTS = (
 )
 
 
-def _component(command_line: str) -> str:
+def component_of(command_line: str) -> str:
+    """Which part of a mesh a process is, from its command line (MESH_COMPONENTS)."""
     return next((name for mark, name in MESH_COMPONENTS if mark in command_line), "other")
+
+
+def processes_of(pid: int, component: str) -> list[Any]:
+    """The live processes under a mesh's supervisor (`pid`) that are `component` (psutil's)."""
+    import psutil
+
+    return [
+        process
+        for process in psutil.Process(pid).children(recursive=True)
+        if component_of(" ".join(process.cmdline())) == component
+    ]
 
 
 def cpu_seconds_by_process(pid: int) -> dict[int, tuple[str, float]]:
@@ -50,7 +63,7 @@ def cpu_seconds_by_process(pid: int) -> dict[int, tuple[str, float]]:
     for process in [root, *root.children(recursive=True)]:
         try:
             times = process.cpu_times()
-            component = _component(" ".join(process.cmdline()))
+            component = component_of(" ".join(process.cmdline()))
         except psutil.NoSuchProcess:
             continue
         seconds[process.pid] = (component, times.user + times.system)

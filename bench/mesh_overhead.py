@@ -1,7 +1,7 @@
 """How much the mesh adds to a generation, measured side by side in one run.
 
     python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start [--fsync-cost]]
-    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1] [--steps 20] [--size 64]
+    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1] [--segments 4] [--steps 20] [--size 64]
 
 For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
@@ -31,8 +31,9 @@ SeaweedFS, the services, the worker, Envoy), not wall time. Two meshes run side 
 tracing off and one exporting traces and metrics (Envoy's and every process's) to an OTLP/gRPC
 receiver in this process, which counts and drops them; they take turns, one generation at a
 time, so both see the same machine. Each round (`--rounds`) starts a fresh pair, the two taking
-turns to start first, and measures -n generations per mesh; the ratio on / off is printed per
-round and over all rounds (target <= 1.03). Use an even number of rounds.
+turns to start first, and measures `--segments` times -n generations per mesh, each segment with
+fresh workers; the ratio on / off is printed per round and over all rounds (target <= 1.03). Use
+an even number of rounds.
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -54,11 +55,13 @@ from typing import Any
 import httpx
 from benchmesh import (
     REPO_ROOT,
+    BenchMesh,
     add_models_dir_argument,
     cpu_seconds_by_process,
     cpu_seconds_since,
     own_mesh,
     percentile,
+    processes_of,
 )
 
 HOPS = (
@@ -240,23 +243,41 @@ class Generator:
         self.client.get(terminal["succeeded"]["imageUrl"]).raise_for_status()
 
 
-def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int) -> None:
+def restart_workers(mesh: BenchMesh) -> None:
+    """Stop the mesh's GPU workers; its supervisor starts fresh ones, as after any exit."""
+    import psutil
+
+    workers = processes_of(mesh.pid, "worker")
+    for worker in workers:
+        worker.terminate()
+    psutil.wait_procs(workers, timeout=60)
+
+
+def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int, segments: int) -> None:
     """Two meshes up side by side, tracing off and on, taking turns one generation at a time (who
     goes first alternates), so that both see the same machine: the other work on it, its clock
     speed, its caches. Each mesh's CPU is summed over its own process tree.
 
-    Each round brings up a fresh pair, and which of the two starts first alternates from round to
-    round: with tracing off in both, the mesh started second used 0.4 %, 1.1 % and 3.9 % less CPU
-    than the first in three runs, as much as the cost measured here."""
+    A process's CPU for the same work differs from one process to the next, by as much as the
+    cost measured here, and most of all the worker's: with tracing off in both meshes, the
+    mesh started second used 0.4 %, 1.1 % and 3.9 % less CPU than the first in three runs. So
+    each round brings up a fresh pair, which of the two starts first alternates from round to
+    round, and within a round each of `segments` segments gets fresh workers (the supervisor
+    restarts a worker that exits) before it measures -n generations per mesh."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))  # the tests' OTLP receiver, counting only
     from support.otlp import OtlpReceiver
 
     off: list[dict[str, float]] = []
     on: list[dict[str, float]] = []
-    spans = 0
+    traced_generations = 0
+    # Restarting workers is exits to the supervisor: no crash loop, however many segments.
+    supervision = {"PINGVAS_CRASH_LOOP_RESTARTS": str(2 * segments)}
     with OtlpReceiver(keep=False) as sink:
         for round_index in range(rounds):
-            environments = {"off": {}, "on": {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}}
+            environments = {
+                "off": supervision,
+                "on": {**supervision, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint},
+            }
             first, second = ("off", "on") if round_index % 2 == 0 else ("on", "off")
             with (
                 own_mesh(models_dir, environments[first]) as first_mesh,
@@ -266,21 +287,29 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                     name: (mesh, Generator(mesh.gateway_url, steps, size))
                     for name, mesh in ((first, first_mesh), (second, second_mesh))
                 }
-                for _mesh, generator in meshes.values():  # warm-up: connections, pipelines, caches
-                    generator.generate()
-                    generator.generate()
-                spans_before = sink.span_count
-                before = {name: cpu_seconds_by_process(mesh.pid) for name, (mesh, _g) in meshes.items()}
-                for index in range(runs):
-                    order = ("off", "on") if index % 2 == 0 else ("on", "off")
-                    for name in order:
-                        meshes[name][1].generate()
-                for name, spent in (("off", off), ("on", on)):
-                    used = cpu_seconds_since(meshes[name][0].pid, before[name])
-                    spent.append({component: seconds / runs for component, seconds in used.items()})
-                spans += sink.span_count - spans_before
+                spent_in_round: dict[str, dict[str, float]] = {"off": {}, "on": {}}
+                for segment in range(segments):
+                    if segment:
+                        for mesh, _generator in meshes.values():
+                            restart_workers(mesh)
+                    for _mesh, generator in meshes.values():  # warm-up: connections, pipelines, caches
+                        generator.generate()
+                        generator.generate()
+                    before = {name: cpu_seconds_by_process(mesh.pid) for name, (mesh, _g) in meshes.items()}
+                    for index in range(runs):
+                        order = ("off", "on") if index % 2 == 0 else ("on", "off")
+                        for name in order:
+                            meshes[name][1].generate()
+                    for name, spent in spent_in_round.items():
+                        for component, seconds in cpu_seconds_since(
+                            meshes[name][0].pid, before[name]
+                        ).items():
+                            spent[component] = spent.get(component, 0.0) + seconds / (runs * segments)
+                traced_generations += meshes["on"][1].made
+                off.append(spent_in_round["off"])
+                on.append(spent_in_round["on"])
     print(
-        f"tracing cost: {rounds} round(s) of {runs} generations per mesh, two meshes side by side, "
+        f"tracing cost: {rounds} round(s) of {segments} x {runs} generations per mesh, two meshes side by side, "
         f"tiny-sd {size}x{size}, {steps} steps"
     )
     print("  CPU seconds per generation, all mesh processes (user + system):")
@@ -307,7 +336,8 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
         print(
             f"  rounds' ratios               mean {statistics.mean(ratios):.3f} +- {error:.3f} (standard error)"
         )
-    print(f"  spans exported               {spans / (rounds * runs):.0f} per generation")
+    # Warm-ups included: every process flushes its spans as it stops.
+    print(f"  spans exported               {sink.span_count / traced_generations:.0f} per generation")
 
 
 def main() -> None:
@@ -331,11 +361,17 @@ def main() -> None:
         default=1,
         help="with --tracing: rounds of -n generations per mesh, each on a fresh pair of meshes",
     )
+    parser.add_argument(
+        "--segments",
+        type=int,
+        default=4,
+        help="with --tracing: segments of -n generations per round, each with fresh workers",
+    )
     add_models_dir_argument(parser)
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
     if args.tracing:
-        compare_tracing(models_dir, args.runs, args.steps, args.size, args.rounds)
+        compare_tracing(models_dir, args.runs, args.steps, args.size, args.rounds, args.segments)
         return
 
     without_fsync = None

@@ -46,7 +46,15 @@ import grpc
 import httpx
 import psutil
 import redis
-from benchmesh import REPO_ROOT, BenchMesh, add_models_dir_argument, free_port, own_mesh, percentile
+from benchmesh import (
+    REPO_ROOT,
+    BenchMesh,
+    add_models_dir_argument,
+    free_port,
+    own_mesh,
+    percentile,
+    processes_of,
+)
 
 sys.path.insert(0, str(REPO_ROOT / "sdk" / "python"))
 sys.path.insert(0, str(REPO_ROOT))
@@ -431,10 +439,7 @@ def parked_job(mesh: BenchMesh, user: BenchUser, steps: int) -> tuple[str, Calla
 
 
 def generation_service(mesh: BenchMesh) -> psutil.Process:
-    supervisor = psutil.Process(int(str(mesh.runtime()["pid"])))
-    return next(
-        p for p in supervisor.children(recursive=True) if "services.generation" in " ".join(p.cmdline())
-    )
+    return processes_of(int(str(mesh.runtime()["pid"])), "generation")[0]
 
 
 def one_job_case(
