@@ -358,17 +358,22 @@ class Worker:
         cycle = ClaimCycle()
         while not stop.is_set():
             try:
-                await self.advertise()
-                claimed_from = time.time_ns()
-                claims = await self.queue.claim_batch(
-                    self.worker_id,
-                    self.lease_seconds,
-                    self.policy,
-                    warm_models=self.registry.loaded(),
-                    max_batch=self.max_batch,
-                    release=finished,
-                    horizon_seconds=cycle.horizon(),
-                )
+                # Asking for work is no job's step: a job's trace starts at its claim span, which
+                # covers the claim's round trip. Untraced, as the event hub's reads are: the
+                # sampler would drop these parentless spans, but only after the instrumentation
+                # had done its work for each, a few times a second all day.
+                with suppress_instrumentation():
+                    await self.advertise()
+                    claimed_from = time.time_ns()
+                    claims = await self.queue.claim_batch(
+                        self.worker_id,
+                        self.lease_seconds,
+                        self.policy,
+                        warm_models=self.registry.loaded(),
+                        max_batch=self.max_batch,
+                        release=finished,
+                        horizon_seconds=cycle.horizon(),
+                    )
                 finished = []
                 if claims:
                     cycle.got_work()
@@ -379,7 +384,8 @@ class Worker:
                         await storing
                         storing = None
                         continue
-                    await self.queue.wait_for_work(self.idle_wait_seconds)
+                    with suppress_instrumentation():
+                        await self.queue.wait_for_work(self.idle_wait_seconds)
                     continue
             except Exception:
                 # Redis restarting, a dropped connection, a process resumed after a pause: the

@@ -16,15 +16,13 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 from support.accounts import Account, dev_login
+from support.commands import redis_commands_asked_about
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.generations import assert_watch_order, reached_step, wait_for
 from support.mesh import MeshStarter, RunningMesh
@@ -466,32 +464,13 @@ async def test_reading_a_whole_log_stops_at_a_short_read(
         await redis.aclose()
 
 
-class CommandsAskedAbout(Sampler):
-    """Records the name of every span the instrumentation starts, and records none of them."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def should_sample(
-        self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any
-    ) -> SamplingResult:
-        self.names.append(name)
-        return SamplingResult(Decision.DROP)
-
-    def get_description(self) -> str:
-        return "CommandsAskedAbout"
-
-
 async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
     make_hub: Callable[..., EventHub],
 ) -> None:
     """The hub reads the feed once per event of every followed generation and recomputes queue
     positions for all watchers together: no request is behind that work, and with tracing on,
     even a span the sampler drops costs each read the instrumentation's work."""
-    sampler = CommandsAskedAbout()
-    instrumentor = RedisInstrumentor()
-    instrumentor.instrument(tracer_provider=TracerProvider(sampler=sampler))
-    try:
+    with redis_commands_asked_about() as sampler:
         running = make_hub()
         await running.start()
         try:
@@ -505,8 +484,6 @@ async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
                     read = await read_through_terminal(watcher)
         finally:
             await running.stop()
-    finally:
-        instrumentor.uninstrument()
     assert read[-1].event.WhichOneof("event") == "succeeded"
     # Only the feed's end, read once as the hub starts; no read of the feed, and no position
     # computation (a script, as the appends are).

@@ -5,20 +5,42 @@ real OTLP/gRPC receiver collects what Envoy and every process export."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from redis.asyncio import Redis
 from support.accounts import Account, dev_login
+from support.commands import redis_commands_asked_about
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.mesh import MeshStarter, RunningMesh
 from support.otlp import OtlpReceiver, ReceivedSpan, trace_tree
 from support.webhook_receiver import WebhookReceiver
 
+from gpu_inference.registry import ModelRegistry
+from gpu_inference.worker import Worker
+from services.billing.ledger import CreditLedger
+from services.billing.pricing import Pricing
+from services.common.database import Database
+from services.common.settings import ObjectStoreSettings, SchedulerSettings
+from services.common.storage import open_image_store
 from services.common.telemetry import TRANSACTION_PLUMBING
+from services.generation.catalog import ModelCatalog, ModelFolder
+from services.generation.delivery import Delivery
+from services.generation.events import EventLog
+from services.generation.queue import SchedulingPolicy, TierQueue
+from services.generation.repository import GenerationRepository
+from services.generation.runs import Runs
+
+# The mesh's Redis holds its queue in database 0.
+IDLE_WORKER_REDIS_DB = 9
 
 REQUEST = {"prompt": "a lighthouse at dusk", "model": "tiny-sd", "width": 64, "height": 64, "steps": 4}
 
@@ -229,3 +251,66 @@ def test_webhook_delivery_attempts_are_counted_by_outcome(traced: tuple[RunningM
         assert time.monotonic() < deadline, [p for p in receiver.points() if "webhook" in p.metric]
         time.sleep(0.2)
     assert counted("given_up") == 0
+
+
+async def test_an_idle_workers_asking_for_work_never_goes_through_the_instrumentation(
+    traced: tuple[RunningMesh, OtlpReceiver], models_dir: Path
+) -> None:
+    """A worker advertises itself, claims and waits for work a few times a second, all day: no
+    request is behind that (a job's trace starts at its claim span), and with tracing on, even a
+    span the sampler drops costs each command the instrumentation's work."""
+    mesh, _receiver = traced
+    # A Redis database of its own: this worker never sees the mesh's jobs, nor its workers this
+    # worker's advertisement.
+    redis = Redis.from_url(urlsplit(mesh.redis_url)._replace(path=f"/{IDLE_WORKER_REDIS_DB}").geturl())
+    database = Database(mesh.app_database_url, schema=mesh.schema)
+    images, close_images = await open_image_store(
+        ObjectStoreSettings(
+            S3_ENDPOINT_URL=mesh.s3_env["S3_ENDPOINT_URL"],
+            access_key_id=mesh.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
+            secret_access_key=mesh.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
+        ),
+        url_ttl_seconds=3600,
+    )
+    queue, events = TierQueue(redis), EventLog(redis)
+    scheduler = SchedulerSettings()
+    worker = Worker(
+        worker_id="idle",
+        runs=Runs(
+            database=database,
+            repository=GenerationRepository(),
+            ledger=CreditLedger(),
+            pricing=Pricing(credits_per_gpu_second=1.0, hold_seconds_per_step=0.1),
+            queue=queue,
+            events=events,
+            delivery=Delivery(queue, events),
+        ),
+        queue=queue,
+        registry=ModelRegistry(ModelCatalog(ModelFolder(models_dir)), device="cpu"),
+        store=images,
+        policy=SchedulingPolicy(
+            aging_seconds=scheduler.aging_seconds, concurrency_caps=scheduler.concurrency_caps
+        ),
+        lease_seconds=30,
+        shutdown_grace_seconds=1,
+        idle_wait_seconds=0.05,
+    )
+    try:
+        with redis_commands_asked_about() as sampler:
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop))
+            deadline = time.monotonic() + 60
+            with suppress_instrumentation():  # the test's own reads
+                while not await redis.exists("worker:idle"):
+                    assert not running.done(), running
+                    assert time.monotonic() < deadline, "the worker never advertised itself"
+                    await asyncio.sleep(0.01)
+            # It has advertised itself; the round goes on to its claim and its wait, then stops.
+            stop.set()
+            await running
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+        await database.close()
+        await close_images()
+    assert sampler.names == []
