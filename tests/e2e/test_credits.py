@@ -9,18 +9,13 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from support.runs import runs_on
 
-from services.billing.ledger import CreditLedger
-from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.storage import ImageKeys
 from services.gallery.repository import StoredImage
-from services.generation.delivery import Delivery
-from services.generation.events import EventLog
 from services.generation.failures import Failure, FailureCode
-from services.generation.queue import TierQueue
-from services.generation.repository import GenerationRepository
-from services.generation.runs import Runs, WorkResult
+from services.generation.runs import WorkResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ledger_sums_to_every_balance")]
 
@@ -35,16 +30,7 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any) -
         mesh.app_database_url, schema=mesh.schema, system_url=mesh.system_database_url, pool_size=2
     )
     redis = Redis.from_url(mesh.redis_url)
-    queue, events = TierQueue(redis), EventLog(redis)
-    runs = Runs(
-        database=database,
-        repository=GenerationRepository(),
-        ledger=CreditLedger(),
-        pricing=Pricing(credits_per_gpu_second=1.0, hold_seconds_per_step=1.0),
-        queue=queue,
-        events=events,
-        delivery=Delivery(queue, events),
-    )
+    runs = runs_on(database, redis)
     user_id = uuid.UUID(account.user_id)
     try:
         # Created straight in the database and never enqueued, so the mesh's worker leaves it be.

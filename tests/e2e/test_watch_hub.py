@@ -28,7 +28,6 @@ from support.generations import assert_watch_order, reached_step, wait_for
 from support.mesh import MeshStarter, RunningMesh
 
 from services.common.database import Database
-from services.common.settings import ObjectStoreSettings
 from services.common.storage import open_image_store
 from services.generation.event_hub import EVENT_HUB_CLIENT_NAME, EventHub, Subscription
 from services.generation.events import LOG_READ_COUNT, EventLog, StoredEvent, new_event
@@ -69,14 +68,7 @@ async def make_hub(hub_mesh: RunningMesh) -> AsyncIterator[Callable[..., EventHu
     database = Database(
         hub_mesh.app_database_url, schema=hub_mesh.schema, system_url=hub_mesh.system_database_url
     )
-    images, close_images = await open_image_store(
-        ObjectStoreSettings(
-            S3_ENDPOINT_URL=hub_mesh.s3_env["S3_ENDPOINT_URL"],
-            access_key_id=hub_mesh.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
-            secret_access_key=hub_mesh.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
-        ),
-        url_ttl_seconds=3600,
-    )
+    images, close_images = await open_image_store(hub_mesh.object_store(), url_ttl_seconds=3600)
 
     def make(**overrides: Any) -> EventHub:
         options: dict[str, Any] = {

@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extras
 import redis
 
+from services.common.settings import ObjectStoreSettings
 from services.embedded.process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,14 @@ class RunningMesh:
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
+
+    def object_store(self) -> ObjectStoreSettings:
+        """The S3 settings the mesh's processes read, for a test's own `open_image_store`."""
+        return ObjectStoreSettings(
+            S3_ENDPOINT_URL=self.s3_env["S3_ENDPOINT_URL"],
+            access_key_id=self.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
+            secret_access_key=self.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
+        )
 
     def s3(self) -> Any:
         """A boto3 S3 client on the mesh's SeaweedFS, with the mesh's keys."""

@@ -22,22 +22,17 @@ from support.commands import redis_commands_asked_about
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.mesh import MeshStarter, RunningMesh
 from support.otlp import OtlpReceiver, ReceivedSpan, trace_tree
+from support.runs import runs_on
 from support.webhook_receiver import WebhookReceiver
 
 from gpu_inference.registry import ModelRegistry
 from gpu_inference.worker import Worker
-from services.billing.ledger import CreditLedger
-from services.billing.pricing import Pricing
 from services.common.database import Database
-from services.common.settings import ObjectStoreSettings, SchedulerSettings
+from services.common.settings import SchedulerSettings
 from services.common.storage import open_image_store
 from services.common.telemetry import TRANSACTION_PLUMBING
 from services.generation.catalog import ModelCatalog, ModelFolder
-from services.generation.delivery import Delivery
-from services.generation.events import EventLog
-from services.generation.queue import SchedulingPolicy, TierQueue
-from services.generation.repository import GenerationRepository
-from services.generation.runs import Runs
+from services.generation.queue import SchedulingPolicy
 
 # The mesh's Redis holds its queue in database 0.
 IDLE_WORKER_REDIS_DB = 9
@@ -264,28 +259,13 @@ async def test_an_idle_workers_asking_for_work_never_goes_through_the_instrument
     # worker's advertisement.
     redis = Redis.from_url(urlsplit(mesh.redis_url)._replace(path=f"/{IDLE_WORKER_REDIS_DB}").geturl())
     database = Database(mesh.app_database_url, schema=mesh.schema)
-    images, close_images = await open_image_store(
-        ObjectStoreSettings(
-            S3_ENDPOINT_URL=mesh.s3_env["S3_ENDPOINT_URL"],
-            access_key_id=mesh.s3_env["PINGVAS_S3_ACCESS_KEY_ID"],
-            secret_access_key=mesh.s3_env["PINGVAS_S3_SECRET_ACCESS_KEY"],
-        ),
-        url_ttl_seconds=3600,
-    )
-    queue, events = TierQueue(redis), EventLog(redis)
+    images, close_images = await open_image_store(mesh.object_store(), url_ttl_seconds=3600)
     scheduler = SchedulerSettings()
+    runs = runs_on(database, redis)
     worker = Worker(
         worker_id="idle",
-        runs=Runs(
-            database=database,
-            repository=GenerationRepository(),
-            ledger=CreditLedger(),
-            pricing=Pricing(credits_per_gpu_second=1.0, hold_seconds_per_step=0.1),
-            queue=queue,
-            events=events,
-            delivery=Delivery(queue, events),
-        ),
-        queue=queue,
+        runs=runs,
+        queue=runs.queue,
         registry=ModelRegistry(ModelCatalog(ModelFolder(models_dir)), device="cpu"),
         store=images,
         policy=SchedulingPolicy(
