@@ -106,14 +106,18 @@ def trace_of_job(spans: list[ReceivedSpan], generation_id: str) -> list[Received
 
 
 def complete(trace: list[ReceivedSpan], *, denoised: bool = True) -> bool:
-    """Whether a job's trace holds Envoy's span, the service's, and the worker's claim, store,
-    fenced finish and terminal event, and (unless only linked from another job's batch) denoise."""
+    """Whether a job's trace holds Envoy's root span, the service's, and the worker's claim, store,
+    fenced finish and terminal event, and (unless only linked from another job's batch) denoise.
+
+    The root, not any span of Envoy's: a mesh's first authenticated request fetches the JWKS
+    through Envoy within its own trace, and Envoy may export those spans a batch before the root,
+    which ends last."""
     seen = {(span.service, span.name) for span in trace}
     worker_spans = {"claim", "store", "fenced finish", "terminal event"} | (
         {"denoise"} if denoised else set()
     )
     return (
-        "pingvas-gateway" in {span.service for span in trace}
+        any(span.service == "pingvas-gateway" and not span.parent_span_id for span in trace)
         and ("pingvas-generation", "/pingvas.generation.v1.GenerationService/CreateGeneration") in seen
         and {("pingvas-worker", name) for name in worker_spans} <= seen
     )
