@@ -361,7 +361,7 @@ class Worker:
                 # Asking for work is no job's step: a job's trace starts at its claim span, which
                 # covers the claim's round trip. Untraced, as the event hub's reads are: the
                 # sampler would drop these parentless spans, but only after the instrumentation
-                # had done its work for each, a few times a second all day.
+                # had done its work for each, about once a second all day.
                 with suppress_instrumentation():
                     await self.advertise()
                     claimed_from = time.time_ns()

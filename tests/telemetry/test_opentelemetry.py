@@ -1,7 +1,8 @@
 """OpenTelemetry across the mesh: one generation through Envoy is one trace, from the gateway
 through the generation service and, carried with the job through Redis, the worker's claim,
 denoise and store; a batch's denoise links to each job's trace; and the metrics count the job. A
-real OTLP/gRPC receiver collects what Envoy and every process export."""
+real OTLP/gRPC receiver collects what Envoy and every process export. A worker's own polls for
+work never go through the instrumentation."""
 
 from __future__ import annotations
 
@@ -255,7 +256,7 @@ def test_webhook_delivery_attempts_are_counted_by_outcome(traced: tuple[RunningM
 async def test_an_idle_workers_asking_for_work_never_goes_through_the_instrumentation(
     traced: tuple[RunningMesh, OtlpReceiver], models_dir: Path
 ) -> None:
-    """A worker advertises itself, claims and waits for work a few times a second, all day: no
+    """A worker advertises itself, claims and waits for work about once a second, all day: no
     request is behind that (a job's trace starts at its claim span), and with tracing on, even a
     span the sampler drops costs each command the instrumentation's work."""
     mesh, _receiver = traced
@@ -279,19 +280,22 @@ async def test_an_idle_workers_asking_for_work_never_goes_through_the_instrument
         shutdown_grace_seconds=1,
         idle_wait_seconds=0.05,
     )
+    stop = asyncio.Event()
     try:
         with redis_commands_asked_about() as sampler:
-            stop = asyncio.Event()
             running = asyncio.create_task(worker.run(stop))
-            deadline = time.monotonic() + 60
-            with suppress_instrumentation():  # the test's own reads
-                while not await redis.exists("worker:idle"):
-                    assert not running.done(), running
-                    assert time.monotonic() < deadline, "the worker never advertised itself"
-                    await asyncio.sleep(0.01)
-            # It has advertised itself; the round goes on to its claim and its wait, then stops.
-            stop.set()
-            await running
+            try:
+                deadline = time.monotonic() + 60
+                with suppress_instrumentation():  # the test's own reads
+                    while not await redis.exists("worker:idle"):
+                        assert not running.done(), running
+                        assert time.monotonic() < deadline, "the worker never advertised itself"
+                        await asyncio.sleep(0.01)
+            finally:
+                # Once it has advertised itself, its round goes on to its claim and its wait,
+                # then it stops.
+                stop.set()
+                await running
     finally:
         await redis.flushdb()
         await redis.aclose()
