@@ -20,7 +20,6 @@ from services.common.server import (
     configure_logging,
     periodically,
     serve_until_terminated,
-    settle_garbage_collector,
 )
 from services.common.settings import (
     MIN_STREAMS_PER_USER,
@@ -184,8 +183,6 @@ async def main() -> None:
         depth_endpoint = QueueDepthEndpoint(queue, host=settings.host, port=settings.metrics_port)
         await depth_endpoint.start()
         cleanup.insert(0, depth_endpoint.stop)
-    # It holds a crowd's streams: full garbage collections would stall every one of them.
-    settle_garbage_collector()
     await serve_until_terminated(
         server,
         ready=ready,
