@@ -24,11 +24,12 @@ class Delivery:
         """Never raises: PostgreSQL already holds the job, so a failed enqueue only delays it
         until the reconciler enqueues it again."""
         try:
-            await self.queue.enqueue(record.tier, record.user_id, record.id, record.model, record.batch_key)
-            position = await self.queue.position(record.tier, record.user_id, record.id)
+            position = await self.queue.enqueue(
+                record.tier, record.user_id, record.id, record.model, record.batch_key
+            )
             await self.events.append(
                 record.id,
-                new_event(record.id, queued=resources.GenerationQueued(position=position or 1)),
+                new_event(record.id, queued=resources.GenerationQueued(position=position)),
                 # Never started: a worker that claimed it meanwhile wrote `queued` before `started`.
                 only_first=record.attempt == 0,
             )

@@ -42,8 +42,9 @@ from services.billing.plans import PLANS_BY_PRIORITY
 from services.common.telemetry import current_trace_context
 
 # ARGV: tier, user, job, model, batch key ('' when the job never shares a batch), traceparent
-# ('' when no trace is recorded).
-_ENQUEUE = """
+# ('' when no trace is recorded), then the bands by priority. Returns the job's queue position,
+# which its `queued` event tells its watchers, in the same round trip.
+_ENQUEUE_BODY = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
 local waiting = 'queue:' .. ARGV[1] .. ':waiting'
 local t = redis.call('TIME')
@@ -67,7 +68,7 @@ if redis.call('RPUSH', list, ARGV[3]) == 1 then
 end
 -- Under load the list is full and nobody waits on it: a read instead of two writes.
 if redis.call('LLEN', 'queue:signal') < 64 then redis.call('LPUSH', 'queue:signal', '1') end
-return 1
+return positions_of(ARGV[1], ARGV[2], {ARGV[3]}, {unpack(ARGV, 7)})[1]
 """
 
 _CLAIM_BODY = """
@@ -276,54 +277,66 @@ return table.concat(claimed, ' ')
 
 # Queue positions (1-based) of several waiting jobs of one user in one band, reading the queues
 # once: the user's own list, every job waiting in the bands served before this one, and how far
-# each other user of this band gets ahead under round-robin. ARGV: tier, user, n, n job ids, then
-# the bands by priority. -1 for a job that is not waiting.
-_POSITIONS = """
-local tier, user, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local index_of = {}
-for i, job in ipairs(redis.call('LRANGE', 'queue:' .. tier .. ':' .. user, 0, -1)) do
-  index_of[job] = i - 1
-end
-local ahead_in_bands = 0
-local others = {}
-for i = 4 + count, #ARGV do
-  local band = ARGV[i]
-  local ring = 'queue:' .. band .. ':ring'
-  if band == tier then
-    local mine = tonumber(redis.call('ZSCORE', ring, user) or 0)
-    local entries = redis.call('ZRANGE', ring, 0, -1, 'WITHSCORES')
-    for j = 1, #entries, 2 do
-      if entries[j] ~= user then
-        local waiting = redis.call('LLEN', 'queue:' .. band .. ':' .. entries[j])
-        -- A user ahead in the ring's order (score, then name, as ZRANGE orders) is served
-        -- before this one in every round, so gets one turn more.
-        local score = tonumber(entries[j + 1])
-        local extra_turn = 0
-        if score < mine or (score == mine and entries[j] < user) then extra_turn = 1 end
-        others[#others + 1] = {waiting, extra_turn}
+# each other user of this band gets ahead under round-robin. `jobs` and `bands` (by priority) are
+# Lua arrays. -1 for a job that is not waiting.
+_POSITIONS_FUNCTION = """
+local function positions_of(tier, user, jobs, bands)
+  local index_of = {}
+  for i, job in ipairs(redis.call('LRANGE', 'queue:' .. tier .. ':' .. user, 0, -1)) do
+    index_of[job] = i - 1
+  end
+  local ahead_in_bands = 0
+  local others = {}
+  for _, band in ipairs(bands) do
+    local ring = 'queue:' .. band .. ':ring'
+    if band == tier then
+      local mine = tonumber(redis.call('ZSCORE', ring, user) or 0)
+      local entries = redis.call('ZRANGE', ring, 0, -1, 'WITHSCORES')
+      for j = 1, #entries, 2 do
+        if entries[j] ~= user then
+          local waiting = redis.call('LLEN', 'queue:' .. band .. ':' .. entries[j])
+          -- A user ahead in the ring's order (score, then name, as ZRANGE orders) is served
+          -- before this one in every round, so gets one turn more.
+          local score = tonumber(entries[j + 1])
+          local extra_turn = 0
+          if score < mine or (score == mine and entries[j] < user) then extra_turn = 1 end
+          others[#others + 1] = {waiting, extra_turn}
+        end
       end
+      break
     end
-    break
-  end
-  for _, other in ipairs(redis.call('ZRANGE', ring, 0, -1)) do
-    ahead_in_bands = ahead_in_bands + redis.call('LLEN', 'queue:' .. band .. ':' .. other)
-  end
-end
-local positions = {}
-for k = 1, count do
-  local index = index_of[ARGV[3 + k]]
-  if index == nil then
-    positions[k] = -1
-  else
-    local ahead = ahead_in_bands + index
-    for _, other in ipairs(others) do
-      ahead = ahead + math.min(other[1], index + other[2])
+    for _, other in ipairs(redis.call('ZRANGE', ring, 0, -1)) do
+      ahead_in_bands = ahead_in_bands + redis.call('LLEN', 'queue:' .. band .. ':' .. other)
     end
-    positions[k] = ahead + 1
   end
+  local positions = {}
+  for k, job in ipairs(jobs) do
+    local index = index_of[job]
+    if index == nil then
+      positions[k] = -1
+    else
+      local ahead = ahead_in_bands + index
+      for _, other in ipairs(others) do
+        ahead = ahead + math.min(other[1], index + other[2])
+      end
+      positions[k] = ahead + 1
+    end
+  end
+  return positions
 end
-return positions
 """
+
+# ARGV: tier, user, n, n job ids, then the bands by priority.
+_POSITIONS = (
+    _POSITIONS_FUNCTION
+    + """
+local count = tonumber(ARGV[3])
+local jobs, bands = {}, {}
+for i = 4, 3 + count do jobs[#jobs + 1] = ARGV[i] end
+for i = 4 + count, #ARGV do bands[#bands + 1] = ARGV[i] end
+return positions_of(ARGV[1], ARGV[2], jobs, bands)
+"""
+)
 
 _REMOVE = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
@@ -373,6 +386,7 @@ end
 
 _RELEASE = _RELEASE_FUNCTION + "return release(ARGV[1], ARGV[2])\n"
 _CLAIM = _RELEASE_FUNCTION + _CLAIM_BODY
+_ENQUEUE = _POSITIONS_FUNCTION + _ENQUEUE_BODY
 
 # A lease that lapsed (its worker died or stalled): forget it so the job can be delivered again.
 # ARGV: job. Returns 1 if an expired lease was dropped.
@@ -489,12 +503,22 @@ class TierQueue:
 
     async def enqueue(
         self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID, model: str, batch_key: str = ""
-    ) -> None:
-        """`batch_key` names the run settings a batch shares; jobs with equal keys may be claimed
-        together ('' keeps the job out of batches)."""
-        await self._enqueue(
-            args=[tier, str(user_id), str(generation_id), model, batch_key, current_trace_context()]
+    ) -> int:
+        """Queue the job and return its position (1 when it is next), as `position` would say
+        right after. `batch_key` names the run settings a batch shares; jobs with equal keys may
+        be claimed together ('' keeps the job out of batches)."""
+        position = await self._enqueue(
+            args=[
+                tier,
+                str(user_id),
+                str(generation_id),
+                model,
+                batch_key,
+                current_trace_context(),
+                *PLANS_BY_PRIORITY,
+            ]
         )
+        return int(position)
 
     async def claim(
         self,
