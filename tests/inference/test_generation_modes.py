@@ -17,6 +17,7 @@ import pytest
 import torch
 from compel import Compel
 from PIL import Image
+from support.prompts import prompt_readings
 
 from gpu_inference.inference import (
     INVOKEAI_CHUNK,
@@ -401,6 +402,19 @@ def test_deeply_nested_parentheses_parse_at_once_and_too_deep_ones_are_refused(
     with pytest.raises(PromptSyntaxError, match="nested too deeply") as refused:
         _request(prompt="(" * 200 + "a lighthouse")
     assert refused.value.field_name == "prompt"
+
+
+def test_a_jobs_prompt_is_read_once_from_its_check_to_its_run(
+    tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reading costs the worker milliseconds of CPU (the job's check reads it on the event
+    # loop): the check's reading serves compel's conditioning in the run.
+    readings = prompt_readings(monkeypatch)
+    prompt = "a (lighthouse)1.2 at dusk, seen from the north pier"  # read by no earlier test
+
+    _run(tiny_model, _request(prompt=prompt))
+
+    assert readings.count(prompt) == 1
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from PIL import Image
+from support.prompts import prompt_readings
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from gpu_inference.inference import BatchStep, TextToImageRequest, TextToImageResult, run_text_to_image_batch
@@ -105,6 +106,18 @@ def _run(model: LoadedModel, request: TextToImageRequest, steps: list[BatchStep]
 
 def _noise_image(seed: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def test_an_sdxl_jobs_prompt_is_read_once_for_both_encoders(
+    sdxl_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compel conditions SDXL's two text encoders separately, each reading the prompt itself.
+    readings = prompt_readings(monkeypatch)
+    prompt = "a (lighthouse)1.3 at dusk, seen from the south pier"  # read by no earlier test
+
+    _run(sdxl_model, _request(prompt=prompt), [])
+
+    assert readings.count(prompt) == 1
 
 
 def test_sdxl_is_conditioned_on_both_encoders_and_the_pooled_embedding_as_compel_computes(
