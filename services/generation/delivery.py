@@ -25,11 +25,11 @@ class Delivery:
         until the reconciler enqueues it again."""
         try:
             position = await self.queue.enqueue(
-                record.tier, record.user_id, record.id, record.model, record.batch_key
+                record.tier, record.user_id, record.id, record.model, record.batch_key, with_position=True
             )
             await self.events.append(
                 record.id,
-                new_event(record.id, queued=resources.GenerationQueued(position=position)),
+                new_event(record.id, queued=resources.GenerationQueued(position=position or 1)),
                 # Never started: a worker that claimed it meanwhile wrote `queued` before `started`.
                 only_first=record.attempt == 0,
             )

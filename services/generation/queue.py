@@ -42,8 +42,8 @@ from services.billing.plans import PLANS_BY_PRIORITY
 from services.common.telemetry import current_trace_context
 
 # ARGV: tier, user, job, model, batch key ('' when the job never shares a batch), traceparent
-# ('' when no trace is recorded), then the bands by priority. Returns the job's queue position,
-# which its `queued` event tells its watchers, in the same round trip.
+# ('' when no trace is recorded), then optionally the bands by priority: with them, returns the
+# job's queue position (which its `queued` event tells its watchers) in the same round trip.
 _ENQUEUE_BODY = """
 local list = 'queue:' .. ARGV[1] .. ':' .. ARGV[2]
 local waiting = 'queue:' .. ARGV[1] .. ':waiting'
@@ -68,6 +68,7 @@ if redis.call('RPUSH', list, ARGV[3]) == 1 then
 end
 -- Under load the list is full and nobody waits on it: a read instead of two writes.
 if redis.call('LLEN', 'queue:signal') < 64 then redis.call('LPUSH', 'queue:signal', '1') end
+if #ARGV < 7 then return false end
 return positions_of(ARGV[1], ARGV[2], {ARGV[3]}, {unpack(ARGV, 7)})[1]
 """
 
@@ -502,11 +503,19 @@ class TierQueue:
         self._drop_expired = redis.register_script(_DROP_EXPIRED)
 
     async def enqueue(
-        self, tier: str, user_id: uuid.UUID, generation_id: uuid.UUID, model: str, batch_key: str = ""
-    ) -> int:
-        """Queue the job and return its position (1 when it is next), as `position` would say
-        right after. `batch_key` names the run settings a batch shares; jobs with equal keys may
-        be claimed together ('' keeps the job out of batches)."""
+        self,
+        tier: str,
+        user_id: uuid.UUID,
+        generation_id: uuid.UUID,
+        model: str,
+        batch_key: str = "",
+        *,
+        with_position: bool = False,
+    ) -> int | None:
+        """Queue the job. `batch_key` names the run settings a batch shares; jobs with equal keys
+        may be claimed together ('' keeps the job out of batches). `with_position` also answers
+        the job's position (1 when it is next), as `position` would right after, in the same
+        round trip; reading it costs Redis a look at every user's queue in the bands ahead."""
         position = await self._enqueue(
             args=[
                 tier,
@@ -515,10 +524,10 @@ class TierQueue:
                 model,
                 batch_key,
                 current_trace_context(),
-                *PLANS_BY_PRIORITY,
+                *(PLANS_BY_PRIORITY if with_position else ()),
             ]
         )
-        return int(position)
+        return None if position is None else int(position)
 
     async def claim(
         self,

@@ -300,8 +300,8 @@ async def test_queue_positions_are_the_order_claims_serve(queue: TierQueue) -> N
 
 
 async def test_an_enqueue_answers_its_jobs_position(queue: TierQueue) -> None:
-    """The position a job's `queued` event tells its watchers comes with the enqueue, in the same
-    round trip, and is the one `position` gives right after: behind a higher band, behind its own
+    """The position a job's `queued` event tells its watchers comes with its enqueue when asked
+    for, in the same round trip, and is the one `position` gives right after: behind a higher band, behind its own
     user's earlier jobs, and interleaved with another user's in its band."""
     # Named in ring order: a band's round-robin serves equal turns by user id.
     studio, pro, other = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
@@ -316,10 +316,12 @@ async def test_an_enqueue_answers_its_jobs_position(queue: TierQueue) -> None:
     answered, asked = [], []
     for tier, user in enqueued:
         (job,) = ids(1)
-        answered.append(await queue.enqueue(tier, user, job, "m"))
+        answered.append(await queue.enqueue(tier, user, job, "m", with_position=True))
         asked.append(await queue.position(tier, user, job))
 
     assert answered == asked == [1, 1, 3, 3, 2, 6]
+    # Dispatch alone (the scheduler's own enqueues) does not pay for reading it.
+    assert await queue.enqueue("pro", other, uuid.uuid4(), "m") is None
 
 
 async def test_a_claim_reads_only_the_bands_that_may_hold_work(queue: TierQueue) -> None:
