@@ -89,7 +89,7 @@ class _Pipeline:
 
 async def test_what_start_up_built_is_frozen_once_the_server_is_ready() -> None:
     """A worker's preloaded pipelines and a generation service's modules live as long as the
-    process; each full collection walked all of them (about 0.5 s in a worker) and freed nothing.
+    process; each full collection walked all of them (about 0.6 s in a worker) and freed nothing.
     `serve_until_terminated` freezes them once `ready` passes, and makes full collections rare."""
     built: list[_Pipeline] = []
     seen: dict[str, Any] = {}

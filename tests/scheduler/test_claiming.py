@@ -301,8 +301,8 @@ async def test_queue_positions_are_the_order_claims_serve(queue: TierQueue) -> N
 
 async def test_an_enqueue_answers_its_jobs_position(queue: TierQueue) -> None:
     """The position a job's `queued` event tells its watchers comes with its enqueue when asked
-    for, in the same round trip, and is the one `position` gives right after: behind a higher band, behind its own
-    user's earlier jobs, and interleaved with another user's in its band."""
+    for, in the same round trip, and is the one `position` gives right after: behind a higher
+    band, behind its own user's earlier jobs, and interleaved with another user's in its band."""
     # Named in ring order: a band's round-robin serves equal turns by user id.
     studio, pro, other = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
     enqueued = [
@@ -320,7 +320,7 @@ async def test_an_enqueue_answers_its_jobs_position(queue: TierQueue) -> None:
         asked.append(await queue.position(tier, user, job))
 
     assert answered == asked == [1, 1, 3, 3, 2, 6]
-    # Dispatch alone (the scheduler's own enqueues) does not pay for reading it.
+    # An enqueue that does not ask (dispatch alone) does not pay for reading it.
     assert await queue.enqueue("pro", other, uuid.uuid4(), "m") is None
 
 
