@@ -56,6 +56,7 @@ from gpu_inference.registry import (
     UnknownModelError,
 )
 from gpu_inference.samplers import SamplerNotAllowedError
+from services.common.cancellation import cancellation_requested
 from services.common.failpoints import Failpoint, Failpoints
 from services.common.storage import (
     PNG_CONTENT_TYPE,
@@ -83,15 +84,6 @@ meter = metrics.get_meter(__name__)
 # How often a running batch looks for cancel requests: a cancel stops its job within this and one
 # denoising step.
 CANCEL_POLL_SECONDS = 0.05
-
-
-def _stop_requested() -> bool:
-    """Whether the running task has been cancelled. The watchers of a run poll Redis in a loop,
-    and a cancel that lands mid-command can reach them as a client error (a timeout) instead of
-    a CancelledError: a loop that retried on errors would then run forever, and the run's
-    teardown, which waits for its watchers, with it."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _run_labels(records: Iterable[GenerationRecord]) -> str:
@@ -480,12 +472,13 @@ class Worker:
             await self._renew_lease(generation_id, on_loss)
 
     async def _renew_lease(self, generation_id: uuid.UUID, on_loss: Callable[[], None]) -> None:
-        while not _stop_requested():
+        while not cancellation_requested():
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 renewed = await self.queue.renew_lease(generation_id, self.worker_id, self.lease_seconds)
             except Exception:
-                if _stop_requested():
+                # A cancel that lands mid-command can also surface as a client error.
+                if cancellation_requested():
                     return
                 log.warning("renewing the lease on %s failed", generation_id, exc_info=True)
                 continue
@@ -503,13 +496,13 @@ class Worker:
             await self._poll_cancels(batch)
 
     async def _poll_cancels(self, batch: BatchRun) -> None:
-        while not _stop_requested():
+        while not cancellation_requested():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             staying = batch.staying
             try:
                 requested = await self.queue.cancels_requested([relay.record.id for relay in staying])
             except Exception:
-                if _stop_requested():
+                if cancellation_requested():
                     return
                 log.warning("checking for cancels failed; retrying", exc_info=True)
                 continue

@@ -39,6 +39,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.common.cancellation import cancellation_requested
 from services.generation.events import EventLog, FeedEntry, StoredEvent, event_kind
 from services.generation.generations import Generations
 from services.generation.lifecycle import EventKind
@@ -289,7 +290,8 @@ class EventHub:
         )
 
     async def _read_forever(self) -> None:
-        while True:
+        # Not `while True`: a cancel that a Redis command swallowed must still end the loop.
+        while not cancellation_requested():
             try:
                 response: Any = await self.reader.xread(
                     {self.events.feed_key: self._feed_id}, block=self.block_ms, count=_READ_COUNT

@@ -22,6 +22,7 @@ from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 from support.accounts import Account, dev_login
+from support.cancellation import cancel_as_its_next_wrapped_step_finishes
 from support.commands import redis_commands_asked_about
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.generations import assert_watch_order, reached_step, wait_for
@@ -454,6 +455,38 @@ async def test_reading_a_whole_log_stops_at_a_short_read(
         assert redis.xreads == reads
     finally:
         await redis.aclose()
+
+
+async def test_the_hubs_read_ends_even_when_a_redis_command_swallows_its_cancellation(
+    make_hub: Callable[..., EventHub],
+) -> None:
+    """On Python 3.11 a cancellation that lands as a Redis command's send finishes is swallowed
+    (services/common/cancellation.py). The hub's read must end all the same: a read that went on
+    would hang the generation service's shutdown, which waits for it."""
+    running = make_hub()
+    await running.start()
+    try:
+        generation_id = uuid.uuid4()
+        async with running.subscribe(
+            generation_id, user_id=uuid.uuid4(), tier="free", queued=True
+        ) as watcher:
+            assert await watcher.next_events(0) == []  # its replay, of an empty log
+            await running.events.append(
+                generation_id, new_event(generation_id, queued=resources.GenerationQueued())
+            )
+            await watcher.next_events(None)  # handed over by the hub's read: its connection is up
+        read = next(task for task in asyncio.all_tasks() if task.get_name() == "event-hub-read")
+        # The next step the read starts is the send of its next XREAD.
+        with cancel_as_its_next_wrapped_step_finishes(read) as landing:
+            # Whichever comes first: the read ends, or it starts another command.
+            started_again = asyncio.ensure_future(landing.started_again.wait())
+            await asyncio.wait([read, started_again], return_when="FIRST_COMPLETED")
+            started_again.cancel()
+        assert landing.cancelled
+        assert landing.started_after == []
+        assert read.done()
+    finally:
+        await running.stop()
 
 
 async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
