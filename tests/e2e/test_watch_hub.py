@@ -8,6 +8,7 @@ a connection per watch could not serve the many-watches test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import uuid
@@ -94,12 +95,19 @@ async def make_hub(hub_mesh: RunningMesh) -> AsyncIterator[Callable[..., EventHu
     await redis.aclose()
 
 
+@contextlib.asynccontextmanager
+async def started(hub: EventHub) -> AsyncIterator[EventHub]:
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
 @pytest.fixture
 async def hub(make_hub: Callable[..., EventHub]) -> AsyncIterator[EventHub]:
-    running = make_hub()
-    await running.start()
-    yield running
-    await running.stop()
+    async with started(make_hub()) as running:
+        yield running
 
 
 async def append_run(
@@ -463,9 +471,7 @@ async def test_the_hubs_read_ends_even_when_a_redis_command_swallows_its_cancell
     """On Python 3.11 a cancellation that lands as a Redis command's send finishes is swallowed
     (services/common/cancellation.py). The hub's read must end all the same: a read that went on
     would hang the generation service's shutdown, which waits for it."""
-    running = make_hub()
-    await running.start()
-    try:
+    async with started(make_hub()) as running:
         generation_id = uuid.uuid4()
         async with running.subscribe(
             generation_id, user_id=uuid.uuid4(), tier="free", queued=True
@@ -485,8 +491,6 @@ async def test_the_hubs_read_ends_even_when_a_redis_command_swallows_its_cancell
         assert landing.cancelled
         assert landing.started_after == []
         assert read.done()
-    finally:
-        await running.stop()
 
 
 async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
@@ -496,9 +500,7 @@ async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
     positions for all watchers together: no request is behind that work, and with tracing on,
     even a span the sampler drops costs each read the instrumentation's work."""
     with redis_commands_asked_about() as sampler:
-        running = make_hub()
-        await running.start()
-        try:
+        async with started(make_hub()) as running:
             generation_id = uuid.uuid4()
             async with running.subscribe(
                 generation_id, user_id=uuid.uuid4(), tier="free", queued=True
@@ -507,8 +509,6 @@ async def test_the_hubs_own_reads_never_go_through_the_instrumentation(
                 with suppress_instrumentation():  # a worker's appends, and the watcher's replay
                     await append_run(running.events, generation_id, steps=3)
                     read = await read_through_terminal(watcher)
-        finally:
-            await running.stop()
     assert read[-1].event.WhichOneof("event") == "succeeded"
     # Only the feed's end, read once as the hub starts; no read of the feed, and no position
     # computation (a script, as the appends are).
