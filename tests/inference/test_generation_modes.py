@@ -113,7 +113,13 @@ def test_every_sampler_runs_on_sd15_gives_its_own_image_and_leaves_the_model_alo
         assert [(step.step, step.total_steps) for step in steps] == [(1, 3), (2, 3), (3, 3)], sampler
 
     assert {Image.open(io.BytesIO(png)).size for png in images.values()} == {(SIZE, SIZE)}
-    assert len({_pixels(png).tobytes() for png in images.values()}) == len(Sampler)
+    # DDIM (eta 0) is Euler's method on the same noise levels (Karras et al. 2022, "Elucidating
+    # the Design Space of Diffusion-Based Generative Models"): their images differ by float
+    # rounding at most, one level in a few pixels, or not at all (test_samplers.py shows each
+    # builds its own scheduler). Every other sampler is a method of its own, with its own image.
+    assert _mean_difference(images[Sampler.EULER], images[Sampler.DDIM]) < 0.01
+    others = [png for sampler, png in images.items() if sampler != Sampler.DDIM]
+    assert len({_pixels(png).tobytes() for png in others}) == len(others)
     assert tiny_model.pipeline.scheduler is model_scheduler
     assert type(model_scheduler).__name__ == "EulerDiscreteScheduler"
 
