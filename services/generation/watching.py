@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pingvas.generation.v1 import generation_resources_pb2 as resources
 from pingvas.generation.v1 import generation_service_pb2 as pb
 
+from services.common.cancellation import cancellation_requested
 from services.generation.event_hub import EventHub, Subscription
 from services.generation.events import StoredEvent, event_kind, is_terminal, new_event
 from services.generation.generations import Generations
@@ -98,7 +99,10 @@ class GenerationWatch:
         async with self.watching.hub.subscribe(
             record.id, user_id=record.user_id, tier=record.tier, queued=record.state == GenerationState.QUEUED
         ) as subscription:
-            while True:
+            # Not `while True`: a client that went away cancels its watch, and should a Redis
+            # command swallow that cancellation (services/common/cancellation.py), the watch must
+            # still end here rather than stay subscribed until its job's next event.
+            while not cancellation_requested():
                 for event in await self._follow_log(subscription):
                     yield event
                     if is_terminal(event):
@@ -112,6 +116,7 @@ class GenerationWatch:
                         yield event
                     yield await self._terminal_event(ended, self.last_sequence)
                     return
+            raise asyncio.CancelledError
 
     async def _follow_log(self, subscription: Subscription) -> list[pb.WatchGenerationResponse]:
         """The log's events from the hub (first the stored ones, then live ones, waiting for

@@ -23,7 +23,7 @@ from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
 from redis.asyncio import Redis
 from support.accounts import Account, dev_login
-from support.cancellation import cancel_as_its_next_wrapped_step_finishes
+from support.cancellation import cancel_as_its_next_redis_send_finishes
 from support.commands import redis_commands_asked_about
 from support.failpoints import FAILPOINTS_ENV, parking_prompt, release, wait_parked
 from support.generations import assert_watch_order, reached_step, wait_for
@@ -36,6 +36,7 @@ from services.generation.events import LOG_READ_COUNT, EventLog, StoredEvent, ne
 from services.generation.generations import Generations
 from services.generation.queue import TierQueue
 from services.generation.repository import GenerationRepository
+from services.generation.watching import Watching
 
 pytestmark = pytest.mark.integration
 
@@ -482,8 +483,7 @@ async def test_the_hubs_read_ends_even_when_a_redis_command_swallows_its_cancell
             )
             await watcher.next_events(None)  # handed over by the hub's read: its connection is up
         read = next(task for task in asyncio.all_tasks() if task.get_name() == "event-hub-read")
-        # The next step the read starts is the send of its next XREAD.
-        with cancel_as_its_next_wrapped_step_finishes(read) as landing:
+        with cancel_as_its_next_redis_send_finishes(read) as landing:
             # Whichever comes first: the read ends, or it starts another command.
             started_again = asyncio.ensure_future(landing.started_again.wait())
             await asyncio.wait([read, started_again], return_when="FIRST_COMPLETED")
@@ -491,6 +491,52 @@ async def test_the_hubs_read_ends_even_when_a_redis_command_swallows_its_cancell
         assert landing.cancelled
         assert landing.started_after == []
         assert read.done()
+
+
+async def test_a_watch_ends_even_when_a_redis_command_swallows_its_cancellation(
+    hub_mesh: RunningMesh, hub: EventHub
+) -> None:
+    """A client that goes away cancels its watch. Should the cancellation land as the watch's
+    replay sends its Redis read, Python 3.11 swallows it; the watch must still end, not stay
+    subscribed (holding the user's stream slot) until its job's next event."""
+    account = dev_login(hub_mesh.gateway_url, "hub-left")
+    prompt = parking_prompt(hub_mesh, "a lantern in fog", after_step=2)
+    async with grpc.aio.insecure_channel(hub_mesh.gateway_target) as channel:
+        created = await pb_grpc.GenerationServiceStub(channel).CreateGeneration(
+            pb.CreateGenerationRequest(generation=resources.Generation(prompt=prompt, steps=4, **REQUEST)),
+            metadata=account.metadata,
+        )
+    await asyncio.to_thread(wait_parked, hub_mesh, created.id)
+    watching = Watching(generations=hub.generations, hub=hub)
+    seen: list[pb.WatchGenerationResponse] = []
+    after_the_replay = asyncio.Event()
+
+    async def follow() -> None:
+        async for event in watching.watch(uuid.UUID(account.user_id), uuid.UUID(created.id)):
+            if reached_step(seen, 2):
+                after_the_replay.set()
+            seen.append(event)
+
+    client = asyncio.create_task(follow())
+    released = False
+    try:
+        # The first command the watch sends is its replay's read of the log.
+        with cancel_as_its_next_redis_send_finishes(client) as landing:
+            await asyncio.wait_for(_until(lambda: reached_step(seen, 2) or client.done()), 60)
+            # The job goes on: a watch still subscribed would get its next steps.
+            release(hub_mesh, created.id)
+            released = True
+            more = asyncio.ensure_future(after_the_replay.wait())
+            await asyncio.wait([client, more], return_when="FIRST_COMPLETED")
+            more.cancel()
+        assert landing.cancelled
+        assert client.cancelled(), f"the watch went on: {[e.WhichOneof('event') for e in seen]}"
+        assert reached_step(seen, 2)  # the replay it had read is delivered; nothing after
+    finally:
+        client.cancel()
+        await asyncio.gather(client, return_exceptions=True)
+        if not released:
+            release(hub_mesh, created.id)
 
 
 async def test_the_hubs_own_reads_never_go_through_the_instrumentation(

@@ -23,10 +23,14 @@ class Landing:
     started_again: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+# The coroutine redis-py's `send_packed_command` hands to `wait_for`.
+REDIS_SEND = "AbstractConnection._send_packed_command"
+
+
 @contextmanager
-def cancel_as_its_next_wrapped_step_finishes(target: asyncio.Task[Any]) -> Iterator[Landing]:
-    """Cancel `target` as the next task it starts (such as the one `wait_for` wraps a Redis
-    command's send in) finishes, and record what `target` starts after that."""
+def cancel_as_its_next_redis_send_finishes(target: asyncio.Task[Any]) -> Iterator[Landing]:
+    """Cancel `target` as the next Redis command it sends has been sent, inside the window where
+    `wait_for` swallows the cancellation, and record the tasks `target` starts after that."""
     loop = asyncio.get_running_loop()
     previous = loop.get_task_factory()
     landing = Landing()
@@ -40,7 +44,7 @@ def cancel_as_its_next_wrapped_step_finishes(target: asyncio.Task[Any]) -> Itera
         task = previous(loop, coro, **kwargs) if previous else asyncio.Task(coro, loop=loop, **kwargs)
         nonlocal armed
         if asyncio.current_task(loop) is target:
-            if armed:
+            if armed and coro.__qualname__ == REDIS_SEND:
                 armed = False
                 task.add_done_callback(cancel_target)
             elif landing.cancelled:
