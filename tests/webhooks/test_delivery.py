@@ -127,14 +127,13 @@ def test_a_keys_default_webhook_reports_started_then_completed(
     assert created.status_code == 200, created.text
     generation_id = created.json()["id"]
 
-    wait_for(
-        lambda: (
-            {row["state"] for row in deliveries(hooks_mesh, generation_id)} == {"delivered"}
-            and len(deliveries(hooks_mesh, generation_id)) == 2
-        ),
-        within=60,
-        message=str(deliveries(hooks_mesh, generation_id)),
-    )
+    def both_delivered() -> bool:
+        # One read of the outbox: two reads could see `started` alone delivered, then the
+        # `completed` row just inserted and not yet sent.
+        rows = deliveries(hooks_mesh, generation_id)
+        return len(rows) == 2 and all(row["state"] == "delivered" for row in rows)
+
+    wait_for(both_delivered, within=60, message=str(deliveries(hooks_mesh, generation_id)))
     requests = receiver.received(path)
     assert sorted(request.verified["type"] for request in requests) == [
         "generation.completed",
