@@ -1,6 +1,8 @@
 """The SDK past a user's request rate: RateLimited with the server's retry_after, and a retry
 that waits what the RetryInfo says instead of its own (much shorter) backoff. Starter users get
-4 requests per 2 seconds on this mesh (tests/sdk/conftest.py)."""
+4 requests per 2 seconds on the limits mesh (tests/limits/conftest.py), and each user here is
+new and signs up from an address of its own, so the other limits tests draw on other
+allowances."""
 
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ def list_one_page(client: pingvas.Client) -> Any:
 
 
 def test_past_its_rate_a_call_raises_rate_limited_and_a_retry_waits_out_the_retry_info(
-    rate_limited_mesh: RunningMesh,
+    limits_mesh: RunningMesh,
 ) -> None:
-    account = sign_up(rate_limited_mesh, "sdk-rate", plan="starter")
-    target = rate_limited_mesh.gateway_target
+    account = sign_up(limits_mesh, "sdk-rate", plan="starter")
+    target = limits_mesh.gateway_target
     with (
         pingvas.Client(target, access_token=account.token, retry=pingvas.RetryPolicy(max_attempts=1)) as once,
         pytest.raises(pingvas.RateLimited) as refused,
