@@ -65,13 +65,13 @@ from services.generation.catalog import (
 from services.generation.samplers import ModelFamily
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST_NAME = "manifest.json"
 # The cache's copy of the manifest a model directory was made from, written last.
 CACHED_MANIFEST_NAME = ".pingvas-manifest.json"
 MANIFEST_FORMAT = 1  # The manifest's own version; `kind` and `weight_format` were added compatibly.
 LORAS_PREFIX = "loras"  # The seed's folder of LoRAs, beside the families' folders of pipelines.
-T = TypeVar("T")
 
 # Read and hash in pieces this big: a few of them in memory, never a whole weights file.
 CHUNK_BYTES = 8 * 2**20
