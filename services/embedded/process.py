@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(stop_signal: int) -> None:
-    """Runs in the child before exec: the kernel sends the stop signal when the supervisor dies,
+def _die_with_parent(orphaned_signal: int) -> None:
+    """Runs in the child before exec: the kernel sends `orphaned_signal` when the supervisor dies,
     even by SIGKILL, so `pingvas up` never leaves orphans behind."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, stop_signal)
+    libc.prctl(_PR_SET_PDEATHSIG, orphaned_signal)
 
 
 # Where listening ports are picked: below the kernel's ephemeral range. A port the kernel hands out
@@ -42,20 +42,35 @@ def _ephemeral_floor() -> int:
         return 32768  # Linux's default.
 
 
+# Every port free_port has returned in this process. A mesh picks several ports (SeaweedFS's
+# eight, the services') before any of them is bound, so a probe cannot see that a port already
+# went to another component: two random picks that coincided left a worker failing to bind
+# ("Address already in use") in a test's mesh.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, for a child process to bind."""
+    """A port nothing listens on now and that this process has not handed out before, for a
+    child process to bind."""
     ceiling = _ephemeral_floor()
     for _ in range(200) if ceiling - _LISTEN_PORTS_FLOOR > 1000 else ():
         port = random.randrange(_LISTEN_PORTS_FLOOR, ceiling)
+        if port in _handed_out:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind((host, port))
             except OSError:
                 continue
+        _handed_out.add(port)
+        return port
+    while True:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
             return port
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(
@@ -87,6 +102,7 @@ class ManagedProcess:
         user: str | None = None,
         stop_timeout: float = 10.0,
         stop_signal: int = signal.SIGTERM,
+        orphaned_signal: int | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -96,6 +112,8 @@ class ManagedProcess:
         self.user = user
         self.stop_timeout = stop_timeout
         self.stop_signal = stop_signal
+        # What the kernel sends the child if the supervisor dies without stopping it.
+        self.orphaned_signal = stop_signal if orphaned_signal is None else orphaned_signal
         self.popen: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -113,7 +131,7 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             user=self.user,
-            preexec_fn=functools.partial(_die_with_parent, self.stop_signal),
+            preexec_fn=functools.partial(_die_with_parent, self.orphaned_signal),
             # Its own process group: a terminal's Ctrl-C reaches only the supervisor, which then
             # stops the components in order.
             process_group=0,

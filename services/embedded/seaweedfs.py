@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -146,6 +147,8 @@ class EmbeddedSeaweedFS:
             # SeaweedFS acknowledged is on disk already and survives SIGKILL
             # (tests/e2e/test_image_storage.py), so the escalation comes after a short grace.
             stop_timeout=1,
+            # Orphaned (the supervisor killed), no one would escalate: the kernel kills it.
+            orphaned_signal=signal.SIGKILL,
         )
         (self.data_dir / "master").mkdir(exist_ok=True)
         self.process.start()
