@@ -4,6 +4,7 @@ no process of the mesh may be left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,28 +90,41 @@ def generate_once(gateway_url: str) -> dict[str, Any]:
     return dict(json.loads(last[6:]))
 
 
+@contextlib.contextmanager
+def stopped_whatever_happens(supervisor: int) -> Iterator[None]:
+    """A test that fails before its mesh is gone must not leave the mesh running under the tests
+    that follow: whatever is left of the supervisor's session is killed."""
+    try:
+        yield
+    finally:
+        for process in session_members(supervisor):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
 def test_background_mesh_serves_and_sigterm_leaves_no_process(tmp_path: Path, models_dir: Path) -> None:
     port = free_port()
     supervisor = start_in_background(tmp_path / "home", models_dir, port)
-    members = session_members(supervisor)
-    names = " ".join(" ".join(p.cmdline()) for p in members)
-    for component in (
-        "postgres",
-        "redis-server",
-        "weed server",
-        "services.user",
-        "services.billing",
-        "services.generation",
-        "services.gallery",
-        "gpu_inference",
-        "envoy",
-    ):
-        assert component in names, f"{component} is not running under pingvas up"
-    assert "succeeded" in generate_once(f"http://127.0.0.1:{port}")
+    with stopped_whatever_happens(supervisor):
+        members = session_members(supervisor)
+        names = " ".join(" ".join(p.cmdline()) for p in members)
+        for component in (
+            "postgres",
+            "redis-server",
+            "weed server",
+            "services.user",
+            "services.billing",
+            "services.generation",
+            "services.gallery",
+            "gpu_inference",
+            "envoy",
+        ):
+            assert component in names, f"{component} is not running under pingvas up"
+        assert "succeeded" in generate_once(f"http://127.0.0.1:{port}")
 
-    os.kill(supervisor, signal.SIGTERM)
-    left = wait_until_gone(supervisor, within=120)
-    assert left == [], [" ".join(p.cmdline()) for p in left]
+        os.kill(supervisor, signal.SIGTERM)
+        left = wait_until_gone(supervisor, within=120)
+        assert left == [], [" ".join(p.cmdline()) for p in left]
     log = (tmp_path / "home" / "up.log").read_text()
     assert "all components stopped" in log
     ps = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True, text=True, check=True).stdout
@@ -118,10 +133,11 @@ def test_background_mesh_serves_and_sigterm_leaves_no_process(tmp_path: Path, mo
 
 def test_a_killed_supervisor_takes_the_mesh_with_it(tmp_path: Path, models_dir: Path) -> None:
     supervisor = start_in_background(tmp_path / "home", models_dir, free_port())
-    assert len(session_members(supervisor)) >= 9
-    os.kill(supervisor, signal.SIGKILL)  # no handler runs: the kernel's parent-death signal must act
-    left = wait_until_gone(supervisor, within=120)
-    assert left == [], [" ".join(p.cmdline()) for p in left]
+    with stopped_whatever_happens(supervisor):
+        assert len(session_members(supervisor)) >= 9
+        os.kill(supervisor, signal.SIGKILL)  # no handler runs: the kernel's parent-death signal must act
+        left = wait_until_gone(supervisor, within=120)
+        assert left == [], [" ".join(p.cmdline()) for p in left]
 
 
 def _port_with_a_connection_in_time_wait() -> int:
