@@ -280,9 +280,9 @@ def short_lived_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
     """Image URLs that expire quickly, and a store that gives up after one S3 attempt and a job
     after one run, so a store that does not answer fails its job within one timeout.
 
-    The timeouts are the product's own: the images here are stored for real, and the first
-    write into a fresh SeaweedFS bucket took over a second on a busy 2-core machine, which a
-    one-second timeout turned into a failed generation."""
+    The timeouts are the product's own: the images here are stored for real, and in the
+    bucket's first store on a busy 2-core machine the thumbnail's upload, after the PNG's, ran
+    past a one-second timeout and failed the generation."""
     with own_mesh(
         "short-lived-urls",
         {
