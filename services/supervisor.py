@@ -44,14 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import grpc
 import limits
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.envoy import EdgeLimits, TokenBucket, Upstream
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
-from services.embedded.process import ManagedProcess, free_port, wait_for_port
+from services.embedded.process import ManagedProcess, free_port, wait_for_port, wait_grpc_serving
 from services.generation.catalog import read_model
 
 if TYPE_CHECKING:
@@ -180,25 +178,6 @@ def ensure_port_free(host: str, port: int) -> None:
             raise RuntimeError(
                 f"{host}:{port} is already in use; stop what holds it or set PINGVAS_HTTP_PORT"
             ) from None
-
-
-def wait_serving(name: str, port: int, process: ManagedProcess, timeout: float) -> None:
-    """Block until the process's gRPC health service reports SERVING."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.exit_code() is not None:
-                raise RuntimeError(f"{name} exited with {process.exit_code()}:\n{process.log_tail()}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s:\n{process.log_tail()}")
-            time.sleep(0.1)
 
 
 def without_password(url: str) -> str:
@@ -382,7 +361,8 @@ class Mesh:
             )
         )
         for name, port, process in pending:
-            wait_serving(name, port, process, timeout=180)
+            assert process.popen is not None
+            wait_grpc_serving(name, port, process.popen, 180, process.log_tail)
             log.info("%s SERVING on 127.0.0.1:%d", name, port)
         assert console.popen is not None
         wait_for_port("127.0.0.1", console_port, 30, console.popen)

@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pingvas.user.v1 import user_service_pb2 as user_pb
 from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
-from support.mesh import wait_grpc_serving
 
 from services.common.server import GC_THRESHOLDS, GrpcServer, serve_until_terminated
+from services.embedded.process import wait_grpc_serving
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def test_dev_login_is_refused_where_it_is_off(mesh: Any) -> None:
         [sys.executable, "-m", "services.user"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_grpc_serving(port, server, within=60)
+        wait_grpc_serving("user", port, server, 60)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as caught:
             user_grpc.UserServiceStub(channel).DevLogin(
                 user_pb.DevLoginRequest(email="prod@example.com"), timeout=10

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +19,9 @@ import httpx
 import pytest
 from support.accounts import Account, dev_login
 from support.failpoints import FAILPOINTS_ENV
-from support.mesh import MeshStarter, free_port, wait_grpc_serving
+from support.mesh import MeshStarter, free_port
+
+from services.embedded.process import wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,8 +47,12 @@ def scheduler_mesh(own_mesh: MeshStarter) -> Iterator[Any]:
 class WorkerProcess:
     name: str
     process: subprocess.Popen[bytes]
+    health_port: int
     log_path: Path
     output: IO[bytes]
+
+    def wait_serving(self) -> None:
+        wait_grpc_serving(self.name, self.health_port, self.process, 120, self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -67,7 +74,9 @@ class WorkerProcess:
 
 @pytest.fixture
 def workers(scheduler_mesh: Any) -> Iterator[Any]:
-    """Starts GPU workers against the scheduler mesh; all are stopped after the test."""
+    """Starts GPU workers against the scheduler mesh; all are stopped after the test. A worker
+    takes a while to import torch: `wait=False` lets a test start several, or sign its users up,
+    meanwhile, and call `wait_serving()` before it needs them."""
     started: list[WorkerProcess] = []
 
     def start(name: str, *, preload: str = "tiny-sd", wait: bool = True, **env: str) -> WorkerProcess:
@@ -96,10 +105,10 @@ def workers(scheduler_mesh: Any) -> Iterator[Any]:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        worker = WorkerProcess(name, process, log_path, output)
+        worker = WorkerProcess(name, process, port, log_path, output)
         started.append(worker)
         if wait:
-            wait_grpc_serving(port, worker.process, log=worker.log)
+            worker.wait_serving()
         return worker
 
     yield start
@@ -114,13 +123,29 @@ def json_secrets(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def customer(scheduler_mesh: Any) -> Any:
-    """Signs up a user on the scheduler mesh with a plan and plenty of credits."""
+def customers(scheduler_mesh: Any) -> Any:
+    """Signs up users on the scheduler mesh, one per plan given, each with plenty of credits. They
+    sign up side by side: each runs the admin CLI twice, a Python process of its own."""
 
-    def sign_up(plan: str = "free", credits: int = 10_000) -> Account:
+    def sign_up_one(plan: str) -> Account:
         account = dev_login(scheduler_mesh.gateway_url, plan)
         assert scheduler_mesh.pingvas("admin", "set-plan", account.email, plan).returncode == 0
-        assert scheduler_mesh.pingvas("admin", "grant-credits", account.email, str(credits)).returncode == 0
+        assert scheduler_mesh.pingvas("admin", "grant-credits", account.email, "10000").returncode == 0
+        return account
+
+    def sign_up(*plans: str) -> list[Account]:
+        with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+            return list(pool.map(sign_up_one, plans))
+
+    return sign_up
+
+
+@pytest.fixture
+def customer(customers: Any) -> Any:
+    """Signs up one user on the scheduler mesh with a plan and plenty of credits."""
+
+    def sign_up(plan: str = "free") -> Account:
+        (account,) = customers(plan)
         return account
 
     return sign_up

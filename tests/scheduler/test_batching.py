@@ -20,9 +20,9 @@ def progress_events(mesh: Any, generation_id: str) -> int:
 
 
 def test_jobs_sharing_settings_run_as_one_call(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    alice, bob, cheaper = customer("studio"), customer("studio"), customer("pro")
+    alice, bob, cheaper = customers("studio", "studio", "pro")
     together = [submit(alice, steps=3)["id"], submit(bob, steps=3)["id"], submit(alice, steps=3)["id"]]
     other_steps = submit(alice, steps=2)["id"]
     lower_band = submit(cheaper, steps=3)["id"]
@@ -44,9 +44,9 @@ def test_jobs_sharing_settings_run_as_one_call(
 
 
 def test_cancelling_one_member_leaves_the_rest_of_the_batch_running(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    members = [customer("studio") for _ in range(3)]
+    members = customers("studio", "studio", "studio")
     # The member to cancel holds the whole batch after step 3; its cancel ends the park.
     prompts = ["fox", parking_prompt(scheduler_mesh, "fox", after_step=3), "fox"]
     jobs = [submit(who, steps=150, prompt=prompt)["id"] for who, prompt in zip(members, prompts, strict=True)]
@@ -78,12 +78,12 @@ def test_cancelling_one_member_leaves_the_rest_of_the_batch_running(
 
 
 def test_an_image_does_not_depend_on_a_long_prompt_it_could_be_batched_with(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
     """One call pads every member's prompt conditioning to the longest; a prompt past 77 tokens
     would so change the images of the short ones batched with it. The worker runs members of
     one conditioning length together and hands the others back for a call of their own."""
-    alice, bob, carol = customer("studio"), customer("studio"), customer("studio")
+    alice, bob, carol = customers("studio", "studio", "studio")
     short = submit(alice, steps=2, prompt="a fox", seed=5)["id"]
     long = submit(bob, steps=2, prompt=", ".join(["a red fox asleep in deep fresh snow"] * 12), seed=6)["id"]
     worker = workers("w-batch-lengths", PINGVAS_MAX_BATCH="4")

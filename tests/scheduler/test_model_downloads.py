@@ -34,8 +34,10 @@ def test_a_job_waiting_for_its_models_download_keeps_its_lease(
     redis = scheduler_mesh.redis()
     redis.hset(armed_key(Failpoint.PARK_MID_DOWNLOAD), name, 1)
     try:
-        workers("w-download", PINGVAS_FAILPOINTS=DOWNLOAD_FAILPOINTS)
-        job = submit(customer("pro"), model=name)["id"]
+        worker = workers("w-download", wait=False, PINGVAS_FAILPOINTS=DOWNLOAD_FAILPOINTS)
+        who = customer("pro")
+        worker.wait_serving()
+        job = submit(who, model=name)["id"]
         wait_for(lambda: redis.exists(parked_key(Failpoint.PARK_MID_DOWNLOAD, name)), 60, "never parked")
         first_expiry = redis.zscore("leases", job)
         assert first_expiry is not None

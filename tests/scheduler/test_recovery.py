@@ -25,8 +25,10 @@ def mesh(scheduler_mesh: Any) -> Any:
 def test_kill_9_mid_denoise_completes_on_another_worker(
     scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
 ) -> None:
+    first, second = workers("w-kill-a", wait=False), workers("w-kill-b", wait=False)
     who = customer("pro")
-    first, second = workers("w-kill-a"), workers("w-kill-b")
+    first.wait_serving()
+    second.wait_serving()
     prompt = parking_prompt(scheduler_mesh, "fox", after_step=5)
     job = submit(who, steps=10, prompt=prompt)["id"]
     wait_parked(scheduler_mesh, job)
@@ -44,8 +46,10 @@ def test_kill_9_mid_denoise_completes_on_another_worker(
 def test_a_stalled_worker_past_its_lease_has_its_late_result_rejected(
     scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
 ) -> None:
+    first, second = workers("w-stall-a", wait=False), workers("w-stall-b", wait=False)
     who = customer("pro")
-    first, second = workers("w-stall-a"), workers("w-stall-b")
+    first.wait_serving()
+    second.wait_serving()
     prompt = parking_prompt(scheduler_mesh, "fox", after_step=5)
     job = submit(who, steps=10, prompt=prompt)["id"]
     wait_parked(scheduler_mesh, job)
@@ -72,10 +76,11 @@ def test_a_stalled_worker_past_its_lease_has_its_late_result_rejected(
 
 
 def test_redis_losing_its_data_delays_but_loses_nothing(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    who = [customer("starter") for _ in range(3)]
-    workers("w-flush")
+    worker = workers("w-flush", wait=False)
+    who = customers("starter", "starter", "starter")
+    worker.wait_serving()
     jobs = [submit(user, steps=40)["id"] for user in who for _ in range(2)]
     wait_for(lambda: any(row(scheduler_mesh, j)["state"] == "RUNNING" for j in jobs), message="nothing ran")
     scheduler_mesh.redis().flushall()  # a restart without persistence: queues, leases, logs gone
@@ -89,10 +94,12 @@ def test_redis_losing_its_data_delays_but_loses_nothing(
 def test_sigterm_hands_a_long_job_back_within_the_budget(
     scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
 ) -> None:
+    replacement = workers("w-replacement", wait=False)
+    leaving = workers("w-spot", wait=False, PINGVAS_SHUTDOWN_GRACE_SECONDS="0.5")
     who = customer("pro")
-    replacement = workers("w-replacement")
+    replacement.wait_serving()
     replacement.signal(signal.SIGSTOP)  # ready, but not claiming until the spot worker leaves
-    leaving = workers("w-spot", PINGVAS_SHUTDOWN_GRACE_SECONDS="0.5")
+    leaving.wait_serving()
     # Parked after its first step, the job needs 149 times that step and the park: far more
     # than the 0.5 s budget.
     prompt = parking_prompt(scheduler_mesh, "fox", after_step=1)
@@ -119,8 +126,9 @@ def test_sigterm_hands_a_long_job_back_within_the_budget(
 def test_sigterm_finishes_a_job_that_fits_the_budget(
     scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
 ) -> None:
+    leaving = workers("w-spot-finish", wait=False, PINGVAS_SHUTDOWN_GRACE_SECONDS="60")
     who = customer("pro")
-    leaving = workers("w-spot-finish", PINGVAS_SHUTDOWN_GRACE_SECONDS="60")
+    leaving.wait_serving()
     job = submit(who, steps=20, prompt=parking_prompt(scheduler_mesh, "fox", after_step=2))["id"]
     wait_parked(scheduler_mesh, job)
     leaving.signal(signal.SIGTERM)
@@ -136,8 +144,9 @@ def test_sigterm_finishes_a_job_that_fits_the_budget(
 def test_cancel_racing_completion_ends_in_exactly_one_state(
     scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
 ) -> None:
+    worker = workers("w-race", wait=False)
     who = customer("studio")
-    workers("w-race")
+    worker.wait_serving()
     rng = random.Random(7)
     jobs = []
     for _ in range(12):
@@ -163,11 +172,12 @@ def test_a_poison_job_is_dead_lettered_and_its_hold_released(
     if not poisoned.exists():
         shutil.copytree(models_dir / "tiny-sd", poisoned)
         (poisoned / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
+    worker = workers("w-poison", wait=False)
     # Into the mesh's models bucket, as an operator would push it: the catalog serves what it holds.
     pushed = scheduler_mesh.pingvas("models", "push", str(poisoned))
     assert pushed.returncode == 0, pushed.stderr
     who = customer("pro")
-    worker = workers("w-poison")
+    worker.wait_serving()
     job = submit(who, model="poison-sd")["id"]
     (done,) = wait_done([job], within=120)
     assert done["state"] == "FAILED"

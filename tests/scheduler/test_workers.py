@@ -35,16 +35,12 @@ def start_order(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def test_priority_bands_under_load(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    worker = workers("w-priority")
+    worker = workers("w-priority", wait=False)
     # Sign-ups first (each runs the admin CLI): the queue must fill while the blocker runs.
-    starter, pro, studio, enterprise = (
-        customer("starter"),
-        customer("pro"),
-        customer("studio"),
-        customer("enterprise"),
-    )
+    starter, pro, studio, enterprise = customers("starter", "pro", "studio", "enterprise")
+    worker.wait_serving()
     blocker = occupy(worker, submit, enterprise, scheduler_mesh)
     starter_jobs = [submit(starter)["id"] for _ in range(5)]
     pro_jobs = [submit(pro)["id"] for _ in range(2)]
@@ -57,15 +53,11 @@ def test_priority_bands_under_load(
 
 
 def test_users_take_turns_within_a_band(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    worker = workers("w-fair")
-    heavy, light_a, light_b, enterprise = (
-        customer("pro"),
-        customer("pro"),
-        customer("pro"),
-        customer("enterprise"),
-    )
+    worker = workers("w-fair", wait=False)
+    heavy, light_a, light_b, enterprise = customers("pro", "pro", "pro", "enterprise")
+    worker.wait_serving()
     blocker = occupy(worker, submit, enterprise, scheduler_mesh)
     heavy_jobs = [submit(heavy)["id"] for _ in range(6)]
     light_jobs = [submit(light_a)["id"], submit(light_b)["id"]]
@@ -79,11 +71,11 @@ def test_users_take_turns_within_a_band(
 
 
 def test_a_free_job_past_its_bound_goes_before_waiting_studio_work(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    studio = [customer("studio") for _ in range(3)]
-    free_user = customer("free")
-    worker = workers("w-aging")
+    worker = workers("w-aging", wait=False)
+    *studio, free_user = customers("studio", "studio", "studio", "free")
+    worker.wait_serving()
     # Studio work the worker cannot reach, held back by a parked job, rather than work arriving
     # faster than it drains, which would hold only while the machine is slow enough.
     blocker = occupy(worker, submit, studio[0], scheduler_mesh)
@@ -104,11 +96,12 @@ def test_a_free_job_past_its_bound_goes_before_waiting_studio_work(
 
 
 def test_per_user_concurrency_caps(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    capped, other = customer("free"), customer("free")
-    workers("w-cap-1")
-    workers("w-cap-2")
+    started = [workers("w-cap-1", wait=False), workers("w-cap-2", wait=False)]
+    capped, other = customers("free", "free")
+    for worker in started:
+        worker.wait_serving()
     # The capped user's first job is parked while the rest are queued: a second worker is free.
     capped_jobs = [submit(capped, steps=20, prompt=parking_prompt(scheduler_mesh, "fox", after_step=1))["id"]]
     wait_parked(scheduler_mesh, capped_jobs[0])
@@ -125,12 +118,13 @@ def test_per_user_concurrency_caps(
 
 
 def test_each_worker_gets_jobs_for_its_warm_model(
-    scheduler_mesh: Any, workers: Any, customer: Any, submit: Any, wait_done: Any
+    scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
-    users = [customer("pro") for _ in range(4)]
-    sd = workers("w-sd", preload="tiny-sd")
-    sd_b = workers("w-sd-b", preload="tiny-sd-b")
+    sd = workers("w-sd", preload="tiny-sd", wait=False)
+    sd_b = workers("w-sd-b", preload="tiny-sd-b", wait=False)
+    users = customers("pro", "pro", "pro", "pro")
     for worker in (sd, sd_b):
+        worker.wait_serving()
         worker.signal(signal.SIGSTOP)  # both see the whole queue when they resume
     # Every job parks after its first step, so each worker holds one job at a time and the test
     # chooses when it claims again: an idle worker left alone with only cold jobs takes them

@@ -193,25 +193,3 @@ def stop_mesh(mesh: RunningMesh) -> int:
         return mesh.process.wait(timeout=120)
     finally:
         mesh.output.close()
-
-
-def wait_grpc_serving(
-    port: int, process: subprocess.Popen[bytes], *, within: float = 120, log: str = ""
-) -> None:
-    """Block until the gRPC health service on `port` says SERVING; fail if `process` exits first."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + within
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert process.poll() is None, f"exited with {process.returncode}\n{log()}"
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, f"not SERVING after {within:.0f}s\n{log()}"
-            time.sleep(0.1)
