@@ -10,9 +10,6 @@ import socket
 
 from redis.asyncio import Redis
 
-from gpu_inference.inference import configure_cpu_threads
-from gpu_inference.registry import ModelRegistry
-from gpu_inference.worker import Worker
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
@@ -49,6 +46,12 @@ async def main() -> None:
         settings.database_url, schema=settings.db_schema, pool_size=4, application_name="pingvas-worker"
     )
     await enforce_environment(settings, database, component=f"worker {worker_id}")
+    # torch and diffusers take many seconds to import; only now, so that a worker refused by its
+    # settings or environment says why at once instead of after them (a crash loop, read sooner).
+    from gpu_inference.inference import configure_cpu_threads
+    from gpu_inference.registry import ModelRegistry
+    from gpu_inference.worker import Worker
+
     redis = Redis.from_url(settings.redis_url)
     failpoints = Failpoints(redis, settings.failpoints) if settings.failpoints else None
     object_store = ObjectStoreSettings()
