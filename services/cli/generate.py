@@ -30,7 +30,7 @@ from urllib.parse import urljoin
 import httpx
 
 from services.common.defaults import DEFAULT_HTTP_PORT
-from services.generation.inputs import sniff_format
+from services.generation.image_formats import sniff_format
 from services.generation.lifecycle import EventKind
 
 

@@ -35,25 +35,14 @@ from services.common.storage import (
     ObjectStoreUnavailable,
     S3ImageStore,
 )
+from services.generation.image_formats import CONTENT_TYPES, sniff_format
 from services.generation.repository import GenerationRepository, StoredInput
 
-# What CreateUpload accepts (the contract's rules say the same) and what the bytes must be.
+# What the bytes of an input may be, beside their format (image_formats.py).
 MAX_INPUT_BYTES = 10 * 1024 * 1024
 # The largest side an input may have: the contract's largest image side. Checked from the header
 # before the pixels are decoded, so a small file of a huge, flat image cannot take gigabytes.
 MAX_INPUT_SIDE = 4096
-CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp")
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The allowed format the bytes begin with (its media type), or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 class Undecodable(Exception):
