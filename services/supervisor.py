@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +59,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pingvas.up")
 
 SERVICES = ("user", "billing", "generation", "gallery")
+# The webhook deliverer: no API, so no gateway route; its port serves gRPC health only.
+WEBHOOK_DELIVERER = "webhooks"
+# What cannot start before the models bucket is filled (the workers cannot either).
+READS_MODELS_AT_START = ("generation",)
 
 
 @dataclass
@@ -266,9 +271,15 @@ class Mesh:
         storage_env = {"S3_ENDPOINT_URL": options.s3_endpoint_url} if options.s3_endpoint_url else {}
         if options.s3_endpoint_url is None:
             storage_env = self._start_seaweedfs()
-        self._init_storage(storage_env)
-        if options.env == "dev":
-            self._seed_models(storage_env)
+        # The buckets and, in dev, the models take seconds (two CLI processes; a fresh SeaweedFS
+        # grows its volumes on the first writes). Meanwhile the schema is migrated and the
+        # services that never read the models bucket start; the generation service (whose
+        # catalog lists the bucket's models at start) and the workers wait for it.
+        storage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
+        storage_prepared = storage.submit(
+            self._prepare_storage, storage_env, seed_models=options.env == "dev"
+        )
+        storage.shutdown(wait=False)
 
         log.info("provisioning the roles of schema %s", options.db_schema)
         urls = asyncio.run(
@@ -301,10 +312,10 @@ class Mesh:
             models_dir = Path(os.environ.get("PINGVAS_MODELS_DIR") or self.home / "models")
             if (models_dir / default_model / "model_index.json").exists():
                 common["PINGVAS_PRELOAD_MODELS"] = json.dumps([default_model])
-        ports: dict[str, int] = {}
+        ports = {name: free_port() for name in (*SERVICES, WEBHOOK_DELIVERER)}
         pending: list[tuple[str, int, ManagedProcess]] = []
-        for name in SERVICES:
-            ports[name] = free_port()
+
+        def start_service(name: str) -> None:
             process = ManagedProcess(
                 name,
                 [sys.executable, "-m", f"services.{name}"],
@@ -314,17 +325,13 @@ class Mesh:
                 ),
             )
             pending.append((name, ports[name], self._start(process)))
-        # The webhook deliverer: no API, so no gateway route; its port serves gRPC health only.
-        webhooks_port = free_port()
-        deliverer = ManagedProcess(
-            "webhooks",
-            [sys.executable, "-m", "services.webhooks"],
-            log_path=self.logs / "webhooks.log",
-            env=self._child_env(
-                {**common, "SYSTEM_DATABASE_URL": urls.system, "PINGVAS_PORT": str(webhooks_port)}
-            ),
-        )
-        pending.append(("webhooks", webhooks_port, self._start(deliverer)))
+
+        for name in (*SERVICES, WEBHOOK_DELIVERER):
+            if name not in READS_MODELS_AT_START:
+                start_service(name)
+        storage_prepared.result()
+        for name in READS_MODELS_AT_START:
+            start_service(name)
         for index in range(options.workers):
             name = f"worker-{index + 1}"
             port = free_port()
@@ -435,6 +442,11 @@ class Mesh:
             "PINGVAS_S3_ACCESS_KEY_ID": credentials.access_key_id,
             "PINGVAS_S3_SECRET_ACCESS_KEY": credentials.secret_access_key,
         }
+
+    def _prepare_storage(self, storage_env: dict[str, str], *, seed_models: bool) -> None:
+        self._init_storage(storage_env)
+        if seed_models:
+            self._seed_models(storage_env)
 
     def _init_storage(self, storage_env: dict[str, str]) -> None:
         """`pingvas storage init`, as the operator would run it: safe on every start."""
