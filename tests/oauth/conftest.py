@@ -40,6 +40,8 @@ def oauth_mesh(
         "PINGVAS_OAUTH_DISCORD_CLIENT_SECRET": discord_support.CLIENT_SECRET,
         "PINGVAS_OAUTH_DISCORD_BASE_URL": discord.url,
         "PINGVAS_OAUTH_REDIRECT_URIS": json.dumps([google_support.REDIRECT_URI]),
+        # Sign-in only: nothing here runs a generation, so no worker is started.
+        "PINGVAS_WORKERS": "0",
     }
     with own_mesh("oauth-home", settings) as running:
         yield running

@@ -29,6 +29,8 @@ def rotation_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
         "rotation-home",
         {
             "PINGVAS_JWKS_CACHE_SECONDS": str(CACHE_SECONDS),
+            # Tokens and keys only: nothing here runs a generation, so no worker is started.
+            "PINGVAS_WORKERS": "0",
         },
     ) as running:
         yield running

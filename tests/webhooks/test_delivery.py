@@ -1,8 +1,9 @@
 """Partner webhooks on the real mesh: a generation created with an API key reports its events to
 a local receiver that verifies every request with `standardwebhooks`, as a partner would.
 
-One mesh of its own, for short retry delays and because a test kills the deliverer. Requests are
-sequenced by the receiver's scripts and holds, never by timing.
+On the shared mesh, whose webhook settings (tests/conftest.py) retry at once; one test kills its
+deliverer, which the supervisor restarts. Requests are sequenced by the receiver's scripts and
+holds, never by timing.
 """
 
 from __future__ import annotations
@@ -19,25 +20,10 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from support.accounts import Account, dev_login
 from support.generations import wait_for
-from support.mesh import MeshStarter, RunningMesh
+from support.mesh import RunningMesh
 from support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
-
-WEBHOOK_ENV = {
-    # Retries follow at once, so a test sees several attempts; the claim outlasts the timeout.
-    "PINGVAS_WEBHOOK_RETRY_DELAYS_SECONDS": "[0.2]",
-    "PINGVAS_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
-    "PINGVAS_WEBHOOK_TIMEOUT_SECONDS": "10",
-    "PINGVAS_WEBHOOK_CLAIM_SECONDS": "12",
-    "PINGVAS_RESTART_BACKOFF_INITIAL_SECONDS": "0.2",
-}
-
-
-@pytest.fixture(scope="module")
-def hooks_mesh(own_mesh: MeshStarter) -> Iterator[RunningMesh]:
-    with own_mesh("webhooks-home", WEBHOOK_ENV) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +69,12 @@ def partner(mesh: RunningMesh, receiver: WebhookReceiver, path: str, **key: Any)
 
 
 def test_a_completed_generation_is_delivered_signed_and_filtered(
-    hooks_mesh: RunningMesh, receiver: WebhookReceiver
+    mesh: RunningMesh, receiver: WebhookReceiver
 ) -> None:
     path = f"/done-{uuid.uuid4().hex[:8]}"
-    key, url = partner(hooks_mesh, receiver, path)
+    key, url = partner(mesh, receiver, path)
     assert receiver.secrets[path].startswith("whsec_")
-    created = create_generation(hooks_mesh, key, url=url, events_filter="completed")
+    created = create_generation(mesh, key, url=url, events_filter="completed")
     assert created.status_code == 200, created.text
     generation_id = created.json()["id"]
 
@@ -102,38 +88,38 @@ def test_a_completed_generation_is_delivered_signed_and_filtered(
     image = httpx.get(data["imageUrl"], timeout=30)
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), "a working image URL"
     assert data["image"] == data["name"].replace("/generations/", "/images/")
-    wait_for(lambda: deliveries(hooks_mesh, generation_id)[0]["state"] == "delivered", within=30)
+    wait_for(lambda: deliveries(mesh, generation_id)[0]["state"] == "delivered", within=30)
     # The filter asked for `completed` only: the RUNNING transition recorded no `started`.
-    (row,) = deliveries(hooks_mesh, generation_id)
+    (row,) = deliveries(mesh, generation_id)
     assert (row["event"], row["attempts"], row["last_status"]) == ("completed", 1, 200)
     assert request.webhook_id == f"msg_{uuid.UUID(str(row['id'])).hex}"
 
 
 def test_a_keys_default_webhook_reports_started_then_completed(
-    hooks_mesh: RunningMesh, receiver: WebhookReceiver
+    mesh: RunningMesh, receiver: WebhookReceiver
 ) -> None:
     path = f"/default-{uuid.uuid4().hex[:8]}"
     url = receiver.url(path)
-    owner = dev_login(hooks_mesh.gateway_url, "partner")
-    created_key = create_key(hooks_mesh, owner, defaultWebhookUrl=url)
+    owner = dev_login(mesh.gateway_url, "partner")
+    created_key = create_key(mesh, owner, defaultWebhookUrl=url)
     assert created_key["apiKey"]["defaultWebhookUrl"] == url
-    (stored,) = hooks_mesh.sql(
+    (stored,) = mesh.sql(
         "SELECT webhook_signing_secret FROM api_keys WHERE id = %s", created_key["apiKey"]["id"]
     )
     signing_secret = created_key["webhookSigningSecret"]
     assert signing_secret.removeprefix("whsec_") not in stored["webhook_signing_secret"], "stored sealed"
     receiver.secrets[path] = created_key["webhookSigningSecret"]
-    created = create_generation(hooks_mesh, created_key["secret"])
+    created = create_generation(mesh, created_key["secret"])
     assert created.status_code == 200, created.text
     generation_id = created.json()["id"]
 
     def both_delivered() -> bool:
         # One read of the outbox: two reads could see `started` alone delivered, then the
         # `completed` row just inserted and not yet sent.
-        rows = deliveries(hooks_mesh, generation_id)
+        rows = deliveries(mesh, generation_id)
         return len(rows) == 2 and all(row["state"] == "delivered" for row in rows)
 
-    wait_for(both_delivered, within=60, message=str(deliveries(hooks_mesh, generation_id)))
+    wait_for(both_delivered, within=60, message=str(deliveries(mesh, generation_id)))
     requests = receiver.received(path)
     assert sorted(request.verified["type"] for request in requests) == [
         "generation.completed",
@@ -145,12 +131,12 @@ def test_a_keys_default_webhook_reports_started_then_completed(
 
 
 def test_a_delivery_answered_500_is_retried_under_the_same_webhook_id(
-    hooks_mesh: RunningMesh, receiver: WebhookReceiver
+    mesh: RunningMesh, receiver: WebhookReceiver
 ) -> None:
     path = f"/flaky-{uuid.uuid4().hex[:8]}"
-    key, url = partner(hooks_mesh, receiver, path)
+    key, url = partner(mesh, receiver, path)
     receiver.script(path, 500, 503)
-    created = create_generation(hooks_mesh, key, url=url, events_filter="completed")
+    created = create_generation(mesh, key, url=url, events_filter="completed")
     assert created.status_code == 200, created.text
     generation_id = created.json()["id"]
 
@@ -158,8 +144,8 @@ def test_a_delivery_answered_500_is_retried_under_the_same_webhook_id(
     assert [request.answered for request in requests] == [500, 503, 200]
     assert len({request.webhook_id for request in requests}) == 1, "one id across retries"
     assert all(request.verified is not None for request in requests), "each attempt signed afresh"
-    wait_for(lambda: deliveries(hooks_mesh, generation_id)[0]["state"] == "delivered", within=30)
-    (row,) = deliveries(hooks_mesh, generation_id)
+    wait_for(lambda: deliveries(mesh, generation_id)[0]["state"] == "delivered", within=30)
+    (row,) = deliveries(mesh, generation_id)
     assert (row["attempts"], row["last_status"]) == (3, 200)
 
 
@@ -173,26 +159,26 @@ def deliverer(mesh: RunningMesh) -> psutil.Process:
 
 
 def test_a_deliverer_killed_mid_retry_is_restarted_and_the_delivery_arrives_once(
-    hooks_mesh: RunningMesh, receiver: WebhookReceiver
+    mesh: RunningMesh, receiver: WebhookReceiver
 ) -> None:
     path = f"/restart-{uuid.uuid4().hex[:8]}"
-    key, url = partner(hooks_mesh, receiver, path)
+    key, url = partner(mesh, receiver, path)
     held = threading.Event()
     # The first attempt fails; the retry is held unanswered while the deliverer is killed.
     receiver.script(path, 500, held)
-    created = create_generation(hooks_mesh, key, url=url, events_filter="completed")
+    created = create_generation(mesh, key, url=url, events_filter="completed")
     assert created.status_code == 200, created.text
     generation_id = created.json()["id"]
 
     receiver.wait_for(path, 2)
-    old = deliverer(hooks_mesh)
+    old = deliverer(mesh)
     old.kill()
     old.wait(timeout=30)
     held.set()
 
     def restarted() -> bool:
         try:
-            return deliverer(hooks_mesh).pid != old.pid
+            return deliverer(mesh).pid != old.pid
         except (ValueError, psutil.Error):
             return False
 
@@ -201,31 +187,31 @@ def test_a_deliverer_killed_mid_retry_is_restarted_and_the_delivery_arrives_once
     requests = receiver.wait_for(path, 3)
     assert [request.answered for request in requests] == [500, 0, 200]
     assert len({request.webhook_id for request in requests}) == 1
-    wait_for(lambda: deliveries(hooks_mesh, generation_id)[0]["state"] == "delivered", within=30)
-    (row,) = deliveries(hooks_mesh, generation_id)
+    wait_for(lambda: deliveries(mesh, generation_id)[0]["state"] == "delivered", within=30)
+    (row,) = deliveries(mesh, generation_id)
     assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 3, 200)
-    assert "webhooks exited (killed by SIGKILL); restarting in" in (hooks_mesh.home / "up.out").read_text()
+    assert "webhooks exited (killed by SIGKILL); restarting in" in (mesh.home / "up.out").read_text()
 
 
-def test_bad_webhooks_are_invalid_arguments_naming_the_field(hooks_mesh: RunningMesh) -> None:
-    owner = dev_login(hooks_mesh.gateway_url, "partner")
+def test_bad_webhooks_are_invalid_arguments_naming_the_field(mesh: RunningMesh) -> None:
+    owner = dev_login(mesh.gateway_url, "partner")
     # An access token has no signing secret: a webhook needs an API key.
-    refused = create_generation(hooks_mesh, owner.token, url="https://partner.example/hook")
+    refused = create_generation(mesh, owner.token, url="https://partner.example/hook")
     assert refused.status_code == 400, refused.text
     assert "webhook.url" in refused.text and "API key" in refused.text
-    key = create_key(hooks_mesh, owner)["secret"]
+    key = create_key(mesh, owner)["secret"]
     for url, problem in (
         ("https://user:pw@partner.example/hook", "must not carry credentials"),
         ("ftp://partner.example/hook", "must be an http or https URL"),
         ("http://10.0.0.1/hook", "must not point at a loopback, private"),
     ):
-        refused = create_generation(hooks_mesh, key, url=url)
+        refused = create_generation(mesh, key, url=url)
         assert refused.status_code == 400, refused.text
         assert "webhook.url" in refused.text and problem in refused.text, refused.text
-    refused = create_generation(hooks_mesh, key, url="https://partner.example/hook", events_filter="output")
+    refused = create_generation(mesh, key, url="https://partner.example/hook", events_filter="output")
     assert refused.status_code == 400 and "webhook.events_filter" in refused.text, refused.text
     bad_key = httpx.post(
-        f"{hooks_mesh.gateway_url}/api/v1/apikeys",
+        f"{mesh.gateway_url}/api/v1/apikeys",
         json={"displayName": "p", "scopes": ["generate"], "defaultWebhookUrl": "gopher://x/"},
         headers=owner.headers,
         timeout=30,
@@ -234,14 +220,14 @@ def test_bad_webhooks_are_invalid_arguments_naming_the_field(hooks_mesh: Running
 
 
 def test_a_rotated_signing_secret_signs_what_is_sent_after_it(
-    hooks_mesh: RunningMesh, receiver: WebhookReceiver
+    mesh: RunningMesh, receiver: WebhookReceiver
 ) -> None:
     path = f"/rotated-{uuid.uuid4().hex[:8]}"
-    owner = dev_login(hooks_mesh.gateway_url, "partner")
-    created_key = create_key(hooks_mesh, owner, defaultWebhookUrl=receiver.url(path))
+    owner = dev_login(mesh.gateway_url, "partner")
+    created_key = create_key(mesh, owner, defaultWebhookUrl=receiver.url(path))
     old_secret = created_key["webhookSigningSecret"]
     rotated = httpx.post(
-        f"{hooks_mesh.gateway_url}/api/v1/{created_key['apiKey']['name']}:rotateWebhookSecret",
+        f"{mesh.gateway_url}/api/v1/{created_key['apiKey']['name']}:rotateWebhookSecret",
         json={},
         headers=owner.headers,
         timeout=30,
@@ -252,14 +238,14 @@ def test_a_rotated_signing_secret_signs_what_is_sent_after_it(
     receiver.secrets[path] = new_secret
     # The key itself cannot rotate its secret: only its owner's access token manages keys.
     refused = httpx.post(
-        f"{hooks_mesh.gateway_url}/api/v1/{created_key['apiKey']['name']}:rotateWebhookSecret",
+        f"{mesh.gateway_url}/api/v1/{created_key['apiKey']['name']}:rotateWebhookSecret",
         json={},
         headers={"authorization": f"Bearer {created_key['secret']}"},
         timeout=30,
     )
     assert refused.status_code == 403, refused.text
 
-    created = create_generation(hooks_mesh, created_key["secret"])
+    created = create_generation(mesh, created_key["secret"])
     assert created.status_code == 200, created.text
     requests = receiver.wait_for(path, 2)
     assert all(request.verified is not None for request in requests), "signed with the new secret"
