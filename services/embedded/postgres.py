@@ -12,11 +12,10 @@ import pwd
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 from services.common.defaults import EMBEDDED_POSTGRES_CLUSTER_NAME
-from services.embedded.process import ManagedProcess
+from services.embedded.process import ManagedProcess, wait_until
 
 
 def _postgres_bin_dir() -> Path:
@@ -168,20 +167,13 @@ class EmbeddedPostgres:
         return self.process
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process is not None
-            if self.process.exit_code() is not None:
-                raise RuntimeError(f"postgres exited:\n{self.process.log_tail()}")
-            probe = subprocess.run(
-                [str(POSTGRES_BIN_PATH / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
-                check=False,
-            )
-            if probe.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"postgres not ready after {timeout:.0f}s:\n{self.process.log_tail()}")
-            time.sleep(0.1)
+        assert self.process is not None and self.process.popen is not None
+
+        def accepts_connections() -> bool:
+            probe = [str(POSTGRES_BIN_PATH / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"]
+            return subprocess.run(probe, check=False).returncode == 0
+
+        wait_until("postgres", self.process.popen, timeout, accepts_connections, self.process.log_tail)
         self._ensure_database()
 
     def _ensure_database(self) -> None:

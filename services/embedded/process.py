@@ -94,6 +94,26 @@ def wait_for_port(
 _PROBE_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250))
 
 
+def wait_until(
+    name: str,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    ready: Callable[[], bool],
+    log_tail: Callable[[], str] = str,
+    *,
+    state: str = "ready",
+) -> None:
+    """Ask `ready()` every 100 ms until it says yes; fail with `log_tail()` if `process` exits
+    first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not {state} after {timeout:.0f}s:\n{log_tail()}")
+        time.sleep(0.1)
+
+
 def wait_grpc_serving(
     name: str,
     port: int,
@@ -106,21 +126,17 @@ def wait_grpc_serving(
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=_PROBE_CHANNEL_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail()}")
+
+        def serving() -> bool:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s:\n{log_tail()}")
-            time.sleep(0.1)
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        wait_until(name, process, timeout, serving, log_tail, state="SERVING")
 
 
 class ManagedProcess:

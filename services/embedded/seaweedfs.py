@@ -21,14 +21,13 @@ import json
 import os
 import signal
 import sysconfig
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import httpx
 
-from services.embedded.process import ManagedProcess, free_port, wait_for_port
+from services.embedded.process import ManagedProcess, free_port, wait_for_port, wait_until
 
 
 def weed_executable() -> Path:
@@ -158,17 +157,12 @@ class EmbeddedSeaweedFS:
         """Until the S3 gateway answers and its filer takes writes: an unsigned request is refused
         (403) once the gateway has loaded its identities."""
         assert self.process is not None and self.process.popen is not None
-        deadline = time.monotonic() + timeout
         wait_for_port("127.0.0.1", self.ports.filer, timeout, self.process.popen)
-        while True:
-            if self.process.exit_code() is not None:
-                raise RuntimeError(f"seaweedfs exited:\n{self.process.log_tail()}")
+
+        def refuses_unsigned_requests() -> bool:
             try:
-                reply = httpx.get(f"{self.url}/", timeout=1.0)
-                if reply.status_code == 403:
-                    return
+                return httpx.get(f"{self.url}/", timeout=1.0).status_code == 403
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"seaweedfs not ready after {timeout:.0f}s:\n{self.process.log_tail()}")
-            time.sleep(0.1)
+                return False
+
+        wait_until("seaweedfs", self.process.popen, timeout, refuses_unsigned_requests, self.process.log_tail)
