@@ -372,7 +372,7 @@ class Mesh:
             wait_grpc_serving(name, port, process.popen, 180, process.log_tail)
             log.info("%s SERVING on 127.0.0.1:%d", name, port)
         assert console.popen is not None
-        wait_for_port("127.0.0.1", console_port, 30, console.popen)
+        wait_for_port(CONSOLE_BACKEND, "127.0.0.1", console_port, 30, console.popen, console.log_tail)
         log.info("console serving on 127.0.0.1:%d", console_port)
 
         config = write_envoy_config(
@@ -405,7 +405,7 @@ class Mesh:
             )
         )
         assert envoy.popen is not None
-        wait_for_port(options.http_host, options.http_port, 30, envoy.popen)
+        wait_for_port("envoy", options.http_host, options.http_port, 30, envoy.popen, envoy.log_tail)
         write_private(
             runtime_file(self.home),
             json.dumps(

@@ -73,25 +73,8 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
-def wait_for_port(
-    host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process {process.args!r} exited with {process.returncode} before listening")
-        with socket.socket() as probe:
-            probe.settimeout(0.2)
-            if probe.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
-
-
-# A server that is still starting refuses connections, and a gRPC channel then waits out its
-# reconnect backoff (1 s, growing 1.6 times per attempt up to 2 minutes) before trying again: a
-# probe on a default channel saw a worker serving 3.7 s after it did. Retry every 250 ms instead.
-_PROBE_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250))
+def _no_log() -> str:
+    return ""
 
 
 def wait_until(
@@ -99,7 +82,7 @@ def wait_until(
     process: subprocess.Popen[bytes],
     timeout: float,
     ready: Callable[[], bool],
-    log_tail: Callable[[], str] = str,
+    log_tail: Callable[[], str] = _no_log,
     *,
     state: str = "ready",
 ) -> None:
@@ -114,12 +97,36 @@ def wait_until(
         time.sleep(0.1)
 
 
+def wait_for_port(
+    name: str,
+    host: str,
+    port: int,
+    timeout: float,
+    process: subprocess.Popen[bytes],
+    log_tail: Callable[[], str] = _no_log,
+) -> None:
+    """Block until something accepts connections on `host`:`port`, as `wait_until` does."""
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(0.2)
+            return probe.connect_ex((host, port)) == 0
+
+    wait_until(name, process, timeout, listening, log_tail, state=f"listening on {host}:{port}")
+
+
+# A server that is still starting refuses connections, and a gRPC channel then waits out its
+# reconnect backoff (1 s, growing 1.6 times per attempt up to 2 minutes) before trying again: a
+# probe on a default channel saw a worker serving 3.7 s after it did. Retry every 250 ms instead.
+_PROBE_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250))
+
+
 def wait_grpc_serving(
     name: str,
     port: int,
     process: subprocess.Popen[bytes],
     timeout: float,
-    log_tail: Callable[[], str] = str,
+    log_tail: Callable[[], str] = _no_log,
 ) -> None:
     """Block until the standard gRPC health service of `name` on 127.0.0.1:`port` reports
     SERVING; fail with `log_tail()` if `process` exits first or `timeout` passes."""

@@ -48,4 +48,4 @@ class EmbeddedRedis:
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         assert self.process is not None and self.process.popen is not None
-        wait_for_port("127.0.0.1", self.port, timeout, self.process.popen)
+        wait_for_port("redis", "127.0.0.1", self.port, timeout, self.process.popen, self.process.log_tail)

@@ -157,7 +157,9 @@ class EmbeddedSeaweedFS:
         """Until the S3 gateway answers and its filer takes writes: an unsigned request is refused
         (403) once the gateway has loaded its identities."""
         assert self.process is not None and self.process.popen is not None
-        wait_for_port("127.0.0.1", self.ports.filer, timeout, self.process.popen)
+        wait_for_port(
+            "seaweedfs", "127.0.0.1", self.ports.filer, timeout, self.process.popen, self.process.log_tail
+        )
 
         def refuses_unsigned_requests() -> bool:
             try:
