@@ -50,7 +50,13 @@ import limits
 from gateway.envoy import EdgeLimits, TokenBucket, Upstream
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
-from services.embedded.process import ManagedProcess, free_port, wait_for_port, wait_grpc_serving
+from services.embedded.process import (
+    ManagedProcess,
+    free_port,
+    reserve_port,
+    wait_for_port,
+    wait_grpc_serving,
+)
 from services.generation.catalog import read_model
 
 if TYPE_CHECKING:
@@ -251,6 +257,7 @@ class Mesh:
             raise RuntimeError("PINGVAS_POSTGRES_FSYNC=off is for tests; PINGVAS_ENV=prod refuses it")
         self.home.mkdir(parents=True, exist_ok=True)
         ensure_port_free(options.http_host, options.http_port)
+        reserve_port(options.http_port)
         passwords = load_or_create_database_passwords(self.home)
         admin_url = options.admin_database_url
         if admin_url is None:

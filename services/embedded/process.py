@@ -49,6 +49,13 @@ def _ephemeral_floor() -> int:
 _handed_out: set[int] = set()
 
 
+def reserve_port(port: int) -> None:
+    """Keep free_port from handing out `port`, which this process binds later: the gateway's
+    port, chosen by the operator, is bound by Envoy only after every other component has
+    started, and a child given the same port took it first (Envoy: "Address already in use")."""
+    _handed_out.add(port)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now and that this process has not handed out before, for a
     child process to bind."""

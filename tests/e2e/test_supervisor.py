@@ -21,6 +21,8 @@ import psutil
 import pytest
 from support.mesh import free_port
 
+from services.embedded import process as embedded_process
+from services.embedded.process import reserve_port
 from services.supervisor import ensure_port_free
 
 pytestmark = pytest.mark.integration
@@ -162,6 +164,17 @@ def test_free_ports_are_never_handed_out_twice_before_anything_binds_them() -> N
     about a hundred times if each pick were only probed."""
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_the_gateway_port_is_never_handed_to_another_component(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator (or a test) picks the gateway's port; the supervisor binds it last, through
+    Envoy, so its own picks for the components must leave it alone even while nothing holds it."""
+    gateway = free_port()  # chosen in another process: the supervisor's record starts empty
+    monkeypatch.setattr(embedded_process, "_handed_out", set())
+    reserve_port(gateway)
+    monkeypatch.setattr(embedded_process.random, "randrange", lambda *_: gateway)  # every random pick hits it
+
+    assert free_port() != gateway
 
 
 def test_the_gateway_port_check_refuses_a_listener_but_not_time_wait() -> None:
