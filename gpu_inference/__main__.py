@@ -34,6 +34,8 @@ from services.generation.runs import Runs
 
 log = logging.getLogger("gpu_inference")
 
+PINNED_MODELS_WAIT_SECONDS = 900.0
+
 
 async def main() -> None:
     settings = load_settings(WorkerSettings)
@@ -126,6 +128,10 @@ async def main() -> None:
         background=[worker.run],
         drain_seconds=settings.shutdown_grace_seconds,
         cleanup=[database.close, redis.aclose, close_images, close_models, telemetry.shutdown],
+        # Pinned models may still be on their way into the models bucket (`pingvas up` fills it
+        # while the workers start; an operator pushes production's): a worker waits for them
+        # NOT_SERVING, as long as a first push of real weights can take, rather than exit.
+        ready_within_seconds=PINNED_MODELS_WAIT_SECONDS,
     )
 
 

@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from gateway.envoy import EdgeLimits, TokenBucket, Upstream
 from services.common.defaults import DEFAULT_DB_SCHEMA, DEFAULT_HTTP_PORT, DEFAULT_MODEL
 from services.common.settings import GatewaySettings, JwksSettings, RateLimitSettings, SupervisorSettings
 from services.embedded.process import (
+    EmbeddedServer,
     ManagedProcess,
     free_port,
     reserve_port,
@@ -60,14 +62,15 @@ from services.embedded.process import (
 from services.generation.catalog import read_model
 
 if TYPE_CHECKING:
-    from services.embedded.seaweedfs import S3Credentials
+    from services.embedded.seaweedfs import EmbeddedSeaweedFS, S3Credentials
 
 log = logging.getLogger("pingvas.up")
 
 SERVICES = ("user", "billing", "generation", "gallery")
 # The webhook deliverer: no API, so no gateway route; its port serves gRPC health only.
 WEBHOOK_DELIVERER = "webhooks"
-# What cannot start before the models bucket is filled (the workers cannot either).
+# What cannot start before the models bucket is filled: the generation service lists the
+# bucket's models once at start (ListModels answers from that list).
 READS_MODELS_AT_START = ("generation",)
 
 
@@ -161,6 +164,15 @@ def load_or_create_s3_credentials(home: Path) -> S3Credentials:
     )
     write_private(path, json.dumps(dataclasses.asdict(credentials)))
     return credentials
+
+
+def seaweedfs_env(seaweedfs: EmbeddedSeaweedFS) -> dict[str, str]:
+    """The settings that point every process at the embedded SeaweedFS."""
+    return {
+        "S3_ENDPOINT_URL": seaweedfs.url,
+        "PINGVAS_S3_ACCESS_KEY_ID": seaweedfs.credentials.access_key_id,
+        "PINGVAS_S3_SECRET_ACCESS_KEY": seaweedfs.credentials.secret_access_key,
+    }
 
 
 DATABASE_PASSWORDS = ("superuser", "owner", "app", "system")
@@ -259,6 +271,19 @@ class Mesh:
         ensure_port_free(options.http_host, options.http_port)
         reserve_port(options.http_port)
         passwords = load_or_create_database_passwords(self.home)
+        # The embedded servers start together, SeaweedFS (the slowest to come up) first, so
+        # that PostgreSQL's initdb runs while it boots; then each is waited for.
+        embedded: list[EmbeddedServer] = []
+        storage_env = {"S3_ENDPOINT_URL": options.s3_endpoint_url} if options.s3_endpoint_url else {}
+        if options.s3_endpoint_url is None:
+            seaweedfs = self._seaweedfs()
+            embedded.append(seaweedfs)
+            storage_env = seaweedfs_env(seaweedfs)
+        redis_url = options.redis_url
+        if redis_url is None:
+            redis = EmbeddedRedis(self.home / "redis", free_port(), self.logs)
+            embedded.append(redis)
+            redis_url = redis.url
         admin_url = options.admin_database_url
         if admin_url is None:
             postgres = EmbeddedPostgres(
@@ -268,20 +293,13 @@ class Mesh:
                 superuser_password=passwords["superuser"],
                 fsync=options.supervision.postgres_fsync,
             )
-            self._start_infrastructure(postgres)
+            embedded.append(postgres)
             admin_url = postgres.url
-        redis_url = options.redis_url
-        if redis_url is None:
-            redis = EmbeddedRedis(self.home / "redis", free_port(), self.logs)
-            self._start_infrastructure(redis)
-            redis_url = redis.url
-        storage_env = {"S3_ENDPOINT_URL": options.s3_endpoint_url} if options.s3_endpoint_url else {}
-        if options.s3_endpoint_url is None:
-            storage_env = self._start_seaweedfs()
+        self._start_infrastructure(embedded)
         # The buckets and, in dev, the models take seconds (two CLI processes; a fresh SeaweedFS
         # grows its volumes on the first writes). Meanwhile the schema is migrated and the
-        # services that never read the models bucket start; the generation service (whose
-        # catalog lists the bucket's models at start) and the workers wait for it.
+        # workers and the services that never read the models bucket start; the generation
+        # service (whose catalog lists the bucket's models at start) waits for it.
         storage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
         storage_prepared = storage.submit(
             self._prepare_storage, storage_env, seed_models=options.env == "dev"
@@ -333,12 +351,8 @@ class Mesh:
             )
             pending.append((name, ports[name], self._start(process)))
 
-        for name in (*SERVICES, WEBHOOK_DELIVERER):
-            if name not in READS_MODELS_AT_START:
-                start_service(name)
-        storage_prepared.result()
-        for name in READS_MODELS_AT_START:
-            start_service(name)
+        # The workers first: torch and diffusers take them the longest to import. A worker that
+        # is up before the models bucket is filled waits NOT_SERVING for its pinned models.
         for index in range(options.workers):
             name = f"worker-{index + 1}"
             port = free_port()
@@ -355,6 +369,12 @@ class Mesh:
                 stop_timeout=100,
             )
             pending.append((name, port, self._start(process)))
+        for name in (*SERVICES, WEBHOOK_DELIVERER):
+            if name not in READS_MODELS_AT_START:
+                start_service(name)
+        storage_prepared.result()
+        for name in READS_MODELS_AT_START:
+            start_service(name)
         console_port = free_port()
         console = self._start(
             ManagedProcess(
@@ -437,18 +457,11 @@ class Mesh:
         log.info("gateway listening on %s (gRPC, gRPC-Web, REST and the web console)", public_url)
         print(f"Pingvas is up: {public_url}  (logs in {self.logs})", flush=True)
 
-    def _start_seaweedfs(self) -> dict[str, str]:
-        """Embedded SeaweedFS; returns the settings that point every process at it."""
+    def _seaweedfs(self) -> EmbeddedSeaweedFS:
         from services.embedded.seaweedfs import EmbeddedSeaweedFS, SeaweedPorts
 
         credentials = load_or_create_s3_credentials(self.home)
-        seaweedfs = EmbeddedSeaweedFS(self.home / "seaweedfs", SeaweedPorts.free(), self.logs, credentials)
-        self._start_infrastructure(seaweedfs)
-        return {
-            "S3_ENDPOINT_URL": seaweedfs.url,
-            "PINGVAS_S3_ACCESS_KEY_ID": credentials.access_key_id,
-            "PINGVAS_S3_SECRET_ACCESS_KEY": credentials.secret_access_key,
-        }
+        return EmbeddedSeaweedFS(self.home / "seaweedfs", SeaweedPorts.free(), self.logs, credentials)
 
     def _prepare_storage(self, storage_env: dict[str, str], *, seed_models: bool) -> None:
         self._init_storage(storage_env)
@@ -497,11 +510,13 @@ class Mesh:
         for line in result.stdout.splitlines():
             log.info("models push: %s", line)
 
-    def _start_infrastructure(self, server: object) -> None:
-        process = server.start()  # type: ignore[attr-defined]
-        self.processes.append(process)
-        server.wait_ready()  # type: ignore[attr-defined]
-        log.info("%s ready at %s", process.name, without_password(server.url))  # type: ignore[attr-defined]
+    def _start_infrastructure(self, servers: Sequence[EmbeddedServer]) -> None:
+        """Start every server, then wait until each is ready."""
+        started = [server.start() for server in servers]
+        self.processes.extend(started)
+        for server, process in zip(servers, started, strict=True):
+            server.wait_ready()
+            log.info("%s ready at %s", process.name, without_password(server.url))
 
     def watch(self) -> int:
         """Block until a signal asks to stop (exit 0) or a component crashes in a loop (exit 1),

@@ -179,9 +179,10 @@ async def serve_until_terminated(
     background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     drain_seconds: float | None = None,
     cleanup: Sequence[Callable[[], Awaitable[None]]] = (),
+    ready_within_seconds: float = 60.0,
 ) -> None:
-    """Start, turn SERVING once `ready` passes (settling the garbage collector on what start-up
-    built), and run the background loops until SIGTERM.
+    """Start, turn SERVING once `ready` passes (retried for `ready_within_seconds`, settling the
+    garbage collector on what start-up built), and run the background loops until SIGTERM.
 
     On SIGTERM: NOT_SERVING first (so load balancers and probes stop sending work), then the
     background loops get `drain_seconds` to finish what they hold (they watch the event), then
@@ -189,7 +190,7 @@ async def serve_until_terminated(
     """
     stop = termination_event()
     await server.start()
-    await wait_until_ready(ready, "dependencies")
+    await wait_until_ready(ready, "dependencies", within_seconds=ready_within_seconds)
     settle_garbage_collector()
     await server.mark_serving()
     tasks = [asyncio.create_task(loop(stop)) for loop in background]

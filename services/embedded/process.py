@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +241,15 @@ class ManagedProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+class EmbeddedServer(Protocol):
+    """A server that `pingvas up` (or a test) runs itself when none is configured: PostgreSQL,
+    Redis, SeaweedFS."""
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> ManagedProcess: ...
+
+    def wait_ready(self) -> None: ...
