@@ -1,4 +1,4 @@
-"""The real mesh, once per test session: `pingvas up` in a temporary PINGVAS_HOME.
+"""The real mesh, once per test process: `pingvas up` in a temporary PINGVAS_HOME.
 
 Everything runs for real: embedded PostgreSQL 16, Redis 6.2 and SeaweedFS (S3), the four
 services, a GPU worker on the tiny SD model, and Envoy. Tests reach it the ways users do (REST,
@@ -28,8 +28,40 @@ from support.mesh import (
     start_mesh,
     stop_mesh,
 )
+from xdist.scheduler import LoadScopeScheduling
+
+from services.embedded.process import LISTEN_PORTS_ENV, listen_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The suite runs in two processes (pytest-xdist: `-n 2` in pyproject.toml), as a test waiting on
+# the mesh leaves a core idle. A test module's tests run in one process, and so do whole packages
+# whose fixtures outlive a module (their meshes, built pipelines, rendered charts): split up, each
+# process would build them again.
+WHOLE_PACKAGES = frozenset({"deploy", "inference", "limits", "oauth", "scheduler", "web"})
+
+
+class ModuleOrPackageScheduling(LoadScopeScheduling):
+    """xdist's per-module scheduling, with WHOLE_PACKAGES kept whole."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]  # tests/<package>/test_<name>.py
+        package = module.split("/")[1]
+        return package if package in WHOLE_PACKAGES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ModuleOrPackageScheduling:
+    return ModuleOrPackageScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Each process's meshes pick their ports from a share of the range of its own.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is not None:
+        ports, count = listen_ports(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+        share, index = len(ports) // count, int(worker.removeprefix("gw"))
+        os.environ[LISTEN_PORTS_ENV] = f"{ports.start + index * share}-{ports.start + (index + 1) * share}"
 
 
 @pytest.fixture(scope="session")

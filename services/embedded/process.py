@@ -35,11 +35,27 @@ _LISTEN_PORTS_FLOOR = 15000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
+# "LOW-HIGH" (HIGH excluded): the part of that range free_port picks from in this process and the
+# processes it starts. Meshes started side by side by separate processes (a test run split over
+# several) each get a part of their own, as free_port's record of what it handed out is only
+# its own process's.
+LISTEN_PORTS_ENV = "PINGVAS_LISTEN_PORTS"
+
+
 def _ephemeral_floor() -> int:
     try:
         return int(_EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768  # Linux's default.
+
+
+def listen_ports() -> range:
+    """The ports free_port picks from: PINGVAS_LISTEN_PORTS, else all below the ephemeral range."""
+    configured = os.environ.get(LISTEN_PORTS_ENV)
+    if not configured:
+        return range(_LISTEN_PORTS_FLOOR, _ephemeral_floor())
+    low, _, high = configured.partition("-")
+    return range(int(low), int(high))
 
 
 # Every port free_port has returned in this process. A mesh picks several ports (SeaweedFS's
@@ -59,18 +75,14 @@ def reserve_port(port: int) -> None:
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now and that this process has not handed out before, for a
     child process to bind."""
-    ceiling = _ephemeral_floor()
-    for _ in range(200) if ceiling - _LISTEN_PORTS_FLOOR > 1000 else ():
-        port = random.randrange(_LISTEN_PORTS_FLOOR, ceiling)
-        if port in _handed_out:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+    ports = listen_ports()
+    for port in random.sample(ports, min(len(ports), 200)):
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    if os.environ.get(LISTEN_PORTS_ENV):
+        raise RuntimeError(f"no free port left in {LISTEN_PORTS_ENV}={os.environ[LISTEN_PORTS_ENV]}")
+    # The machine's ephemeral range leaves (almost) nothing below it: let the kernel choose.
     while True:
         with socket.socket() as probe:
             probe.bind((host, 0))
@@ -78,6 +90,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _no_log() -> str:

@@ -22,7 +22,7 @@ import pytest
 from support.mesh import free_port
 
 from services.embedded import process as embedded_process
-from services.embedded.process import reserve_port
+from services.embedded.process import LISTEN_PORTS_ENV, reserve_port
 from services.supervisor import ensure_port_free
 
 pytestmark = pytest.mark.integration
@@ -172,9 +172,23 @@ def test_the_gateway_port_is_never_handed_to_another_component(monkeypatch: pyte
     gateway = free_port()  # chosen in another process: the supervisor's record starts empty
     monkeypatch.setattr(embedded_process, "_handed_out", set())
     reserve_port(gateway)
-    monkeypatch.setattr(embedded_process.random, "randrange", lambda *_: gateway)  # every random pick hits it
+    # Every random pick hits it; then the kernel chooses.
+    monkeypatch.setattr(embedded_process.random, "sample", lambda _ports, picks: [gateway] * picks)
+    monkeypatch.delenv(LISTEN_PORTS_ENV, raising=False)
 
     assert free_port() != gateway
+
+
+def test_ports_are_picked_only_from_the_listen_ports_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes that start meshes side by side (the test run's) each pick from a range of their
+    own, as none can see what another picked and has not bound yet."""
+    low = free_port()
+    monkeypatch.setattr(embedded_process, "_handed_out", set())
+    monkeypatch.setenv(LISTEN_PORTS_ENV, f"{low}-{low + 1}")
+
+    assert free_port() == low
+    with pytest.raises(RuntimeError, match="no free port left"):
+        free_port()
 
 
 def test_the_gateway_port_check_refuses_a_listener_but_not_time_wait() -> None:
