@@ -93,8 +93,13 @@ class GenerationWatch:
         record = await self.watching.generations.get(self.user_id, self.generation_id)
         self.record = record
         if record.is_terminal:
-            # A watch that opens on a finished job gets its terminal event alone.
-            yield await self._terminal_event(record, last_sequence=0)
+            # A watch that opens on a finished job gets its terminal event alone. One that
+            # resumes (its stream was cut) first gets the events it missed that the log still
+            # holds: the same events whether the job ended before it came back or after.
+            if self.last_sequence:
+                for event in await self._rest_of_log(after_stream_id="0-0"):
+                    yield event
+            yield await self._terminal_event(record, self.last_sequence)
             return
         async with self.watching.hub.subscribe(
             record.id, user_id=record.user_id, tier=record.tier, queued=record.state == GenerationState.QUEUED
@@ -112,7 +117,7 @@ class GenerationWatch:
                     yield again
                 ended = subscription.followed.ended
                 if ended is not None:
-                    for event in await self._rest_of_log(subscription):
+                    for event in await self._rest_of_log(subscription.stream_id):
                         yield event
                     yield await self._terminal_event(ended, self.last_sequence)
                     return
@@ -174,12 +179,12 @@ class GenerationWatch:
             queued=resources.GenerationQueued(position=self.last_position or 0),
         )
 
-    async def _rest_of_log(self, subscription: Subscription) -> list[pb.WatchGenerationResponse]:
-        """The non-terminal events still in the log that this watcher has not had, without
-        waiting: the job is over, nothing more will come."""
+    async def _rest_of_log(self, after_stream_id: str) -> list[pb.WatchGenerationResponse]:
+        """The non-terminal events still in the log after `after_stream_id` that this watcher
+        has not had, without waiting: the job is over, nothing more will come."""
         rest = []
         stored_events: list[StoredEvent] = await self.watching.hub.events.read_all(
-            self.generation_id, subscription.stream_id
+            self.generation_id, after_stream_id
         )
         for stored in stored_events:
             if stored.event.sequence > self.last_sequence and not is_terminal(stored.event):

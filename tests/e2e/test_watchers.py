@@ -62,6 +62,28 @@ def test_a_finished_generation_streams_only_its_terminal_event(new_account: Any,
     assert events[0]["succeeded"]["imageUrl"].startswith("http")
 
 
+def test_a_watcher_resuming_after_its_job_finished_gets_the_events_it_missed(
+    new_account: Any, rest: httpx.Client
+) -> None:
+    """A stream cut after `started` and reopened once the job is over: what followed `started`
+    is still in the log, and the resumed watch gets all of it, as it would had the job still
+    been running when it came back."""
+    account = new_account("resume-late")
+    created = rest.post(
+        "/api/v1/generation/create", json={**REQUEST, "steps": 4}, headers=account.headers
+    ).json()
+    wait_for_state(rest, account, created["id"], "SUCCEEDED")
+
+    resumed = watch(rest, account, created["id"], afterSequence=2)  # queued 1, started 2
+    assert [(kind(e), int(e["sequence"])) for e in resumed] == [
+        ("progress", 3),
+        ("progress", 4),
+        ("progress", 5),
+        ("progress", 6),
+        ("succeeded", 7),
+    ]
+
+
 def test_a_late_watcher_replays_from_the_start(mesh: Any, new_account: Any, rest: httpx.Client) -> None:
     account = new_account("mid")
     prompt = parking_prompt(mesh, "a lighthouse at dusk", after_step=3)
