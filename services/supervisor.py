@@ -166,15 +166,6 @@ def load_or_create_s3_credentials(home: Path) -> S3Credentials:
     return credentials
 
 
-def seaweedfs_env(seaweedfs: EmbeddedSeaweedFS) -> dict[str, str]:
-    """The settings that point every process at the embedded SeaweedFS."""
-    return {
-        "S3_ENDPOINT_URL": seaweedfs.url,
-        "PINGVAS_S3_ACCESS_KEY_ID": seaweedfs.credentials.access_key_id,
-        "PINGVAS_S3_SECRET_ACCESS_KEY": seaweedfs.credentials.secret_access_key,
-    }
-
-
 DATABASE_PASSWORDS = ("superuser", "owner", "app", "system")
 
 
@@ -278,7 +269,7 @@ class Mesh:
         if options.s3_endpoint_url is None:
             seaweedfs = self._seaweedfs()
             embedded.append(seaweedfs)
-            storage_env = seaweedfs_env(seaweedfs)
+            storage_env = seaweedfs.credentials.env(seaweedfs.url)
         redis_url = options.redis_url
         if redis_url is None:
             redis = EmbeddedRedis(self.home / "redis", free_port(), self.logs)

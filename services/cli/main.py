@@ -414,6 +414,7 @@ def _object_store_env() -> dict[str, str]:
     for the keys when unset), else the running embedded mesh's SeaweedFS and its keys."""
     import json
 
+    from services.embedded.seaweedfs import S3Credentials
     from services.supervisor import runtime_file
 
     if os.environ.get("S3_ENDPOINT_URL") or os.environ.get("PINGVAS_S3_ENDPOINT_URL"):
@@ -426,12 +427,7 @@ def _object_store_env() -> dict[str, str]:
     credentials = home / "s3-credentials.json"
     if not endpoint or not credentials.exists():
         return {}
-    keys = json.loads(credentials.read_text())
-    return {
-        "S3_ENDPOINT_URL": endpoint,
-        "PINGVAS_S3_ACCESS_KEY_ID": keys["access_key_id"],
-        "PINGVAS_S3_SECRET_ACCESS_KEY": keys["secret_access_key"],
-    }
+    return S3Credentials(**json.loads(credentials.read_text())).env(endpoint)
 
 
 def _cmd_storage_init(args: argparse.Namespace) -> int:

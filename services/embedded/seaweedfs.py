@@ -67,6 +67,14 @@ class S3Credentials:
     # The key behind SSE-S3 (default bucket encryption): 32 random bytes, base64.
     sse_key: str
 
+    def env(self, endpoint_url: str) -> dict[str, str]:
+        """The settings that point a process at the embedded SeaweedFS with these keys."""
+        return {
+            "S3_ENDPOINT_URL": endpoint_url,
+            "PINGVAS_S3_ACCESS_KEY_ID": self.access_key_id,
+            "PINGVAS_S3_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+
 
 class EmbeddedSeaweedFS:
     def __init__(

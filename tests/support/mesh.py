@@ -20,6 +20,7 @@ import redis
 
 from services.common.settings import ObjectStoreSettings
 from services.embedded.process import free_port
+from services.embedded.seaweedfs import S3Credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,11 +177,7 @@ def start_mesh(home: Path, models_dir: Path, *, extra_env: dict[str, str] | None
         owner_database_url=mesh["owner_database_url"],
         schema=mesh["db_schema"],
         redis_url=mesh["redis_url"],
-        s3_env={
-            "S3_ENDPOINT_URL": mesh["s3_endpoint_url"],
-            "PINGVAS_S3_ACCESS_KEY_ID": keys["access_key_id"],
-            "PINGVAS_S3_SECRET_ACCESS_KEY": keys["secret_access_key"],
-        },
+        s3_env=S3Credentials(**keys).env(mesh["s3_endpoint_url"]),
         env=env,
         process=process,
         output=output,
