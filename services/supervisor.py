@@ -38,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,11 +128,22 @@ def runtime_file(home: Path) -> Path:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner may read (mode 0600 whatever the umask, also when it existed):
-    the secrets and the runtime file, which holds the database URL with its password."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(descriptor, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
+    the secrets and the runtime file, which holds the database URL with its password.
+
+    The text goes to a temporary file beside it that then replaces it, so a reader sees the
+    old file or the whole new one, never an empty or half-written one: `pingvas up`'s callers
+    poll for the runtime file and read it as soon as it exists."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def load_or_create_secrets(home: Path) -> dict[str, str]:

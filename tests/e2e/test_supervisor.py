@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from support.mesh import free_port
 
 from services.embedded import process as embedded_process
 from services.embedded.process import LISTEN_PORTS_ENV, reserve_port
-from services.supervisor import ensure_port_free
+from services.supervisor import ensure_port_free, runtime_file, write_private
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +202,22 @@ def test_the_gateway_port_check_refuses_a_listener_but_not_time_wait() -> None:
         holder.listen()
         with pytest.raises(RuntimeError, match="already in use"):
             ensure_port_free("127.0.0.1", port)
+
+
+def test_the_runtime_file_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    """Callers of `pingvas up` poll for the runtime file and read it the moment it exists (the
+    project's CI once read it empty and failed seventeen scheduler tests), so a write that has
+    not finished must leave nothing at the path, or the previous file untouched."""
+    path = runtime_file(tmp_path)
+    path.parent.mkdir()
+    with pytest.raises(UnicodeEncodeError):  # a write that fails part way
+        write_private(path, json.dumps({"gateway_url": "\udc80"}, ensure_ascii=False))
+    assert not path.exists()
+
+    write_private(path, json.dumps({"gateway_url": "http://127.0.0.1:8080"}))
+    with pytest.raises(UnicodeEncodeError):
+        write_private(path, json.dumps({"gateway_url": "\udc80"}, ensure_ascii=False))
+
+    assert json.loads(path.read_text()) == {"gateway_url": "http://127.0.0.1:8080"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [entry.name for entry in path.parent.iterdir()] == ["mesh.json"]
