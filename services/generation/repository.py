@@ -20,7 +20,7 @@ from services.generation.lifecycle import LIVE_STATES, TERMINAL_STATES, Generati
 from services.generation.modes import GenerationMode, LoraWeight, lora_set_key, steps_run
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GenerationRecord:
     id: uuid.UUID
     user_id: uuid.UUID
