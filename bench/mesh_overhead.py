@@ -33,7 +33,9 @@ receiver in this process, which counts and drops them; they take turns, one gene
 time, so both see the same machine. Each round (`--rounds`) starts a fresh pair, the two taking
 turns to start first, and measures `--segments` times -n generations per mesh, each segment with
 fresh workers; the ratio on / off is printed per round and over all rounds (target <= 1.03). Use
-an even number of rounds.
+an even number of rounds. It also prints the worker's pipeline thread (each worker's busiest)
+apart from the rest of the mesh: that thread carries most of the spread between runs, and of
+tracing's work only a span event per step.
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -253,6 +255,27 @@ def restart_workers(mesh: BenchMesh) -> None:
     psutil.wait_procs(workers, timeout=60)
 
 
+def thread_seconds(mesh: BenchMesh, component: str) -> dict[tuple[int, int], float]:
+    """CPU seconds (user + system) of each thread of a mesh component's processes, by (pid, tid)."""
+    seconds = {}
+    for process in processes_of(mesh.pid, component):
+        for thread in process.threads():
+            seconds[(process.pid, thread.id)] = thread.user_time + thread.system_time
+    return seconds
+
+
+def busiest_thread_seconds(
+    before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]
+) -> float:
+    """Of each process, the CPU its busiest thread spent between two `thread_seconds`, summed: for
+    the worker, the thread that runs the pipeline."""
+    by_process: dict[int, float] = {}
+    for (pid, tid), seconds in after.items():
+        spent = seconds - before.get((pid, tid), 0.0)
+        by_process[pid] = max(by_process.get(pid, 0.0), spent)
+    return sum(by_process.values())
+
+
 def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int, segments: int) -> None:
     """Two meshes up side by side, tracing off and on, taking turns one generation at a time (who
     goes first alternates), so that both see the same machine: the other work on it, its clock
@@ -269,6 +292,10 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
 
     off: list[dict[str, float]] = []
     on: list[dict[str, float]] = []
+    # The worker's pipeline thread, apart: the same denoising costs one fresh worker process up
+    # to a tenth more CPU than the next, and that is most of the ratio's spread.
+    denoising_off: list[float] = []
+    denoising_on: list[float] = []
     traced_generations = 0
     # Restarting workers is exits to the supervisor: no crash loop, however many segments.
     supervision = {"PINGVAS_CRASH_LOOP_RESTARTS": str(2 * segments)}
@@ -288,6 +315,7 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                     for name, mesh in ((first, first_mesh), (second, second_mesh))
                 }
                 spent_in_round: dict[str, dict[str, float]] = {"off": {}, "on": {}}
+                denoising_in_round = {"off": 0.0, "on": 0.0}
                 for segment in range(segments):
                     if segment:
                         for mesh, _generator in meshes.values():
@@ -296,18 +324,26 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                         generator.generate()
                         generator.generate()
                     before = {name: cpu_seconds_by_process(mesh.pid) for name, (mesh, _g) in meshes.items()}
+                    threads_before = {
+                        name: thread_seconds(mesh, "worker") for name, (mesh, _g) in meshes.items()
+                    }
                     for index in range(runs):
                         order = ("off", "on") if index % 2 == 0 else ("on", "off")
                         for name in order:
                             meshes[name][1].generate()
                     for name, spent in spent_in_round.items():
-                        for component, seconds in cpu_seconds_since(
-                            meshes[name][0].pid, before[name]
-                        ).items():
+                        mesh = meshes[name][0]
+                        for component, seconds in cpu_seconds_since(mesh.pid, before[name]).items():
                             spent[component] = spent.get(component, 0.0) + seconds / (runs * segments)
+                        denoising = busiest_thread_seconds(
+                            threads_before[name], thread_seconds(mesh, "worker")
+                        )
+                        denoising_in_round[name] += denoising / (runs * segments)
                 traced_generations += meshes["on"][1].made
                 off.append(spent_in_round["off"])
                 on.append(spent_in_round["on"])
+                denoising_off.append(denoising_in_round["off"])
+                denoising_on.append(denoising_in_round["on"])
     print(
         f"tracing cost: {rounds} round(s) of {segments} x {runs} generations per mesh, two meshes side by side, "
         f"tiny-sd {size}x{size}, {steps} steps"
@@ -328,6 +364,16 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
     mean_on = statistics.mean(sum(spent.values()) for spent in on)
     print(f"  mean: off {mean_off * 1000:.1f} ms, on {mean_on * 1000:.1f} ms")
     print(f"  ratio on / off               {mean_on / mean_off:.3f}   (target <= 1.03)")
+    # Tracing's only work on the pipeline thread is a span event per step; the rest of the mesh
+    # holds nearly all its cost, measured without that thread's noise.
+    rest_off = mean_off - statistics.mean(denoising_off)
+    rest_on = mean_on - statistics.mean(denoising_on)
+    print(
+        f"  the worker's pipeline thread {statistics.mean(denoising_off) * 1000:.1f} -> "
+        f"{statistics.mean(denoising_on) * 1000:.1f} ms; everything else {rest_off * 1000:.1f} -> "
+        f"{rest_on * 1000:.1f} ms: +{(rest_on - rest_off) * 1000:.1f} ms per generation, "
+        f"{(rest_on - rest_off) / mean_off * 100:.2f} % of the whole mesh's CPU with tracing off"
+    )
     if rounds > 1:
         # The rounds' spread, mostly the denoising's own CPU moving from one mesh to the next: a
         # ratio is only as good as this says.
