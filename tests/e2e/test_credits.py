@@ -4,6 +4,7 @@ reported. (Holds under concurrency: tests/billing/test_credit_ledger.py.)"""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
@@ -57,7 +58,7 @@ async def test_completion_is_charged_exactly_once(mesh: Any, new_account: Any) -
             )
             await runs.ledger.hold(conn, user_id, f"generation:{record.id}", 3)
         result = WorkResult(seed=1, gpu_seconds=1.5)
-        stale = type(record)(**{**record.__dict__, "attempt": 1})
+        stale = dataclasses.replace(record, attempt=1)
         # A success names its stored objects: they are in the bucket before any row names them.
         keys = ImageKeys.of(user_id, record.id, record.created_at)
         bucket = mesh.s3()
