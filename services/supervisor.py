@@ -135,8 +135,10 @@ def write_private(path: Path, text: str) -> None:
     poll for the runtime file and read it as soon as it exists."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(descriptor, 0o600)
+        # The file object owns the descriptor from here: it is closed whatever fails.
         with os.fdopen(descriptor, "w") as file:
+            # mkstemp's 0600 is cut by the umask: set it whatever the umask.
+            os.fchmod(file.fileno(), 0o600)
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
