@@ -478,12 +478,6 @@ class GenerationSettings(ServerSettings):
         description="Port of the queue-depth endpoint KEDA scales the GPU workers on "
         "(GET /queue-depth, services/generation/queue_metrics.py); off when unset.",
     )
-    queue_metrics_interval_seconds: float = Field(
-        5.0,
-        gt=0,
-        description="How often the queue's depth per band is read for the OpenTelemetry gauge "
-        "(only while telemetry is on).",
-    )
     upload_url_ttl_seconds: int = Field(
         900,
         gt=0,

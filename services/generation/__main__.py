@@ -174,11 +174,8 @@ async def main() -> None:
         periodically(stream_slots.renew_interval_seconds, stream_slots.renew, "stream slot renewal"),
     ]
     if telemetry.enabled:
-        background.append(
-            periodically(
-                settings.queue_metrics_interval_seconds, QueueDepthGauge(queue).observe, "queue depth metric"
-            )
-        )
+        gauges = QueueDepthGauge(queue, asyncio.get_running_loop())
+        cleanup.insert(0, gauges.close)
     if settings.metrics_port is not None:
         depth_endpoint = QueueDepthEndpoint(queue, host=settings.host, port=settings.metrics_port)
         await depth_endpoint.start()

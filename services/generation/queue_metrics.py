@@ -13,10 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections.abc import Callable, Iterable
 
 from opentelemetry import metrics
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.metrics import CallbackOptions, Observation
 
-from services.generation.queue import TierQueue
+from services.generation.queue import Backlog, TierQueue
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +91,85 @@ async def _reply(writer: asyncio.StreamWriter, status: int, body: dict[str, obje
 
 
 class QueueDepthGauge:
-    """The same backlog as an OpenTelemetry gauge, per band (`pingvas.queue.depth`, waiting jobs)
-    and leased (`pingvas.queue.leased`): `observe` runs on a timer in the generation service
-    while telemetry is on. A read of Redis cannot run in the SDK's collection thread, which has
-    no event loop."""
+    """The same backlog as OpenTelemetry gauges: waiting jobs per band (`pingvas.queue.depth`)
+    and leased ones (`pingvas.queue.leased`), in the generation service while telemetry is on.
 
-    def __init__(self, queue: TierQueue) -> None:
+    The queue is read when the SDK collects, once per export (OTEL_METRIC_EXPORT_INTERVAL), so
+    each export carries a fresh value and costs one read, not a read on a timer of its own
+    whose values the next export mostly discards. The SDK runs the callbacks on its collection
+    thread, which has no event loop and no Redis client: the read runs on the service's loop
+    while that thread waits for it. Both gauges of one collection share that read."""
+
+    # The two callbacks of one collection run back to back: a read this young serves both.
+    _SHARED_FOR_SECONDS = 1.0
+
+    def __init__(
+        self,
+        queue: TierQueue,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        meter: metrics.Meter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.queue = queue
-        meter = metrics.get_meter(__name__)
-        self.depth = meter.create_gauge(
-            "pingvas.queue.depth", unit="{job}", description="Jobs waiting for a worker, by band."
+        self.loop = loop
+        self._clock = clock
+        self._closed = False
+        self._last: tuple[float, Backlog] | None = None
+        meter = meter or metrics.get_meter(__name__)
+        meter.create_observable_gauge(
+            "pingvas.queue.depth",
+            callbacks=[self._observe_waiting],
+            unit="{job}",
+            description="Jobs waiting for a worker, by band.",
         )
-        self.leased = meter.create_gauge(
-            "pingvas.queue.leased", unit="{job}", description="Jobs a worker holds (running)."
+        meter.create_observable_gauge(
+            "pingvas.queue.leased",
+            callbacks=[self._observe_leased],
+            unit="{job}",
+            description="Jobs a worker holds (running).",
         )
 
-    async def observe(self) -> None:
-        backlog = await self.queue.backlog()
-        for band, waiting in backlog.waiting.items():
-            self.depth.set(waiting, {"band": band})
-        self.leased.set(backlog.leased)
+    async def close(self) -> None:
+        """No more reads: the final collection at shutdown comes after Redis is closed."""
+        self._closed = True
+
+    def _observe_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
+        backlog = self._backlog(options)
+        if backlog is None:
+            return []
+        return [Observation(waiting, {"band": band}) for band, waiting in backlog.waiting.items()]
+
+    def _observe_leased(self, options: CallbackOptions) -> Iterable[Observation]:
+        backlog = self._backlog(options)
+        return [] if backlog is None else [Observation(backlog.leased)]
+
+    def _backlog(self, options: CallbackOptions) -> Backlog | None:
+        """The backlog, read on the loop; None (no point this time) when it cannot be had."""
+        now = self._clock()
+        if self._last is not None and now - self._last[0] < self._SHARED_FOR_SECONDS:
+            return self._last[1]
+        if self._closed or self.loop.is_closed() or _running_loop() is self.loop:
+            return None  # waiting on the loop from its own thread would never end
+        reading = asyncio.run_coroutine_threadsafe(self._read(), self.loop)
+        try:
+            backlog = reading.result(timeout=options.timeout_millis / 1000)
+        except Exception:
+            reading.cancel()
+            log.warning("reading the queue's depth for the gauges failed", exc_info=True)
+            return None
+        self._last = (self._clock(), backlog)
+        return backlog
+
+    async def _read(self) -> Backlog:
+        # Untraced: a collection is no one's request, and the sampler would drop its span only
+        # after the instrumentation's work.
+        with suppress_instrumentation():
+            return await self.queue.backlog()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

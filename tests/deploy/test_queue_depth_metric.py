@@ -1,6 +1,7 @@
 """The one number KEDA scales the GPU workers on (helm/pingvas/templates/worker-scaledobject.yaml):
 the generation service's GET /queue-depth, served from the real queue code on a real Redis,
-must tell the true depth while jobs are enqueued and claimed concurrently."""
+must tell the true depth while jobs are enqueued and claimed concurrently. The same backlog
+as OpenTelemetry gauges must be read when the SDK collects, and be just as true."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from redis.asyncio import BlockingConnectionPool, Redis
 from support.accounts import dev_login
 from support.mesh import MeshStarter
@@ -19,7 +22,7 @@ from services.billing.plans import PLANS_BY_PRIORITY
 from services.embedded.process import free_port
 from services.embedded.redis import EmbeddedRedis
 from services.generation.queue import SchedulingPolicy, TierQueue
-from services.generation.queue_metrics import QUEUE_DEPTH_PATH, QueueDepthEndpoint
+from services.generation.queue_metrics import QUEUE_DEPTH_PATH, QueueDepthEndpoint, QueueDepthGauge
 
 # No caps in the way: every claim succeeds while jobs wait.
 POLICY = SchedulingPolicy(
@@ -123,6 +126,49 @@ async def test_depth_is_true_while_jobs_are_enqueued_and_claimed(queue: TierQueu
         final = await read_depth(client, depth_url)
         assert final["leased"] == len(claimed) - len(finished)
         assert final["depth"] == total - len(finished)
+
+
+async def test_the_gauges_read_the_queue_each_time_the_sdk_collects(queue: TierQueue) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    now = [0.0]
+    QueueDepthGauge(queue, asyncio.get_running_loop(), meter=provider.get_meter("test"), clock=lambda: now[0])
+
+    Points = dict[tuple[str, object], object]
+
+    async def collect() -> Points:
+        # The SDK collects on a thread of its own, as the service's PeriodicExportingMetricReader.
+        data = await asyncio.to_thread(reader.get_metrics_data)
+        assert data is not None
+        points: Points = {}
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    for point in metric.data.data_points:
+                        assert isinstance(point, NumberDataPoint)
+                        points[metric.name, (point.attributes or {}).get("band")] = point.value
+        return points
+
+    empty: Points = {("pingvas.queue.depth", band): 0 for band in PLANS_BY_PRIORITY}
+    assert await collect() == {**empty, ("pingvas.queue.leased", None): 0}
+
+    pro, free = "pro", "free"
+    user = uuid.uuid4()
+    for tier, count in ((pro, 3), (free, 2)):
+        for _ in range(count):
+            await queue.enqueue(tier, user if tier == pro else uuid.uuid4(), uuid.uuid4(), "tiny-sd")
+    claim = await queue.claim("w1", 60, POLICY)
+    assert claim is not None and claim.tier == pro
+    now[0] += 0.5  # the same collection's window: the first read still serves
+    assert await collect() == {**empty, ("pingvas.queue.leased", None): 0}
+    now[0] += 1.0  # the next collection reads again
+    assert await collect() == {
+        **empty,
+        ("pingvas.queue.depth", pro): 2,
+        ("pingvas.queue.depth", free): 2,
+        ("pingvas.queue.leased", None): 1,
+    }
+    provider.shutdown()
 
 
 async def test_anything_else_is_not_found(depth_url: str) -> None:
