@@ -212,7 +212,8 @@ class Generator:
 
     def __init__(self, gateway: str, steps: int, size: int) -> None:
         self.client = httpx.Client(base_url=gateway, timeout=120)
-        login = self.client.post("/api/v1/auth/dev-login", json={"email": "bench@pingvas.local"})
+        self.email = "bench@pingvas.local"
+        login = self.client.post("/api/v1/auth/dev-login", json={"email": self.email})
         login.raise_for_status()
         self.headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
         self.body = {
@@ -314,6 +315,10 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                     name: (mesh, Generator(mesh.gateway_url, steps, size))
                     for name, mesh in ((first, first_mesh), (second, second_mesh))
                 }
+                # A fresh account's free credits last a few dozen generations; a round makes
+                # more, warm-ups included.
+                for mesh, generator in meshes.values():
+                    mesh.pingvas("admin", "grant-credits", generator.email, str(100 * (runs + 2) * segments))
                 spent_in_round: dict[str, dict[str, float]] = {"off": {}, "on": {}}
                 denoising_in_round = {"off": 0.0, "on": 0.0}
                 for segment in range(segments):
