@@ -66,6 +66,9 @@ from benchmesh import (
     processes_of,
 )
 
+# The one account every generation of this bench is made by.
+BENCH_EMAIL = "bench@pingvas.local"
+
 HOPS = (
     "create call",
     "create -> started",
@@ -91,7 +94,7 @@ def through_mesh(
     walls, first_events = [], []
     hops: dict[str, list[float]] = defaultdict(list)
     with httpx.Client(base_url=gateway, timeout=120) as client:
-        login = client.post("/api/v1/auth/dev-login", json={"email": "bench@pingvas.local"})
+        login = client.post("/api/v1/auth/dev-login", json={"email": BENCH_EMAIL})
         login.raise_for_status()
         token = login.json()["accessToken"]
         headers = {"authorization": f"Bearer {token}"}
@@ -107,7 +110,7 @@ def through_mesh(
             submitted_at = time.time()
             created = client.post("/api/v1/generation/create", json={**body, "seed": index}, headers=headers)
             if created.status_code == 402:
-                raise SystemExit("out of credits: pingvas admin grant-credits bench@pingvas.local 10000")
+                raise SystemExit(f"out of credits: pingvas admin grant-credits {BENCH_EMAIL} 10000")
             created.raise_for_status()
             created_at = time.time()
             first_event = None
@@ -212,8 +215,7 @@ class Generator:
 
     def __init__(self, gateway: str, steps: int, size: int) -> None:
         self.client = httpx.Client(base_url=gateway, timeout=120)
-        self.email = "bench@pingvas.local"
-        login = self.client.post("/api/v1/auth/dev-login", json={"email": self.email})
+        login = self.client.post("/api/v1/auth/dev-login", json={"email": BENCH_EMAIL})
         login.raise_for_status()
         self.headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
         self.body = {
@@ -317,8 +319,8 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                 }
                 # A fresh account's free credits last a few dozen generations; a round makes
                 # more, warm-ups included.
-                for mesh, generator in meshes.values():
-                    mesh.pingvas("admin", "grant-credits", generator.email, str(100 * (runs + 2) * segments))
+                for mesh, _generator in meshes.values():
+                    mesh.pingvas("admin", "grant-credits", BENCH_EMAIL, str(100 * (runs + 2) * segments))
                 spent_in_round: dict[str, dict[str, float]] = {"off": {}, "on": {}}
                 denoising_in_round = {"off": 0.0, "on": 0.0}
                 for segment in range(segments):

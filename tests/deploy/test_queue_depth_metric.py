@@ -159,7 +159,7 @@ async def test_the_gauges_read_the_queue_each_time_the_sdk_collects(queue: TierQ
             await queue.enqueue(tier, user if tier == pro else uuid.uuid4(), uuid.uuid4(), "tiny-sd")
     claim = await queue.claim("w1", 60, POLICY)
     assert claim is not None and claim.tier == pro
-    now[0] += 0.5  # the same collection's window: the first read still serves
+    now[0] += 0.5  # within the window that lets one collection's two gauges share a read
     assert await collect() == {**empty, ("pingvas.queue.leased", None): 0}
     now[0] += 1.0  # the next collection reads again
     assert await collect() == {
