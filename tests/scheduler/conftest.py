@@ -18,6 +18,7 @@ from typing import IO, Any
 import httpx
 import pytest
 from support.accounts import Account, dev_login
+from support.admin import set_plan_and_grant
 from support.failpoints import FAILPOINTS_ENV
 from support.mesh import MeshStarter, free_port
 
@@ -125,12 +126,11 @@ def json_secrets(home: Path) -> dict[str, str]:
 @pytest.fixture
 def customers(scheduler_mesh: Any) -> Any:
     """Signs up users on the scheduler mesh, one per plan given, each with plenty of credits. They
-    sign up side by side: each runs the admin CLI twice, a Python process of its own."""
+    sign up side by side, through the gateway's dev login."""
 
     def sign_up_one(plan: str) -> Account:
         account = dev_login(scheduler_mesh.gateway_url, plan)
-        assert scheduler_mesh.pingvas("admin", "set-plan", account.email, plan).returncode == 0
-        assert scheduler_mesh.pingvas("admin", "grant-credits", account.email, "10000").returncode == 0
+        set_plan_and_grant(scheduler_mesh, account.email, plan, 10_000)
         return account
 
     def sign_up(*plans: str) -> list[Account]:

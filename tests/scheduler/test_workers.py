@@ -38,7 +38,7 @@ def test_priority_bands_under_load(
     scheduler_mesh: Any, workers: Any, customers: Any, submit: Any, wait_done: Any
 ) -> None:
     worker = workers("w-priority", wait=False)
-    # Sign-ups first (each runs the admin CLI): the queue must fill while the blocker runs.
+    # Sign-ups first: the queue must fill while the blocker runs.
     starter, pro, studio, enterprise = customers("starter", "pro", "studio", "enterprise")
     worker.wait_serving()
     blocker = occupy(worker, submit, enterprise, scheduler_mesh)
