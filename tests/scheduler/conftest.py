@@ -38,7 +38,9 @@ SCHEDULER_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: the package runs in one test process (WHOLE_PACKAGES in tests/conftest.py),
+# and its mesh stops once the package is done instead of idling through the rest of the session.
+@pytest.fixture(scope="package")
 def scheduler_mesh(own_mesh: MeshStarter) -> Iterator[Any]:
     with own_mesh("scheduler-home", {**SCHEDULER_ENV}) as running:
         yield running
