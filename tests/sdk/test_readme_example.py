@@ -64,12 +64,21 @@ def test_the_readme_example_draws_a_fox_and_lists_it(
     ran = run_example(readme_examples()[0], mesh, account, tmp_path)
     assert (tmp_path / "fox.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     lines = ran.stdout.splitlines()
-    assert lines[:2] == ["Queued 1", "Started 2"] and lines[6] == "Succeeded 7", lines
+    assert "Succeeded 7" in lines, lines
+    end = lines.index("Succeeded 7") + 1
+    events, printed_after = lines[:end], lines[end:]
+    assert events[:2] == ["Queued 1", "Started 2"], lines
+    # Four steps are events 3 to 6. A reader slower than the steps gets only the newest progress
+    # it has not had (README), so some may be skipped under load: never their order or the last.
+    progress = [int(line.removeprefix("Progress ")) for line in events[2:-1]]
+    assert progress == sorted(set(progress)) and set(progress) <= {3, 4, 5, 6} and progress[-1] == 6, lines
     (generation,) = mesh.sql(
         "SELECT id, credits_charged FROM generations WHERE user_id = %s", account.user_id
     )
-    assert lines[7] == f"{generation['id']} {generation['credits_charged']} credits"
-    assert lines[8] == f"{generation['id']} a red fox in snow"
+    assert printed_after == [
+        f"{generation['id']} {generation['credits_charged']} credits",
+        f"{generation['id']} a red fox in snow",
+    ]
 
 
 def test_the_readme_example_uploads_an_init_image_and_makes_a_batch(
