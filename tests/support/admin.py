@@ -2,8 +2,8 @@
 
 The same domain calls as the CLI's (`UserAccounts.set_plan` and `adjust_credits`, on the mesh's
 app and system roles), without starting a Python process for each: the scheduler tests sign up
-several customers per test, and two CLI processes each, importing the product, took about a
-tenth of their time. The CLI itself has its tests in tests/e2e/test_cli.py.
+several customers per test, and two CLI processes each, importing the product, took a quarter
+of such a test's time run alone. The CLI itself has its tests in tests/e2e/test_cli.py.
 """
 
 from __future__ import annotations
