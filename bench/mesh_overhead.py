@@ -319,13 +319,13 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                 }
                 # A fresh account's free credits last a few dozen generations; a round makes
                 # more, warm-ups included.
-                for mesh, _generator in meshes.values():
+                for mesh, _ in meshes.values():
                     mesh.pingvas("admin", "grant-credits", BENCH_EMAIL, str(100 * (runs + 2) * segments))
                 spent_in_round: dict[str, dict[str, float]] = {"off": {}, "on": {}}
                 denoising_in_round = {"off": 0.0, "on": 0.0}
                 for segment in range(segments):
                     if segment:
-                        for mesh, _generator in meshes.values():
+                        for mesh, _ in meshes.values():
                             restart_workers(mesh)
                     for _mesh, generator in meshes.values():  # warm-up: connections, pipelines, caches
                         generator.generate()
