@@ -19,7 +19,9 @@ FLUSHed first):
    claim). Results are ignored, as Pingvas keeps none in Redis.
 3. raw: producers LPUSH the job id, N consumers BRPOP it: no scheduling at all, the reference.
 
-In all three the job is the same no-op that reports its completion: one INCR of a counter. The
+In all three the job is the same no-op that reports its completion: one INCR of a counter.
+Pingvas's and raw's producers and consumers connect as the product's processes do
+(`services.common.redis_pool.redis_client`); Celery connects as kombu does. The
 producers (`--producers` concurrent ones) run in this process; the N consumers are laid out two ways,
 so that each system gets the same number of processes (and so the same share of the CPUs):
 
@@ -72,6 +74,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from services.billing.plans import PLANS_BY_PRIORITY
+from services.common.redis_pool import redis_client
 from services.embedded.process import free_port
 from services.embedded.redis import EmbeddedRedis
 from services.generation.queue import SchedulingPolicy, TierQueue
@@ -240,7 +243,7 @@ async def pingvas_consumer(url: str, workers: int, expect: int) -> dict[str, Any
 
     async def work(index: int) -> None:
         nonlocal finish
-        client = AsyncRedis.from_url(url)
+        client = redis_client(url)
         queue, worker_id = TierQueue(client), f"bench-{os.getpid()}-{index}"
         finished = None
         try:
@@ -271,7 +274,7 @@ async def raw_consumer(url: str, workers: int, expect: int) -> dict[str, Any]:
 
     async def work() -> None:
         nonlocal finish
-        client = AsyncRedis.from_url(url)
+        client = redis_client(url)
         try:
             while True:
                 if await client.brpop([RAW_KEY], timeout=IDLE_WAIT_SECONDS) is None:
@@ -393,7 +396,7 @@ async def produce_async(
     run: Run, consumers: Consumers, send: Callable[[AsyncRedis, Job], Awaitable[Any]]
 ) -> Window:
     """Enqueue the warm-up jobs, wait for them, then time the enqueue of the timed jobs."""
-    client = AsyncRedis.from_url(run.url, max_connections=run.producers + 4)
+    client = redis_client(run.url, max_connections=run.producers + 4)
     sync = redis.Redis.from_url(run.url)
 
     async def feed(part: Sequence[Job]) -> None:
@@ -482,7 +485,7 @@ async def serial_profile(
 ) -> list[tuple[str, float, float | None, float | None, float | None]]:
     """(what, client round trip p50 us, mean us, Lua time per call that Redis reports in us, Redis
     commands per call, those run inside a script included)."""
-    client = AsyncRedis.from_url(url)
+    client = redis_client(url)
     sync = redis.Redis.from_url(url)
     queue, policy, warm = TierQueue(client), bench_policy(), [MODEL]
     rows: list[tuple[str, float, float | None, float | None, float | None]] = []

@@ -8,12 +8,11 @@ import logging
 import os
 import socket
 
-from redis.asyncio import Redis
-
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.failpoints import Failpoints
+from services.common.redis_pool import redis_client
 from services.common.server import GrpcServer, configure_logging, serve_until_terminated
 from services.common.settings import (
     ModelStoreSettings,
@@ -54,7 +53,7 @@ async def main() -> None:
     from gpu_inference.registry import ModelRegistry
     from gpu_inference.worker import Worker
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings.redis_url)
     failpoints = Failpoints(redis, settings.failpoints) if settings.failpoints else None
     object_store = ObjectStoreSettings()
     # The bucket's models, fetched into the shared cache once across every worker using it.

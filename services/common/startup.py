@@ -19,7 +19,6 @@ from typing import TypeVar
 import httpx
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
-from redis.asyncio import Redis
 
 from services.common.database import Database
 from services.common.defaults import (
@@ -27,6 +26,7 @@ from services.common.defaults import (
     EMBEDDED_REDIS_EXECUTABLE_MARK,
     SEAWEEDFS_SERVER_MARK,
 )
+from services.common.redis_pool import redis_client
 from services.common.server import wait_until_ready
 from services.common.settings import (
     DEV_LEMONSQUEEZY_API_KEY,
@@ -109,7 +109,7 @@ async def server_refusals(
         refusals.append("PostgreSQL runs with fsync=off")
     if await database.server_setting("cluster_name") == EMBEDDED_POSTGRES_CLUSTER_NAME:
         refusals.append("DATABASE_URL is the embedded PostgreSQL of `pingvas up`")
-    redis = Redis.from_url(redis_url)
+    redis = redis_client(redis_url)
     try:
         executable = str((await redis.info("server")).get("executable", ""))
     finally:

@@ -7,14 +7,13 @@ import logging
 
 from pingvas.generation.v1 import generation_service_pb2 as pb
 from pingvas.generation.v1 import generation_service_pb2_grpc as pb_grpc
-from redis.asyncio import Redis
 
 from services.billing.ledger import CreditLedger
 from services.billing.pricing import Pricing
 from services.common.keyring import token_verifier
 from services.common.plans import user_plans
 from services.common.rate_limits import principal_rate_limiter
-from services.common.redis_pool import shared_redis
+from services.common.redis_pool import redis_client, shared_redis
 from services.common.server import (
     GrpcServer,
     configure_logging,
@@ -105,7 +104,7 @@ async def main() -> None:
     plans = user_plans(database)
     hub = EventHub(
         # Its own connection, named so operators can tell it apart, for the one blocking read.
-        reader=Redis.from_url(settings.redis_url, max_connections=1, client_name=EVENT_HUB_CLIENT_NAME),
+        reader=redis_client(settings.redis_url, max_connections=1, client_name=EVENT_HUB_CLIENT_NAME),
         redis=redis,
         events=events,
         queue=queue,
