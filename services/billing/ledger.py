@@ -45,10 +45,6 @@ class LedgerEntry:
     created_at: datetime
 
 
-class _Overdraft(Exception):
-    """The projection refused an entry; rolls its savepoint back."""
-
-
 def generation_reference(generation_id: uuid.UUID) -> str:
     return f"generation:{generation_id}"
 
@@ -83,56 +79,104 @@ class CreditLedger:
     ) -> bool:
         """Write one entry and apply it to the projection. False if the entry already existed.
 
-        The projection update is conditional: it matches no row when the entry would make the
-        balance negative or the holds exceed it, and then nothing is written.
+        One statement, one round trip: it locks the account row, inserts the entry only if the
+        projection would still hold (balance and holds never negative, holds within the
+        balance), and applies it to the projection only if the entry went in. An entry the
+        projection refuses is never written, so the caller's transaction goes on untouched.
         """
+        account = (
+            sa.select(credit_accounts.c.balance, credit_accounts.c.held)
+            .where(credit_accounts.c.user_id == user_id)
+            .with_for_update()
+            .cte("account")
+        )
+        new_balance, new_held = account.c.balance + amount, account.c.held + held_change
+        fits = sa.and_(new_balance >= 0, new_held >= 0, new_held <= new_balance)
+        entry = (
+            insert(credit_entries)
+            .from_select(
+                ["user_id", "kind", "amount", "held_change", "reference", "created_at"],
+                sa.select(
+                    sa.literal(user_id, credit_entries.c.user_id.type),
+                    sa.literal(kind),
+                    sa.literal(amount, sa.BigInteger),
+                    sa.literal(held_change, sa.BigInteger),
+                    sa.literal(reference),
+                    sa.func.now(),
+                ).where(fits),
+            )
+            .on_conflict_do_nothing()
+            .returning(credit_entries.c.id)
+            .cte("entry")
+        )
+        applied = (
+            sa.update(credit_accounts)
+            .where(credit_accounts.c.user_id == user_id, sa.exists(sa.select(entry.c.id)))
+            .values(balance=credit_accounts.c.balance + amount, held=credit_accounts.c.held + held_change)
+            .returning(credit_accounts.c.user_id)
+            .cte("applied")
+        )
+        outcome = (
+            await conn.execute(
+                sa.select(
+                    sa.select(sa.func.count()).select_from(entry).scalar_subquery().label("inserted"),
+                    sa.select(sa.func.count()).select_from(applied).scalar_subquery().label("applied"),
+                    sa.select(fits).scalar_subquery().label("fits"),
+                    sa.select(account.c.balance).scalar_subquery().label("balance"),
+                    sa.select(account.c.held).scalar_subquery().label("held"),
+                )
+            )
+        ).one()
+        if outcome.inserted:
+            if outcome.applied != 1:  # the account row is locked: nothing can come between
+                raise RuntimeError(f"credit {kind} {reference} went in without its projection")
+            return True
+        if outcome.fits:
+            return False  # it fit, so only a conflict kept it out: the entry already exists
+        # Refused by the projection, or a duplicate that no longer fits (a retried capture after
+        # its hold was resolved, or one committed meanwhile). Only the unique indexes can tell.
+        if await self._exists(conn, user_id, kind, reference, amount, held_change):
+            return False
+        current = Balance(outcome.balance or 0, outcome.held or 0)
+        if held_change > 0:
+            raise InsufficientCredits(needed=held_change, available=current.available)
+        raise FailedPrecondition(
+            f"credit {kind} of {amount} would overdraw the account (balance {current.balance}, "
+            f"held {current.held})"
+        )
+
+    async def _exists(
+        self,
+        conn: AsyncConnection,
+        user_id: uuid.UUID,
+        kind: str,
+        reference: str,
+        amount: int,
+        held_change: int,
+    ) -> bool:
+        """Whether the entry would conflict with one already written: an insert tried under a
+        savepoint and always undone, so that the unique indexes, and nothing restated here,
+        decide what a duplicate is. Only on the rare refused path."""
+        savepoint = await conn.begin_nested()
         try:
-            # A savepoint, so that an entry the projection refuses leaves no trace while the
-            # caller's transaction goes on (ledger rows are never deleted).
-            async with conn.begin_nested():
-                inserted = (
-                    await conn.execute(
-                        insert(credit_entries)
-                        .values(
-                            user_id=user_id,
-                            kind=kind,
-                            amount=amount,
-                            held_change=held_change,
-                            reference=reference,
-                            created_at=sa.func.now(),
-                        )
-                        .on_conflict_do_nothing()
-                        .returning(credit_entries.c.id)
+            inserted = (
+                await conn.execute(
+                    insert(credit_entries)
+                    .values(
+                        user_id=user_id,
+                        kind=kind,
+                        amount=amount,
+                        held_change=held_change,
+                        reference=reference,
+                        created_at=sa.func.now(),
                     )
-                ).one_or_none()
-                if inserted is None:
-                    return False
-                new_balance = credit_accounts.c.balance + amount
-                new_held = credit_accounts.c.held + held_change
-                applied = (
-                    await conn.execute(
-                        sa.update(credit_accounts)
-                        .where(
-                            credit_accounts.c.user_id == user_id,
-                            new_balance >= 0,
-                            new_held >= 0,
-                            new_held <= new_balance,
-                        )
-                        .values(balance=new_balance, held=new_held)
-                        .returning(credit_accounts.c.balance)
-                    )
-                ).one_or_none()
-                if applied is None:
-                    raise _Overdraft
-        except _Overdraft:
-            current = await self.balance(conn, user_id)
-            if held_change > 0:
-                raise InsufficientCredits(needed=held_change, available=current.available) from None
-            raise FailedPrecondition(
-                f"credit {kind} of {amount} would overdraw the account (balance {current.balance}, "
-                f"held {current.held})"
-            ) from None
-        return True
+                    .on_conflict_do_nothing()
+                    .returning(credit_entries.c.id)
+                )
+            ).one_or_none()
+        finally:
+            await savepoint.rollback()
+        return inserted is None
 
     async def grant(self, conn: AsyncConnection, user_id: uuid.UUID, amount: int, reference: str) -> bool:
         if amount <= 0:

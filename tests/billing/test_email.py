@@ -1,7 +1,7 @@
 """Billing emails: templates, the two mailers, and the outbox against a real PostgreSQL.
 
 SES is the local `SesServer` (real HTTP, real SigV4-signed boto3 requests); PostgreSQL is the
-project's embedded one, migrated to head, started once for this module.
+project's embedded one, migrated to head (tests/billing/conftest.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 import email
 import email.policy
 import re
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,13 +35,12 @@ from services.billing.email import (
     subscription_upgraded,
 )
 from services.common.database import Database
+from services.common.defaults import DEFAULT_DB_SCHEMA
 from services.common.schema import email_outbox, users
 from services.common.settings import EmailSettings
-from services.embedded.postgres import EmbeddedPostgres
 from services.embedded.process import free_port
-from services.migrations import EnvironmentUrls, RolePasswords, provision, upgrade
+from services.migrations import EnvironmentUrls
 
-SCHEMA = "dev_pingvas"
 SENDER = "Pingvas <no-reply@pingvas.studio>"
 REGION = "ap-northeast-2"
 
@@ -74,46 +72,6 @@ def ses_mailer(ses: SesServer) -> Iterator[SesMailer]:
     mailer = SesMailer(region=REGION, sender=SENDER, endpoint_url=ses.url)
     yield mailer
     mailer.close()
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    root = tmp_path_factory.mktemp("email-postgres")
-    pg = EmbeddedPostgres(
-        root / "data", free_port(), root / "logs", superuser_password=secrets.token_urlsafe(16), fsync=False
-    )
-    pg.start()
-    try:
-        pg.wait_ready()
-        yield pg
-    finally:
-        assert pg.process is not None
-        pg.process.stop()
-
-
-@pytest.fixture(scope="module")
-async def roles(postgres: EmbeddedPostgres) -> EnvironmentUrls:
-    """The environment's roles, provisioned and migrated as `pingvas up` does."""
-    urls = await provision(
-        postgres.url, SCHEMA, RolePasswords(*(secrets.token_urlsafe(16) for _ in range(3)))
-    )
-    await upgrade(urls.owner, SCHEMA)
-    return urls
-
-
-@pytest.fixture(scope="module")
-async def database(roles: EnvironmentUrls) -> AsyncIterator[Database]:
-    db = Database(roles.app, schema=SCHEMA, system_url=roles.system)
-    yield db
-    await db.close()
-
-
-@pytest.fixture(scope="module")
-async def superuser(postgres: EmbeddedPostgres, roles: EnvironmentUrls) -> AsyncIterator[Database]:
-    """The administrator, for what no service role may do: empty the outbox between tests."""
-    db = Database(postgres.url, schema=SCHEMA, system_url=postgres.url)
-    yield db
-    await db.close()
 
 
 @pytest.fixture
@@ -445,7 +403,7 @@ async def test_concurrent_senders_never_send_one_email_twice(
             self.sent += 1
 
     # Two senders as two processes would be: separate engines, separate connections.
-    other = Database(roles.app, schema=SCHEMA, system_url=roles.system)
+    other = Database(roles.app, schema=DEFAULT_DB_SCHEMA, system_url=roles.system)
     first, second = SlowMailer(), SlowMailer()
     try:
         results = await asyncio.gather(
