@@ -14,6 +14,7 @@ generation it pays for.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,7 +54,7 @@ def _append_entry_statement() -> sa.Select[Any]:
     Built once: composing it costs more CPU than the round trips it saves. Its parameters are
     named apart from the columns: an UPDATE takes an execution parameter named like a column as
     a value to SET."""
-    user_id = sa.bindparam("account_user_id", type_=credit_entries.c.user_id.type)
+    user_id = sa.bindparam("entry_user_id", type_=credit_entries.c.user_id.type)
     amount = sa.bindparam("entry_amount", type_=sa.BigInteger)
     held_change = sa.bindparam("entry_held_change", type_=sa.BigInteger)
     account = (
@@ -137,18 +138,15 @@ class CreditLedger:
         One statement, one round trip (`_APPEND_ENTRY`). An entry the projection refuses is never
         written, so the caller's transaction goes on untouched.
         """
-        outcome = (
-            await conn.execute(
-                _APPEND_ENTRY,
-                {
-                    "account_user_id": user_id,
-                    "entry_kind": kind,
-                    "entry_reference": reference,
-                    "entry_amount": amount,
-                    "entry_held_change": held_change,
-                },
-            )
-        ).one()
+        entry = {
+            "user_id": user_id,
+            "kind": kind,
+            "reference": reference,
+            "amount": amount,
+            "held_change": held_change,
+        }
+        parameters = {f"entry_{name}": value for name, value in entry.items()}
+        outcome = (await conn.execute(_APPEND_ENTRY, parameters)).one()
         if outcome.inserted:
             if outcome.applied != 1:  # the account row is locked: nothing can come between
                 raise RuntimeError(f"credit {kind} {reference} went in without its projection")
@@ -157,7 +155,7 @@ class CreditLedger:
             return False  # it fit, so only a conflict kept it out: the entry already exists
         # Refused by the projection, or a duplicate that no longer fits (a retried capture after
         # its hold was resolved, or one committed meanwhile). Only the unique indexes can tell.
-        if await self._exists(conn, user_id, kind, reference, amount, held_change):
+        if await self._exists(conn, entry):
             return False
         current = Balance(outcome.balance or 0, outcome.held or 0)
         if held_change > 0:
@@ -167,15 +165,7 @@ class CreditLedger:
             f"held {current.held})"
         )
 
-    async def _exists(
-        self,
-        conn: AsyncConnection,
-        user_id: uuid.UUID,
-        kind: str,
-        reference: str,
-        amount: int,
-        held_change: int,
-    ) -> bool:
+    async def _exists(self, conn: AsyncConnection, entry: Mapping[str, object]) -> bool:
         """Whether the entry would conflict with one already written: an insert tried under a
         savepoint and always undone, so that the unique indexes, and nothing restated here,
         decide what a duplicate is. Only on the rare refused path."""
@@ -184,14 +174,7 @@ class CreditLedger:
             inserted = (
                 await conn.execute(
                     insert(credit_entries)
-                    .values(
-                        user_id=user_id,
-                        kind=kind,
-                        amount=amount,
-                        held_change=held_change,
-                        reference=reference,
-                        created_at=sa.func.now(),
-                    )
+                    .values(**entry, created_at=sa.func.now())
                     .on_conflict_do_nothing()
                     .returning(credit_entries.c.id)
                 )

@@ -11,11 +11,11 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from support.servers import running_postgres
 
 from services.common.database import Database
 from services.common.defaults import DEFAULT_DB_SCHEMA
 from services.embedded.postgres import EmbeddedPostgres
-from services.embedded.process import free_port
 from services.migrations import EnvironmentUrls, RolePasswords, provision, upgrade
 
 
@@ -30,16 +30,8 @@ def _ledger_invariant_after_mesh_tests(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(scope="package")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     root = tmp_path_factory.mktemp("billing-postgres")
-    pg = EmbeddedPostgres(
-        root / "data", free_port(), root / "logs", superuser_password=secrets.token_urlsafe(16), fsync=False
-    )
-    pg.start()
-    try:
-        pg.wait_ready()
-        yield pg
-    finally:
-        assert pg.process is not None
-        pg.process.stop()
+    with running_postgres(root) as postgres:
+        yield postgres
 
 
 @pytest.fixture(scope="package")

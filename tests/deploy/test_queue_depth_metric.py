@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from redis.asyncio import BlockingConnectionPool, Redis
 from support.accounts import dev_login
 from support.mesh import MeshStarter
+from support.servers import running_redis
 
 from services.billing.plans import PLANS_BY_PRIORITY
 from services.embedded.process import free_port
@@ -39,12 +40,8 @@ WORKERS = 16
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     home: Path = tmp_path_factory.mktemp("depth-redis")
-    server = EmbeddedRedis(home / "data", free_port(), home / "logs")
-    server.start()
-    server.wait_ready()
-    yield server
-    assert server.process is not None
-    server.process.stop()
+    with running_redis(home) as server:
+        yield server
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from support.servers import running_redis
 
-from services.embedded.process import free_port
 from services.embedded.redis import EmbeddedRedis
 from services.generation import queue as queue_module
 from services.generation.queue import ClaimCycle, SchedulingPolicy, TierQueue
@@ -26,12 +26,8 @@ POLICY = SchedulingPolicy(
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     home: Path = tmp_path_factory.mktemp("claim-redis")
-    server = EmbeddedRedis(home / "data", free_port(), home / "logs")
-    server.start()
-    server.wait_ready()
-    yield server
-    assert server.process is not None
-    server.process.stop()
+    with running_redis(home) as server:
+        yield server
 
 
 @pytest.fixture

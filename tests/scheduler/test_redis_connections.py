@@ -9,22 +9,17 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from support.servers import running_redis
 
 from services.common.redis_pool import DEAD_PEER_SECONDS, redis_client, shared_redis
 from services.common.settings import ServerSettings
-from services.embedded.process import free_port
-from services.embedded.redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home: Path = tmp_path_factory.mktemp("connections-redis")
-    server = EmbeddedRedis(home / "data", free_port(), home / "logs")
-    server.start()
-    server.wait_ready()
-    yield server.url
-    assert server.process is not None
-    server.process.stop()
+    with running_redis(home) as server:
+        yield server.url
 
 
 async def assert_socket_bounds(client: Redis) -> None:

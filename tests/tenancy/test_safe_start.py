@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from support.mesh import REPO_ROOT
+from support.servers import running_postgres
 
 from services.common.settings import DEV_LEMONSQUEEZY_API_KEY, DEV_LEMONSQUEEZY_WEBHOOK_SECRET
 from services.embedded.postgres import EmbeddedPostgres
@@ -137,16 +138,8 @@ def test_prod_refuses_an_oauth_provider_offered_without_its_secret(mesh: Any, pr
 @pytest.fixture(scope="module")
 def postgres_without_fsync(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     root = tmp_path_factory.mktemp("no-fsync")
-    postgres = EmbeddedPostgres(
-        root / "data", free_port(), root / "logs", superuser_password=secrets.token_urlsafe(16), fsync=False
-    )
-    postgres.start()
-    try:
-        postgres.wait_ready()
+    with running_postgres(root) as postgres:
         yield postgres
-    finally:
-        assert postgres.process is not None
-        postgres.process.stop()
 
 
 def test_prod_refuses_postgresql_with_fsync_off(mesh: Any, postgres_without_fsync: EmbeddedPostgres) -> None:
