@@ -3,19 +3,22 @@ started on a free port under `home`, stopped when the block ends."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from services.embedded.postgres import EmbeddedPostgres
 from services.embedded.process import free_port
 from services.embedded.redis import EmbeddedRedis
 
+Server = TypeVar("Server", EmbeddedRedis, EmbeddedPostgres)
+
 
 @contextmanager
-def running_redis(home: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(home / "data", free_port(), home / "logs")
+def _running(server: Server) -> Iterator[Server]:
     server.start()
     try:
         server.wait_ready()
@@ -25,16 +28,15 @@ def running_redis(home: Path) -> Iterator[EmbeddedRedis]:
         server.process.stop()
 
 
-@contextmanager
-def running_postgres(home: Path) -> Iterator[EmbeddedPostgres]:
+def running_redis(home: Path) -> contextlib.AbstractContextManager[EmbeddedRedis]:
+    return _running(EmbeddedRedis(home / "data", free_port(), home / "logs"))
+
+
+def running_postgres(home: Path) -> contextlib.AbstractContextManager[EmbeddedPostgres]:
     """With fsync off, which only tests may use (production refuses it)."""
-    server = EmbeddedPostgres(
-        home / "data", free_port(), home / "logs", superuser_password=secrets.token_urlsafe(16), fsync=False
+    superuser_password = secrets.token_urlsafe(16)
+    return _running(
+        EmbeddedPostgres(
+            home / "data", free_port(), home / "logs", superuser_password=superuser_password, fsync=False
+        )
     )
-    server.start()
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        assert server.process is not None
-        server.process.stop()
