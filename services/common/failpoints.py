@@ -107,7 +107,7 @@ class Failpoints:
         try:
             return bool(await self.redis.blpop([release_key(failpoint, job)], timeout=_RELEASE_WAIT_SECONDS))
         except RedisError:
-            # Redis restarting, or this process resumed after a SIGSTOP past the read's timeout:
+            # Redis restarting, or the connection dropped as dead (services/common/redis_pool.py):
             # the job stays parked, and its run's own checks decide what happens to it.
             await asyncio.sleep(_RELEASE_WAIT_SECONDS)
             return False

@@ -184,8 +184,9 @@ class EventHub:
         self.position_news_seconds = position_news_seconds
         # The times positions are computed and told at (the event loop's clock by default).
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
-        # Well under the client's socket timeout (5 s by default), which would otherwise end a
-        # quiet read as a broken connection.
+        # Each read is bounded, so that the loop looks at its own cancellation at least this
+        # often even if a cancel was swallowed mid-command (the client has no socket timeout:
+        # services/common/redis_pool.py).
         self.block_ms = block_ms
         self.reconnect_seconds = reconnect_seconds
         self._feed_id = "$"  # the feed entry read last; until start(), "only what comes next"
