@@ -451,8 +451,6 @@ def main() -> None:
     else:
         gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('PINGVAS_HTTP_PORT', '8080')}"
         measured = side_by_side(Generator(gateway, args.steps, args.size), bare, args.runs)
-    import torch
-
     walls = measured.walls
     first_events = [generation.first_event for generation in measured.mesh]
     mesh_mean, bare_mean = statistics.mean(walls), statistics.mean(measured.bare)
@@ -465,7 +463,7 @@ def main() -> None:
     )
     print(
         f"  bare diffusers call          mean {bare_mean * 1000:8.1f} ms   median "
-        f"{statistics.median(measured.bare) * 1000:8.1f} ms   ({torch.get_num_threads()} torch threads, "
+        f"{statistics.median(measured.bare) * 1000:8.1f} ms   ({bare.torch.get_num_threads()} torch threads, "
         "the mesh idle meanwhile)"
     )
     print(f"  ratio mesh / bare            {mesh_mean / bare_mean:.3f}   (target <= 1.10)")
