@@ -22,8 +22,8 @@ For N generations of the tiny model (64x64, 20 steps by default) it reports:
   that end in a server event use the event's `time`, on the same clock as the client's.
 
 Generations run one at a time so that the mesh, not a queue, is measured, and each beside a
-bare call so that both see the same machine. With `--start` the
-benchmark brings up its own mesh (`pingvas up` in a temporary PINGVAS_HOME) and stops it after.
+bare call so that both see the same machine. With `--start` the benchmark brings up its own
+mesh (`pingvas up` in a temporary PINGVAS_HOME) and stops it after.
 PostgreSQL runs with fsync on, as `pingvas up` runs it; `--fsync-cost` also runs the same
 generations on a second mesh with fsync off (PINGVAS_POSTGRES_FSYNC=off, which production
 refuses) and prints what durability costs, create call and end to end.
@@ -70,6 +70,9 @@ from benchmesh import (
 
 # The one account every generation of this bench is made by.
 BENCH_EMAIL = "bench@pingvas.local"
+# What every generation of this bench asks for, through the mesh and bare alike.
+MODEL = "tiny-sd"
+PROMPT = "a red fox in snow"
 
 HOPS = (
     "create call",
@@ -122,7 +125,7 @@ class BarePipeline:
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.pipeline = AutoPipelineForText2Image.from_pretrained(models_dir / "tiny-sd", dtype=dtype).to(
+        self.pipeline = AutoPipelineForText2Image.from_pretrained(models_dir / MODEL, dtype=dtype).to(
             self.device
         )
         self.pipeline.set_progress_bar_config(disable=True)
@@ -135,7 +138,7 @@ class BarePipeline:
         started = time.perf_counter()
         with self.torch.inference_mode():
             self.pipeline(
-                prompt="a red fox in snow",
+                prompt=PROMPT,
                 width=self.size,
                 height=self.size,
                 num_inference_steps=self.steps,
@@ -166,8 +169,8 @@ class Generator:
         login.raise_for_status()
         self.headers = {"authorization": f"Bearer {login.json()['accessToken']}"}
         self.body = {
-            "prompt": "a red fox in snow",
-            "model": "tiny-sd",
+            "prompt": PROMPT,
+            "model": MODEL,
             "width": size,
             "height": size,
             "steps": steps,
@@ -210,13 +213,14 @@ class Generator:
             raise SystemExit(f"generation did not succeed: {terminal}")
         self.client.get(terminal["succeeded"]["imageUrl"]).raise_for_status()
         wall = time.perf_counter() - started
+        terminal_at = event_time(terminal)
         hops = (
             created_at - submitted_at,
             started_event - created_at,
             progress[0] - started_event,
             progress[-1] - progress[0],
-            event_time(terminal) - progress[-1],
-            received_at - event_time(terminal),
+            terminal_at - progress[-1],
+            received_at - terminal_at,
             time.time() - received_at,
         )
         return MeshGeneration(wall, first_event or wall, dict(zip(HOPS, hops, strict=True)))
@@ -362,7 +366,7 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
                 denoising_on.append(denoising_in_round["on"])
     print(
         f"tracing cost: {rounds} round(s) of {segments} x {runs} generations per mesh, two meshes side by side, "
-        f"tiny-sd {size}x{size}, {steps} steps"
+        f"{MODEL} {size}x{size}, {steps} steps"
     )
     print("  CPU seconds per generation, all mesh processes (user + system):")
     for index, (without, with_tracing) in enumerate(zip(off, on, strict=True), start=1):
@@ -455,7 +459,7 @@ def main() -> None:
     first_events = [generation.first_event for generation in measured.mesh]
     mesh_mean, bare_mean = statistics.mean(walls), statistics.mean(measured.bare)
     print(
-        f"mesh overhead: {args.runs} generations, tiny-sd {args.size}x{args.size}, {args.steps} steps, "
+        f"mesh overhead: {args.runs} generations, {MODEL} {args.size}x{args.size}, {args.steps} steps, "
         "each beside a bare call"
     )
     print(
