@@ -1,7 +1,8 @@
 """The in-place span encoder builds the request the upstream OTLP encoder builds, field for field
-and byte for byte: spans of two processes' resources and of several scopes; remote and local
-parents; trace state; attributes of every type an attribute may have; events, links and
-status; and the counts of what the span limits dropped."""
+and byte for byte: spans of two processes' resources and of several scopes, equal resources
+and scopes of distinct objects grouped as one; remote and local parents; trace state;
+attributes of every type an attribute may have; events, links and status; and the counts of
+what the span limits dropped."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def _spans() -> list[ReadableSpan]:
     exporter = InMemorySpanExporter()
     generation = _provider("pingvas-generation", exporter)
     worker = _provider("pingvas-worker", exporter)
+    # Another provider of the same process: its resource and its tracer's scope are equal to
+    # the first's, but other objects.
+    generation_again = _provider("pingvas-generation", exporter)
     server = generation.get_tracer("opentelemetry.instrumentation.grpc", "0.66b1")
     client = generation.get_tracer(
         "opentelemetry.instrumentation.redis",
@@ -40,27 +44,31 @@ def _spans() -> list[ReadableSpan]:
     domain = worker.get_tracer("gpu_inference.worker")
 
     remote = propagate.extract({"traceparent": TRACEPARENT, "tracestate": "vendor=a1,other=b2"})
-    with server.start_as_current_span(
-        "/pingvas.generation.v1.GenerationService/CreateGeneration",
-        context=remote,
-        kind=trace.SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.grpc.status_code": 0},
-    ), client.start_as_current_span(
-        "EVALSHA",
-        kind=trace.SpanKind.CLIENT,
-        attributes={
-            "db.statement": "EVALSHA ? ? ?",
-            "db.redis.args_length": 4,
-            "pingvas.ratio": 0.25,
-            "pingvas.retried": False,
-            "pingvas.generation_ids": ["a", "b"],
-            "pingvas.steps": [20, 30],
-            "pingvas.weights": [0.5, 1.5],
-            "pingvas.flags": [True, False],
-        },
-    ) as span:
+    with (
+        server.start_as_current_span(
+            "/pingvas.generation.v1.GenerationService/CreateGeneration",
+            context=remote,
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.grpc.status_code": 0},
+        ),
+        client.start_as_current_span(
+            "EVALSHA",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "db.statement": "EVALSHA ? ? ?",
+                "db.redis.args_length": 4,
+                "pingvas.ratio": 0.25,
+                "pingvas.retried": False,
+                "pingvas.generation_ids": ["a", "b"],
+                "pingvas.steps": [20, 30],
+                "pingvas.weights": [0.5, 1.5],
+                "pingvas.flags": [True, False],
+            },
+        ) as span,
+    ):
         span.set_attribute("one.too.many", "dropped")
         span.set_status(trace.StatusCode.ERROR, "ConnectionError")
+    generation_again.get_tracer("opentelemetry.instrumentation.grpc", "0.66b1").start_span("probe").end()
     first_job = trace.get_current_span(remote).get_span_context()
     with domain.start_as_current_span("run batch", links=[trace.Link(first_job, {"pingvas.member": 0})]):
         denoise = domain.start_span(
@@ -84,8 +92,11 @@ def test_the_request_is_the_upstream_encoders_to_the_byte() -> None:
 
     assert ours == upstream
     assert ours.SerializeToString(deterministic=True) == upstream.SerializeToString(deterministic=True)
-    # The case carries what it claims to: two resources, the limits' drops, a remote parent.
+    # The case carries what it claims to: two resources (the equal ones as one), the limits'
+    # drops, a remote parent.
+    assert len({id(span.resource) for span in spans}) == 3
     assert len(ours.resource_spans) == 2
+    assert [len(resource_spans.scope_spans) for resource_spans in ours.resource_spans] == [2, 1]
     all_spans = [span for rs in ours.resource_spans for ss in rs.scope_spans for span in ss.spans]
     assert {span.name for span in all_spans if span.dropped_attributes_count} == {"EVALSHA"}
     assert [span.dropped_events_count for span in all_spans if span.name == "denoise"] == [1]
