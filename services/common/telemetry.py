@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -59,7 +60,6 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
     from opentelemetry.instrumentation.grpc import (
         GrpcAioInstrumentorClient,
         GrpcAioInstrumentorServer,
-        filters,
     )
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.metrics import MeterProvider
@@ -82,15 +82,8 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
     )
     metrics.set_meter_provider(meter_provider)
 
-    # Probes and reflection are no one's request: they would only add traces of one span each.
-    plumbing = filters.negate(
-        filters.any_of(
-            filters.service_name("grpc.health.v1.Health"),
-            filters.service_name("grpc.reflection.v1alpha.ServerReflection"),
-        )
-    )
-    GrpcAioInstrumentorServer(filter_=plumbing).instrument()  # type: ignore[no-untyped-call]
-    GrpcAioInstrumentorClient(filter_=plumbing).instrument()  # type: ignore[no-untyped-call]
+    GrpcAioInstrumentorServer(filter_=is_request).instrument()  # type: ignore[no-untyped-call]
+    GrpcAioInstrumentorClient(filter_=is_request).instrument()  # type: ignore[no-untyped-call]
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
     RedisInstrumentor().instrument()
     log.info("telemetry on: OTLP to %s as %s", settings.exporter_otlp_endpoint, service_name)
@@ -101,6 +94,21 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
         await asyncio.to_thread(meter_provider.shutdown)
 
     return Telemetry(enabled=True, shutdown=shutdown)
+
+
+# Probes and reflection are no one's request: they would only add traces of one span each.
+GRPC_PLUMBING = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
+
+
+def is_request(call_details: Any) -> bool:
+    """The gRPC instrumentations' filter: every call but the plumbing's. A server passes its
+    handler call details, a client its call details, whose method grpc gives as bytes. (The
+    instrumentation's own `filters.service_name` asks first whether the details are a client's,
+    a runtime Protocol check that cost a tenth of a millisecond a call.)"""
+    method = call_details.method
+    if isinstance(method, bytes):
+        method = method.decode()
+    return not method.startswith(GRPC_PLUMBING)
 
 
 # What SQLAlchemy's pool and transactions say around every transaction's own statements: the
