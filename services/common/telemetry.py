@@ -97,7 +97,7 @@ def start_telemetry(service_name: str, settings: TelemetrySettings | None = None
 
 
 # Probes and reflection are no one's request: they would only add traces of one span each.
-GRPC_PLUMBING = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
+GRPC_PLUMBING = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def is_request(call_details: Any) -> bool:
