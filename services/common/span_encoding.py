@@ -14,6 +14,7 @@ OTEL_EXPORTER_OTLP_* settings, retries, timeouts) is the upstream exporter's.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.span import SpanContext
+
+log = logging.getLogger(__name__)
 
 _SPAN_KINDS: dict[SpanKind, trace_pb2.Span.SpanKind.ValueType] = {
     SpanKind.INTERNAL: trace_pb2.Span.SPAN_KIND_INTERNAL,
@@ -129,7 +132,12 @@ def _put_attributes(target: Any, attributes: Mapping[str, Any] | None) -> None:
     for key, value in (attributes or {}).items():
         pair: KeyValue = target.add()
         pair.key = key
-        _put_value(pair.value, value)
+        try:
+            _put_value(pair.value, value)
+        except TypeError:
+            # As the upstream encoder does: the attribute is left out, the span still goes.
+            del target[-1]
+            log.exception("attribute %r not encoded", key)
 
 
 def _put_value(target: AnyValue, value: Any) -> None:
@@ -149,7 +157,11 @@ def _put_value(target: AnyValue, value: Any) -> None:
         for item in value:
             _put_value(values.add(), item)
     elif isinstance(value, Mapping):
-        _put_attributes(target.kvlist_value.values, {str(key): item for key, item in value.items()})
+        pairs = target.kvlist_value.values
+        for key, item in value.items():
+            pair = pairs.add()
+            pair.key = str(key)
+            _put_value(pair.value, item)
     elif value is None:
         target.SetInParent()
     else:

@@ -1,8 +1,8 @@
 """The in-place span encoder builds the request the upstream OTLP encoder builds, field for field
 and byte for byte: spans of two processes' resources and of several scopes, equal resources
 and scopes of distinct objects grouped as one; remote and local parents; trace state;
-attributes of every type an attribute may have; events, links and status; and the counts of
-what the span limits dropped."""
+attributes of every type an attribute may have, and one that is none, left out; events, links
+and status; and the counts of what the span limits dropped."""
 
 from __future__ import annotations
 
@@ -102,6 +102,29 @@ def test_the_request_is_the_upstream_encoders_to_the_byte() -> None:
     assert [span.dropped_events_count for span in all_spans if span.name == "denoise"] == [1]
     assert [span.dropped_links_count for span in all_spans if span.name == "denoise"] == [1]
     assert any(span.trace_state == "vendor=a1,other=b2" for span in all_spans)
+
+
+def test_an_attribute_that_does_not_encode_is_left_out_as_upstream_leaves_it() -> None:
+    # The SDK's spans never hold one (it cleans attributes as they are set); a span made by hand
+    # can, and must not take its batch down with it.
+    span = ReadableSpan(
+        "by hand",
+        trace.SpanContext(0x1234, 0x5678, is_remote=False),
+        attributes={
+            "kept": 1,
+            "opaque": object(),  # type: ignore[dict-item]
+            "in a list": ["a", object()],  # type: ignore[list-item]
+            "in a mapping": {"fine": 1, "opaque": object()},  # type: ignore[dict-item]
+            "also kept": "y",
+        },
+        start_time=1,
+        end_time=2,
+    )
+    ours, upstream = encode_spans([span]), upstream_encode_spans([span])
+
+    assert ours == upstream
+    (encoded,) = ours.resource_spans[0].scope_spans[0].spans
+    assert [attribute.key for attribute in encoded.attributes] == ["kept", "also kept"]
 
 
 def test_an_empty_batch_is_an_empty_request() -> None:
