@@ -157,6 +157,8 @@ def _put_value(target: AnyValue, value: Any) -> None:
         for item in value:
             _put_value(values.add(), item)
     elif isinstance(value, Mapping):
+        # Not `_put_attributes`: a value inside that cannot be encoded leaves out the whole
+        # attribute, as upstream does, not just its own key.
         pairs = target.kvlist_value.values
         for key, item in value.items():
             pair = pairs.add()
