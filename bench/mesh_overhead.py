@@ -1,7 +1,7 @@
 """How much the mesh adds to a generation, measured side by side in one run.
 
     python bench/mesh_overhead.py [-n 20] [--steps 20] [--size 64] [--gateway URL | --start [--fsync-cost]]
-    python bench/mesh_overhead.py --tracing [-n 20] [--rounds 1] [--segments 4] [--steps 20] [--size 64]
+    python bench/mesh_overhead.py --tracing [--calibrate] [-n 20] [--rounds 1] [--segments 4] [--steps 20] [--size 64]
 
 For N generations of the tiny model (64x64, 20 steps by default) it reports:
 
@@ -35,10 +35,16 @@ tracing off and one exporting traces and metrics (Envoy's and every process's) t
 receiver in this process, which counts and drops them; they take turns, one generation at a
 time, so both see the same machine. Each round (`--rounds`) starts a fresh pair, the two taking
 turns to start first, and measures `--segments` times -n generations per mesh, each segment with
-fresh workers; the ratio on / off is printed per round and over all rounds (target <= 1.03). Use
-an even number of rounds. It also prints the worker's pipeline thread (each worker's busiest)
-apart from the rest of the mesh: that thread carries most of the spread between runs, and of
-tracing's work only a span event per step.
+fresh workers; the ratio on / off is printed per round and over all rounds. Use an even number
+of rounds.
+The worker's pipeline thread (each worker's busiest) is two thirds of the mesh's CPU and nearly
+all of its noise: the same denoising took 300 to 460 ms of CPU from one generation to the next
+on one worker as the host's other tenants came and went, so with tracing off in both meshes
+(`--calibrate`) the all-threads ratio of a run came out 0.983 and 1.021 in its two rounds. Tracing does no work on
+that thread but a list append a step (the denoise span's step events are added afterwards, on
+the event loop: `gpu_inference.worker.StepEvents`). So the figure held to the target (<= 1.03)
+counts every other thread's CPU in both meshes, and the pipeline thread's once, with tracing
+off: (all off + (the rest on - the rest off)) / all off. The all-threads ratio is printed too.
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -292,10 +298,12 @@ def busiest_thread_seconds(
     return sum(by_process.values())
 
 
-def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: int, segments: int) -> None:
-    """Two meshes up side by side, tracing off and on, taking turns one generation at a time (who
-    goes first alternates), so that both see the same machine: the other work on it, its clock
-    speed, its caches. Each mesh's CPU is summed over its own process tree.
+def compare_tracing(
+    models_dir: Path, runs: int, steps: int, size: int, rounds: int, segments: int, *, calibrate: bool
+) -> None:
+    """Two meshes up side by side, tracing off and on (with `calibrate`, off in both), taking
+    turns one generation at a time (who goes first alternates), so that both see the same
+    machine: the other work on it, its clock speed, its caches. Each mesh's CPU is summed over its own process tree.
 
     A process's CPU for the same work differs from one process to the next, by as much as the
     cost measured here, and most of all the worker's: with tracing off in both meshes, the
@@ -319,7 +327,9 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
         for round_index in range(rounds):
             environments = {
                 "off": supervision,
-                "on": {**supervision, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint},
+                "on": supervision
+                if calibrate
+                else {**supervision, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint},
             }
             first, second = ("off", "on") if round_index % 2 == 0 else ("on", "off")
             with (
@@ -367,13 +377,20 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
     print(
         f"tracing cost: {rounds} round(s) of {segments} x {runs} generations per mesh, two meshes side by side, "
         f"{MODEL} {size}x{size}, {steps} steps"
+        + ("; calibration: tracing off in both meshes, 'on' is the second" if calibrate else "")
     )
     print("  CPU seconds per generation, all mesh processes (user + system):")
+    # Each round's ratios: all threads, and the pipeline thread counted once (see the docstring).
+    all_threads, pipeline_once = [], []
     for index, (without, with_tracing) in enumerate(zip(off, on, strict=True), start=1):
         total_off, total_on = sum(without.values()), sum(with_tracing.values())
+        all_threads.append(total_on / total_off)
+        rest_added = (total_on - denoising_on[index - 1]) - (total_off - denoising_off[index - 1])
+        pipeline_once.append((total_off + rest_added) / total_off)
         print(
             f"    round {index} ({'off' if index % 2 else 'on'} started first): tracing off "
-            f"{total_off * 1000:8.1f} ms   on {total_on * 1000:8.1f} ms   ratio {total_on / total_off:.3f}"
+            f"{total_off * 1000:8.1f} ms   on {total_on * 1000:8.1f} ms   ratio {all_threads[-1]:.3f}, "
+            f"pipeline thread once {pipeline_once[-1]:.3f}"
         )
     print("  by component (mean ms, off -> on):")
     for component in sorted({name for spent in off + on for name in spent}):
@@ -383,27 +400,29 @@ def compare_tracing(models_dir: Path, runs: int, steps: int, size: int, rounds: 
     mean_off = statistics.mean(sum(spent.values()) for spent in off)
     mean_on = statistics.mean(sum(spent.values()) for spent in on)
     print(f"  mean: off {mean_off * 1000:.1f} ms, on {mean_on * 1000:.1f} ms")
-    print(f"  ratio on / off               {mean_on / mean_off:.3f}   (target <= 1.03)")
-    # Tracing's only work on the pipeline thread is a span event per step; the rest of the mesh
-    # holds nearly all its cost, measured without that thread's noise.
+    print(f"  ratio on / off, all threads  {mean_on / mean_off:.3f}")
+    # Tracing's only work on the pipeline thread is a list append a step: the rest of the mesh
+    # holds its cost, measured without that thread's noise.
     rest_off = mean_off - statistics.mean(denoising_off)
     rest_on = mean_on - statistics.mean(denoising_on)
     print(
         f"  the worker's pipeline thread {statistics.mean(denoising_off) * 1000:.1f} -> "
         f"{statistics.mean(denoising_on) * 1000:.1f} ms; everything else {rest_off * 1000:.1f} -> "
-        f"{rest_on * 1000:.1f} ms: +{(rest_on - rest_off) * 1000:.1f} ms per generation, "
-        f"{(rest_on - rest_off) / mean_off * 100:.2f} % of the whole mesh's CPU with tracing off"
+        f"{rest_on * 1000:.1f} ms: {(rest_on - rest_off) * 1000:+.1f} ms per generation"
+    )
+    print(
+        f"  ratio, pipeline thread once  {(mean_off + rest_on - rest_off) / mean_off:.3f}   (target <= 1.03)"
     )
     if rounds > 1:
-        # The rounds' spread, mostly the denoising's own CPU moving from one mesh to the next: a
-        # ratio is only as good as this says.
-        ratios = [sum(b.values()) / sum(a.values()) for a, b in zip(off, on, strict=True)]
-        error = statistics.stdev(ratios) / len(ratios) ** 0.5
-        print(
-            f"  rounds' ratios               mean {statistics.mean(ratios):.3f} +- {error:.3f} (standard error)"
-        )
+        # The rounds' spread: a ratio is only as good as this says.
+        for label, ratios in (("all threads", all_threads), ("pipeline thread once", pipeline_once)):
+            error = statistics.stdev(ratios) / len(ratios) ** 0.5
+            print(
+                f"  rounds' ratios, {label:<20} mean {statistics.mean(ratios):.3f} +- {error:.3f} "
+                "(standard error)"
+            )
     # Warm-ups included: every process flushes its spans as it stops.
-    print(f"  spans exported               {sink.span_count / traced_generations:.0f} per generation")
+    print(f"  spans exported               {sink.span_count / max(traced_generations, 1):.0f} per generation")
 
 
 def main() -> None:
@@ -422,6 +441,11 @@ def main() -> None:
         help="compare the mesh's CPU seconds per generation with OpenTelemetry off and on",
     )
     parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with --tracing: tracing off in both meshes, to show the measurement's own spread",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -437,7 +461,9 @@ def main() -> None:
     args = parser.parse_args()
     models_dir = args.models_dir.resolve()
     if args.tracing:
-        compare_tracing(models_dir, args.runs, args.steps, args.size, args.rounds, args.segments)
+        compare_tracing(
+            models_dir, args.runs, args.steps, args.size, args.rounds, args.segments, calibrate=args.calibrate
+        )
         return
 
     bare = BarePipeline(models_dir, args.steps, args.size)

@@ -261,6 +261,24 @@ class BatchRun:
             await asyncio.wrap_future(departure)
 
 
+class StepEvents:
+    """The denoise span's step events. The inference thread only notes each step and when it
+    ended; the event loop adds the events, with those times, once the call returns. So the SDK's
+    span work (its lock, its attribute checks) never runs on the thread that runs the pipeline:
+    tracing's only work there is a list append a step."""
+
+    def __init__(self) -> None:
+        self._ended: list[tuple[int, int]] = []  # (step, time in ns since the epoch)
+
+    def note(self, step: int) -> None:
+        """Runs on the inference thread: a list append, atomic under the GIL."""
+        self._ended.append((step, time.time_ns()))
+
+    def add_to(self, span: trace.Span, total_steps: int) -> None:
+        for step, ended_ns in self._ended:
+            span.add_event("step", {"step": step, "total_steps": total_steps}, timestamp=ended_ns)
+
+
 @dataclass(frozen=True)
 class Member:
     record: GenerationRecord
@@ -668,8 +686,10 @@ class Worker:
             },
         )
 
+        step_events = StepEvents()
+
         def on_traced_step(batch_step: BatchStep) -> None:
-            denoise.add_event("step", {"step": batch_step.step, "total_steps": total_steps})
+            step_events.note(batch_step.step)
             batch.on_step(batch_step)
 
         on_step = on_traced_step if denoise.is_recording() else batch.on_step
@@ -687,6 +707,7 @@ class Worker:
                 denoise.set_status(trace.StatusCode.ERROR, type(error).__name__)
                 raise
             finally:
+                step_events.add_to(denoise, total_steps)
                 denoise.end()
                 for watcher in watchers:
                     watcher.cancel()

@@ -17,6 +17,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 
 @dataclass(frozen=True)
+class ReceivedEvent:
+    name: str
+    time_ns: int
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ReceivedSpan:
     service: str
     trace_id: str
@@ -26,7 +33,7 @@ class ReceivedSpan:
     kind: int
     start_ns: int
     end_ns: int
-    events: tuple[str, ...]
+    events: tuple[ReceivedEvent, ...]
     links: tuple[str, ...]  # the trace ids linked to
     attributes: dict[str, Any]
 
@@ -112,7 +119,14 @@ class OtlpReceiver(
                         kind=span.kind,
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
-                        events=tuple(event.name for event in span.events),
+                        events=tuple(
+                            ReceivedEvent(
+                                event.name,
+                                event.time_unix_nano,
+                                {a.key: _attribute_value(a.value) for a in event.attributes},
+                            )
+                            for event in span.events
+                        ),
                         links=tuple(link.trace_id.hex() for link in span.links),
                         attributes={a.key: _attribute_value(a.value) for a in span.attributes},
                     )
@@ -150,7 +164,7 @@ def trace_tree(spans: list[ReceivedSpan]) -> str:
     lines = [f"trace {spans[0].trace_id}" if spans else "(no spans)"]
 
     def walk(span: ReceivedSpan, depth: int) -> None:
-        steps = sum(event == "step" for event in span.events)
+        steps = sum(event.name == "step" for event in span.events)
         extra = f" [{steps} step events]" if steps else ""
         extra += f" [links {len(span.links)}]" if span.links else ""
         lines.append(

@@ -158,7 +158,14 @@ def test_one_generation_is_one_trace_across_envoy_services_and_worker(
     create_span = next(span for span in trace if span.name.endswith("/CreateGeneration"))
     assert create_span.parent_span_id == gateway.span_id, "the service continues Envoy's span"
     denoise = next(span for span in trace if span.name == "denoise")
-    assert sum(event == "step" for event in denoise.events) == REQUEST["steps"]
+    steps = [event for event in denoise.events if event.name == "step"]
+    assert [event.attributes["step"] for event in steps] == list(range(1, REQUEST["steps"] + 1))
+    assert {event.attributes["total_steps"] for event in steps} == {REQUEST["steps"]}
+    # Each event is dated when its step ended on the inference thread, not when it was added to
+    # the span after the call: in order, and within the denoise.
+    step_times = [event.time_ns for event in steps]
+    assert step_times == sorted(step_times)
+    assert denoise.start_ns <= step_times[0] and step_times[-1] <= denoise.end_ns
     assert denoise.links == (gateway.trace_id,), "the denoise links to its job's trace"
     store = next(span for span in trace if span.name == "store")
     finish = next(span for span in trace if span.name == "fenced finish")
