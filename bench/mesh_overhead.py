@@ -35,16 +35,17 @@ tracing off and one exporting traces and metrics (Envoy's and every process's) t
 receiver in this process, which counts and drops them; they take turns, one generation at a
 time, so both see the same machine. Each round (`--rounds`) starts a fresh pair, the two taking
 turns to start first, and measures `--segments` times -n generations per mesh, each segment with
-fresh workers; the ratio on / off is printed per round and over all rounds. Use an even number
-of rounds.
-The worker's pipeline thread (each worker's busiest) is two thirds of the mesh's CPU and nearly
-all of its noise: the same denoising took 300 to 460 ms of CPU from one generation to the next
-on one worker as the host's other tenants came and went, so with tracing off in both meshes
-(`--calibrate`) the all-threads ratio of a run came out 0.983 and 1.021 in its two rounds. Tracing does no work on
-that thread but a list append a step (the denoise span's step events are added afterwards, on
-the event loop: `gpu_inference.worker.StepEvents`). So the figure held to the target (<= 1.03)
-counts every other thread's CPU in both meshes, and the pipeline thread's once, with tracing
-off: (all off + (the rest on - the rest off)) / all off. The all-threads ratio is printed too.
+fresh workers; the ratio on / off is printed per round and over all rounds (target <= 1.03). Use
+an even number of rounds.
+The worker's pipeline thread (each worker's busiest) is two thirds of the mesh's CPU and most of
+its noise: the same denoising took 300 to 460 ms of CPU from one generation to the next on one
+worker as the host's other tenants came and went, and with tracing off in both meshes
+(`--calibrate`) a run's two rounds came out 0.983 and 1.021. So the bench also prints the ratio
+with that thread counted once, tracing off: (all off + (the rest on - the rest off)) / all off.
+Tracing does no work on that thread but a list append a step (the denoise span's step events are
+added afterwards, on the event loop: `gpu_inference.worker.StepEvents`), yet in four runs it
+spent 2.9 to 6.5 ms more per generation in the traced mesh (-1.1 ms in the calibration run), so
+the target is for the all-threads ratio.
 It is not a test: it prints figures and asserts nothing.
 """
 
@@ -400,9 +401,9 @@ def compare_tracing(
     mean_off = statistics.mean(sum(spent.values()) for spent in off)
     mean_on = statistics.mean(sum(spent.values()) for spent in on)
     print(f"  mean: off {mean_off * 1000:.1f} ms, on {mean_on * 1000:.1f} ms")
-    print(f"  ratio on / off, all threads  {mean_on / mean_off:.3f}")
-    # Tracing's only work on the pipeline thread is a list append a step: the rest of the mesh
-    # holds its cost, measured without that thread's noise.
+    print(f"  ratio on / off, all threads  {mean_on / mean_off:.3f}   (target <= 1.03)")
+    # Tracing's own work on the pipeline thread is a list append a step: the rest of the mesh
+    # holds most of its cost, measured without that thread's noise.
     rest_off = mean_off - statistics.mean(denoising_off)
     rest_on = mean_on - statistics.mean(denoising_on)
     print(
@@ -410,9 +411,7 @@ def compare_tracing(
         f"{statistics.mean(denoising_on) * 1000:.1f} ms; everything else {rest_off * 1000:.1f} -> "
         f"{rest_on * 1000:.1f} ms: {(rest_on - rest_off) * 1000:+.1f} ms per generation"
     )
-    print(
-        f"  ratio, pipeline thread once  {(mean_off + rest_on - rest_off) / mean_off:.3f}   (target <= 1.03)"
-    )
+    print(f"  ratio, pipeline thread once  {(mean_off + rest_on - rest_off) / mean_off:.3f}")
     if rounds > 1:
         # The rounds' spread: a ratio is only as good as this says.
         for label, ratios in (("all threads", all_threads), ("pipeline thread once", pipeline_once)):
