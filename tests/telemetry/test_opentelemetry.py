@@ -161,8 +161,7 @@ def test_one_generation_is_one_trace_across_envoy_services_and_worker(
     steps = [event for event in denoise.events if event.name == "step"]
     assert [event.attributes["step"] for event in steps] == list(range(1, REQUEST["steps"] + 1))
     assert {event.attributes["total_steps"] for event in steps} == {REQUEST["steps"]}
-    # Each event is dated when its step ended on the inference thread, not when it was added to
-    # the span after the call: in order, and within the denoise.
+    # Dated when each step ended (tests/telemetry/test_step_events.py): in order, within the span.
     step_times = [event.time_ns for event in steps]
     assert step_times == sorted(step_times)
     assert denoise.start_ns <= step_times[0] and step_times[-1] <= denoise.end_ns
