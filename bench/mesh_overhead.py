@@ -43,8 +43,8 @@ worker as the host's other tenants came and went, and with tracing off in both m
 (`--calibrate`) two runs' rounds came out 0.983 and 1.021, 0.981 and 1.016. So the bench also prints the ratio
 with that thread counted once, tracing off: (all off + (the rest on - the rest off)) / all off.
 Tracing does no work on that thread but a list append a step (the denoise span's step events are
-added afterwards, on the event loop: `gpu_inference.worker.StepEvents`), yet in four runs it
-spent 2.9 to 6.5 ms more per generation in the traced mesh (-1.1 and 0.0 ms calibrating), so
+added afterwards, on the event loop: `gpu_inference.worker.StepEvents`), yet in three runs it
+spent 2.9 to 4.4 ms more per generation in the traced mesh (-1.1 and 0.0 ms calibrating), so
 the target is for the all-threads ratio.
 It is not a test: it prints figures and asserts nothing.
 """
