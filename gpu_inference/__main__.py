@@ -13,7 +13,12 @@ from services.billing.pricing import Pricing
 from services.common.database import Database
 from services.common.failpoints import Failpoints
 from services.common.redis_pool import redis_client
-from services.common.server import GrpcServer, configure_logging, serve_until_terminated
+from services.common.server import (
+    GrpcServer,
+    collection_paused,
+    configure_logging,
+    serve_until_terminated,
+)
 from services.common.settings import (
     ModelStoreSettings,
     ObjectStoreSettings,
@@ -49,9 +54,10 @@ async def main() -> None:
     await enforce_environment(settings, database, component=f"worker {worker_id}")
     # torch and diffusers take many seconds to import; only now, so that a worker refused by its
     # settings or environment says why at once instead of after them (a crash loop, read sooner).
-    from gpu_inference.inference import configure_cpu_threads
-    from gpu_inference.registry import ModelRegistry
-    from gpu_inference.worker import Worker
+    with collection_paused():
+        from gpu_inference.inference import configure_cpu_threads
+        from gpu_inference.registry import ModelRegistry
+        from gpu_inference.worker import Worker
 
     redis = redis_client(settings.redis_url)
     failpoints = Failpoints(redis, settings.failpoints) if settings.failpoints else None

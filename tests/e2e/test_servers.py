@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pingvas.user.v1 import user_service_pb2 as user_pb
 from pingvas.user.v1 import user_service_pb2_grpc as user_grpc
 
-from services.common.server import GC_THRESHOLDS, GrpcServer, serve_until_terminated
+from services.common.server import GC_THRESHOLDS, GrpcServer, collection_paused, serve_until_terminated
 from services.embedded.process import wait_grpc_serving
 
 pytestmark = pytest.mark.integration
@@ -120,3 +120,30 @@ async def test_what_start_up_built_is_frozen_once_the_server_is_ready() -> None:
     assert seen["collectable"] == [False] * 101
     assert seen["thresholds"] == GC_THRESHOLDS
     assert seen["made_later"] is True
+
+
+def test_collection_pauses_for_a_block_and_resumes_as_it_was() -> None:
+    """A worker imports torch and diffusers with collection paused: nothing the block builds is
+    collected meanwhile, even past the young generation's threshold, and afterwards the collector
+    runs again, or stays off where it was off, also when the block raises."""
+    assert gc.isenabled()
+    with collection_paused():
+        assert not gc.isenabled()
+        collections_before = gc.get_stats()[0]["collections"]
+        built = [_Pipeline() for _ in range(2 * gc.get_threshold()[0])]
+        collections_after = gc.get_stats()[0]["collections"]
+    assert collections_after == collections_before
+    assert gc.isenabled()
+    assert len(built) == 2 * gc.get_threshold()[0]
+
+    with pytest.raises(ImportError), collection_paused():
+        raise ImportError("a module that is not there")
+    assert gc.isenabled()
+
+    gc.disable()
+    try:
+        with collection_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
