@@ -469,12 +469,14 @@ def main() -> None:
         action="store_true",
         help="compare the mesh's CPU seconds per generation with OpenTelemetry off and on",
     )
-    parser.add_argument(
+    # Calibration runs both meshes untraced, so a sampler would have nothing to sample.
+    traced_as = parser.add_mutually_exclusive_group()
+    traced_as.add_argument(
         "--calibrate",
         action="store_true",
         help="with --tracing: tracing off in both meshes, to show the measurement's own spread",
     )
-    parser.add_argument(
+    traced_as.add_argument(
         "--traces-sampler",
         help="with --tracing: the traced mesh's OTEL_TRACES_SAMPLER (always_off: the instrumentations' "
         "own cost, nothing recorded); Pingvas's sampler when not given",

@@ -50,12 +50,13 @@ def test_generate_with_an_api_key_reports_each_event_and_returns_the_png(
     # The job parks after steps 1 and 2 until the callback has been given that step's event: a
     # watcher that has not yet taken a `progress` gets the next one in its place (the hub keeps
     # the newest preview), so without the parking a fast tiny job could show fewer steps.
-    prompt = parking_prompt(mesh, "a red fox in snow", after_step=[1, 2])
+    parked_after = [1, 2]
+    prompt = parking_prompt(mesh, "a red fox in snow", after_step=parked_after)
     events: list[pingvas.Event] = []
 
     def report(event: pingvas.Event) -> None:
         events.append(event)
-        if isinstance(event, pingvas.Progress) and event.step < 3:
+        if isinstance(event, pingvas.Progress) and event.step in parked_after:
             release(mesh, event.generation_id)
 
     with pingvas.Client(mesh.gateway_target, api_key=api_key_of(mesh, account)) as client:
