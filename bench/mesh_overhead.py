@@ -45,14 +45,17 @@ worker as the host's other tenants came and went, and with tracing off in both m
 prints the ratio with that thread counted once, tracing off: (all off + (the rest on - the rest
 off)) / all off. Tracing does no work on that thread but a list append a step (the denoise span's
 step events are added afterwards, on the event loop: `gpu_inference.worker.StepEvents`), yet in
-three runs the traced mesh's thread spent 2.9 to 4.4 ms more per generation, and in a fourth
-10.4 ms less (-1.1 and 0.0 ms calibrating): its noise cannot yet be told from a cost of its own,
-so the target is for the all-threads ratio.
+three runs the traced mesh's thread spent 2.9 to 4.4 ms more per generation, in a fourth
+10.4 ms less, and in the three runs after the worker's steps became one span each 2.8 to 5.1 ms
+less (-1.1 and 0.0 ms calibrating): its noise cannot be told from a cost of its own, so the
+target is for the all-threads ratio. Those three runs of 2 rounds of 6 x 16: all threads 1.010,
+1.014 and 1.007; pipeline thread once 1.018, 1.018 and 1.015 (34 spans a generation before,
+25 since).
 `--traces-sampler always_off` gives the traced mesh a standard sampler that records nothing:
 what the instrumentations cost on their own (their wrappers, unrecorded spans, attaching and
 detaching contexts; Envoy still exports its two spans a generation). In one run of 2 rounds of
 6 x 16, everything but the pipeline thread spent 7.2 ms more a generation (pipeline thread once
-1.011; all threads 0.997), about half of what full tracing adds there.
+1.011; all threads 0.997), about half of what full tracing added there then (34 spans).
 It is not a test: it prints figures and asserts nothing.
 """
 

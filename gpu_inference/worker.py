@@ -65,7 +65,7 @@ from services.common.storage import (
     ObjectMissing,
     ObjectStoreUnavailable,
 )
-from services.common.telemetry import job_link, trace_context
+from services.common.telemetry import job_link, span_without_statements, trace_context
 from services.gallery.recipe import recipe_json
 from services.gallery.repository import StoredImage
 from services.generation.failures import Failure, FailureCode
@@ -458,7 +458,8 @@ class Worker:
             self.metrics.queue_wait.record(claim.waited_seconds, {"band": claim.tier})
             # The claim joins the trace of the request that queued the job, from the claim's
             # round trip to the job's fenced start.
-            with tracer.start_as_current_span(
+            with span_without_statements(
+                tracer,
                 "claim",
                 context=trace_context(claim.trace_context),
                 start_time=claimed_from,

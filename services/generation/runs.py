@@ -23,6 +23,7 @@ from pingvas.generation.v1 import generation_resources_pb2 as resources
 from services.billing.ledger import CreditLedger, generation_reference
 from services.billing.pricing import Pricing
 from services.common.database import Database
+from services.common.telemetry import span_without_statements
 from services.gallery.repository import ImageRepository, StoredImage
 from services.generation.delivery import Delivery
 from services.generation.events import EventLog, new_event
@@ -178,7 +179,8 @@ class Runs:
         self, record: GenerationRecord, state: GenerationState
     ) -> AbstractContextManager[trace.Span]:
         """The span of a terminal transaction (fenced on the attempt), as a context manager."""
-        return tracer.start_as_current_span(
+        return span_without_statements(
+            tracer,
             "fenced finish",
             attributes={
                 "pingvas.generation_id": str(record.id),
@@ -189,7 +191,8 @@ class Runs:
 
     async def _append_terminal(self, record: GenerationRecord, state: GenerationState, **event: Any) -> None:
         """Append the terminal event for watchers, and count the outcome."""
-        with tracer.start_as_current_span(
+        with span_without_statements(
+            tracer,
             "terminal event",
             attributes={"pingvas.generation_id": str(record.id), "pingvas.state": state.name},
         ):

@@ -38,6 +38,9 @@ from services.generation.queue import SchedulingPolicy
 # The mesh's Redis holds its queue in database 0.
 IDLE_WORKER_REDIS_DB = 9
 
+# The worker's steps that are one transaction or one Redis call each.
+SINGLE_SPAN_STEPS = ("claim", "fenced finish", "terminal event")
+
 REQUEST = {"prompt": "a lighthouse at dusk", "model": "tiny-sd", "width": 64, "height": 64, "steps": 4}
 
 TRACED_MESH_ENV = {
@@ -169,6 +172,11 @@ def test_one_generation_is_one_trace_across_envoy_services_and_worker(
     store = next(span for span in trace if span.name == "store")
     finish = next(span for span in trace if span.name == "fenced finish")
     assert by_id[finish.parent_span_id] is store
+    # The worker's steps that are one transaction or command each are one span each: their
+    # statements make no spans of their own (span_without_statements).
+    single_steps = {span.span_id: span.name for span in trace if span.name in SINGLE_SPAN_STEPS}
+    assert sorted(single_steps.values()) == sorted(SINGLE_SPAN_STEPS)
+    assert [span.name for span in trace if span.parent_span_id in single_steps] == []
     statements = [str(span.attributes.get("db.statement", "")) for span in trace]
     assert any(statement.startswith("INSERT INTO generations") for statement in statements)
     plumbing = [s for s in statements if "set_config(" in s or s in TRANSACTION_PLUMBING]
