@@ -173,9 +173,10 @@ class _NoRootClientSpans(Sampler):
 
 @contextmanager
 def span_without_statements(tracer: trace.Tracer, name: str, **options: Any) -> Iterator[trace.Span]:
-    """A span for a step that is one transaction or one Redis call (a job's claim, its fenced
-    finish, its terminal event), inside which the database and Redis instrumentations make no
-    spans: the step's span already times them and names what they did. They were 9 of the
+    """A span for a step that is one transaction, one Redis call, or one of each (a job's claim:
+    the move to RUNNING and its `started` event; its fenced finish; its terminal event), inside
+    which the database and Redis instrumentations make no spans: the step's span already times
+    them and names what they did. They were 9 of the
     worker's 16 spans a job, and about 2 to 3 ms of its CPU a job with tracing on
     (bench/mesh_overhead.py --tracing). Options are `start_as_current_span`'s."""
     with tracer.start_as_current_span(name, **options) as span, suppress_instrumentation():

@@ -38,7 +38,7 @@ from services.generation.queue import SchedulingPolicy
 # The mesh's Redis holds its queue in database 0.
 IDLE_WORKER_REDIS_DB = 9
 
-# The worker's steps that are one transaction or one Redis call each.
+# The worker's steps that are a transaction, a Redis call, or one of each.
 SINGLE_SPAN_STEPS = ("claim", "fenced finish", "terminal event")
 
 REQUEST = {"prompt": "a lighthouse at dusk", "model": "tiny-sd", "width": 64, "height": 64, "steps": 4}
@@ -172,8 +172,8 @@ def test_one_generation_is_one_trace_across_envoy_services_and_worker(
     store = next(span for span in trace if span.name == "store")
     finish = next(span for span in trace if span.name == "fenced finish")
     assert by_id[finish.parent_span_id] is store
-    # The worker's steps that are one transaction or command each are one span each: their
-    # statements make no spans of their own (span_without_statements).
+    # Those steps are one span each: their statements make no spans of their own
+    # (span_without_statements).
     single_steps = {span.span_id: span.name for span in trace if span.name in SINGLE_SPAN_STEPS}
     assert sorted(single_steps.values()) == sorted(SINGLE_SPAN_STEPS)
     assert [span.name for span in trace if span.parent_span_id in single_steps] == []
