@@ -109,7 +109,9 @@ def test_a_reload_mid_run_resumes_the_stream_after_the_last_event_seen(
     console_mesh: RunningMesh, browser: Browser
 ) -> None:
     sign_in(browser, console_mesh, "reload")
-    submit(browser, parking_prompt(console_mesh, "a kestrel", after_step=2), steps=4)
+    # Parked after step 3 too: a progress event still waiting for its watcher when the next one
+    # arrives is replaced by it, so step 3 is on the page before step 4 is made.
+    submit(browser, parking_prompt(console_mesh, "a kestrel", after_step=[2, 3]), steps=4)
     generation_id = generation_id_of(browser)
     wait_parked(console_mesh, generation_id)
     wait_step(browser, 2)
@@ -118,6 +120,11 @@ def test_a_reload_mid_run_resumes_the_stream_after_the_last_event_seen(
     # (queued, started, steps 1 and 2), and shows nothing older.
     browser.do("waitFor", selector=LIVE)
     assert browser.do("attribute", selector=LIVE, name="data-resumed-after") == "4"
+    # Released only once the reloaded page watches: released earlier, the job could end before
+    # the page asked for the stream, and the page shows an ended generation without one.
+    browser.do("waitFor", selector="[data-watching=true]")
+    release(console_mesh, generation_id)
+    wait_step(browser, 3)
     release(console_mesh, generation_id)
     wait_state(browser, "succeeded")
     steps = browser.evaluate("return [...document.querySelectorAll('.strip img')].map(i => i.dataset.step)")

@@ -27,6 +27,9 @@ interface View {
 export function Live({ generationId, navigate }: { generationId: string; navigate: Navigate }) {
   const [view, setView] = useState<View>({ state: "waiting", previews: 0, strip: [] });
   const [error, setError] = useState<unknown>();
+  // Whether the watch stream has been asked for: the page first asks whether the generation has
+  // already ended, and a generation that ends meanwhile is shown without a stream.
+  const [watching, setWatching] = useState(false);
   const [resumedAfter] = useState(() => BigInt(sessionStorage.getItem(lastSeenKey(generationId)) ?? "0"));
 
   useEffect(() => {
@@ -72,6 +75,7 @@ export function Live({ generationId, navigate }: { generationId: string; navigat
         case GenerationState.CANCELLED:
           return setView((before) => ({ ...before, state: "cancelled" }));
       }
+      setWatching(true);
       for await (const event of client.watch(generationId, { afterSequence: resumedAfter, signal: abort.signal })) {
         show(event);
       }
@@ -86,7 +90,7 @@ export function Live({ generationId, navigate }: { generationId: string; navigat
   const percent = view.totalSteps ? Math.round(((view.step ?? 0) / view.totalSteps) * 100) : 0;
   const live = view.state === "waiting" || view.state === "queued" || view.state === "running";
   return (
-    <div className="stack" data-state={view.state} data-resumed-after={String(resumedAfter)} data-previews={view.previews}>
+    <div className="stack" data-state={view.state} data-resumed-after={String(resumedAfter)} data-watching={String(watching)} data-previews={view.previews}>
       <h1>Generation</h1>
       {view.state === "queued" && <p data-testid="queue-position">Position in queue: {String(view.position)}</p>}
       {(view.state === "running" || view.step !== undefined) && (
