@@ -1,9 +1,10 @@
 """Image generation on a loaded pipeline, in every mode: one call for one or more jobs, reporting
 each denoising step through one callback.
 
-A run builds its own pipeline object around the loaded model's components (`from_pipe`: the
-text-to-image, image-to-image or inpainting class, and the run's own scheduler for its sampler),
-so nothing is reloaded and the loaded pipeline itself is never changed. Prompts are weighted with
+A run uses a pipeline object of its own kind around the loaded model's components (`from_pipe`:
+the text-to-image, image-to-image or inpainting class, with a scheduler for its sampler), built on
+the first such run and kept with the model, so nothing is reloaded and the loaded pipeline itself
+is never changed. Prompts are weighted with
 compel (InvokeAI's syntax) and reach the pipeline as embeddings.
 """
 
@@ -30,7 +31,7 @@ from gpu_inference.preview import PreviewFrame, unpack_flux_latents
 from gpu_inference.registry import LoadedModel
 from gpu_inference.samplers import scheduler_for
 from services.generation.modes import GenerationMode, LoraWeight
-from services.generation.samplers import DEFAULT_SAMPLER, ModelFamily
+from services.generation.samplers import DEFAULT_SAMPLER, ModelFamily, Sampler
 
 # compel's prompt grammar backtracks exponentially on nested parentheses without pyparsing's
 # packrat memo: "((((((((" took 44 s to parse on a CPU, so one prompt could hold the inference
@@ -352,12 +353,7 @@ def run_text_to_image_batch(
     # LoRA adapters are set on them between runs.
     with model.run_lock, torch.inference_mode():
         started = time.perf_counter()
-        # The auto classes' from_pipe takes the modules as they are; a pipeline class's own
-        # from_pipe would cast them all to one dtype, modules a model keeps in float32 included.
-        pipeline = pipeline_class.from_pipe(
-            model.pipeline, scheduler=scheduler_for(first.sampler, family, model.pipeline.scheduler.config)
-        )
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = _run_pipeline(model, pipeline_class, first.sampler)
         # Seeded on the model's device so a seed reproduces the same image on the same hardware.
         generators = [torch.Generator(device=model.device).manual_seed(r.seed) for r in requests]
         output = pipeline(
@@ -392,6 +388,27 @@ def _fit(image: Image.Image, width: int, height: int, colour_mode: str) -> Image
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
+
+
+def _run_pipeline(model: LoadedModel, pipeline_class: Any, sampler: str) -> Any:
+    """The pipeline for runs of `pipeline_class` with `sampler` on `model`, built on the first.
+    Call it under the model's `run_lock`.
+
+    Building one cost about 2 ms of CPU a run (`from_pipe` inspects every component's signature,
+    `from_config` validates the scheduler's), on the path of every job. Reusing it is how
+    diffusers' pipelines are meant to be called: each call sets its scheduler's timesteps, which
+    resets every scheduler's per-run state (its step index, a multistep solver's history), also
+    after a run stopped midway."""
+    key = (pipeline_class, Sampler(sampler))
+    pipeline = model.run_pipelines.get(key)
+    if pipeline is None:
+        scheduler = scheduler_for(sampler, model.info.family, model.pipeline.scheduler.config)
+        # The auto classes' from_pipe takes the modules as they are; a pipeline class's own
+        # from_pipe would cast them all to one dtype, modules a model keeps in float32 included.
+        pipeline = pipeline_class.from_pipe(model.pipeline, scheduler=scheduler)
+        pipeline.set_progress_bar_config(disable=True)
+        model.run_pipelines[key] = pipeline
+    return pipeline
 
 
 def _is_inpainting_model(pipeline: Any) -> bool:

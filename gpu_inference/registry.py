@@ -111,6 +111,9 @@ class LoadedModel:
     # The PEFT adapter name of each LoRA loaded into the pipeline, by LoRA name (PEFT's names may
     # not hold the dots a LoRA's name may).
     adapters: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The pipeline a kind of run uses, by (pipeline class, sampler): built around `pipeline`'s
+    # modules on the first such run and reused under `run_lock` (gpu_inference.inference).
+    run_pipelines: dict[tuple[type, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
