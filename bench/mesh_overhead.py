@@ -20,7 +20,15 @@ For N generations of the tiny model (64x64, 20 steps by default) it reports:
   the move to RUNNING); `started` to the first `progress` (pipeline set-up and the first step);
   first to last `progress` (denoising); last `progress` to the terminal event (VAE decode, PNG,
   store, the fenced finish); the terminal event reaching the client; the PNG download. Hops
-  that end in a server event use the event's `time`, on the same clock as the client's.
+  that end in a server event use the event's `time`, on the same clock as the client's. Beside
+  the three hops that run the pipeline, the bare call's phase that does the same work, timed
+  by a step callback that notes when each step ended: call to the first step's end, first to
+  last step (so the denoising's cost a step in the mesh over bare is printed too), last step to
+  the image. Three runs of -n 20: set-up and first step 22.1, 22.0 and 24.3 ms against bare's
+  18.1, 18.3 and 20.6 (25.7 against 19.6 in a run while each run built its pipeline); denoising
+  +0.49, +0.46 and +0.76 ms a step (each step's progress event crosses the worker, Redis, the
+  generation service, Envoy and the client while the next step runs); last step to terminal
+  19.7, 19.7 and 22.5 against 5.6, 5.6 and 6.2 (the PNG, the store, the fenced finish).
 
 Generations run one at a time so that the mesh, not a queue, is measured, and each beside a
 bare call so that both see the same machine. With `--start` the benchmark brings up its own
@@ -131,6 +139,22 @@ def store_costs(home: Path) -> list[StoreCost]:
     return costs
 
 
+# The bare call's phases, each beside the mesh's hop that does the same work (a hop's name to
+# its phase): the prompt, the set-up and the first step; the rest of the denoising; the VAE
+# decode to an image (the mesh's hop also holds the PNG, the store and the fenced finish).
+BARE_PHASES = {
+    "started -> first progress": "call -> first step",
+    "first -> last progress": "first -> last step",
+    "last progress -> terminal": "last step -> image",
+}
+
+
+@dataclass(frozen=True)
+class BareCall:
+    seconds: float
+    phases: dict[str, float]  # seconds per phase (BARE_PHASES' values)
+
+
 class BarePipeline:
     """The same model and settings, called directly in this process: the floor the mesh is
     compared with."""
@@ -149,9 +173,18 @@ class BarePipeline:
         self.steps, self.size = steps, size
         self.made = 0
 
-    def generate(self) -> float:
-        """Seconds for one call."""
+    def generate(self) -> BareCall:
+        """One call, timed, with when each step ended (a callback that notes the time: what the
+        mesh's progress events are stamped with, less everything they carry)."""
         self.made += 1
+        step_ends: list[float] = []
+
+        def step_ended(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+            step_ends.append(time.perf_counter())
+            return tensors
+
         started = time.perf_counter()
         with self.torch.inference_mode():
             self.pipeline(
@@ -161,10 +194,13 @@ class BarePipeline:
                 num_inference_steps=self.steps,
                 guidance_scale=7.5,
                 generator=self.torch.Generator(device=self.device).manual_seed(self.made),
+                callback_on_step_end=step_ended,
             )
         if self.device == "cuda":
             self.torch.cuda.synchronize()
-        return time.perf_counter() - started
+        ended = time.perf_counter()
+        phases = (step_ends[0] - started, step_ends[-1] - step_ends[0], ended - step_ends[-1])
+        return BareCall(ended - started, dict(zip(BARE_PHASES.values(), phases, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -248,15 +284,23 @@ class SideBySide:
     """Generations through the mesh and bare calls, taken in turns."""
 
     mesh: list[MeshGeneration]
-    bare: list[float]
+    bare_calls: list[BareCall]
 
     @property
     def walls(self) -> list[float]:
         return [generation.wall for generation in self.mesh]
 
+    @property
+    def bare(self) -> list[float]:
+        return [call.seconds for call in self.bare_calls]
+
     def hop(self, name: str) -> float:
         """A hop's median, in seconds."""
         return statistics.median(generation.hops[name] for generation in self.mesh)
+
+    def bare_phase(self, name: str) -> float:
+        """A phase's median over the bare calls, in seconds."""
+        return statistics.median(call.phases[name] for call in self.bare_calls)
 
 
 def side_by_side(generator: Generator, bare: BarePipeline, runs: int) -> SideBySide:
@@ -267,15 +311,15 @@ def side_by_side(generator: Generator, bare: BarePipeline, runs: int) -> SideByS
     generator.generate()
     bare.generate()
     mesh: list[MeshGeneration] = []
-    bare_seconds: list[float] = []
+    bare_calls: list[BareCall] = []
     for index in range(runs):
         if index % 2:
-            bare_seconds.append(bare.generate())
+            bare_calls.append(bare.generate())
             mesh.append(generator.generate())
         else:
             mesh.append(generator.generate())
-            bare_seconds.append(bare.generate())
-    return SideBySide(mesh, bare_seconds)
+            bare_calls.append(bare.generate())
+    return SideBySide(mesh, bare_calls)
 
 
 def restart_workers(mesh: BenchMesh) -> None:
@@ -550,9 +594,17 @@ def main() -> None:
     # Each generation less the bare call beside it, so that the machine's drift cancels out.
     fixed = [wall - seconds for wall, seconds in zip(walls, measured.bare, strict=True)]
     print(f"  fixed cost (mesh - bare)     p50 {statistics.median(fixed) * 1000:9.1f} ms   (target <= 25 ms)")
-    print("  where it goes (median per hop):")
+    print("  where it goes (median per hop; beside it, the bare call's phase that does the same work):")
     for hop in HOPS:
-        print(f"    {hop:<28} {measured.hop(hop) * 1000:8.1f} ms")
+        line = f"    {hop:<28} {measured.hop(hop) * 1000:8.1f} ms"
+        if (phase := BARE_PHASES.get(hop)) is not None:
+            line += f"   bare {phase:<20} {measured.bare_phase(phase) * 1000:8.1f} ms"
+        print(line)
+    # Each step's progress event crosses the worker, Redis, the generation service, Envoy and the
+    # client while the next step runs: on a machine without a GPU, their CPU is the step's.
+    denoising = "first -> last progress"
+    per_step = (measured.hop(denoising) - measured.bare_phase(BARE_PHASES[denoising])) / (args.steps - 1)
+    print(f"  denoising, mesh - bare       {per_step * 1000:+8.2f} ms a step")
     if stores:
         print(f"  the store, per image (the worker's log, median of {len(stores)}; off the GPU's path):")
         for part in ("encode", "upload", "record", "total"):
