@@ -2,9 +2,10 @@
 implements it, built from the model's own scheduler config.
 
 `from_config` carries over what the model was trained with (its beta schedule, prediction type,
-timestep spacing) and the sampler adds only what makes it that sampler. A run builds its own
-scheduler (`scheduler_for`) and never replaces the loaded pipeline's, so the model's config stays
-the base every later run starts from.
+timestep spacing) and the sampler adds only what makes it that sampler. Runs get a scheduler of
+their sampler's own (`scheduler_for`, built once per loaded model and sampler by
+`gpu_inference.inference`) and never replace the loaded pipeline's, so the model's config stays
+the base every sampler starts from.
 """
 
 from __future__ import annotations
