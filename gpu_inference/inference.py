@@ -4,8 +4,8 @@ each denoising step through one callback.
 A run uses a pipeline object of its own kind around the loaded model's components (`from_pipe`:
 the text-to-image, image-to-image or inpainting class, with a scheduler for its sampler), built on
 the first such run and kept with the model, so nothing is reloaded and the loaded pipeline itself
-is never changed. Prompts are weighted with
-compel (InvokeAI's syntax) and reach the pipeline as embeddings.
+is never changed. Prompts are weighted with compel (InvokeAI's syntax) and reach the pipeline as
+embeddings.
 """
 
 from __future__ import annotations
