@@ -180,15 +180,15 @@ class BarePipeline:
         GPU at every step would slow the floor the mesh is compared with."""
         self.made += 1
         on_cuda = self.device == "cuda"
-        step_ends: list[float] = []  # seconds from the call's start (on CUDA, read from its events)
-        step_events: list[Any] = []
+        marks: list[Any] = []  # each step's end: a CUDA event on the stream, else perf_counter()
 
         def step_ended(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if on_cuda:
-                step_events.append(self.torch.cuda.Event(enable_timing=True))
-                step_events[-1].record()
+                event = self.torch.cuda.Event(enable_timing=True)
+                event.record()
+                marks.append(event)
             else:
-                step_ends.append(time.perf_counter() - started)
+                marks.append(time.perf_counter())
             return tensors
 
         if on_cuda:
@@ -208,7 +208,9 @@ class BarePipeline:
             )
         if on_cuda:
             self.torch.cuda.synchronize()
-            step_ends = [start_event.elapsed_time(event) / 1000 for event in step_events]
+            step_ends = [start_event.elapsed_time(event) / 1000 for event in marks]
+        else:
+            step_ends = [mark - started for mark in marks]
         seconds = time.perf_counter() - started
         phases = (step_ends[0], step_ends[-1] - step_ends[0], seconds - step_ends[-1])
         return BareCall(seconds, dict(zip(BARE_PHASES.values(), phases, strict=True)))
