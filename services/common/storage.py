@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,6 +126,41 @@ def call_deadline_seconds(settings: ObjectStoreSettings) -> float:
     return settings.max_attempts * (settings.connect_timeout_seconds + settings.read_timeout_seconds)
 
 
+class RecentlySignedUrls:
+    """Signed GET URLs by object key, each handed out again while it is young: for a tenth of
+    its lifetime, so that every URL handed out still works for nine tenths of it or more. The
+    thousand watchers of one generation, or a gallery page loaded twice, then share one
+    signature (about half a millisecond of CPU each) and one URL that a browser can cache.
+    Bounded: past `max_keys`, the URLs signed longest ago give way."""
+
+    def __init__(
+        self, ttl_seconds: float, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.reuse_seconds = ttl_seconds / 10
+        self.max_keys = max_keys
+        self._clock = clock
+        self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()  # oldest signature first
+
+    def get(self, key: str) -> str | None:
+        entry = self._urls.get(key)
+        if entry is None:
+            return None
+        url, signed_at = entry
+        if self._clock() - signed_at >= self.reuse_seconds:
+            del self._urls[key]
+            return None
+        return url
+
+    def put(self, key: str, url: str) -> None:
+        self._urls[key] = (url, self._clock())
+        self._urls.move_to_end(key)
+        while len(self._urls) > self.max_keys:
+            self._urls.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        self._urls.pop(key, None)
+
+
 class S3ImageStore:
     """The images bucket, through one aiobotocore client."""
 
@@ -141,6 +178,7 @@ class S3ImageStore:
         self.url_ttl_seconds = url_ttl_seconds
         self.call_deadline_seconds = call_deadline_seconds
         self.cloudfront = cloudfront
+        self._recent_urls = RecentlySignedUrls(url_ttl_seconds)
 
     async def put(self, key: str, data: bytes, *, content_type: str) -> None:
         try:
@@ -208,6 +246,7 @@ class S3ImageStore:
         """Remove the object under `key` with every version and delete marker the versioned
         bucket keeps of it, so nothing under the key can be read again (a presigned URL of it
         answers 404 at once). Returns how many versions it removed; none is not an error."""
+        self._recent_urls.forget(key)
         try:
             async with asyncio.timeout(self.call_deadline_seconds):
                 versions = [
@@ -251,10 +290,16 @@ class S3ImageStore:
             yield current
 
     async def presigned_url(self, key: str) -> str:
-        """A GET URL for the object that works for url_ttl_seconds: CloudFront's when configured,
-        S3's otherwise. Signed locally, no request."""
-        if self.cloudfront is not None:
-            return self.cloudfront.url(key)
+        """A GET URL for the object, signed for url_ttl_seconds and working for nine tenths of
+        that or more (`RecentlySignedUrls`): CloudFront's when configured, S3's otherwise.
+        Signed locally, no request."""
+        url = self._recent_urls.get(key)
+        if url is None:
+            url = self.cloudfront.url(key) if self.cloudfront is not None else await self._s3_url(key)
+            self._recent_urls.put(key, url)
+        return url
+
+    async def _s3_url(self, key: str) -> str:
         url: str = await self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl_seconds
         )

@@ -205,8 +205,9 @@ class GenerationWatch:
         return await self._with_image_urls(event)
 
     async def _with_image_urls(self, event: pb.WatchGenerationResponse) -> pb.WatchGenerationResponse:
-        """Presigned when sent, so a replayed event never carries a stale URL. The record read
-        when the watch opened names the image's keys: they follow from the job, not its state."""
+        """URLs added when sent, so a replayed event never carries a stale one (the store hands
+        the same URL to every watcher while it is young). The record read when the watch opened
+        names the image's keys: they follow from the job, not its state."""
         if event_kind(event) == EventKind.SUCCEEDED:
             assert self.record is not None
             urls = await self.watching.generations.images.image_urls(self.record.image_keys)
