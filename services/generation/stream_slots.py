@@ -7,8 +7,8 @@ streams:
 
 A slot is taken by one script that first drops expired members, so the slots of a replica that
 died (and so stopped renewing) stop counting within one lease. Each process renews all of its
-open slots every third of a lease in one pipeline, and removes a slot when its stream ends. A
-second cap, counted in memory, bounds the streams one process serves whatever the users.
+open slots every third of a lease in one pipeline, and removes a slot when its stream ends (the
+slots of streams that end together in one pipeline too). A second cap, counted in memory, bounds the streams one process serves whatever the users.
 
 Scores are the replicas' own clocks: NTP keeps them far closer than a lease apart.
 
@@ -17,6 +17,7 @@ A user's plan sets their cap (read through the process's UserPlans, services/com
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -81,6 +82,9 @@ class StreamSlots:
         self.plan_of = plan_of
         self.clock = clock
         self._open: set[StreamSlot] = set()
+        # Slots given back and not yet removed from Redis, and the task removing them.
+        self._to_release: list[StreamSlot] = []
+        self._releasing: asyncio.Task[None] | None = None
         self._acquire = redis.register_script(_ACQUIRE)
 
     @property
@@ -123,12 +127,28 @@ class StreamSlots:
         return slot
 
     async def release(self, slot: StreamSlot) -> None:
+        """Give a slot back: at once in this process, and in Redis together with every slot given
+        back meanwhile, in one pipeline. A job's thousand watchers end together, and their
+        clients hang up on the terminal event, which cancels each stream's handler: their slots
+        leave in a few round trips, and a handler's cancellation never cuts a command off midway
+        (which would cost its pooled connection), since the release goes on without it."""
         self._open.discard(slot)  # first, so that no renewal brings it back
-        try:
-            await self.redis.zrem(slot.key, slot.id)
-        except RedisError:
-            # Not renewed any more, the slot lapses within a lease on its own.
-            log.warning("could not give back stream slot %s; it lapses with its lease", slot.id)
+        self._to_release.append(slot)
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.create_task(self._release_pending())
+        await asyncio.shield(self._releasing)
+
+    async def _release_pending(self) -> None:
+        while self._to_release:
+            slots, self._to_release = self._to_release, []
+            pipe = self.redis.pipeline(transaction=False)
+            for slot in slots:
+                pipe.zrem(slot.key, slot.id)
+            try:
+                await pipe.execute()
+            except RedisError:
+                # Not renewed any more, the slots lapse within a lease on their own.
+                log.warning("could not give back %d stream slots; they lapse with their leases", len(slots))
 
     async def renew(self) -> None:
         """Extend every open slot's lease, in one round trip. A slot that lapsed meanwhile (Redis

@@ -6,6 +6,7 @@ The mesh runs the default caps: a Free user may hold 20 streams (the floor)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -165,6 +166,39 @@ async def test_a_process_serves_at_most_its_own_cap_whoever_asks(mesh: Any) -> N
 
         await slots.release(first)
         await slots.acquire(uuid.uuid4())
+    finally:
+        await redis.aclose()
+
+
+async def test_streams_that_end_together_give_their_slots_back_in_one_go_though_cancelled(mesh: Any) -> None:
+    """A job's watchers end together, and their clients hang up on the terminal event, which
+    cancels each stream's handler as it gives its slot back: every slot still leaves Redis, and
+    no command is cut off midway (each would cost the pool its connection: a new one to open)."""
+
+    async def free(user_id: uuid.UUID) -> str:
+        return "free"
+
+    redis = Redis.from_url(mesh.redis_url)
+    slots = StreamSlots(
+        redis, caps_by_plan={}, default_cap=500, per_process=500, lease_seconds=30, plan_of=free
+    )
+    user_id = uuid.uuid4()
+    try:
+        *held, last = [await slots.acquire(user_id) for _ in range(201)]
+        assert await redis.zcard(streams_key(user_id)) == 201
+        opened_before = (await redis.info("stats"))["total_connections_received"]
+
+        releases = [asyncio.create_task(slots.release(slot)) for slot in held]
+        await asyncio.sleep(0)  # each release has begun, and waits for Redis
+        for task in releases:
+            task.cancel()
+        outcomes = await asyncio.gather(*releases, return_exceptions=True)
+        assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+        # One more, not cancelled: once it is given back, so is every slot given back before it.
+        await slots.release(last)
+
+        assert await redis.zcard(streams_key(user_id)) == 0
+        assert (await redis.info("stats"))["total_connections_received"] == opened_before
     finally:
         await redis.aclose()
 
