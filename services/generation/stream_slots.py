@@ -8,7 +8,8 @@ streams:
 A slot is taken by one script that first drops expired members, so the slots of a replica that
 died (and so stopped renewing) stop counting within one lease. Each process renews all of its
 open slots every third of a lease in one pipeline, and removes a slot when its stream ends (the
-slots of streams that end together in one pipeline too). A second cap, counted in memory, bounds the streams one process serves whatever the users.
+slots of streams that end together in one pipeline too). A second cap, counted in memory, bounds
+the streams one process serves whatever the users.
 
 Scores are the replicas' own clocks: NTP keeps them far closer than a lease apart.
 
