@@ -59,8 +59,9 @@ async def backend_of(database: Database, kind: str, user_id: uuid.UUID) -> dict[
 
 
 def terminate_connections(mesh: Any, application_name: str) -> int:
+    """End the backends, each waited for (up to 10 s) until it is gone."""
     rows = mesh.sql(
-        "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE application_name = %s",
+        "SELECT pg_terminate_backend(pid, 10000) AS ended FROM pg_stat_activity WHERE application_name = %s",
         application_name,
     )
     return sum(row["ended"] for row in rows)
