@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 from services.common.settings import ObjectStoreSettings
 from services.common.storage import ImageKeys, RecentlySignedUrls, open_image_store
 
-TTL_SECONDS = 600
+# A day: the thousand calls below take a second or so, far inside the tenth of it a URL is reused for.
+TTL_SECONDS = 24 * 3600
 UNREACHABLE_S3 = ObjectStoreSettings.model_validate(
     {"S3_ENDPOINT_URL": "http://127.0.0.1:9", "access_key_id": "test", "secret_access_key": "test-secret"}
 )
